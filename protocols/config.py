@@ -1,0 +1,54 @@
+"""Configuration of one node core: identity, capacity and protocol timings."""
+
+from __future__ import annotations
+
+import attrs
+
+# Topic every compute node subscribes to; broadcast asks (wide auctions, ops,
+# daemon) go here.  Point-to-point traffic uses ``Send``.
+ANNOUNCE_TOPIC = "p2pnode/announce/1"
+
+
+@attrs.frozen(kw_only=True)
+class Timings:
+    """Protocol time bounds, in seconds of the node's own monotonic clock."""
+
+    lease_ttl: float = 10.0
+    # The owner waits ttl + grace past the last renewal before re-granting; the
+    # grace must exceed the one-way network latency (see docs/architecture.md).
+    lease_grace: float = 2.0
+    # Owner-side grace past an execution's hard timeout.
+    timeout_grace: float = 5.0
+    bid_window: float = 0.5
+    # A bidder's capacity reservation is released if no grant arrives by then.
+    bid_hold: float = 2.0
+    # First retransmission delay; doubles up to ``retransmit_max``.
+    retransmit_base: float = 0.25
+    retransmit_max: float = 4.0
+    # Peer-exchange period (directory refresh) and entry age-out.
+    gossip_interval: float = 30.0
+    peer_expiry: float = 300.0
+    # Retry cadence of an auction with no bids while matching nodes are busy.
+    requeue_delay: float = 1.0
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_ttl / 3
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    node_id: str
+    labels: dict[str, str] = attrs.field(factory=dict)
+    cpu: float = 2.0
+    memory: int = 4 * 2**30
+    max_executions: int = 4
+    executors: tuple[str, ...] = ("process",)
+    compute: bool = True  # False: owns jobs, never bids
+    bootstrap: tuple[str, ...] = ()  # peer ids to introduce ourselves to
+    addrs: tuple[str, ...] = ()  # our listen addresses, told to peers
+    # Auction fan-out: candidates asked on the first round, doubled per retry.
+    candidates: int = 3
+    view_size: int = 64  # peers kept in the directory (partial view)
+    peer_sample: int = 16  # entries sent in one Peers message
+    timings: Timings = attrs.field(factory=Timings)

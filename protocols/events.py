@@ -1,0 +1,152 @@
+"""What goes into a node core (events) and what comes out (actions).
+
+The node core is sans-IO: ``NodeCore.handle(event, now) -> list[Action]``.
+Whoever drives it (the trio runtime in ``p2pnode/``, the discrete-event engine
+in ``simnet/``) turns the actions into I/O, in order.  Ordering matters: a
+``Persist`` always precedes the ``Send`` that depends on it, and the driver
+must make it durable before performing any later action of the same batch.
+
+``now`` is the driver's monotonic clock in seconds (virtual time in simnet).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Union
+
+import attrs
+
+# --- events (driver -> core) ---------------------------------------------------
+
+
+@attrs.frozen
+class Started:
+    """The node (re)started; the core was built from its persisted records."""
+
+
+@attrs.frozen
+class MessageReceived:
+    """A frame arrived.  ``sender`` is the *authenticated* peer id (from the
+    transport: the pubsub signature or the secure channel), which the core
+    checks against the envelope's claimed sender."""
+
+    sender: str
+    data: bytes
+    topic: str = ""  # "" for point-to-point
+
+
+@attrs.frozen
+class TimerFired:
+    key: Hashable
+
+
+@attrs.frozen
+class ExecutionFinished:
+    """The executor ended an execution the core started (or was told to stop)."""
+
+    execution_id: str
+    status: str  # succeeded | failed | timeout | cancelled | error
+    exit_code: int = 0
+    error: str = ""
+    manifest_id: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    duration_ms: int = 0
+
+
+@attrs.frozen
+class SubmitJob:
+    """Local API: become the owner of a new job.  ``spec`` is the canonical spec."""
+
+    job_id: str
+    spec: dict[str, Any]
+
+
+@attrs.frozen
+class CancelJob:
+    """Local API: stop a job this node owns."""
+
+    job_id: str
+    reason: str = "stopped by user"
+
+
+Event = Union[Started, MessageReceived, TimerFired, ExecutionFinished, SubmitJob, CancelJob]
+
+# --- actions (core -> driver) --------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    """Point-to-point frame to one peer (best effort)."""
+
+    to: str
+    data: bytes
+
+
+@attrs.frozen
+class Publish:
+    """Frame to every subscriber of a topic (best effort)."""
+
+    topic: str
+    data: bytes
+
+
+@attrs.frozen
+class SetTimer:
+    """Deliver ``TimerFired(key)`` at ``at`` (replaces a timer with the same key)."""
+
+    key: Hashable
+    at: float
+
+
+@attrs.frozen
+class CancelTimer:
+    key: Hashable
+
+
+@attrs.frozen
+class StartExecution:
+    """Run a task; the driver answers later with ``ExecutionFinished``.
+
+    The driver must itself kill the execution at ``timeout`` seconds: the core
+    also fences it, but a hard bound must not depend on the core being alive.
+    """
+
+    execution_id: str
+    job_id: str
+    slot: int
+    task: dict[str, Any]
+    env: dict[str, str]
+    timeout: float
+
+
+@attrs.frozen
+class StopExecution:
+    """Kill a running execution; the driver answers with ``ExecutionFinished``
+    (status ``cancelled``) unless the execution had already ended."""
+
+    execution_id: str
+    reason: str
+
+
+@attrs.frozen
+class Persist:
+    """Durably store ``value`` under (table, key); ``None`` deletes it."""
+
+    table: str
+    key: str
+    value: dict[str, Any] | None
+
+
+@attrs.frozen
+class Notify:
+    """Something observable happened (job state change, result accepted, ...).
+
+    Drivers log it and wake API waiters; simnet's invariant checkers read it.
+    ``kind`` names the happening, ``data`` holds its fields.
+    """
+
+    kind: str
+    data: dict[str, Any]
+
+
+Action = Union[Send, Publish, SetTimer, CancelTimer, StartExecution, StopExecution, Persist, Notify]

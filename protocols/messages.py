@@ -1,0 +1,352 @@
+"""Every message of the p2pnode wire protocol, as frozen attrs classes.
+
+A message is the *body* of a frame; the envelope (protocol version, type tag,
+message id, sender) lives in :mod:`protocols.codec`.  Each class carries a
+``TYPE`` tag (its name on the wire) and a ``SENDER_ROLE`` (who may send it),
+which :mod:`protocols.codec` and ``docs/protocol.md`` rely on.
+
+Field bounds are declared with :func:`bounded` metadata so the codec can reject
+out-of-range values from a peer without any per-class code.
+
+Times on the wire are always *durations* in milliseconds, never absolute clock
+readings: every node judges expiry on its own monotonic clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+# Bounds shared by the codec and the spec validator.
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 4096
+MAX_TAIL_LEN = 16 * 1024
+MAX_LABELS = 64
+MAX_LIST_LEN = 256
+MAX_SLOT = 100_000
+MAX_EPOCH = 2**53
+MAX_DURATION_MS = 30 * 24 * 3600 * 1000  # 30 days
+
+
+def bounded(
+    *,
+    max_len: int | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> dict[str, Any]:
+    """Field metadata read by the codec's strict decoder."""
+    return {"max_len": max_len, "lo": lo, "hi": hi}
+
+
+def _id() -> Any:
+    return attrs.field(metadata=bounded(max_len=MAX_ID_LEN))
+
+
+def _text(max_len: int = MAX_TEXT_LEN) -> Any:
+    return attrs.field(default="", metadata=bounded(max_len=max_len))
+
+
+def _count(hi: float, lo: float = 0) -> Any:
+    return attrs.field(metadata=bounded(lo=lo, hi=hi))
+
+
+def _ms() -> Any:
+    return attrs.field(metadata=bounded(lo=0, hi=MAX_DURATION_MS))
+
+
+class Role:
+    """Who may send a message (checked on receipt, documented in protocol.md)."""
+
+    OWNER = "owner"  # the job's current owner
+    BIDDER = "bidder"  # a compute node answering an ask
+    HOLDER = "holder"  # the holder of the execution's lease
+    ANY = "any"  # any peer (directory traffic)
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """Base class; subclasses set TYPE and SENDER_ROLE."""
+
+    TYPE: ClassVar[str] = ""
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+
+# --- directory -------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NodeInfo(Message):
+    """What a node tells others about itself (carried in Hello and Peers)."""
+
+    TYPE: ClassVar[str] = "node_info"
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+    node_id: str = _id()
+    labels: dict[str, str] = attrs.field(factory=dict, metadata=bounded(max_len=MAX_LABELS))
+    cpu: float = attrs.field(default=0.0, metadata=bounded(lo=0, hi=4096))
+    memory: int = attrs.field(default=0, metadata=bounded(lo=0, hi=2**50))
+    executors: list[str] = attrs.field(factory=list, metadata=bounded(max_len=8))
+    addrs: list[str] = attrs.field(factory=list, metadata=bounded(max_len=16))
+    compute: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Hello(Message):
+    """Introduce oneself to a peer; the peer answers with Peers."""
+
+    TYPE: ClassVar[str] = "hello"
+    info: NodeInfo = attrs.field(factory=lambda: NodeInfo(node_id=""))
+    want_peers: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Peers(Message):
+    """A sample of the sender's view of the network (peer exchange)."""
+
+    TYPE: ClassVar[str] = "peers"
+    peers: list[NodeInfo] = attrs.field(factory=list, metadata=bounded(max_len=64))
+
+
+# --- auction -----------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AskForBid(Message):
+    """Owner -> candidates: would you run slot ``slot`` of this work unit?"""
+
+    TYPE: ClassVar[str] = "ask_for_bid"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    slot: int = _count(MAX_SLOT)
+    attempt: int = _count(10_000, lo=1)
+    task: dict[str, Any] = attrs.field(factory=dict)  # canonical task spec
+    labels: dict[str, str] = attrs.field(factory=dict, metadata=bounded(max_len=MAX_LABELS))
+    bid_window_ms: int = _ms()
+    # Broadcast asks (announce topic) are answered only by matching nodes.
+    broadcast: bool = False
+    pinned_node: str = _text(MAX_ID_LEN)  # ops/daemon: only this node may bid
+
+
+@attrs.frozen(kw_only=True)
+class Bid(Message):
+    """Compute node -> owner: I can run it; free capacity for ranking."""
+
+    TYPE: ClassVar[str] = "bid"
+    SENDER_ROLE: ClassVar[str] = Role.BIDDER
+
+    job_id: str = _id()
+    slot: int = _count(MAX_SLOT)
+    attempt: int = _count(10_000, lo=1)
+    free_cpu: float = attrs.field(default=0.0, metadata=bounded(lo=0, hi=4096))
+    free_memory: int = attrs.field(default=0, metadata=bounded(lo=0, hi=2**50))
+    running: int = attrs.field(default=0, metadata=bounded(lo=0, hi=1_000_000))
+
+
+@attrs.frozen(kw_only=True)
+class BidDeclined(Message):
+    """Compute node -> owner: I will not bid (reason: constraints, busy, ...)."""
+
+    TYPE: ClassVar[str] = "bid_declined"
+    SENDER_ROLE: ClassVar[str] = Role.BIDDER
+
+    job_id: str = _id()
+    slot: int = _count(MAX_SLOT)
+    attempt: int = _count(10_000, lo=1)
+    reason: str = _text()
+    matches: bool = False  # True: constraints match, only capacity is missing
+
+
+@attrs.frozen(kw_only=True)
+class BidRejected(Message):
+    """Owner -> losing bidder: release the capacity you reserved."""
+
+    TYPE: ClassVar[str] = "bid_rejected"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    slot: int = _count(MAX_SLOT)
+    attempt: int = _count(10_000, lo=1)
+
+
+# --- lease -------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class LeaseGrant(Message):
+    """Owner -> winning bidder: run it under this lease.
+
+    ``epoch`` is the fencing token of (job_id, slot): strictly increasing and
+    persisted by the owner before this message is sent.
+    """
+
+    TYPE: ClassVar[str] = "lease_grant"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    execution_id: str = _id()
+    job_id: str = _id()
+    slot: int = _count(MAX_SLOT)
+    attempt: int = _count(10_000, lo=1)
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    ttl_ms: int = _ms()
+    timeout_ms: int = _ms()
+    task: dict[str, Any] = attrs.field(factory=dict)
+    env: dict[str, str] = attrs.field(factory=dict, metadata=bounded(max_len=MAX_LABELS))
+
+
+@attrs.frozen(kw_only=True)
+class LeaseAccept(Message):
+    """Holder -> owner: the grant arrived and the execution started (renewal 0)."""
+
+    TYPE: ClassVar[str] = "lease_accept"
+    SENDER_ROLE: ClassVar[str] = Role.HOLDER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    seq: int = _count(2**32)
+
+
+@attrs.frozen(kw_only=True)
+class LeaseRenew(Message):
+    """Holder -> owner: still running, extend my lease (every ttl/3)."""
+
+    TYPE: ClassVar[str] = "lease_renew"
+    SENDER_ROLE: ClassVar[str] = Role.HOLDER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    seq: int = _count(2**32)
+    progress: str = _text()  # stream checkpoints ride here (later issue)
+
+
+@attrs.frozen(kw_only=True)
+class RenewAck(Message):
+    """Owner -> holder: renewal ``seq`` acknowledged; ``valid`` false = stop now."""
+
+    TYPE: ClassVar[str] = "renew_ack"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    seq: int = _count(2**32)
+    valid: bool = True
+    reason: str = _text()
+
+
+@attrs.frozen(kw_only=True)
+class LeaseRelease(Message):
+    """Holder -> owner: I give the lease back without a result (cannot run it)."""
+
+    TYPE: ClassVar[str] = "lease_release"
+    SENDER_ROLE: ClassVar[str] = Role.HOLDER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    reason: str = _text()
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionResult(Message):
+    """Holder -> owner: how the execution ended; retransmitted until acked."""
+
+    TYPE: ClassVar[str] = "execution_result"
+    SENDER_ROLE: ClassVar[str] = Role.HOLDER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    status: str = attrs.field(default="succeeded", metadata=bounded(max_len=32))
+    exit_code: int = attrs.field(default=0, metadata=bounded(lo=-(2**31), hi=2**31))
+    error: str = _text()
+    manifest_id: str = _text(MAX_ID_LEN)
+    stdout_tail: str = _text(MAX_TAIL_LEN)
+    stderr_tail: str = _text(MAX_TAIL_LEN)
+    duration_ms: int = _ms()
+
+
+@attrs.frozen(kw_only=True)
+class ResultAck(Message):
+    """Owner -> holder: result recorded; ``accepted`` false = it came too late."""
+
+    TYPE: ClassVar[str] = "result_ack"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    accepted: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Cancel(Message):
+    """Owner -> holder: stop this execution (best effort; the lease bounds it)."""
+
+    TYPE: ClassVar[str] = "cancel"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    reason: str = _text()
+
+
+# --- handover (job chaining) -------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class HandoverOffer(Message):
+    """Current owner -> next owner: take ownership of stage ``stage``."""
+
+    TYPE: ClassVar[str] = "handover_offer"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    stage: int = _count(MAX_SLOT)
+    record: bytes = attrs.field(default=b"", metadata=bounded(max_len=64 * 1024))
+    prev_hash: str = _text(MAX_ID_LEN)
+
+
+@attrs.frozen(kw_only=True)
+class HandoverAccept(Message):
+    """Next owner -> current owner: accepted, countersigned record."""
+
+    TYPE: ClassVar[str] = "handover_accept"
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+    job_id: str = _id()
+    stage: int = _count(MAX_SLOT)
+    record: bytes = attrs.field(default=b"", metadata=bounded(max_len=64 * 1024))
+
+
+@attrs.frozen(kw_only=True)
+class HandoverCommit(Message):
+    """Old owner -> new owner: ownership has moved; the old owner lets go."""
+
+    TYPE: ClassVar[str] = "handover_commit"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    stage: int = _count(MAX_SLOT)
+    record_hash: str = _text(MAX_ID_LEN)
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    NodeInfo,
+    Hello,
+    Peers,
+    AskForBid,
+    Bid,
+    BidDeclined,
+    BidRejected,
+    LeaseGrant,
+    LeaseAccept,
+    LeaseRenew,
+    RenewAck,
+    LeaseRelease,
+    ExecutionResult,
+    ResultAck,
+    Cancel,
+    HandoverOffer,
+    HandoverAccept,
+    HandoverCommit,
+)
+
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}
