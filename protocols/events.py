@@ -11,7 +11,8 @@ must make it durable before performing any later action of the same batch.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Union
+from collections.abc import Hashable
+from typing import Any
 
 import attrs
 
@@ -69,7 +70,7 @@ class CancelJob:
     reason: str = "stopped by user"
 
 
-Event = Union[Started, MessageReceived, TimerFired, ExecutionFinished, SubmitJob, CancelJob]
+Event = Started | MessageReceived | TimerFired | ExecutionFinished | SubmitJob | CancelJob
 
 # --- actions (core -> driver) --------------------------------------------------
 
@@ -149,4 +150,6 @@ class Notify:
     data: dict[str, Any]
 
 
-Action = Union[Send, Publish, SetTimer, CancelTimer, StartExecution, StopExecution, Persist, Notify]
+Action = (
+    Send | Publish | SetTimer | CancelTimer | StartExecution | StopExecution | Persist | Notify
+)

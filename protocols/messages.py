@@ -261,7 +261,7 @@ class ExecutionResult(Message):
     manifest_id: str = _text(MAX_ID_LEN)
     stdout_tail: str = _text(MAX_TAIL_LEN)
     stderr_tail: str = _text(MAX_TAIL_LEN)
-    duration_ms: int = _ms()
+    duration_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
 
 
 @attrs.frozen(kw_only=True)

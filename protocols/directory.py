@@ -1,0 +1,129 @@
+"""A node's partial view of the network (peer exchange), and candidate selection.
+
+No node needs to know every other node.  Each keeps a bounded *view* of peers
+(``view_size``), learnt by saying Hello to its bootstrap peers, who answer with a
+random sample of their own view (Peers), and refreshed by a periodic exchange
+with a random peer.  Cost per node stays bounded as the network grows.
+
+Auctions pick candidates from the view by rendezvous hashing over
+(job, slot, attempt, peer): deterministic, spread evenly, different on every
+retry, and needing no coordination.  When the view has no (more) matching peer,
+the owner falls back to a broadcast ask on the announce topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from protocols.messages import NodeInfo
+
+
+@attrs.define
+class PeerEntry:
+    info: NodeInfo
+    last_seen: float
+
+
+def labels_match(required: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in required.items())
+
+
+def mismatch_reason(
+    info: NodeInfo, labels: Mapping[str, str], engine: str, cpu: float, memory: int
+) -> str:
+    """Why ``info`` can never run such a task ("" if it can)."""
+    if not info.compute:
+        return "compute disabled"
+    missing = {k: v for k, v in labels.items() if info.labels.get(k) != v}
+    if missing:
+        return f"labels {missing} not carried"
+    if engine not in info.executors:
+        return f"executor {engine!r} not enabled"
+    if cpu > info.cpu or memory > info.memory:
+        return f"needs cpu {cpu:g} / memory {memory} beyond capacity {info.cpu:g} / {info.memory}"
+    return ""
+
+
+def rendezvous_rank(key: str, node_ids: Iterable[str]) -> list[str]:
+    """Order ``node_ids`` by hash(key, node): the same key gives the same order."""
+    return sorted(
+        node_ids, key=lambda n: hashlib.blake2b(f"{key}|{n}".encode(), digest_size=8).digest()
+    )
+
+
+class Directory:
+    def __init__(self, me: NodeInfo, view_size: int, rng: random.Random) -> None:
+        self.me = me
+        self.view_size = view_size
+        self._rng = rng
+        self.peers: dict[str, PeerEntry] = {}
+
+    def upsert(self, info: NodeInfo, now: float) -> bool:
+        """Record ``info``; True if the peer was new to us."""
+        if info.node_id == self.me.node_id:
+            return False
+        entry = self.peers.get(info.node_id)
+        if entry is not None:
+            entry.info = info
+            entry.last_seen = max(entry.last_seen, now)
+            return False
+        self.peers[info.node_id] = PeerEntry(info=info, last_seen=now)
+        if len(self.peers) > self.view_size:
+            self._evict_oldest(keep=info.node_id)
+        return True
+
+    def touch(self, node_id: str, now: float) -> None:
+        entry = self.peers.get(node_id)
+        if entry is not None:
+            entry.last_seen = now
+
+    def expire(self, now: float, max_age: float, keep: Iterable[str]) -> None:
+        keep_set = set(keep)
+        for node_id in [n for n, e in self.peers.items() if now - e.last_seen > max_age]:
+            if node_id not in keep_set:
+                del self.peers[node_id]
+
+    def _evict_oldest(self, keep: str) -> None:
+        oldest = min(
+            (e for n, e in self.peers.items() if n != keep),
+            key=lambda e: (e.last_seen, e.info.node_id),
+        )
+        del self.peers[oldest.info.node_id]
+
+    def sample(self, k: int, exclude: str = "") -> list[NodeInfo]:
+        """Up to ``k`` random entries (ourselves included) for a Peers answer."""
+        pool = [e.info for n, e in self.peers.items() if n != exclude]
+        picked = self._rng.sample(pool, min(k - 1, len(pool))) if k > 1 else []
+        return [self.me, *picked]
+
+    def random_peer(self) -> str | None:
+        if not self.peers:
+            return None
+        return self._rng.choice(list(self.peers))
+
+    def candidates(
+        self,
+        *,
+        key: str,
+        labels: Mapping[str, str],
+        engine: str,
+        cpu: float,
+        memory: int,
+        count: int,
+        avoid: Iterable[str] = (),
+    ) -> tuple[list[str], int]:
+        """Up to ``count`` peers (maybe ourselves) that could run the task.
+
+        Peers in ``avoid`` (they failed this slot before) come last.  Returns
+        the picked ids and how many matching peers the view holds in total.
+        """
+        infos = [self.me, *(e.info for e in self.peers.values())]
+        matching = [i.node_id for i in infos if not mismatch_reason(i, labels, engine, cpu, memory)]
+        avoid_set = set(avoid)
+        ranked = rendezvous_rank(key, matching)
+        ranked.sort(key=lambda n: n in avoid_set)  # stable: keeps hash order within groups
+        return ranked[:count], len(matching)

@@ -1,0 +1,422 @@
+"""The compute role: bid, run under a lease, renew, report, fence oneself.
+
+One ``HeldExecution`` machine per execution (transitions in ``states.py``).
+
+* **Authority.** A grant is only taken from the peer we bid to for that
+  (job, slot, attempt); cancels, renewal answers and result acks only from the
+  peer that granted the execution.  Anything else is a ``RemoteProtocolError``.
+* **Self-fencing.** The lease is valid until ``send time of the last
+  acknowledged renewal + ttl`` on our own clock.  Because the owner measures from
+  the *receipt* of that renewal and adds a grace, the holder always gives up
+  first: when the owner re-grants, the old execution has already been stopped.
+* **Reporting.** The result is retransmitted until acknowledged; renewals go on
+  meanwhile, so the lease (and with it the right to report) stays alive.  When it
+  lapses the holder drops the result: the owner has moved on.
+* **Restart.** Executions do not survive a node restart.  Leases held at the
+  crash are persisted, so the restarted node reports them failed at once
+  instead of leaving the owner to wait out the lease.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from protocols.config import NodeConfig
+from protocols.directory import mismatch_reason
+from protocols.errors import RemoteProtocolError
+from protocols.events import ExecutionFinished, StartExecution
+from protocols.messages import (
+    AskForBid,
+    Bid,
+    BidDeclined,
+    BidRejected,
+    Cancel,
+    ExecutionResult,
+    LeaseAccept,
+    LeaseGrant,
+    LeaseRelease,
+    LeaseRenew,
+    NodeInfo,
+    RenewAck,
+    ResultAck,
+)
+from protocols.outbox import Outbox
+from protocols.states import ExecEvent, ExecState, check_exec_transition
+from protocols.unit import WorkUnit
+
+HELD_TABLE = "held"
+MAX_TOMBSTONES = 10_000
+
+
+@attrs.define
+class Reservation:
+    owner: str
+    cpu: float
+    memory: int
+    expires: float
+
+
+@attrs.define
+class HeldExecution:
+    execution_id: str
+    job_id: str
+    slot: int
+    epoch: int
+    owner: str
+    cpu: float
+    memory: int
+    ttl: float
+    state: ExecState = ExecState.RUNNING
+    valid_until: float = 0.0
+    seq: int = 0  # last renewal sequence number sent
+    acked_seq: int = -1
+    sent_at: dict[int, float] = attrs.field(factory=dict)
+    next_renew: float = 0.0
+    renew_delay: float = 0.0  # current retry delay while a renewal is unacknowledged
+    result: ExecutionResult | None = None
+    stop_reason: str = ""
+    timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "job_id": self.job_id,
+            "slot": self.slot,
+            "epoch": self.epoch,
+            "owner": self.owner,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "ttl": self.ttl,
+        }
+
+
+class Holder:
+    def __init__(self, config: NodeConfig, out: Outbox, me: NodeInfo) -> None:
+        self.config = config
+        self.t = config.timings
+        self.out = out
+        self.me = me
+        self.reservations: dict[tuple[str, int, int], Reservation] = {}
+        self.held: dict[str, HeldExecution] = {}
+        self.tombstones: dict[str, None] = {}  # finished execution ids (ordered, bounded)
+
+    # --- capacity -----------------------------------------------------------------
+
+    def _used(self) -> tuple[float, int, int]:
+        cpu = sum(r.cpu for r in self.reservations.values()) + sum(
+            h.cpu for h in self.held.values()
+        )
+        mem = sum(r.memory for r in self.reservations.values()) + sum(
+            h.memory for h in self.held.values()
+        )
+        return cpu, mem, len(self.reservations) + len(self.held)
+
+    def _fits(self, cpu: float, memory: int) -> bool:
+        used_cpu, used_mem, count = self._used()
+        return (
+            count < self.config.max_executions
+            and used_cpu + cpu <= self.config.cpu + 1e-9
+            and used_mem + memory <= self.config.memory
+        )
+
+    # --- auction ----------------------------------------------------------------------
+
+    def on_ask(self, sender: str, ask: AskForBid) -> None:
+        if ask.pinned_node and ask.pinned_node != self.config.node_id:
+            return
+        try:
+            unit = WorkUnit.from_task(ask.task, labels=ask.labels)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"ask_for_bid with an unreadable task: {exc!r}") from None
+        reason = mismatch_reason(self.me, ask.labels, unit.engine, unit.cpu, unit.memory)
+        if reason:
+            if not ask.broadcast:  # broadcast asks are answered by matching nodes only
+                self.out.send(
+                    sender,
+                    BidDeclined(
+                        job_id=ask.job_id, slot=ask.slot, attempt=ask.attempt, reason=reason
+                    ),
+                )
+            return
+        key = (ask.job_id, ask.slot, ask.attempt)
+        running_same_slot = any(
+            h.job_id == ask.job_id and h.slot == ask.slot for h in self.held.values()
+        )
+        if key not in self.reservations:
+            if running_same_slot or not self._fits(unit.cpu, unit.memory):
+                why = "already running this slot" if running_same_slot else "no free capacity"
+                self.out.send(
+                    sender,
+                    BidDeclined(
+                        job_id=ask.job_id,
+                        slot=ask.slot,
+                        attempt=ask.attempt,
+                        reason=why,
+                        matches=True,
+                    ),
+                )
+                return
+            expires = self.out.now + self.t.bid_hold
+            self.reservations[key] = Reservation(sender, unit.cpu, unit.memory, expires)
+            self.out.timer(("bid", *key), expires)
+        used_cpu, used_mem, _ = self._used()
+        self.out.send(
+            sender,
+            Bid(
+                job_id=ask.job_id,
+                slot=ask.slot,
+                attempt=ask.attempt,
+                free_cpu=max(0.0, self.config.cpu - used_cpu),
+                free_memory=max(0, self.config.memory - used_mem),
+                running=len(self.held),
+            ),
+        )
+
+    def on_bid_rejected(self, sender: str, msg: BidRejected) -> None:
+        key = (msg.job_id, msg.slot, msg.attempt)
+        res = self.reservations.get(key)
+        if res is not None and res.owner == sender:
+            del self.reservations[key]
+            self.out.cancel_timer(("bid", *key))
+
+    def on_bid_timer(self, key: tuple[str, int, int]) -> None:
+        res = self.reservations.get(key)
+        if res is not None and self.out.now >= res.expires:
+            del self.reservations[key]
+
+    # --- lease ------------------------------------------------------------------------
+
+    def on_grant(self, sender: str, grant: LeaseGrant) -> None:
+        held = self.held.get(grant.execution_id)
+        if held is not None:  # duplicate grant: our accept was lost, confirm again
+            if held.owner != sender:
+                raise RemoteProtocolError(f"grant for {grant.execution_id} from a non-owner")
+            check_exec_transition(held.state, ExecEvent.GRANT, held.state)
+            self._renew(held)
+            return
+        if grant.execution_id in self.tombstones:
+            return
+        key = (grant.job_id, grant.slot, grant.attempt)
+        res = self.reservations.pop(key, None)
+        if res is None or res.owner != sender:
+            raise RemoteProtocolError(
+                f"lease grant for {grant.execution_id} that we did not bid for"
+            )
+        self.out.cancel_timer(("bid", *key))
+        try:
+            unit = WorkUnit.from_task(grant.task)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.out.send(
+                sender,
+                LeaseRelease(
+                    execution_id=grant.execution_id,
+                    epoch=grant.epoch,
+                    reason=f"unreadable task: {exc!r}",
+                ),
+            )
+            return
+        ttl = grant.ttl_ms / 1000
+        held = HeldExecution(
+            execution_id=grant.execution_id,
+            job_id=grant.job_id,
+            slot=grant.slot,
+            epoch=grant.epoch,
+            owner=sender,
+            cpu=unit.cpu,
+            memory=unit.memory,
+            ttl=ttl,
+            valid_until=self.out.now + ttl,
+        )
+        self.held[held.execution_id] = held
+        self.out.persist(HELD_TABLE, held.execution_id, held.record())
+        env = {**(grant.task.get("env") or {}), **grant.env}
+        self.out.start(
+            StartExecution(
+                execution_id=held.execution_id,
+                job_id=held.job_id,
+                slot=held.slot,
+                task=grant.task,
+                env=env,
+                timeout=grant.timeout_ms / 1000,
+            )
+        )
+        # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
+        self.out.timer(
+            ("xtimeout", held.execution_id), self.out.now + grant.timeout_ms / 1000 + 1.0
+        )
+        self.out.timer(("lapse", held.execution_id), held.valid_until)
+        self._renew(held)
+
+    def _renew(self, held: HeldExecution) -> None:
+        held.seq += 1
+        held.sent_at[held.seq] = self.out.now
+        msg: LeaseAccept | LeaseRenew
+        if held.seq == 1:
+            msg = LeaseAccept(execution_id=held.execution_id, epoch=held.epoch, seq=held.seq)
+        else:
+            msg = LeaseRenew(execution_id=held.execution_id, epoch=held.epoch, seq=held.seq)
+        self.out.send(held.owner, msg)
+        # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged.
+        held.renew_delay = min(
+            max(held.renew_delay * 2, self.t.retransmit_base), self.t.renew_interval
+        )
+        held.next_renew = self.out.now + held.renew_delay
+        self.out.timer(("renew", held.execution_id), held.next_renew)
+
+    def on_renew_timer(self, exec_id: str) -> None:
+        held = self.held.get(exec_id)
+        if held is None or held.state not in (ExecState.RUNNING, ExecState.REPORTING):
+            return
+        if self.out.now >= held.next_renew:
+            self._renew(held)
+
+    def _owned_by(self, sender: str, exec_id: str) -> HeldExecution | None:
+        held = self.held.get(exec_id)
+        if held is None:
+            if exec_id in self.tombstones:
+                return None
+            raise RemoteProtocolError(f"message about unknown execution {exec_id}")
+        if held.owner != sender:
+            raise RemoteProtocolError(f"{sender} did not grant {exec_id}")
+        return held
+
+    def on_renew_ack(self, sender: str, ack: RenewAck) -> None:
+        held = self._owned_by(sender, ack.execution_id)
+        if held is None or held.state is ExecState.DONE:
+            return
+        if not ack.valid:
+            self._stop(held, ExecEvent.STOP, f"owner refused renewal: {ack.reason}")
+            return
+        sent = held.sent_at.get(ack.seq)
+        if sent is None:
+            return
+        check_exec_transition(held.state, ExecEvent.RENEW_OK, held.state)
+        if ack.seq > held.acked_seq:
+            held.acked_seq = ack.seq
+            for old in [s for s in held.sent_at if s < ack.seq]:
+                del held.sent_at[old]
+        held.valid_until = max(held.valid_until, sent + held.ttl)
+        self.out.timer(("lapse", held.execution_id), held.valid_until)
+        held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
+        held.next_renew = self.out.now + self.t.renew_interval
+        self.out.timer(("renew", held.execution_id), held.next_renew)
+
+    def on_cancel(self, sender: str, msg: Cancel) -> None:
+        held = self._owned_by(sender, msg.execution_id)
+        if held is None or held.epoch != msg.epoch:
+            return
+        self._stop(held, ExecEvent.STOP, f"cancelled by owner: {msg.reason}")
+
+    def on_lapse_timer(self, exec_id: str) -> None:
+        held = self.held.get(exec_id)
+        if held is None or self.out.now < held.valid_until:
+            return
+        if held.state in (ExecState.RUNNING, ExecState.REPORTING):
+            self.out.notify(
+                "execution_fenced",
+                execution_id=exec_id,
+                job_id=held.job_id,
+                slot=held.slot,
+                epoch=held.epoch,
+            )
+        self._stop(held, ExecEvent.LAPSED, "lease lost: no renewal acknowledged within ttl")
+
+    def on_timeout_timer(self, exec_id: str) -> None:
+        held = self.held.get(exec_id)
+        if held is not None and held.state is ExecState.RUNNING:
+            held.timed_out = True
+            self.out.stop(exec_id, "execution timeout")
+
+    def _stop(self, held: HeldExecution, event: ExecEvent, reason: str) -> None:
+        if held.state is ExecState.RUNNING:
+            held.state = check_exec_transition(held.state, event, ExecState.STOPPING)
+            held.stop_reason = reason
+            self.out.stop(held.execution_id, reason)
+        elif held.state is ExecState.REPORTING:
+            held.state = check_exec_transition(held.state, event, ExecState.DONE)
+            self._forget(held)
+        # STOPPING: already waiting for the executor.
+
+    # --- results ----------------------------------------------------------------------
+
+    def on_finished(self, event: ExecutionFinished) -> None:
+        held = self.held.get(event.execution_id)
+        if held is None or held.state not in (ExecState.RUNNING, ExecState.STOPPING):
+            return  # e.g. an execution from before a restart, already reported
+        if held.state is ExecState.STOPPING:
+            held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.DONE)
+            if held.stop_reason.startswith("cancelled"):
+                self.out.send(
+                    held.owner,
+                    LeaseRelease(
+                        execution_id=held.execution_id, epoch=held.epoch, reason=held.stop_reason
+                    ),
+                )
+            self._forget(held)
+            return
+        held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.REPORTING)
+        self.out.cancel_timer(("xtimeout", held.execution_id))
+        held.result = ExecutionResult(
+            execution_id=held.execution_id,
+            epoch=held.epoch,
+            status="timeout" if held.timed_out else event.status,
+            exit_code=event.exit_code,
+            error=event.error,
+            manifest_id=event.manifest_id,
+            stdout_tail=event.stdout_tail,
+            stderr_tail=event.stderr_tail,
+            duration_ms=event.duration_ms,
+        )
+        self.out.send_reliably(
+            ("result", held.execution_id), held.owner, held.result, give_up_after=held.ttl * 10
+        )
+
+    def on_result_ack(self, sender: str, ack: ResultAck) -> None:
+        held = self._owned_by(sender, ack.execution_id)
+        if held is None or held.state is not ExecState.REPORTING:
+            return
+        held.state = check_exec_transition(held.state, ExecEvent.RESULT_ACKED, ExecState.DONE)
+        self._forget(held)
+
+    def _forget(self, held: HeldExecution) -> None:
+        exec_id = held.execution_id
+        self.held.pop(exec_id, None)
+        self.out.settle(("result", exec_id))
+        for kind in ("renew", "lapse", "xtimeout"):
+            self.out.cancel_timer((kind, exec_id))
+        self.out.persist(HELD_TABLE, exec_id, None)
+        self.tombstones[exec_id] = None
+        if len(self.tombstones) > MAX_TOMBSTONES:
+            del self.tombstones[next(iter(self.tombstones))]
+
+    # --- restart ----------------------------------------------------------------------
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        """Leases held when the node died: their executions are gone; report them."""
+        now = self.out.now
+        for exec_id, rec in records.items():
+            held = HeldExecution(
+                execution_id=exec_id,
+                job_id=rec["job_id"],
+                slot=rec["slot"],
+                epoch=rec["epoch"],
+                owner=rec["owner"],
+                cpu=rec["cpu"],
+                memory=rec["memory"],
+                ttl=rec["ttl"],
+                state=ExecState.RUNNING,
+                valid_until=now + rec["ttl"],
+            )
+            self.held[exec_id] = held
+            self.out.timer(("lapse", exec_id), held.valid_until)
+            self.on_finished(
+                ExecutionFinished(
+                    execution_id=exec_id,
+                    status="failed",
+                    exit_code=-1,
+                    error="node restarted; the execution was lost",
+                )
+            )
+            self._renew(held)

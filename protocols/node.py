@@ -1,0 +1,237 @@
+"""The node core: one node's machines behind ``handle(event, now) -> actions``.
+
+Pure: no I/O, no clock reads (time comes in as ``now``), no global randomness
+(one ``random.Random`` seeded from (seed, node id, incarnation)).  The trio
+runtime and the simulator drive the very same object.
+
+Crash = the object is dropped.  Restart = a new object built from the records
+the old one persisted, then ``Started``.  Each start bumps the persisted
+*incarnation*, which is part of every message id, so ids never repeat across
+restarts and peers' duplicate filters never swallow a fresh message.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable
+from typing import Any
+
+from protocols import codec
+from protocols.config import ANNOUNCE_TOPIC, NodeConfig
+from protocols.directory import Directory
+from protocols.errors import RemoteProtocolError
+from protocols.events import (
+    Action,
+    CancelJob,
+    Event,
+    ExecutionFinished,
+    MessageReceived,
+    Started,
+    SubmitJob,
+    TimerFired,
+)
+from protocols.holder import HELD_TABLE, Holder
+from protocols.messages import (
+    AskForBid,
+    Bid,
+    BidDeclined,
+    BidRejected,
+    Cancel,
+    ExecutionResult,
+    Hello,
+    LeaseAccept,
+    LeaseGrant,
+    LeaseRelease,
+    LeaseRenew,
+    Message,
+    NodeInfo,
+    Peers,
+    RenewAck,
+    ResultAck,
+)
+from protocols.outbox import RETX_TIMER, Outbox
+from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
+
+META_TABLE = "meta"
+MAX_TRACKED_OFFENDERS = 10_000
+DEDUPE_CAPACITY = 50_000
+
+Records = dict[str, dict[str, dict[str, Any]]]
+
+
+class NodeCore:
+    def __init__(self, config: NodeConfig, seed: int, records: Records | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self._records: Records = records or {}
+        meta = self._records.get(META_TABLE, {}).get("node", {})
+        self.incarnation = int(meta.get("incarnation", 0)) + 1
+        self.rng = random.Random(f"{seed}:{config.node_id}:{self.incarnation}")
+        self.out = Outbox(config.node_id, self.incarnation, config.timings)
+        self.me = NodeInfo(
+            node_id=config.node_id,
+            labels=dict(config.labels),
+            cpu=config.cpu,
+            memory=config.memory,
+            executors=list(config.executors),
+            addrs=list(config.addrs),
+            compute=config.compute,
+        )
+        self.directory = Directory(self.me, config.view_size, self.rng)
+        self.owner = Owner(config, self.out, self.directory, self.rng)
+        self.holder = Holder(config, self.out, self.me)
+        self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
+        self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
+        self.duplicates = 0
+
+    # --- the one entry point ----------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        self.out.begin(now)
+        if isinstance(event, MessageReceived):
+            self._on_frame(event)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event.key)
+        elif isinstance(event, ExecutionFinished):
+            self.holder.on_finished(event)
+        elif isinstance(event, SubmitJob):
+            self.owner.submit(event.job_id, event.spec)
+        elif isinstance(event, CancelJob):
+            self.owner.cancel(event.job_id, event.reason)
+        elif isinstance(event, Started):
+            self._on_started()
+        return self.out.drain()
+
+    # --- start / restart ------------------------------------------------------------------
+
+    def _on_started(self) -> None:
+        # Durable before any message carrying the new incarnation leaves.
+        self.out.persist(META_TABLE, "node", {"incarnation": self.incarnation})
+        self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
+        self.holder.restore(self._records.get(HELD_TABLE, {}))
+        self._records = {}
+        for peer in self.config.bootstrap:
+            if peer != self.node_id:
+                self.out.send(peer, Hello(info=self.me, want_peers=True))
+        self._schedule_gossip()
+        self.owner.resume()
+
+    # --- frames ---------------------------------------------------------------------------
+
+    def _on_frame(self, event: MessageReceived) -> None:
+        try:
+            envelope = codec.decode(event.data)
+            if envelope.sender != event.sender:
+                raise RemoteProtocolError(
+                    f"frame claims sender {envelope.sender!r} but came from {event.sender!r}"
+                )
+            if self.dedupe.seen(envelope.msg_id):
+                self.duplicates += 1
+                return
+            message = envelope.message
+            if event.topic and not (isinstance(message, AskForBid) and message.broadcast):
+                raise RemoteProtocolError(f"{message.TYPE} is not allowed on topic {event.topic}")
+            self.directory.touch(event.sender, self.out.now)
+            self._dispatch(event.sender, message)
+        except RemoteProtocolError as exc:
+            self._count_drop(event.sender, str(exc))
+
+    def _count_drop(self, sender: str, reason: str) -> None:
+        if sender in self.dropped or len(self.dropped) < MAX_TRACKED_OFFENDERS:
+            self.dropped[sender] = self.dropped.get(sender, 0) + 1
+        self.out.notify("dropped", sender=sender, reason=reason)
+
+    def _dispatch(self, sender: str, msg: Message) -> None:
+        owner, holder = self.owner, self.holder
+        if isinstance(msg, AskForBid):
+            holder.on_ask(sender, msg)
+        elif isinstance(msg, Bid):
+            owner.on_bid(sender, msg)
+        elif isinstance(msg, BidDeclined):
+            owner.on_decline(sender, msg)
+        elif isinstance(msg, BidRejected):
+            holder.on_bid_rejected(sender, msg)
+        elif isinstance(msg, LeaseGrant):
+            holder.on_grant(sender, msg)
+        elif isinstance(msg, (LeaseAccept, LeaseRenew)):
+            owner.on_renew(sender, msg)
+        elif isinstance(msg, RenewAck):
+            holder.on_renew_ack(sender, msg)
+        elif isinstance(msg, LeaseRelease):
+            owner.on_release(sender, msg)
+        elif isinstance(msg, ExecutionResult):
+            owner.on_result(sender, msg)
+        elif isinstance(msg, ResultAck):
+            holder.on_result_ack(sender, msg)
+        elif isinstance(msg, Cancel):
+            holder.on_cancel(sender, msg)
+        elif isinstance(msg, Hello):
+            self._on_hello(sender, msg)
+        elif isinstance(msg, Peers):
+            self._on_peers(msg)
+        else:
+            raise RemoteProtocolError(f"{msg.TYPE} is not handled by this node")
+
+    # --- membership (peer exchange) ---------------------------------------------------------
+
+    def _on_hello(self, sender: str, msg: Hello) -> None:
+        if msg.info.node_id != sender:
+            raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
+        self.directory.upsert(msg.info, self.out.now)
+        if msg.want_peers:
+            sample = self.directory.sample(self.config.peer_sample, exclude=sender)
+            self.out.send(sender, Peers(peers=sample))
+
+    def _on_peers(self, msg: Peers) -> None:
+        for info in msg.peers:
+            if self.directory.upsert(info, self.out.now):
+                # Tell the new peer about us, so views grow in both directions.
+                self.out.send(info.node_id, Hello(info=self.me, want_peers=False))
+
+    def _schedule_gossip(self) -> None:
+        interval = self.config.timings.gossip_interval
+        self.out.timer(("gossip",), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
+
+    def _on_gossip(self) -> None:
+        t = self.config.timings
+        self.directory.expire(self.out.now, t.peer_expiry, keep=self.config.bootstrap)
+        peer = self.directory.random_peer()
+        targets = [peer] if peer else [p for p in self.config.bootstrap if p != self.node_id]
+        for target in targets:
+            self.out.send(target, Hello(info=self.me, want_peers=True))
+        self._schedule_gossip()
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def _on_timer(self, key: Hashable) -> None:
+        if not isinstance(key, tuple) or not key:
+            return
+        kind = key[0]
+        if kind == RETX_TIMER:
+            self.out.on_retransmit_timer(key[1])
+        elif kind in ("auction", "retry", "lease", "deadline"):
+            self.owner.on_timer(kind, key[1], key[2])
+        elif kind == "bid":
+            self.holder.on_bid_timer((key[1], key[2], key[3]))
+        elif kind == "renew":
+            self.holder.on_renew_timer(key[1])
+        elif kind == "lapse":
+            self.holder.on_lapse_timer(key[1])
+        elif kind == "xtimeout":
+            self.holder.on_timeout_timer(key[1])
+        elif kind == "gossip":
+            self._on_gossip()
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def owned_jobs(self) -> dict[str, str]:
+        return {job_id: job.state for job_id, job in self.owner.jobs.items()}
+
+    def describe(self, job_id: str) -> dict[str, Any]:
+        return self.owner.describe(job_id)
+
+    def known_peers(self) -> list[NodeInfo]:
+        return [e.info for e in self.directory.peers.values()]
+
+
+__all__ = ["ANNOUNCE_TOPIC", "NodeCore"]
