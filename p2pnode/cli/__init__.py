@@ -1,0 +1,91 @@
+"""The ``p2pnode`` command line (click).
+
+The root group takes the options every command shares (``--output``,
+``--data-dir``, ``-v``) into a :class:`~p2pnode.cli.context.CliContext`.
+Command groups live in their own modules (``job.py`` ...) and are attached
+below with ``cli.add_command``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, default_data_dir
+from p2pnode.cli.job import job
+
+__all__ = ["cli", "main"]
+
+EPILOG = """\b
+Exit codes:
+  0  success
+  1  invalid job spec
+  2  usage error, or a file that cannot be read
+"""
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the *current* sys.stderr, so redirections (tests) see logs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int) -> None:
+    """-v: INFO, -vv: DEBUG, on stderr.  Without -v nothing is installed and
+    Python's last-resort handler still prints warnings and errors."""
+    if not verbose:
+        return
+    root = logging.getLogger()
+    # Replace our own handler on repeated calls (tests invoke cli many times),
+    # never anybody else's.
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EPILOG,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(OUTPUT_FORMATS),
+    default="table",
+    show_default=True,
+    help="How results are printed: table for people, json/yaml for programs.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="P2PNODE_DATA_DIR",
+    show_envvar=True,
+    help="Where the node keeps its state  [default: $XDG_DATA_HOME/p2pnode, "
+    "else ~/.local/share/p2pnode]",
+)
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
+@click.version_option(package_name="p2pnode")
+@click.pass_context
+def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int) -> None:
+    """p2pnode: a peer-to-peer compute network without an orchestrator."""
+    _setup_logging(verbose)
+    ctx.obj = CliContext(output=output, data_dir=data_dir or default_data_dir(), verbose=verbose)
+
+
+cli.add_command(job)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``p2pnode`` and ``python -m p2pnode``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="p2pnode")

@@ -1,0 +1,121 @@
+"""``p2pnode job ...``: commands about job specs.
+
+Commands that talk to a node (run, status, ...) join this group later; the
+ones here are offline and need no running node.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
+from p2pnode.cli.output import emit_document, plural, to_yaml
+from protocols.spec import (
+    MAX_SPEC_BYTES,
+    JobSpec,
+    SpecError,
+    SpecValidationError,
+    load_spec_file,
+    parse_spec,
+    spec_digest,
+)
+
+log = logging.getLogger(__name__)
+
+SPEC_ARGUMENT = click.argument(
+    "spec_path", metavar="SPEC", type=click.Path(readable=False, allow_dash=True, path_type=Path)
+)
+
+
+@click.group()
+def job() -> None:
+    """Validate and inspect job specs."""
+
+
+def read_spec(path: Path) -> JobSpec | list[SpecError]:
+    """The validated spec at ``path`` (``-`` = stdin), or its errors.
+
+    An unreadable file ends the command with exit code 2 and one line on stderr.
+    """
+    try:
+        if str(path) == "-":
+            text = sys.stdin.read(MAX_SPEC_BYTES + 1)
+            return parse_spec(text)
+        log.info("reading spec %s", path)
+        return load_spec_file(path)
+    except SpecValidationError as err:
+        return err.errors
+    except OSError as err:
+        fail(f"cannot read {path}: {err.strerror or err}")
+
+
+def _report_invalid(cli: CliContext, path: Path, errors: list[SpecError]) -> None:
+    """Print the errors (stdout), a summary (stderr), and exit 1."""
+    if cli.output == "table":
+        for error in errors:
+            click.echo(str(error))
+    else:
+        emit_document({"ok": False, "digest": None, "errors": _error_dicts(errors)}, cli.output)
+    click.echo(f"{plural(len(errors), 'error')} in {_shown(path)}", err=True)
+    raise click.exceptions.Exit(EXIT_INVALID)
+
+
+def _error_dicts(errors: list[SpecError]) -> list[dict[str, str]]:
+    return [{"path": error.path, "message": error.message} for error in errors]
+
+
+def _shown(path: Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+@job.command()
+@SPEC_ARGUMENT
+@pass_cli
+def validate(cli: CliContext, spec_path: Path) -> None:
+    """Check the job spec SPEC (a YAML or JSON file, - for stdin).
+
+    Prints OK, or every error with the path of its field.  With --output
+    json/yaml: {ok, digest, errors: [{path, message}]}.
+    """
+    result = read_spec(spec_path)
+    if isinstance(result, list):
+        _report_invalid(cli, spec_path, result)
+        return
+    if cli.output == "table":
+        click.echo("OK")
+    else:
+        emit_document({"ok": True, "digest": spec_digest(result), "errors": []}, cli.output)
+
+
+@job.command()
+@SPEC_ARGUMENT
+@pass_cli
+def explain(cli: CliContext, spec_path: Path) -> None:
+    """Show SPEC in canonical form, with every default, and its digest.
+
+    The canonical form is what identifies the spec (the digest hashes it):
+    durations are in milliseconds and sizes in bytes.
+    """
+    result = read_spec(spec_path)
+    if isinstance(result, list):
+        _report_invalid(cli, spec_path, result)
+        return
+    summary: dict[str, Any] = {
+        "ok": True,
+        "digest": spec_digest(result),
+        "summary": result.describe(),
+        "spec": result.canonical(),
+    }
+    if cli.output != "table":
+        emit_document(summary, cli.output)
+        return
+    click.echo(summary["summary"])
+    click.echo(f"digest: {summary['digest']}")
+    click.echo("canonical spec (durations in ms, sizes in bytes):")
+    click.echo(textwrap.indent(to_yaml(summary["spec"]), "  "))
