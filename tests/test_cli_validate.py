@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,16 +104,6 @@ def test_directory_is_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1
     assert "cannot read" in result.stderr
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
-def test_unreadable_file_is_exit_2(tmp_path: Path) -> None:
-    spec = tmp_path / "secret.yaml"
-    spec.write_text("name: x\n")
-    spec.chmod(0)
-    result = run("job", "validate", spec)
-    assert result.exit_code == 2
-    assert "Permission denied" in result.stderr
 
 
 def test_parse_error_is_an_invalid_spec(tmp_path: Path) -> None:
