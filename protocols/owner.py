@@ -43,6 +43,7 @@ from protocols.messages import (
     ResultAck,
 )
 from protocols.outbox import Outbox
+from protocols.spec import JobSpec, SpecValidationError
 from protocols.states import SLOT_TERMINAL, SlotEvent, SlotState, check_slot_transition
 from protocols.unit import WorkUnit
 
@@ -169,6 +170,10 @@ class Owner:
     def submit(self, job_id: str, spec: dict[str, Any]) -> None:
         if job_id in self.jobs:
             raise LocalProtocolError(f"job {job_id} already exists")
+        try:
+            JobSpec.from_canonical(spec)
+        except (SpecValidationError, KeyError, TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"job {job_id}: not a valid canonical spec: {exc}") from None
         if spec.get("type", "batch") != "batch":
             raise LocalProtocolError(f"job type {spec.get('type')!r} is not supported by this node")
         unit = WorkUnit.from_spec(spec)

@@ -372,3 +372,20 @@ def test_result_ack_only_from_granting_owner() -> None:
     ack = codec.encode(ResultAck(execution_id=exec_id, epoch=1), msg_id="o:1", sender=other)
     net.feed(node, MessageReceived(other, ack))
     assert net.core(node).dropped.get(other) == 1
+
+
+def test_invalid_task_from_a_peer_is_refused() -> None:
+    net = ProtoNet(IDS)
+    net.run_for(1.0)
+    bad_task = batch_spec()["task"] | {"timeout": -5}
+    ask = AskForBid(job_id="jz", slot=0, attempt=1, task=bad_task, bid_window_ms=500)
+    acts = net.feed("b", MessageReceived("c", codec.encode(ask, msg_id="c:9:1", sender="c")))
+    assert net.core("b").dropped["c"] == 1
+    assert not [a for a in acts if isinstance(a, Send)]  # no bid for an invalid task
+    assert "timeout" in net.notes_of("dropped")[-1]["reason"]
+
+
+def test_owner_refuses_a_non_canonical_spec() -> None:
+    net = ProtoNet(IDS)
+    with pytest.raises(LocalProtocolError):
+        net.feed("a", SubmitJob("j1", {"name": "x", "task": {"engine": {"type": "sim"}}}))
