@@ -43,7 +43,7 @@ from protocols.messages import (
     ResultAck,
 )
 from protocols.outbox import Outbox
-from protocols.spec import JobSpec, SpecValidationError
+from protocols.spec import SpecValidationError, validate_spec
 from protocols.states import SLOT_TERMINAL, SlotEvent, SlotState, check_slot_transition
 from protocols.unit import WorkUnit
 
@@ -171,9 +171,10 @@ class Owner:
         if job_id in self.jobs:
             raise LocalProtocolError(f"job {job_id} already exists")
         try:
-            JobSpec.from_canonical(spec)
-        except (SpecValidationError, KeyError, TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"job {job_id}: not a valid canonical spec: {exc}") from None
+            validate_spec(spec, canonical=True)
+        except SpecValidationError as exc:
+            errors = "; ".join(str(e) for e in exc.errors[:5])
+            raise LocalProtocolError(f"job {job_id}: invalid spec: {errors}") from None
         if spec.get("type", "batch") != "batch":
             raise LocalProtocolError(f"job type {spec.get('type')!r} is not supported by this node")
         unit = WorkUnit.from_spec(spec)
