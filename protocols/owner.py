@@ -171,7 +171,7 @@ class Owner:
         if job_id in self.jobs:
             raise LocalProtocolError(f"job {job_id} already exists")
         try:
-            validate_spec(spec, canonical=True)
+            spec = validate_spec(spec, canonical=True).canonical()  # defaults filled in
         except SpecValidationError as exc:
             errors = "; ".join(str(e) for e in exc.errors[:5])
             raise LocalProtocolError(f"job {job_id}: invalid spec: {errors}") from None

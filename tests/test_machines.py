@@ -385,7 +385,9 @@ def test_invalid_task_from_a_peer_is_refused() -> None:
     assert "timeout" in net.notes_of("dropped")[-1]["reason"]
 
 
-def test_owner_refuses_a_non_canonical_spec() -> None:
+def test_owner_refuses_an_invalid_spec_and_fills_defaults() -> None:
     net = ProtoNet(IDS)
-    with pytest.raises(LocalProtocolError):
-        net.feed("a", SubmitJob("j1", {"name": "x", "task": {"engine": {"type": "sim"}}}))
+    with pytest.raises(LocalProtocolError, match="count"):
+        net.feed("a", SubmitJob("j0", batch_spec(count=0)))
+    net.feed("a", SubmitJob("j1", {"name": "x", "task": {"engine": {"type": "sim"}}}))
+    assert net.core("a").owner.jobs["j1"].unit.timeout == 1800  # the 30m default
