@@ -1,0 +1,541 @@
+"""The trio shell around a sans-IO node core.
+
+The core decides (``core.handle(event, now) -> actions``); this module does the
+I/O those actions ask for, in order, and turns the outside world (frames,
+timers, finished executions, local API calls) back into events.
+
+Shape of a running node (one nursery, fixed number of long-lived tasks)::
+
+    receive loop ──┐
+    timer loop  ───┼──> event queue ──> consumer (the ``run`` task itself):
+    executions  ───┤                      core.handle(event, now)
+    submit/cancel ─┘                      then execute the actions in order
+
+Only the consumer calls ``core.handle``, and it finishes executing one batch of
+actions before taking the next event, so the core is never re-entered and a
+batch's effects are never interleaved with the next event's.
+
+Durability rule: consecutive ``Persist`` actions are applied as one atomic
+``store.apply`` and must succeed before any later action of the batch runs.  If
+they fail the node stops (``run`` raises ``StoreError``): continuing would mean
+acting on state that is not on disk, e.g. sending an epoch a restart forgets.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from p2pnode.executor import Executor
+from p2pnode.store import Store, StoreError
+from p2pnode.transport import Transport
+from protocols.config import ANNOUNCE_TOPIC
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.events import (
+    Action,
+    CancelJob,
+    CancelTimer,
+    Event,
+    ExecutionFinished,
+    MessageReceived,
+    Notify,
+    Persist,
+    Publish,
+    Send,
+    SetTimer,
+    Started,
+    StartExecution,
+    StopExecution,
+    SubmitJob,
+    TimerFired,
+)
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose ``trio-stubs`` shadow trio's own inline
+    # annotations for mypy; those stubs predate ``trio.TaskStatus``.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("p2pnode.runtime")
+# Notify actions, one line each: what an operator tails to follow a node.
+events_log = logging.getLogger("p2pnode.events")
+
+
+class Core(Protocol):
+    """What the runtime needs from a node core (``protocols.node.NodeCore``)."""
+
+    def handle(self, event: Event, now: float) -> Sequence[Action]: ...
+
+
+class NodeStopped(Exception):
+    """The node is not running (not started yet, stopped, or failed)."""
+
+
+# --- queue items ---------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Reply:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    notifies: list[Notify] = attrs.field(factory=list)
+    error: BaseException | None = None
+
+    def resolve(
+        self, notifies: list[Notify] | None = None, error: BaseException | None = None
+    ) -> None:
+        if self.done.is_set():
+            return
+        self.notifies = notifies or []
+        self.error = error
+        self.done.set()
+
+
+@attrs.frozen(eq=False)
+class _Request:
+    """A local API call: the event plus where to put the resulting notifies."""
+
+    event: SubmitJob | CancelJob
+    reply: _Reply
+
+
+@attrs.frozen
+class _TimerDue:
+    """A timer reached its deadline; ``version`` tells whether it is still the
+    timer the core asked for when the consumer gets to it."""
+
+    key: Hashable
+    version: int
+
+
+_Item = Event | _Request | _TimerDue
+
+
+@attrs.define(eq=False)
+class _Running:
+    scope: trio.CancelScope
+    stop_reason: str = ""
+
+
+class NodeRuntime:
+    """Runs one node core with real I/O.  See the module docstring.
+
+    ``clock`` is the time base handed to the core as ``now`` and used for
+    ``SetTimer.at``; it defaults to trio's clock, so ``trio.testing.MockClock``
+    drives it in tests.  ``send_timeout`` bounds one ``Send``/``Publish``
+    (``None``: unbounded) so a stuck peer cannot stall the node.
+    ``offload_store``: run ``store.apply`` in a worker thread so an fsync does
+    not block the event loop; by default only for stores that say they block
+    (``SqliteStore.blocking``), keeping in-memory stores deterministic under a
+    mock clock.
+
+    The runtime does not own the store or the transport: whoever built them
+    closes them after ``run`` returns.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        transport: Transport,
+        store: Store,
+        executor: Executor,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        queue_size: int = 1024,
+        send_timeout: float | None = 5.0,
+        watch_buffer: int = 1024,
+        offload_store: bool | None = None,
+    ) -> None:
+        self.core = core
+        self.transport = transport
+        self.store = store
+        self.executor = executor
+        self._clock = clock
+        self._queue_size = queue_size
+        self._send_timeout = math.inf if send_timeout is None else send_timeout
+        self._watch_buffer = watch_buffer
+        self._offload_store = (
+            bool(getattr(store, "blocking", False)) if offload_store is None else offload_store
+        )
+
+        self._running = False
+        self._stopped = False
+        self._nursery: trio.Nursery | None = None
+        self._queue: trio.MemorySendChannel[_Item] | None = None
+        self._pending: set[_Reply] = set()
+        self._watchers: list[trio.MemorySendChannel[Notify]] = []
+        self._executions: dict[str, _Running] = {}
+
+        # Timers: one heap with lazy deletion.  ``_armed`` is the truth (key ->
+        # version of its live SetTimer); heap entries whose version is no longer
+        # armed are skipped.  ``_due`` holds timers that fired but whose
+        # TimerFired the consumer has not handed to the core yet, so that a
+        # Set/CancelTimer processed in between still wins.
+        self._versions = itertools.count()
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._armed: dict[Hashable, tuple[float, int]] = {}
+        self._due: dict[Hashable, int] = {}
+        self._timer_wake = trio.Event()
+
+    # --- public API ------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled (or ``stop()``).  Reports started once
+        the core has handled ``Started`` and the local API accepts calls.
+
+        Raises ``StoreError`` if persisting fails, and whatever the core raises
+        (other than a ``RemoteProtocolError`` for a received frame): a node must
+        fail loudly rather than run on with a state it cannot trust.
+        """
+        if self._running or self._stopped:
+            raise RuntimeError("a NodeRuntime runs once")
+        send, receive = trio.open_memory_channel[_Item](self._queue_size)
+        self._queue = send
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.transport.subscribe(ANNOUNCE_TOPIC)
+                await self._dispatch(Started())
+                nursery.start_soon(self._timer_loop, name="p2pnode timers")
+                nursery.start_soon(self._receive_loop, name="p2pnode receive")
+                self._running = True
+                task_status.started()
+                # The receive end is deliberately never closed here: closing it
+                # while failing would hand blocked senders a BrokenResourceError
+                # that buries the real error; the nursery's cancellation ends them.
+                while True:
+                    await self._process(await receive.receive())
+        except BaseExceptionGroup as group:
+            # Strict exception groups wrap the one real failure (say the
+            # StoreError) with the Cancelled of the sibling tasks; surface it
+            # alone so callers can catch it by type.  Pure cancellation passes
+            # through untouched for the enclosing cancel scope.
+            _, rest = group.split(trio.Cancelled)
+            leaves = _leaves(rest) if rest is not None else []
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
+        finally:
+            self._shutdown(send)
+
+    def stop(self) -> None:
+        """Stop a running node (same as cancelling the scope ``run`` is in)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def submit(self, job_id: str, spec: dict[str, Any]) -> list[Notify]:
+        """Make this node the owner of a new job.  Returns the ``Notify``
+        actions the core produced for it; raises ``LocalProtocolError`` if the
+        core refused, ``NodeStopped`` if the node is not running."""
+        return await self._request(SubmitJob(job_id, spec))
+
+    async def cancel(self, job_id: str, reason: str = "stopped by user") -> list[Notify]:
+        """Stop a job this node owns.  Same returns and errors as ``submit``."""
+        return await self._request(CancelJob(job_id, reason))
+
+    def watch(self, buffer: int | None = None) -> trio.MemoryReceiveChannel[Notify]:
+        """Subscribe to every ``Notify`` from now on.
+
+        Iterate the returned channel; close it to unsubscribe.  It ends when the
+        node stops.  A watcher that falls ``buffer`` notifies behind is
+        disconnected (its iteration ends, with a warning logged) rather than
+        slowing the node down or silently missing notifies.
+        """
+        send, receive = trio.open_memory_channel[Notify](buffer or self._watch_buffer)
+        if self._stopped:
+            send.close()
+        else:
+            self._watchers.append(send)
+        return receive
+
+    # --- the consumer ----------------------------------------------------------
+
+    async def _process(self, item: _Item) -> None:
+        if isinstance(item, _TimerDue):
+            if self._due.get(item.key) != item.version:
+                return  # re-set or cancelled after it fired
+            del self._due[item.key]
+            await self._dispatch(TimerFired(item.key))
+        elif isinstance(item, _Request):
+            try:
+                notifies = await self._dispatch(item.event)
+            except LocalProtocolError as exc:
+                item.reply.resolve(error=exc)
+            else:
+                item.reply.resolve(notifies)
+        elif isinstance(item, MessageReceived):
+            try:
+                await self._dispatch(item)
+            except RemoteProtocolError as exc:
+                # The core should drop bad frames itself; this is the backstop
+                # that keeps a peer from crashing us.
+                log.warning("dropped frame from %s: %s", item.sender, exc)
+        else:
+            await self._dispatch(item)
+
+    async def _dispatch(self, event: Event) -> list[Notify]:
+        actions = self.core.handle(event, self._clock())
+        return await self._execute(actions)
+
+    async def _execute(self, actions: Sequence[Action]) -> list[Notify]:
+        notifies: list[Notify] = []
+        i, n = 0, len(actions)
+        while i < n:
+            action = actions[i]
+            if isinstance(action, Persist):
+                j = i + 1
+                while j < n and isinstance(actions[j], Persist):
+                    j += 1
+                await self._persist(actions[i:j])  # type: ignore[arg-type]
+                i = j
+                continue
+            match action:
+                case Send(to=peer, data=data):
+                    await self._transmit(f"send to {peer}", self.transport.send, peer, data)
+                case Publish(topic=topic, data=data):
+                    await self._transmit(f"publish on {topic}", self.transport.publish, topic, data)
+                case SetTimer(key=key, at=at):
+                    self._set_timer(key, at)
+                case CancelTimer(key=key):
+                    self._armed.pop(key, None)
+                    self._due.pop(key, None)
+                case StartExecution():
+                    self._start_execution(action)
+                case StopExecution(execution_id=eid, reason=reason):
+                    running = self._executions.get(eid)
+                    if running is not None:  # else it already ended
+                        running.stop_reason = reason
+                        running.scope.cancel()
+                case Notify():
+                    self._notify(action)
+                    notifies.append(action)
+                case _:
+                    raise TypeError(f"core returned an unknown action: {action!r}")
+            i += 1
+        return notifies
+
+    async def _persist(self, batch: Sequence[Persist]) -> None:
+        try:
+            if self._offload_store:
+                # Not abandoned on cancel: a batch is either fully written or
+                # not at all, never left running behind a stopped node.
+                await trio.to_thread.run_sync(self.store.apply, batch)
+            else:
+                self.store.apply(batch)
+        except StoreError as exc:
+            log.critical(
+                "node %s stops: could not persist %d record(s): %s",
+                self._local_id(),
+                len(batch),
+                exc,
+            )
+            raise
+
+    async def _transmit(
+        self,
+        what: str,
+        fn: Callable[[str, bytes], Any],
+        target: str,
+        data: bytes,
+    ) -> None:
+        # Best effort by contract: the protocol retransmits, so a failed or
+        # slow send is logged and the batch goes on.
+        try:
+            with trio.move_on_after(self._send_timeout) as scope:
+                await fn(target, data)
+            if scope.cancelled_caught:
+                log.warning("%s timed out after %ss", what, self._send_timeout)
+        except Exception as exc:
+            log.warning("%s failed: %s", what, exc)
+
+    def _notify(self, action: Notify) -> None:
+        events_log.info("%s %s %s", self._local_id(), action.kind, action.data)
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(action)
+            except trio.WouldBlock:
+                log.warning(
+                    "a watcher fell %d notifies behind; disconnecting it", self._watch_buffer
+                )
+                watcher.close()
+                self._watchers.remove(watcher)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._watchers.remove(watcher)  # the watcher closed its end
+
+    def _local_id(self) -> str:
+        try:
+            return str(self.transport.local_id)
+        except Exception:
+            return "?"
+
+    # --- local API plumbing ----------------------------------------------------
+
+    async def _request(self, event: SubmitJob | CancelJob) -> list[Notify]:
+        queue = self._queue
+        if not self._running or queue is None:
+            raise NodeStopped("node is not running")
+        reply = _Reply()
+        self._pending.add(reply)
+        try:
+            try:
+                await queue.send(_Request(event, reply))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise NodeStopped("node stopped") from None
+            await reply.done.wait()
+        finally:
+            self._pending.discard(reply)
+        if reply.error is not None:
+            raise reply.error
+        return reply.notifies
+
+    # --- timers ----------------------------------------------------------------
+
+    def _set_timer(self, key: Hashable, at: float) -> None:
+        version = next(self._versions)
+        wake = not self._heap or at < self._heap[0][0]
+        self._armed[key] = (at, version)
+        self._due.pop(key, None)  # a fired-but-unhandled instance is superseded
+        heapq.heappush(self._heap, (at, version, key))
+        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._armed):
+            # Re-set timers (retransmission backoff) leave stale entries behind.
+            self._heap = [(a, v, k) for k, (a, v) in self._armed.items()]
+            heapq.heapify(self._heap)
+        if wake:
+            self._timer_wake.set()
+
+    def _is_live(self, version: int, key: Hashable) -> bool:
+        armed = self._armed.get(key)
+        return armed is not None and armed[1] == version
+
+    async def _timer_loop(self) -> None:
+        # One task for all timers: sleep until the earliest deadline, or until
+        # _set_timer signals that an earlier one was added.
+        while True:
+            self._timer_wake = trio.Event()
+            while self._heap and not self._is_live(self._heap[0][1], self._heap[0][2]):
+                heapq.heappop(self._heap)
+            if not self._heap:
+                await self._timer_wake.wait()
+                continue
+            now = self._clock()
+            at = self._heap[0][0]
+            if at > now:
+                # With trio's own clock sleep to exactly ``at`` (no float drift
+                # from converting between time bases).
+                wake_at = at if self._clock is trio.current_time else trio.current_time() + at - now
+                with trio.move_on_at(wake_at):
+                    await self._timer_wake.wait()
+                continue
+            # Mark every due timer before yielding, so that a Set/CancelTimer
+            # made while handling one of them applies to the others too.
+            fired: list[_TimerDue] = []
+            while self._heap and self._heap[0][0] <= now:
+                _, version, key = heapq.heappop(self._heap)
+                if self._is_live(version, key):
+                    del self._armed[key]
+                    self._due[key] = version
+                    fired.append(_TimerDue(key, version))
+            assert self._queue is not None
+            for due in fired:
+                await self._queue.send(due)
+
+    # --- receiving -------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            frame = await self.transport.receive()
+            await self._queue.send(MessageReceived(frame.sender, frame.data, frame.topic))
+
+    # --- executions ------------------------------------------------------------
+
+    def _start_execution(self, start: StartExecution) -> None:
+        eid = start.execution_id
+        if eid in self._executions:
+            log.error("core started execution %s twice; ignoring the second start", eid)
+            return
+        assert self._nursery is not None
+        # The scope is registered now, not when the task first runs, so a
+        # StopExecution later in the same batch already finds it.
+        running = _Running(trio.CancelScope())
+        self._executions[eid] = running
+        self._nursery.start_soon(self._run_execution, start, running, name=f"execution {eid}")
+
+    async def _run_execution(self, start: StartExecution, running: _Running) -> None:
+        eid = start.execution_id
+        t0 = self._clock()
+        result: ExecutionFinished | None = None
+        try:
+            with running.scope, trio.move_on_after(start.timeout) as deadline:
+                try:
+                    result = await self.executor.run(start)
+                except* Exception as group:
+                    # except*: an executor with its own nursery raises groups,
+                    # possibly mixed with Cancelled, which must go on to the
+                    # scopes above.
+                    log.warning("execution %s raised: %r", eid, group)
+                    result = ExecutionFinished(eid, "error", error=_describe(group))
+        finally:
+            if self._executions.get(eid) is running:
+                del self._executions[eid]
+        elapsed = int((self._clock() - t0) * 1000)
+        if result is None:
+            if deadline.cancelled_caught:
+                result = ExecutionFinished(
+                    eid,
+                    "timeout",
+                    error=f"hard timeout after {start.timeout}s",
+                    duration_ms=elapsed,
+                )
+            elif running.scope.cancelled_caught:
+                result = ExecutionFinished(
+                    eid, "cancelled", error=running.stop_reason, duration_ms=elapsed
+                )
+            else:  # the executor broke its contract; report rather than hang the job
+                result = ExecutionFinished(eid, "error", error="executor returned no result")
+        elif not isinstance(result, ExecutionFinished):
+            result = ExecutionFinished(
+                eid, "error", error=f"executor returned {type(result).__name__}"
+            )
+        elif result.execution_id != eid:
+            result = attrs.evolve(result, execution_id=eid)
+        if not result.duration_ms:
+            result = attrs.evolve(result, duration_ms=elapsed)
+        assert self._queue is not None
+        await self._queue.send(result)
+
+    # --- shutdown --------------------------------------------------------------
+
+    def _shutdown(self, queue: trio.MemorySendChannel[_Item]) -> None:
+        self._running = False
+        self._stopped = True
+        self._nursery = None
+        queue.close()
+        for reply in list(self._pending):
+            reply.resolve(error=NodeStopped("node stopped"))
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
+        self._executions.clear()
+        self._heap.clear()
+        self._armed.clear()
+        self._due.clear()
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str:
+    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in _leaves(exc))
