@@ -177,16 +177,25 @@ class NodeCore:
     def _on_hello(self, sender: str, msg: Hello) -> None:
         if msg.info.node_id != sender:
             raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
-        self.directory.upsert(msg.info, self.out.now)
+        self._learn(msg.info)
         if msg.want_peers:
             sample = self.directory.sample(self.config.peer_sample, exclude=sender)
             self.out.send(sender, Peers(peers=sample))
 
     def _on_peers(self, msg: Peers) -> None:
         for info in msg.peers:
-            if self.directory.upsert(info, self.out.now):
+            if self._learn(info):
                 # Tell the new peer about us, so views grow in both directions.
                 self.out.send(info.node_id, Hello(info=self.me, want_peers=False))
+
+    def _learn(self, info: NodeInfo) -> bool:
+        """Add a peer to the view; the driver learns its addresses (to dial it)."""
+        known = self.directory.peers.get(info.node_id)
+        old_addrs = known.info.addrs if known else None
+        new = self.directory.upsert(info, self.out.now)
+        if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
+            self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
+        return new
 
     def _schedule_gossip(self) -> None:
         interval = self.config.timings.gossip_interval

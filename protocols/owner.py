@@ -74,6 +74,8 @@ class Execution:
     exit_code: int | None = None
     error: str = ""
     manifest_id: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
     late: bool = False  # a result arrived after the lease was superseded
 
     def record(self) -> dict[str, Any]:
@@ -492,6 +494,7 @@ class Owner:
         self._end_lease(job, slot)
         execution.exit_code, execution.error = msg.exit_code, msg.error
         execution.manifest_id = msg.manifest_id
+        execution.stdout_tail, execution.stderr_tail = msg.stdout_tail, msg.stderr_tail
         if msg.status == "succeeded":
             execution.state = "succeeded"
             slot.state = check_slot_transition(slot.state, SlotEvent.SUCCEEDED, SlotState.COMPLETED)
