@@ -125,7 +125,7 @@ class NodeCore:
                 raise RemoteProtocolError(
                     f"frame claims sender {envelope.sender!r} but came from {event.sender!r}"
                 )
-            if self.dedupe.seen(envelope.msg_id):
+            if self.dedupe.seen(envelope.msg_id, event.sender):
                 self.duplicates += 1
                 return
             message = envelope.message

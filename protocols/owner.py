@@ -76,6 +76,7 @@ class Execution:
     manifest_id: str = ""
     stdout_tail: str = ""
     stderr_tail: str = ""
+    reported: bool = False  # the holder's result was recorded
     late: bool = False  # a result arrived after the lease was superseded
 
     def record(self) -> dict[str, Any]:
@@ -471,6 +472,12 @@ class Owner:
 
     def on_result(self, sender: str, msg: ExecutionResult) -> None:
         job, slot, execution = self._lookup(sender, msg.execution_id)
+        if execution.reported:
+            # A retransmission of the result we already recorded (our ack was lost).
+            self.out.send(
+                sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch, accepted=True)
+            )
+            return
         if not self._is_current(slot, execution):
             first_copy = not execution.late
             execution.late = True
@@ -492,6 +499,7 @@ class Owner:
             )
             return
         self._end_lease(job, slot)
+        execution.reported = True
         execution.exit_code, execution.error = msg.exit_code, msg.error
         execution.manifest_id = msg.manifest_id
         execution.stdout_tail, execution.stderr_tail = msg.stdout_tail, msg.stderr_tail

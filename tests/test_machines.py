@@ -391,3 +391,16 @@ def test_owner_refuses_an_invalid_spec_and_fills_defaults() -> None:
         net.feed("a", SubmitJob("j0", batch_spec(count=0)))
     net.feed("a", SubmitJob("j1", {"name": "x", "task": {"engine": {"type": "sim"}}}))
     assert net.core("a").owner.jobs["j1"].unit.timeout == 1800  # the 30m default
+
+
+def test_retransmitted_result_after_a_lost_ack_is_re_acked_quietly() -> None:
+    net = ProtoNet(IDS, owners_only=REMOTE)
+    submitted(net)
+    [(node, exec_id)] = wait_running(net)
+    net.drop = lambda f: isinstance(f.message, ResultAck)  # every ack lost for a while
+    net.finish(node, exec_id)
+    net.run_for(2.0)  # the holder retransmits its result
+    net.drop = lambda f: False
+    net.run_until(lambda: not net.core(node).holder.held)
+    assert len(accepted(net)) == 1
+    assert net.notes_of("result_ignored") == []

@@ -1,0 +1,741 @@
+"""The strict wire codec: one msgpack map per frame, validated on the way in.
+
+A frame is a msgpack map with exactly five keys (see ``docs/protocol.md``)::
+
+    {"v": 1, "t": "<Message.TYPE>", "id": "<msg id>", "from": "<peer id>",
+     "body": {<every field of the message, by attribute name>}}
+
+Decoding is *strict*: any deviation from the schema of :mod:`protocols.messages`
+(unknown version or type, a missing or extra key, a wrong type, a value out of
+its declared bounds, trailing bytes, ext types, invalid UTF-8, an oversized
+frame, ...) raises :class:`~protocols.errors.RemoteProtocolError` and nothing
+else, so a hostile peer can at worst get its frame dropped.  Encoding applies the
+very same checks and raises :class:`~protocols.errors.LocalProtocolError`: we
+never send a frame a correct peer would have to reject.
+
+Speed: the simulator decodes ~300k frames per run, so every class gets its
+validators built once, at import, from ``attrs.fields`` and the resolved type
+hints.  The hot path does no reflection: one ``msgpack.unpackb`` call, then a
+flat loop of prebuilt closures per message.
+
+Also here: :class:`MessageIds` (clock-free unique message ids) and
+:class:`Deduper` (bounded seen-set that drops duplicated frames).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import typing
+from collections.abc import Callable, Hashable
+from typing import Any, Final
+
+import attrs
+import msgpack
+
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.messages import (
+    ALL_MESSAGES,
+    MAX_ID_LEN,
+    MAX_TEXT_LEN,
+    Message,
+)
+
+__all__ = [
+    "FREE_MAX_DEPTH",
+    "FREE_MAX_ITEMS",
+    "FREE_MAX_STR",
+    "MAX_FRAME",
+    "MAX_ITEM_LEN",
+    "MAX_KEY_LEN",
+    "PROTOCOL_VERSION",
+    "Deduper",
+    "Envelope",
+    "FieldSpec",
+    "MessageIds",
+    "decode",
+    "encode",
+    "field_specs",
+    "format_number",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME: Final = 256 * 1024  # bytes of one encoded frame, envelope included
+
+# Bounds of the *elements* of typed containers (``dict[str, str]``,
+# ``list[str]``); the container's own ``max_len`` bounds its entry count.
+MAX_KEY_LEN: Final = MAX_ID_LEN  # label / env names
+MAX_ITEM_LEN: Final = MAX_TEXT_LEN  # label / env values, list items (addrs...)
+
+# Free-form ``dict[str, Any]`` fields (the canonical task spec): only msgpack
+# primitives, bounded in shape.  The spec module re-validates the semantics.
+FREE_MAX_DEPTH: Final = 8  # nesting levels of maps/arrays, the field's own map = 1
+FREE_MAX_ITEMS: Final = 1024  # array items + map entries, summed over the tree
+FREE_MAX_STR: Final = 4096  # per str / bin value and per map key
+_INT_MIN: Final = -(2**63)  # msgpack's integer range (int64 / uint64)
+_INT_MAX: Final = 2**64 - 1
+
+_ENVELOPE_KEYS: Final = frozenset({"v", "t", "id", "from", "body"})
+
+# Per-object limits handed to msgpack, checked against each declared length
+# before anything is allocated: no array or map may exceed what any field could
+# accept, no str/bin the frame size.  The exact bounds are enforced per field.
+_UNPACK_LIMITS: Final[dict[str, int]] = {
+    "max_str_len": MAX_FRAME,
+    "max_bin_len": MAX_FRAME,
+    "max_array_len": FREE_MAX_ITEMS,
+    "max_map_len": FREE_MAX_ITEMS,
+    "max_ext_len": 0,  # ext types (timestamps included) are never valid
+}
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+class _Reject(Exception):
+    """Internal validation failure; the public API turns it into a Local or
+    Remote protocol error.  ``path`` is filled innermost-first while the
+    exception unwinds, so validators never pay for path bookkeeping."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+    @classmethod
+    def at(cls, part: str, reason: str) -> _Reject:
+        """A failure inside a container, at item/key ``part`` (e.g. ``[3]``)."""
+        rej = cls(reason)
+        rej.path.append(part)
+        return rej
+
+    def describe(self) -> str:
+        out = ""
+        for part in reversed(self.path):
+            out += part if (not out or part.startswith("[")) else "." + part
+        return f"{out}: {self.reason}" if out else self.reason
+
+
+def _short(value: object) -> str:
+    """repr() for error messages, truncated: a peer's 100 KB string must not end
+    up verbatim in our logs."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_NAMES: Final[dict[type, str]] = {
+    type(None): "nil",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    bytes: "bin",
+    list: "array",
+    tuple: "tuple",
+    dict: "map",
+}
+
+
+def _tname(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def format_number(x: float) -> str:
+    """A bound for messages and docs: 9007199254740992 reads better as 2**53."""
+    if float(x).is_integer():
+        i = int(x)
+        mag = abs(i)
+        if mag >= 2**20 and mag & (mag - 1) == 0:
+            return f"{'-' if i < 0 else ''}2**{mag.bit_length() - 1}"
+        return str(i)
+    return repr(x)
+
+
+# --- field specs ----------------------------------------------------------------
+
+Check = Callable[[Any], Any]
+"""A field validator: returns the (possibly converted) value or raises _Reject."""
+
+
+@attrs.frozen
+class FieldSpec:
+    """How one message field travels on the wire (also read by ``docgen``).
+
+    ``kind`` is one of: ``str``, ``int``, ``float``, ``bool``, ``bin``,
+    ``list[str]``, ``map[str,str]``, ``message`` (a nested message map),
+    ``list[message]``, ``free`` (free-form map).
+    """
+
+    name: str
+    kind: str
+    max_len: int | None = None
+    lo: float | None = None
+    hi: float | None = None
+    nested: type[Message] | None = None  # for message / list[message]
+
+
+def _check_str(max_len: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not str:
+            raise _Reject(f"expected str, got {_tname(v)}")
+        if len(v) > max_len:
+            raise _Reject(f"str too long: {len(v)} > {max_len} characters")
+        return v
+
+    return check
+
+
+def _check_bin(max_len: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not bytes:
+            raise _Reject(f"expected bin, got {_tname(v)}")
+        if len(v) > max_len:
+            raise _Reject(f"bin too long: {len(v)} > {max_len} bytes")
+        return v
+
+    return check
+
+
+def _check_int(lo: float, hi: float) -> Check:
+    def check(v: Any) -> Any:
+        # ``type(...) is int`` on purpose: bool is an int subclass but not an int
+        # on the wire (and must not sneak in as 0/1).
+        if type(v) is not int:
+            raise _Reject(f"expected int, got {_tname(v)}")
+        if v < lo:
+            raise _Reject(f"must be >= {format_number(lo)}, got {_short(v)}")
+        if v > hi:
+            raise _Reject(f"must be <= {format_number(hi)}, got {_short(v)}")
+        return v
+
+    return check
+
+
+def _check_float(lo: float, hi: float) -> Check:
+    isfinite = math.isfinite
+
+    def check(v: Any) -> Any:
+        t = type(v)
+        if t is int:  # a peer may send 2 for 2.0 (msgpack has no "float-ness")
+            if not lo <= v <= hi:  # compare before float(): 10**400 would overflow
+                raise _Reject(
+                    f"must be in [{format_number(lo)}, {format_number(hi)}], got {_short(v)}"
+                )
+            return float(v)
+        if t is not float:
+            raise _Reject(f"expected float, got {_tname(v)}")
+        if not isfinite(v):
+            raise _Reject(f"must be finite, got {v!r}")
+        if not lo <= v <= hi:
+            raise _Reject(f"must be in [{format_number(lo)}, {format_number(hi)}], got {v!r}")
+        return v
+
+    return check
+
+
+def _check_bool(v: Any) -> Any:
+    if v is not True and v is not False:
+        raise _Reject(f"expected bool, got {_tname(v)}")
+    return v
+
+
+def _check_list_str(max_len: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not list:
+            raise _Reject(f"expected array, got {_tname(v)}")
+        if len(v) > max_len:
+            raise _Reject(f"too many items: {len(v)} > {max_len}")
+        for i, item in enumerate(v):
+            if type(item) is not str:
+                raise _Reject.at(f"[{i}]", f"expected str, got {_tname(item)}")
+            if len(item) > MAX_ITEM_LEN:
+                raise _Reject.at(f"[{i}]", f"str too long: {len(item)} > {MAX_ITEM_LEN} characters")
+        return v
+
+    return check
+
+
+def _check_map_str(max_len: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not dict:
+            raise _Reject(f"expected map, got {_tname(v)}")
+        if len(v) > max_len:
+            raise _Reject(f"too many entries: {len(v)} > {max_len}")
+        for key, item in v.items():
+            if type(key) is not str:
+                raise _Reject(f"map keys must be str, got {_tname(key)}")
+            if len(key) > MAX_KEY_LEN:
+                raise _Reject(f"key too long: {len(key)} > {MAX_KEY_LEN} characters")
+            if type(item) is not str:
+                raise _Reject.at(f"[{_short(key)}]", f"expected str, got {_tname(item)}")
+            if len(item) > MAX_ITEM_LEN:
+                raise _Reject.at(
+                    f"[{_short(key)}]", f"str too long: {len(item)} > {MAX_ITEM_LEN} characters"
+                )
+        return v
+
+    return check
+
+
+def _free_scalar_error(v: Any) -> str | None:
+    """Why free-form scalar ``v`` is invalid, None if it is fine (slow path)."""
+    t = type(v)
+    if t is str or t is bytes:
+        return f"{_tname(v)} too long: {len(v)} > {FREE_MAX_STR}"
+    if t is int:
+        return f"int out of msgpack range: {_short(v)}"
+    if t is float:
+        return f"must be finite, got {v!r}"
+    return f"not a msgpack primitive: {_tname(v)}"
+
+
+def _check_free_children(container: Any, depth: int, left: int) -> int:
+    """Validate the children of a free-form map/array sitting at ``depth`` (the
+    field's own map is depth 1); ``left`` items may still appear in the whole
+    tree.  Returns the items left.
+
+    Scalars are checked inline rather than by a call per value: free-form task
+    specs are the bulk of a grant, and function calls dominate the cost.
+    """
+    if type(container) is dict:
+        for key in container:
+            if type(key) is not str:
+                raise _Reject(f"map keys must be str, got {_tname(key)}")
+            if len(key) > FREE_MAX_STR:
+                raise _Reject(f"key too long: {len(key)} > {FREE_MAX_STR}")
+        values: Any = container.values()
+    else:
+        values = container
+    isfinite = math.isfinite
+    i = 0
+    try:
+        for i, v in enumerate(values):  # noqa: B007 - i names the culprit below
+            t = type(v)
+            if t is str or t is bytes:
+                if len(v) > FREE_MAX_STR:
+                    raise _Reject(_free_scalar_error(v) or "")
+            elif t is int:
+                if not _INT_MIN <= v <= _INT_MAX:
+                    raise _Reject(_free_scalar_error(v) or "")
+            elif t is float:
+                if not isfinite(v):
+                    raise _Reject(_free_scalar_error(v) or "")
+            elif t is list or t is dict:
+                if depth >= FREE_MAX_DEPTH:
+                    raise _Reject(f"nested deeper than {FREE_MAX_DEPTH} levels")
+                left -= len(v)
+                if left < 0:
+                    raise _Reject(f"more than {FREE_MAX_ITEMS} items in total")
+                left = _check_free_children(v, depth + 1, left)
+            elif v is not None and t is not bool:
+                raise _Reject(_free_scalar_error(v) or "")
+    except _Reject as rej:
+        if type(container) is dict:
+            key = list(container)[i]
+            rej.path.append(key if key.isidentifier() else f"[{_short(key)}]")
+        else:
+            rej.path.append(f"[{i}]")
+        raise
+    return left
+
+
+def _check_free(max_len: int | None) -> Check:
+    limit = FREE_MAX_ITEMS if max_len is None else min(max_len, FREE_MAX_ITEMS)
+
+    def check(v: Any) -> Any:
+        if type(v) is not dict:
+            raise _Reject(f"expected map, got {_tname(v)}")
+        if len(v) > limit:
+            raise _Reject(f"too many entries: {len(v)} > {limit}")
+        if v:  # the common empty map costs nothing more
+            _check_free_children(v, 1, FREE_MAX_ITEMS - len(v))
+        return v
+
+    return check
+
+
+# --- per-class codecs -----------------------------------------------------------
+
+
+class _ClassCodec:
+    """Prebuilt decoder/encoder of one message class."""
+
+    def __init__(self, cls: type[Message], fields: list[FieldSpec]) -> None:
+        self.cls = cls
+        self.tag = cls.TYPE
+        self.fields = fields
+        self.names = frozenset(f.name for f in fields)
+        # (name, decode check, encode check): the two differ only for nested
+        # messages (map <-> instance); filled in by _build_codec.
+        self.checks: list[tuple[str, Check, Check]] = []
+        self.decoders: list[tuple[str, Check]] = []
+
+    def decode_body(self, body: Any) -> Message:
+        if type(body) is not dict:
+            raise _Reject(f"expected map, got {_tname(body)}")
+        if body.keys() != self.names:
+            raise _Reject(_key_diff(body.keys(), self.names))
+        try:
+            # A comprehension is the fastest loop CPython has; it hides which
+            # field failed, so the (rare) error path finds it again below.
+            kwargs = {name: dec(body[name]) for name, dec in self.decoders}
+        except _Reject:
+            self._name_culprit(body)
+            raise
+        return self.cls(**kwargs)
+
+    def _name_culprit(self, body: dict[str, Any]) -> None:
+        """Re-run the (pure) checks one by one to raise with the field's name."""
+        for name, dec in self.decoders:
+            try:
+                dec(body[name])
+            except _Reject as rej:
+                rej.path.append(name)
+                raise
+
+    def encode_body(self, message: Message) -> dict[str, Any]:
+        if type(message) is not self.cls:
+            raise _Reject(f"expected {self.cls.__name__}, got {type(message).__name__}")
+        body: dict[str, Any] = {}
+        name = ""
+        try:
+            for name, _, enc in self.checks:
+                body[name] = enc(getattr(message, name))
+        except _Reject as rej:
+            rej.path.append(name)
+            raise
+        return body
+
+
+def _key_diff(got: Any, want: frozenset[str]) -> str:
+    missing = sorted(want.difference(got))
+    extra = sorted(_short(k) for k in got if k not in want)
+    parts = []
+    if missing:
+        parts.append("missing field(s) " + ", ".join(missing))
+    if extra:
+        parts.append("unexpected field(s) " + ", ".join(extra))
+    return "; ".join(parts)
+
+
+def _require(value: float | None, what: str, where: str) -> float:
+    if value is None:
+        # Every value on the wire is bounded: a new field without bounds is a
+        # programming error we want at import time, not a DoS vector later.
+        raise TypeError(f"codec: {where} needs bounded({what}=...) metadata")
+    return value
+
+
+def _field_spec(cls: type[Message], field: attrs.Attribute[Any], hint: Any) -> FieldSpec:
+    where = f"{cls.__name__}.{field.name}"
+    meta = field.metadata
+    max_len: int | None = meta.get("max_len")
+    lo: float | None = meta.get("lo")
+    hi: float | None = meta.get("hi")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def spec(kind: str, nested: type[Message] | None = None) -> FieldSpec:
+        return FieldSpec(field.name, kind, max_len, lo, hi, nested)
+
+    if hint is bool:
+        return spec("bool")
+    if hint is int or hint is float:
+        _require(lo, "lo", where)
+        _require(hi, "hi", where)
+        return spec(hint.__name__)
+    if hint is str or hint is bytes:
+        _require(max_len, "max_len", where)
+        return spec("str" if hint is str else "bin")
+    if isinstance(hint, type) and issubclass(hint, Message):
+        return spec("message", hint)
+    if origin is list and len(args) == 1:
+        _require(max_len, "max_len", where)
+        (item,) = args
+        if item is str:
+            return spec("list[str]")
+        if isinstance(item, type) and issubclass(item, Message):
+            return spec("list[message]", item)
+    if origin is dict and len(args) == 2 and args[0] is str:
+        if args[1] is str:
+            _require(max_len, "max_len", where)
+            return spec("map[str,str]")
+        if args[1] is Any:
+            return spec("free")
+    raise TypeError(f"codec: {where}: unsupported field type {hint!r}")
+
+
+_BY_CLASS: dict[type[Message], _ClassCodec] = {}
+_BY_TAG: dict[str, _ClassCodec] = {}
+
+
+def _build_codec(cls: type[Message]) -> _ClassCodec:
+    existing = _BY_CLASS.get(cls)
+    if existing is not None:
+        return existing
+    hints = typing.get_type_hints(cls)
+    specs = [_field_spec(cls, f, hints[f.name]) for f in attrs.fields(cls)]
+    codec = _ClassCodec(cls, specs)
+    for fs in specs:
+        dec, enc = _field_checks(fs)
+        codec.checks.append((fs.name, dec, enc))
+        codec.decoders.append((fs.name, dec))
+    _BY_CLASS[cls] = codec
+    return codec
+
+
+def _field_checks(fs: FieldSpec) -> tuple[Check, Check]:
+    kind = fs.kind
+    if kind == "bool":
+        return _check_bool, _check_bool
+    if kind == "int" or kind == "float":
+        assert fs.lo is not None and fs.hi is not None
+        check = (_check_int if kind == "int" else _check_float)(fs.lo, fs.hi)
+        return check, check
+    if kind == "free":
+        check = _check_free(fs.max_len)
+        return check, check
+    if kind == "message":
+        assert fs.nested is not None
+        inner = _build_codec(fs.nested)
+        return inner.decode_body, inner.encode_body
+    # Every remaining kind is a sized one; _field_spec required max_len for it.
+    assert fs.max_len is not None
+    if kind == "list[message]":
+        assert fs.nested is not None
+        inner = _build_codec(fs.nested)
+        return _list_of(inner.decode_body, fs.max_len), _list_of(inner.encode_body, fs.max_len)
+    sized: dict[str, Callable[[int], Check]] = {
+        "str": _check_str,
+        "bin": _check_bin,
+        "list[str]": _check_list_str,
+        "map[str,str]": _check_map_str,
+    }
+    check = sized[kind](fs.max_len)
+    return check, check
+
+
+def _list_of(item_check: Check, max_len: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not list:
+            raise _Reject(f"expected array, got {_tname(v)}")
+        if len(v) > max_len:
+            raise _Reject(f"too many items: {len(v)} > {max_len}")
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(item_check(item))
+            except _Reject as rej:  # try/except is free in 3.11 until it fires
+                rej.path.append(f"[{i}]")
+                raise
+        return out
+
+    return check
+
+
+for _cls in ALL_MESSAGES:
+    if not _cls.TYPE or _cls.TYPE in _BY_TAG:
+        raise TypeError(f"codec: {_cls.__name__} needs a unique TYPE, got {_cls.TYPE!r}")
+    _BY_TAG[_cls.TYPE] = _build_codec(_cls)
+del _cls
+
+
+def field_specs(cls: type[Message]) -> list[FieldSpec]:
+    """The wire layout of ``cls``'s body, in field order (for docs and tests)."""
+    return list(_build_codec(cls).fields)
+
+
+# --- envelope -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Envelope:
+    """A decoded frame.  ``sender`` is what the frame *claims*; the core must
+    compare it with the transport-authenticated peer id before trusting it."""
+
+    version: int
+    msg_id: str
+    sender: str
+    message: Message
+
+
+def _check_id(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise _Reject(f"{what}: expected str, got {_tname(value)}")
+    if not 0 < len(value) <= MAX_ID_LEN:
+        raise _Reject(f"{what}: length must be 1..{MAX_ID_LEN}, got {len(value)}")
+    return value
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    # Belt and braces: max_ext_len=0 already refuses every ext payload.
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Refuse duplicate map keys: implementations disagree on which copy wins
+    (first or last), so a frame with them means different things to different
+    peers.  The check costs ~0.4 us per map, ~2 us of a LeaseGrant's decode."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate map key")
+    return out
+
+
+def decode(data: bytes) -> Envelope:
+    """Parse and validate one frame.
+
+    Raises :class:`RemoteProtocolError` (and nothing else) for anything that is
+    not a valid frame of this protocol version.
+    """
+    try:
+        size = len(data)
+        if size > MAX_FRAME:
+            raise RemoteProtocolError(f"frame too large: {size} > {MAX_FRAME} bytes")
+        try:
+            obj = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                ext_hook=_reject_ext,
+                object_pairs_hook=_unique_map,
+                **_UNPACK_LIMITS,
+            )
+        except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeError...
+            raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+        return _decode_envelope(obj)
+    except RemoteProtocolError:
+        raise
+    except _Reject as rej:
+        raise RemoteProtocolError(rej.describe()) from None
+    except Exception as exc:  # not bytes at all, or a validator bug: never crash a node
+        raise RemoteProtocolError(f"invalid frame: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_envelope(obj: Any) -> Envelope:
+    if type(obj) is not dict:
+        raise _Reject(f"frame must be a map, got {_tname(obj)}")
+    if obj.keys() != _ENVELOPE_KEYS:
+        raise _Reject("envelope: " + _key_diff(obj.keys(), _ENVELOPE_KEYS))
+    version = obj["v"]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise _Reject(f"unsupported protocol version {_short(version)}")
+    tag = obj["t"]
+    codec = _BY_TAG.get(tag) if type(tag) is str else None
+    if codec is None:
+        raise _Reject(f"unknown message type {_short(tag)}")
+    msg_id = _check_id(obj["id"], "envelope.id")
+    sender = _check_id(obj["from"], "envelope.from")
+    try:
+        message = codec.decode_body(obj["body"])
+    except _Reject as rej:
+        rej.path.append(codec.tag)
+        raise
+    return Envelope(version, msg_id, sender, message)
+
+
+def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
+    """Serialize ``message`` into one frame.
+
+    Raises :class:`LocalProtocolError` if the message is not a protocol message,
+    a value is out of bounds, or the frame would exceed :data:`MAX_FRAME`.
+    """
+    codec = _BY_CLASS.get(type(message))
+    if codec is None or _BY_TAG.get(codec.tag) is not codec:
+        raise LocalProtocolError(f"not a protocol message: {type(message).__name__}")
+    try:
+        # Key order v, t, id, from, body: decoders must not care, but simnet
+        # reads the type tag from the fixed prefix of our frames to count them.
+        frame = {
+            "v": PROTOCOL_VERSION,
+            "t": codec.tag,
+            "id": _check_id(msg_id, "msg_id"),
+            "from": _check_id(sender, "sender"),
+            "body": codec.encode_body(message),
+        }
+    except _Reject as rej:
+        if rej.path:
+            rej.path.append(codec.tag)
+        raise LocalProtocolError(f"cannot encode: {rej.describe()}") from None
+    try:
+        data: bytes = msgpack.packb(frame, use_bin_type=True)
+    except Exception as exc:  # e.g. a lone surrogate in a str (not UTF-8 encodable)
+        raise LocalProtocolError(f"cannot encode {codec.tag}: {exc}") from exc
+    if len(data) > MAX_FRAME:
+        raise LocalProtocolError(
+            f"cannot encode {codec.tag}: frame of {len(data)} bytes > {MAX_FRAME}"
+        )
+    return data
+
+
+# --- message ids and dedupe -----------------------------------------------------
+
+
+class MessageIds:
+    """Unique message ids ``"<node_id>:<incarnation>:<counter>"``.
+
+    No clock and no randomness (the simulator must be deterministic): the caller
+    passes ``incarnation``, a number it persists and bumps on every restart, so
+    ids never repeat across restarts.  Parsing from the right
+    (``rsplit(":", 2)``) is unambiguous even if a node id contains ``:``.
+    """
+
+    def __init__(self, node_id: str, incarnation: int, *, start: int = 0) -> None:
+        if type(incarnation) is not int or incarnation < 0:
+            raise LocalProtocolError(f"incarnation must be an int >= 0, got {incarnation!r}")
+        self._prefix = f"{node_id}:{incarnation}:"
+        # 20 digits: the counter never makes an id exceed the wire bound.
+        if not node_id or len(self._prefix) + 20 > MAX_ID_LEN:
+            raise LocalProtocolError(f"node id too long for message ids: {node_id!r}")
+        self._counter = start
+
+    @property
+    def counter(self) -> int:
+        """How many ids were made (the next id's counter)."""
+        return self._counter
+
+    def next(self) -> str:
+        n = self._counter
+        self._counter = n + 1
+        return f"{self._prefix}{n}"
+
+
+class Deduper:
+    """Bounded, insertion-ordered seen-set of message ids.
+
+    Drops *transport* duplicates (the same frame delivered twice, e.g. gossipsub
+    redelivery).  Retransmissions carry a fresh id on purpose, so they pass and
+    get answered again (see docs/protocol.md).  Oldest ids are evicted first;
+    capacity bounds memory whatever peers send.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._set: set[Hashable] = set()
+        # deque + set: O(1) insert and evict-oldest (a dict popping its first
+        # key degrades to O(n) scans over deleted slots).
+        self._order: collections.deque[Hashable] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set
+
+    def seen(self, msg_id: str, sender: str | None = None) -> bool:
+        """True if already seen (a duplicate); otherwise records it, False.
+
+        Pass the *authenticated* ``sender`` to key on (sender, id): then a peer
+        cannot pre-poison the set with ids it expects another peer to use.
+        """
+        key: Hashable = msg_id if sender is None else (sender, msg_id)
+        if key in self._set:
+            return True
+        self._set.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._set.discard(self._order.popleft())
+        return False
