@@ -1,0 +1,92 @@
+"""The node's long-term identity: one ed25519 key per data directory.
+
+The key is stored in ``<data_dir>/node.key`` in libp2p's protobuf private-key
+encoding (the format go/js/py-libp2p tools read), created once with mode 0600.
+The peer id derives from the public key, so reusing the file keeps the node's
+peer id across restarts; peers' records (leases, bids, directory entries)
+refer to it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair, KeyType
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.peer.id import ID
+
+KEY_FILE = "node.key"
+
+
+class KeyFileError(Exception):
+    """The key file exists but must not be used (permissions, corrupt, wrong type)."""
+
+
+def load_or_create_key(data_dir: Path) -> KeyPair:
+    """Load ``data_dir/node.key``, or create it (ed25519, mode 0600) if absent.
+
+    Refuses (``KeyFileError``) a key file that group or others may read or
+    write: a leaked key lets anyone impersonate this node, and silently
+    "fixing" the mode would hide that it may already have leaked.
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / KEY_FILE
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        pass
+    key_pair = create_new_key_pair()
+    blob = key_pair.private_key.serialize()
+    try:
+        # O_EXCL: two processes starting on the same data dir must not both
+        # create (and one overwrite) a key; the loser loads the winner's key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _load(path)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key_pair
+
+
+def _load(path: Path) -> KeyPair:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)  # fstat on the opened file: no check-then-open race
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"refusing to use it. If it has not leaked, run: chmod 600 {path}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            blob = fh.read()
+    finally:
+        os.close(fd)
+    if not blob:
+        # A crash between create and write leaves an empty file: say so
+        # rather than failing inside protobuf parsing.
+        raise KeyFileError(f"{path} is empty; remove it to create a new node key")
+    try:
+        private_key: Any = deserialize_private_key(blob)
+    except Exception as exc:  # protobuf / key parsing errors of several types
+        raise KeyFileError(f"{path} is not a valid libp2p private key: {exc}") from exc
+    if private_key.get_type() != KeyType.Ed25519:
+        raise KeyFileError(f"{path} holds a {private_key.get_type().name} key; expected ed25519")
+    return KeyPair(private_key, private_key.get_public_key())
+
+
+def peer_id_of(key_pair: KeyPair) -> str:
+    """The base58 peer id string of ``key_pair`` (what ``Incoming.sender`` holds)."""
+    return ID.from_pubkey(key_pair.public_key).to_base58()

@@ -1,0 +1,447 @@
+"""The real transport: py-libp2p 0.8.1 hosts (TCP + Noise + Yamux, gossipsub).
+
+Addressing
+----------
+* ``publish`` / ``subscribe``: gossipsub with strict signing; ``Incoming.sender``
+  is the message's ``from`` peer, whose signature py-libp2p verified.
+* ``send`` (point-to-point) has two implementations, chosen by ``p2p_mode``:
+
+  ``"stream"`` (default): a persistent outbound stream per peer on
+  ``/p2pnode/frame/1.0.0`` carrying varint-length-prefixed frames.  The sender
+  is the stream's remote peer, authenticated by the Noise handshake.
+  ``"inbox"``: every node subscribes to ``p2pnode/inbox/<its peer id>``; a
+  sender publishes there, so each frame is gossipsub-signed.
+
+  Both first make a *direct* connection to the target, dialled from the
+  addresses given to ``add_addresses`` (or learnt by ``connect``): gossipsub
+  only forwards a topic among its subscribers, so an inbox topic is reachable
+  only over a direct connection anyway, and that is what makes sparse
+  networks work (A knows only its bootstrap B, yet reaches C directly).
+  ``"stream"`` is the default because it measured several times faster and
+  needs no per-send subscription handshake; see ``bench/bench_gossip.py``.
+
+Flow control
+------------
+libp2p's internals never wait for us: received frames go into one bounded trio
+channel with ``send_nowait``; when it is full the frame is dropped and counted.
+Outgoing point-to-point frames go into a bounded per-peer queue drained by a
+per-peer task (dial, stream, retry once), so ``send`` never blocks on the
+network and never raises; drops are counted in ``stats``.  The protocol layer
+retransmits, so dropping is always safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import multiaddr
+import trio
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+from p2pnode.identity import peer_id_of
+from p2pnode.net.framing import FrameDecoder, encode_frame, reset_quietly
+from p2pnode.net.stack import (
+    build_host,
+    build_pubsub,
+    flat_message,
+    running_stack,
+    unwrap_group,
+    wait_for_send_room,
+)
+from p2pnode.transport import Incoming
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stubs predate ``trio.TaskStatus``.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("p2pnode.libp2p")
+
+FRAME_PROTOCOL = TProtocol("/p2pnode/frame/1.0.0")
+INBOX_PREFIX = "p2pnode/inbox/"
+MAX_FRAME = 256 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+def inbox_topic(peer: str) -> str:
+    return INBOX_PREFIX + peer
+
+
+@attrs.define
+class TransportStats:
+    """Counters (monotonic) an operator or benchmark can read."""
+
+    received: int = 0
+    sent: int = 0
+    published: int = 0
+    dropped_oversize_in: int = 0
+    dropped_oversize_out: int = 0
+    dropped_receive_full: int = 0  # our receive channel was full
+    dropped_send_full: int = 0  # a peer's outbound queue was full
+    dropped_unreachable: int = 0  # dial / stream / subscription failed
+    dropped_own: int = 0  # our own publish echoed back by pubsub
+    dial_failures: int = 0
+    publish_congested: int = 0  # published although a peer's libp2p queue was full
+
+
+class Libp2pTransport:
+    """``Transport`` over py-libp2p.  Use as ``async with Libp2pTransport(...) as t``
+    or ``await nursery.start(t.run)``."""
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        *,
+        p2p_mode: Literal["stream", "inbox"] = "stream",
+        receive_buffer: int = 4096,
+        peer_queue: int = 256,
+        max_frame: int = MAX_FRAME,
+        dial_timeout: float = 5.0,
+        heartbeat_interval: int = 1,
+        idle_sender_timeout: float = 60.0,
+        max_known_peers: int = 10_000,
+    ) -> None:
+        self._key_pair = key_pair
+        self._local_id = peer_id_of(key_pair)
+        self._listen = [multiaddr.Multiaddr(a) for a in listen_addrs]
+        self.p2p_mode = p2p_mode
+        self.max_frame = max_frame
+        self._peer_queue = peer_queue
+        self._dial_timeout = dial_timeout
+        self._heartbeat = heartbeat_interval
+        self._idle_sender_timeout = idle_sender_timeout
+        self._max_known_peers = max_known_peers
+        self.stats = TransportStats()
+        self._in_send, self._in_recv = trio.open_memory_channel[Incoming](receive_buffer)
+        self._addrs: dict[str, list[multiaddr.Multiaddr]] = {}  # our address book
+        self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._streams: dict[str, Any] = {}  # peer -> outbound frame stream
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay)
+        self._subscribed: set[str] = set()
+        self._host: Any = None
+        self._pubsub: Any = None
+        self._router: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self._cm: Any = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    @property
+    def local_id(self) -> str:
+        return self._local_id
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None and not self._stopping
+
+    async def __aenter__(self) -> Libp2pTransport:
+        self._cm = self._running()
+        return await self._cm.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        cm, self._cm = self._cm, None
+        return await cm.__aexit__(*exc)  # type: ignore[no-any-return]
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; ``started`` once listening and subscribed."""
+        async with self:
+            task_status.started()
+            await trio.sleep_forever()
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[Libp2pTransport]:
+        if self._host is not None:
+            raise RuntimeError("a Libp2pTransport runs once")
+        self._host = build_host(self._key_pair, self._listen)
+        self._pubsub, self._router = build_pubsub(self._host, self._heartbeat)
+        self._host.set_stream_handler(FRAME_PROTOCOL, self._handle_frame_stream)
+        body_exc: BaseException | None = None
+        try:
+            async with (
+                running_stack(self._host, self._pubsub, self._router, self._listen),
+                trio.open_nursery() as nursery,
+            ):
+                self._nursery = nursery
+                try:
+                    if self.p2p_mode == "inbox":
+                        await self.subscribe(inbox_topic(self._local_id))
+                    yield self
+                except BaseException as exc:
+                    body_exc = exc
+                    raise
+                finally:
+                    self._stopping = True
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            unwrap_group(group, body_exc)  # re-raises all but py-libp2p shutdown noise
+        finally:
+            self._nursery = None
+            self._streams.clear()
+            self._outboxes.clear()
+            self._in_send.close()  # receive() now raises trio.EndOfChannel
+
+    # --- addresses and connections --------------------------------------------
+
+    def listen_addrs(self) -> list[str]:
+        """Our full multiaddrs (``.../p2p/<peer id>``), as given to peers."""
+        if self._host is None:
+            return []
+        return [str(a) for a in self._host.get_addrs()]
+
+    def add_addresses(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Learn where ``peer_id`` listens (from peer exchange).  Synchronous;
+        bad addresses are logged and skipped."""
+        if peer_id == self._local_id:
+            return
+        known = self._addrs.setdefault(peer_id, [])
+        for text in addrs:
+            try:
+                addr = multiaddr.Multiaddr(text)
+                owner = addr.get_peer_id()
+                if owner is not None:
+                    if owner != peer_id:
+                        log.warning("address %s is not %s's; skipped", text, peer_id)
+                        continue
+                    addr = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{owner}"))
+            except Exception as exc:
+                log.warning("bad address %r for %s: %s", text, peer_id, exc)
+                continue
+            if addr not in known:
+                known.insert(0, addr)  # newest first: most likely current
+                del known[8:]
+                self._backoff.pop(peer_id, None)  # new address: try again now
+        if not known:
+            del self._addrs[peer_id]
+        while len(self._addrs) > self._max_known_peers:  # dicts keep insertion order
+            del self._addrs[next(iter(self._addrs))]
+
+    async def connect(self, addr: str) -> str:
+        """Dial a bootstrap multiaddr ending in ``/p2p/<id>``; returns the peer id.
+        Raises ``ConnectionError`` if the dial fails (unlike ``send``)."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        peer = info.peer_id.to_base58()
+        self.add_addresses(peer, [addr])
+        if not await self._ensure_connected(peer):
+            raise ConnectionError(f"cannot connect to {addr}")
+        return peer
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self._host.get_connected_peers()] if self._host else []
+
+    async def _ensure_connected(self, peer: str) -> bool:
+        host = self._host
+        peer_id = ID.from_base58(peer)
+        if host.get_network().connections.get(peer_id):
+            return True
+        addrs = self._addrs.get(peer, [])
+        if not addrs:
+            log.info("no address known for %s", peer)
+            return False
+        try:
+            with trio.fail_after(self._dial_timeout):
+                await host.connect(PeerInfo(peer_id, addrs))
+            return True
+        except Exception as exc:  # SwarmException, OSError, TooSlowError, ...
+            self.stats.dial_failures += 1
+            log.info("dial %s failed: %s", peer, flat_message(exc))
+            return False
+
+    async def wait_for_mesh(self, peer: str, topic: str, timeout: float = 5.0) -> None:
+        """Wait until ``peer`` is in our gossipsub mesh for ``topic`` (readiness
+        for tests and startup; raises ``trio.TooSlowError``)."""
+        await self._pubsub.wait_for_mesh(ID.from_base58(peer), topic, timeout=timeout)
+
+    # --- pubsub ---------------------------------------------------------------
+
+    async def subscribe(self, topic: str) -> None:
+        if topic in self._subscribed:
+            return
+        assert self._nursery is not None, "transport not running"
+        self._subscribed.add(topic)
+        subscription = await self._pubsub.subscribe(topic)
+        # A dedicated task drains py-libp2p's 32-slot subscription channel
+        # (which drops silently when full) into our bounded channel.
+        self._nursery.start_soon(self._drain_subscription, topic, subscription)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        if len(data) > self.max_frame:
+            self.stats.dropped_oversize_out += 1
+            log.warning("publish on %s dropped: %d bytes > %d", topic, len(data), self.max_frame)
+            return
+        if not self.running:
+            log.info("publish on %s dropped: transport not running", topic)
+            return
+        try:
+            if not await wait_for_send_room(self._pubsub):
+                self.stats.publish_congested += 1  # some peer may drop it
+            await self._pubsub.publish(topic, data)
+            self.stats.published += 1
+        except Exception as exc:  # best effort, like every transmission
+            log.warning("publish on %s failed: %s", topic, flat_message(exc))
+
+    async def _drain_subscription(self, topic: str, subscription: Any) -> None:
+        p2p = topic == inbox_topic(self._local_id)
+        channel = subscription.receive_channel  # TrioSubscriptionAPI's 32-slot channel
+        async for first in channel:
+            # Empty it without yielding: each receive() costs a scheduler
+            # round, and a burst of py-libp2p delivery tasks can fill 32 slots
+            # in one round (the overflow is dropped with only a log line).
+            batch = [first]
+            with contextlib.suppress(trio.WouldBlock):
+                while True:
+                    batch.append(channel.receive_nowait())
+            for msg in batch:
+                sender = ID(msg.from_id).to_base58()  # signature checked (strict signing)
+                if sender == self._local_id:
+                    self.stats.dropped_own += 1  # pubsub delivers our publishes to us
+                    continue
+                self._deliver(Incoming(sender, msg.data, "" if p2p else topic))
+
+    def _deliver(self, frame: Incoming) -> None:
+        if len(frame.data) > self.max_frame:
+            self.stats.dropped_oversize_in += 1
+            log.warning("dropped %d-byte frame from %s", len(frame.data), frame.sender)
+            return
+        try:
+            self._in_send.send_nowait(frame)
+            self.stats.received += 1
+        except trio.WouldBlock:
+            self.stats.dropped_receive_full += 1
+        except trio.ClosedResourceError:
+            pass  # shutting down
+
+    async def receive(self) -> Incoming:
+        return await self._in_recv.receive()
+
+    # --- point-to-point -------------------------------------------------------
+
+    async def send(self, peer: str, data: bytes) -> None:
+        if len(data) > self.max_frame:
+            self.stats.dropped_oversize_out += 1
+            log.warning("send to %s dropped: %d bytes > %d", peer, len(data), self.max_frame)
+            return
+        if peer == self._local_id:
+            self._deliver(Incoming(peer, data, ""))  # loopback, no network
+            return
+        if not self.running:
+            log.info("send to %s dropped: transport not running", peer)
+            return
+        retry_at, _ = self._backoff.get(peer, (0.0, 0.0))
+        if trio.current_time() < retry_at:
+            self.stats.dropped_unreachable += 1
+            return
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            outbox, queue = trio.open_memory_channel[bytes](self._peer_queue)
+            self._outboxes[peer] = outbox
+            assert self._nursery is not None
+            self._nursery.start_soon(self._peer_sender, peer, queue, name=f"p2p sender {peer}")
+        try:
+            outbox.send_nowait(data)
+        except trio.WouldBlock:
+            self.stats.dropped_send_full += 1
+        await trio.lowlevel.checkpoint()
+
+    async def _peer_sender(self, peer: str, queue: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Drains one peer's outbound queue; exits when idle to bound task count."""
+        async with queue:
+            while True:
+                data = None
+                with trio.move_on_after(self._idle_sender_timeout):
+                    data = await queue.receive()
+                if data is None:
+                    # No checkpoint between the timeout and here: nothing can
+                    # have been queued meanwhile, so closing loses no frame.
+                    self._outboxes.pop(peer, None)
+                    stream = self._streams.pop(peer, None)
+                    if stream is not None:
+                        await reset_quietly(stream)
+                    return
+                if await self._transmit(peer, data):
+                    self.stats.sent += 1
+                    self._backoff.pop(peer, None)
+                    continue
+                self.stats.dropped_unreachable += 1
+                _, delay = self._backoff.get(peer, (0.0, 0.25))
+                self._backoff[peer] = (trio.current_time() + delay, min(delay * 2, 30.0))
+                while True:  # peer unreachable: drop what is queued for it now
+                    try:
+                        queue.receive_nowait()
+                        self.stats.dropped_unreachable += 1
+                    except trio.WouldBlock:
+                        break
+
+    async def _transmit(self, peer: str, data: bytes) -> bool:
+        if self.p2p_mode == "inbox":
+            return await self._transmit_inbox(peer, data)
+        frame = encode_frame(data)
+        for _attempt in range(2):  # a cached stream may be dead: retry once on a new one
+            stream = self._streams.get(peer)
+            if stream is None:
+                stream = await self._open_frame_stream(peer)
+                if stream is None:
+                    return False
+                self._streams[peer] = stream
+            try:
+                with trio.fail_after(self._dial_timeout):
+                    await stream.write(frame)
+                return True
+            except Exception as exc:
+                log.debug("frame stream to %s broke: %s", peer, flat_message(exc))
+                self._streams.pop(peer, None)
+                await reset_quietly(stream)
+        return False
+
+    async def _open_frame_stream(self, peer: str) -> Any:
+        if not await self._ensure_connected(peer):
+            return None
+        try:
+            with trio.fail_after(self._dial_timeout):
+                return await self._host.new_stream(ID.from_base58(peer), [FRAME_PROTOCOL])
+        except Exception as exc:
+            log.info("cannot open frame stream to %s: %s", peer, flat_message(exc))
+            return None
+
+    async def _transmit_inbox(self, peer: str, data: bytes) -> bool:
+        if not await self._ensure_connected(peer):
+            return False
+        try:
+            # Gossipsub sends a topic only to peers known to subscribe to it:
+            # wait (event based) for the target's subscription to reach us.
+            await self._pubsub.wait_for_subscription(
+                ID.from_base58(peer), inbox_topic(peer), timeout=self._dial_timeout
+            )
+            await self._pubsub.publish(inbox_topic(peer), data)
+            return True
+        except Exception as exc:
+            log.info("inbox send to %s failed: %s", peer, flat_message(exc))
+            return False
+
+    async def _handle_frame_stream(self, stream: Any) -> None:
+        """Reads frames from one inbound stream (runs in a py-libp2p task)."""
+        sender = stream.muxed_conn.peer_id.to_base58()  # authenticated by Noise
+        decoder = FrameDecoder(self.max_frame)
+        try:
+            while True:
+                chunk = await stream.read(_READ_CHUNK)
+                if not chunk:
+                    return
+                frames, dropped = decoder.feed(chunk)
+                for length in dropped:
+                    self.stats.dropped_oversize_in += 1
+                    log.warning("dropped %d-byte frame from %s", length, sender)
+                for data in frames:
+                    self._deliver(Incoming(sender, data, ""))
+        except Exception as exc:  # EOF, reset, connection loss, bad framing
+            log.debug("frame stream from %s ended: %s", sender, flat_message(exc))
+        finally:
+            await reset_quietly(stream)

@@ -1,0 +1,234 @@
+"""The libp2p transport on real hosts over loopback TCP (127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from p2pnode.identity import KeyFileError, load_or_create_key, peer_id_of
+from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
+from p2pnode.net.framing import FrameDecoder, encode_frame, encode_uvarint
+from p2pnode.transport import Incoming
+from protocols.config import ANNOUNCE_TOPIC
+
+MODES = ["stream", "inbox"]
+
+
+@asynccontextmanager
+async def started(n: int, mode: str = "stream") -> AsyncIterator[list[Libp2pTransport]]:
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                Libp2pTransport(create_new_key_pair(), p2p_mode=mode)  # type: ignore[arg-type]
+            )
+            for _ in range(n)
+        ]
+        yield nodes
+
+
+async def recv(t: Libp2pTransport, timeout: float = 10.0) -> Incoming:
+    with trio.fail_after(timeout):
+        return await t.receive()
+
+
+def assert_empty(t: Libp2pTransport) -> None:
+    with pytest.raises(trio.WouldBlock):
+        t._in_recv.receive_nowait()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_two_hosts_exchange_frames_both_ways(mode: str) -> None:
+    async with started(2, mode) as (a, b):
+        peer_b = await a.connect(b.listen_addrs()[0])
+        assert peer_b == b.local_id
+        await a.send(b.local_id, b"ping")
+        assert await recv(b) == Incoming(a.local_id, b"ping", "")
+        # b never learnt a's addresses: it answers over the same connection.
+        await b.send(a.local_id, b"pong")
+        assert await recv(a) == Incoming(b.local_id, b"pong", "")
+
+        rtts = []
+        for i in range(50):
+            t0 = time.perf_counter()
+            await a.send(b.local_id, b"%d" % i)
+            assert (await recv(b)).data == b"%d" % i
+            await b.send(a.local_id, b"%d" % i)
+            assert (await recv(a)).data == b"%d" % i
+            rtts.append((time.perf_counter() - t0) * 1000)
+        rtts.sort()
+        print(
+            f"\n[{mode}] p2p frame round trip (one process): p50 {statistics.median(rtts):.2f} ms"
+            f"  p90 {rtts[int(len(rtts) * 0.9)]:.2f} ms  max {rtts[-1]:.2f} ms"
+        )
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sparse_line_reaches_unconnected_peer(mode: str) -> None:
+    # A - B - C: A and C only know B; then they are told each other's addresses
+    # (as the protocol's peer exchange would) and must reach each other.
+    async with started(3, mode) as (a, b, c):
+        await a.connect(b.listen_addrs()[0])
+        await c.connect(b.listen_addrs()[0])
+        assert c.local_id not in a.connected_peers()
+        a.add_addresses(c.local_id, c.listen_addrs())
+        c.add_addresses(a.local_id, a.listen_addrs())
+        await a.send(c.local_id, b"a->c")
+        assert await recv(c) == Incoming(a.local_id, b"a->c", "")
+        await c.send(a.local_id, b"c->a")
+        assert await recv(a) == Incoming(c.local_id, b"c->a", "")
+        assert_empty(b)  # B relayed nothing: A and C connected directly
+
+
+async def test_publish_reaches_other_subscribers_not_publisher() -> None:
+    async with started(3) as (a, b, c):
+        for t in (a, b, c):
+            await t.subscribe(ANNOUNCE_TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await c.connect(b.listen_addrs()[0])
+        with trio.fail_after(10):
+            for x, y in ((a, b), (b, a), (b, c), (c, b)):
+                await x.wait_for_mesh(y.local_id, ANNOUNCE_TOPIC)
+        await a.publish(ANNOUNCE_TOPIC, b"from a")
+        assert await recv(b) == Incoming(a.local_id, b"from a", ANNOUNCE_TOPIC)
+        # C is not connected to A: B forwards, the sender stays A (signed).
+        assert await recv(c) == Incoming(a.local_id, b"from a", ANNOUNCE_TOPIC)
+        await c.publish(ANNOUNCE_TOPIC, b"from c")
+        # A's next frame is C's: its own publish was filtered out.
+        assert await recv(a) == Incoming(c.local_id, b"from c", ANNOUNCE_TOPIC)
+        assert await recv(b) == Incoming(c.local_id, b"from c", ANNOUNCE_TOPIC)
+        assert a.stats.dropped_own == 1
+        assert_empty(c)
+
+
+async def test_oversized_frames_are_dropped_and_counted() -> None:
+    big = b"x" * (256 * 1024 + 1)
+    async with started(2) as (a, b):
+        await a.connect(b.listen_addrs()[0])
+        await a.send(b.local_id, big)
+        await a.publish(ANNOUNCE_TOPIC, big)
+        assert a.stats.dropped_oversize_out == 2
+        # A peer that ignores the limit: B drops the frame, counts it, and the
+        # stream stays usable for the next frame.
+        stream: Any = await a._host.new_stream(ID.from_base58(b.local_id), [FRAME_PROTOCOL])
+        for data in (big, b"after"):
+            await stream.write(encode_frame(data))
+        assert await recv(b) == Incoming(a.local_id, b"after", "")
+        assert b.stats.dropped_oversize_in == 1
+        at_limit = b"y" * (256 * 1024)
+        await a.send(b.local_id, at_limit)
+        assert (await recv(b)).data == at_limit
+
+
+async def test_send_to_unreachable_peer_never_raises() -> None:
+    async with started(1) as (a,):
+        stranger = peer_id_of(create_new_key_pair())
+        await a.send(stranger, b"no address known")
+        # A closed port: the dial fails fast.
+        a.add_addresses(stranger, ["/ip4/127.0.0.1/tcp/1"])
+        await a.send(stranger, b"dial fails")
+        with trio.fail_after(10):
+            while a.stats.dropped_unreachable < 2:
+                await trio.sleep(0.01)
+        with pytest.raises(ConnectionError):
+            await a.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{stranger}")
+
+
+async def test_self_send_is_loopback() -> None:
+    async with started(1) as (a,):
+        await a.send(a.local_id, b"me")
+        assert await recv(a) == Incoming(a.local_id, b"me", "")
+
+
+def _all_tasks() -> set[Any]:
+    tasks, todo = set(), [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        tasks.add(task)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return tasks
+
+
+async def test_clean_shutdown_leaves_no_tasks() -> None:
+    before = _all_tasks()
+    async with started(2) as (a, b):
+        await a.subscribe(ANNOUNCE_TOPIC)
+        await b.subscribe(ANNOUNCE_TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await b.wait_for_mesh(a.local_id, ANNOUNCE_TOPIC)
+        for i in range(20):  # traffic in flight at shutdown
+            await a.send(b.local_id, b"%d" % i)
+            await b.publish(ANNOUNCE_TOPIC, b"%d" % i)
+        assert len(_all_tasks()) > len(before)
+        port = int(a.listen_addrs()[0].split("/")[4])
+    leftover = _all_tasks() - before
+    assert not leftover, [t.name for t in leftover]
+    with socket.socket() as sock:  # the listening port was released
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        sock.bind(("127.0.0.1", port))
+    with pytest.raises(trio.EndOfChannel):
+        await a.receive()
+
+
+async def test_run_in_nursery_and_cancel() -> None:
+    t = Libp2pTransport(create_new_key_pair())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.run)
+        assert t.listen_addrs()[0].endswith("/p2p/" + t.local_id)
+        nursery.cancel_scope.cancel()
+    assert not t.running
+
+
+async def test_body_exception_is_not_wrapped() -> None:
+    with pytest.raises(KeyError):
+        async with Libp2pTransport(create_new_key_pair()):
+            raise KeyError("mine")
+
+
+def test_key_file_created_0600_and_reused(tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path / "data")
+    path = tmp_path / "data" / "node.key"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    again = load_or_create_key(tmp_path / "data")
+    assert peer_id_of(again) == peer_id_of(key)
+    assert peer_id_of(key).startswith("12D3KooW")  # ed25519 identity peer id
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_or_create_key(tmp_path / "data")
+
+
+async def test_same_peer_id_across_restarts(tmp_path: Path) -> None:
+    ids = []
+    for _ in range(2):
+        async with Libp2pTransport(load_or_create_key(tmp_path)) as t:
+            ids.append(t.local_id)
+            assert t.listen_addrs()[0].endswith("/p2p/" + t.local_id)
+    assert ids[0] == ids[1]
+
+
+def test_frame_decoder_handles_any_chunking_and_skips_oversized() -> None:
+    frames = [b"a", b"", b"b" * 300, b"z" * 2000, b"c" * 100]
+    wire = b"".join(encode_frame(f) for f in frames)
+    for step in (1, 2, 7, 64, len(wire)):
+        decoder = FrameDecoder(max_frame=1000)
+        got: list[bytes] = []
+        dropped: list[int] = []
+        for i in range(0, len(wire), step):
+            out, skipped = decoder.feed(wire[i : i + step])
+            got += out
+            dropped += skipped
+        assert got == [b"a", b"", b"b" * 300, b"c" * 100], step
+        assert dropped == [2000]
+    with pytest.raises(ValueError):
+        FrameDecoder(max_frame=10, max_skip=100).feed(encode_uvarint(101))
