@@ -55,6 +55,7 @@ from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
 META_TABLE = "meta"
 MAX_TRACKED_OFFENDERS = 10_000
 DEDUPE_CAPACITY = 50_000
+JOIN_RETRY = 2.0  # seconds between hellos to the bootstrap peers while our view is empty
 
 Records = dict[str, dict[str, dict[str, Any]]]
 
@@ -199,6 +200,8 @@ class NodeCore:
 
     def _schedule_gossip(self) -> None:
         interval = self.config.timings.gossip_interval
+        if not self.directory.peers:  # not joined yet (bootstrap down, hello lost): retry soon
+            interval = min(interval, JOIN_RETRY)
         self.out.timer(("gossip",), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
 
     def _on_gossip(self) -> None:

@@ -1,0 +1,162 @@
+"""What the real executors share: workdir layout, bounded output tails, env,
+and turning an outputs directory into a manifest.
+
+Workdir layout (one per execution)::
+
+    <data_dir>/work/<safe execution id>/
+        inputs/    read-only for the task by convention (bind-mounted ro in docker)
+        outputs/   whatever the task leaves here becomes the result manifest
+
+``<safe execution id>`` is the id restricted to ``[A-Za-z0-9._-]`` plus a short
+hash of the full id, so any id maps to one distinct, harmless directory name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+import trio
+
+from p2pnode.blobs import BlobStore
+from protocols.events import StartExecution
+from protocols.messages import MAX_TAIL_LEN, MAX_TEXT_LEN
+
+__all__ = [
+    "DEFAULT_TAIL_BYTES",
+    "ExecutorError",
+    "TailBuffer",
+    "Workdir",
+    "clip_error",
+    "drain",
+    "p2pnode_env",
+    "safe_name",
+    "store_outputs",
+    "task_env",
+]
+
+DEFAULT_TAIL_BYTES = 16 * 1024
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class ExecutorError(Exception):
+    """The node could not run the task (engine down, image missing, bad task
+    for this executor).  The runtime reports it as ``status="error"``."""
+
+
+def clip_error(text: str) -> str:
+    """Error strings travel in protocol messages bounded to MAX_TEXT_LEN."""
+    return text if len(text) <= MAX_TEXT_LEN else text[: MAX_TEXT_LEN - 3] + "..."
+
+
+def safe_name(execution_id: str) -> str:
+    digest = hashlib.sha256(execution_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    readable = _UNSAFE.sub("_", execution_id)[:64].lstrip(".")
+    return f"{readable}-{digest}" if readable else digest
+
+
+class TailBuffer:
+    """Keeps the last ``limit`` bytes written to it, and counts them all.
+
+    Memory stays bounded by ~2 * limit however much is fed in: it appends,
+    and trims back to ``limit`` once the buffer doubles (amortised O(1)).
+    """
+
+    def __init__(self, limit: int = DEFAULT_TAIL_BYTES) -> None:
+        self.limit = max(0, limit)
+        self.total = 0
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if len(data) >= self.limit:
+            self._buf[:] = data[len(data) - self.limit :] if self.limit else b""
+            return
+        self._buf += data
+        if len(self._buf) > 2 * self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    def tail(self) -> bytes:
+        return bytes(self._buf[-self.limit :]) if self.limit else b""
+
+    def text(self) -> str:
+        """The tail decoded as UTF-8 (bad bytes replaced), marked when cut,
+        and never longer than the protocol's tail field allows."""
+        data = self.tail()
+        cut = self.total > len(data)
+        if cut:
+            # Do not start in the middle of a UTF-8 sequence.
+            skip = 0
+            while skip < min(3, len(data)) and 0x80 <= data[skip] < 0xC0:
+                skip += 1
+            data = data[skip:]
+        text = data.decode("utf-8", "replace")
+        if not cut:
+            return text[-MAX_TAIL_LEN:]
+        marker = f"[... {self.total - len(data)} bytes cut ...]\n"
+        return marker + text[-(MAX_TAIL_LEN - len(marker)) :]
+
+
+async def drain(stream: trio.abc.ReceiveStream, tail: TailBuffer) -> None:
+    """Read a pipe to EOF into a bounded tail."""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return
+        tail.feed(chunk)
+
+
+@attrs.frozen
+class Workdir:
+    root: Path
+    inputs: Path
+    outputs: Path
+
+    @classmethod
+    def create(cls, data_dir: str | os.PathLike[str], execution_id: str) -> Workdir:
+        """A fresh, empty workdir: anything left from an earlier attempt with
+        the same execution id is removed first."""
+        root = Path(data_dir) / "work" / safe_name(execution_id)
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        work = cls(root, root / "inputs", root / "outputs")
+        work.inputs.mkdir()
+        work.outputs.mkdir()
+        return work
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def p2pnode_env(start: StartExecution, *, inputs: str, outputs: str) -> dict[str, str]:
+    """The variables every task gets; they override the task's own env."""
+    return {
+        "P2PNODE_INPUTS": inputs,
+        "P2PNODE_OUTPUTS": outputs,
+        "P2PNODE_SLOT": str(start.slot),
+        "P2PNODE_EXECUTION_ID": start.execution_id,
+        "P2PNODE_JOB_ID": start.job_id,
+    }
+
+
+def task_env(task_env: Mapping[str, str], start: StartExecution) -> dict[str, str]:
+    """The task's env, then the lease's env (the holder already merged the task
+    env into ``start.env``; merging again keeps either source sufficient)."""
+    return {**task_env, **start.env}
+
+
+async def store_outputs(blobs: BlobStore, outputs: Path, max_total_bytes: int | None) -> str:
+    """Outputs dir -> manifest id, in a worker thread (hashing and fsync block).
+
+    Not abandoned on cancel: the thread finishes its (bounded) work, so no
+    half-written temp file is left behind by a cancelled caller.
+    """
+    return await trio.to_thread.run_sync(
+        lambda: blobs.store_outputs(outputs, max_total_bytes=max_total_bytes)
+    )

@@ -1,0 +1,379 @@
+"""Run a task in a Docker container (``engine: {type: docker, image, ...}``).
+
+Rules
+-----
+* Local images only: the image is looked up first and a missing one fails at
+  once (``ImageMissing``).  p2pnode never pulls: containers are created with
+  ``containers.create`` (which does not pull), never ``containers.run``.
+* No network (``network_mode="none"``) unless the executor is built with
+  another mode; memory = ``resources.memory`` (swap included, i.e. no extra
+  swap), CPU = ``resources.cpu`` as ``nano_cpus``; ``init=True`` so signals
+  reach the task even when it is a shell; ``no-new-privileges`` and a pids
+  limit; json-file logs capped in size so a chatty task cannot fill the disk.
+* Workdir as for processes (``common``): ``inputs/`` bind-mounted read-only at
+  ``/inputs``, ``outputs/`` read-write at ``/outputs``.  Bind mounts mean the
+  engine must run on this host and see ``data_dir`` at the same path.
+* The task runs as the node's own uid:gid by default, so its outputs are files
+  the node can read and delete (pass ``user=None`` for the image's user; the
+  outputs dir is then made world-writable so any image user can write it).
+* Labels ``p2pnode.execution_id``, ``p2pnode.job_id`` and ``p2pnode.node`` let
+  :meth:`DockerExecutor.reap_stale` find leftovers after a node restart.
+* The container is always removed, whatever happens.
+
+Blocking SDK calls run in worker threads that are never abandoned (so no
+thread outlives its execution holding a container).  The wait polls
+``Container.wait(timeout=poll)`` (which raises ``requests`` ConnectionError
+when the slice runs out, not ReadTimeout) and asks the engine for the state in
+between; on trio cancellation a sibling task kills the container in a
+shielded scope, which ends the wait, and the container is then removed.
+
+Every other API call has a small timeout (``api_timeout``): an engine that is
+stopped or wedged gives ``DockerUnavailable`` ("Docker engine unreachable:
+...") within seconds, not a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+import trio
+
+from p2pnode.blobs import BlobStore, OutputRejected
+from p2pnode.executors.common import (
+    DEFAULT_TAIL_BYTES,
+    ExecutorError,
+    TailBuffer,
+    Workdir,
+    clip_error,
+    p2pnode_env,
+    safe_name,
+    store_outputs,
+    task_env,
+)
+from protocols.events import ExecutionFinished, StartExecution
+from protocols.spec import DockerEngine, TaskSpec
+
+__all__ = ["DockerExecutor", "DockerUnavailable", "ImageMissing"]
+
+log = logging.getLogger(__name__)
+
+LABEL_EXECUTION = "p2pnode.execution_id"
+LABEL_JOB = "p2pnode.job_id"
+LABEL_NODE = "p2pnode.node"
+
+# Docker refuses memory limits under 6 MiB; the spec allows 1 MiB.
+MIN_DOCKER_MEMORY = 6 * 1024 * 1024
+# Docker refuses fewer than 0.01 CPUs, and more than the host has.
+MIN_NANO_CPUS = 10_000_000
+
+ClientFactory = Callable[..., Any]
+"""Called as ``factory(timeout=api_timeout)``; ``docker.from_env`` fits."""
+
+# What the SDK raises when the engine cannot be reached or does not answer.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+)
+
+
+class DockerUnavailable(ExecutorError):
+    """The Docker engine cannot be reached (stopped, wrong DOCKER_HOST, wedged)."""
+
+
+class ImageMissing(ExecutorError):
+    """The image is not present locally (p2pnode never pulls)."""
+
+
+class DockerExecutor:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        blobs: BlobStore,
+        *,
+        client_factory: ClientFactory = docker.from_env,
+        node_id: str = "",
+        max_output_bytes: int | None = None,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        api_timeout: float = 10.0,
+        poll_interval: float = 5.0,
+        network_mode: str = "none",
+        user: str | None = f"{os.getuid()}:{os.getgid()}",
+        pids_limit: int = 1024,
+        log_max_size: str = "8m",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.blobs = blobs
+        self.client_factory = client_factory
+        self.node_id = node_id
+        self.max_output_bytes = max_output_bytes
+        self.tail_bytes = tail_bytes
+        self.api_timeout = api_timeout
+        self.poll_interval = poll_interval
+        self.network_mode = network_mode
+        self.user = user
+        self.pids_limit = pids_limit
+        self.log_max_size = log_max_size
+        self._client: Any = None
+        (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
+
+    # --- engine connection ---------------------------------------------------------
+
+    def client(self) -> Any:
+        """The SDK client, created on first use (blocking: call from a thread).
+
+        ``docker.from_env`` asks the engine for its API version right away, so
+        an unreachable engine surfaces here, bounded by ``api_timeout``.
+        """
+        if self._client is None:
+            try:
+                self._client = self.client_factory(timeout=self.api_timeout)
+            except (docker.errors.DockerException, *_UNREACHABLE) as err:
+                raise DockerUnavailable(clip_error(f"Docker engine unreachable: {err}")) from err
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run one blocking SDK call in a thread, mapping connection errors."""
+        try:
+            return await trio.to_thread.run_sync(fn)
+        except _UNREACHABLE as err:
+            raise DockerUnavailable(clip_error(f"Docker engine unreachable: {err}")) from err
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self, start: StartExecution) -> ExecutionFinished:
+        t0 = trio.current_time()
+        task = TaskSpec.from_canonical(start.task)
+        engine = task.engine
+        if not isinstance(engine, DockerEngine):
+            raise ExecutorError(f"the docker executor cannot run a {engine.type!r} task")
+        client = await self._call(self.client)
+        await self._check_image(client, engine.image)
+
+        work = await trio.to_thread.run_sync(Workdir.create, self.data_dir, start.execution_id)
+        container: Any = None
+        try:
+            if self.user is None:
+                # The image's user may be anyone: let it write its outputs.
+                work.outputs.chmod(0o777)
+            kwargs = self._create_kwargs(start, task, engine, work)
+            try:
+                container = await self._call(lambda: client.containers.create(**kwargs))
+            except docker.errors.ImageNotFound as err:  # removed since the check
+                raise ImageMissing(_missing(engine.image)) from err
+            except docker.errors.APIError as err:
+                raise ExecutorError(clip_error(f"cannot create container: {err}")) from err
+            try:
+                await self._call(container.start)
+            except docker.errors.APIError as err:
+                raise ExecutorError(clip_error(f"cannot start container: {err}")) from err
+            status_code = await self._wait(container)
+
+            out, err_tail = await self._call(lambda: self._logs(container))
+            exit_code = status_code
+            error = ""
+            if exit_code != 0:
+                error = await self._describe_failure(container, task, exit_code)
+            manifest_id = ""
+            try:
+                manifest_id = await store_outputs(self.blobs, work.outputs, self.max_output_bytes)
+            except OutputRejected as rejected:
+                error = clip_error(f"outputs refused: {rejected}")
+            succeeded = exit_code == 0 and bool(manifest_id)
+            return ExecutionFinished(
+                execution_id=start.execution_id,
+                status="succeeded" if succeeded else "failed",
+                exit_code=exit_code,
+                error=error,
+                manifest_id=manifest_id,
+                stdout_tail=out,
+                stderr_tail=err_tail,
+                duration_ms=int((trio.current_time() - t0) * 1000),
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                if container is not None:
+                    await trio.to_thread.run_sync(_remove_quietly, container)
+                await trio.to_thread.run_sync(work.remove)
+
+    async def _check_image(self, client: Any, image: str) -> None:
+        try:
+            await self._call(lambda: client.images.get(image))
+        except docker.errors.ImageNotFound as err:
+            raise ImageMissing(_missing(image)) from err
+        except docker.errors.APIError as err:  # e.g. a malformed reference
+            raise ExecutorError(clip_error(f"cannot inspect image {image!r}: {err}")) from err
+
+    def _create_kwargs(
+        self, start: StartExecution, task: TaskSpec, engine: DockerEngine, work: Workdir
+    ) -> dict[str, Any]:
+        memory = max(MIN_DOCKER_MEMORY, task.resources.memory_bytes)
+        max_nano = (os.cpu_count() or 1) * 1_000_000_000
+        nano_cpus = min(max_nano, max(MIN_NANO_CPUS, round(task.resources.cpu * 1e9)))
+        kwargs: dict[str, Any] = {
+            "image": engine.image,
+            "command": list(engine.command) if engine.command is not None else None,
+            "environment": {
+                **task_env(task.env, start),
+                **p2pnode_env(start, inputs="/inputs", outputs="/outputs"),
+            },
+            "labels": {
+                LABEL_EXECUTION: start.execution_id,
+                LABEL_JOB: start.job_id,
+                LABEL_NODE: self.node_id,
+            },
+            "volumes": {
+                str(work.inputs): {"bind": "/inputs", "mode": "ro"},
+                str(work.outputs): {"bind": "/outputs", "mode": "rw"},
+            },
+            "network_mode": self.network_mode,
+            "mem_limit": memory,
+            "memswap_limit": memory,  # equal to mem_limit: no swap on top
+            "nano_cpus": nano_cpus,
+            "init": True,  # a shell as PID 1 would ignore SIGTERM
+            "pids_limit": self.pids_limit,
+            "security_opt": ["no-new-privileges"],
+            "log_config": {
+                "type": "json-file",
+                "config": {"max-size": self.log_max_size, "max-file": "1"},
+            },
+            "stdin_open": False,
+            "detach": True,
+        }
+        if engine.workdir is not None:
+            kwargs["working_dir"] = engine.workdir
+        if self.user is not None:
+            kwargs["user"] = self.user
+        return kwargs
+
+    async def _wait(self, container: Any) -> int:
+        """The container's exit code; on cancellation, kill it (shielded).
+
+        The wait thread is not abandoned: when trio cancels us, the sibling
+        ``killer`` kills the container, which makes the blocking wait return,
+        and only then does Cancelled propagate.
+        """
+        outcome: list[int | BaseException] = []
+
+        async def killer() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    if not outcome:  # cancelled while the container runs
+                        await trio.to_thread.run_sync(_kill_quietly, container)
+
+        def wait() -> int:
+            while True:
+                try:
+                    result = container.wait(timeout=self.poll_interval)
+                    return int(result.get("StatusCode", -1))
+                except docker.errors.NotFound:
+                    return 137  # removed under us (killed): report as SIGKILL
+                except _UNREACHABLE:
+                    # Either the slice ran out (the SDK raises ConnectionError
+                    # for that) or the engine went away: ask it, with the
+                    # short API timeout.  This raises if it is unreachable.
+                    container.reload()
+                    if container.status in ("exited", "dead"):
+                        return int(container.attrs["State"]["ExitCode"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            try:
+                outcome.append(await trio.to_thread.run_sync(wait))
+            except BaseException as err:  # reported after the nursery, unwrapped
+                outcome.append(err)
+            nursery.cancel_scope.cancel()
+        result = outcome[0]
+        if isinstance(result, _UNREACHABLE):
+            raise DockerUnavailable(clip_error(f"Docker engine unreachable: {result}"))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _logs(self, container: Any) -> tuple[str, str]:
+        """Bounded tails of stdout and stderr.
+
+        ``tail=`` counts log entries, and the engine splits lines longer than
+        16 KiB into several entries, so this fetches at most ~lines * 16 KiB.
+        """
+        lines = max(1, self.tail_bytes // 64)
+        tails = []
+        for stdout in (True, False):
+            tail = TailBuffer(self.tail_bytes)
+            tail.feed(container.logs(stdout=stdout, stderr=not stdout, tail=lines))
+            tails.append(tail.text())
+        return tails[0], tails[1]
+
+    async def _describe_failure(self, container: Any, task: TaskSpec, exit_code: int) -> str:
+        try:
+            await self._call(container.reload)
+            state = container.attrs.get("State", {})
+        except (ExecutorError, docker.errors.APIError):
+            state = {}
+        if state.get("OOMKilled"):
+            return f"killed: out of memory (limit {task.resources.memory_bytes} bytes)"
+        if state.get("Error"):
+            return clip_error(f"exited with code {exit_code}: {state['Error']}")
+        return f"exited with code {exit_code}"
+
+    # --- leftovers -------------------------------------------------------------------
+
+    async def reap_stale(self, node_id: str | None = None) -> list[str]:
+        """Remove every container labelled for this node (``node_id``, default
+        the executor's) and its workdir; return their execution ids.  Call at
+        node start, before running anything: any such container is a leftover
+        of an earlier run of the node."""
+        node = self.node_id if node_id is None else node_id
+        client = await self._call(self.client)
+        containers = await self._call(
+            lambda: client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node}"})
+        )
+        reaped = []
+        for container in containers:
+            execution_id = container.labels.get(LABEL_EXECUTION, "")
+            log.warning("removing stale container %s of execution %s",
+                        container.short_id, execution_id)
+            await trio.to_thread.run_sync(_remove_quietly, container)
+            if execution_id:
+                workdir = self.data_dir / "work" / safe_name(execution_id)
+                await trio.to_thread.run_sync(
+                    Workdir(workdir, workdir / "inputs", workdir / "outputs").remove
+                )
+            reaped.append(execution_id)
+        return reaped
+
+
+def _missing(image: str) -> str:
+    return f"image {image!r} is not present locally; p2pnode never pulls"
+
+
+def _kill_quietly(container: Any) -> None:
+    try:
+        container.kill()
+    except (docker.errors.APIError, *_UNREACHABLE) as err:
+        # Already stopped (409) or gone (404); an unreachable engine is
+        # reported by the wait or the removal.
+        log.debug("kill %s: %s", container.short_id, err)
+
+
+def _remove_quietly(container: Any) -> None:
+    try:
+        container.remove(force=True)  # force: kills it if it still runs
+    except docker.errors.NotFound:
+        pass
+    except (docker.errors.APIError, *_UNREACHABLE) as err:
+        # Left for reap_stale (it carries our labels); never mask the result.
+        log.warning("could not remove container %s: %s", container.short_id, err)

@@ -1,0 +1,349 @@
+"""Run a task as a local process (``engine: {type: process, command: [...]}``).
+
+How a task runs
+---------------
+* ``command`` is an argv list, executed directly: no shell, unless the argv
+  itself says ``sh -c ...``.
+* cwd is a fresh workdir ``<data_dir>/work/<safe id>/`` with ``inputs/`` and
+  ``outputs/`` (see ``common``); files left in ``outputs/`` become the result
+  manifest, also when the task fails (partial outputs help debugging).
+* env is clean: ``PATH``, ``HOME`` (= the workdir), ``LANG``, then the task's
+  env, then ``P2PNODE_INPUTS/OUTPUTS/SLOT/EXECUTION_ID/JOB_ID`` (absolute paths),
+  which the task cannot override.  Nothing leaks from the node's own env.
+* stdin is /dev/null; stdout/stderr are read continuously into bounded tails
+  (memory is bounded whatever the task prints).
+
+Limits
+------
+Applied by a tiny ``/bin/sh`` wrapper that runs ``ulimit`` and then ``exec``s the
+argv (passed as ``"$@"``, never parsed by the shell).  A wrapper rather than
+``preexec_fn`` because the node runs worker threads, and Python code between
+fork and exec can deadlock in their presence.
+
+* ``RLIMIT_AS`` = ``resources.memory``.  It bounds virtual address space, which
+  is stricter than resident memory: runtimes that reserve big arenas up front
+  (Go, the JVM) need a larger ``memory`` than they actually touch.
+* ``RLIMIT_CPU`` (soft) = ``ceil(timeout * cpu)`` seconds, but at least
+  ``min_cpu_seconds`` (default 10): the CPU time a task granted ``cpu`` cores could use in
+  its wall-clock timeout; processes have no CPU shares, so this is what
+  enforces ``cpu`` on average.  Past it the kernel sends SIGXCPU; the hard limit
+  (``+ CPU_HARD_EXTRA_SECONDS``) SIGKILLs.  The floor keeps a short task's
+  start-up burst from tripping it; the wall-clock timeout (the runtime's cancel
+  scope) remains the real bound.  Both limits are per process (each child gets
+  its own), as rlimits are.
+* ``RLIMIT_CORE`` = 0: no core files in the workdir.
+
+Process groups
+--------------
+The task runs in its own session (``start_new_session``), so its process group
+id is its pid.  On cancellation or timeout the whole group gets SIGTERM, then
+SIGKILL after ``kill_grace`` seconds (in a shielded cleanup).  When the main
+process exits by itself, whatever it left running in its group is SIGKILLed
+at once: the task is over.  A descendant that calls ``setsid`` itself escapes
+the group; we do not chase it, but we stop reading its pipes after
+``drain_grace`` so it cannot hold the execution open.
+
+A session of its own also means the task does *not* die with the node.  So
+each running execution has a pidfile ``<data_dir>/work/<safe id>.pid``;
+:meth:`ProcessExecutor.reap_stale`, called when a node starts, SIGKILLs the
+groups whose pidfiles remain.  It only kills a group that still has a member
+carrying ``P2PNODE_EXECUTION_ID=<that id>`` in its environment, so a recycled
+pid (e.g. after a reboot) is never hit.
+
+Workdirs are removed when the execution ends, failed or not: its outputs are
+already stored as a manifest and the stderr tail is reported, while keeping
+them would fill the disk under a retry loop.  ``keep_failed_workdirs=True``
+keeps failed/cancelled ones for debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import trio
+
+from p2pnode.blobs import BlobStore, OutputRejected
+from p2pnode.executors.common import (
+    DEFAULT_TAIL_BYTES,
+    ExecutorError,
+    TailBuffer,
+    Workdir,
+    clip_error,
+    drain,
+    p2pnode_env,
+    safe_name,
+    store_outputs,
+    task_env,
+)
+from protocols.events import ExecutionFinished, StartExecution
+from protocols.spec import ProcessEngine, TaskSpec
+
+__all__ = ["ProcessExecutor"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MIN_CPU_SECONDS = 10
+CPU_HARD_EXTRA_SECONDS = 5
+_WRAPPER_NAME = "p2pnode-limits"  # $0 of the wrapper shell, shown in its own errors
+
+
+class ProcessExecutor:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        blobs: BlobStore,
+        *,
+        max_output_bytes: int,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        kill_grace: float = 2.0,
+        drain_grace: float = 1.0,
+        cpu_limit: bool = True,
+        min_cpu_seconds: int = MIN_CPU_SECONDS,
+        keep_failed_workdirs: bool = False,
+        path: str = DEFAULT_PATH,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.blobs = blobs
+        self.max_output_bytes = max_output_bytes
+        self.tail_bytes = tail_bytes
+        self.kill_grace = kill_grace
+        self.drain_grace = drain_grace
+        self.cpu_limit = cpu_limit
+        self.min_cpu_seconds = min_cpu_seconds
+        self.keep_failed_workdirs = keep_failed_workdirs
+        self.path = path
+        (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
+
+    # --- running -----------------------------------------------------------------
+
+    async def run(self, start: StartExecution) -> ExecutionFinished:
+        t0 = trio.current_time()
+        task = TaskSpec.from_canonical(start.task)
+        engine = task.engine
+        if not isinstance(engine, ProcessEngine):
+            raise ExecutorError(f"the process executor cannot run a {engine.type!r} task")
+        work = await trio.to_thread.run_sync(Workdir.create, self.data_dir, start.execution_id)
+        succeeded = False
+        try:
+            env = {
+                "PATH": self.path,
+                "HOME": str(work.root),
+                "LANG": "C.UTF-8",
+                **task_env(task.env, start),
+                **p2pnode_env(start, inputs=str(work.inputs), outputs=str(work.outputs)),
+            }
+            argv = self._limits_wrapper(task, start) + list(engine.command)
+            out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
+            returncode = await self._run_process(start.execution_id, argv, env, work, out, err)
+
+            exit_code, error = _describe_exit(returncode)
+            manifest_id = ""
+            try:
+                manifest_id = await store_outputs(self.blobs, work.outputs, self.max_output_bytes)
+            except OutputRejected as rejected:
+                # The task's own fault (bad symlink, too big): it failed.
+                error = clip_error(f"outputs refused: {rejected}")
+            succeeded = exit_code == 0 and bool(manifest_id)
+            return ExecutionFinished(
+                execution_id=start.execution_id,
+                status="succeeded" if succeeded else "failed",
+                exit_code=exit_code,
+                error=error,
+                manifest_id=manifest_id,
+                stdout_tail=out.text(),
+                stderr_tail=err.text(),
+                duration_ms=int((trio.current_time() - t0) * 1000),
+            )
+        finally:
+            if succeeded or not self.keep_failed_workdirs:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(work.remove)
+
+    def _limits_wrapper(self, task: TaskSpec, start: StartExecution) -> list[str]:
+        """``sh -c 'ulimit ...; exec "$@"' NAME argv...`` (see the module doc)."""
+        memory_kib = _clamp_kib(resource.RLIMIT_AS, task.resources.memory_bytes)
+        limits = [f"ulimit -c 0; ulimit -v {memory_kib}"]
+        if self.cpu_limit:
+            timeout = start.timeout if start.timeout > 0 else task.timeout_ms / 1000
+            soft = max(self.min_cpu_seconds, math.ceil(timeout * task.resources.cpu))
+            hard = soft + CPU_HARD_EXTRA_SECONDS
+            _soft_cap, hard_cap = resource.getrlimit(resource.RLIMIT_CPU)
+            if hard_cap != resource.RLIM_INFINITY:  # never ask above the node's own
+                hard = min(hard, hard_cap)
+                soft = min(soft, hard)
+            # Soft first: dash refuses a hard limit below the current soft one.
+            limits.append(f"ulimit -S -t {soft}; ulimit -H -t {hard}")
+        script = "; ".join(limits) + '; exec "$@"'
+        return ["/bin/sh", "-c", script, _WRAPPER_NAME]
+
+    async def _run_process(
+        self,
+        execution_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        work: Workdir,
+        out: TailBuffer,
+        err: TailBuffer,
+    ) -> int:
+        proc = await trio.lowlevel.open_process(
+            argv,
+            cwd=work.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own session and group: pgid == pid
+        )
+        pgid = proc.pid
+        pidfile = self._pidfile(execution_id)
+        try:
+            # Written after the spawn: a node crash in between leaves one
+            # unrecorded group, which reap_stale cannot find (documented).
+            _write_pidfile(pidfile, pgid, execution_id)
+            assert proc.stdout is not None and proc.stderr is not None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, proc.stdout, out)
+                nursery.start_soon(drain, proc.stderr, err)
+                await proc.wait()
+                # The task is over: stragglers in its group would keep the
+                # pipes open, and must not outlive it anyway.
+                _killpg(pgid, signal.SIGKILL)
+                # Something that escaped the group may still hold the pipes.
+                nursery.cancel_scope.deadline = trio.current_time() + self.drain_grace
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_group(proc, pgid)
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        await stream.aclose()
+                pidfile.unlink(missing_ok=True)
+        assert proc.returncode is not None
+        return proc.returncode
+
+    async def _stop_group(self, proc: trio.Process, pgid: int) -> None:
+        """SIGTERM the group, give it ``kill_grace`` to exit, then SIGKILL it."""
+        if proc.returncode is None:
+            _killpg(pgid, signal.SIGTERM)
+            with trio.move_on_after(self.kill_grace):
+                await proc.wait()
+                # The leader is gone; give the rest of the group the same grace.
+                while _group_alive(pgid):
+                    await trio.sleep(0.02)
+        _killpg(pgid, signal.SIGKILL)
+        with trio.move_on_after(5.0):  # SIGKILL is prompt; bounded all the same
+            await proc.wait()
+
+    # --- stale groups after a node restart ------------------------------------------
+
+    def _pidfile(self, execution_id: str) -> Path:
+        return self.data_dir / "work" / f"{safe_name(execution_id)}.pid"
+
+    def reap_stale(self) -> list[str]:
+        """Kill the process groups of executions a previous node run left
+        behind (their pidfiles remain), remove their pidfiles and workdirs, and
+        return their execution ids.  Call once at node start, before running
+        anything.  Blocking (it reads /proc); cheap."""
+        reaped: list[str] = []
+        for partial in (self.data_dir / "work").glob("*.pid.tmp"):  # crashed mid-write
+            partial.unlink(missing_ok=True)
+        for pidfile in sorted((self.data_dir / "work").glob("*.pid")):
+            try:
+                record = json.loads(pidfile.read_text())
+                pgid, execution_id = int(record["pgid"]), str(record["execution_id"])
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable pidfile %s", pidfile)
+                pidfile.unlink(missing_ok=True)
+                continue
+            marker = f"P2PNODE_EXECUTION_ID={execution_id}".encode()
+            if any(_has_env(pid, marker) for pid in _group_members(pgid)):
+                log.warning("killing stale process group %d of execution %s", pgid, execution_id)
+                _killpg(pgid, signal.SIGKILL)
+                reaped.append(execution_id)
+            pidfile.unlink(missing_ok=True)
+            workdir = pidfile.with_suffix("")
+            if workdir.is_dir():
+                Workdir(workdir, workdir / "inputs", workdir / "outputs").remove()
+        return reaped
+
+
+def _describe_exit(returncode: int) -> tuple[int, str]:
+    """trio's returncode -> (exit code as a shell reports it, error text)."""
+    if returncode >= 0:
+        return returncode, "" if returncode == 0 else f"exited with code {returncode}"
+    signum = -returncode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    hint = " (CPU time limit exceeded)" if signum == signal.SIGXCPU else ""
+    return 128 + signum, f"killed by {name}{hint}"
+
+
+def _clamp_kib(which: int, limit_bytes: int) -> int:
+    """A limit in KiB for ulimit, never above the node's own hard limit."""
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        limit_bytes = min(limit_bytes, hard)
+    return max(1, limit_bytes // 1024)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is already gone
+    except PermissionError:  # a recycled id now owned by someone else: not ours
+        log.warning("not allowed to signal process group %d", pgid)
+
+
+def _group_alive(pgid: int) -> bool:
+    return any(_pid_state(pid) not in ("Z", "X", None) for pid in _group_members(pgid))
+
+
+def _write_pidfile(path: Path, pgid: int, execution_id: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pgid": pgid, "execution_id": execution_id}))
+    os.replace(tmp, path)
+
+
+def _proc_stat(pid: str | int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain anything: split at
+    # the last ')'.
+    return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def _pid_state(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _proc_stat(name)
+            if fields and len(fields) > 2 and fields[2] == str(pgid):
+                members.append(int(name))
+    return members
+
+
+def _has_env(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            return marker in file.read().split(b"\0")
+    except OSError:
+        return False
