@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -132,6 +132,7 @@ class Libp2pTransport:
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._cm: Any = None
+        self._extra_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -164,6 +165,8 @@ class Libp2pTransport:
         self._host = build_host(self._key_pair, self._listen)
         self._pubsub, self._router = build_pubsub(self._host, self._heartbeat)
         self._host.set_stream_handler(FRAME_PROTOCOL, self._handle_frame_stream)
+        for protocol, handler in self._extra_handlers.items():
+            self._host.set_stream_handler(TProtocol(protocol), handler)
         body_exc: BaseException | None = None
         try:
             async with (
@@ -254,6 +257,39 @@ class Libp2pTransport:
             self.stats.dial_failures += 1
             log.info("dial %s failed: %s", peer, flat_message(exc))
             return False
+
+    # --- other stream protocols (e.g. blob transfer) ---------------------------
+
+    def set_stream_handler(
+        self, protocol: str, handler: Callable[[str, Any], Awaitable[None]]
+    ) -> None:
+        """Serve ``protocol``: ``handler(sender, stream)`` gets the authenticated
+        peer id and the raw libp2p stream (``read``/``write``); the stream is
+        reset afterwards.  Call before the transport starts."""
+
+        async def serve(stream: Any) -> None:
+            try:
+                await handler(stream.muxed_conn.peer_id.to_base58(), stream)
+            except Exception as exc:
+                log.info("%s handler failed: %s", protocol, flat_message(exc))
+            finally:
+                await reset_quietly(stream)
+
+        self._extra_handlers[protocol] = serve
+        if self._host is not None:
+            self._host.set_stream_handler(TProtocol(protocol), serve)
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        """A new stream to ``peer`` speaking ``protocol``; raises ``ConnectionError``."""
+        if not await self._ensure_connected(peer):
+            raise ConnectionError(f"cannot reach {peer}")
+        try:
+            with trio.fail_after(self._dial_timeout):
+                return await self._host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+        except Exception as exc:
+            raise ConnectionError(
+                f"cannot open {protocol} to {peer}: {flat_message(exc)}"
+            ) from None
 
     async def wait_for_mesh(self, peer: str, topic: str, timeout: float = 5.0) -> None:
         """Wait until ``peer`` is in our gossipsub mesh for ``topic`` (readiness

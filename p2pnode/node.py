@@ -1,0 +1,248 @@
+"""The library API: run a p2pnode peer inside your own trio program.
+
+    from p2pnode import NodeSettings, open_node
+
+    async with open_node(NodeSettings(data_dir=Path("n1"), executors=("process",))) as node:
+        job_id = await node.submit({"name": "hi", "task": {"engine": {
+            "type": "process", "command": ["echo", "hi"]}}})
+        view = await node.wait(job_id)
+        print(view["state"])
+
+``open_node`` wires the parts together: the node key and SQLite store in the
+data directory, the libp2p transport, the executors, and the trio runtime that
+drives the pure node core.  Everything runs in one nursery; leaving the block
+stops the node and leaves nothing running.  The CLI is built on this API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from p2pnode.blobs import BlobStore
+from p2pnode.engines import EngineRouter, build_executors
+from p2pnode.identity import load_or_create_key
+from p2pnode.libp2p_transport import Libp2pTransport
+from p2pnode.outputs import BLOB_PROTOCOL, blob_server
+from p2pnode.runtime import NodeRuntime
+from p2pnode.store import SqliteStore
+from protocols.config import NodeConfig, Timings
+from protocols.errors import LocalProtocolError
+from protocols.events import Notify
+from protocols.node import NodeCore
+from protocols.spec import JobSpec, parse_spec, validate_spec
+
+log = logging.getLogger("p2pnode.node")
+
+TERMINAL_STATES = frozenset({"completed", "failed", "stopped"})
+KNOWN_EXECUTORS = ("process", "docker", "sim")
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 4 * 2**30
+
+
+@attrs.frozen(kw_only=True)
+class NodeSettings:
+    """Everything a node needs to start; the CLI's ``serve`` flags map onto it."""
+
+    data_dir: Path
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()  # multiaddrs ending in /p2p/<peer id>
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    # Off unless asked for: these run commands that arrive from the network.
+    executors: tuple[str, ...] = ()
+    compute: bool = True
+    cpu: float = attrs.field(factory=lambda: float(os.cpu_count() or 1))
+    memory: int = attrs.field(factory=_total_memory)
+    max_executions: int = 4
+    timings: Timings = attrs.field(factory=Timings)
+    p2p_mode: Literal["stream", "inbox"] = "stream"
+    seed: int | None = None  # None: a random seed per start
+
+    def __attrs_post_init__(self) -> None:
+        unknown = [e for e in self.executors if e not in KNOWN_EXECUTORS]
+        if unknown:
+            raise ValueError(f"unknown executor(s) {unknown}; choose from {list(KNOWN_EXECUTORS)}")
+
+
+def bootstrap_peer_id(addr: str) -> str:
+    """The peer id at the end of a bootstrap multiaddr (``.../p2p/<id>``)."""
+    head, sep, peer = addr.rpartition("/p2p/")
+    if not sep or not head or not peer or "/" in peer:
+        raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+    return peer
+
+
+class Node:
+    """A running peer: submit, watch, cancel and fetch jobs; list peers."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        runtime: NodeRuntime,
+        core: NodeCore,
+        transport: Libp2pTransport,
+        blobs: BlobStore,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.core = core
+        self.transport = transport
+        self.blobs = blobs
+
+    @property
+    def node_id(self) -> str:
+        return self.core.node_id
+
+    def listen_addrs(self) -> list[str]:
+        return self.transport.listen_addrs()
+
+    # --- jobs ---------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec | Mapping[str, Any] | str, *, job_id: str = "") -> str:
+        """Validate ``spec`` (a JobSpec, a plain spec dict, or YAML/JSON text),
+        become its owner and start it.  Returns the job id.  Raises
+        ``SpecValidationError`` with every problem of an invalid spec."""
+        if isinstance(spec, str):
+            spec = parse_spec(spec)
+        elif not isinstance(spec, JobSpec):
+            spec = validate_spec(dict(spec))
+        job_id = job_id or f"j-{secrets.token_hex(8)}"
+        await self.runtime.submit(job_id, spec.canonical())
+        return job_id
+
+    async def cancel(self, job_id: str, reason: str = "stopped by user") -> None:
+        await self.runtime.cancel(job_id, reason)
+
+    def describe(self, job_id: str) -> dict[str, Any]:
+        """State, owner and every execution of a job this node owns."""
+        return self.core.describe(job_id)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        out = []
+        for job_id in self.core.owned_jobs():
+            view = self.core.describe(job_id)
+            out.append({k: view[k] for k in ("job_id", "name", "type", "state", "reason")})
+        return out
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[Notify], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the job is terminal; returns ``describe(job_id)``.
+
+        ``on_event`` sees every notification about the job meanwhile (for
+        progress display).  Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        events = self.runtime.watch()
+        with events, trio.fail_after(math_inf_if_none(timeout)):
+            if self.describe(job_id)["state"] in TERMINAL_STATES:
+                return self.describe(job_id)
+            async for note in events:
+                if note.data.get("job_id") != job_id:
+                    continue
+                if on_event is not None:
+                    on_event(note)
+                if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:
+                    break
+        return self.describe(job_id)
+
+    # --- network ------------------------------------------------------------------
+
+    def peers(self) -> list[dict[str, Any]]:
+        """This node and the peers in its view, with labels and capacity."""
+        infos = [self.core.me, *self.core.known_peers()]
+        return [
+            {
+                "node_id": i.node_id,
+                "labels": dict(i.labels),
+                "cpu": i.cpu,
+                "memory": i.memory,
+                "executors": list(i.executors),
+                "compute": i.compute,
+                "addrs": list(i.addrs),
+                "self": i.node_id == self.node_id,
+            }
+            for i in infos
+        ]
+
+
+def math_inf_if_none(timeout: float | None) -> float:
+    return float("inf") if timeout is None else timeout
+
+
+@asynccontextmanager
+async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
+    """Start a node; stop it (cleanly, nothing left running) on exit."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = load_or_create_key(data_dir)
+    store = SqliteStore(data_dir / "node.db")
+    try:
+        blobs = BlobStore(data_dir)
+        records = store.load()
+        transport = Libp2pTransport(key, settings.listen, p2p_mode=settings.p2p_mode)
+        transport.set_stream_handler(BLOB_PROTOCOL, blob_server(blobs))
+        async with transport:
+            bootstrap_ids = []
+            for addr in settings.bootstrap:
+                peer = bootstrap_peer_id(addr)
+                bootstrap_ids.append(peer)
+                transport.add_addresses(peer, [addr])
+            config = NodeConfig(
+                node_id=transport.local_id,
+                labels=dict(settings.labels),
+                cpu=settings.cpu,
+                memory=settings.memory,
+                max_executions=settings.max_executions,
+                executors=tuple(settings.executors) if settings.compute else (),
+                compute=settings.compute and bool(settings.executors),
+                bootstrap=tuple(bootstrap_ids),
+                addrs=tuple(transport.listen_addrs()[:16]),
+                timings=settings.timings,
+            )
+            seed = settings.seed if settings.seed is not None else secrets.randbits(63)
+            core = NodeCore(config, seed, records)
+            executors = build_executors(settings.executors, data_dir, blobs, transport.local_id)
+            router = EngineRouter(executors)
+            await router.reap_stale()
+            runtime = NodeRuntime(core, transport, store, router)
+            async with trio.open_nursery() as nursery:
+                # Subscribe before starting, so no discovered address is missed.
+                discoveries = runtime.watch()
+                await nursery.start(runtime.run)
+                nursery.start_soon(_feed_addresses, discoveries, transport)
+                log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
+                try:
+                    yield Node(settings, runtime, core, transport, blobs)
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+async def _feed_addresses(
+    events: trio.MemoryReceiveChannel[Notify], transport: Libp2pTransport
+) -> None:
+    """Tell the transport where the peers the protocol discovers listen."""
+    async for note in events:
+        if note.kind == "peer_discovered":
+            transport.add_addresses(note.data["node_id"], note.data["addrs"])
+
+
+__all__ = ["LocalProtocolError", "Node", "NodeSettings", "open_node"]

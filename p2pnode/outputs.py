@@ -1,0 +1,138 @@
+"""Moving outputs between nodes: the ``/p2pnode/blob/1.0.0`` stream protocol.
+
+Outputs stay on the node that produced them, as content-addressed blobs plus a
+manifest (``p2pnode/blobs.py``).  A result carries only the manifest id; whoever
+needs the bytes fetches them by id from a node that holds them.  Since a blob's
+name is its sha256, the fetcher verifies every byte and needs to trust nobody.
+
+Wire: the client sends one frame, msgpack ``{"digest": "sha256:<hex>"}``; the
+server answers one frame ``{"ok": true, "size": n}`` (or ``{"ok": false,
+"error": ...}``) followed by the blob in frames of at most 64 KiB.  Frames are
+varint-length-prefixed as on the frame protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.net.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger("p2pnode.outputs")
+
+BLOB_PROTOCOL = "/p2pnode/blob/1.0.0"
+CHUNK = 64 * 1024
+MAX_FETCH = 1024**3
+FETCH_TIMEOUT = 120.0
+
+
+class FetchError(Exception):
+    pass
+
+
+async def _read_frames(stream: Any, decoder: FrameDecoder) -> list[bytes]:
+    while True:
+        chunk = await stream.read(CHUNK)
+        if not chunk:
+            raise FetchError("stream closed early")
+        frames, dropped = decoder.feed(chunk)
+        if dropped:
+            raise FetchError("oversized frame")
+        if frames:
+            return frames
+
+
+def blob_server(blobs: BlobStore) -> Any:
+    """The handler the transport runs for each inbound blob request."""
+
+    async def serve(sender: str, stream: Any) -> None:
+        decoder = FrameDecoder(4096)
+        [request, *_] = await _read_frames(stream, decoder)
+        digest = msgpack.unpackb(request).get("digest", "") if request else ""
+        if not isinstance(digest, str) or not blobs.has(digest):
+            await stream.write(encode_frame(msgpack.packb({"ok": False, "error": "no such blob"})))
+            return
+        path = blobs.path_of(digest)
+        size = path.stat().st_size
+        await stream.write(encode_frame(msgpack.packb({"ok": True, "size": size})))
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                await stream.write(encode_frame(chunk))
+        log.debug("served %s (%d bytes) to %s", digest, size, sender)
+
+    return serve
+
+
+async def fetch_blob(transport: Any, blobs: BlobStore, peer: str, digest: str) -> None:
+    """Copy blob ``digest`` from ``peer`` into our store, verifying its hash."""
+    if blobs.has(digest):
+        return
+    algo, _, want = digest.partition(":")
+    if algo != "sha256" or len(want) != 64:
+        raise FetchError(f"bad digest {digest!r}")
+    with trio.fail_after(FETCH_TIMEOUT):
+        stream = await transport.open_stream(peer, BLOB_PROTOCOL)
+        try:
+            await stream.write(encode_frame(msgpack.packb({"digest": digest})))
+            decoder = FrameDecoder(CHUNK + 16)
+            frames = await _read_frames(stream, decoder)
+            header = msgpack.unpackb(frames.pop(0))
+            if not header.get("ok"):
+                raise FetchError(f"{peer} has no blob {digest}: {header.get('error')}")
+            size = int(header["size"])
+            if size > MAX_FETCH:
+                raise FetchError(f"blob {digest} is {size} bytes, over the {MAX_FETCH} limit")
+            sha, got = hashlib.sha256(), 0
+            with tempfile.NamedTemporaryFile(dir=blobs.root, delete=True) as tmp:
+                while True:
+                    for chunk in frames:
+                        sha.update(chunk)
+                        tmp.write(chunk)
+                        got += len(chunk)
+                    if got >= size:
+                        break
+                    frames = await _read_frames(stream, decoder)
+                if got != size or sha.hexdigest() != want:
+                    raise FetchError(f"blob {digest} from {peer} failed verification")
+                tmp.flush()
+                stored = blobs.put_file(Path(tmp.name))
+            if stored != digest:
+                raise FetchError(f"stored {stored}, expected {digest}")
+        finally:
+            await stream.reset()
+
+
+async def fetch_outputs(node: Any, job_id: str, output_dir: Path) -> list[str]:
+    """Download the outputs of every completed slot of ``job_id`` into ``output_dir``
+    (``output_dir/<slot>/...`` when the job has several slots).  Returns the paths."""
+    view = node.describe(job_id)
+    slots = view["slots"]
+    written: list[str] = []
+    for slot in slots:
+        done = [e for e in slot["executions"] if e["state"] == "succeeded"]
+        if not done or not done[-1]["manifest_id"]:
+            continue
+        execution = done[-1]
+        manifest_id, holder = execution["manifest_id"], execution["node"]
+        try:
+            if not node.blobs.has(manifest_id):
+                await fetch_blob(node.transport, node.blobs, holder, manifest_id)
+            for entry in node.blobs.read_manifest(manifest_id):
+                await fetch_blob(node.transport, node.blobs, holder, f"sha256:{entry.sha256}")
+        except (ConnectionError, trio.TooSlowError) as exc:
+            raise FetchError(
+                f"cannot fetch outputs of slot {slot['slot']} from {holder}: {exc}"
+            ) from None
+        dest = output_dir if len(slots) == 1 else output_dir / str(slot["slot"])
+        try:
+            written += [str(dest / p) for p in node.blobs.materialize(manifest_id, dest)]
+        except BlobError as exc:
+            raise FetchError(str(exc)) from None
+    return written
