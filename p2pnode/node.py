@@ -189,7 +189,7 @@ def math_inf_if_none(timeout: float | None) -> float:
 @asynccontextmanager
 async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
     """Start a node; stop it (cleanly, nothing left running) on exit."""
-    data_dir = settings.data_dir
+    data_dir = settings.data_dir.resolve()  # tasks run elsewhere: paths must be absolute
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = load_or_create_key(data_dir)
     store = SqliteStore(data_dir / "node.db")

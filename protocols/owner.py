@@ -498,7 +498,7 @@ class Owner:
                 sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch, accepted=False)
             )
             return
-        self._end_lease(job, slot)
+        self._end_lease(job, slot, "result")
         execution.reported = True
         execution.exit_code, execution.error = msg.exit_code, msg.error
         execution.manifest_id = msg.manifest_id
@@ -568,7 +568,7 @@ class Owner:
 
     # --- outcomes ---------------------------------------------------------------------
 
-    def _end_lease(self, job: OwnedJob, slot: OwnedSlot) -> None:
+    def _end_lease(self, job: OwnedJob, slot: OwnedSlot, cause: str) -> None:
         execution = slot.current
         assert execution is not None
         self.out.settle(("grant", execution.execution_id))
@@ -580,7 +580,7 @@ class Owner:
             slot=slot.index,
             epoch=execution.epoch,
             execution_id=execution.execution_id,
-            cause=execution.state,
+            cause=cause,
         )
 
     def _cancel_holder(self, execution: Execution, reason: str) -> None:
@@ -591,7 +591,7 @@ class Owner:
         )
 
     def _lease_lost(self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str) -> None:
-        self._end_lease(job, slot)
+        self._end_lease(job, slot, event.value)
         slot.lost += 1
         if slot.lost > MAX_LOST_LEASES:
             self._slot_failed(job, slot, event, f"{reason}; {slot.lost} leases lost")
@@ -606,7 +606,7 @@ class Owner:
         self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str
     ) -> None:
         if event is SlotEvent.TIMED_OUT:
-            self._end_lease(job, slot)
+            self._end_lease(job, slot, "timeout")
         slot.failures += 1
         if slot.failures >= job.unit.attempts:
             self._slot_failed(
@@ -638,7 +638,7 @@ class Owner:
             if slot.state in (SlotState.GRANTED, SlotState.RUNNING) and execution is not None:
                 execution.state = "cancelled"
                 self._cancel_holder(execution, reason)
-                self._end_lease(job, slot)
+                self._end_lease(job, slot, "cancelled")
             slot.state = check_slot_transition(slot.state, SlotEvent.CANCEL, SlotState.CANCELLED)
             slot.reason = reason
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import click
 
+from p2pnode.cli import jobs as _jobs  # noqa: F401  (registers job run/list/...)
 from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, default_data_dir
 from p2pnode.cli.job import job
+from p2pnode.cli.nodes import node
+from p2pnode.cli.serve import serve
 
 __all__ = ["cli", "main"]
 
@@ -25,6 +28,9 @@ Exit codes:
   0  success
   1  invalid job spec
   2  usage error, or a file that cannot be read
+  3  no node is running for the data dir
+  4  the job did not complete (failed or stopped)
+  5  the node refused the request (e.g. unknown job)
 """
 
 
@@ -83,7 +89,9 @@ def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int) ->
     ctx.obj = CliContext(output=output, data_dir=data_dir or default_data_dir(), verbose=verbose)
 
 
+cli.add_command(serve)
 cli.add_command(job)
+cli.add_command(node)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

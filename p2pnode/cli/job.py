@@ -35,7 +35,7 @@ SPEC_ARGUMENT = click.argument(
 
 @click.group()
 def job() -> None:
-    """Validate and inspect job specs."""
+    """Submit, watch and inspect jobs; validate specs offline."""
 
 
 def read_spec(path: Path) -> JobSpec | list[SpecError]:

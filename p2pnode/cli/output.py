@@ -35,3 +35,16 @@ def emit_document(data: Mapping[str, Any], fmt: str) -> None:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Plain aligned columns (stable in pipes, unlike a width-dependent renderer)."""
+    if not rows:
+        return "(none)"
+    cells = [[str(c).upper() for c in columns]]
+    cells += [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )

@@ -1,0 +1,93 @@
+"""Options and helpers shared by the commands that talk to a node."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import click
+import trio
+
+from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, fail
+from p2pnode.control import ControlClient, ControlError, NodeNotRunning
+
+EXIT_NO_NODE = 3  # no node serves the data dir
+EXIT_NOT_COMPLETED = 4  # the job failed or was stopped
+EXIT_REFUSED = 5  # the node refused the request (unknown job, ...)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _override(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Let ``--data-dir`` / ``--output`` be given after the command too
+    (``p2pnode serve --data-dir D``), overriding the root option."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            updated = attrs.evolve(ctx.find_object(CliContext) or CliContext(), **{field: value})
+            node: click.Context | None = ctx
+            while node is not None:  # a subcommand's context copied its parent's obj
+                node.obj = updated
+                node = node.parent
+        return value
+
+    return callback
+
+
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_override("data_dir"),
+        help="The node's data directory (same as the root option).",
+    )(f)
+
+
+def output_option(f: F) -> F:
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(OUTPUT_FORMATS),
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_override("output"),
+        help="table, json or yaml (same as the root option).",
+    )(f)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"label {item!r} must look like key=value")
+        labels[key] = value
+    return labels
+
+
+T = TypeVar("T")
+
+
+def call_node(cli: CliContext, fn: Callable[[ControlClient], Awaitable[T]]) -> T:
+    """Run ``fn`` against the node serving ``cli.data_dir``; map errors to exit codes."""
+    client = ControlClient(cli.data_dir)
+
+    async def run() -> T:
+        return await fn(client)
+
+    try:
+        return trio.run(run)
+    except NodeNotRunning as exc:
+        fail(str(exc), code=EXIT_NO_NODE)
+    except ControlError as exc:
+        for err in exc.errors:
+            click.echo(f"{err['path']}: {err['message']}", err=True)
+        fail(str(exc), code=1 if exc.errors else EXIT_REFUSED)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)

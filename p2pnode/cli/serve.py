@@ -1,0 +1,113 @@
+"""``p2pnode serve``: run this host's peer until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+import trio
+
+from p2pnode.cli.common import data_dir_option, parse_labels
+from p2pnode.cli.context import CliContext, fail, pass_cli
+from p2pnode.control import serve_control
+from p2pnode.node import KNOWN_EXECUTORS, NodeSettings, open_node
+from protocols.units import UnitError, parse_size
+
+ADDRS_FILE = "addrs"
+
+
+@click.command()
+@data_dir_option
+@click.option(
+    "--listen",
+    multiple=True,
+    default=("/ip4/127.0.0.1/tcp/0",),
+    show_default=True,
+    help="Multiaddr to listen on (repeatable).",
+)
+@click.option(
+    "--bootstrap", multiple=True, help="Multiaddr (…/p2p/<peer id>) of a peer to join through."
+)
+@click.option("--labels", default="", help="Labels of this node: k=v,k2=v2.")
+@click.option(
+    "--executors",
+    default="",
+    help=f"Executors to enable ({','.join(KNOWN_EXECUTORS)}); none by default, "
+    "since they run commands that arrive from the network.",
+)
+@click.option("--no-compute", is_flag=True, help="Own jobs but never run any.")
+@click.option("--cpu", type=float, default=None, help="CPU capacity offered [default: all cores].")
+@click.option("--memory", default=None, help="Memory offered, e.g. 4GiB [default: all].")
+@click.option("--max-executions", type=int, default=4, show_default=True)
+@click.option(
+    "--p2p-mode",
+    type=click.Choice(["stream", "inbox"]),
+    default="stream",
+    show_default=True,
+    help="Point-to-point path: direct streams, or gossipsub inbox topics.",
+)
+@pass_cli
+def serve(
+    cli: CliContext,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    labels: str,
+    executors: str,
+    no_compute: bool,
+    cpu: float | None,
+    memory: str | None,
+    max_executions: int,
+    p2p_mode: str,
+) -> None:
+    """Run a node: owner of the jobs submitted to it, and a compute node.
+
+    Prints its listen multiaddrs (…/p2p/<peer id>) on stdout once ready and
+    writes them to DATA_DIR/addrs.  SIGTERM or Ctrl-C stops it cleanly.
+    """
+    enabled = tuple(e for e in executors.replace(" ", "").split(",") if e)
+    try:
+        extra = {}
+        if cpu is not None:
+            extra["cpu"] = cpu
+        if memory is not None:
+            extra["memory"] = parse_size(memory)
+        settings = NodeSettings(
+            data_dir=cli.data_dir,
+            listen=listen,
+            bootstrap=bootstrap,
+            labels=parse_labels(labels),
+            executors=enabled,
+            compute=not no_compute,
+            max_executions=max_executions,
+            p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
+            **extra,  # type: ignore[arg-type]
+        )
+    except (ValueError, UnitError) as exc:
+        fail(str(exc))
+    try:
+        trio.run(_serve, settings)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        fail(f"cannot start the node: {exc}", code=1)
+
+
+async def _serve(settings: NodeSettings) -> None:
+    async with open_node(settings) as node, trio.open_nursery() as nursery:
+        await nursery.start(serve_control, node)
+        addrs = node.listen_addrs()
+        _write_addrs(settings.data_dir, addrs)
+        for addr in addrs:
+            click.echo(addr)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+    (settings.data_dir / ADDRS_FILE).unlink(missing_ok=True)
+
+
+def _write_addrs(data_dir: Path, addrs: list[str]) -> None:
+    tmp = data_dir / f".{ADDRS_FILE}.tmp"
+    tmp.write_text("".join(f"{a}\n" for a in addrs))
+    tmp.replace(data_dir / ADDRS_FILE)
