@@ -16,6 +16,8 @@ import random
 from collections.abc import Hashable
 from typing import Any
 
+import attrs
+
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
 from protocols.directory import Directory
@@ -53,6 +55,7 @@ from protocols.outbox import RETX_TIMER, Outbox
 from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
 
 META_TABLE = "meta"
+VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000
 DEDUPE_CAPACITY = 50_000
 JOIN_RETRY = 2.0  # seconds between hellos to the bootstrap peers while our view is empty
@@ -82,6 +85,8 @@ class NodeCore:
         self.owner = Owner(config, self.out, self.directory, self.rng)
         self.holder = Holder(config, self.out, self.me)
         self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
+        self._view_version = 0  # bumped when the view changes; saved at gossip time
+        self._view_saved = 0
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
 
@@ -110,12 +115,37 @@ class NodeCore:
         self.out.persist(META_TABLE, "node", {"incarnation": self.incarnation})
         self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
         self.holder.restore(self._records.get(HELD_TABLE, {}))
+        remembered = self._restore_view(self._records.get(VIEW_TABLE, {}).get("peers", {}))
         self._records = {}
-        for peer in self.config.bootstrap:
-            if peer != self.node_id:
-                self.out.send(peer, Hello(info=self.me, want_peers=True))
+        # Re-join through the bootstrap peers and through peers we knew before a
+        # restart: those tell everyone our (possibly new) addresses.
+        targets = [p for p in self.config.bootstrap if p != self.node_id]
+        targets += [p for p in remembered if p not in targets][: self.config.peer_sample]
+        for peer in targets:
+            self.out.send(peer, Hello(info=self.me, want_peers=True))
         self._schedule_gossip()
         self.owner.resume()
+
+    def _restore_view(self, record: dict[str, Any]) -> list[str]:
+        restored = []
+        for fields in record.get("peers", []):
+            try:
+                info = NodeInfo(**fields)
+            except TypeError:
+                continue  # a record from an older version: the node re-learns it
+            self._learn(info)
+            restored.append(info.node_id)
+        self.rng.shuffle(restored)
+        return restored
+
+    def _save_view(self) -> None:
+        """Persist the view (at most once per gossip round, only when it changed),
+        so a restarted node can find the network again without its bootstrap."""
+        if self._view_saved == self._view_version:
+            return
+        self._view_saved = self._view_version
+        peers = [attrs.asdict(e.info) for e in self.directory.peers.values()]
+        self.out.persist(VIEW_TABLE, "peers", {"peers": peers})
 
     # --- frames ---------------------------------------------------------------------------
 
@@ -196,6 +226,8 @@ class NodeCore:
         new = self.directory.upsert(info, self.out.now)
         if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
             self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
+        if new or (known is not None and known.info != info):
+            self._view_version += 1
         return new
 
     def _schedule_gossip(self) -> None:
@@ -206,11 +238,15 @@ class NodeCore:
 
     def _on_gossip(self) -> None:
         t = self.config.timings
+        before = len(self.directory.peers)
         self.directory.expire(self.out.now, t.peer_expiry, keep=self.config.bootstrap)
+        if len(self.directory.peers) != before:
+            self._view_version += 1
         peer = self.directory.random_peer()
         targets = [peer] if peer else [p for p in self.config.bootstrap if p != self.node_id]
         for target in targets:
             self.out.send(target, Hello(info=self.me, want_peers=True))
+        self._save_view()
         self._schedule_gossip()
 
     # --- timers -----------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from protocols import codec
-from protocols.config import Timings
+from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.events import CancelJob, MessageReceived, Persist, Send, SubmitJob
+from protocols.events import CancelJob, MessageReceived, Persist, Send, Started, SubmitJob
 from protocols.messages import (
     AskForBid,
     Bid,
@@ -18,6 +18,7 @@ from protocols.messages import (
     RenewAck,
     ResultAck,
 )
+from protocols.node import NodeCore
 from protocols.states import (
     ExecEvent,
     ExecState,
@@ -404,3 +405,14 @@ def test_retransmitted_result_after_a_lost_ack_is_re_acked_quietly() -> None:
     net.run_until(lambda: not net.core(node).holder.held)
     assert len(accepted(net)) == 1
     assert net.notes_of("result_ignored") == []
+
+
+def test_restarted_node_rejoins_through_remembered_peers() -> None:
+    net = ProtoNet(IDS)
+    net.run_for(40.0)  # a gossip round persists the view
+    records = net.stores["a"]
+    assert {p["node_id"] for p in records["view"]["peers"]["peers"]} == {"b", "c"}
+    lonely = NodeCore(NodeConfig(node_id="a"), 1, records)  # no bootstrap configured
+    actions = lonely.handle(Started(), 0.0)
+    hellos = [a.to for a in actions if isinstance(a, Send)]
+    assert sorted(hellos) == ["b", "c"]
