@@ -12,6 +12,7 @@ from p2pnode.cli.common import data_dir_option, parse_labels
 from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.control import serve_control
 from p2pnode.node import KNOWN_EXECUTORS, NodeSettings, open_node
+from protocols.config import Timings
 from protocols.units import UnitError, parse_size
 
 ADDRS_FILE = "addrs"
@@ -41,6 +42,13 @@ ADDRS_FILE = "addrs"
 @click.option("--memory", default=None, help="Memory offered, e.g. 4GiB [default: all].")
 @click.option("--max-executions", type=int, default=4, show_default=True)
 @click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=0.5),
+    default=Timings().lease_ttl,
+    show_default=True,
+    help="Seconds a lease lives without renewal (the owner re-grants after ttl + grace).",
+)
+@click.option(
     "--p2p-mode",
     type=click.Choice(["stream", "inbox"]),
     default="stream",
@@ -58,6 +66,7 @@ def serve(
     cpu: float | None,
     memory: str | None,
     max_executions: int,
+    lease_ttl: float,
     p2p_mode: str,
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
@@ -80,6 +89,7 @@ def serve(
             executors=enabled,
             compute=not no_compute,
             max_executions=max_executions,
+            timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
             p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
             **extra,  # type: ignore[arg-type]
         )
