@@ -185,6 +185,9 @@ def _operations(node: Any) -> dict[str, Handler]:
     async def peers(req: dict[str, Any], emit: Any) -> Any:
         return node.peers()
 
+    async def stats(req: dict[str, Any], emit: Any) -> Any:
+        return node.stats()
+
     async def get(req: dict[str, Any], emit: Any) -> Any:
         files = await fetch_outputs(node, str(req["job_id"]), Path(str(req["output_dir"])))
         return {"files": files}

@@ -164,6 +164,18 @@ class Node:
 
     # --- network ------------------------------------------------------------------
 
+    def stats(self) -> dict[str, Any]:
+        """Counters: frames sent by message type, drops by offending peer, duplicates
+        filtered, and the transport's own counters."""
+        return {
+            "node_id": self.node_id,
+            "sent_by_type": dict(self.core.out.sent_by_type),
+            "frames_sent": sum(self.core.out.sent_by_type.values()),
+            "dropped_by_sender": dict(self.core.dropped),
+            "duplicates": self.core.duplicates,
+            "transport": attrs.asdict(self.transport.stats),
+        }
+
     def peers(self) -> list[dict[str, Any]]:
         """This node and the peers in its view, with labels and capacity."""
         infos = [self.core.me, *self.core.known_peers()]
