@@ -201,6 +201,7 @@ def _operations(node: Any) -> dict[str, Handler]:
         "wait": wait,
         "peers": peers,
         "get": get,
+        "stats": stats,
     }
 
 
