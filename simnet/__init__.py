@@ -1,0 +1,12 @@
+"""simnet: deterministic simulation of a p2pnode network.
+
+* :mod:`simnet.engine` - heap-based discrete-event loop driving sans-IO
+  ``NodeCore`` objects over virtual time (one seed -> one trace hash);
+* :mod:`simnet.network` - latency, loss, duplication, reordering, partitions;
+* :mod:`simnet.executor` - simulated executions (duration, exit code,
+  fail_rate, hang) with the driver's hard timeout;
+* :mod:`simnet.harness` - a cluster: start, submit, crash, restart, partition;
+* :mod:`simnet.invariants` - safety/liveness checkers run during every run;
+* :mod:`simnet.runner` / :mod:`simnet.cli` - ``python -m simnet run|sweep``;
+* :mod:`simnet.triomode` - the real trio runtime over the simulated network.
+"""

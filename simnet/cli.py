@@ -1,0 +1,228 @@
+"""``python -m simnet run|sweep``: the simulator's command line (a contract:
+other tools parse ``run --output json`` and the sweep's reproduce lines)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from simnet.runner import RunOptions, run_scenario
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> float:
+    """``"1h"``, ``"30m"``, ``"1h30m"``, ``"90s"``, ``"500ms"``, ``"120"`` (s)."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"bad duration {text!r} (e.g. 1h, 30m, 90s, 500ms)")
+    return total
+
+
+class _Duration(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Seeds(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    name = "A..B"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[int]:
+        text = str(value).strip()
+        try:
+            if ".." in text:
+                a, b = text.split("..", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                return list(range(lo, hi + 1))
+            return [int(s) for s in text.split(",")]
+        except ValueError:
+            self.fail(f"bad seed range {text!r} (A..B inclusive, or a,b,c)", param, ctx)
+
+
+DURATION = _Duration()
+_PROB = click.FloatRange(0.0, 1.0)
+
+
+def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``run`` and ``sweep`` (kept in one place so the
+    reproduce line of a sweep is always a valid ``run`` command)."""
+    opts = [
+        click.option("--nodes", type=click.IntRange(1), default=20, show_default=True,
+                     help="Number of simulated nodes."),
+        click.option("--jobs", type=click.IntRange(0), default=100, show_default=True,
+                     help="Number of batch jobs in the mixed workload."),
+        click.option("--loss", type=_PROB, default=0.0, show_default=True,
+                     help="Probability that a frame copy is dropped."),
+        click.option("--duplicate", type=_PROB, default=0.0, show_default=True,
+                     help="Probability that a frame is delivered twice."),
+        click.option("--reorder", type=_PROB, default=0.0, show_default=True,
+                     help="Probability that a frame gets an extra delay (up to 250 ms)."),
+        click.option("--crash-rate", type=click.FloatRange(0.0), default=0.0,
+                     show_default=True,
+                     help="Expected crashes PER NODE PER VIRTUAL MINUTE during the fault "
+                          "phase; a crashed node restarts after 5-60 s (seeded)."),
+        click.option("--partition-rate", type=click.FloatRange(0.0), default=0.0,
+                     show_default=True,
+                     help="Expected partitions PER CLUSTER PER VIRTUAL MINUTE; each isolates "
+                          "1..N/2 random nodes for 5-60 s (one at a time)."),
+        click.option("--duration", type=DURATION, default="1h", show_default=True,
+                     help="Fault phase length in virtual time (ends early when all jobs "
+                          "are terminal); then a fault-free drain."),
+        click.option("--submit-window", type=DURATION, default="60s", show_default=True,
+                     help="Jobs are submitted at seeded times over this virtual window."),
+        click.option("--drain", type=DURATION, default="30m", show_default=True,
+                     help="Longest fault-free drain after the fault phase."),
+        click.option("--max-events", type=click.IntRange(1), default=None,
+                     help="Livelock backstop: fail the run after this many events "
+                          "[default: 20,000 + 2,000 x (jobs + nodes)]."),
+        click.option("--output", type=click.Choice(["json", "table"]), default="table",
+                     show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
+    return RunOptions(
+        nodes=kw["nodes"], jobs=kw["jobs"], seed=seed, loss=kw["loss"],
+        duplicate=kw["duplicate"], reorder=kw["reorder"], crash_rate=kw["crash_rate"],
+        partition_rate=kw["partition_rate"], duration=kw["duration"],
+        submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
+    )
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:g}s"
+
+
+def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
+    args = ["python", "-m", "simnet", "run", "--nodes", str(kw["nodes"]),
+            "--jobs", str(kw["jobs"]), "--seed", str(seed)]
+    for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate"):
+        if kw[name]:
+            args += [f"--{name.replace('_', '-')}", f"{kw[name]:g}"]
+    for name in ("duration", "submit_window", "drain"):
+        args += [f"--{name.replace('_', '-')}", _fmt_seconds(kw[name])]
+    if kw.get("max_events"):
+        args += ["--max-events", str(kw["max_events"])]
+    args += ["--output", "json"]
+    return shlex.join(args)
+
+
+def passed(report: dict[str, Any]) -> bool:
+    return not report["invariant_violations"] and report["lost"] == 0
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    keys = ["seed", "nodes", "jobs", "completed", "failed", "stopped", "lost",
+            "messages_sent", "messages_delivered", "messages_per_job", "job_messages_per_job",
+            "directory_messages", "crashes", "partitions", "executions", "events",
+            "virtual_seconds", "wall_seconds", "peak_memory_mb", "trace_hash"]
+    for key in keys:
+        click.echo(f"{key:22} {report[key]}")
+    violations = report["invariant_violations"]
+    click.echo(f"{'invariant_violations':22} {len(violations)}")
+    for v in violations:
+        click.echo(f"  - {v}")
+
+
+@click.group()
+def main() -> None:
+    """Deterministic discrete-event simulator of a p2pnode network."""
+
+
+@main.command()
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything.")
+@_run_options
+def run(seed: int, output: str, **kw: Any) -> None:
+    """Run the mixed batch workload once; exit 1 on a violation or a lost job."""
+    report = run_scenario(_options(seed, kw))
+    if output == "json":
+        click.echo(json.dumps(report, sort_keys=False))
+    else:
+        _print_table(report)
+    sys.exit(0 if passed(report) else 1)
+
+
+def _sweep_one(args: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    seed, kw = args
+    try:
+        report = run_scenario(_options(seed, kw))
+    except Exception as exc:  # a harness bug must not kill the whole sweep
+        return {"seed": seed, "ok": False, "violations": [f"simnet raised {exc!r}"],
+                "lost": 0, "wall": 0.0}
+    return {"seed": seed, "ok": passed(report), "violations": report["invariant_violations"],
+            "lost": report["lost"], "wall": report["wall_seconds"],
+            "trace_hash": report["trace_hash"]}
+
+
+@main.command()
+@click.option("--seeds", "seeds", type=_Seeds(), required=True,
+              help="Seed range A..B (inclusive) or a comma list.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Worker processes (each seed runs alone in one worker).")
+@_run_options
+def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
+    """Run many seeds; print each failing seed with the command reproducing it."""
+    t0 = time.perf_counter()
+    failures: list[dict[str, Any]] = []
+    done = 0
+    last = 0.0
+    tasks = [(s, kw) for s in seeds]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        for res in pool.imap(_sweep_one, tasks, chunksize=1):
+            done += 1
+            if not res["ok"]:
+                failures.append(res)
+                if output == "table":
+                    first = res["violations"][0] if res["violations"] else f"lost {res['lost']}"
+                    click.echo(f"FAIL seed {res['seed']}: {first.splitlines()[0]}")
+                    click.echo(f"  reproduce: {reproduce_command(res['seed'], kw)}")
+            now = time.perf_counter()
+            if now - last > 1.0 or done == len(tasks):
+                last = now
+                click.echo(f"[{done}/{len(tasks)}] failed={len(failures)} "
+                           f"elapsed={now - t0:.1f}s", err=True)
+    wall = time.perf_counter() - t0
+    if output == "json":
+        click.echo(json.dumps({
+            "seeds": len(seeds), "failed": len(failures), "wall_seconds": round(wall, 2),
+            "failures": [{"seed": f["seed"], "violations": f["violations"][:3],
+                          "lost": f["lost"], "reproduce": reproduce_command(f["seed"], kw)}
+                         for f in failures],
+        }))
+    else:
+        click.echo(f"{len(seeds)} seeds, {len(failures)} failed, {wall:.1f}s wall")
+    sys.exit(1 if failures else 0)

@@ -1,0 +1,267 @@
+"""Invariant checkers, fed continuously by the engine's observer hooks.
+
+They read only what the protocol exposes (the cores' ``Notify`` actions and
+``owned_jobs()``) plus the simulated executor's ground truth (what is really
+running where).  The first violation halts the run; every violation is kept
+as ``"t=<virtual s>: <description>"``.
+
+1. no (job, slot) ever has two ``result_accepted``; an accepted result
+   carries the newest epoch granted for its slot;
+2. epochs strictly increase per (job, slot); at most one unexpired lease per
+   (job, slot) in the owner's view; a holder whose lease was superseded stops
+   its execution within TTL + grace of the newer grant;
+3. every submitted job is owned by exactly one node (up, or down with its
+   store), and at the end is terminal or reported ``lost``;
+4. every execution ends within its timeout + grace (executor ground truth);
+5. at the end of the drain period no job hangs: it completed, or failed /
+   stopped with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from protocols.config import Timings
+from protocols.events import StartExecution
+from simnet.engine import Observer
+
+TERMINAL = frozenset({"completed", "failed", "stopped"})
+SlotKey = tuple[str, int]
+
+
+def split_execution_id(execution_id: str) -> tuple[str, int, int] | None:
+    """``"{job_id}/{slot}/{epoch}"`` -> (job_id, slot, epoch), None if malformed."""
+    parts = execution_id.rsplit("/", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
+def _seconds(value: Any, default: float) -> float:
+    """Notify durations: accept seconds (float) or milliseconds (int > 1000)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return default
+    return float(value) / 1000.0 if isinstance(value, int) and value > 1000 else float(value)
+
+
+class JobTrack:
+    __slots__ = ("owner", "reason", "slots", "state", "submitted_at")
+
+    def __init__(self, owner: str, slots: int, now: float) -> None:
+        self.owner = owner
+        self.slots = slots
+        self.state = "queued"
+        self.reason = ""
+        self.submitted_at = now
+
+
+class Invariants(Observer):
+    def __init__(
+        self,
+        timings: Timings,
+        schedule: Callable[[float, Callable[[], None]], None],
+        is_running: Callable[[str, str], bool],
+        on_violation: Callable[[str], None] | None = None,
+        slack: float = 1.0,
+    ) -> None:
+        self.timings = timings
+        self._schedule = schedule
+        self._is_running = is_running
+        self._on_violation = on_violation
+        self.slack = slack  # network latency allowance on top of protocol bounds
+        self.violations: list[str] = []
+        self.jobs: dict[str, JobTrack] = {}
+        self.terminal = 0
+        self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
+        self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
+        self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
+        # executor ground truth: (job, slot) -> {(node, execution id): epoch}
+        self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
+        self.by_node: dict[str, dict[str, SlotKey]] = {}
+        self.counts: dict[str, int] = {}
+        self.now = 0.0
+
+    # --- reporting -------------------------------------------------------------
+
+    def violate(self, now: float, text: str) -> None:
+        msg = f"t={now:.3f}s: {text}"
+        self.violations.append(msg)
+        if self._on_violation is not None:
+            self._on_violation(msg)
+
+    # --- notify stream -------------------------------------------------------------
+
+    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
+        self.now = now
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, node, data, now)
+
+    def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
+        jid = str(d.get("job_id"))
+        track = self.jobs.get(jid)
+        if track is None:
+            self.jobs[jid] = JobTrack(node, int(d.get("slots", 1) or 1), now)
+        elif track.owner != node:
+            self.violate(now, f"job {jid} accepted by {node} but already owned by {track.owner}")
+
+    def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
+        jid = str(d.get("job_id"))
+        state = str(d.get("state"))
+        track = self.jobs.get(jid)
+        if track is None:
+            track = self.jobs[jid] = JobTrack(node, 1, now)
+        if track.owner != node:
+            self.violate(now, f"job {jid}: state {state} reported by {node}, "
+                              f"owner is {track.owner}")
+        if track.state in TERMINAL:
+            if state != track.state:
+                self.violate(now, f"job {jid} left terminal state {track.state} for {state}")
+            return
+        track.state = state
+        track.reason = str(d.get("reason") or "")
+        if state in TERMINAL:
+            self.terminal += 1
+            if state != "completed" and not track.reason:
+                self.violate(now, f"job {jid} ended {state} without a reason")
+
+    def _lease_granted(self, node: str, d: dict[str, Any], now: float) -> None:
+        key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
+        epoch = int(d.get("epoch", 0))
+        eid = str(d.get("execution_id"))
+        prev = self.newest.get(key)
+        if prev is not None:
+            if prev[1] == eid:
+                return  # re-announced after a restart: the same lease
+            if epoch <= prev[0]:
+                self.violate(now, f"{key[0]}#{key[1]}: epoch {epoch} granted after epoch "
+                                  f"{prev[0]} (fencing tokens must increase)")
+        active = self.active.setdefault(key, {})
+        if active:
+            others = ", ".join(sorted(active))
+            self.violate(now, f"{key[0]}#{key[1]}: lease {eid} granted while {others} unexpired")
+        active[eid] = (epoch, now)
+        self.newest[key] = (epoch, eid, now)
+        ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
+        deadline = now + ttl + self.timings.lease_grace + self.slack
+        for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
+            if old_epoch < epoch:
+                self._watch_superseded(holder, old_eid, epoch, deadline)
+
+    def _watch_superseded(self, holder: str, eid: str, epoch: int, deadline: float) -> None:
+        def check() -> None:
+            if self._is_running(holder, eid):
+                self.violate(deadline, f"{holder} still runs {eid} past TTL + grace after "
+                                       f"epoch {epoch} was granted")
+        self._schedule(deadline, check)
+
+    def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
+        key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
+        active = self.active.get(key)
+        if active:
+            active.pop(str(d.get("execution_id")), None)
+
+    def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
+        key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
+        epoch = int(d.get("epoch", 0))
+        eid = str(d.get("execution_id"))
+        prev = self.accepted.get(key)
+        if prev is not None:
+            self.violate(now, f"{key[0]}#{key[1]}: second accepted result {eid} "
+                              f"(first {prev[1]} at t={prev[2]:.3f}s)")
+        else:
+            self.accepted[key] = (epoch, eid, now)
+        newest = self.newest.get(key)
+        if newest is not None and epoch < newest[0]:
+            self.violate(now, f"{key[0]}#{key[1]}: accepted {eid} of epoch {epoch} although "
+                              f"epoch {newest[0]} was granted")
+        self._lease_ended(node, d, now)
+
+    # --- executor ground truth ---------------------------------------------------------
+
+    def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
+        parsed = split_execution_id(action.execution_id)
+        if parsed is None:
+            self.violate(now, f"{node} started malformed execution id {action.execution_id!r}")
+            return
+        job, slot, epoch = parsed
+        key = (job, slot)
+        eid = action.execution_id
+        self.running.setdefault(key, {})[(node, eid)] = epoch
+        self.by_node.setdefault(node, {})[eid] = key
+        newest = self.newest.get(key)
+        if newest is not None and newest[0] > epoch:  # started an already-stale lease
+            ttl = self.timings.lease_ttl
+            self._watch_superseded(node, eid, newest[0],
+                                   now + ttl + self.timings.lease_grace + self.slack)
+        deadline = now + float(action.timeout) + self.timings.timeout_grace
+
+        def check_timeout() -> None:
+            if self._is_running(node, eid):
+                self.violate(deadline, f"{node} execution {eid} outlived its timeout "
+                                       f"{action.timeout}s + grace")
+        self._schedule(deadline, check_timeout)
+
+    def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
+        key = self.by_node.get(node, {}).pop(execution_id, None)
+        if key is not None:
+            runs = self.running.get(key)
+            if runs is not None:
+                runs.pop((node, execution_id), None)
+                if not runs:
+                    del self.running[key]
+
+    def on_crash(self, node: str, now: float) -> None:
+        for eid in list(self.by_node.get(node, {})):
+            self.on_exec_end(node, eid, "crashed", now)
+
+    # --- ownership -----------------------------------------------------------------------
+
+    def check_ownership(self, owned: Mapping[str, Mapping[str, str]], now: float) -> None:
+        """``owned``: node -> owned_jobs() for every node (down nodes: their
+        last view, since their store still holds the jobs)."""
+        owners: dict[str, list[str]] = {}
+        for node in sorted(owned):
+            for jid, state in owned[node].items():
+                owners.setdefault(jid, []).append(node)
+                track = self.jobs.get(jid)
+                if track is not None and track.state in TERMINAL and state != track.state:
+                    self.violate(now, f"job {jid}: owner {node} says {state}, "
+                                      f"it was reported {track.state}")
+        for jid in sorted(self.jobs):
+            holders = owners.get(jid, [])
+            if len(holders) != 1:
+                who = ", ".join(holders) or "nobody"
+                self.violate(now, f"job {jid} owned by {who} (must be exactly one node)")
+
+    def unfinished(self) -> list[str]:
+        return sorted(j for j, t in self.jobs.items() if t.state not in TERMINAL)
+
+    def finish(self, owned: Mapping[str, Mapping[str, str]], now: float,
+               expected: list[str]) -> list[str]:
+        """End-of-drain checks; returns the lost job ids."""
+        missing = sorted(set(expected) - set(self.jobs))
+        for jid in missing[:5]:
+            self.violate(now, f"job {jid} was submitted but never accepted by its owner")
+        self.check_ownership(owned, now)
+        lost = sorted(set(self.unfinished()) | set(missing))
+        if lost:
+            sample = ", ".join(f"{j}({self.jobs[j].state})" if j in self.jobs else j
+                               for j in lost[:5])
+            self.violate(now, f"{len(lost)} job(s) never reached a terminal state: {sample}")
+        return lost
+
+
+_HANDLERS: dict[str, Callable[[Invariants, str, dict[str, Any], float], None]] = {
+    "job_submitted": Invariants._job_submitted,
+    "job_state": Invariants._job_state,
+    "lease_granted": Invariants._lease_granted,
+    "lease_ended": Invariants._lease_ended,
+    "result_accepted": Invariants._result_accepted,
+    "result_ignored": Invariants._lease_ended,
+}

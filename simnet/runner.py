@@ -1,0 +1,208 @@
+"""One simulated run of the mixed batch workload under faults -> a report.
+
+Phases (all in virtual time):
+
+1. *fault phase*, ``[0, duration]``: nodes start at t=0, jobs are submitted
+   at seeded times over ``submit_window`` starting at ``warmup``; crashes and
+   partitions are injected as Poisson processes.  The phase ends early once
+   every job is terminal.
+2. *drain*: faults stop, partitions heal, crashed nodes restart; the run goes
+   on until every job is terminal or ``drain`` seconds passed (and at least
+   ``settle`` seconds, so restarted nodes get to speak).
+3. final checks: ownership, lost jobs, hung jobs (see invariants).
+
+Fault rate units:
+
+* ``crash_rate``: expected crashes **per node per virtual minute**; a crashed
+  node restarts after a seeded downtime uniform in ``[5 s, 60 s]``.
+* ``partition_rate``: expected partitions **per cluster per virtual minute**;
+  a partition isolates a seeded random set of 1..N/2 nodes from the rest for
+  a seeded duration uniform in ``[5 s, 60 s]`` (one partition at a time).
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from typing import Any
+
+import attrs
+
+from simnet.engine import derive_seed
+from simnet.harness import Cluster
+from simnet.invariants import TERMINAL
+from simnet.network import DIRECTORY_TYPES, NetConfig
+from simnet.workload import mixed_batch
+
+DOWNTIME = (5.0, 60.0)
+PARTITION_LENGTH = (5.0, 60.0)
+
+
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    nodes: int = 20
+    jobs: int = 100
+    seed: int = 0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    crash_rate: float = 0.0  # per node per virtual minute
+    partition_rate: float = 0.0  # per cluster per virtual minute
+    duration: float = 3600.0  # fault phase, virtual seconds
+    warmup: float = 2.0  # directory bootstrap before the first job
+    submit_window: float = 60.0
+    drain: float = 1800.0
+    settle: float = 30.0
+    check_interval: float = 30.0  # ownership check period (virtual s)
+    # Livelock backstop; None = 20,000 + 2,000 per job and per node.
+    max_events: int | None = None
+
+
+class FaultInjector:
+    """Poisson crash / partition processes driven from one seeded RNG."""
+
+    def __init__(self, cluster: Cluster, opts: RunOptions) -> None:
+        self.cluster = cluster
+        self.opts = opts
+        self.rng = random.Random(derive_seed(opts.seed, "faults"))
+        self.active = True
+        self.crashes = 0
+        self.partitions = 0
+        self.partitioned_until = -1.0
+        n = len(cluster.ids)
+        self.crash_per_s = opts.crash_rate * n / 60.0
+        self.partition_per_s = opts.partition_rate / 60.0
+
+    def start(self) -> None:
+        if self.crash_per_s > 0:
+            self._next_crash()
+        if self.partition_per_s > 0:
+            self._next_partition()
+
+    def _next_crash(self) -> None:
+        at = self.cluster.now + self.rng.expovariate(self.crash_per_s)
+        if at <= self.opts.duration:
+            self.cluster.at(at, self._crash)
+
+    def _crash(self) -> None:
+        if not self.active:
+            return
+        up = [nid for nid in self.cluster.ids if self.cluster.is_up(nid)]
+        if up:
+            victim = self.rng.choice(up)
+            self.cluster.crash(victim)
+            self.crashes += 1
+            back = self.cluster.now + self.rng.uniform(*DOWNTIME)
+            self.cluster.at(back, lambda: self._restart(victim))
+        self._next_crash()
+
+    def _restart(self, nid: str) -> None:
+        if not self.cluster.is_up(nid):
+            self.cluster.restart(nid)
+
+    def _next_partition(self) -> None:
+        at = self.cluster.now + self.rng.expovariate(self.partition_per_s)
+        if at <= self.opts.duration:
+            self.cluster.at(at, self._partition)
+
+    def _partition(self) -> None:
+        if not self.active:
+            return
+        ids = self.cluster.ids
+        if self.cluster.now >= self.partitioned_until and len(ids) >= 2:
+            size = self.rng.randint(1, max(1, len(ids) // 2))
+            island = sorted(self.rng.sample(ids, size))
+            self.cluster.partition(island)
+            self.partitions += 1
+            length = self.rng.uniform(*PARTITION_LENGTH)
+            self.partitioned_until = self.cluster.now + length
+            until = self.partitioned_until
+            self.cluster.at(until, lambda: self._heal(until))
+        self._next_partition()
+
+    def _heal(self, until: float) -> None:
+        if self.active and self.partitioned_until == until:
+            self.cluster.heal()
+
+    def stop(self) -> None:
+        """Drain: no more faults, heal, bring every crashed node back."""
+        self.active = False
+        self.cluster.heal()
+        for nid in self.cluster.ids:
+            if not self.cluster.is_up(nid):
+                self.cluster.restart(nid)
+
+
+def run_scenario(opts: RunOptions) -> dict[str, Any]:
+    wall0 = time.perf_counter()
+    net = NetConfig(loss=opts.loss, duplicate=opts.duplicate, reorder=opts.reorder)
+    cluster = Cluster(opts.nodes, opts.seed, net=net, check_interval=opts.check_interval)
+    cluster.engine.max_events = (opts.max_events if opts.max_events is not None
+                                 else 20_000 + 2_000 * (opts.jobs + opts.nodes))
+    wl_rng = random.Random(derive_seed(opts.seed, "workload"))
+    times = sorted(opts.warmup + wl_rng.random() * opts.submit_window for _ in range(opts.jobs))
+    for i, at in enumerate(times):
+        cluster.submit(mixed_batch(wl_rng, i), at=at)
+    cluster.start()
+    faults = FaultInjector(cluster, opts)
+    faults.start()
+
+    cluster.run_until_done(opts.duration)
+    faults.stop()
+    drain_end = cluster.now + opts.drain
+    cluster.run_until_done(drain_end)
+    cluster.run_until(min(drain_end, cluster.now + opts.settle))
+    if cluster.engine.halted is None:
+        lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted)
+    else:  # stopped at the first violation: report what was unfinished then
+        lost = [j for j in cluster.submitted if cluster.state_of(j) not in TERMINAL]
+    wall = time.perf_counter() - wall0
+    return _report(opts, cluster, faults, lost, wall)
+
+
+def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,
+            lost: list[str], wall: float) -> dict[str, Any]:
+    stats = cluster.engine.stats
+    states: dict[str, int] = {}
+    for jid in cluster.submitted:
+        st = cluster.state_of(jid) or "unknown"
+        states[st] = states.get(st, 0) + 1
+    jobs = max(1, opts.jobs)
+    directory = stats.directory_delivered()
+    job_msgs = stats.delivered - directory
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {
+        "seed": opts.seed,
+        "nodes": opts.nodes,
+        "jobs": opts.jobs,
+        "completed": states.get("completed", 0),
+        "failed": states.get("failed", 0),
+        "stopped": states.get("stopped", 0),
+        "lost": len(lost),
+        "lost_jobs": lost[:20],
+        "invariant_violations": cluster.violations,
+        "messages_sent": stats.sent,
+        "messages_delivered": stats.delivered,
+        "messages_per_job": round(stats.delivered / jobs, 2),
+        "job_messages": job_msgs,
+        "job_messages_per_job": round(job_msgs / jobs, 2),
+        "directory_messages": directory,
+        "sent_by_type": dict(sorted(stats.sent_by_type.items())),
+        "delivered_by_type": dict(sorted(stats.delivered_by_type.items())),
+        "dropped": {"down": stats.dropped_down, "partition": stats.dropped_partition,
+                    "unknown_peer": stats.dropped_unknown},
+        "crashes": faults.crashes,
+        "partitions": faults.partitions,
+        "executions": cluster.engine.executor.started,
+        "notifications": dict(sorted(cluster.inv.counts.items())),
+        "events": stats.events,
+        "virtual_seconds": round(cluster.now, 3),
+        "wall_seconds": round(wall, 3),
+        "peak_memory_mb": round(peak_mb, 1),
+        "trace_hash": cluster.engine.trace_hash,
+        "options": attrs.asdict(opts),
+    }
+
+
+__all__ = ["DIRECTORY_TYPES", "RunOptions", "run_scenario"]
