@@ -57,14 +57,11 @@ test: venv
 	$(PY) -m mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Three real peers on loopback run sample jobs (scripts/demo.py); a Docker job
+# too when an engine answers.  DEMO_ARGS='--keep --data-dir demo-data' keeps state.
+DEMO_ARGS ?=
 demo: venv
-	@if [ -z "$(SPECS)" ]; then echo "no specs/*.yaml to demo" >&2; exit 1; fi
-	@# One file per call: works whether or not the CLI takes several paths.
-	@for spec in $(SPECS); do \
-		echo "== $$spec"; \
-		$(PY) -m p2pnode job validate "$$spec"; \
-		$(PY) -m p2pnode job explain "$$spec"; \
-	done
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 soak: venv
 	$(PY) -m simnet sweep --seeds 0..9999 --nodes 20 --jobs 100 --loss 0.1 --duplicate 0.05 --reorder 0.1 --crash-rate 0.01

@@ -234,11 +234,11 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
             router = EngineRouter(executors)
             await router.reap_stale()
             runtime = NodeRuntime(core, transport, store, router)
+            # Synchronous, so the transport knows a peer's address before the
+            # core's next action (often a hello to that very peer) is sent.
+            runtime.add_listener(lambda note: _learn_address(note, transport))
             async with trio.open_nursery() as nursery:
-                # Subscribe before starting, so no discovered address is missed.
-                discoveries = runtime.watch()
                 await nursery.start(runtime.run)
-                nursery.start_soon(_feed_addresses, discoveries, transport)
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
                 try:
                     yield Node(settings, runtime, core, transport, blobs)
@@ -248,13 +248,10 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
         store.close()
 
 
-async def _feed_addresses(
-    events: trio.MemoryReceiveChannel[Notify], transport: Libp2pTransport
-) -> None:
-    """Tell the transport where the peers the protocol discovers listen."""
-    async for note in events:
-        if note.kind == "peer_discovered":
-            transport.add_addresses(note.data["node_id"], note.data["addrs"])
+def _learn_address(note: Notify, transport: Libp2pTransport) -> None:
+    """Tell the transport where a peer the protocol discovered listens."""
+    if note.kind == "peer_discovered":
+        transport.add_addresses(note.data["node_id"], note.data["addrs"])
 
 
 __all__ = ["LocalProtocolError", "Node", "NodeSettings", "open_node"]

@@ -169,6 +169,7 @@ class NodeRuntime:
         self._queue: trio.MemorySendChannel[_Item] | None = None
         self._pending: set[_Reply] = set()
         self._watchers: list[trio.MemorySendChannel[Notify]] = []
+        self._listeners: list[Callable[[Notify], None]] = []
         self._executions: dict[str, _Running] = {}
 
         # Timers: one heap with lazy deletion.  ``_armed`` is the truth (key ->
@@ -357,8 +358,16 @@ class NodeRuntime:
         except Exception as exc:
             log.warning("%s failed: %s", what, exc)
 
+    def add_listener(self, listener: Callable[[Notify], None]) -> None:
+        """Call ``listener`` synchronously for every ``Notify``, in action order:
+        unlike ``watch()``, it sees a notify before the next action of the same
+        batch runs (e.g. a peer's address before a ``Send`` to that peer)."""
+        self._listeners.append(listener)
+
     def _notify(self, action: Notify) -> None:
         events_log.info("%s %s %s", self._local_id(), action.kind, action.data)
+        for listener in self._listeners:
+            listener(action)
         for watcher in list(self._watchers):
             try:
                 watcher.send_nowait(action)

@@ -13,8 +13,8 @@ the owner falls back to a broadcast ask on the announce topic.
 
 from __future__ import annotations
 
-import hashlib
 import random
+import zlib
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -48,11 +48,24 @@ def mismatch_reason(
     return ""
 
 
+def can_run(
+    info: NodeInfo, labels: Mapping[str, str], engine: str, cpu: float, memory: int
+) -> bool:
+    """``mismatch_reason(...) == ""``, without building the reason (a hot path)."""
+    if not info.compute or cpu > info.cpu or memory > info.memory or engine not in info.executors:
+        return False
+    carried = info.labels
+    return all(carried.get(k) == v for k, v in labels.items()) if labels else True
+
+
 def rendezvous_rank(key: str, node_ids: Iterable[str]) -> list[str]:
-    """Order ``node_ids`` by hash(key, node): the same key gives the same order."""
-    return sorted(
-        node_ids, key=lambda n: hashlib.blake2b(f"{key}|{n}".encode(), digest_size=8).digest()
-    )
+    """Order ``node_ids`` by hash(key, node): the same key gives the same order.
+
+    crc32 rather than a cryptographic hash: it only spreads load, is stable
+    across processes (unlike ``hash()``), and is cheap enough for every auction.
+    """
+    prefix = key.encode() + b"|"
+    return sorted(node_ids, key=lambda n: (zlib.crc32(prefix + n.encode()), n))
 
 
 class Directory:
@@ -62,15 +75,22 @@ class Directory:
         self._rng = rng
         self.peers: dict[str, PeerEntry] = {}
 
-    def upsert(self, info: NodeInfo, now: float) -> bool:
-        """Record ``info``; True if the peer was new to us."""
+    def upsert(self, info: NodeInfo, now: float, *, direct: bool) -> bool:
+        """Record ``info``; True if the peer was new to us.
+
+        Only ``direct`` news (the peer's own hello) refreshes an entry: hearsay
+        from other peers' samples must not keep a dead peer alive in our view.
+        """
         if info.node_id == self.me.node_id:
             return False
         entry = self.peers.get(info.node_id)
         if entry is not None:
-            entry.info = info
-            entry.last_seen = max(entry.last_seen, now)
+            if direct:
+                entry.info = info
+                entry.last_seen = max(entry.last_seen, now)
             return False
+        if not direct and len(self.peers) >= self.view_size:
+            return False  # a full view takes newcomers only first-hand: no churn by hearsay
         self.peers[info.node_id] = PeerEntry(info=info, last_seen=now)
         if len(self.peers) > self.view_size:
             self._evict_oldest(keep=info.node_id)
@@ -122,8 +142,10 @@ class Directory:
         the picked ids and how many matching peers the view holds in total.
         """
         infos = [self.me, *(e.info for e in self.peers.values())]
-        matching = [i.node_id for i in infos if not mismatch_reason(i, labels, engine, cpu, memory)]
+        matching = [i.node_id for i in infos if can_run(i, labels, engine, cpu, memory)]
         avoid_set = set(avoid)
+        if count <= 0:
+            return [], len(matching)
         ranked = rendezvous_rank(key, matching)
         ranked.sort(key=lambda n: n in avoid_set)  # stable: keeps hash order within groups
         return ranked[:count], len(matching)

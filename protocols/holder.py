@@ -49,7 +49,6 @@ from protocols.unit import WorkUnit
 
 HELD_TABLE = "held"
 MAX_TOMBSTONES = 10_000
-MAX_CACHED_UNITS = 4096
 
 
 @attrs.define
@@ -103,28 +102,17 @@ class Holder:
         self.reservations: dict[tuple[str, int, int], Reservation] = {}
         self.held: dict[str, HeldExecution] = {}
         self.tombstones: dict[str, None] = {}  # finished execution ids (ordered, bounded)
-        self._units: dict[tuple[str, str], WorkUnit] = {}
 
-    def _checked_unit(self, sender: str, job_id: str, task: dict[str, Any]) -> WorkUnit:
-        """The task a peer sent, validated as strictly as a local spec.
-
-        Validation costs ~0.1 ms, and every ask and grant of a job carries the
-        same task, so validated tasks are cached per (owner, job).
-        """
-        key = (sender, job_id)
-        cached = self._units.get(key)
-        if cached is not None and cached.task == task:
-            return cached
+    def _checked_unit(self, sender: str, task: dict[str, Any]) -> WorkUnit:
+        """The task of a grant, validated as strictly as a local spec before it
+        may run.  (Asks are only read: validation costs ~60 us and most asks
+        never turn into a grant.)"""
         try:
             validate_task(task, canonical=True)
         except SpecValidationError as exc:
             errors = "; ".join(str(e) for e in exc.errors[:5])
             raise RemoteProtocolError(f"invalid task from {sender}: {errors}") from None
-        unit = WorkUnit.from_task(task)
-        self._units[key] = unit
-        if len(self._units) > MAX_CACHED_UNITS:
-            del self._units[next(iter(self._units))]
-        return unit
+        return WorkUnit.from_task(task)
 
     # --- capacity -----------------------------------------------------------------
 
@@ -150,8 +138,7 @@ class Holder:
     def on_ask(self, sender: str, ask: AskForBid) -> None:
         if ask.pinned_node and ask.pinned_node != self.config.node_id:
             return
-        unit = self._checked_unit(sender, ask.job_id, ask.task)
-        reason = mismatch_reason(self.me, ask.labels, unit.engine, unit.cpu, unit.memory)
+        reason = mismatch_reason(self.me, ask.labels, ask.engine, ask.cpu, ask.memory)
         if reason:
             if not ask.broadcast:  # broadcast asks are answered by matching nodes only
                 self.out.send(
@@ -166,7 +153,7 @@ class Holder:
             h.job_id == ask.job_id and h.slot == ask.slot for h in self.held.values()
         )
         if key not in self.reservations:
-            if running_same_slot or not self._fits(unit.cpu, unit.memory):
+            if running_same_slot or not self._fits(ask.cpu, ask.memory):
                 why = "already running this slot" if running_same_slot else "no free capacity"
                 self.out.send(
                     sender,
@@ -180,7 +167,7 @@ class Holder:
                 )
                 return
             expires = self.out.now + self.t.bid_hold
-            self.reservations[key] = Reservation(sender, unit.cpu, unit.memory, expires)
+            self.reservations[key] = Reservation(sender, ask.cpu, ask.memory, expires)
             self.out.timer(("bid", *key), expires)
         used_cpu, used_mem, _ = self._used()
         self.out.send(
@@ -227,7 +214,7 @@ class Holder:
             )
         self.out.cancel_timer(("bid", *key))
         try:
-            unit = self._checked_unit(sender, grant.job_id, grant.task)
+            unit = self._checked_unit(sender, grant.task)
         except RemoteProtocolError as exc:
             self.out.send(
                 sender,

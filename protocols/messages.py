@@ -121,7 +121,10 @@ class AskForBid(Message):
     job_id: str = _id()
     slot: int = _count(MAX_SLOT)
     attempt: int = _count(10_000, lo=1)
-    task: dict[str, Any] = attrs.field(factory=dict)  # canonical task spec
+    # What a bidder needs to decide; the full task travels only in the grant.
+    engine: str = _text(32)
+    cpu: float = attrs.field(default=0.0, metadata=bounded(lo=0, hi=4096))
+    memory: int = attrs.field(default=0, metadata=bounded(lo=0, hi=2**50))
     labels: dict[str, str] = attrs.field(factory=dict, metadata=bounded(max_len=MAX_LABELS))
     bid_window_ms: int = _ms()
     # Broadcast asks (announce topic) are answered only by matching nodes.

@@ -16,8 +16,6 @@ import random
 from collections.abc import Hashable
 from typing import Any
 
-import attrs
-
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
 from protocols.directory import Directory
@@ -58,9 +56,22 @@ META_TABLE = "meta"
 VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000
 DEDUPE_CAPACITY = 50_000
+VIEW_SAVE_INTERVAL = 300.0  # seconds between two saves of a changing view
 JOIN_RETRY = 2.0  # seconds between hellos to the bootstrap peers while our view is empty
 
 Records = dict[str, dict[str, dict[str, Any]]]
+
+
+def info_record(info: NodeInfo) -> dict[str, Any]:
+    return {
+        "node_id": info.node_id,
+        "labels": dict(info.labels),
+        "cpu": info.cpu,
+        "memory": info.memory,
+        "executors": list(info.executors),
+        "addrs": list(info.addrs),
+        "compute": info.compute,
+    }
 
 
 class NodeCore:
@@ -87,6 +98,7 @@ class NodeCore:
         self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
         self._view_version = 0  # bumped when the view changes; saved at gossip time
         self._view_saved = 0
+        self._view_saved_at = 0.0
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
 
@@ -133,7 +145,7 @@ class NodeCore:
                 info = NodeInfo(**fields)
             except TypeError:
                 continue  # a record from an older version: the node re-learns it
-            self._learn(info)
+            self._learn(info, direct=False)
             restored.append(info.node_id)
         self.rng.shuffle(restored)
         return restored
@@ -143,8 +155,10 @@ class NodeCore:
         so a restarted node can find the network again without its bootstrap."""
         if self._view_saved == self._view_version:
             return
-        self._view_saved = self._view_version
-        peers = [attrs.asdict(e.info) for e in self.directory.peers.values()]
+        if self._view_saved and self.out.now < self._view_saved_at + VIEW_SAVE_INTERVAL:
+            return  # the first save is prompt; later ones at most every interval
+        self._view_saved, self._view_saved_at = self._view_version, self.out.now
+        peers = [info_record(e.info) for e in self.directory.peers.values()]
         self.out.persist(VIEW_TABLE, "peers", {"peers": peers})
 
     # --- frames ---------------------------------------------------------------------------
@@ -208,22 +222,22 @@ class NodeCore:
     def _on_hello(self, sender: str, msg: Hello) -> None:
         if msg.info.node_id != sender:
             raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
-        self._learn(msg.info)
+        self._learn(msg.info, direct=True)
         if msg.want_peers:
             sample = self.directory.sample(self.config.peer_sample, exclude=sender)
             self.out.send(sender, Peers(peers=sample))
 
     def _on_peers(self, msg: Peers) -> None:
         for info in msg.peers:
-            if self._learn(info):
+            if self._learn(info, direct=False):
                 # Tell the new peer about us, so views grow in both directions.
                 self.out.send(info.node_id, Hello(info=self.me, want_peers=False))
 
-    def _learn(self, info: NodeInfo) -> bool:
+    def _learn(self, info: NodeInfo, *, direct: bool) -> bool:
         """Add a peer to the view; the driver learns its addresses (to dial it)."""
         known = self.directory.peers.get(info.node_id)
         old_addrs = known.info.addrs if known else None
-        new = self.directory.upsert(info, self.out.now)
+        new = self.directory.upsert(info, self.out.now, direct=direct)
         if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
             self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
         if new or (known is not None and known.info != info):

@@ -378,12 +378,28 @@ def test_result_ack_only_from_granting_owner() -> None:
 def test_invalid_task_from_a_peer_is_refused() -> None:
     net = ProtoNet(IDS)
     net.run_for(1.0)
+    # The ask only carries requirements, so it gets a bid; the task arrives with
+    # the grant, which is validated as strictly as a local spec: released, never run.
+    ask = AskForBid(
+        job_id="jz", slot=0, attempt=2, engine="sim", cpu=0.5, memory=2**28, bid_window_ms=500
+    )
+    net.feed("b", MessageReceived("c", codec.encode(ask, msg_id="c:9:2", sender="c")))
     bad_task = batch_spec()["task"] | {"timeout": -5}
-    ask = AskForBid(job_id="jz", slot=0, attempt=1, task=bad_task, bid_window_ms=500)
-    acts = net.feed("b", MessageReceived("c", codec.encode(ask, msg_id="c:9:1", sender="c")))
-    assert net.core("b").dropped["c"] == 1
-    assert not [a for a in acts if isinstance(a, Send)]  # no bid for an invalid task
-    assert "timeout" in net.notes_of("dropped")[-1]["reason"]
+    grant = LeaseGrant(
+        execution_id="jz/0/1",
+        job_id="jz",
+        slot=0,
+        attempt=2,
+        epoch=1,
+        ttl_ms=10_000,
+        timeout_ms=10_000,
+        task=bad_task,
+    )
+    acts = net.feed("b", MessageReceived("c", codec.encode(grant, msg_id="c:9:3", sender="c")))
+    replies = [codec.decode(a.data).message for a in acts if isinstance(a, Send)]
+    assert [type(m).__name__ for m in replies] == ["LeaseRelease"]
+    assert "timeout" in replies[0].reason
+    assert net.running["b"] == {}
 
 
 def test_owner_refuses_an_invalid_spec_and_fills_defaults() -> None:

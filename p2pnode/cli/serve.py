@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import trio
 
 from p2pnode.cli.common import data_dir_option, parse_labels
 from p2pnode.cli.context import CliContext, fail, pass_cli
-from p2pnode.control import serve_control
-from p2pnode.node import KNOWN_EXECUTORS, NodeSettings, open_node
 from protocols.config import Timings
 from protocols.units import UnitError, parse_size
+
+if TYPE_CHECKING:
+    from p2pnode.node import NodeSettings
 
 ADDRS_FILE = "addrs"
 
@@ -34,7 +36,7 @@ ADDRS_FILE = "addrs"
 @click.option(
     "--executors",
     default="",
-    help=f"Executors to enable ({','.join(KNOWN_EXECUTORS)}); none by default, "
+    help="Executors to enable (process,docker,sim); none by default, "
     "since they run commands that arrive from the network.",
 )
 @click.option("--no-compute", is_flag=True, help="Own jobs but never run any.")
@@ -74,6 +76,9 @@ def serve(
     Prints its listen multiaddrs (…/p2p/<peer id>) on stdout once ready and
     writes them to DATA_DIR/addrs.  SIGTERM or Ctrl-C stops it cleanly.
     """
+    # Imported here: py-libp2p takes ~1 s to import, and client commands never need it.
+    from p2pnode.node import NodeSettings
+
     enabled = tuple(e for e in executors.replace(" ", "").split(",") if e)
     try:
         extra = {}
@@ -104,6 +109,9 @@ def serve(
 
 
 async def _serve(settings: NodeSettings) -> None:
+    from p2pnode.control import serve_control
+    from p2pnode.node import open_node
+
     async with open_node(settings) as node, trio.open_nursery() as nursery:
         await nursery.start(serve_control, node)
         addrs = node.listen_addrs()

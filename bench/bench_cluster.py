@@ -1,0 +1,348 @@
+"""End-to-end job latency and throughput of a loopback cluster, beside its raw
+baselines, all measured in one run.
+
+The cluster: ``--nodes`` (5) separate ``python -m p2pnode serve --executors
+process`` processes on 127.0.0.1, bootstrapped from node 0 and fully
+discovered before anything is timed.  Jobs are submitted and awaited through
+each node's control socket (``ControlClient``), never through the CLI, so
+Python start-up is not measured.  The job is ``command: [true]``, count 1.
+
+Measured, in this order:
+
+1. raw baselines, with no cluster running (so they do not compete for CPU):
+   gossipsub hop latency and burst msgs/s between ``--nodes`` processes and
+   the point-to-point frame round trip (``bench/bench_gossip.py``'s own
+   functions), and a bare ``trio.run_process(["true"])`` spawn + wait;
+2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
+   nodes, timed from just before ``submit`` to the terminal ``job_state``
+   notification; after ``--warmup`` untimed jobs (first dials, stream setup);
+3. throughput: ``--concurrent`` (200) jobs submitted at once, spread evenly
+   over the owners; jobs/s = jobs / (last terminal notification - first submit).
+
+Messages per job come from the ``stats`` control op of every node (frames the
+protocol core sent, by type): the delta over each phase, divided by its jobs.
+The "net" figure leaves out the peer-exchange types (``hello``, ``peers``), the
+background traffic every node sends each gossip interval whatever the load.
+
+The raw gossip hop is paced ``--gossip-interval`` (0.2 s) apart, not
+bench_gossip's default 0.05 s: on a small machine 5 py-libp2p hosts deliver
+only some 5-20 msgs/s, so 20 msgs/s measures queueing behind a backlog
+(seconds, with losses), not a hop.  The burst figure gives the capacity.
+
+Usage: ``python bench/bench_cluster.py [--quick] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+import bench_gossip
+from common import (
+    LoopbackCluster,
+    ServeNode,
+    exit_on_sigterm,
+    fmt,
+    percentile,
+    print_table,
+)
+
+from p2pnode.control import ControlClient
+
+FLOOR_P50_MS = 150.0
+TERMINAL = frozenset({"completed", "failed", "stopped"})
+BACKGROUND_TYPES = frozenset({"hello", "peers"})  # peer exchange, sent whatever the load
+TRIVIAL_JOB: dict[str, Any] = {
+    "name": "bench-true",
+    "type": "batch",
+    "count": 1,
+    "task": {"engine": {"type": "process", "command": ["true"]}, "timeout": "30s"},
+}
+
+
+@attrs.frozen
+class JobTiming:
+    total_ms: float  # submit -> terminal notification
+    granted_ms: float  # submit -> lease_granted (auction + grant); NaN if not seen
+    state: str
+    reason: str
+
+
+async def run_job(client: ControlClient, timeout: float = 60.0) -> JobTiming:
+    """Submit the trivial job to ``client``'s node and wait for its end."""
+    granted = math.nan
+    end: float | None = None
+    state, reason = "unknown", ""
+    with trio.fail_after(timeout):
+        t0 = time.perf_counter()
+        job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
+        async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+            now = time.perf_counter()
+            if "event" in item:
+                event = item["event"]
+                if event.get("kind") == "lease_granted" and math.isnan(granted):
+                    granted = (now - t0) * 1000
+                elif event.get("kind") == "job_state" and event.get("state") in TERMINAL:
+                    end = now  # the notification itself; the describe answer follows
+            else:
+                view = item["result"]
+                state, reason = str(view["state"]), str(view.get("reason") or "")
+                if end is None:  # already terminal when the wait began
+                    end = now
+    assert end is not None
+    return JobTiming((end - t0) * 1000, granted, state, reason)
+
+
+async def cluster_stats(nodes: list[ServeNode]) -> dict[str, float]:
+    """Frames sent by all nodes' protocol cores, by type, plus transport counters."""
+    totals: dict[str, float] = {}
+    for node in nodes:
+        stats = await node.client.call("stats")
+        for kind, count in stats["sent_by_type"].items():
+            totals[kind] = totals.get(kind, 0) + count
+        totals["_frames"] = totals.get("_frames", 0) + stats["frames_sent"]
+        for key in ("published", "sent"):
+            totals[f"_transport_{key}"] = (
+                totals.get(f"_transport_{key}", 0) + stats["transport"][key]
+            )
+    return totals
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def net_frames(frames: dict[str, float]) -> float:
+    """Frames of a phase without the peer-exchange background (measured by type)."""
+    return frames.get("_frames", 0) - sum(frames.get(t, 0) for t in BACKGROUND_TYPES)
+
+
+# --- phases ---------------------------------------------------------------------------
+
+
+async def spawn_baseline(count: int) -> list[float]:
+    """A bare spawn + wait of ``true``: the floor any process job pays."""
+    for _ in range(3):  # warm the page cache / fork path
+        await trio.run_process(["true"])
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await trio.run_process(["true"])
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+async def latency_phase(
+    nodes: list[ServeNode], jobs: int, warmup: int
+) -> tuple[list[JobTiming], dict[str, float]]:
+    clients = [n.client for n in nodes]
+    for i in range(warmup):
+        await run_job(clients[i % len(clients)])
+    before = await cluster_stats(nodes)
+    timings = [await run_job(clients[i % len(clients)]) for i in range(jobs)]
+    return timings, delta(await cluster_stats(nodes), before)
+
+
+async def throughput_phase(
+    nodes: list[ServeNode], jobs: int
+) -> tuple[float, list[JobTiming], dict[str, float]]:
+    clients = [n.client for n in nodes]
+    results: list[JobTiming] = []
+
+    async def one(i: int) -> None:
+        results.append(await run_job(clients[i % len(clients)], timeout=300))
+
+    before = await cluster_stats(nodes)
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(jobs):
+            nursery.start_soon(one, i)
+    elapsed = time.perf_counter() - t0
+    return elapsed, results, delta(await cluster_stats(nodes), before)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def summarize(args: argparse.Namespace) -> dict[str, Any]:
+    load = os.getloadavg()[0]
+    out: dict[str, Any] = {
+        "nodes": args.nodes,
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "load_before": load,
+    }
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} before the run")
+    print(f"raw baselines: {args.nodes} separate processes, loopback", flush=True)
+    gossip_args = argparse.Namespace(
+        size=256, count=args.gossip_count, interval=args.gossip_interval, burst=args.burst
+    )
+    out["gossip_interval"] = args.gossip_interval
+    out["gossip"] = bench_gossip.bench_gossip(args.nodes, gossip_args)
+    out["p2p_stream"] = bench_gossip.bench_p2p("stream", gossip_args)
+    spawn = trio.run(spawn_baseline, args.spawns)
+    out["spawn_p50_ms"] = statistics.median(spawn)
+    out["spawn_p99_ms"] = percentile(spawn, 0.99)
+
+    print(f"cluster: {args.nodes} x `p2pnode serve --executors process`", flush=True)
+    with LoopbackCluster(args.nodes, executors="process") as cluster:
+        nodes = cluster.nodes
+        timings, seq_frames = trio.run(latency_phase, nodes, args.jobs, args.warmup)
+        elapsed, burst, burst_frames = trio.run(throughput_phase, nodes, args.concurrent)
+
+    lat = [t.total_ms for t in timings if t.state == "completed"]
+    grant = [t.granted_ms for t in timings if not math.isnan(t.granted_ms)]
+    failed = [t for t in [*timings, *burst] if t.state != "completed"]
+    out.update(
+        jobs=args.jobs,
+        job_p50_ms=statistics.median(lat) if lat else math.nan,
+        job_p99_ms=percentile(lat, 0.99),
+        grant_p50_ms=statistics.median(grant) if grant else math.nan,
+        seq_msgs_per_job=seq_frames.get("_frames", 0) / max(1, args.jobs),
+        seq_msgs_per_job_net=net_frames(seq_frames) / max(1, args.jobs),
+        seq_sent_by_type={
+            k: v / max(1, args.jobs) for k, v in sorted(seq_frames.items()) if k[0] != "_"
+        },
+        concurrent=args.concurrent,
+        throughput_jobs_per_s=args.concurrent / elapsed,
+        throughput_elapsed_s=elapsed,
+        burst_p50_ms=statistics.median([t.total_ms for t in burst]) if burst else math.nan,
+        burst_msgs_per_job=burst_frames.get("_frames", 0) / max(1, args.concurrent),
+        burst_msgs_per_job_net=net_frames(burst_frames) / max(1, args.concurrent),
+        burst_sent_by_type={
+            k: v / max(1, args.concurrent) for k, v in sorted(burst_frames.items()) if k[0] != "_"
+        },
+        burst_transport=(
+            burst_frames.get("_transport_sent", 0),
+            burst_frames.get("_transport_published", 0),
+        ),
+        failed=[attrs.asdict(t) for t in failed],
+    )
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    g, p2p = r["gossip"], r["p2p_stream"]
+    hop, spawn = g["hop_p50_ms"], r["spawn_p50_ms"]
+    p50 = r["job_p50_ms"]
+    verdict = "ok" if p50 <= FLOOR_P50_MS else "OVER"
+    rows = [
+        [
+            "raw gossipsub hop",
+            fmt(hop, "ms", 2),
+            fmt(g["hop_p99_ms"], "ms", 2),
+            f"{r['nodes']} procs, {g['latency_delivery']:.0%} delivered, "
+            f"1 per {r['gossip_interval'] * 1000:.0f} ms",
+        ],
+        [
+            "raw p2p frame round trip",
+            fmt(p2p["rtt_p50_ms"], "ms", 2),
+            fmt(p2p["rtt_p99_ms"], "ms", 2),
+            "Libp2pTransport.send, stream mode",
+        ],
+        [
+            "bare spawn+wait `true`",
+            fmt(spawn, "ms", 2),
+            fmt(r["spawn_p99_ms"], "ms", 2),
+            "trio.run_process",
+        ],
+        [
+            "job submit->completed",
+            fmt(p50, "ms"),
+            fmt(r["job_p99_ms"], "ms"),
+            f"{r['jobs']} sequential, floor p50 <= {FLOOR_P50_MS:.0f} ms: {verdict}",
+        ],
+        ["  of which submit->lease_granted", fmt(r["grant_p50_ms"], "ms"), "", "auction + grant"],
+        [
+            "job under load (in flight)",
+            fmt(r["burst_p50_ms"], "ms"),
+            "",
+            f"{r['concurrent']} submitted at once",
+        ],
+    ]
+    print()
+    print_table("latency", ["measure", "p50", "p99", "note"], rows)
+    print()
+    derived = [
+        ["job p50 / raw hop p50", f"{p50 / hop:.1f} x" if hop else "n/a"],
+        ["job p50 / raw p2p round trip p50", f"{p50 / p2p['rtt_p50_ms']:.1f} x"],
+        ["protocol overhead: job p50 - spawn p50", fmt(p50 - spawn, "ms")],
+    ]
+    print_table("ratios", ["derived", "value"], derived)
+    print()
+    tsent, tpub = r["burst_transport"]
+    rows = [
+        [
+            "cluster throughput",
+            f"{r['throughput_jobs_per_s']:.1f} jobs/s",
+            f"{r['concurrent']} jobs in {r['throughput_elapsed_s']:.1f} s over {r['nodes']} owners",
+        ],
+        [
+            "messages per job (sequential)",
+            f"{r['seq_msgs_per_job']:.1f}",
+            f"without peer exchange: {r['seq_msgs_per_job_net']:.1f}",
+        ],
+        [
+            "messages per job (concurrent)",
+            f"{r['burst_msgs_per_job']:.1f}",
+            f"without peer exchange: {r['burst_msgs_per_job_net']:.1f}; transport "
+            f"{tsent / max(1, r['concurrent']):.1f} sent + "
+            f"{tpub / max(1, r['concurrent']):.1f} published /job",
+        ],
+        [
+            "raw gossipsub burst",
+            f"{g['msgs_per_s']:.0f} msgs/s",
+            f"per receiver, {g['burst_delivery']:.0%} delivered",
+        ],
+    ]
+    print_table("throughput", ["measure", "value", "note"], rows)
+    by_type = ", ".join(f"{k} {v:.2f}" for k, v in r["seq_sent_by_type"].items())
+    print(f"\nframes per sequential job by type: {by_type}")
+    by_type = ", ".join(f"{k} {v:.2f}" for k, v in r["burst_sent_by_type"].items())
+    print(f"frames per concurrent job by type: {by_type}")
+    if r["failed"]:
+        print(f"\n{len(r['failed'])} job(s) did not complete, e.g. {r['failed'][0]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=200, help="sequential latency jobs")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--concurrent", type=int, default=200, help="throughput jobs")
+    parser.add_argument("--spawns", type=int, default=200, help="bare spawn samples")
+    parser.add_argument("--gossip-count", type=int, default=300, help="raw hop samples")
+    parser.add_argument("--burst", type=int, default=2000, help="raw gossip burst size")
+    parser.add_argument("--gossip-interval", type=float, default=0.2, help="raw hop pacing (s)")
+    parser.add_argument("--json", action="store_true", help="also print results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.warmup, args.concurrent, args.spawns = 20, 5, 20, 30
+        args.gossip_count, args.burst = 30, 300
+    exit_on_sigterm()
+    try:
+        results = summarize(args)
+    except KeyboardInterrupt:
+        print("interrupted; every node was stopped", file=sys.stderr)
+        sys.exit(130)
+    report(results)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
