@@ -48,7 +48,7 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()  # peer ids to introduce ourselves to
     addrs: tuple[str, ...] = ()  # our listen addresses, told to peers
     # Auction fan-out: candidates asked on the first round, doubled per retry.
-    candidates: int = 3
+    candidates: int = 2  # "power of two choices": most of the balance of asking all
     view_size: int = 64  # peers kept in the directory (partial view)
-    peer_sample: int = 16  # entries sent in one Peers message
+    peer_sample: int = 8  # entries sent in one Peers message
     timings: Timings = attrs.field(factory=Timings)

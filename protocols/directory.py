@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -74,6 +75,9 @@ class Directory:
         self.view_size = view_size
         self._rng = rng
         self.peers: dict[str, PeerEntry] = {}
+        # Who can run what, per requirement signature: asked at every auction,
+        # changed only when the view does.
+        self._matching: dict[tuple[Any, ...], list[tuple[str, bytes]]] = {}
 
     def upsert(self, info: NodeInfo, now: float, *, direct: bool) -> bool:
         """Record ``info``; True if the peer was new to us.
@@ -86,12 +90,15 @@ class Directory:
         entry = self.peers.get(info.node_id)
         if entry is not None:
             if direct:
-                entry.info = info
+                if entry.info != info:
+                    entry.info = info
+                    self._matching.clear()
                 entry.last_seen = max(entry.last_seen, now)
             return False
         if not direct and len(self.peers) >= self.view_size:
             return False  # a full view takes newcomers only first-hand: no churn by hearsay
         self.peers[info.node_id] = PeerEntry(info=info, last_seen=now)
+        self._matching.clear()
         if len(self.peers) > self.view_size:
             self._evict_oldest(keep=info.node_id)
         return True
@@ -106,6 +113,7 @@ class Directory:
         for node_id in [n for n, e in self.peers.items() if now - e.last_seen > max_age]:
             if node_id not in keep_set:
                 del self.peers[node_id]
+                self._matching.clear()
 
     def _evict_oldest(self, keep: str) -> None:
         oldest = min(
@@ -113,6 +121,7 @@ class Directory:
             key=lambda e: (e.last_seen, e.info.node_id),
         )
         del self.peers[oldest.info.node_id]
+        self._matching.clear()
 
     def sample(self, k: int, exclude: str = "") -> list[NodeInfo]:
         """Up to ``k`` random entries (ourselves included) for a Peers answer."""
@@ -141,11 +150,23 @@ class Directory:
         Peers in ``avoid`` (they failed this slot before) come last.  Returns
         the picked ids and how many matching peers the view holds in total.
         """
-        infos = [self.me, *(e.info for e in self.peers.values())]
-        matching = [i.node_id for i in infos if can_run(i, labels, engine, cpu, memory)]
-        avoid_set = set(avoid)
+        signature = (tuple(sorted(labels.items())), engine, cpu, memory)
+        matching = self._matching.get(signature)
+        if matching is None:
+            infos = [self.me, *(e.info for e in self.peers.values())]
+            matching = [
+                (i.node_id, i.node_id.encode())
+                for i in infos
+                if can_run(i, labels, engine, cpu, memory)
+            ]
+            self._matching[signature] = matching
         if count <= 0:
             return [], len(matching)
-        ranked = rendezvous_rank(key, matching)
-        ranked.sort(key=lambda n: n in avoid_set)  # stable: keeps hash order within groups
-        return ranked[:count], len(matching)
+        prefix = key.encode() + b"|"
+        avoid_set = set(avoid)
+        # Rendezvous order, peers to avoid last; ties (never in practice) by id.
+        ranked = sorted(
+            matching,
+            key=lambda m: (m[0] in avoid_set, zlib.crc32(prefix + m[1]), m[0]),
+        )
+        return [node_id for node_id, _ in ranked[:count]], len(matching)

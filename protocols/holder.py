@@ -305,8 +305,8 @@ class Holder:
             held.acked_seq = ack.seq
             for old in [s for s in held.sent_at if s < ack.seq]:
                 del held.sent_at[old]
+        # The lapse timer stays armed; it re-arms itself if it fires early.
         held.valid_until = max(held.valid_until, sent + held.ttl)
-        self.out.timer(("lapse", held.execution_id), held.valid_until)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
         held.next_renew = self.out.now + self.t.renew_interval
         self.out.timer(("renew", held.execution_id), held.next_renew)
@@ -319,7 +319,10 @@ class Holder:
 
     def on_lapse_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
-        if held is None or self.out.now < held.valid_until:
+        if held is None:
+            return
+        if self.out.now < held.valid_until:  # renewed meanwhile
+            self.out.timer(("lapse", exec_id), held.valid_until)
             return
         if held.state in (ExecState.RUNNING, ExecState.REPORTING):
             self.out.notify(

@@ -469,7 +469,7 @@ class Owner:
         )
 
     def on_renew(self, sender: str, msg: LeaseAccept | LeaseRenew) -> None:
-        job, slot, execution = self._lookup(sender, msg.execution_id)
+        _job, slot, execution = self._lookup(sender, msg.execution_id)
         if not self._is_current(slot, execution):
             reason = "superseded" if execution.epoch != slot.epoch else f"slot {slot.state.value}"
             self.out.send(
@@ -487,8 +487,9 @@ class Owner:
         was = slot.state
         slot.state = check_slot_transition(slot.state, event, SlotState.RUNNING)
         self.out.settle(("grant", execution.execution_id))
+        # Only the deadline moves: the armed timer re-arms itself when it fires
+        # early (one timer per lease period, not one per renewal).
         slot.lease_expires = self.out.now + self.t.lease_ttl + self.t.lease_grace
-        self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
         if was is SlotState.GRANTED:
             execution.state = "running"
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
@@ -579,7 +580,9 @@ class Owner:
         elif kind == "retry" and slot.state is SlotState.QUEUED:
             self._open_auction(job, slot)
         elif kind == "lease" and slot.state in (SlotState.GRANTED, SlotState.RUNNING):
-            if self.out.now >= slot.lease_expires:
+            if self.out.now < slot.lease_expires:  # renewed meanwhile
+                self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
+            else:
                 execution = slot.current
                 assert execution is not None
                 execution.state = "expired"

@@ -35,6 +35,7 @@ from protocols.codec import (
     MessageIds,
     decode,
     encode,
+    unique_map,
 )
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.messages import (
@@ -475,11 +476,14 @@ def test_non_str_map_keys_are_rejected() -> None:
         encode(attrs.evolve(GRANT, task={1: "x"}), msg_id="m", sender="s")  # type: ignore[dict-item]
 
 
-def test_duplicate_map_keys_are_rejected() -> None:
-    # Peers disagree on whether the first or the last copy wins: refuse both.
+def test_duplicate_map_keys_last_copy_wins() -> None:
+    # Defined, not refused: every conforming decoder reads the last copy.
     data = encode(Bid(job_id="j", slot=0, attempt=1), msg_id="m", sender="s")
-    # Turn fixmap(5) into fixmap(6) and append a second "v": 1.
-    _reject(b"\x86" + data[1:] + b"\xa1v\x01", "duplicate map key")
+    # Turn fixmap(5) into fixmap(6) and append a second "id".
+    env = decode(b"\x86" + data[1:] + b"\xa2id\xa5other")
+    assert env.msg_id == "other"
+    with pytest.raises(ValueError, match="duplicate map key"):
+        unique_map([("a", 1), ("a", 2)])
 
 
 def test_free_form_limits() -> None:
