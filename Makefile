@@ -16,21 +16,35 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 PIP_QUIET := 2>&1 | { grep -v 'WARNING: Location' || true; }
 
-SPECS := $(filter-out specs/invalid.yaml,$(wildcard specs/*.yaml))
-BENCHES := $(wildcard bench/*.py)
+BENCHES := $(filter-out bench/common.py,$(wildcard bench/*.py))
 
-.PHONY: help venv test lint typecheck pytest demo soak bench clean distclean
+.PHONY: help sysdeps venv test lint typecheck pytest demo soak bench clean distclean
 
 help:
 	@echo "make venv   - create $(VENV) (if missing) and install -e '.[dev]' when pyproject.toml changed"
 	@echo "make test   - ruff + mypy + the whole pytest suite (PYTEST_ARGS='...' to pass options)"
 	@echo "make lint   - ruff + mypy only"
-	@echo "make demo   - validate and explain every specs/*.yaml"
+	@echo "make demo   - start 3 real peers on loopback, run sample jobs, stop them"
 	@echo "make soak   - long simulator sweep (10,000 seeds)"
 	@echo "make bench  - run every bench/*.py"
 	@echo "make clean  - remove caches and build output (distclean also removes $(VENV))"
 
-venv: $(STAMP)
+venv: sysdeps $(STAMP)
+
+# py-libp2p compiles fastecdsa against GMP.  On a fresh Debian machine install
+# the system packages when they are missing (as root), else say what to install.
+sysdeps:
+	@if ! command -v gcc >/dev/null || [ -z "$$(ls /usr/include/gmp.h /usr/include/*/gmp.h 2>/dev/null)" ] \
+	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing gcc, libgmp-dev, python3-venv (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				gcc libgmp-dev python3-venv >/dev/null; \
+		else \
+			echo "missing system packages: install gcc, libgmp-dev and python3-venv" >&2; exit 1; \
+		fi; \
+	fi
 
 # Order-only on the directory: an existing venv is never recreated just
 # because its mtime changed.

@@ -13,7 +13,7 @@ restarts and peers' duplicate filters never swallow a fresh message.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from protocols import codec
@@ -99,6 +99,7 @@ class NodeCore:
         self._view_version = 0  # bumped when the view changes; saved at gossip time
         self._view_saved = 0
         self._view_saved_at = 0.0
+        self._handlers = self._routes()
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
 
@@ -187,35 +188,30 @@ class NodeCore:
         self.out.notify("dropped", sender=sender, reason=reason)
 
     def _dispatch(self, sender: str, msg: Message) -> None:
-        owner, holder = self.owner, self.holder
-        if isinstance(msg, AskForBid):
-            holder.on_ask(sender, msg)
-        elif isinstance(msg, Bid):
-            owner.on_bid(sender, msg)
-        elif isinstance(msg, BidDeclined):
-            owner.on_decline(sender, msg)
-        elif isinstance(msg, BidRejected):
-            holder.on_bid_rejected(sender, msg)
-        elif isinstance(msg, LeaseGrant):
-            holder.on_grant(sender, msg)
-        elif isinstance(msg, (LeaseAccept, LeaseRenew)):
-            owner.on_renew(sender, msg)
-        elif isinstance(msg, RenewAck):
-            holder.on_renew_ack(sender, msg)
-        elif isinstance(msg, LeaseRelease):
-            owner.on_release(sender, msg)
-        elif isinstance(msg, ExecutionResult):
-            owner.on_result(sender, msg)
-        elif isinstance(msg, ResultAck):
-            holder.on_result_ack(sender, msg)
-        elif isinstance(msg, Cancel):
-            holder.on_cancel(sender, msg)
-        elif isinstance(msg, Hello):
-            self._on_hello(sender, msg)
-        elif isinstance(msg, Peers):
-            self._on_peers(msg)
-        else:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
             raise RemoteProtocolError(f"{msg.TYPE} is not handled by this node")
+        handler(sender, msg)
+
+    def _routes(self) -> dict[type[Message], Callable[[str, Any], None]]:
+        """Which role handles which message (one table, looked up by exact type)."""
+        owner, holder = self.owner, self.holder
+        return {
+            AskForBid: holder.on_ask,
+            Bid: owner.on_bid,
+            BidDeclined: owner.on_decline,
+            BidRejected: holder.on_bid_rejected,
+            LeaseGrant: holder.on_grant,
+            LeaseAccept: owner.on_renew,
+            LeaseRenew: owner.on_renew,
+            RenewAck: holder.on_renew_ack,
+            LeaseRelease: owner.on_release,
+            ExecutionResult: owner.on_result,
+            ResultAck: holder.on_result_ack,
+            Cancel: holder.on_cancel,
+            Hello: self._on_hello,
+            Peers: lambda _sender, msg: self._on_peers(msg),
+        }
 
     # --- membership (peer exchange) ---------------------------------------------------------
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from p2pnode.blobs import BlobStore
-from protocols.events import StartExecution
+from p2pnode.blobs import BlobStore, OutputRejected
+from protocols.events import ExecutionFinished, StartExecution
 from protocols.messages import MAX_TAIL_LEN, MAX_TEXT_LEN
 
 __all__ = [
@@ -159,4 +159,40 @@ async def store_outputs(blobs: BlobStore, outputs: Path, max_total_bytes: int | 
     """
     return await trio.to_thread.run_sync(
         lambda: blobs.store_outputs(outputs, max_total_bytes=max_total_bytes)
+    )
+
+
+async def finish_with_outputs(
+    blobs: BlobStore,
+    work: Workdir,
+    start: StartExecution,
+    *,
+    exit_code: int,
+    error: str,
+    stdout: str,
+    stderr: str,
+    max_output_bytes: int | None,
+    started_at: float,
+) -> ExecutionFinished:
+    """Store the outputs and report how the execution ended.
+
+    Outputs are stored even when the task failed (they help debugging).  Outputs
+    the rules refuse (an escaping symlink, too large) are the task's own fault:
+    the execution fails, keeping its exit code.
+    """
+    manifest_id = ""
+    try:
+        manifest_id = await store_outputs(blobs, work.outputs, max_output_bytes)
+    except OutputRejected as rejected:
+        error = clip_error(f"outputs refused: {rejected}")
+    succeeded = exit_code == 0 and bool(manifest_id)
+    return ExecutionFinished(
+        execution_id=start.execution_id,
+        status="succeeded" if succeeded else "failed",
+        exit_code=exit_code,
+        error=error,
+        manifest_id=manifest_id,
+        stdout_tail=stdout,
+        stderr_tail=stderr,
+        duration_ms=int((trio.current_time() - started_at) * 1000),
     )

@@ -45,16 +45,16 @@ import docker.errors
 import requests.exceptions
 import trio
 
-from p2pnode.blobs import BlobStore, OutputRejected
+from p2pnode.blobs import BlobStore
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
     TailBuffer,
     Workdir,
     clip_error,
+    finish_with_outputs,
     p2pnode_env,
     safe_name,
-    store_outputs,
     task_env,
 )
 from protocols.events import ExecutionFinished, StartExecution
@@ -185,21 +185,16 @@ class DockerExecutor:
             error = ""
             if exit_code != 0:
                 error = await self._describe_failure(container, task, exit_code)
-            manifest_id = ""
-            try:
-                manifest_id = await store_outputs(self.blobs, work.outputs, self.max_output_bytes)
-            except OutputRejected as rejected:
-                error = clip_error(f"outputs refused: {rejected}")
-            succeeded = exit_code == 0 and bool(manifest_id)
-            return ExecutionFinished(
-                execution_id=start.execution_id,
-                status="succeeded" if succeeded else "failed",
+            return await finish_with_outputs(
+                self.blobs,
+                work,
+                start,
                 exit_code=exit_code,
                 error=error,
-                manifest_id=manifest_id,
-                stdout_tail=out,
-                stderr_tail=err_tail,
-                duration_ms=int((trio.current_time() - t0) * 1000),
+                stdout=out,
+                stderr=err_tail,
+                max_output_bytes=self.max_output_bytes,
+                started_at=t0,
             )
         finally:
             with trio.CancelScope(shield=True):
@@ -344,8 +339,9 @@ class DockerExecutor:
         reaped = []
         for container in containers:
             execution_id = container.labels.get(LABEL_EXECUTION, "")
-            log.warning("removing stale container %s of execution %s",
-                        container.short_id, execution_id)
+            log.warning(
+                "removing stale container %s of execution %s", container.short_id, execution_id
+            )
             await trio.to_thread.run_sync(_remove_quietly, container)
             if execution_id:
                 workdir = self.data_dir / "work" / safe_name(execution_id)

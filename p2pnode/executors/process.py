@@ -69,17 +69,16 @@ from pathlib import Path
 
 import trio
 
-from p2pnode.blobs import BlobStore, OutputRejected
+from p2pnode.blobs import BlobStore
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
     TailBuffer,
     Workdir,
-    clip_error,
     drain,
+    finish_with_outputs,
     p2pnode_env,
     safe_name,
-    store_outputs,
     task_env,
 )
 from protocols.events import ExecutionFinished, StartExecution
@@ -145,23 +144,19 @@ class ProcessExecutor:
             returncode = await self._run_process(start.execution_id, argv, env, work, out, err)
 
             exit_code, error = _describe_exit(returncode)
-            manifest_id = ""
-            try:
-                manifest_id = await store_outputs(self.blobs, work.outputs, self.max_output_bytes)
-            except OutputRejected as rejected:
-                # The task's own fault (bad symlink, too big): it failed.
-                error = clip_error(f"outputs refused: {rejected}")
-            succeeded = exit_code == 0 and bool(manifest_id)
-            return ExecutionFinished(
-                execution_id=start.execution_id,
-                status="succeeded" if succeeded else "failed",
+            finished = await finish_with_outputs(
+                self.blobs,
+                work,
+                start,
                 exit_code=exit_code,
                 error=error,
-                manifest_id=manifest_id,
-                stdout_tail=out.text(),
-                stderr_tail=err.text(),
-                duration_ms=int((trio.current_time() - t0) * 1000),
+                stdout=out.text(),
+                stderr=err.text(),
+                max_output_bytes=self.max_output_bytes,
+                started_at=t0,
             )
+            succeeded = finished.status == "succeeded"
+            return finished
         finally:
             if succeeded or not self.keep_failed_workdirs:
                 with trio.CancelScope(shield=True):
