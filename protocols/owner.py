@@ -551,8 +551,9 @@ class Owner:
         else:
             execution.state = msg.status if msg.status in ("timeout", "cancelled") else "failed"
             detail = msg.error or f"exit code {msg.exit_code}"
-            if msg.stderr_tail:
-                detail += f"; stderr: {msg.stderr_tail[-200:]}"
+            if msg.stderr_tail.strip():  # one line: reasons are printed in tables and logs
+                last = " | ".join(msg.stderr_tail.strip().splitlines()[-3:])
+                detail += f"; stderr: {last[-200:]}"
             self.out.notify(
                 "execution_failed",
                 job_id=job.job_id,
