@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make the repo's packages importable
 
 
-def run_size(nodes: int, jobs: int, seed: int, loss: float) -> dict[str, Any]:
+def run_size(nodes: int, jobs: int, seed: int, loss: float, workload: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "simnet", "run", "--nodes", str(nodes), "--jobs", str(jobs),
-           "--seed", str(seed), "--loss", str(loss), "--output", "json"]
+           "--seed", str(seed), "--loss", str(loss), "--workload", workload, "--output", "json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode not in (0, 1) or not proc.stdout.strip():
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -81,8 +81,18 @@ def main() -> None:
     ap.add_argument("--jobs-per-node", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--loss", type=float, default=0.1)
+    ap.add_argument(
+        "--workload", nargs="+", default=["plain", "mixed"], choices=["plain", "mixed"],
+        help="plain: healthy jobs (the floor is stated for it); mixed: flaky, failing, "
+        "hanging and long jobs too, so retries and renewals add messages",
+    )
     args = ap.parse_args()
+    for workload in args.workload:
+        print(f"\n== workload {workload}")
+        bench_workload(args, workload)
 
+
+def bench_workload(args: argparse.Namespace, workload: str) -> None:
     raw_us = raw_engine_baseline()
     print(f"raw engine baseline: {raw_us:.2f} us per delivered message (null core)")
     header = (f"{'nodes':>6} {'jobs':>6} {'wall s':>8} {'jobs/s':>8} {'msg/job':>8} "
@@ -91,7 +101,7 @@ def main() -> None:
     print(header)
     rows: dict[int, dict[str, Any]] = {}
     for n in args.sizes:
-        r = run_size(n, n * args.jobs_per_node, args.seed, args.loss)
+        r = run_size(n, n * args.jobs_per_node, args.seed, args.loss, workload)
         rows[n] = r
         us = r["wall_seconds"] / max(1, r["messages_delivered"]) * 1e6
         print(f"{n:>6} {r['jobs']:>6} {r['wall_seconds']:>8.2f} "

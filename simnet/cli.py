@@ -80,7 +80,7 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--nodes", type=click.IntRange(1), default=20, show_default=True,
                      help="Number of simulated nodes."),
         click.option("--jobs", type=click.IntRange(0), default=100, show_default=True,
-                     help="Number of batch jobs in the mixed workload."),
+                     help="Number of batch jobs in the workload."),
         click.option("--loss", type=_PROB, default=0.0, show_default=True,
                      help="Probability that a frame copy is dropped."),
         click.option("--duplicate", type=_PROB, default=0.0, show_default=True,
@@ -105,6 +105,10 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-events", type=click.IntRange(1), default=None,
                      help="Livelock backstop: fail the run after this many events "
                           "[default: 20,000 + 2,000 x (jobs + nodes)]."),
+        click.option("--workload", type=click.Choice(["mixed", "plain"]), default="mixed",
+                     show_default=True,
+                     help="mixed: healthy, flaky, failing, hanging and long jobs; "
+                          "plain: healthy 1-10 s jobs only."),
         click.option("--output", type=click.Choice(["json", "table"]), default="table",
                      show_default=True),
     ]
@@ -119,6 +123,7 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         duplicate=kw["duplicate"], reorder=kw["reorder"], crash_rate=kw["crash_rate"],
         partition_rate=kw["partition_rate"], duration=kw["duration"],
         submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
+        workload=kw["workload"],
     )
 
 
@@ -136,6 +141,8 @@ def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
         args += [f"--{name.replace('_', '-')}", _fmt_seconds(kw[name])]
     if kw.get("max_events"):
         args += ["--max-events", str(kw["max_events"])]
+    if kw.get("workload", "mixed") != "mixed":
+        args += ["--workload", kw["workload"]]
     args += ["--output", "json"]
     return shlex.join(args)
 
@@ -166,7 +173,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything.")
 @_run_options
 def run(seed: int, output: str, **kw: Any) -> None:
-    """Run the mixed batch workload once; exit 1 on a violation or a lost job."""
+    """Run a batch workload once; exit 1 on a violation or a lost job."""
     report = run_scenario(_options(seed, kw))
     if output == "json":
         click.echo(json.dumps(report, sort_keys=False))

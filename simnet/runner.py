@@ -33,7 +33,7 @@ from simnet.engine import derive_seed
 from simnet.harness import Cluster
 from simnet.invariants import TERMINAL
 from simnet.network import DIRECTORY_TYPES, NetConfig
-from simnet.workload import mixed_batch
+from simnet.workload import WORKLOADS
 
 DOWNTIME = (5.0, 60.0)
 PARTITION_LENGTH = (5.0, 60.0)
@@ -57,6 +57,7 @@ class RunOptions:
     check_interval: float = 30.0  # ownership check period (virtual s)
     # Livelock backstop; None = 20,000 + 2,000 per job and per node.
     max_events: int | None = None
+    workload: str = "mixed"  # mixed (fault paths exercised) | plain (healthy jobs only)
 
 
 class FaultInjector:
@@ -142,8 +143,9 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
                                  else 20_000 + 2_000 * (opts.jobs + opts.nodes))
     wl_rng = random.Random(derive_seed(opts.seed, "workload"))
     times = sorted(opts.warmup + wl_rng.random() * opts.submit_window for _ in range(opts.jobs))
+    make_job = WORKLOADS[opts.workload]
     for i, at in enumerate(times):
-        cluster.submit(mixed_batch(wl_rng, i), at=at)
+        cluster.submit(make_job(wl_rng, i), at=at)
     cluster.start()
     faults = FaultInjector(cluster, opts)
     faults.start()

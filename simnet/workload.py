@@ -114,3 +114,17 @@ def mixed_batch(rng: random.Random, index: int) -> dict[str, Any]:
     task = sim_task(duration, exit_code=exit_code, fail_rate=fail_rate, hang=hang,
                     timeout_ms=timeout_ms)
     return batch_spec(f"job-{index}", count, labels=labels, task=task)
+
+
+def plain_batch(rng: random.Random, index: int) -> dict[str, Any]:
+    """One job of the plain workload: healthy batch jobs of 1-3 slots lasting
+    1-10 s, some constrained to a zone; no failures, hangs or long jobs.  It is
+    the message pattern of a steady production cluster, used to measure the
+    simulator's speed at scale (the mixed workload exercises the fault paths)."""
+    count = rng.randint(1, 3)
+    labels = {"zone": rng.choice(ZONES)} if rng.random() < 0.3 else {}
+    task = sim_task(rng.randint(1000, 10_000))
+    return batch_spec(f"job-{index}", count, labels=labels, task=task)
+
+
+WORKLOADS = {"mixed": mixed_batch, "plain": plain_batch}

@@ -231,3 +231,13 @@ def test_sweep_200_seeds_mixed_faults() -> None:
     assert summary["seeds"] == 200
     assert summary["failures"] == [], json.dumps(summary["failures"][:3], indent=1)
     assert proc.returncode == 0
+
+
+def test_plain_workload_completes_every_job_under_loss() -> None:
+    from simnet.runner import RunOptions, run_scenario
+
+    report = run_scenario(
+        RunOptions(nodes=30, jobs=120, seed=5, loss=0.1, duplicate=0.05, workload="plain")
+    )
+    assert report["invariant_violations"] == []
+    assert (report["completed"], report["failed"], report["lost"]) == (120, 0, 0)
