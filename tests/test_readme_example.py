@@ -25,3 +25,17 @@ def test_readme_library_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("completed ['hi 0\\n', 'hi 1\\n']"), result.stdout
+
+
+def test_docs_library_example_runs(tmp_path: Path) -> None:
+    doc = (README.parent / "docs" / "library.md").read_text()
+    [example] = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    code = example.replace("/tmp/lib-node", str(tmp_path / "node")).replace(
+        "/tmp/lib-out", str(tmp_path / "out")
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    squares = sorted((tmp_path / "out" / str(i) / "sq").read_text() for i in range(3))
+    assert squares == ["0\n", "1\n", "4\n"]
