@@ -29,10 +29,6 @@ class PeerEntry:
     last_seen: float
 
 
-def labels_match(required: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in required.items())
-
-
 def mismatch_reason(
     info: NodeInfo, labels: Mapping[str, str], engine: str, cpu: float, memory: int
 ) -> str:
@@ -57,16 +53,6 @@ def can_run(
         return False
     carried = info.labels
     return all(carried.get(k) == v for k, v in labels.items()) if labels else True
-
-
-def rendezvous_rank(key: str, node_ids: Iterable[str]) -> list[str]:
-    """Order ``node_ids`` by hash(key, node): the same key gives the same order.
-
-    crc32 rather than a cryptographic hash: it only spreads load, is stable
-    across processes (unlike ``hash()``), and is cheap enough for every auction.
-    """
-    prefix = key.encode() + b"|"
-    return sorted(node_ids, key=lambda n: (zlib.crc32(prefix + n.encode()), n))
 
 
 class Directory:
