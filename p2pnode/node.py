@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -198,9 +199,39 @@ def math_inf_if_none(timeout: float | None) -> float:
     return float("inf") if timeout is None else timeout
 
 
+def ensure_ports_free(listen: tuple[str, ...]) -> None:
+    """Refuse a fixed TCP port that is already taken.
+
+    py-libp2p binds with SO_REUSEPORT, so a second node on a busy port would
+    *share* it with the first (the kernel splitting connections between them)
+    instead of failing.  A plain bind, without that option, tells the truth.
+    """
+    for addr in listen:
+        parts = addr.strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+            continue
+        host, port = parts[1], int(parts[3])
+        if port == 0:
+            continue
+        family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR (not REUSEPORT): TIME_WAIT leftovers of a killed node
+            # are fine, a live listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
+
+
 @asynccontextmanager
 async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
-    """Start a node; stop it (cleanly, nothing left running) on exit."""
+    """Start a node; stop it (cleanly, nothing left running) on exit.
+
+    Raises ``OSError`` if a listen address is taken, ``StoreError`` if another
+    node already uses the data dir.
+    """
+    ensure_ports_free(settings.listen)
     data_dir = settings.data_dir.resolve()  # tasks run elsewhere: paths must be absolute
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = load_or_create_key(data_dir)

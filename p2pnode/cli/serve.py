@@ -77,7 +77,9 @@ def serve(
     writes them to DATA_DIR/addrs.  SIGTERM or Ctrl-C stops it cleanly.
     """
     # Imported here: py-libp2p takes ~1 s to import, and client commands never need it.
-    from p2pnode.node import NodeSettings
+    import multiaddr
+
+    from p2pnode.node import NodeSettings, bootstrap_peer_id
 
     enabled = tuple(e for e in executors.replace(" ", "").split(",") if e)
     try:
@@ -98,13 +100,22 @@ def serve(
             p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
             **extra,  # type: ignore[arg-type]
         )
+        for addr in bootstrap:
+            bootstrap_peer_id(addr)
+        for addr in listen:
+            try:
+                multiaddr.Multiaddr(addr)
+            except Exception as exc:  # multiaddr raises its own error types
+                raise ValueError(f"bad --listen address {addr!r}: {exc}") from None
     except (ValueError, UnitError) as exc:
         fail(str(exc))
+    from p2pnode.store import StoreError
+
     try:
         trio.run(_serve, settings)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         fail(f"cannot start the node: {exc}", code=1)
 
 
