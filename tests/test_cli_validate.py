@@ -17,7 +17,8 @@ from click.testing import CliRunner, Result
 
 from p2pnode.cli import cli
 from p2pnode.cli.context import CliContext, pass_cli
-from protocols.spec import load_spec_file, spec_digest
+from p2pnode.specfile import load_spec_file
+from protocols.spec import spec_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

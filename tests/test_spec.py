@@ -16,6 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pnode.specfile import load_spec_file
 from protocols.spec import (
     DOCUMENT,
     MAX_SPEC_BYTES,
@@ -26,7 +27,6 @@ from protocols.spec import (
     SpecValidationError,
     TaskSpec,
     canonical_bytes,
-    load_spec_file,
     load_spec_text,
     parse_spec,
     spec_digest,

@@ -16,12 +16,12 @@ import click
 
 from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document, plural, to_yaml
+from p2pnode.specfile import load_spec_file
 from protocols.spec import (
     MAX_SPEC_BYTES,
     JobSpec,
     SpecError,
     SpecValidationError,
-    load_spec_file,
     parse_spec,
     spec_digest,
 )

@@ -57,9 +57,9 @@ from protocols.spec.model import (
 )
 from protocols.spec.validate import (
     MAX_SPEC_BYTES,
-    load_spec_file,
     load_spec_text,
     parse_spec,
+    parse_spec_bytes,
     validate_spec,
     validate_task,
 )
@@ -88,9 +88,9 @@ __all__ = [
     "StreamSource",
     "TaskSpec",
     "canonical_bytes",
-    "load_spec_file",
     "load_spec_text",
     "parse_spec",
+    "parse_spec_bytes",
     "spec_digest",
     "validate_spec",
     "validate_task",

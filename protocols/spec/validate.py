@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, NoReturn
 
@@ -25,9 +24,9 @@ from protocols.units import format_duration_ms
 
 __all__ = [
     "MAX_SPEC_BYTES",
-    "load_spec_file",
     "load_spec_text",
     "parse_spec",
+    "parse_spec_bytes",
     "validate_spec",
     "validate_task",
 ]
@@ -161,14 +160,12 @@ def parse_spec(text: str) -> JobSpec:
     return validate_spec(load_spec_text(text))
 
 
-def load_spec_file(path: str | os.PathLike[str]) -> JobSpec:
-    """Read and validate a spec file.
+def parse_spec_bytes(data: bytes) -> JobSpec:
+    """Validate the raw bytes of a spec file (pure: the caller reads the file).
 
-    Raises OSError if the file cannot be read, SpecValidationError if it is
-    not a valid spec (including too big or not UTF-8).
+    Raises SpecValidationError if it is not a valid spec, including too big
+    (read at most ``MAX_SPEC_BYTES + 1`` bytes to detect that) or not UTF-8.
     """
-    with open(path, "rb") as file:
-        data = file.read(MAX_SPEC_BYTES + 1)  # never read more than we accept
     if len(data) > MAX_SPEC_BYTES:
         _fail(f"the spec is over the limit of {MAX_SPEC_BYTES // 1024} KiB")
     try:
