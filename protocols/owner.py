@@ -516,16 +516,10 @@ class Owner:
             if first_copy:
                 execution.exit_code, execution.error = msg.exit_code, msg.error
                 self.out.persist(SLOTS_TABLE, slot.key, slot.record())
-                self.out.notify(
-                    "result_ignored",
-                    job_id=job.job_id,
-                    slot=slot.index,
-                    epoch=execution.epoch,
-                    execution_id=execution.execution_id,
-                    reason="superseded"
-                    if execution.epoch != slot.epoch
-                    else f"slot {slot.state.value}",
+                reason = (
+                    "superseded" if execution.epoch != slot.epoch else f"slot {slot.state.value}"
                 )
+                self._notify_execution("result_ignored", slot, execution, reason=reason)
             self.out.send(
                 sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch, accepted=False)
             )
@@ -539,14 +533,8 @@ class Owner:
             execution.state = "succeeded"
             slot.state = check_slot_transition(slot.state, SlotEvent.SUCCEEDED, SlotState.COMPLETED)
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
-            self.out.notify(
-                "result_accepted",
-                job_id=job.job_id,
-                slot=slot.index,
-                epoch=execution.epoch,
-                execution_id=execution.execution_id,
-                status=msg.status,
-                holder=sender,
+            self._notify_execution(
+                "result_accepted", slot, execution, status=msg.status, holder=sender
             )
         else:
             execution.state = msg.status if msg.status in ("timeout", "cancelled") else "failed"
@@ -554,14 +542,8 @@ class Owner:
             if msg.stderr_tail.strip():  # one line: reasons are printed in tables and logs
                 last = " | ".join(msg.stderr_tail.strip().splitlines()[-3:])
                 detail += f"; stderr: {last[-200:]}"
-            self.out.notify(
-                "execution_failed",
-                job_id=job.job_id,
-                slot=slot.index,
-                epoch=execution.epoch,
-                execution_id=execution.execution_id,
-                status=msg.status,
-                holder=sender,
+            self._notify_execution(
+                "execution_failed", slot, execution, status=msg.status, holder=sender
             )
             self._execution_failed(
                 job, slot, SlotEvent.FAILED, f"{msg.status} on {sender}: {detail}"
@@ -609,13 +591,18 @@ class Owner:
         self.out.settle(("grant", execution.execution_id))
         self.out.cancel_timer(("lease", job.job_id, slot.index))
         self.out.cancel_timer(("deadline", job.job_id, slot.index))
+        self._notify_execution("lease_ended", slot, execution, cause=cause)
+
+    def _notify_execution(
+        self, kind: str, slot: OwnedSlot, execution: Execution, **extra: Any
+    ) -> None:
         self.out.notify(
-            "lease_ended",
-            job_id=job.job_id,
+            kind,
+            job_id=slot.job_id,
             slot=slot.index,
             epoch=execution.epoch,
             execution_id=execution.execution_id,
-            cause=cause,
+            **extra,
         )
 
     def _cancel_holder(self, execution: Execution, reason: str) -> None:
