@@ -33,7 +33,7 @@ from p2pnode.engines import EngineRouter, build_executors
 from p2pnode.identity import load_or_create_key
 from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.outputs import BLOB_PROTOCOL, blob_server
-from p2pnode.runtime import NodeRuntime
+from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -150,18 +150,25 @@ class Node:
         ``on_event`` sees every notification about the job meanwhile (for
         progress display).  Raises ``TimeoutError`` after ``timeout`` seconds.
         """
-        events = self.runtime.watch()
-        with events, trio.fail_after(math_inf_if_none(timeout)):
-            if self.describe(job_id)["state"] in TERMINAL_STATES:
-                return self.describe(job_id)
-            async for note in events:
-                if note.data.get("job_id") != job_id:
-                    continue
-                if on_event is not None:
-                    on_event(note)
-                if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:
-                    break
-        return self.describe(job_id)
+        try:
+            with trio.fail_after(math_inf_if_none(timeout)):
+                while True:
+                    # A watcher that falls far behind is disconnected by the
+                    # runtime: then look again and watch anew.
+                    with self.runtime.watch() as events:
+                        if self.describe(job_id)["state"] in TERMINAL_STATES:
+                            return self.describe(job_id)
+                        if not self.runtime.running:
+                            raise NodeStopped("the node stopped while waiting")
+                        async for note in events:
+                            if note.data.get("job_id") != job_id:
+                                continue
+                            if on_event is not None:
+                                on_event(note)
+                            if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:
+                                return self.describe(job_id)
+        except trio.TooSlowError:
+            raise TimeoutError(f"job {job_id} not finished after {timeout:g}s") from None
 
     # --- network ------------------------------------------------------------------
 
