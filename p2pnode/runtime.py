@@ -27,6 +27,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -205,7 +206,7 @@ class NodeRuntime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self.transport.subscribe(ANNOUNCE_TOPIC)
-                await self._dispatch(Started())
+                await self._dispatch(Started(wall=time.time()))
                 nursery.start_soon(self._timer_loop, name="p2pnode timers")
                 nursery.start_soon(self._receive_loop, name="p2pnode receive")
                 self._running = True

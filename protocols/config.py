@@ -30,6 +30,8 @@ class Timings:
     peer_expiry: float = 300.0
     # Retry cadence of an auction with no bids while matching nodes are busy.
     requeue_delay: float = 1.0
+    # A daemon job re-counts matching nodes this often (joiners get one by then).
+    daemon_scan: float = 5.0
 
     @property
     def renew_interval(self) -> float:

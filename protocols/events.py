@@ -21,7 +21,13 @@ import attrs
 
 @attrs.frozen
 class Started:
-    """The node (re)started; the core was built from its persisted records."""
+    """The node (re)started; the core was built from its persisted records.
+
+    ``wall`` is the wall-clock time (unix seconds) at this start: cron
+    schedules are in wall time, everything else in the monotonic ``now``.
+    The core keeps the offset between the two from this event on."""
+
+    wall: float = 0.0
 
 
 @attrs.frozen
@@ -70,7 +76,32 @@ class CancelJob:
     reason: str = "stopped by user"
 
 
-Event = Started | MessageReceived | TimerFired | ExecutionFinished | SubmitJob | CancelJob
+@attrs.frozen
+class UpdateJob:
+    """Local API: a new version of a daemon, service or cron job's spec."""
+
+    job_id: str
+    spec: dict[str, Any]
+
+
+@attrs.frozen
+class SuspendJob:
+    """Local API: suspend (True) or resume (False) a cron job's schedule."""
+
+    job_id: str
+    suspended: bool = True
+
+
+Event = (
+    Started
+    | MessageReceived
+    | TimerFired
+    | ExecutionFinished
+    | SubmitJob
+    | CancelJob
+    | UpdateJob
+    | SuspendJob
+)
 
 # --- actions (core -> driver) --------------------------------------------------
 
@@ -150,6 +181,4 @@ class Notify:
     data: dict[str, Any]
 
 
-Action = (
-    Send | Publish | SetTimer | CancelTimer | StartExecution | StopExecution | Persist | Notify
-)
+Action = Send | Publish | SetTimer | CancelTimer | StartExecution | StopExecution | Persist | Notify

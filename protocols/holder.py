@@ -28,6 +28,7 @@ from protocols.directory import mismatch_reason
 from protocols.errors import RemoteProtocolError
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.messages import (
+    CENSUS_SLOT,
     AskForBid,
     Bid,
     BidDeclined,
@@ -78,7 +79,19 @@ class HeldExecution:
     renew_delay: float = 0.0  # current retry delay while a renewal is unacknowledged
     result: ExecutionResult | None = None
     stop_reason: str = ""
+    # Daemons restart in place: allowed restarts, base backoff, restarts done.
+    restarts: int = 0
+    restart_backoff: float = 0.0
+    restarted: int = 0
+    restart_pending: bool = False
+    timeout: float = 0.0
+    start: StartExecution | None = None  # volatile: how to start it again
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
+
+    @property
+    def run_id(self) -> str:
+        """The executor's id of the current run: a restart in place is a new run."""
+        return self.execution_id if not self.restarted else f"{self.execution_id}#{self.restarted}"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -149,8 +162,9 @@ class Holder:
                 )
             return
         key = (ask.job_id, ask.slot, ask.attempt)
+        census = ask.slot == CENSUS_SLOT  # "do you match?": a node running the job does
         running_same_slot = any(
-            h.job_id == ask.job_id and h.slot == ask.slot for h in self.held.values()
+            h.job_id == ask.job_id and (census or h.slot == ask.slot) for h in self.held.values()
         )
         if key not in self.reservations:
             if running_same_slot or not self._fits(ask.cpu, ask.memory):
@@ -237,19 +251,20 @@ class Holder:
             ttl=ttl,
             valid_until=self.out.now + ttl,
         )
+        held.restarts, held.restart_backoff = grant.restarts, grant.restart_backoff_ms / 1000
+        held.timeout = grant.timeout_ms / 1000
         self.held[held.execution_id] = held
         self.out.persist(HELD_TABLE, held.execution_id, held.record())
         env = {**(grant.task.get("env") or {}), **grant.env}
-        self.out.start(
-            StartExecution(
-                execution_id=held.execution_id,
-                job_id=held.job_id,
-                slot=held.slot,
-                task=grant.task,
-                env=env,
-                timeout=grant.timeout_ms / 1000,
-            )
+        held.start = StartExecution(
+            execution_id=held.execution_id,
+            job_id=held.job_id,
+            slot=held.slot,
+            task=grant.task,
+            env=env,
+            timeout=held.timeout,
         )
+        self.out.start(held.start)
         # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
         self.out.timer(
             ("xtimeout", held.execution_id), self.out.now + grant.timeout_ms / 1000 + 1.0
@@ -336,15 +351,20 @@ class Holder:
 
     def on_timeout_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
-        if held is not None and held.state is ExecState.RUNNING:
+        if held is not None and held.state is ExecState.RUNNING and not held.restart_pending:
             held.timed_out = True
-            self.out.stop(exec_id, "execution timeout")
+            self.out.stop(held.run_id, "execution timeout")
 
     def _stop(self, held: HeldExecution, event: ExecEvent, reason: str) -> None:
         if held.state is ExecState.RUNNING:
             held.state = check_exec_transition(held.state, event, ExecState.STOPPING)
             held.stop_reason = reason
-            self.out.stop(held.execution_id, reason)
+            if held.restart_pending:  # between two runs: nothing to stop
+                held.restart_pending = False
+                self.out.cancel_timer(("restart", held.execution_id))
+                self.on_finished(ExecutionFinished(held.run_id, "cancelled", -1, reason))
+                return
+            self.out.stop(held.run_id, reason)
         elif held.state is ExecState.REPORTING:
             held.state = check_exec_transition(held.state, event, ExecState.DONE)
             self._forget(held)
@@ -353,9 +373,19 @@ class Holder:
     # --- results ----------------------------------------------------------------------
 
     def on_finished(self, event: ExecutionFinished) -> None:
-        held = self.held.get(event.execution_id)
+        held = self.held.get(event.execution_id.partition("#")[0])
         if held is None or held.state not in (ExecState.RUNNING, ExecState.STOPPING):
             return  # e.g. an execution from before a restart, already reported
+        if event.execution_id != held.run_id or held.restart_pending:
+            return  # an earlier run of a restarted daemon
+        if (
+            held.state is ExecState.RUNNING
+            and held.restarted < held.restarts
+            and not held.timed_out
+            and event.status != "cancelled"
+        ):
+            self._restart_later(held, event)
+            return
         if held.state is ExecState.STOPPING:
             held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.DONE)
             if held.stop_reason.startswith("cancelled"):
@@ -384,6 +414,35 @@ class Holder:
             ("result", held.execution_id), held.owner, held.result, give_up_after=held.ttl * 10
         )
 
+    def _restart_later(self, held: HeldExecution, event: ExecutionFinished) -> None:
+        """A daemon run ended: start it again in place after a backoff, keeping
+        the lease (renewals go on), before reporting anything to the owner."""
+        held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.RUNNING)
+        held.restarted += 1
+        held.restart_pending = True
+        delay = held.restart_backoff * 2 ** (held.restarted - 1)
+        self.out.cancel_timer(("xtimeout", held.execution_id))
+        self.out.timer(("restart", held.execution_id), self.out.now + delay)
+        self.out.notify(
+            "execution_restarted",
+            execution_id=held.execution_id,
+            job_id=held.job_id,
+            slot=held.slot,
+            epoch=held.epoch,
+            restarts=held.restarted,
+            status=event.status,
+            exit_code=event.exit_code,
+        )
+
+    def on_restart_timer(self, exec_id: str) -> None:
+        held = self.held.get(exec_id)
+        if held is None or not held.restart_pending or held.state is not ExecState.RUNNING:
+            return
+        assert held.start is not None
+        held.restart_pending = False
+        self.out.start(attrs.evolve(held.start, execution_id=held.run_id))
+        self.out.timer(("xtimeout", exec_id), self.out.now + held.timeout + 1.0)
+
     def on_result_ack(self, sender: str, ack: ResultAck) -> None:
         held = self._owned_by(sender, ack.execution_id)
         if held is None or held.state is not ExecState.REPORTING:
@@ -395,7 +454,7 @@ class Holder:
         exec_id = held.execution_id
         self.held.pop(exec_id, None)
         self.out.settle(("result", exec_id))
-        for kind in ("renew", "lapse", "xtimeout"):
+        for kind in ("renew", "lapse", "xtimeout", "restart"):
             self.out.cancel_timer((kind, exec_id))
         self.out.persist(HELD_TABLE, exec_id, None)
         self.tombstones[exec_id] = None

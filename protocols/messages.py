@@ -26,6 +26,7 @@ MAX_LABELS = 64
 MAX_LIST_LEN = 256
 MAX_SLOT = 100_000
 MAX_EPOCH = 2**53
+CENSUS_SLOT = MAX_SLOT  # asks for this slot count matching nodes (ops, daemon); never granted
 MAX_DURATION_MS = 30 * 24 * 3600 * 1000  # 30 days
 
 
@@ -196,6 +197,9 @@ class LeaseGrant(Message):
     timeout_ms: int = _ms()
     task: dict[str, Any] = attrs.field(factory=dict)
     env: dict[str, str] = attrs.field(factory=dict, metadata=bounded(max_len=MAX_LABELS))
+    # Daemons: restart in place this many times (backing off) before reporting.
+    restarts: int = attrs.field(default=0, metadata=bounded(lo=0, hi=100))
+    restart_backoff_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
 
 
 @attrs.frozen(kw_only=True)

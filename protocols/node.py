@@ -18,6 +18,7 @@ from typing import Any
 
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
+from protocols.cron import CRON_TABLE
 from protocols.directory import Directory
 from protocols.errors import RemoteProtocolError
 from protocols.events import (
@@ -28,7 +29,9 @@ from protocols.events import (
     MessageReceived,
     Started,
     SubmitJob,
+    SuspendJob,
     TimerFired,
+    UpdateJob,
 )
 from protocols.holder import HELD_TABLE, Holder
 from protocols.messages import (
@@ -117,7 +120,12 @@ class NodeCore:
             self.owner.submit(event.job_id, event.spec)
         elif isinstance(event, CancelJob):
             self.owner.cancel(event.job_id, event.reason)
+        elif isinstance(event, UpdateJob):
+            self.owner.update(event.job_id, event.spec)
+        elif isinstance(event, SuspendJob):
+            self.owner.suspend(event.job_id, event.suspended)
         elif isinstance(event, Started):
+            self.out.wall_offset = event.wall - now
             self._on_started()
         return self.out.drain()
 
@@ -127,6 +135,7 @@ class NodeCore:
         # Durable before any message carrying the new incarnation leaves.
         self.out.persist(META_TABLE, "node", {"incarnation": self.incarnation})
         self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
+        self.owner.cron.restore(self._records.get(CRON_TABLE, {}))
         self.holder.restore(self._records.get(HELD_TABLE, {}))
         remembered = self._restore_view(self._records.get(VIEW_TABLE, {}).get("peers", {}))
         self._records = {}
@@ -218,7 +227,11 @@ class NodeCore:
     def _on_hello(self, sender: str, msg: Hello) -> None:
         if msg.info.node_id != sender:
             raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
+        known = self.directory.peers.get(sender)
+        changed = known is None or known.info != msg.info  # a joiner, or new labels
         self._learn(msg.info, direct=True)
+        if changed:
+            self.owner.on_peer_joined(sender)
         if msg.want_peers:
             sample = self.directory.sample(self.config.peer_sample, exclude=sender)
             self.out.send(sender, Peers(peers=sample))
@@ -267,7 +280,7 @@ class NodeCore:
         kind = key[0]
         if kind == RETX_TIMER:
             self.out.on_retransmit_timer(key[1])
-        elif kind in ("auction", "retry", "lease", "deadline"):
+        elif kind in ("auction", "retry", "lease", "deadline", "census", "cron"):
             self.owner.on_timer(kind, key[1], key[2])
         elif kind == "bid":
             self.holder.on_bid_timer((key[1], key[2], key[3]))
@@ -277,6 +290,8 @@ class NodeCore:
             self.holder.on_lapse_timer(key[1])
         elif kind == "xtimeout":
             self.holder.on_timeout_timer(key[1])
+        elif kind == "restart":
+            self.holder.on_restart_timer(key[1])
         elif kind == "gossip":
             self._on_gossip()
 
@@ -287,6 +302,10 @@ class NodeCore:
 
     def describe(self, job_id: str) -> dict[str, Any]:
         return self.owner.describe(job_id)
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        """A cron job's runs, oldest first (skipped scheduled times included)."""
+        return self.owner.cron.runs(job_id)
 
     def known_peers(self) -> list[NodeInfo]:
         return [e.info for e in self.directory.peers.values()]

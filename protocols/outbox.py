@@ -52,6 +52,7 @@ class Outbox:
         self.incarnation = incarnation
         self.timings = timings
         self.now = 0.0
+        self.wall_offset = 0.0  # wall clock = now + wall_offset (set at Started)
         self.actions: list[Action] = []
         self.sent_by_type: dict[str, int] = {}
         self._counter = 0

@@ -49,6 +49,7 @@ class SlotEvent(enum.Enum):
     EXPIRED = "expired"  # local: no renewal within ttl + grace
     TIMED_OUT = "timed_out"  # local: timeout + grace passed without a result
     CANCEL = "cancel"  # local: job stopped, or a sibling slot failed the job
+    ROLL = "roll"  # local: a rolling update replaces the running execution
 
 
 _S, _E = SlotState, SlotEvent
@@ -56,11 +57,12 @@ _LEASED_EXITS = {
     _E.ACCEPTED: {_S.RUNNING},
     _E.RENEWED: {_S.RUNNING},
     _E.RELEASED: {_S.QUEUED, _S.FAILED},
-    _E.SUCCEEDED: {_S.COMPLETED},
+    _E.SUCCEEDED: {_S.COMPLETED, _S.QUEUED},  # QUEUED: a daemon/service restarts
     _E.FAILED: {_S.QUEUED, _S.FAILED},
     _E.EXPIRED: {_S.QUEUED, _S.FAILED},
     _E.TIMED_OUT: {_S.QUEUED, _S.FAILED},
     _E.CANCEL: {_S.CANCELLED},
+    _E.ROLL: {_S.QUEUED},
 }
 
 SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, frozenset[SlotState]]] = {
@@ -133,7 +135,8 @@ EXEC_TRANSITIONS: dict[ExecState, dict[ExecEvent, frozenset[ExecState]]] = {
     _X.RUNNING: {
         _V.GRANT: frozenset({_X.RUNNING}),  # duplicate grant: re-confirm
         _V.RENEW_OK: frozenset({_X.RUNNING}),
-        _V.FINISHED: frozenset({_X.REPORTING}),
+        # RUNNING: a daemon restarts in place (the lease goes on meanwhile).
+        _V.FINISHED: frozenset({_X.REPORTING, _X.RUNNING}),
         _V.STOP: frozenset({_X.STOPPING}),
         _V.LAPSED: frozenset({_X.STOPPING}),
     },

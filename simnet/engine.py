@@ -49,6 +49,7 @@ from simnet.store import Records, SimStore
 
 _DELIVER, _TIMER, _EXEC, _EVENT, _CALL = 0, 1, 2, 3, 4
 ANY_INCARNATION = -1
+SIM_WALL_EPOCH = 1_800_000_000.0  # wall-clock time at virtual t=0 (cron is in wall time)
 
 
 class Core(Protocol):
@@ -164,7 +165,7 @@ class Engine:
         node.up = True
         self._trace.update(f"{self.now!r}|{idx}|start|".encode())
         self.observer.on_start(node.id, self.now)
-        self._handle(node, Started())
+        self._handle(node, Started(wall=SIM_WALL_EPOCH + self.now))
 
     def crash_node(self, idx: int) -> None:
         """The node's core, timers and executions vanish; its store stays."""

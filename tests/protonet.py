@@ -35,6 +35,7 @@ from protocols.messages import Message
 from protocols.node import NodeCore
 
 LATENCY = 0.01
+WALL_EPOCH = 1_800_000_000.0  # wall-clock time at t=0 (cron schedules are in wall time)
 
 
 def sim_task(duration_ms: int = 1000, **over: Any) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class ProtoNet:
         timings: Timings | None = None,
         seed: int = 1,
         owners_only: frozenset[str] = frozenset(),
+        absent: frozenset[str] = frozenset(),
     ) -> None:
         self.owners_only = owners_only  # nodes that own jobs but never bid
         self.now = 0.0
@@ -106,7 +108,10 @@ class ProtoNet:
         self.drop: Callable[[Frame], bool] = lambda f: False
         self._seq = 0
         for node_id in ids:
-            self.start(node_id)
+            if node_id in absent:  # joins later: start(node_id)
+                self.cores[node_id] = None
+            else:
+                self.start(node_id)
 
     def config(self, node_id: str) -> NodeConfig:
         return NodeConfig(
@@ -123,7 +128,7 @@ class ProtoNet:
     def start(self, node_id: str) -> None:
         core = NodeCore(self.config(node_id), self.seed, copy.deepcopy(self.stores[node_id]))
         self.cores[node_id] = core
-        self.feed(node_id, Started())
+        self.feed(node_id, Started(wall=WALL_EPOCH + self.now))
 
     def crash(self, node_id: str) -> None:
         self.cores[node_id] = None

@@ -200,6 +200,14 @@ class History(_View):
 
 
 @attrs.frozen(kw_only=True)
+class Rollout(_View):
+    """How a spec update replaces the running executions of a daemon or service:
+    node by node, with at most ``max_unavailable`` of them down at a time."""
+
+    max_unavailable: int = 1
+
+
+@attrs.frozen(kw_only=True)
 class Schedule(_View):
     """When a cron job fires: exactly one of ``cron`` / ``every_ms`` is set.
 
@@ -286,6 +294,7 @@ class JobSpec(_View):
     count: int | None = attrs.field(default=None, metadata=_OMIT_NONE)  # batch/service/cron
     task: TaskSpec | None = attrs.field(default=None, metadata=_OMIT_NONE)  # not dag/chain
     schedule: Schedule | None = attrs.field(default=None, metadata=_OMIT_NONE)  # cron
+    rollout: Rollout | None = attrs.field(default=None, metadata=_OMIT_NONE)  # daemon/service
     tasks: Mapping[str, DagTask] | None = attrs.field(
         default=None,
         converter=attrs.converters.optional(_frozen_map),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, NoReturn
 
+import attrs
 import yaml
 
 from protocols.messages import MAX_DURATION_MS, MAX_ID_LEN, MAX_LABELS
@@ -18,8 +19,8 @@ from protocols.spec.kinds import (
     check_stages,
     check_stream,
 )
-from protocols.spec.model import JOB_TYPES, Constraints, JobSpec, TaskSpec
-from protocols.spec.task import check_task
+from protocols.spec.model import JOB_TYPES, Constraints, JobSpec, Rollout, TaskSpec
+from protocols.spec.task import MAX_TIMEOUT_MS, check_task
 from protocols.units import format_duration_ms
 
 __all__ = [
@@ -40,14 +41,15 @@ MAX_FLOW_DEPTH = 64
 _BRACKETS = re.compile(r"[\[\]{}]")
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
+LONG_RUNNING = ("daemon", "service")
 COMMON_KEYS = ("name", "type", "constraints", "queue_timeout")
 STREAM_KEYS = ("partitions", "run_for", "checkpoint_every", "mode", "source", "batch")
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "batch": ("count", "task"),
-    "service": ("count", "task"),
+    "service": ("count", "task", "rollout"),
     "cron": ("count", "task", "schedule"),
     "ops": ("task",),
-    "daemon": ("task",),
+    "daemon": ("task", "rollout"),
     "dag": ("tasks", "cache"),
     "chain": ("stages",),
     "stream": ("task", *STREAM_KEYS),
@@ -206,11 +208,16 @@ def _check_job(ctx: Ctx, doc: Any) -> JobSpec:
         count=fields.integer("count", 1, lo=1, hi=MAX_COUNT) if wanted("count") else None,
         task=_task(ctx, fields) if wanted("task") else None,
         schedule=_required(fields, "schedule", check_schedule) if wanted("schedule") else None,
+        rollout=_rollout(ctx, fields) if wanted("rollout") else None,
         tasks=_required(fields, "tasks", check_dag_tasks) if wanted("tasks") else None,
         cache=fields.boolean("cache", False) if wanted("cache") else None,
         stages=tuple(_required(fields, "stages", check_stages) or ()) if wanted("stages") else None,
         stream=check_stream(ctx, fields) if kind == "stream" else None,
     )
+    if spec.type in LONG_RUNNING and spec.task is not None and not _task_has_timeout(fields):
+        # A daemon or service runs until stopped: without an explicit timeout an
+        # execution is only recycled after the longest allowed one.
+        spec = attrs.evolve(spec, task=attrs.evolve(spec.task, timeout_ms=MAX_TIMEOUT_MS))
     if spec.stream is not None and spec.task is not None:
         run_for = spec.stream.run_for_ms
         if spec.task.timeout_ms < run_for:
@@ -221,6 +228,15 @@ def _check_job(ctx: Ctx, doc: Any) -> JobSpec:
                 f"run can finish{default}",
             )
     return spec
+
+
+def _rollout(ctx: Ctx, fields: Fields) -> Rollout:
+    if not fields.has("rollout"):
+        return Rollout()
+    sub = ctx.mapping(fields.get("rollout"), fields.at("rollout"), ("max_unavailable",))
+    if sub is None:
+        return Rollout()
+    return Rollout(max_unavailable=sub.integer("max_unavailable", 1, lo=1, hi=MAX_COUNT))
 
 
 def _not_here(kind: str) -> dict[str, str]:

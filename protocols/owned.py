@@ -1,0 +1,181 @@
+"""What an owner keeps about the jobs it owns: jobs, slots and executions.
+
+Records only (the rules live in ``owner.py``).  Each class has a ``record()``
+that is what the store holds; volatile fields (auction state, deadlines) are
+rebuilt after a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from protocols.messages import Bid
+from protocols.states import SLOT_TERMINAL, SlotState
+from protocols.unit import WorkUnit
+
+# Kinds of job an owner runs.  "run" is one run of a cron job (a batch-like
+# job whose id is derived from the cron job and the scheduled time).
+OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "run")
+LONG_RUNNING = frozenset({"daemon", "service"})  # exits are restarted; never complete
+PINNED = frozenset({"ops", "daemon"})  # one slot per matching node, found by a census
+UPDATABLE = frozenset({"daemon", "service", "cron"})
+
+
+def execution_id(job_id: str, slot: int, epoch: int) -> str:
+    return f"{job_id}/{slot}/{epoch}"
+
+
+def parse_execution_id(exec_id: str) -> tuple[str, int, int]:
+    job_id, slot, epoch = exec_id.rsplit("/", 2)
+    return job_id, int(slot), int(epoch)
+
+
+@attrs.define
+class Execution:
+    """The owner's record of one lease it granted."""
+
+    execution_id: str
+    epoch: int
+    node: str
+    # granted|running|succeeded|failed|timeout|expired|released|cancelled|replaced
+    state: str = "granted"
+    exit_code: int | None = None
+    error: str = ""
+    manifest_id: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    reported: bool = False  # the holder's result was recorded
+    late: bool = False  # a result arrived after the lease was superseded
+    version: int = 1  # the job spec version this execution runs
+
+    def record(self) -> dict[str, Any]:
+        # Spelled out: attrs.asdict is ~10x slower, and records are built on every persist.
+        return {
+            "execution_id": self.execution_id,
+            "epoch": self.epoch,
+            "node": self.node,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "manifest_id": self.manifest_id,
+            "stdout_tail": self.stdout_tail,
+            "stderr_tail": self.stderr_tail,
+            "reported": self.reported,
+            "late": self.late,
+            "version": self.version,
+        }
+
+
+@attrs.define
+class OwnedSlot:
+    job_id: str
+    index: int
+    state: SlotState = SlotState.QUEUED
+    epoch: int = 0
+    failures: int = 0  # batch: failed attempts; daemon/service: restarts in a row
+    lost: int = 0
+    reason: str = ""
+    pinned: str = ""  # ops/daemon: the one node this slot runs on
+    executions: list[Execution] = attrs.field(factory=list)
+    # Volatile auction state (rebuilt after a restart).
+    attempt: int = 0
+    widen: int = 0  # silent rounds: each doubles the candidate count
+    broadcast_next: bool = False
+    no_match_rounds: int = 0
+    busy_rounds: int = 0  # rounds where matching nodes were busy: the backoff grows
+    busy_hint: bool = False  # a late "busy" decline arrived after its round closed
+    mismatch: str = ""  # a pinned node declined: it no longer matches (why)
+    view_matches: int = 0  # matching peers in our view when the round opened
+    asked_all: bool = False  # the round asked every matching peer of our view
+    waiting_since: float = 0.0
+    asked: set[str] | None = None  # None: broadcast round
+    answered: set[str] = attrs.field(factory=set)
+    busy_seen: bool = False
+    bids: dict[str, Bid] = attrs.field(factory=dict)
+    lease_expires: float = 0.0
+    granted_at: float = 0.0
+    rolling: bool = False  # stopped by a rolling update, not yet running the new version
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}/{self.index}"
+
+    @property
+    def current(self) -> Execution | None:
+        return self.executions[-1] if self.executions else None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in SLOT_TERMINAL
+
+    @property
+    def leased(self) -> bool:
+        return self.state in (SlotState.GRANTED, SlotState.RUNNING)
+
+    def find(self, exec_id: str) -> Execution | None:
+        for execution in reversed(self.executions):
+            if execution.execution_id == exec_id:
+                return execution
+        return None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "epoch": self.epoch,
+            "failures": self.failures,
+            "lost": self.lost,
+            "reason": self.reason,
+            "pinned": self.pinned,
+            "executions": [e.record() for e in self.executions],
+        }
+
+    @classmethod
+    def from_record(cls, job_id: str, index: int, rec: dict[str, Any]) -> OwnedSlot:
+        return cls(
+            job_id=job_id,
+            index=index,
+            state=SlotState(rec["state"]),
+            epoch=rec["epoch"],
+            failures=rec["failures"],
+            lost=rec["lost"],
+            reason=rec["reason"],
+            pinned=rec.get("pinned", ""),
+            executions=[Execution(**e) for e in rec["executions"]],
+        )
+
+
+@attrs.define
+class OwnedJob:
+    job_id: str
+    spec: dict[str, Any]
+    unit: WorkUnit
+    slots: list[OwnedSlot]
+    state: str = "queued"  # queued|running|scheduled|suspended|completed|failed|stopped
+    reason: str = ""
+    kind: str = "batch"
+    version: int = 1  # bumped by each update of the spec
+    parent: str = ""  # a cron run: its cron job
+    scheduled_ms: int = 0  # a cron run: its scheduled time (unix ms)
+    # Volatile: the open census round of an ops/daemon job.
+    census_round: int = 0
+    census_open: bool = False
+    census_found: set[str] = attrs.field(factory=set)
+    census_empty: int = 0  # census rounds in a row that found no matching node
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("completed", "failed", "stopped")
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "state": self.state,
+            "reason": self.reason,
+            "kind": self.kind,
+            "version": self.version,
+            "parent": self.parent,
+            "scheduled_ms": self.scheduled_ms,
+            "slots": len(self.slots),
+        }

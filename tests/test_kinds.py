@@ -1,0 +1,271 @@
+"""Job kinds on the hand-cranked network: ops, daemon, service and cron.
+
+Exact scenarios (which node runs what, when an execution ends); the same
+properties under random faults at scale are in test_simnet_kinds.py, over
+real libp2p in test_real_kinds.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocols.config import Timings
+from protocols.events import SuspendJob, SubmitJob, UpdateJob
+from protocols.messages import LeaseGrant
+from tests.protonet import WALL_EPOCH, ProtoNet, sim_task
+
+FAST = Timings(lease_ttl=3.0, lease_grace=1.0, bid_window=0.2, daemon_scan=2.0)
+
+
+def spec(kind: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    task = extra.pop("task", None) or sim_task()
+    doc: dict[str, Any] = {
+        "name": "k",
+        "type": kind,
+        "constraints": {"labels": labels or {}},
+        "task": task,
+        "queue_timeout": None,
+    }
+    doc.update(extra)
+    return doc
+
+
+def running_on(net: ProtoNet, job_id: str) -> dict[str, list[str]]:
+    """node -> execution ids of ``job_id`` running there (per the executors)."""
+    out: dict[str, list[str]] = {}
+    for node, execs in net.running.items():
+        for exec_id, start in execs.items():
+            if start.job_id == job_id:
+                out.setdefault(node, []).append(exec_id)
+    return out
+
+
+# --- ops ---------------------------------------------------------------------------
+
+
+def test_ops_runs_once_on_every_matching_node_and_completes() -> None:
+    labels = {"a": {}, "b": {"zone": "x"}, "c": {"zone": "x"}, "d": {"zone": "y"}}
+    net = ProtoNet(["a", "b", "c", "d"], labels=labels, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("ops1", spec("ops", {"zone": "x"})))
+    net.run_until(lambda: len(running_on(net, "ops1")) == 2, limit=10)
+    assert sorted(running_on(net, "ops1")) == ["b", "c"]
+    for node, execs in running_on(net, "ops1").items():
+        net.finish(node, execs[0])
+    net.run_until(lambda: net.job_state("a", "ops1") == "completed", limit=20)
+    described = net.core("a").describe("ops1")
+    assert sorted(s["node"] for s in described["slots"]) == ["b", "c"]
+
+
+def test_ops_fails_naming_the_node_that_failed() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    task = sim_task(retry={"attempts": 1, "backoff": 1000})
+    net.feed("a", SubmitJob("ops2", spec("ops", task=task)))
+    net.run_until(lambda: len(running_on(net, "ops2")) == 2, limit=10)
+    net.finish("b", running_on(net, "ops2")["b"][0], status="failed", exit_code=3)
+    net.run_for(1.0)
+    assert net.job_state("a", "ops2") == "running"  # c still runs
+    net.finish("c", running_on(net, "ops2")["c"][0])
+    net.run_until(lambda: net.job_state("a", "ops2") == "failed", limit=20)
+    reason = net.core("a").owner.jobs["ops2"].reason
+    assert "1 of 2 nodes" in reason and "b:" in reason and "c:" not in reason
+
+
+def test_ops_without_matching_node_fails_fast() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("ops3", spec("ops", {"gpu": "yes"})))
+    net.run_until(lambda: net.job_state("a", "ops3") == "failed", limit=30)
+    assert "no node matches" in net.core("a").owner.jobs["ops3"].reason
+
+
+# --- daemon ------------------------------------------------------------------------
+
+
+def test_daemon_reaches_every_matching_node_including_a_joiner() -> None:
+    net = ProtoNet(
+        ["a", "b", "c", "j"], timings=FAST, owners_only=frozenset("a"), absent=frozenset("j")
+    )
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("d1", spec("daemon")))
+    net.run_until(lambda: sorted(running_on(net, "d1")) == ["b", "c"], limit=10)
+    net.start("j")
+    joined = net.now
+    net.run_until(lambda: "j" in running_on(net, "d1"), limit=joined + 3 * FAST.daemon_scan)
+    net.run_for(3 * FAST.lease_ttl)  # steady state: one each, leases renewed
+    assert {n: len(e) for n, e in running_on(net, "d1").items()} == {"b": 1, "c": 1, "j": 1}
+    assert net.core("a").describe("d1")["live"] == 3
+
+
+def test_failed_daemon_restarts_in_place_then_is_regranted() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    task = sim_task(retry={"attempts": 3, "backoff": 500})
+    net.feed("a", SubmitJob("d2", spec("daemon", task=task)))
+    net.run_until(lambda: "b" in running_on(net, "d2"), limit=10)
+    first = running_on(net, "d2")["b"][0]
+    net.finish("b", first, status="failed", exit_code=1)
+    net.run_until(lambda: "b" in running_on(net, "d2"), limit=net.now + 5)
+    again = running_on(net, "d2")["b"][0]
+    assert again == f"{first}#1"  # same lease, restarted in place
+    assert net.notes_of("execution_restarted")[-1]["restarts"] == 1
+    net.finish("b", again, status="failed", exit_code=1)
+    net.run_until(lambda: "b" in running_on(net, "d2"), limit=net.now + 5)
+    net.finish("b", f"{first}#2", status="failed", exit_code=1)
+    # Restarts exhausted: the holder reports, the owner re-grants a new epoch to b.
+    net.run_until(
+        lambda: any(not e.startswith(first) for e in running_on(net, "d2").get("b", [])),
+        limit=net.now + 10,
+    )
+    slot = net.core("a").owner.jobs["d2"].slots[0]
+    assert slot.epoch == 2 and slot.pinned == "b"
+
+
+def test_restarted_node_gets_its_daemon_back() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("d3", spec("daemon")))
+    net.run_until(lambda: "b" in running_on(net, "d3"), limit=10)
+    net.crash("b")
+    net.run_for(2.0)
+    net.start("b")
+    net.run_until(lambda: "b" in running_on(net, "d3"), limit=net.now + 40)
+    assert net.core("a").owner.jobs["d3"].slots[0].epoch == 2
+
+
+def test_daemon_update_rolls_out_one_node_at_a_time() -> None:
+    ids = ["a", "b", "c", "d"]
+    net = ProtoNet(ids, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("d4", spec("daemon")))
+    net.run_until(lambda: len(running_on(net, "d4")) == 3, limit=10)
+    net.run_for(1.0)
+    new = spec("daemon", task=sim_task(env={"V": "2"}))
+    net.feed("a", UpdateJob("d4", new))
+    job = net.core("a").owner.jobs["d4"]
+    worst = 0
+    for _ in range(20_000):
+        if all(s.current and s.current.version == 2 and s.state.value == "running" for s in job.slots):
+            break
+        down = sum(1 for s in job.slots if s.state.value != "running")
+        worst = max(worst, down)
+        if not net.step():
+            break
+    assert all(s.current.version == 2 for s in job.slots if s.current)
+    assert worst == 1
+    grants = [f for _, acts in net.actions for f in acts]  # noqa: F841 (kept for debugging)
+
+
+# --- service -----------------------------------------------------------------------
+
+
+def test_service_replaces_a_lost_holder_and_an_exit() -> None:
+    net = ProtoNet(["a", "b", "c", "d"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s1", spec("service", count=2)))
+    net.run_until(lambda: sum(map(len, running_on(net, "s1").values())) == 2, limit=10)
+    victim = sorted(running_on(net, "s1"))[0]
+    net.crash(victim)
+    net.run_until(
+        lambda: sum(len(v) for n, v in running_on(net, "s1").items() if n != victim) == 2,
+        limit=net.now + 3 * FAST.lease_ttl,
+    )
+    node, execs = next(iter(running_on(net, "s1").items()))
+    net.finish(node, execs[0], status="succeeded")  # an exit is a failure for a service
+    net.run_until(lambda: net.core("a").describe("s1")["live"] == 1, limit=net.now + 1)
+    net.run_until(lambda: net.core("a").describe("s1")["live"] == 2, limit=net.now + 10)
+    assert sum(map(len, running_on(net, "s1").values())) == 2
+    assert net.job_state("a", "s1") == "running"
+
+
+# --- cron --------------------------------------------------------------------------
+
+
+def cron_spec(overlap: str = "skip", every: int = 2000, **sched: Any) -> dict[str, Any]:
+    schedule = {
+        "cron": None,
+        "every": every,
+        "time_zone": "UTC",
+        "overlap": overlap,
+        "catch_up": 60_000,
+        "history": {"succeeded": 10, "failed": 5},
+        "suspended": False,
+    }
+    schedule.update(sched)
+    return spec("cron", count=1, schedule=schedule)
+
+
+def finish_runs_after(net: ProtoNet, job: str, seconds: float, until: float) -> None:
+    """Drive the net; every run of ``job`` ends ``seconds`` after it started."""
+    started: dict[str, float] = {}
+    while net.now < until:
+        for node, execs in net.running.items():
+            for exec_id, start in list(execs.items()):
+                if start.job_id.startswith(job + "@"):
+                    started.setdefault(exec_id, net.now)
+                    if net.now - started[exec_id] >= seconds:
+                        net.finish(node, exec_id)
+        if not net.step():
+            break
+
+
+def test_cron_skip_runs_one_at_a_time_and_records_skips() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c1", cron_spec("skip")))
+    finish_runs_after(net, "c1", 3.0, until=net.now + 20)
+    runs = net.core("a").runs("c1")
+    started = [r for r in runs if r["run_id"]]
+    skipped = [r for r in runs if r["outcome"] == "skipped"]
+    assert len(started) >= 4 and len(skipped) >= 3
+    assert all(r["run_id"] == f"c1@{r['scheduled_ms']}" for r in started)
+    assert len({r["scheduled_ms"] for r in runs}) == len(runs)  # one entry per time
+    assert all(r["scheduled_ms"] % 2000 == 0 for r in runs)
+
+
+def test_cron_owner_restart_never_runs_a_time_twice_and_catches_up() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c2", cron_spec("allow")))
+    finish_runs_after(net, "c2", 0.5, until=net.now + 7)
+    before = {r["scheduled_ms"] for r in net.core("a").runs("c2") if r["run_id"]}
+    net.crash("a")
+    net.run_for(5.0)  # ~2 scheduled times pass while the owner is down
+    net.start("a")
+    finish_runs_after(net, "c2", 0.5, until=net.now + 3)
+    runs = net.core("a").runs("c2")
+    times = [r["scheduled_ms"] for r in runs if r["run_id"]]
+    assert len(times) == len(set(times))
+    assert before <= set(times)
+    wall_down = WALL_EPOCH * 1000
+    # The times missed while down are inside catch_up: each was run once.
+    expected = list(range(min(times), max(times) + 1, 2000))
+    assert times == expected, (times, wall_down)
+
+
+def test_cron_suspend_and_resume() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c3", cron_spec("allow")))
+    net.feed("a", SuspendJob("c3", True))
+    finish_runs_after(net, "c3", 0.5, until=net.now + 5)
+    assert net.job_state("a", "c3") == "suspended"
+    runs = net.core("a").runs("c3")
+    assert runs and all(r["outcome"] == "skipped" for r in runs)
+    net.feed("a", SuspendJob("c3", False))
+    finish_runs_after(net, "c3", 0.5, until=net.now + 5)
+    assert any(r["outcome"] == "completed" for r in net.core("a").runs("c3"))
+
+
+def test_cron_update_applies_to_later_runs() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c4", cron_spec("allow")))
+    finish_runs_after(net, "c4", 0.5, until=net.now + 4)
+    net.feed("a", UpdateJob("c4", cron_spec("allow")))
+    finish_runs_after(net, "c4", 0.5, until=net.now + 4)
+    versions = [r["version"] for r in net.core("a").runs("c4") if r["run_id"]]
+    assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions)
+    grants = [f for f in net.inflight if isinstance(f.message, LeaseGrant)]
+    assert grants is not None
