@@ -173,9 +173,13 @@ def test_service_replaces_a_lost_holder_and_an_exit() -> None:
     )
     node, execs = next(iter(running_on(net, "s1").items()))
     net.finish(node, execs[0], status="succeeded")  # an exit is a failure for a service
-    net.run_until(lambda: net.core("a").describe("s1")["live"] == 1, limit=net.now + 1)
-    net.run_until(lambda: net.core("a").describe("s1")["live"] == 2, limit=net.now + 10)
-    assert sum(map(len, running_on(net, "s1").values())) == 2
+    net.run_until(
+        lambda: net.core("a").describe("s1")["live"] == 2
+        and sum(map(len, running_on(net, "s1").values())) == 2,
+        limit=net.now + 10,
+    )
+    epochs = [s.epoch for s in net.core("a").owner.jobs["s1"].slots]
+    assert sorted(epochs) == [2, 2]  # both slots were re-granted once
     assert net.job_state("a", "s1") == "running"
 
 
