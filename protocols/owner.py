@@ -165,7 +165,15 @@ class Owner:
             raise LocalProtocolError(
                 f"job {job_id} is a {job.kind} job; an update cannot make it {spec.get('type')!r}"
             )
+        old = job.unit
         job.spec, job.unit, job.version = spec, WorkUnit.from_spec(spec), job.version + 1
+        if (old.task, old.labels) == (job.unit.task, job.unit.labels):
+            # Same work (e.g. only the count changed): running executions
+            # already run this version; nothing to roll.
+            for slot in job.slots:
+                if slot.current is not None and not slot.terminal:
+                    slot.current.version = job.version
+                    self.out.persist(SLOTS_TABLE, slot.key, slot.record())
         self.out.persist(JOBS_TABLE, job_id, job.record())
         self.out.notify("job_updated", job_id=job_id, version=job.version)
         if job.kind == "service":
@@ -587,6 +595,11 @@ class Owner:
             timeout_ms=int(unit.timeout * 1000),
             task=unit.task,
         )
+        if job.parent:  # a cron run: its task learns which scheduled time it serves
+            grant = attrs.evolve(
+                grant,
+                env={"P2PNODE_CRON_JOB": job.parent, "P2PNODE_SCHEDULED_MS": str(job.scheduled_ms)},
+            )
         if job.kind == "daemon":
             # A failed daemon restarts in place first (retry.attempts - 1 times,
             # backing off from retry.backoff); only then does the owner re-grant.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocols.config import Timings
-from protocols.events import SuspendJob, SubmitJob, UpdateJob
+from protocols.events import CancelJob, SubmitJob, SuspendJob, UpdateJob
 from protocols.messages import LeaseGrant
 from tests.protonet import WALL_EPOCH, ProtoNet, sim_task
 
@@ -146,7 +146,9 @@ def test_daemon_update_rolls_out_one_node_at_a_time() -> None:
     job = net.core("a").owner.jobs["d4"]
     worst = 0
     for _ in range(20_000):
-        if all(s.current and s.current.version == 2 and s.state.value == "running" for s in job.slots):
+        if all(
+            s.current and s.current.version == 2 and s.state.value == "running" for s in job.slots
+        ):
             break
         down = sum(1 for s in job.slots if s.state.value != "running")
         worst = max(worst, down)
@@ -174,8 +176,10 @@ def test_service_replaces_a_lost_holder_and_an_exit() -> None:
     node, execs = next(iter(running_on(net, "s1").items()))
     net.finish(node, execs[0], status="succeeded")  # an exit is a failure for a service
     net.run_until(
-        lambda: net.core("a").describe("s1")["live"] == 2
-        and sum(map(len, running_on(net, "s1").values())) == 2,
+        lambda: (
+            net.core("a").describe("s1")["live"] == 2
+            and sum(map(len, running_on(net, "s1").values())) == 2
+        ),
         limit=net.now + 10,
     )
     epochs = [s.epoch for s in net.core("a").owner.jobs["s1"].slots]
@@ -273,3 +277,87 @@ def test_cron_update_applies_to_later_runs() -> None:
     assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions)
     grants = [f for f in net.inflight if isinstance(f.message, LeaseGrant)]
     assert grants is not None
+
+
+def test_stopping_a_daemon_between_two_local_restarts_ends_cleanly() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    task = sim_task(retry={"attempts": 3, "backoff": 5000})  # long backoff: stop inside it
+    net.feed("a", SubmitJob("d5", spec("daemon", task=task)))
+    net.run_until(lambda: "b" in running_on(net, "d5"), limit=10)
+    first = running_on(net, "d5")["b"][0]
+    net.finish("b", first, status="failed", exit_code=1)
+    net.run_for(1.0)
+    assert running_on(net, "d5") == {}  # waiting for the restart backoff
+    net.feed("a", CancelJob("d5"))
+    net.run_for(10.0)
+    assert running_on(net, "d5") == {}  # the pending restart was dropped
+    assert net.core("b").holder.held == {}
+    assert net.job_state("a", "d5") == "stopped"
+
+
+def test_a_daemon_holder_keeps_its_lease_while_restarting_in_place() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    task = sim_task(retry={"attempts": 2, "backoff": 2000})
+    net.feed("a", SubmitJob("d6", spec("daemon", task=task)))
+    net.run_until(lambda: "b" in running_on(net, "d6"), limit=10)
+    first = running_on(net, "d6")["b"][0]
+    net.finish("b", first, status="failed", exit_code=1)
+    net.run_for(3 * FAST.lease_ttl)  # longer than a lease: renewals went on meanwhile
+    assert running_on(net, "d6") == {"b": [f"{first}#1"]}
+    slot = net.core("a").owner.jobs["d6"].slots[0]
+    assert slot.epoch == 1 and slot.state.value == "running"
+
+
+def test_daemon_slot_retires_when_its_node_stops_matching() -> None:
+    labels = {"b": {"role": "edge"}}
+    net = ProtoNet(["a", "b"], labels=labels, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("d7", spec("daemon", {"role": "edge"})))
+    net.run_until(lambda: "b" in running_on(net, "d7"), limit=10)
+    net.crash("b")
+    net.labels["b"] = {"role": "core"}  # restarted with other labels
+    net.start("b")
+    net.run_for(40.0)
+    job = net.core("a").owner.jobs["d7"]
+    assert running_on(net, "d7") == {}
+    assert job.slots[0].state.value == "cancelled" and "no longer matches" in job.slots[0].reason
+
+
+def test_update_refused_for_batch_and_type_change() -> None:
+    import pytest
+
+    from protocols.errors import LocalProtocolError
+    from tests.protonet import batch_spec
+
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.feed("a", SubmitJob("b1", batch_spec()))
+    with pytest.raises(LocalProtocolError, match="only daemon, service and cron"):
+        net.feed("a", UpdateJob("b1", batch_spec()))
+    net.feed("a", SubmitJob("s9", spec("service")))
+    with pytest.raises(LocalProtocolError, match="cannot make it"):
+        net.feed("a", UpdateJob("s9", spec("daemon")))
+    with pytest.raises(LocalProtocolError, match="only cron jobs"):
+        net.feed("a", SuspendJob("s9", True))
+    with pytest.raises(LocalProtocolError, match="not owned"):
+        net.feed("a", UpdateJob("nope", spec("service")))
+
+
+def test_service_scale_up_and_down_by_update() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s2", spec("service", count=1)))
+    net.run_until(lambda: net.core("a").describe("s2")["live"] == 1, limit=10)
+    net.feed("a", UpdateJob("s2", spec("service", count=3)))
+    net.run_until(lambda: net.core("a").describe("s2")["live"] == 3, limit=net.now + 20)
+    net.feed("a", UpdateJob("s2", spec("service", count=2)))
+    net.run_until(
+        lambda: (
+            sum(map(len, running_on(net, "s2").values())) == 2
+            and net.core("a").describe("s2")["live"] == 2
+        ),
+        limit=net.now + 20,
+    )
+    described = net.core("a").describe("s2")
+    assert described["desired"] == 2 and described["live"] == 2 and described["version"] == 3
