@@ -1067,3 +1067,33 @@ def test_canonical_form_survives_yaml() -> None:
     # `job explain -o yaml` output read back as canonical form is the same spec.
     spec = load_spec_file(SPECS / "dag.yaml")
     assert JobSpec.from_canonical(yaml.safe_load(yaml.safe_dump(spec.canonical()))) == spec
+
+
+# --- daemon / service: rollout and the long-running timeout ----------------------
+
+
+def test_long_running_kinds_default_to_the_longest_timeout() -> None:
+    for kind in ("daemon", "service"):
+        spec = validate_spec({**batch(), "type": kind})
+        assert spec.task is not None and spec.task.timeout_ms == 7 * 24 * 3600 * 1000
+        assert spec.rollout is not None and spec.rollout.max_unavailable == 1
+    explicit = validate_spec(
+        {**batch(), "type": "service", "task": {**batch()["task"], "timeout": "1h"}}
+    )
+    assert explicit.task is not None and explicit.task.timeout_ms == 3600 * 1000
+    plain = validate_spec(batch())
+    assert plain.task is not None and plain.task.timeout_ms == 30 * 60 * 1000
+    assert plain.rollout is None and "rollout" not in plain.canonical()
+
+
+def test_rollout_is_validated_and_only_for_long_running_kinds() -> None:
+    assert_error(
+        {**batch(), "rollout": {"max_unavailable": 2}}, "rollout", "only for type daemon, service"
+    )
+    doc = {**batch(), "type": "daemon", "rollout": {"max_unavailable": 0, "surge": 1}}
+    errors = error_map(doc)
+    assert "between 1 and" in errors["rollout.max_unavailable"]
+    assert "unknown key" in errors["rollout.surge"]
+    spec = validate_spec({**batch(), "type": "daemon", "rollout": {"max_unavailable": 3}})
+    assert spec.canonical()["rollout"] == {"max_unavailable": 3}
+    assert validate_spec(spec.canonical(), canonical=True) == spec
