@@ -152,6 +152,24 @@ def _operations(node: Any) -> dict[str, Handler]:
             raise ValueError("submit needs a spec (YAML/JSON text or an object)")
         return {"job_id": await node.submit(spec)}
 
+    async def update(req: dict[str, Any], emit: Any) -> Any:
+        spec = req.get("spec")
+        if not isinstance(spec, (str, dict)):
+            raise ValueError("update needs a spec (YAML/JSON text or an object)")
+        job_id = str(req["job_id"])
+        return {"job_id": job_id, "version": await node.update(job_id, spec)}
+
+    async def suspend(req: dict[str, Any], emit: Any) -> Any:
+        await node.suspend(str(req["job_id"]))
+        return node.describe(str(req["job_id"]))
+
+    async def resume(req: dict[str, Any], emit: Any) -> Any:
+        await node.resume(str(req["job_id"]))
+        return node.describe(str(req["job_id"]))
+
+    async def runs(req: dict[str, Any], emit: Any) -> Any:
+        return node.runs(str(req["job_id"]))
+
     async def jobs(req: dict[str, Any], emit: Any) -> Any:
         return node.jobs()
 
@@ -195,6 +213,10 @@ def _operations(node: Any) -> dict[str, Handler]:
     return {
         "ping": ping,
         "submit": submit,
+        "update": update,
+        "suspend": suspend,
+        "resume": resume,
+        "runs": runs,
         "jobs": jobs,
         "describe": describe,
         "cancel": cancel,

@@ -16,6 +16,7 @@ stops the node and leaves nothing running.  The CLI is built on this API.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import secrets
@@ -87,7 +88,7 @@ def bootstrap_peer_id(addr: str) -> str:
 
 
 class Node:
-    """A running peer: submit, watch, cancel and fetch jobs; list peers."""
+    """A running peer: submit, watch, update, cancel and fetch jobs; list peers."""
 
     def __init__(
         self,
@@ -116,16 +117,54 @@ class Node:
         """Validate ``spec`` (a JobSpec, a plain spec dict, or YAML/JSON text),
         become its owner and start it.  Returns the job id.  Raises
         ``SpecValidationError`` with every problem of an invalid spec."""
-        if isinstance(spec, str):
-            spec = parse_spec(spec)
-        elif not isinstance(spec, JobSpec):
-            spec = validate_spec(dict(spec))
+        spec = _validated(spec)
         job_id = job_id or f"j-{secrets.token_hex(8)}"
         await self.runtime.submit(job_id, spec.canonical())
         return job_id
 
     async def cancel(self, job_id: str, reason: str = "stopped by user") -> None:
         await self.runtime.cancel(job_id, reason)
+
+    async def update(self, job_id: str, spec: JobSpec | Mapping[str, Any] | str) -> int:
+        """Replace the spec of a daemon, service or cron job this node owns;
+        returns the new version (1 at submit, +1 per update).
+
+        Cron: later runs use the new version, running ones finish.  Daemon and
+        service: a rolling replacement, ``rollout.max_unavailable`` slots at a
+        time.  Raises ``SpecValidationError`` with every problem of an invalid
+        spec, and ``LocalProtocolError`` for a job of another kind, an unknown
+        or finished job, or a spec that changes the job's ``type``.
+        """
+        spec = _validated(spec)
+        notes = await self.runtime.update(job_id, spec.canonical())
+        for note in notes:
+            if note.kind == "job_updated" and note.data.get("job_id") == job_id:
+                return int(note.data["version"])
+        return int(self.describe(job_id)["version"])
+
+    async def suspend(self, job_id: str) -> None:
+        """Suspend a cron job's schedule: scheduled times that pass meanwhile are
+        recorded as skipped; a run already going finishes.  Raises
+        ``LocalProtocolError`` for a job that is not a live cron job."""
+        await self.runtime.suspend(job_id, True)
+
+    async def resume(self, job_id: str) -> None:
+        """Resume a suspended cron job from its next scheduled time (the times
+        that passed while suspended are not run).  Same errors as ``suspend``."""
+        await self.runtime.suspend(job_id, False)
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        """A cron job's history, oldest first: one row per scheduled time it
+        handled, with ``run_id`` ("" when it was skipped or missed),
+        ``scheduled_ms`` (unix ms) and ``scheduled`` (the same as ISO-8601 UTC),
+        ``version``, ``outcome`` (queued, running, completed, failed, stopped,
+        skipped, missed or buffered), ``reason`` and ``executions``
+        ([{execution_id, node, state}]).  Raises ``LocalProtocolError`` if
+        ``job_id`` is not a cron job this node owns."""
+        return [
+            {"run_id": row["run_id"], "scheduled": iso_utc(row["scheduled_ms"]), **row}
+            for row in self.core.runs(job_id)
+        ]
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """State, owner and every execution of a job this node owns."""
@@ -200,6 +239,20 @@ class Node:
             }
             for i in infos
         ]
+
+
+def _validated(spec: JobSpec | Mapping[str, Any] | str) -> JobSpec:
+    if isinstance(spec, str):
+        return parse_spec(spec)
+    if isinstance(spec, JobSpec):
+        return spec
+    return validate_spec(dict(spec))
+
+
+def iso_utc(unix_ms: int) -> str:
+    """``1700000000000`` -> ``2023-11-14T22:13:20.000Z``."""
+    moment = datetime.datetime.fromtimestamp(unix_ms / 1000, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def math_inf_if_none(timeout: float | None) -> float:

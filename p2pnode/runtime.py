@@ -9,7 +9,8 @@ Shape of a running node (one nursery, fixed number of long-lived tasks)::
     receive loop ──┐
     timer loop  ───┼──> event queue ──> consumer (the ``run`` task itself):
     executions  ───┤                      core.handle(event, now)
-    submit/cancel ─┘                      then execute the actions in order
+    local API   ───┘                      then execute the actions in order
+    (submit, cancel, update, suspend)
 
 Only the consumer calls ``core.handle``, and it finishes executing one batch of
 actions before taking the next event, so the core is never re-entered and a
@@ -55,7 +56,9 @@ from protocols.events import (
     StartExecution,
     StopExecution,
     SubmitJob,
+    SuspendJob,
     TimerFired,
+    UpdateJob,
 )
 
 if TYPE_CHECKING:
@@ -97,11 +100,15 @@ class _Reply:
         self.done.set()
 
 
+# The local API calls that go through the event queue (and may be refused).
+_LocalCall = SubmitJob | CancelJob | UpdateJob | SuspendJob
+
+
 @attrs.frozen(eq=False)
 class _Request:
     """A local API call: the event plus where to put the resulting notifies."""
 
-    event: SubmitJob | CancelJob
+    event: _LocalCall
     reply: _Reply
 
 
@@ -243,6 +250,18 @@ class NodeRuntime:
     async def cancel(self, job_id: str, reason: str = "stopped by user") -> list[Notify]:
         """Stop a job this node owns.  Same returns and errors as ``submit``."""
         return await self._request(CancelJob(job_id, reason))
+
+    async def update(self, job_id: str, spec: dict[str, Any]) -> list[Notify]:
+        """A new version of a daemon, service or cron job's spec (canonical
+        form); its ``job_updated`` notify carries the new version.  Same errors
+        as ``submit`` (the core refuses other kinds, unknown or finished jobs,
+        and a changed ``type``)."""
+        return await self._request(UpdateJob(job_id, spec))
+
+    async def suspend(self, job_id: str, suspended: bool = True) -> list[Notify]:
+        """Suspend (``True``) or resume (``False``) a cron job's schedule.
+        Same returns and errors as ``submit``."""
+        return await self._request(SuspendJob(job_id, suspended))
 
     def watch(self, buffer: int | None = None) -> trio.MemoryReceiveChannel[Notify]:
         """Subscribe to every ``Notify`` from now on.
@@ -389,7 +408,7 @@ class NodeRuntime:
 
     # --- local API plumbing ----------------------------------------------------
 
-    async def _request(self, event: SubmitJob | CancelJob) -> list[Notify]:
+    async def _request(self, event: _LocalCall) -> list[Notify]:
         queue = self._queue
         if not self._running or queue is None:
             raise NodeStopped("node is not running")
