@@ -16,7 +16,6 @@ stops the node and leaves nothing running.  The CLI is built on this API.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import secrets
@@ -36,6 +35,7 @@ from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.outputs import BLOB_PROTOCOL, blob_server
 from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
+from p2pnode.timefmt import iso_utc
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify
@@ -247,12 +247,6 @@ def _validated(spec: JobSpec | Mapping[str, Any] | str) -> JobSpec:
     if isinstance(spec, JobSpec):
         return spec
     return validate_spec(dict(spec))
-
-
-def iso_utc(unix_ms: int) -> str:
-    """``1700000000000`` -> ``2023-11-14T22:13:20.000Z``."""
-    moment = datetime.datetime.fromtimestamp(unix_ms / 1000, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def math_inf_if_none(timeout: float | None) -> float:

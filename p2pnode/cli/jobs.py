@@ -1,4 +1,4 @@
-"""``p2pnode job run|list|describe|executions|logs|stop|get``: talk to a node.
+"""``p2pnode job run|update|suspend|resume|runs|list|describe|executions|logs|stop|get``.
 
 Each command reaches the node serving ``--data-dir`` through its control socket
 (``p2pnode/control.py``); that node is the owner of the jobs submitted to it.
@@ -20,9 +20,10 @@ from p2pnode.cli.common import (
 )
 from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job
-from p2pnode.cli.output import emit_document, render_table
+from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
 from p2pnode.cli.progress import Progress
 from p2pnode.control import ControlClient
+from p2pnode.timefmt import iso_utc
 from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
 
 JOB_ID = click.argument("job_id")
@@ -45,18 +46,7 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
 @pass_cli
 def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: float | None) -> None:
     """Submit SPEC to the node serving --data-dir, which becomes its owner."""
-    try:
-        text = (
-            sys.stdin.read(MAX_SPEC_BYTES + 1)
-            if str(spec_path) == "-"
-            else spec_path.read_text(encoding="utf-8")
-        )
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        parse_spec(text)  # every error, before bothering the node
-    except SpecValidationError as exc:
-        _report_invalid(cli, spec_path, exc.errors)
+    text = _read_valid_spec(cli, spec_path)
 
     async def submit(client: ControlClient) -> dict[str, Any]:
         answer = await client.call("submit", spec=text)
@@ -85,6 +75,105 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
         reason = view.get("reason") or view["state"]
         click.echo(f"p2pnode: job {view['job_id']} {view['state']}: {reason}", err=True)
         raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
+
+
+def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
+    """The text of SPEC (``-`` = stdin) once it validates; else every error is
+    printed and the command ends (exit 1; exit 2 for an unreadable file)."""
+    try:
+        text = (
+            sys.stdin.read(MAX_SPEC_BYTES + 1)
+            if str(spec_path) == "-"
+            else spec_path.read_text(encoding="utf-8")
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        parse_spec(text)  # every error, before bothering the node
+    except SpecValidationError as exc:
+        _report_invalid(cli, spec_path, exc.errors)
+    return text
+
+
+@job.command()
+@JOB_ID
+@SPEC_ARGUMENT
+@data_dir_option
+@output_option
+@pass_cli
+def update(cli: CliContext, job_id: str, spec_path: Path) -> None:
+    """Give a daemon, service or cron job a new version of its spec.
+
+    Cron: later runs use it, a run already going finishes.  Daemon and service:
+    a rolling replacement, rollout.max_unavailable slots at a time.  The type
+    of a job cannot change; batch and ops jobs cannot be updated (exit 5).
+    """
+    text = _read_valid_spec(cli, spec_path)
+    result = call_node(cli, lambda c: c.call("update", job_id=job_id, spec=text))
+    _emit(cli, result, lambda: click.echo(f"{result['job_id']} version {result['version']}"))
+
+
+def _suspend(cli: CliContext, job_id: str, op: str) -> None:
+    view = call_node(cli, lambda c: c.call(op, job_id=job_id))
+    _emit(cli, view, lambda: click.echo(f"{view['job_id']} {view['state']}"))
+
+
+@job.command()
+@JOB_ID
+@data_dir_option
+@output_option
+@pass_cli
+def suspend(cli: CliContext, job_id: str) -> None:
+    """Suspend a cron job: its scheduled times are skipped until resumed
+    (a run already going finishes)."""
+    _suspend(cli, job_id, "suspend")
+
+
+@job.command()
+@JOB_ID
+@data_dir_option
+@output_option
+@pass_cli
+def resume(cli: CliContext, job_id: str) -> None:
+    """Resume a suspended cron job from its next scheduled time."""
+    _suspend(cli, job_id, "resume")
+
+
+RUN_COLUMNS = ["scheduled", "version", "outcome", "execution", "node", "reason"]
+
+
+@job.command()
+@JOB_ID
+@data_dir_option
+@output_option
+@pass_cli
+def runs(cli: CliContext, job_id: str) -> None:
+    """A cron job's runs, oldest first, skipped and missed times included.
+
+    With --output json/yaml: a list of {run_id, scheduled (ISO-8601 UTC),
+    scheduled_ms, version, outcome, reason, executions: [{execution_id, node,
+    state}]}.
+    """
+    rows = call_node(cli, lambda c: c.call("runs", job_id=job_id))
+    if cli.output != "table":
+        click.echo(to_json(rows) if cli.output == "json" else to_yaml(rows))
+        return
+    table = []
+    for row in rows:
+        executions = row.get("executions") or [{}]
+        for i, e in enumerate(executions):
+            first = i == 0
+            table.append(
+                {
+                    "scheduled": row["scheduled"] if first else "",
+                    "version": row["version"] if first else "",
+                    "outcome": row["outcome"] if first else "",
+                    "execution": e.get("execution_id", "-") + (f" ({e['state']})" if e else ""),
+                    "node": e.get("node", "-"),
+                    "reason": row["reason"] if first else "",
+                }
+            )
+    click.echo(render_table(table, RUN_COLUMNS))
 
 
 @job.command(name="list")
@@ -117,15 +206,62 @@ def _executions(view: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-EXECUTION_COLUMNS = ["slot", "execution_id", "node", "epoch", "state", "exit_code", "manifest_id"]
+EXECUTION_COLUMNS = [
+    "slot",
+    "execution_id",
+    "node",
+    "epoch",
+    "version",
+    "state",
+    "exit_code",
+    "manifest_id",
+]
+
+
+SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "reason"]
 
 
 def _print_job(view: dict[str, Any]) -> None:
-    click.echo(f"job:    {view['job_id']}  ({view['type']} '{view['name']}')")
-    click.echo(f"owner:  {view['owner']}")
-    reason = f"  ({view['reason']})" if view.get("reason") else ""
-    click.echo(f"state:  {view['state']}{reason}")
+    lines = [
+        ("job", f"{view['job_id']}  ({view['type']} '{view['name']}')"),
+        ("version", str(view.get("version", 1))),
+        ("owner", view["owner"]),
+        ("state", view["state"] + (f"  ({view['reason']})" if view.get("reason") else "")),
+    ]
+    if "desired" in view:
+        lines.append(("live", f"{view['live']} of {view['desired']} desired"))
+    if view.get("parent"):
+        lines.append(("run of", f"{view['parent']}, scheduled {iso_utc(view['scheduled_ms'])}"))
+    schedule = view.get("schedule")
+    if schedule:
+        lines += _schedule_lines(schedule)
+    width = max(len(label) for label, _ in lines) + 2
+    for label, value in lines:
+        click.echo(f"{label + ':':<{width}}{value}")
+    if view["type"] == "cron":  # its runs are jobs of their own
+        click.echo(f"\nruns: p2pnode job runs {view['job_id']}")
+        return
+    if view["slots"]:
+        click.echo()
+        click.echo(render_table(view["slots"], SLOT_COLUMNS))
+    click.echo()
     click.echo(render_table(_executions(view), EXECUTION_COLUMNS))
+
+
+def _schedule_lines(schedule: dict[str, Any]) -> list[tuple[str, str]]:
+    def when(ms: int | None) -> str:
+        return iso_utc(ms) if ms else "-"
+
+    lines = [
+        ("schedule", "suspended" if schedule["suspended"] else "active"),
+        ("overlap", str(schedule["overlap"])),
+        ("last time", when(schedule["last_scheduled_ms"])),
+        ("next time", when(schedule["next_ms"])),
+        ("active runs", ", ".join(schedule["active_runs"]) or "-"),
+    ]
+    if schedule.get("buffered_ms"):
+        lines.append(("buffered", when(schedule["buffered_ms"])))
+    return lines
 
 
 @job.command()

@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 
+from p2pnode.timefmt import iso_utc
+
 
 def describe_event(event: dict[str, Any]) -> str:
     kind = event.get("kind", "")
@@ -29,6 +31,13 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"{where}: {event['status']} on {str(event['holder'])[-12:]}"
     if kind == "execution_failed":
         return f"{where}: {event['status']} on {str(event['holder'])[-12:]}, retrying if allowed"
+    if kind == "job_updated":
+        return f"updated to version {event['version']}"
+    if kind == "cron_run_started":
+        return f"run {event['run_id']} started (version {event['version']})"
+    if kind == "cron_run":
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        return f"scheduled time {iso_utc(int(event['scheduled_ms']))}: {event['outcome']}{reason}"
     if kind == "lease_ended":
         return f"{where}: lease ended ({event['cause']})"
     return str(kind)
