@@ -361,3 +361,64 @@ def test_service_scale_up_and_down_by_update() -> None:
     )
     described = net.core("a").describe("s2")
     assert described["desired"] == 2 and described["live"] == 2 and described["version"] == 3
+
+
+def test_cron_buffer_one_waits_for_the_active_run_and_drops_the_rest() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c5", cron_spec("buffer_one")))
+    finish_runs_after(net, "c5", 5.0, until=net.now + 21)
+    runs = net.core("a").runs("c5")
+    started = [r for r in runs if r["run_id"]]
+    dropped = [r for r in runs if r["outcome"] == "skipped"]
+    assert dropped and all("buffer_one" in r["reason"] for r in dropped)
+    # Never two runs at once: each run was granted only after the previous ended.
+    active = [r for r in started if r["outcome"] in ("queued", "running")]
+    assert len(active) <= 1
+    assert len(started) >= 3
+    assert all(r["outcome"] in ("completed", "queued", "running", "buffered") for r in started)
+
+
+def test_cron_replace_stops_the_active_run() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c6", cron_spec("replace")))
+    finish_runs_after(net, "c6", 5.0, until=net.now + 9)
+    runs = net.core("a").runs("c6")
+    stopped = [r for r in runs if r["outcome"] == "stopped"]
+    assert len(stopped) >= 2 and all("replaced by run c6@" in r["reason"] for r in stopped)
+    assert len([r for r in runs if r["outcome"] in ("queued", "running")]) == 1
+
+
+def test_cron_catch_up_skips_times_older_than_the_window() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c7", cron_spec("allow", catch_up=5_000)))
+    finish_runs_after(net, "c7", 0.5, until=net.now + 3)
+    net.crash("a")
+    net.run_for(30.0)
+    down_until = net.now
+    net.start("a")
+    finish_runs_after(net, "c7", 0.5, until=net.now + 0.5)
+    runs = net.core("a").runs("c7")
+    missed = [r for r in runs if r["outcome"] == "missed"]
+    assert len(missed) == 1 and "were not run" in missed[0]["reason"]
+    caught = [
+        r for r in runs if r["run_id"] and r["scheduled_ms"] > (WALL_EPOCH + down_until - 30) * 1000
+    ]
+    # Inside the 5 s window: the times at most 5 s old ran (each once), older did not.
+    assert 2 <= len(caught) <= 3
+    assert all(r["scheduled_ms"] >= (WALL_EPOCH + down_until - 5) * 1000 for r in caught)
+
+
+def test_cron_history_is_trimmed_and_old_runs_forgotten() -> None:
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c8", cron_spec("allow", history={"succeeded": 2, "failed": 1})))
+    finish_runs_after(net, "c8", 0.5, until=net.now + 13)
+    runs = net.core("a").runs("c8")
+    completed = [r for r in runs if r["outcome"] == "completed"]
+    assert len(completed) == 2
+    owned_runs = [j for j in net.core("a").owner.jobs if j.startswith("c8@")]
+    assert len(owned_runs) <= 3  # the 2 kept + at most one still running
+    assert not any(k.startswith("c8@") for k in net.stores["a"]["jobs"] if k not in owned_runs)
