@@ -61,6 +61,32 @@ class ExecutionFinished:
 
 
 @attrs.frozen
+class ExecutionProgress:
+    """A running execution reported progress (a stream consumer's
+    ``P2PNODE_CHECKPOINT <value>`` / ``P2PNODE_LAG <n>`` stdout lines).
+    ``execution_id`` is the executor's run id, as in ExecutionFinished."""
+
+    execution_id: str
+    checkpoint: str = ""
+    lag: int = -1
+
+
+@attrs.frozen
+class SourceBatch:
+    """The owner's source connector buffered entries of a micro-batch stream
+    partition into a blob: run a batch over it.  ``first``/``last`` are the
+    source positions it covers; ``last`` becomes the partition's checkpoint
+    once a batch execution over it succeeds."""
+
+    job_id: str
+    partition: str
+    manifest_id: str
+    first: str
+    last: str
+    count: int
+
+
+@attrs.frozen
 class SubmitJob:
     """Local API: become the owner of a new job.  ``spec`` is the canonical spec."""
 
@@ -101,6 +127,8 @@ Event = (
     | CancelJob
     | UpdateJob
     | SuspendJob
+    | ExecutionProgress
+    | SourceBatch
 )
 
 # --- actions (core -> driver) --------------------------------------------------
@@ -149,6 +177,9 @@ class StartExecution:
     task: dict[str, Any]
     env: dict[str, str]
     timeout: float
+    # Inputs to fetch before the task starts: (name, manifest id, node holding it),
+    # laid out under ``$P2PNODE_INPUTS/<name>/``.
+    inputs: tuple[tuple[str, str, str], ...] = ()
 
 
 @attrs.frozen

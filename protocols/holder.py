@@ -26,9 +26,10 @@ import attrs
 from protocols.config import NodeConfig
 from protocols.directory import mismatch_reason
 from protocols.errors import RemoteProtocolError
-from protocols.events import ExecutionFinished, StartExecution
+from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
 from protocols.messages import (
     CENSUS_SLOT,
+    MAX_CHECKPOINT_LEN,
     AskForBid,
     Bid,
     BidDeclined,
@@ -86,6 +87,10 @@ class HeldExecution:
     restart_pending: bool = False
     timeout: float = 0.0
     start: StartExecution | None = None  # volatile: how to start it again
+    # Streams: the consumer's latest checkpoint (relayed with renewals) and run_for.
+    progress: str = ""
+    lag: int = -1
+    run_for_reached: bool = False
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
 
     @property
@@ -163,8 +168,13 @@ class Holder:
             return
         key = (ask.job_id, ask.slot, ask.attempt)
         census = ask.slot == CENSUS_SLOT  # "do you match?": a node running the job does
+        # (An execution of the slot that has ended and is only reporting does
+        # not count: its owner may re-grant the slot to us right away.)
         running_same_slot = any(
-            h.job_id == ask.job_id and (census or h.slot == ask.slot) for h in self.held.values()
+            h.job_id == ask.job_id
+            and (census or h.slot == ask.slot)
+            and h.state is not ExecState.REPORTING
+            for h in self.held.values()
         )
         if key not in self.reservations:
             if running_same_slot or not self._fits(ask.cpu, ask.memory):
@@ -252,6 +262,8 @@ class Holder:
             valid_until=self.out.now + ttl,
         )
         held.restarts, held.restart_backoff = grant.restarts, grant.restart_backoff_ms / 1000
+        if grant.run_for_ms:
+            self.out.timer(("runfor", grant.execution_id), self.out.now + grant.run_for_ms / 1000)
         held.timeout = grant.timeout_ms / 1000
         self.held[held.execution_id] = held
         self.out.persist(HELD_TABLE, held.execution_id, held.record())
@@ -263,6 +275,7 @@ class Holder:
             task=grant.task,
             env=env,
             timeout=held.timeout,
+            inputs=tuple((i.name, i.manifest_id, i.node) for i in grant.inputs),
         )
         self.out.start(held.start)
         # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
@@ -279,7 +292,13 @@ class Holder:
         if held.seq == 1:
             msg = LeaseAccept(execution_id=held.execution_id, epoch=held.epoch, seq=held.seq)
         else:
-            msg = LeaseRenew(execution_id=held.execution_id, epoch=held.epoch, seq=held.seq)
+            msg = LeaseRenew(
+                execution_id=held.execution_id,
+                epoch=held.epoch,
+                seq=held.seq,
+                progress=held.progress,
+                lag=held.lag,
+            )
         self.out.send(held.owner, msg)
         # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged.
         held.renew_delay = min(
@@ -331,6 +350,33 @@ class Holder:
         if held is None or held.epoch != msg.epoch:
             return
         self._stop(held, ExecEvent.STOP, f"cancelled by owner: {msg.reason}")
+
+    def on_progress(self, event: ExecutionProgress) -> None:
+        """The task reported a checkpoint (and maybe its lag): relayed to the
+        owner with the next renewal, and with the result."""
+        held = self.held.get(event.execution_id.partition("#")[0])
+        if held is None or held.state not in (ExecState.RUNNING, ExecState.STOPPING):
+            return
+        if len(event.checkpoint) > MAX_CHECKPOINT_LEN:
+            self.out.notify(
+                "progress_refused",
+                execution_id=held.execution_id,
+                reason=f"checkpoint longer than {MAX_CHECKPOINT_LEN} characters",
+            )
+            return
+        if event.checkpoint:
+            held.progress = event.checkpoint
+        if event.lag >= 0:
+            held.lag = event.lag
+
+    def on_run_for_timer(self, exec_id: str) -> None:
+        """``run_for`` is over: stop the consumer gracefully (SIGTERM first, so it
+        can print a last checkpoint); its end is a success, re-granted at once."""
+        held = self.held.get(exec_id)
+        if held is None or held.state is not ExecState.RUNNING or held.restart_pending:
+            return
+        held.run_for_reached = True
+        self.out.stop(held.run_id, "run_for reached")
 
     def on_lapse_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
@@ -392,23 +438,31 @@ class Holder:
                 self.out.send(
                     held.owner,
                     LeaseRelease(
-                        execution_id=held.execution_id, epoch=held.epoch, reason=held.stop_reason
+                        execution_id=held.execution_id,
+                        epoch=held.epoch,
+                        reason=held.stop_reason,
+                        progress=held.progress,
                     ),
                 )
             self._forget(held)
             return
         held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.REPORTING)
         self.out.cancel_timer(("xtimeout", held.execution_id))
+        status, error = ("timeout" if held.timed_out else event.status), event.error
+        if held.run_for_reached and not held.timed_out:
+            status, error = "succeeded", ""  # stopped by us at run_for: a graceful end
         held.result = ExecutionResult(
             execution_id=held.execution_id,
             epoch=held.epoch,
-            status="timeout" if held.timed_out else event.status,
+            status=status,
             exit_code=event.exit_code,
-            error=event.error,
+            error=error,
             manifest_id=event.manifest_id,
             stdout_tail=event.stdout_tail,
             stderr_tail=event.stderr_tail,
             duration_ms=event.duration_ms,
+            progress=held.progress,
+            lag=held.lag,
         )
         self.out.send_reliably(
             ("result", held.execution_id), held.owner, held.result, give_up_after=held.ttl * 10
@@ -454,7 +508,7 @@ class Holder:
         exec_id = held.execution_id
         self.held.pop(exec_id, None)
         self.out.settle(("result", exec_id))
-        for kind in ("renew", "lapse", "xtimeout", "restart"):
+        for kind in ("renew", "lapse", "xtimeout", "restart", "runfor"):
             self.out.cancel_timer((kind, exec_id))
         self.out.persist(HELD_TABLE, exec_id, None)
         self.tombstones[exec_id] = None

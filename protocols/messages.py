@@ -28,6 +28,8 @@ MAX_SLOT = 100_000
 MAX_EPOCH = 2**53
 CENSUS_SLOT = MAX_SLOT  # asks for this slot count matching nodes (ops, daemon); never granted
 MAX_DURATION_MS = 30 * 24 * 3600 * 1000  # 30 days
+MAX_CHECKPOINT_LEN = 4096  # a stream consumer's progress token
+MAX_INPUTS = 1024
 
 
 def bounded(
@@ -178,6 +180,19 @@ class BidRejected(Message):
 
 
 @attrs.frozen(kw_only=True)
+class InputRef(Message):
+    """One input of a granted task: the blob manifest ``manifest_id``, to be
+    fetched from ``node`` and laid out under ``inputs/<name>/``."""
+
+    TYPE: ClassVar[str] = "input_ref"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    name: str = _text(MAX_ID_LEN)
+    manifest_id: str = _text(MAX_ID_LEN)
+    node: str = _text(MAX_ID_LEN)
+
+
+@attrs.frozen(kw_only=True)
 class LeaseGrant(Message):
     """Owner -> winning bidder: run it under this lease.
 
@@ -200,6 +215,9 @@ class LeaseGrant(Message):
     # Daemons: restart in place this many times (backing off) before reporting.
     restarts: int = attrs.field(default=0, metadata=bounded(lo=0, hi=100))
     restart_backoff_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
+    # Streams: end the run gracefully after this long (0 = no bound but timeout).
+    run_for_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
+    inputs: list[InputRef] = attrs.field(factory=list, metadata=bounded(max_len=MAX_INPUTS))
 
 
 @attrs.frozen(kw_only=True)
@@ -224,7 +242,8 @@ class LeaseRenew(Message):
     execution_id: str = _id()
     epoch: int = _count(MAX_EPOCH, lo=1)
     seq: int = _count(2**32)
-    progress: str = _text()  # stream checkpoints ride here (later issue)
+    progress: str = _text(MAX_CHECKPOINT_LEN)  # a stream consumer's latest checkpoint
+    lag: int = attrs.field(default=-1, metadata=bounded(lo=-1, hi=2**62))  # -1: not reported
 
 
 @attrs.frozen(kw_only=True)
@@ -251,6 +270,7 @@ class LeaseRelease(Message):
     execution_id: str = _id()
     epoch: int = _count(MAX_EPOCH, lo=1)
     reason: str = _text()
+    progress: str = _text(MAX_CHECKPOINT_LEN)  # a stopped consumer's final checkpoint
 
 
 @attrs.frozen(kw_only=True)
@@ -269,6 +289,8 @@ class ExecutionResult(Message):
     stdout_tail: str = _text(MAX_TAIL_LEN)
     stderr_tail: str = _text(MAX_TAIL_LEN)
     duration_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
+    progress: str = _text(MAX_CHECKPOINT_LEN)  # a consumer's final checkpoint
+    lag: int = attrs.field(default=-1, metadata=bounded(lo=-1, hi=2**62))
 
 
 @attrs.frozen(kw_only=True)

@@ -26,7 +26,9 @@ from protocols.events import (
     CancelJob,
     Event,
     ExecutionFinished,
+    ExecutionProgress,
     MessageReceived,
+    SourceBatch,
     Started,
     SubmitJob,
     SuspendJob,
@@ -54,6 +56,7 @@ from protocols.messages import (
 )
 from protocols.outbox import RETX_TIMER, Outbox
 from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
+from protocols.stream import STREAMS_TABLE
 
 META_TABLE = "meta"
 VIEW_TABLE = "view"
@@ -116,6 +119,10 @@ class NodeCore:
             self._on_timer(event.key)
         elif isinstance(event, ExecutionFinished):
             self.holder.on_finished(event)
+        elif isinstance(event, ExecutionProgress):
+            self.holder.on_progress(event)
+        elif isinstance(event, SourceBatch):
+            self.owner.stream.on_batch(event)
         elif isinstance(event, SubmitJob):
             self.owner.submit(event.job_id, event.spec)
         elif isinstance(event, CancelJob):
@@ -136,6 +143,7 @@ class NodeCore:
         self.out.persist(META_TABLE, "node", {"incarnation": self.incarnation})
         self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
         self.owner.cron.restore(self._records.get(CRON_TABLE, {}))
+        self.owner.stream.restore(self._records.get(STREAMS_TABLE, {}))
         self.holder.restore(self._records.get(HELD_TABLE, {}))
         remembered = self._restore_view(self._records.get(VIEW_TABLE, {}).get("peers", {}))
         self._records = {}
@@ -292,6 +300,8 @@ class NodeCore:
             self.holder.on_timeout_timer(key[1])
         elif kind == "restart":
             self.holder.on_restart_timer(key[1])
+        elif kind == "runfor":
+            self.holder.on_run_for_timer(key[1])
         elif kind == "gossip":
             self._on_gossip()
 

@@ -17,8 +17,10 @@ from protocols.unit import WorkUnit
 
 # Kinds of job an owner runs.  "run" is one run of a cron job (a batch-like
 # job whose id is derived from the cron job and the scheduled time).
-OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "run")
-LONG_RUNNING = frozenset({"daemon", "service"})  # exits are restarted; never complete
+OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "stream", "run")
+# Exits are restarted, the job never completes.  (A stream in micro_batch mode
+# has no long-running slots: its batches are "run" jobs.)
+LONG_RUNNING = frozenset({"daemon", "service", "stream"})
 PINNED = frozenset({"ops", "daemon"})  # one slot per matching node, found by a census
 UPDATABLE = frozenset({"daemon", "service", "cron"})
 
@@ -97,6 +99,11 @@ class OwnedSlot:
     lease_expires: float = 0.0
     granted_at: float = 0.0
     rolling: bool = False  # stopped by a rolling update, not yet running the new version
+    # Streams (consume mode): the committed checkpoint of this partition.
+    checkpoint: str = ""
+    lag: int = -1
+    progress_seq: int = 0  # volatile: renewal seq of the last commit (reordering guard)
+    prefer: str = ""  # volatile: ask this node first (a consumer's graceful end: stickiness)
 
     @property
     def key(self) -> str:
@@ -128,6 +135,8 @@ class OwnedSlot:
             "lost": self.lost,
             "reason": self.reason,
             "pinned": self.pinned,
+            "checkpoint": self.checkpoint,
+            "lag": self.lag,
             "executions": [e.record() for e in self.executions],
         }
 
@@ -142,6 +151,8 @@ class OwnedSlot:
             lost=rec["lost"],
             reason=rec["reason"],
             pinned=rec.get("pinned", ""),
+            checkpoint=rec.get("checkpoint", ""),
+            lag=rec.get("lag", -1),
             executions=[Execution(**e) for e in rec["executions"]],
         )
 
@@ -158,6 +169,9 @@ class OwnedJob:
     version: int = 1  # bumped by each update of the spec
     parent: str = ""  # a cron run: its cron job
     scheduled_ms: int = 0  # a cron run: its scheduled time (unix ms)
+    # A run's extra inputs (name, manifest id, node) and environment.
+    inputs: list[tuple[str, str, str]] = attrs.field(factory=list)
+    env: dict[str, str] = attrs.field(factory=dict)
     # Volatile: the open census round of an ops/daemon job.
     census_round: int = 0
     census_open: bool = False
@@ -178,4 +192,6 @@ class OwnedJob:
             "parent": self.parent,
             "scheduled_ms": self.scheduled_ms,
             "slots": len(self.slots),
+            "inputs": [list(i) for i in self.inputs],
+            "env": self.env,
         }

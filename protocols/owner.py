@@ -36,6 +36,7 @@ from protocols.messages import (
     BidRejected,
     Cancel,
     ExecutionResult,
+    InputRef,
     LeaseAccept,
     LeaseGrant,
     LeaseRelease,
@@ -57,6 +58,7 @@ from protocols.owned import (
 )
 from protocols.spec import SpecValidationError, validate_spec
 from protocols.states import SlotEvent, SlotState, check_slot_transition
+from protocols.stream import partition_names
 from protocols.unit import WorkUnit
 
 JOBS_TABLE = "jobs"
@@ -75,7 +77,8 @@ class Owner:
     def __init__(
         self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
     ) -> None:
-        from protocols.cron import CronController  # cron drives the owner's API
+        from protocols.cron import CronController  # cron and streams drive the owner's API
+        from protocols.stream import StreamController
 
         self.config = config
         self.t = config.timings
@@ -84,6 +87,7 @@ class Owner:
         self.rng = rng
         self.jobs: dict[str, OwnedJob] = {}
         self.cron = CronController(self)
+        self.stream = StreamController(self)
 
     # --- local API ------------------------------------------------------------------
 
@@ -112,10 +116,14 @@ class Owner:
         version: int = 1,
         parent: str = "",
         scheduled_ms: int = 0,
+        inputs: list[tuple[str, str, str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> OwnedJob:
         """A new owned job, persisted, its first auctions (or census, or schedule) open."""
         unit = WorkUnit.from_spec(spec)
         count = unit.count if kind in ("batch", "service", "run") else 0
+        if kind == "stream" and spec.get("mode", "consume") == "consume":
+            count = len(partition_names(spec))
         slots = [OwnedSlot(job_id=job_id, index=i) for i in range(count)]
         job = OwnedJob(
             job_id=job_id,
@@ -126,6 +134,8 @@ class Owner:
             version=version,
             parent=parent,
             scheduled_ms=scheduled_ms,
+            inputs=list(inputs or []),
+            env=dict(env or {}),
         )
         if kind == "cron":
             job.state = "scheduled"
@@ -144,6 +154,8 @@ class Owner:
             self._open_census(job)
         elif kind == "cron":
             self.cron.start(job)
+        elif kind == "stream" and not slots:
+            self.stream.start(job)
         return job
 
     def cancel(self, job_id: str, reason: str) -> None:
@@ -219,6 +231,8 @@ class Owner:
                 version=rec.get("version", 1),
                 parent=rec.get("parent", ""),
                 scheduled_ms=rec.get("scheduled_ms", 0),
+                inputs=[(i[0], i[1], i[2]) for i in rec.get("inputs", [])],
+                env=dict(rec.get("env", {})),
             )
 
     def resume(self) -> None:
@@ -370,9 +384,12 @@ class Owner:
             bid_window_ms=int(self.t.bid_window * 1000),
             pinned_node=slot.pinned,
         )
-        if slot.pinned:
-            slot.asked, slot.asked_all, slot.view_matches = {slot.pinned}, True, 1
-            self.out.send(slot.pinned, ask)
+        if slot.pinned or slot.prefer:
+            # Pinned: only this node.  Preferred (a consumer's graceful end):
+            # this node first, anyone after a round without its bid.
+            node = slot.pinned or slot.prefer
+            slot.asked, slot.asked_all, slot.view_matches = {node}, True, 1
+            self.out.send(node, ask)
             self.out.timer(("auction", job.job_id, slot.index), self.out.now + self.t.bid_window)
             return
         count = self.config.candidates * 2 ** min(slot.widen, 8)
@@ -473,6 +490,11 @@ class Owner:
             return
         if slot.pinned:
             self._requeue_pinned(job, slot)
+            return
+        if slot.prefer:  # the preferred node cannot take it back: ask anyone, now
+            slot.prefer = ""
+            slot.state = check_slot_transition(slot.state, SlotEvent.CLOSE, SlotState.QUEUED)
+            self._open_auction(job, slot)
             return
         self._requeue_without_bid(job, slot)
 
@@ -595,10 +617,17 @@ class Owner:
             timeout_ms=int(unit.timeout * 1000),
             task=unit.task,
         )
-        if job.parent:  # a cron run: its task learns which scheduled time it serves
+        if job.parent and job.scheduled_ms:  # a cron run: which scheduled time it serves
             grant = attrs.evolve(
                 grant,
                 env={"P2PNODE_CRON_JOB": job.parent, "P2PNODE_SCHEDULED_MS": str(job.scheduled_ms)},
+            )
+        if job.inputs or job.env:  # a stream batch: its blob, partition and range
+            inputs = [InputRef(name=n, manifest_id=m, node=h) for n, m, h in job.inputs]
+            grant = attrs.evolve(grant, env={**grant.env, **job.env}, inputs=inputs)
+        if job.kind == "stream":
+            grant = attrs.evolve(
+                grant, env=self.stream.consumer_env(job, slot), run_for_ms=job.spec["run_for"]
             )
         if job.kind == "daemon":
             # A failed daemon restarts in place first (retry.attempts - 1 times,
@@ -656,6 +685,8 @@ class Owner:
     def on_renew(self, sender: str, msg: LeaseAccept | LeaseRenew) -> None:
         job, slot, execution = self._lookup(sender, msg.execution_id)
         if not self._is_current(slot, execution):
+            if isinstance(msg, LeaseRenew) and msg.progress:
+                self.stream.refuse(job, slot, execution, "the lease is no longer current")
             reason = "superseded" if execution.epoch != slot.epoch else f"slot {slot.state.value}"
             self.out.send(
                 sender,
@@ -678,6 +709,8 @@ class Owner:
         if was is SlotState.GRANTED:
             execution.state = "running"
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+        if isinstance(msg, LeaseRenew) and (msg.progress or msg.lag >= 0):
+            self.stream.commit(job, slot, execution, msg.progress, msg.lag, msg.seq)
         self.out.send(sender, RenewAck(execution_id=msg.execution_id, epoch=msg.epoch, seq=msg.seq))
         if was is SlotState.GRANTED and slot.rolling and execution.version == job.version:
             slot.rolling = False
@@ -685,6 +718,9 @@ class Owner:
 
     def on_release(self, sender: str, msg: LeaseRelease) -> None:
         job, slot, execution = self._lookup(sender, msg.execution_id)
+        if msg.progress and self.stream.final_commit_allowed(slot, execution):
+            # A consumer stopped with the job: its last checkpoint still counts.
+            self.stream.commit(job, slot, execution, msg.progress, -1, 2**32)
         if not self._is_current(slot, execution):
             return
         execution.state, execution.error = "released", msg.reason
@@ -699,6 +735,10 @@ class Owner:
             )
             return
         if not self._is_current(slot, execution):
+            if msg.progress and self.stream.final_commit_allowed(slot, execution):
+                self.stream.commit(job, slot, execution, msg.progress, msg.lag, 2**32)
+            elif msg.progress:
+                self.stream.refuse(job, slot, execution, "the lease is no longer current")
             first_copy = not execution.late
             execution.late = True
             if first_copy:
@@ -712,6 +752,8 @@ class Owner:
                 sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch, accepted=False)
             )
             return
+        if msg.progress or msg.lag >= 0:
+            self.stream.commit(job, slot, execution, msg.progress, msg.lag, 2**32)
         self._end_lease(job, slot, "result")
         execution.reported = True
         execution.exit_code, execution.error = msg.exit_code, msg.error
@@ -849,7 +891,18 @@ class Owner:
 
     def _restart(self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str) -> None:
         """A daemon or service execution ended: run it again after a backoff that
-        grows with restarts in a row (reset by an execution that ran long)."""
+        grows with restarts in a row (reset by an execution that ran long).  A
+        stream consumer that ended well (run_for) is re-granted at once, to the
+        same node if it bids (stickiness)."""
+        execution = slot.current
+        if job.kind == "stream" and event is SlotEvent.SUCCEEDED and execution is not None:
+            slot.failures, slot.prefer = 0, execution.node
+            slot.state = check_slot_transition(slot.state, event, SlotState.QUEUED)
+            slot.reason, slot.waiting_since = "", self.out.now
+            self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+            self._open_auction(job, slot)
+            self._update_job_state(job)
+            return
         if self.out.now - slot.granted_at >= STABLE_RUN:
             slot.failures = 0
         slot.failures += 1
@@ -917,6 +970,8 @@ class Owner:
             self.out.cancel_timer((kind, job.job_id, 0))
         if job.kind == "cron":
             self.cron.on_stop(job, reason)
+        elif job.kind == "stream":
+            self.stream.on_stop(job, reason)
         for slot in job.slots:
             if slot.terminal:
                 continue
@@ -936,11 +991,14 @@ class Owner:
         job.state, job.reason = state, reason
         self.out.persist(JOBS_TABLE, job.job_id, job.record())
         self.out.notify("job_state", job_id=job.job_id, state=state, reason=reason)
-        if job.parent:
+        parent = self.jobs.get(job.parent) if job.parent else None
+        if parent is not None and parent.kind == "cron":
             self.cron.on_run_finished(job)
+        elif parent is not None and parent.kind == "stream":
+            self.stream.on_run_finished(job)
 
     def _update_job_state(self, job: OwnedJob) -> None:
-        if job.terminal or job.kind == "cron":
+        if job.terminal or job.kind == "cron" or (job.kind == "stream" and not job.slots):
             return
         states = [s.state for s in job.slots]
         if job.kind == "ops" and job.slots and all(s.terminal for s in job.slots):
@@ -1009,6 +1067,8 @@ class Owner:
             described["live"] = sum(1 for s in live if s.state is SlotState.RUNNING)
         if job.kind == "cron":
             described["schedule"] = self.cron.describe(job)
+        if job.kind == "stream":
+            described["partitions"] = self.stream.describe(job)
         return described
 
 

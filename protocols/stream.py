@@ -1,0 +1,331 @@
+"""Stream jobs: partitioned consumers with checkpoints the owner commits.
+
+``mode: consume`` — one long-running slot per partition.  Each execution is a
+consumer bounded by ``run_for``; it gets ``P2PNODE_PARTITION`` and
+``P2PNODE_CHECKPOINT`` (the last committed checkpoint, empty at first) and
+prints ``P2PNODE_CHECKPOINT <value>`` (and optionally ``P2PNODE_LAG <n>``)
+lines; the holder relays the latest with its lease renewals and its result,
+and the owner commits it here.  Commit rules:
+
+* only the execution holding the partition's current epoch commits (a zombie
+  whose lease was superseded is refused: fencing), plus the final checkpoint of
+  a consumer stopped with the job (no one else can hold the partition then);
+* within an epoch, a renewal older than the last one committed is ignored
+  (reordering), and a checkpoint that reads as a position (an integer or a
+  Redis stream id ``<ms>-<seq>``, or a JSON map of those) never moves
+  backwards: such a commit is refused and counted.
+
+A graceful end of ``run_for`` is a success: the slot is re-granted at once,
+to the same node if it bids (stickiness), from the committed checkpoint.
+Delivery is at-least-once: a new consumer starts from the last commit.
+
+``mode: micro_batch`` — no consumer slots.  The owner's runtime reads the
+source through a connector (``p2pnode/stream/``), buffers entries into a blob,
+and reports a ``SourceBatch``; the owner runs one batch job over it (a "run"
+job ``<job>~<partition>~<n>``, retried as batch jobs are).  The partition's
+checkpoint advances to the batch's ``last`` position only when that batch
+succeeds; at most one batch per partition is in flight, and the connector
+reads after the in-flight (or committed) position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from protocols.errors import LocalProtocolError
+from protocols.owned import Execution, OwnedJob, OwnedSlot
+
+if TYPE_CHECKING:
+    from protocols.owner import Owner
+
+STREAMS_TABLE = "streams"
+_POSITION = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def partition_names(spec: dict[str, Any]) -> list[str]:
+    """Partition names: the listed ones, or "0".."N-1"."""
+    partitions = spec.get("partitions", 1)
+    if isinstance(partitions, list):
+        return [str(p) for p in partitions]
+    return [str(i) for i in range(int(partitions))]
+
+
+def _position(value: str) -> tuple[int, int] | None:
+    match = _POSITION.fullmatch(value)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def behind(new: str, old: str) -> bool:
+    """True when ``new`` is a position strictly before ``old`` (opaque values
+    are never 'behind': only their order of arrival counts)."""
+    if not old or not new:
+        return False
+    a, b = _position(new), _position(old)
+    if a is not None and b is not None:
+        return a < b
+    try:
+        new_map, old_map = json.loads(new), json.loads(old)
+    except ValueError:
+        return False
+    if not isinstance(new_map, dict) or not isinstance(old_map, dict):
+        return False
+    for key, was in old_map.items():
+        now = new_map.get(key)
+        if now is None:
+            return True  # a stream's position vanished
+        p, q = _position(str(now)), _position(str(was))
+        if p is not None and q is not None and p < q:
+            return True
+    return False
+
+
+@attrs.define
+class PartitionFeed:
+    """A micro-batch partition: what is committed, read, and in flight."""
+
+    name: str
+    streams: list[str]
+    committed: str = ""  # position of the last batch that succeeded
+    position: str = ""  # position read up to (the in-flight batch's last, else committed)
+    in_flight: str = ""  # run id of the batch in flight
+    batches: int = 0  # batches created
+    entries: int = 0  # entries committed
+
+    def record(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class StreamController:
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        self.out = owner.out
+        self.feeds: dict[str, dict[str, PartitionFeed]] = {}  # job id -> partition -> feed
+        self.refused = 0  # commits refused (zombie, backwards)
+
+    # --- consume mode ------------------------------------------------------------
+
+    def consumer_env(self, job: OwnedJob, slot: OwnedSlot) -> dict[str, str]:
+        names = partition_names(job.spec)
+        return {
+            "P2PNODE_PARTITION": names[slot.index],
+            "P2PNODE_CHECKPOINT": slot.checkpoint,
+            "P2PNODE_RUN_FOR_MS": str(job.spec["run_for"]),
+            "P2PNODE_CHECKPOINT_EVERY_MS": str(job.spec["checkpoint_every"]),
+        }
+
+    def final_commit_allowed(self, slot: OwnedSlot, execution: Execution) -> bool:
+        """A consumer stopped with its job may still commit its last checkpoint:
+        it held the newest epoch, and no other execution can follow it."""
+        return slot.terminal and execution.epoch == slot.epoch and execution.state == "cancelled"
+
+    def commit(
+        self,
+        job: OwnedJob,
+        slot: OwnedSlot,
+        execution: Execution,
+        checkpoint: str,
+        lag: int,
+        seq: int,
+    ) -> None:
+        if job.kind != "stream":
+            return
+        if execution.epoch != slot.epoch:
+            self.refuse(job, slot, execution, "not the partition's current epoch")
+            return
+        if seq < slot.progress_seq:
+            return  # an older renewal, reordered: its checkpoint is not news
+        if checkpoint and behind(checkpoint, slot.checkpoint):
+            self.refuse(job, slot, execution, f"{checkpoint!r} is behind {slot.checkpoint!r}")
+            return
+        slot.progress_seq = seq
+        if lag >= 0:
+            slot.lag = lag
+        if not checkpoint or checkpoint == slot.checkpoint:
+            return
+        slot.checkpoint = checkpoint
+        self.out.persist("slots", slot.key, slot.record())
+        self.out.notify(
+            "checkpoint_committed",
+            job_id=job.job_id,
+            partition=partition_names(job.spec)[slot.index],
+            epoch=execution.epoch,
+            execution_id=execution.execution_id,
+            checkpoint=checkpoint,
+        )
+
+    def refuse(self, job: OwnedJob, slot: OwnedSlot, execution: Execution, reason: str) -> None:
+        """A checkpoint that must not be committed (zombie, backwards): counted."""
+        if job.kind != "stream":
+            return
+        self.refused += 1
+        self.out.notify(
+            "checkpoint_refused",
+            job_id=slot.job_id,
+            slot=slot.index,
+            epoch=execution.epoch,
+            execution_id=execution.execution_id,
+            reason=reason,
+        )
+
+    # --- micro_batch mode ----------------------------------------------------------
+
+    def start(self, job: OwnedJob) -> None:
+        names = partition_names(job.spec)
+        streams = list((job.spec.get("source") or {}).get("streams") or [])
+        feeds = {
+            name: PartitionFeed(name=name, streams=streams[i :: len(names)])
+            for i, name in enumerate(names)
+        }
+        self.feeds[job.job_id] = feeds
+        for feed in feeds.values():
+            self._save(job.job_id, feed)
+        job.state = "running"
+        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        for key, rec in records.items():
+            job_id, _, name = key.rpartition("~")
+            self.feeds.setdefault(job_id, {})[name] = PartitionFeed(**rec)
+        for job_id in self.feeds:
+            job = self.owner.jobs.get(job_id)
+            if job is not None and not job.terminal:
+                job.state = "running"
+
+    def _save(self, job_id: str, feed: PartitionFeed) -> None:
+        self.out.persist(STREAMS_TABLE, f"{job_id}~{feed.name}", feed.record())
+
+    def on_batch(self, batch: Any) -> None:
+        job = self.owner.jobs.get(batch.job_id)
+        if job is None or job.kind != "stream" or job.terminal:
+            raise LocalProtocolError(f"no running micro-batch stream job {batch.job_id}")
+        feed = self.feeds.get(job.job_id, {}).get(batch.partition)
+        if feed is None:
+            raise LocalProtocolError(f"job {job.job_id} has no partition {batch.partition!r}")
+        if feed.in_flight:
+            raise LocalProtocolError(
+                f"partition {batch.partition} already has batch {feed.in_flight} in flight"
+            )
+        if behind(batch.last, feed.position) or batch.last == feed.position:
+            raise LocalProtocolError(
+                f"batch ends at {batch.last!r}, not after the partition's position "
+                f"{feed.position!r}"
+            )
+        feed.batches += 1
+        run_id = f"{job.job_id}~{feed.name}~{feed.batches}"
+        feed.in_flight, feed.position = run_id, batch.last
+        self._save(job.job_id, feed)
+        self.owner.create_job(
+            run_id,
+            job.spec,
+            kind="run",
+            version=job.version,
+            parent=job.job_id,
+            inputs=[("batch", batch.manifest_id, self.owner.config.node_id)],
+            env={
+                "P2PNODE_PARTITION": feed.name,
+                "P2PNODE_BATCH_FIRST": batch.first,
+                "P2PNODE_BATCH_LAST": batch.last,
+                "P2PNODE_BATCH_COUNT": str(batch.count),
+            },
+        )
+
+    def on_run_finished(self, run: OwnedJob) -> None:
+        parent = self.owner.jobs.get(run.parent)
+        name = run.env.get("P2PNODE_PARTITION", "")
+        feed = self.feeds.get(run.parent, {}).get(name)
+        if parent is None or feed is None or feed.in_flight != run.job_id:
+            return
+        feed.in_flight = ""
+        if run.state == "completed":
+            feed.committed = run.env["P2PNODE_BATCH_LAST"]
+            feed.entries += int(run.env.get("P2PNODE_BATCH_COUNT", "0"))
+            self._save(parent.job_id, feed)
+            self.out.notify(
+                "checkpoint_committed",
+                job_id=parent.job_id,
+                partition=name,
+                run_id=run.job_id,
+                checkpoint=feed.committed,
+            )
+            self.owner.forget(run.job_id)  # its record is no longer needed
+            return
+        # The batch failed for good (its retries are spent): fail fast and loud;
+        # the checkpoint stays before it, so nothing is lost.
+        feed.position = feed.committed
+        self._save(parent.job_id, feed)
+        if not parent.terminal:
+            self.owner.cancel(
+                parent.job_id, f"partition {name}: batch {run.job_id} {run.state}: {run.reason}"
+            )
+            parent.state = "failed"  # cancel() recorded "stopped"; a failed batch is a failure
+            self.out.persist("jobs", parent.job_id, parent.record())
+            self.out.notify("job_state", job_id=parent.job_id, state="failed", reason=parent.reason)
+
+    def on_stop(self, job: OwnedJob, reason: str) -> None:
+        for feed in self.feeds.get(job.job_id, {}).values():
+            if feed.in_flight:
+                self.owner.cancel(feed.in_flight, f"stream job stopped: {reason}")
+
+    def sources(self) -> list[dict[str, Any]]:
+        """What the owner's connector should read: one row per partition of a
+        live micro-batch job, ``busy`` while a batch is in flight."""
+        rows = []
+        for job_id, feeds in self.feeds.items():
+            job = self.owner.jobs.get(job_id)
+            if job is None or job.terminal:
+                continue
+            source = job.spec.get("source") or {}
+            batch = job.spec.get("batch") or {}
+            for feed in feeds.values():
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "partition": feed.name,
+                        "type": source.get("type", ""),
+                        "url": source.get("url", ""),
+                        "streams": list(feed.streams),
+                        "position": feed.position,
+                        "busy": bool(feed.in_flight),
+                        "max_entries": int(batch.get("max_entries", 1000)),
+                        "max_wait_ms": int(batch.get("max_wait", 5000)),
+                    }
+                )
+        return rows
+
+    # --- queries -----------------------------------------------------------------
+
+    def describe(self, job: OwnedJob) -> list[dict[str, Any]]:
+        names = partition_names(job.spec)
+        if job.slots:
+            rows = []
+            for slot, name in zip(job.slots, names, strict=False):
+                current = slot.current
+                rows.append(
+                    {
+                        "partition": name,
+                        "state": slot.state.value,
+                        "holder": current.node if current and slot.leased else "",
+                        "epoch": slot.epoch,
+                        "checkpoint": slot.checkpoint,
+                        "lag": slot.lag if slot.lag >= 0 else None,
+                    }
+                )
+            return rows
+        return [
+            {
+                "partition": feed.name,
+                "streams": feed.streams,
+                "checkpoint": feed.committed,
+                "position": feed.position,
+                "in_flight": feed.in_flight,
+                "batches": feed.batches,
+                "entries": feed.entries,
+            }
+            for feed in self.feeds.get(job.job_id, {}).values()
+        ]
