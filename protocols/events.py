@@ -87,6 +87,16 @@ class SourceBatch:
 
 
 @attrs.frozen
+class ItemsRead:
+    """Answer to ``ReadItems``: the lines of a DAG task's outputs (or why not)."""
+
+    job_id: str
+    task: str
+    items: tuple[str, ...] = ()
+    error: str = ""
+
+
+@attrs.frozen
 class SubmitJob:
     """Local API: become the owner of a new job.  ``spec`` is the canonical spec."""
 
@@ -129,6 +139,7 @@ Event = (
     | SuspendJob
     | ExecutionProgress
     | SourceBatch
+    | ItemsRead
 )
 
 # --- actions (core -> driver) --------------------------------------------------
@@ -183,6 +194,17 @@ class StartExecution:
 
 
 @attrs.frozen
+class ReadItems:
+    """Fetch the outputs ``refs`` ((manifest id, node) pairs) and answer with
+    ``ItemsRead``: every non-empty line of every output file, in order (a
+    DAG ``map`` fans out over them)."""
+
+    job_id: str
+    task: str
+    refs: tuple[tuple[str, str], ...]
+
+
+@attrs.frozen
 class StopExecution:
     """Kill a running execution; the driver answers with ``ExecutionFinished``
     (status ``cancelled``) unless the execution had already ended."""
@@ -212,4 +234,14 @@ class Notify:
     data: dict[str, Any]
 
 
-Action = Send | Publish | SetTimer | CancelTimer | StartExecution | StopExecution | Persist | Notify
+Action = (
+    Send
+    | Publish
+    | SetTimer
+    | CancelTimer
+    | StartExecution
+    | StopExecution
+    | Persist
+    | Notify
+    | ReadItems
+)

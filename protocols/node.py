@@ -19,6 +19,7 @@ from typing import Any
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
 from protocols.cron import CRON_TABLE
+from protocols.dag import CACHE_TABLE, DAGS_TABLE
 from protocols.directory import Directory
 from protocols.errors import RemoteProtocolError
 from protocols.events import (
@@ -27,6 +28,7 @@ from protocols.events import (
     Event,
     ExecutionFinished,
     ExecutionProgress,
+    ItemsRead,
     MessageReceived,
     SourceBatch,
     Started,
@@ -123,6 +125,8 @@ class NodeCore:
             self.holder.on_progress(event)
         elif isinstance(event, SourceBatch):
             self.owner.stream.on_batch(event)
+        elif isinstance(event, ItemsRead):
+            self.owner.dag.on_items(event)
         elif isinstance(event, SubmitJob):
             self.owner.submit(event.job_id, event.spec)
         elif isinstance(event, CancelJob):
@@ -144,6 +148,9 @@ class NodeCore:
         self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
         self.owner.cron.restore(self._records.get(CRON_TABLE, {}))
         self.owner.stream.restore(self._records.get(STREAMS_TABLE, {}))
+        self.owner.dag.restore(
+            self._records.get(DAGS_TABLE, {}), self._records.get(CACHE_TABLE, {})
+        )
         self.holder.restore(self._records.get(HELD_TABLE, {}))
         remembered = self._restore_view(self._records.get(VIEW_TABLE, {}).get("peers", {}))
         self._records = {}

@@ -28,6 +28,7 @@ from protocols.events import (
     Notify,
     Persist,
     Publish,
+    ReadItems,
     Send,
     SetTimer,
     StartExecution,
@@ -123,6 +124,9 @@ class Outbox:
 
     def start(self, start: StartExecution) -> None:
         self.actions.append(start)
+
+    def read_items(self, job_id: str, task: str, refs: list[tuple[str, str]]) -> None:
+        self.actions.append(ReadItems(job_id=job_id, task=task, refs=tuple(refs)))
 
     def stop(self, execution_id: str, reason: str) -> None:
         self.actions.append(StopExecution(execution_id=execution_id, reason=reason))

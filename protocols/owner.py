@@ -78,6 +78,7 @@ class Owner:
         self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
     ) -> None:
         from protocols.cron import CronController  # cron and streams drive the owner's API
+        from protocols.dag import DagController
         from protocols.stream import StreamController
 
         self.config = config
@@ -88,6 +89,7 @@ class Owner:
         self.jobs: dict[str, OwnedJob] = {}
         self.cron = CronController(self)
         self.stream = StreamController(self)
+        self.dag = DagController(self)
 
     # --- local API ------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ class Owner:
         env: dict[str, str] | None = None,
     ) -> OwnedJob:
         """A new owned job, persisted, its first auctions (or census, or schedule) open."""
-        unit = WorkUnit.from_spec(spec)
+        unit = WorkUnit.for_job(spec)
         count = unit.count if kind in ("batch", "service", "run") else 0
         if kind == "stream" and spec.get("mode", "consume") == "consume":
             count = len(partition_names(spec))
@@ -156,6 +158,8 @@ class Owner:
             self.cron.start(job)
         elif kind == "stream" and not slots:
             self.stream.start(job)
+        elif kind == "dag":
+            self.dag.start(job)
         return job
 
     def cancel(self, job_id: str, reason: str) -> None:
@@ -178,7 +182,7 @@ class Owner:
                 f"job {job_id} is a {job.kind} job; an update cannot make it {spec.get('type')!r}"
             )
         old = job.unit
-        job.spec, job.unit, job.version = spec, WorkUnit.from_spec(spec), job.version + 1
+        job.spec, job.unit, job.version = spec, WorkUnit.for_job(spec), job.version + 1
         if (old.task, old.labels) == (job.unit.task, job.unit.labels):
             # Same work (e.g. only the count changed): running executions
             # already run this version; nothing to roll.
@@ -217,7 +221,7 @@ class Owner:
     def restore(self, jobs: dict[str, dict[str, Any]], slots: dict[str, dict[str, Any]]) -> None:
         """Rebuild owned jobs from persisted records (before ``resume``)."""
         for job_id, rec in jobs.items():
-            unit = WorkUnit.from_spec(rec["spec"])
+            unit = WorkUnit.for_job(rec["spec"])
             count = rec.get("slots", unit.count)
             owned = [OwnedSlot.from_record(job_id, i, slots[f"{job_id}/{i}"]) for i in range(count)]
             self.jobs[job_id] = OwnedJob(
@@ -263,6 +267,8 @@ class Owner:
                 self._open_census(job)  # ops: only if the census had not finished
             elif job.kind == "cron":
                 self.cron.resume(job)
+            elif job.kind == "dag":
+                self.dag.resume(job)
             if job.kind in LONG_RUNNING:
                 self._roll(job)
 
@@ -972,6 +978,8 @@ class Owner:
             self.cron.on_stop(job, reason)
         elif job.kind == "stream":
             self.stream.on_stop(job, reason)
+        elif job.kind == "dag":
+            self.dag.on_stop(job, reason)
         for slot in job.slots:
             if slot.terminal:
                 continue
@@ -987,6 +995,10 @@ class Owner:
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
         self._set_terminal(job, state, reason)
 
+    def set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
+        """Record a job's outcome (jobs whose state their controller decides)."""
+        self._set_terminal(job, state, reason)
+
     def _set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
         job.state, job.reason = state, reason
         self.out.persist(JOBS_TABLE, job.job_id, job.record())
@@ -996,9 +1008,11 @@ class Owner:
             self.cron.on_run_finished(job)
         elif parent is not None and parent.kind == "stream":
             self.stream.on_run_finished(job)
+        elif parent is not None and parent.kind == "dag":
+            self.dag.on_run_finished(job)
 
     def _update_job_state(self, job: OwnedJob) -> None:
-        if job.terminal or job.kind == "cron" or (job.kind == "stream" and not job.slots):
+        if job.terminal or job.kind in ("cron", "dag") or (job.kind == "stream" and not job.slots):
             return
         states = [s.state for s in job.slots]
         if job.kind == "ops" and job.slots and all(s.terminal for s in job.slots):
@@ -1069,6 +1083,8 @@ class Owner:
             described["schedule"] = self.cron.describe(job)
         if job.kind == "stream":
             described["partitions"] = self.stream.describe(job)
+        if job.kind == "dag":
+            described["tasks"] = self.dag.describe(job)
         return described
 
 

@@ -39,6 +39,19 @@ class WorkUnit:
         )
 
     @classmethod
+    def for_job(cls, spec: Mapping[str, Any]) -> WorkUnit:
+        """The unit of a job's own slots.  A DAG or chain has none of its own
+        (each task or stage is a run job): its first task stands in."""
+        if "task" in spec:
+            return cls.from_spec(spec)
+        first = next(iter(spec.get("tasks") or {}), None)
+        task = spec["tasks"][first] if first is not None else spec["stages"][0]["task"]
+        plain = {
+            k: task[k] for k in ("engine", "env", "resources", "timeout", "retry") if k in task
+        }
+        return cls.from_task(plain, count=0)
+
+    @classmethod
     def from_task(
         cls,
         task: dict[str, Any],
