@@ -318,24 +318,32 @@ class Cancel(Message):
 
 
 # --- handover (job chaining) -------------------------------------------------
+#
+# Records are msgpack maps signed with the parties' node keys (see
+# protocols/chain.py for their fields and the verification rules).
+
+MAX_RECORDS_BYTES = 200 * 1024  # a chain's whole record log, with its spec (< the frame limit)
 
 
 @attrs.frozen(kw_only=True)
 class HandoverOffer(Message):
-    """Current owner -> next owner: take ownership of stage ``stage``."""
+    """Current owner -> next owner: take ownership of stage ``stage``.
+    ``record`` packs the chain's spec and its record log, the last record
+    being this offer, signed by the sender."""
 
     TYPE: ClassVar[str] = "handover_offer"
     SENDER_ROLE: ClassVar[str] = Role.OWNER
 
     job_id: str = _id()
     stage: int = _count(MAX_SLOT)
-    record: bytes = attrs.field(default=b"", metadata=bounded(max_len=64 * 1024))
+    record: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_RECORDS_BYTES))
     prev_hash: str = _text(MAX_ID_LEN)
 
 
 @attrs.frozen(kw_only=True)
 class HandoverAccept(Message):
-    """Next owner -> current owner: accepted, countersigned record."""
+    """Next owner -> current owner: accepted; ``record`` is the offer record
+    countersigned.  Valid for a bounded window on the acceptor's clock."""
 
     TYPE: ClassVar[str] = "handover_accept"
     SENDER_ROLE: ClassVar[str] = Role.ANY
@@ -357,6 +365,50 @@ class HandoverCommit(Message):
     record_hash: str = _text(MAX_ID_LEN)
 
 
+@attrs.frozen(kw_only=True)
+class HandoverAck(Message):
+    """New owner -> old owner: the commit arrived (stops its retransmission)."""
+
+    TYPE: ClassVar[str] = "handover_ack"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    stage: int = _count(MAX_SLOT)
+    record_hash: str = _text(MAX_ID_LEN)
+
+
+@attrs.frozen(kw_only=True)
+class ChainReport(Message):
+    """Stage owner -> the chain's submitter, every ttl/3: where the chain
+    stands (``records``: packed records the submitter may not have yet), and a
+    renewal of the sender's ownership, which lapses without an answer."""
+
+    TYPE: ClassVar[str] = "chain_report"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    job_id: str = _id()
+    seq: int = _count(2**32)
+    state: str = _text(32)  # running | handed_over | completed | failed
+    records: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_RECORDS_BYTES))
+    reason: str = _text()
+    manifest_id: str = _text(MAX_ID_LEN)  # completed: the last stage's outputs ...
+    node: str = _text(MAX_ID_LEN)  # ... and the node that holds them
+
+
+@attrs.frozen(kw_only=True)
+class ChainReportAck(Message):
+    """Submitter -> stage owner: report ``seq`` received; ``valid`` false = the
+    submitter took the chain over: stop now."""
+
+    TYPE: ClassVar[str] = "chain_report_ack"
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+    job_id: str = _id()
+    seq: int = _count(2**32)
+    valid: bool = True
+    reason: str = _text()
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     NodeInfo,
     Hello,
@@ -376,6 +428,10 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     HandoverOffer,
     HandoverAccept,
     HandoverCommit,
+    HandoverAck,
+    ChainReport,
+    ChainReportAck,
+    InputRef,
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from protocols import codec
+from protocols.chain import CHAINS_TABLE, ChainController
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
 from protocols.cron import CRON_TABLE
 from protocols.dag import CACHE_TABLE, DAGS_TABLE
@@ -44,7 +45,13 @@ from protocols.messages import (
     BidDeclined,
     BidRejected,
     Cancel,
+    ChainReport,
+    ChainReportAck,
     ExecutionResult,
+    HandoverAccept,
+    HandoverAck,
+    HandoverCommit,
+    HandoverOffer,
     Hello,
     LeaseAccept,
     LeaseGrant,
@@ -58,8 +65,16 @@ from protocols.messages import (
 )
 from protocols.outbox import RETX_TIMER, Outbox
 from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
+from protocols.signing import Keyring
 from protocols.stream import STREAMS_TABLE
 
+CHAIN_TIMERS = {
+    "chainoffer": ChainController.on_offer_timeout,
+    "chainpending": ChainController.on_pending_timeout,
+    "chainreport": ChainController.on_report_timer,
+    "chainlapse": ChainController.on_lapse_timer,
+    "chainwatch": ChainController.on_watch_timer,
+}
 META_TABLE = "meta"
 VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000
@@ -83,7 +98,13 @@ def info_record(info: NodeInfo) -> dict[str, Any]:
 
 
 class NodeCore:
-    def __init__(self, config: NodeConfig, seed: int, records: Records | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        seed: int,
+        records: Records | None = None,
+        keys: Keyring | None = None,
+    ) -> None:
         self.config = config
         self.node_id = config.node_id
         self._records: Records = records or {}
@@ -101,7 +122,7 @@ class NodeCore:
             compute=config.compute,
         )
         self.directory = Directory(self.me, config.view_size, self.rng)
-        self.owner = Owner(config, self.out, self.directory, self.rng)
+        self.owner = Owner(config, self.out, self.directory, self.rng, keys)
         self.holder = Holder(config, self.out, self.me)
         self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
         self._view_version = 0  # bumped when the view changes; saved at gossip time
@@ -148,6 +169,7 @@ class NodeCore:
         self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
         self.owner.cron.restore(self._records.get(CRON_TABLE, {}))
         self.owner.stream.restore(self._records.get(STREAMS_TABLE, {}))
+        self.owner.chain.restore(self._records.get(CHAINS_TABLE, {}))
         self.owner.dag.restore(
             self._records.get(DAGS_TABLE, {}), self._records.get(CACHE_TABLE, {})
         )
@@ -219,7 +241,7 @@ class NodeCore:
 
     def _routes(self) -> dict[type[Message], Callable[[str, Any], None]]:
         """Which role handles which message (one table, looked up by exact type)."""
-        owner, holder = self.owner, self.holder
+        owner, holder, chain = self.owner, self.holder, self.owner.chain
         return {
             AskForBid: holder.on_ask,
             Bid: owner.on_bid,
@@ -233,6 +255,12 @@ class NodeCore:
             ExecutionResult: owner.on_result,
             ResultAck: holder.on_result_ack,
             Cancel: holder.on_cancel,
+            HandoverOffer: chain.on_offer,
+            HandoverAccept: chain.on_accept,
+            HandoverCommit: chain.on_commit,
+            HandoverAck: chain.on_ack,
+            ChainReport: chain.on_report,
+            ChainReportAck: chain.on_report_ack,
             Hello: self._on_hello,
             Peers: lambda _sender, msg: self._on_peers(msg),
         }
@@ -311,6 +339,8 @@ class NodeCore:
             self.holder.on_run_for_timer(key[1])
         elif kind == "gossip":
             self._on_gossip()
+        elif kind in CHAIN_TIMERS:
+            CHAIN_TIMERS[kind](self.owner.chain, key[1])
 
     # --- queries ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from protocols.unit import WorkUnit
 
 # Kinds of job an owner runs.  "run" is one run of a cron job (a batch-like
 # job whose id is derived from the cron job and the scheduled time).
-OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "stream", "dag", "run")
+OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "stream", "dag", "chain", "run")
 # Exits are restarted, the job never completes.  (A stream in micro_batch mode
 # has no long-running slots: its batches are "run" jobs.)
 LONG_RUNNING = frozenset({"daemon", "service", "stream"})

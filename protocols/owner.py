@@ -21,7 +21,7 @@ rules that make outcomes exact on a lossy network:
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -61,6 +61,9 @@ from protocols.states import SlotEvent, SlotState, check_slot_transition
 from protocols.stream import partition_names
 from protocols.unit import WorkUnit
 
+if TYPE_CHECKING:
+    from protocols.signing import Keyring
+
 JOBS_TABLE = "jobs"
 SLOTS_TABLE = "slots"
 NO_MATCH_ROUNDS = 3  # broadcast rounds without any matching node before failing fast
@@ -75,10 +78,17 @@ KEEP_EXECUTIONS = 20  # a daemon/service slot keeps its last executions only
 
 class Owner:
     def __init__(
-        self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
+        self,
+        config: NodeConfig,
+        out: Outbox,
+        directory: Directory,
+        rng: random.Random,
+        keys: Keyring | None = None,
     ) -> None:
+        from protocols.chain import ChainController
         from protocols.cron import CronController  # cron and streams drive the owner's API
         from protocols.dag import DagController
+        from protocols.signing import SimKeyring
         from protocols.stream import StreamController
 
         self.config = config
@@ -90,6 +100,7 @@ class Owner:
         self.cron = CronController(self)
         self.stream = StreamController(self)
         self.dag = DagController(self)
+        self.chain = ChainController(self, keys or SimKeyring(config.node_id))
 
     # --- local API ------------------------------------------------------------------
 
@@ -160,6 +171,8 @@ class Owner:
             self.stream.start(job)
         elif kind == "dag":
             self.dag.start(job)
+        elif kind == "chain":
+            self.chain.start(job)
         return job
 
     def cancel(self, job_id: str, reason: str) -> None:
@@ -271,6 +284,7 @@ class Owner:
                 self.dag.resume(job)
             if job.kind in LONG_RUNNING:
                 self._roll(job)
+        self.chain.resume()
 
     # --- census (ops, daemon): which nodes match ------------------------------------
 
@@ -980,6 +994,8 @@ class Owner:
             self.stream.on_stop(job, reason)
         elif job.kind == "dag":
             self.dag.on_stop(job, reason)
+        elif job.kind == "chain":
+            self.chain.on_stop(job, reason)
         for slot in job.slots:
             if slot.terminal:
                 continue
@@ -1010,9 +1026,13 @@ class Owner:
             self.stream.on_run_finished(job)
         elif parent is not None and parent.kind == "dag":
             self.dag.on_run_finished(job)
+        elif job.parent in self.chain.chains:  # (its chain job may be owned elsewhere)
+            self.chain.on_run_finished(job)
 
     def _update_job_state(self, job: OwnedJob) -> None:
-        if job.terminal or job.kind in ("cron", "dag") or (job.kind == "stream" and not job.slots):
+        if job.terminal or job.kind in ("cron", "dag", "chain"):
+            return  # their controllers decide
+        if job.kind == "stream" and not job.slots:
             return
         states = [s.state for s in job.slots]
         if job.kind == "ops" and job.slots and all(s.terminal for s in job.slots):
@@ -1047,6 +1067,8 @@ class Owner:
 
     def describe(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
+        if job is None and job_id in self.chain.chains:  # a chain stage we own(ed)
+            return {"job_id": job_id, "type": "chain", "chain": self.chain.describe(job_id)}
         if job is None:
             raise LocalProtocolError(f"job {job_id} is not owned by this node")
         described: dict[str, Any] = {
@@ -1085,6 +1107,8 @@ class Owner:
             described["partitions"] = self.stream.describe(job)
         if job.kind == "dag":
             described["tasks"] = self.dag.describe(job)
+        if job.kind == "chain":
+            described["chain"] = self.chain.describe(job_id)
         return described
 
 

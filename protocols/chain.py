@@ -1,0 +1,710 @@
+"""Chain jobs: stages handed from peer to peer, with an accountable owner at
+every step and a signed, hash-linked log of owners.
+
+Roles.  The *submitter* S owns stage 0 and stays the chain's root of
+accountability.  The owner of stage k runs it as a run job
+(``<job>~s<k>~<n>``); when it completes on holder X, the owner offers X
+ownership of stage k+1 (X holds the outputs stage k+1 needs):
+
+    owner --HandoverOffer(chain log + offer record signed by owner)--> X
+    X verifies the log, countersigns, keeps it for ``accept_window`` only
+    X --HandoverAccept(countersigned record)--> owner
+    owner persists the record (it is no longer the owner), then
+    owner --HandoverCommit(record hash)--> X    (retransmitted until HandoverAck)
+    X, inside its window: becomes the owner, persists, auctions stage k+1
+
+Until the commit the old owner stays accountable: no accept within
+``offer_timeout`` (X died or is unreachable) and it re-runs stage k elsewhere
+(X had the only copy of its outputs) and offers again to the new holder.  X
+refuses a commit that comes after its window, so a late commit can never
+make a second owner.
+
+Records.  ``{job, seq, stage, kind, from, to, prev, inputs, spec}`` packed
+with msgpack, signed by ``from`` and ``to`` (genesis and takeover: by the
+submitter alone).  ``prev`` is the hash of the previous record (body and
+signatures), so the log is a hash chain that ``verify_log`` checks from the
+genesis: every record's ``from`` is the previous record's ``to``, its
+signatures verify against the nodes' keys, stages advance by one.  A
+handover not signed by the current owner, a forged or re-ordered record, a
+record breaking the hash chain, or a commit for no pending handover is
+refused and counted.
+
+Liveness.  The current owner (when not S) reports to S every ttl/3 with the
+records S may lack; S's answer renews its ownership, which lapses after ttl
+without one (the owner then stops its stage run: self-fencing).  S takes the
+chain over after ttl + grace without a report from the owner its log names:
+it appends a *takeover* record signed by itself and re-runs the previous
+stage (the dead owner held the current stage's inputs; stage 0 needs none).
+The submitter therefore always knows where the chain stands (its log) and
+learns of a dead owner within ttl + grace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgpack
+
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.messages import (
+    ChainReport,
+    ChainReportAck,
+    HandoverAccept,
+    HandoverAck,
+    HandoverCommit,
+    HandoverOffer,
+)
+from protocols.owned import OwnedJob
+from protocols.spec.task import TASK_KEYS
+
+if TYPE_CHECKING:
+    from protocols.owner import Owner
+    from protocols.signing import Keyring
+
+CHAINS_TABLE = "chains"
+MAX_OFFERS = 3  # offers of one stage that time out before the chain fails
+
+
+def pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data))
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise RemoteProtocolError(f"undecodable chain record: {exc}") from None
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    sigs = sorted(record["sigs"].items())
+    return "sha256:" + hashlib.sha256(pack([record["body"], sigs])).hexdigest()
+
+
+def body_bytes(body: dict[str, Any]) -> bytes:
+    return pack(body)
+
+
+def verify_log(
+    records: list[dict[str, Any]], keys: Keyring, *, job_id: str, spec_digest: str, pending: bool
+) -> None:
+    """Raise RemoteProtocolError unless ``records`` is a valid chain log.
+    ``pending``: the last record is an offer (signed by ``from`` only)."""
+    if not records:
+        raise RemoteProtocolError("empty chain log")
+    submitter = ""
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or set(rec) != {"body", "sigs"}:
+            raise RemoteProtocolError(f"record {i}: malformed")
+        body, sigs = rec["body"], rec["sigs"]
+        if not isinstance(body, dict) or not isinstance(sigs, dict):
+            raise RemoteProtocolError(f"record {i}: malformed")
+        if body.get("job") != job_id or body.get("spec") != spec_digest or body.get("seq") != i:
+            raise RemoteProtocolError(f"record {i}: not record {i} of this chain")
+        data = body_bytes(body)
+
+        def signed_by(node: str, rec_sigs: dict[str, Any] = sigs, data: bytes = data) -> bool:
+            sig = rec_sigs.get(node)
+            return isinstance(sig, bytes) and keys.verify(node, data, sig)
+
+        kind, frm, to = body.get("kind"), body.get("from"), body.get("to")
+        if not isinstance(to, str) or not to:
+            raise RemoteProtocolError(f"record {i}: no new owner")
+        if i == 0:
+            if kind != "genesis" or frm != "" or body.get("prev") != "" or body.get("stage") != 0:
+                raise RemoteProtocolError("record 0: not a genesis record")
+            if not signed_by(to):
+                raise RemoteProtocolError("record 0: not signed by the submitter")
+            submitter = to
+            continue
+        before = records[i - 1]["body"]
+        if body.get("prev") != record_hash(records[i - 1]):
+            raise RemoteProtocolError(f"record {i}: breaks the hash chain")
+        last = i == len(records) - 1
+        if kind == "handover":
+            if frm != before["to"]:
+                raise RemoteProtocolError(f"record {i}: handed over by {frm}, not the owner")
+            if body.get("stage") != before["stage"] + 1:
+                raise RemoteProtocolError(f"record {i}: skips stages")
+            if not signed_by(frm):
+                raise RemoteProtocolError(f"record {i}: not signed by the current owner {frm}")
+            if not (pending and last) and not signed_by(to):
+                raise RemoteProtocolError(f"record {i}: not countersigned by {to}")
+        elif kind == "takeover":
+            if to != submitter or not signed_by(submitter):
+                raise RemoteProtocolError(f"record {i}: a takeover only the submitter signs")
+            if not 0 <= body.get("stage", -1) <= before["stage"]:
+                raise RemoteProtocolError(f"record {i}: takeover of a stage not reached")
+        else:
+            raise RemoteProtocolError(f"record {i}: unknown kind {kind!r}")
+
+
+@attrs.define
+class ChainState:
+    job_id: str
+    submitter: str
+    records: list[dict[str, Any]]
+    role: str  # owner | former | pending
+    run_id: str = ""
+    runs: int = 0  # stage runs created (run ids)
+    offers: int = 0  # offers of the current stage that timed out
+    offer: dict[str, Any] | None = None  # our pending offer record
+    commit_hash: str = ""  # a commit we retransmit until acked
+    outcome: str = ""  # completed | failed (the submitter's view)
+    reason: str = ""
+    final: list[str] = attrs.field(factory=list)  # [manifest, node] of the last stage
+    # Volatile.
+    report_seq: int = 0
+    acked_seq: int = 0
+    valid_until: float = 0.0  # our ownership (when not the submitter)
+    heard_at: float = 0.0  # the submitter's last report from the current owner
+    sent: int = 0  # records the submitter already has (owner side)
+
+    @property
+    def head(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.records[-1]["body"]
+        return body
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "submitter": self.submitter,
+            "records": self.records,
+            "role": self.role,
+            "run_id": self.run_id,
+            "runs": self.runs,
+            "offers": self.offers,
+            "offer": self.offer,
+            "commit_hash": self.commit_hash,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "final": self.final,
+        }
+
+
+class ChainController:
+    def __init__(self, owner: Owner, keys: Keyring) -> None:
+        self.owner = owner
+        self.out = owner.out
+        self.t = owner.t
+        self.me = owner.config.node_id
+        self.keys = keys
+        self.chains: dict[str, ChainState] = {}
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.refused = 0
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _digest(self, spec: dict[str, Any]) -> str:
+        return "sha256:" + hashlib.sha256(pack(spec)).hexdigest()
+
+    def _sign(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"body": body, "sigs": {self.me: self.keys.sign(body_bytes(body))}}
+
+    def _save(self, chain: ChainState) -> None:
+        self.out.persist(
+            CHAINS_TABLE, chain.job_id, {**chain.record(), "spec": self.specs[chain.job_id]}
+        )
+
+    def _refuse(self, sender: str, job_id: str, reason: str) -> None:
+        self.refused += 1
+        self.out.notify("handover_refused", job_id=job_id, sender=sender, reason=reason)
+        raise RemoteProtocolError(f"chain {job_id}: {reason}")
+
+    def _stage_inputs(self, chain: ChainState, stage: int) -> list[list[str]]:
+        for rec in reversed(chain.records):
+            if rec["body"]["stage"] == stage:
+                inputs: list[list[str]] = rec["body"]["inputs"]
+                return inputs
+        return []
+
+    # --- submit / restore ----------------------------------------------------------
+
+    def start(self, job: OwnedJob) -> None:
+        """The submitter: genesis record, then run stage 0."""
+        body = {
+            "job": job.job_id,
+            "seq": 0,
+            "stage": 0,
+            "kind": "genesis",
+            "from": "",
+            "to": self.me,
+            "prev": "",
+            "inputs": [],
+            "spec": self._digest(job.spec),
+        }
+        chain = ChainState(job.job_id, self.me, [self._sign(body)], "owner")
+        self.chains[job.job_id] = chain
+        self.specs[job.job_id] = job.spec
+        job.state = "running"
+        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+        self._run_stage(chain, 0)
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> None:
+        for job_id, rec in records.items():
+            spec = rec.pop("spec")
+            self.specs[job_id] = spec
+            self.chains[job_id] = ChainState(job_id=job_id, **rec)
+
+    def resume(self) -> None:
+        now = self.out.now
+        for chain in self.chains.values():
+            chain.heard_at = now
+            chain.valid_until = now + self.t.lease_ttl
+            if chain.role == "owner" and chain.submitter != self.me:
+                self._report(chain, "running")
+            if chain.offer is not None:
+                self._send_offer(chain)
+            if chain.commit_hash:
+                self._send_commit(chain)
+            if chain.submitter == self.me and not chain.outcome:
+                self.out.timer(("chainwatch", chain.job_id, 0), now + self.t.renew_interval)
+            if chain.role == "pending":
+                self.out.timer(("chainpending", chain.job_id, 0), now + self.t.lease_ttl)
+
+    # --- running a stage -------------------------------------------------------------
+
+    def _run_stage(self, chain: ChainState, stage: int) -> None:
+        spec = self.specs[chain.job_id]
+        task = spec["stages"][stage]["task"]
+        chain.runs += 1
+        # Unique across owners: each ownership change appends a record.
+        run_id = f"{chain.job_id}~s{stage}~r{len(chain.records) - 1}~{chain.runs}"
+        chain.run_id = run_id
+        self._save(chain)
+        inputs = [(n, m, node) for n, m, node in self._stage_inputs(chain, stage)]
+        run_spec = {
+            "name": spec.get("name", "chain"),
+            "type": "batch",
+            "count": 1,
+            "constraints": spec.get("constraints") or {"labels": {}},
+            "queue_timeout": spec.get("queue_timeout"),
+            "task": {k: task[k] for k in TASK_KEYS if k in task},
+        }
+        self.owner.create_job(
+            run_id,
+            run_spec,
+            kind="run",
+            parent=chain.job_id,
+            inputs=inputs,
+            env={"P2PNODE_STAGE": spec["stages"][stage]["name"], "P2PNODE_STAGE_INDEX": str(stage)},
+        )
+        if chain.submitter == self.me:
+            self.out.timer(("chainwatch", chain.job_id, 0), self.out.now + self.t.renew_interval)
+        else:
+            self._report(chain, "running")
+
+    def on_run_finished(self, run: OwnedJob) -> None:
+        chain = self.chains.get(run.parent)
+        if chain is None or chain.role != "owner" or chain.run_id != run.job_id:
+            return
+        stage = chain.head["stage"]
+        stages = self.specs[chain.job_id]["stages"]
+        if run.state != "completed":
+            self._end(chain, "failed", f"stage {stages[stage]['name']}: {run.reason}")
+            return
+        done = [e for s in run.slots for e in s.executions if e.state == "succeeded"]
+        holder, manifest = done[-1].node, done[-1].manifest_id
+        if stage == len(stages) - 1:
+            chain.final = [manifest, holder]
+            self._end(chain, "completed", "")
+            return
+        inputs = [[stages[stage]["name"], manifest, holder]] if manifest else []
+        self._offer(chain, holder, inputs)
+
+    # --- handover: the offering owner ------------------------------------------------
+
+    def _offer(self, chain: ChainState, to: str, inputs: list[list[str]]) -> None:
+        head = chain.records[-1]
+        body = {
+            "job": chain.job_id,
+            "seq": len(chain.records),
+            "stage": head["body"]["stage"] + 1,
+            "kind": "handover",
+            "from": self.me,
+            "to": to,
+            "prev": record_hash(head),
+            "inputs": inputs,
+            "spec": head["body"]["spec"],
+        }
+        chain.offer = self._sign(body)
+        self._save(chain)
+        if to == self.me:  # we ran the stage ourselves: sign both parts at once
+            self._committed(chain, chain.offer)
+            return
+        self._send_offer(chain)
+        self.out.timer(
+            ("chainoffer", chain.job_id, 0), self.out.now + self.t.lease_ttl + self.t.lease_grace
+        )
+
+    def _send_offer(self, chain: ChainState) -> None:
+        assert chain.offer is not None
+        payload = pack({"spec": self.specs[chain.job_id], "records": [*chain.records, chain.offer]})
+        msg = HandoverOffer(
+            job_id=chain.job_id,
+            stage=chain.offer["body"]["stage"],
+            record=payload,
+            prev_hash=chain.offer["body"]["prev"],
+        )
+        self.out.send_reliably(
+            ("offer", chain.job_id), chain.offer["body"]["to"], msg, give_up_after=self.t.lease_ttl
+        )
+
+    def on_offer_timeout(self, job_id: str) -> None:
+        chain = self.chains.get(job_id)
+        if chain is None or chain.offer is None or chain.role != "owner":
+            return
+        to = chain.offer["body"]["to"]
+        chain.offer = None
+        chain.offers += 1
+        self.out.settle(("offer", job_id))
+        self.out.notify("handover_failed", job_id=job_id, to=to, reason="no accept in time")
+        if chain.offers >= MAX_OFFERS:
+            self._end(chain, "failed", f"stage {chain.head['stage'] + 1}: no next owner accepted")
+            return
+        # The next owner held the only copy of our stage's outputs: run it again.
+        self._run_stage(chain, chain.head["stage"])
+
+    def on_accept(self, sender: str, msg: HandoverAccept) -> None:
+        chain = self.chains.get(msg.job_id)
+        if chain is None or chain.offer is None or chain.role != "owner":
+            self._refuse(sender, msg.job_id, "accept for no pending offer")
+            return
+        rec = unpack(msg.record)
+        offer = chain.offer
+        if not isinstance(rec, dict) or rec.get("body") != offer["body"]:
+            self._refuse(sender, msg.job_id, "accepted record differs from the offer")
+            return
+        to = offer["body"]["to"]
+        sigs = rec.get("sigs") or {}
+        sig = sigs.get(to) if isinstance(sigs, dict) else None
+        if (
+            sender != to
+            or not isinstance(sig, bytes)
+            or not self.keys.verify(to, body_bytes(offer["body"]), sig)
+        ):
+            self._refuse(sender, msg.job_id, "accept not signed by the offered node")
+            return
+        full = {"body": offer["body"], "sigs": {**offer["sigs"], to: sig}}
+        self._committed(chain, full)
+
+    def _committed(self, chain: ChainState, full: dict[str, Any]) -> None:
+        """The countersigned record is ours: persist it (we let go), then commit."""
+        chain.records.append(full)
+        chain.offer, chain.offers = None, 0
+        self.out.settle(("offer", chain.job_id))
+        self.out.cancel_timer(("chainoffer", chain.job_id, 0))
+        to = full["body"]["to"]
+        self.out.notify(
+            "handover_committed", job_id=chain.job_id, stage=full["body"]["stage"], to=to
+        )
+        if to == self.me:
+            self._save(chain)
+            self._run_stage(chain, full["body"]["stage"])
+            return
+        # We let go.  The submitter keeps watching the chain's new owner.
+        chain.role = "watching" if chain.submitter == self.me else "former"
+        chain.heard_at = self.out.now
+        chain.commit_hash = record_hash(full)
+        self._save(chain)
+        self._send_commit(chain)
+        if chain.submitter != self.me:
+            self._report(chain, "handed_over")
+
+    def _send_commit(self, chain: ChainState) -> None:
+        head = chain.records[-1]["body"]
+        msg = HandoverCommit(
+            job_id=chain.job_id, stage=head["stage"], record_hash=chain.commit_hash
+        )
+        self.out.send_reliably(
+            ("commit", chain.job_id), head["to"], msg, give_up_after=self.t.lease_ttl
+        )
+
+    def on_ack(self, sender: str, msg: HandoverAck) -> None:
+        chain = self.chains.get(msg.job_id)
+        if chain is not None and chain.commit_hash == msg.record_hash:
+            chain.commit_hash = ""
+            self.out.settle(("commit", msg.job_id))
+            self._save(chain)
+
+    # --- handover: the next owner ------------------------------------------------------
+
+    def on_offer(self, sender: str, msg: HandoverOffer) -> None:
+        payload = unpack(msg.record)
+        if not isinstance(payload, dict) or set(payload) != {"spec", "records"}:
+            self._refuse(sender, msg.job_id, "malformed offer")
+            return
+        spec, records = payload["spec"], payload["records"]
+        if not isinstance(records, list) or not isinstance(spec, dict):
+            self._refuse(sender, msg.job_id, "malformed offer")
+            return
+        try:
+            verify_log(
+                records, self.keys, job_id=msg.job_id, spec_digest=self._digest(spec), pending=True
+            )
+        except RemoteProtocolError as exc:
+            self._refuse(sender, msg.job_id, f"invalid record log: {exc}")
+            return
+        offer = records[-1]["body"]
+        if offer["kind"] != "handover" or offer["from"] != sender or offer["to"] != self.me:
+            self._refuse(sender, msg.job_id, "offer not from the current owner to us")
+            return
+        known = self.chains.get(msg.job_id)
+        if known is not None and known.role == "pending" and known.records[-1]["body"] == offer:
+            self._accept(known)  # our accept was lost: the same answer again
+            return
+        if known is not None and len(known.records) > offer["seq"]:
+            self._refuse(sender, msg.job_id, f"replayed offer of record {offer['seq']}")
+            return
+        chain = ChainState(msg.job_id, records[0]["body"]["to"], list(records), "pending")
+        chain.records[-1] = {
+            "body": offer,
+            "sigs": {**records[-1]["sigs"], self.me: self.keys.sign(body_bytes(offer))},
+        }
+        self.chains[msg.job_id] = chain
+        self.specs[msg.job_id] = spec
+        chain.valid_until = self.out.now + self.t.lease_ttl  # the accept window
+        self._save(chain)
+        self.out.timer(("chainpending", msg.job_id, 0), chain.valid_until)
+        self._accept(chain)
+
+    def _accept(self, chain: ChainState) -> None:
+        head = chain.records[-1]
+        self.out.send(
+            head["body"]["from"],
+            HandoverAccept(job_id=chain.job_id, stage=head["body"]["stage"], record=pack(head)),
+        )
+
+    def on_pending_timeout(self, job_id: str) -> None:
+        chain = self.chains.get(job_id)
+        if chain is not None and chain.role == "pending" and self.out.now >= chain.valid_until:
+            # No commit in our window: we never became the owner; forget it.
+            del self.chains[job_id]
+            self.out.persist(CHAINS_TABLE, job_id, None)
+            self.out.notify("handover_expired", job_id=job_id)
+
+    def on_commit(self, sender: str, msg: HandoverCommit) -> None:
+        chain = self.chains.get(msg.job_id)
+        if chain is None:
+            self._refuse(sender, msg.job_id, "commit for no pending handover")
+            return
+        head = chain.records[-1]
+        if head["body"]["from"] != sender or record_hash(head) != msg.record_hash:
+            self._refuse(sender, msg.job_id, "commit does not match the accepted record")
+            return
+        if chain.role != "pending":  # a retransmission: we are the owner already
+            self.out.send(
+                sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
+            )
+            return
+        if self.out.now >= chain.valid_until:
+            self._refuse(sender, msg.job_id, "commit after the accept window")
+            return
+        chain.role = "owner"
+        chain.valid_until = self.out.now + self.t.lease_ttl
+        self.out.cancel_timer(("chainpending", msg.job_id, 0))
+        self.out.send(
+            sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
+        )
+        self.out.notify(
+            "handover_received", job_id=msg.job_id, stage=head["body"]["stage"], by=sender
+        )
+        self._run_stage(chain, head["body"]["stage"])
+
+    # --- liveness: owner <-> submitter ------------------------------------------------
+
+    def _report(self, chain: ChainState, state: str) -> None:
+        chain.report_seq += 1
+        news = chain.records[chain.sent :] if chain.sent < len(chain.records) else []
+        msg = ChainReport(
+            job_id=chain.job_id,
+            seq=chain.report_seq,
+            state=state,
+            records=pack(chain.records) if news else b"",
+            reason=chain.reason,
+            manifest_id=chain.final[0] if chain.final else "",
+            node=chain.final[1] if chain.final else "",
+        )
+        if state in ("completed", "failed", "handed_over"):
+            self.out.send_reliably(
+                ("report", chain.job_id, state),
+                chain.submitter,
+                msg,
+                give_up_after=self.t.lease_ttl * 3,
+            )
+        else:
+            self.out.send(chain.submitter, msg)
+            self.out.timer(("chainreport", chain.job_id, 0), self.out.now + self.t.renew_interval)
+            self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+
+    def on_report_timer(self, job_id: str) -> None:
+        chain = self.chains.get(job_id)
+        if chain is not None and chain.role == "owner" and chain.submitter != self.me:
+            self._report(chain, "running")
+
+    def on_lapse_timer(self, job_id: str) -> None:
+        chain = self.chains.get(job_id)
+        if chain is None or chain.role != "owner" or chain.submitter == self.me:
+            return
+        if self.out.now < chain.valid_until:
+            self.out.timer(("chainlapse", job_id, 0), chain.valid_until)
+            return
+        self._fence(chain, "no answer from the submitter within ttl")
+
+    def _fence(self, chain: ChainState, reason: str) -> None:
+        chain.role = "former"
+        self._save(chain)
+        run = self.owner.jobs.get(chain.run_id)
+        if run is not None and not run.terminal:
+            self.owner.cancel(chain.run_id, f"chain ownership lost: {reason}")
+        self.out.notify("chain_fenced", job_id=chain.job_id, reason=reason)
+
+    def on_report_ack(self, sender: str, msg: ChainReportAck) -> None:
+        chain = self.chains.get(msg.job_id)
+        if chain is None or sender != chain.submitter:
+            raise RemoteProtocolError(f"chain report ack for {msg.job_id} from a non-submitter")
+        if not msg.valid:
+            if chain.role == "owner":
+                self._fence(chain, f"the submitter took over: {msg.reason}")
+            return
+        if msg.seq > chain.acked_seq:
+            chain.acked_seq = msg.seq
+            chain.sent = len(chain.records)
+            chain.valid_until = max(
+                chain.valid_until, self.out.now + self.t.lease_ttl - self.t.renew_interval
+            )
+
+    def on_report(self, sender: str, msg: ChainReport) -> None:
+        """The submitter: learn where the chain stands; renew its owner."""
+        chain = self.chains.get(msg.job_id)
+        if chain is None or chain.submitter != self.me:
+            raise RemoteProtocolError(f"chain report for {msg.job_id}, which we did not submit")
+        if msg.records:
+            records = unpack(msg.records)
+            spec = self.specs[msg.job_id]
+            try:
+                verify_log(
+                    records,
+                    self.keys,
+                    job_id=msg.job_id,
+                    spec_digest=self._digest(spec),
+                    pending=False,
+                )
+            except RemoteProtocolError as exc:
+                self._refuse(sender, msg.job_id, f"invalid record log: {exc}")
+                return
+            if records[: len(chain.records)] != chain.records and len(records) > len(chain.records):
+                self._refuse(sender, msg.job_id, "record log diverges from ours")
+                return
+            if len(records) > len(chain.records):
+                chain.records = list(records)
+                self._save(chain)
+        owner = chain.head["to"]
+        # A running report from anyone but the owner our log names: stop it.
+        valid = sender == owner or msg.state != "running"
+        self.out.send(
+            sender,
+            ChainReportAck(
+                job_id=msg.job_id,
+                seq=msg.seq,
+                valid=valid,
+                reason="" if valid else f"the chain's owner is {owner}",
+            ),
+        )
+        if sender == owner:
+            chain.heard_at = self.out.now
+        if msg.state in ("completed", "failed") and sender == owner and not chain.outcome:
+            chain.final = [msg.manifest_id, msg.node] if msg.manifest_id else []
+            self._end(chain, msg.state, msg.reason)
+
+    def on_watch_timer(self, job_id: str) -> None:
+        """The submitter: take the chain over when its owner went silent."""
+        chain = self.chains.get(job_id)
+        if chain is None or chain.outcome or chain.submitter != self.me:
+            return
+        self.out.timer(("chainwatch", job_id, 0), self.out.now + self.t.renew_interval)
+        owner = chain.head["to"]
+        if owner == self.me and chain.role == "owner":
+            return
+        if self.out.now < chain.heard_at + self.t.lease_ttl + self.t.lease_grace:
+            return
+        stage = max(chain.head["stage"] - 1, 0)
+        head = chain.records[-1]
+        body = {
+            "job": job_id,
+            "seq": len(chain.records),
+            "stage": stage,
+            "kind": "takeover",
+            "from": owner,
+            "to": self.me,
+            "prev": record_hash(head),
+            "inputs": self._stage_inputs(chain, stage),
+            "spec": head["body"]["spec"],
+        }
+        chain.records.append(self._sign(body))
+        chain.role = "owner"
+        chain.offer, chain.commit_hash = None, ""
+        self.out.notify("chain_takeover", job_id=job_id, silent=owner, stage=stage)
+        self._run_stage(chain, stage)
+
+    # --- the end -------------------------------------------------------------------
+
+    def _end(self, chain: ChainState, outcome: str, reason: str) -> None:
+        chain.outcome, chain.reason = outcome, reason
+        self._save(chain)
+        if chain.submitter == self.me:
+            job = self.owner.jobs.get(chain.job_id)
+            if job is not None and not job.terminal:
+                self.owner.set_terminal(job, outcome, reason)
+        else:
+            chain.role = "former"
+            self._report(chain, outcome)
+
+    def on_stop(self, job: OwnedJob, reason: str) -> None:
+        chain = self.chains.get(job.job_id)
+        if chain is None:
+            return
+        chain.outcome, chain.reason = "stopped", reason
+        self._save(chain)
+        run = self.owner.jobs.get(chain.run_id)
+        if run is not None and not run.terminal:
+            self.owner.cancel(chain.run_id, reason)
+
+    def describe(self, job_id: str) -> dict[str, Any]:
+        chain = self.chains.get(job_id)
+        if chain is None:
+            raise LocalProtocolError(f"no chain {job_id} here")
+        spec = self.specs[job_id]
+        try:
+            verify_log(
+                chain.records,
+                self.keys,
+                job_id=job_id,
+                spec_digest=self._digest(spec),
+                pending=False,
+            )
+            verified = "ok"
+        except RemoteProtocolError as exc:
+            verified = f"INVALID: {exc}"
+        stages = spec["stages"]
+        return {
+            "role": chain.role,
+            "stage": stages[chain.head["stage"]]["name"],
+            "owner": chain.head["to"],
+            "log_verified": verified,
+            "records": [
+                {
+                    "seq": r["body"]["seq"],
+                    "kind": r["body"]["kind"],
+                    "stage": stages[r["body"]["stage"]]["name"],
+                    "from": r["body"]["from"],
+                    "to": r["body"]["to"],
+                    "hash": record_hash(r),
+                    "signed_by": sorted(r["sigs"]),
+                }
+                for r in chain.records
+            ],
+            "final": chain.final,
+        }
