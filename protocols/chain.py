@@ -602,15 +602,14 @@ class ChainController:
                 chain.records = list(records)
                 self._save(chain)
         owner = chain.head["to"]
-        # A running report from anyone but the owner our log names: stop it.
-        valid = sender == owner or msg.state != "running"
+        # A running report from anyone but the owner our log names, or for a
+        # chain that has ended (stopped by the user): stop it.
+        valid = msg.state != "running" or (sender == owner and not chain.outcome)
+        reason = f"the chain is {chain.outcome}" if chain.outcome else f"its owner is {owner}"
         self.out.send(
             sender,
             ChainReportAck(
-                job_id=msg.job_id,
-                seq=msg.seq,
-                valid=valid,
-                reason="" if valid else f"the chain's owner is {owner}",
+                job_id=msg.job_id, seq=msg.seq, valid=valid, reason="" if valid else reason
             ),
         )
         if sender == owner:

@@ -198,3 +198,33 @@ def test_single_owner_under_message_loss(seed: int) -> None:
     drive(net, "c5", lambda: net.job_state("a", "c5") in ("completed", "failed"), limit=600)
     assert net.job_state("a", "c5") == "completed"
     assert net.core("a").describe("c5")["chain"]["log_verified"] == "ok"
+
+
+def test_stopping_the_chain_at_the_submitter_stops_the_remote_owner() -> None:
+    from protocols.events import CancelJob
+
+    net = ProtoNet(NODES, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c6", chain_spec(4)))
+    seen: list[str] = []
+
+    def hold_stage_1(node: str, start: Any) -> bool:
+        if start.env.get("P2PNODE_STAGE_INDEX") == "1":
+            seen.append(node)
+            return True
+        return False
+
+    drive(
+        net,
+        "c6",
+        lambda: bool(seen) and owners(net, "c6") not in ([], ["a"]),
+        limit=60,
+        kill=hold_stage_1,
+    )
+    remote = owners(net, "c6")[0]
+    net.feed("a", CancelJob("c6"))
+    net.run_for(FAST.lease_ttl)
+    assert net.job_state("a", "c6") == "stopped"
+    assert owners(net, "c6") == []
+    assert any(n["job_id"] == "c6" for n in net.notes_of("chain_fenced"))
+    assert stage_runs(net, "c6") == {}, remote
