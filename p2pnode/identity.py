@@ -90,3 +90,29 @@ def _load(path: Path) -> KeyPair:
 def peer_id_of(key_pair: KeyPair) -> str:
     """The base58 peer id string of ``key_pair`` (what ``Incoming.sender`` holds)."""
     return ID.from_pubkey(key_pair.public_key).to_base58()
+
+
+class Libp2pKeyring:
+    """The core's keyring on the real network: signs with this node's libp2p
+    key; verifies with the public key embedded in the signer's peer id (an
+    ed25519 peer id is an identity multihash of its public key), so no key
+    exchange is needed and a record can only be signed by its node."""
+
+    def __init__(self, key_pair: KeyPair) -> None:
+        self._private = key_pair.private_key
+
+    def sign(self, data: bytes) -> bytes:
+        signature: bytes = self._private.sign(data)
+        return signature
+
+    def verify(self, node_id: str, data: bytes, signature: bytes) -> bool:
+        try:
+            public_key = ID.from_base58(node_id).extract_public_key()
+        except Exception:  # not a peer id, or one that does not embed its key
+            return False
+        if public_key is None:
+            return False
+        try:
+            return bool(public_key.verify(data, signature))
+        except Exception:  # malformed signature bytes
+            return False
