@@ -109,12 +109,40 @@ async def fetch_blob(transport: Any, blobs: BlobStore, peer: str, digest: str) -
             await stream.reset()
 
 
+async def _fetch_manifest(node: Any, manifest_id: str, holder: str, dest: Path) -> list[str]:
+    try:
+        if not node.blobs.has(manifest_id):
+            await fetch_blob(node.transport, node.blobs, holder, manifest_id)
+        for entry in node.blobs.read_manifest(manifest_id):
+            await fetch_blob(node.transport, node.blobs, holder, f"sha256:{entry.sha256}")
+    except (ConnectionError, trio.TooSlowError) as exc:
+        raise FetchError(f"cannot fetch {manifest_id} from {holder}: {exc}") from None
+    try:
+        return [str(dest / p) for p in node.blobs.materialize(manifest_id, dest)]
+    except BlobError as exc:
+        raise FetchError(str(exc)) from None
+
+
 async def fetch_outputs(node: Any, job_id: str, output_dir: Path) -> list[str]:
     """Download the outputs of every completed slot of ``job_id`` into ``output_dir``
-    (``output_dir/<slot>/...`` when the job has several slots).  Returns the paths."""
+    (``output_dir/<slot>/...`` when the job has several slots).  A chain: its
+    last stage's outputs.  A DAG: each task's, under ``output_dir/<task>/``
+    (``<task>/<i>/`` for the instances of a map task).  Returns the paths."""
     view = node.describe(job_id)
+    if view.get("type") == "chain":
+        final = (view.get("chain") or {}).get("final") or []
+        if len(final) == 2 and final[0]:
+            return await _fetch_manifest(node, final[0], final[1], output_dir)
+        return []
+    if view.get("type") == "dag":
+        written: list[str] = []
+        for task in view.get("tasks", []):
+            for out in task.get("outputs", []):
+                dest = output_dir / out["name"]
+                written += await _fetch_manifest(node, out["manifest_id"], out["node"], dest)
+        return written
     slots = view["slots"]
-    written: list[str] = []
+    written = []
     for slot in slots:
         done = [e for e in slot["executions"] if e["state"] == "succeeded"]
         if not done or not done[-1]["manifest_id"]:
