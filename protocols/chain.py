@@ -33,8 +33,9 @@ Liveness.  The current owner (when not S) reports to S every ttl/3 with the
 records S may lack; S's answer renews its ownership, which lapses after ttl
 without one (the owner then stops its stage run: self-fencing).  S takes the
 chain over after ttl + grace without a report from the owner its log names:
-it appends a *takeover* record signed by itself and re-runs the previous
-stage (the dead owner held the current stage's inputs; stage 0 needs none).
+it appends a *takeover* record signed by itself and re-runs the latest stage
+before the dead owner's whose inputs live elsewhere (the dead owner held its
+own stage's inputs; stage 0 needs none).
 The submitter therefore always knows where the chain stands (its log) and
 learns of a dead owner within ttl + grace.
 """
@@ -629,7 +630,11 @@ class ChainController:
             return
         if self.out.now < chain.heard_at + self.t.lease_ttl + self.t.lease_grace:
             return
+        # Re-run the latest stage whose inputs do not live on the silent owner
+        # (it held its own stage's inputs, maybe earlier stages' too).
         stage = max(chain.head["stage"] - 1, 0)
+        while stage > 0 and any(i[2] == owner for i in self._stage_inputs(chain, stage)):
+            stage -= 1
         head = chain.records[-1]
         body = {
             "job": job_id,
