@@ -135,11 +135,9 @@ class CronController:
         state = self.states[job.job_id]
         if state.suspended == suspended:
             return
+        # Scheduled times that pass while suspended are recorded as skipped
+        # (the timer keeps running): resuming never starts a burst of old runs.
         state.suspended = suspended
-        if suspended:
-            # Scheduled times that pass while suspended are recorded as skipped;
-            # resuming starts from the next time, never a burst of old ones.
-            pass
         self._save(state)
         self._sync_state(job, state)
 
