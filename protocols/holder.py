@@ -179,7 +179,7 @@ class Holder:
         if key not in self.reservations:
             if running_same_slot or not self._fits(ask.cpu, ask.memory):
                 why = "already running this slot" if running_same_slot else "no free capacity"
-                self.out.send(
+                self._answer(
                     sender,
                     BidDeclined(
                         job_id=ask.job_id,
@@ -194,7 +194,7 @@ class Holder:
             self.reservations[key] = Reservation(sender, ask.cpu, ask.memory, expires)
             self.out.timer(("bid", *key), expires)
         used_cpu, used_mem, _ = self._used()
-        self.out.send(
+        self._answer(
             sender,
             Bid(
                 job_id=ask.job_id,
@@ -206,7 +206,19 @@ class Holder:
             ),
         )
 
+    def _answer(self, owner: str, msg: Bid | BidDeclined) -> None:
+        """A census answer ("I match") is repeated until the owner releases it
+        (BidRejected): a lost one would leave this node out of an ops job.
+        Ordinary bids are not: the auction simply asks again."""
+        if msg.slot == CENSUS_SLOT:
+            key = ("census", msg.job_id, msg.attempt)
+            self.out.send_reliably(key, owner, msg, give_up_after=self.t.bid_hold)
+        else:
+            self.out.send(owner, msg)
+
     def on_bid_rejected(self, sender: str, msg: BidRejected) -> None:
+        if msg.slot == CENSUS_SLOT:
+            self.out.settle(("census", msg.job_id, msg.attempt))
         key = (msg.job_id, msg.slot, msg.attempt)
         res = self.reservations.get(key)
         if res is not None and res.owner == sender:

@@ -177,6 +177,7 @@ class OwnedJob:
     census_open: bool = False
     census_found: set[str] = attrs.field(factory=set)
     census_empty: int = 0  # census rounds in a row that found no matching node
+    census_quiet: int = 0  # ops: rounds in a row that found no new node (after the first)
 
     @property
     def terminal(self) -> bool:

@@ -69,6 +69,7 @@ SLOTS_TABLE = "slots"
 NO_MATCH_ROUNDS = 3  # broadcast rounds without any matching node before failing fast
 DEFAULT_QUEUE_TIMEOUT = 3600.0  # matching nodes exist but are busy: wait at most this
 MAX_LOST_LEASES = 10
+OPS_QUIET_ROUNDS = 2  # an ops census repeats until this many rounds in a row find nobody new
 PINNED_SILENT_ROUNDS = 5  # an ops node silent this many rounds is gone: its slot fails
 PINNED_RETRY_MAX = 30.0  # a daemon slot waits for its node with at most this backoff
 RESTART_BACKOFF_MAX = 60.0  # daemon/service restarts back off up to this
@@ -322,9 +323,24 @@ class Owner:
         job = self.jobs.get(job_id)
         if job is None or job.kind not in PINNED:
             raise RemoteProtocolError(f"census answer for unknown job {job_id!r}")
+        if not matches:
+            return
         current = (job.census_round - 1) % 10_000 + 1
-        if job.census_open and attempt == current and matches:
+        if job.census_open and attempt == current:
             job.census_found.add(sender)
+            return
+        # A late answer (its round closed; holders retransmit census answers
+        # until released): still a matching node, so it gets its slot now.
+        started = job.kind == "daemon" or bool(job.slots)
+        if started and not job.terminal and sender not in self._covered(job):
+            self._add_pinned_slots(job, [sender])
+
+    def _covered(self, job: OwnedJob) -> set[str]:
+        """Nodes that have their slot: an ops node once for good, a daemon node
+        while its slot is live."""
+        if job.kind == "ops":
+            return {s.pinned for s in job.slots}
+        return {s.pinned for s in job.slots if not s.terminal}
 
     def _close_census(self, job: OwnedJob) -> None:
         job.census_open = False
@@ -334,18 +350,29 @@ class Owner:
         attempt = (job.census_round - 1) % 10_000 + 1
         for node in found:
             self.out.send(node, BidRejected(job_id=job.job_id, slot=CENSUS_SLOT, attempt=attempt))
+        covered = self._covered(job)
+        new = [node for node in found if node not in covered]
+        self._add_pinned_slots(job, new)
         if job.kind == "ops":
-            if found:
-                self._add_pinned_slots(job, found)
-                return
-            job.census_empty += 1
-            if job.census_empty >= NO_MATCH_ROUNDS:
-                self._finish_job(job, "failed", f"no node matches the constraints ({_need(job)})")
-                return
+            if not job.slots:
+                job.census_empty += 1
+                if job.census_empty >= NO_MATCH_ROUNDS:
+                    self._finish_job(
+                        job, "failed", f"no node matches the constraints ({_need(job)})"
+                    )
+                    return
+            else:
+                # Answers can be lost: count again until rounds find nobody new.
+                job.census_quiet = 0 if new else job.census_quiet + 1
+                if job.census_quiet >= OPS_QUIET_ROUNDS:
+                    return
             self.out.timer(("census", job.job_id, 0), self.out.now + self.t.requeue_delay)
             return
-        covered = {s.pinned for s in job.slots if not s.terminal}
-        self._add_pinned_slots(job, [node for node in found if node not in covered])
+        # A daemon node that answers is up: wake its slot if it waits in backoff.
+        for slot in job.slots:
+            if slot.pinned in found and slot.state is SlotState.QUEUED and slot.pinned in covered:
+                self.out.cancel_timer(("retry", job.job_id, slot.index))
+                self._open_auction(job, slot)
         self.out.timer(("census", job.job_id, 0), self.out.now + self.t.daemon_scan)
 
     def on_peer_joined(self, node: str) -> None:
@@ -477,6 +504,10 @@ class Owner:
     def on_decline(self, sender: str, msg: BidDeclined) -> None:
         if msg.slot == CENSUS_SLOT:
             self._census_answer(sender, msg.job_id, msg.attempt, matches=msg.matches)
+            if msg.matches and not self.jobs[msg.job_id].census_open:  # stops its retransmission
+                self.out.send(
+                    sender, BidRejected(job_id=msg.job_id, slot=msg.slot, attempt=msg.attempt)
+                )
             return
         slot = self._auction_slot(sender, msg.job_id, msg.slot, msg.attempt)
         if slot is None:
@@ -811,7 +842,7 @@ class Owner:
         if kind == "census":
             if job.census_open:
                 self._close_census(job)
-            elif job.kind == "daemon" or (job.kind == "ops" and not job.slots):
+            elif job.kind == "daemon" or job.census_quiet < OPS_QUIET_ROUNDS:
                 self._open_census(job)
             return
         if kind == "cron":

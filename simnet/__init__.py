@@ -7,6 +7,9 @@
   fail_rate, hang) with the driver's hard timeout;
 * :mod:`simnet.harness` - a cluster: start, submit, crash, restart, partition;
 * :mod:`simnet.invariants` - safety/liveness checkers run during every run;
+* :mod:`simnet.kind_invariants` - the same for cron, daemon, service and ops
+  jobs (one run per scheduled time, no silent skip, no overlap; daemon
+  coverage and joiners, service recovery, with measured bounds);
 * :mod:`simnet.runner` / :mod:`simnet.cli` - ``python -m simnet run|sweep``;
 * :mod:`simnet.triomode` - the real trio runtime over the simulated network.
 """

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from simnet.runner import RunOptions, run_scenario
+from simnet.workload import WORKLOADS
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -105,10 +106,15 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-events", type=click.IntRange(1), default=None,
                      help="Livelock backstop: fail the run after this many events "
                           "[default: 20,000 + 2,000 x (jobs + nodes)]."),
-        click.option("--workload", type=click.Choice(["mixed", "plain"]), default="mixed",
+        click.option("--workload", type=click.Choice(sorted(WORKLOADS)), default="mixed",
                      show_default=True,
                      help="mixed: healthy, flaky, failing, hanging and long jobs; "
-                          "plain: healthy 1-10 s jobs only."),
+                          "plain: healthy 1-10 s jobs only; kinds: daemons, services, cron "
+                          "jobs (every overlap policy) and ops jobs among mixed batch jobs "
+                          "(runs the whole --duration, then checks the steady state)."),
+        click.option("--joiners", type=click.IntRange(0), default=None,
+                     help="Nodes that start only after the submit window (they join running "
+                          "daemons) [default: 0; max(1, nodes // 10) for the kinds workload]."),
         click.option("--output", type=click.Choice(["json", "table"]), default="table",
                      show_default=True),
     ]
@@ -123,7 +129,7 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         duplicate=kw["duplicate"], reorder=kw["reorder"], crash_rate=kw["crash_rate"],
         partition_rate=kw["partition_rate"], duration=kw["duration"],
         submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
-        workload=kw["workload"],
+        workload=kw["workload"], joiners=kw.get("joiners"),
     )
 
 
@@ -143,6 +149,8 @@ def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
         args += ["--max-events", str(kw["max_events"])]
     if kw.get("workload", "mixed") != "mixed":
         args += ["--workload", kw["workload"]]
+    if kw.get("joiners") is not None:
+        args += ["--joiners", str(kw["joiners"])]
     args += ["--output", "json"]
     return shlex.join(args)
 
@@ -158,6 +166,8 @@ def _print_table(report: dict[str, Any]) -> None:
             "virtual_seconds", "wall_seconds", "peak_memory_mb", "trace_hash"]
     for key in keys:
         click.echo(f"{key:22} {report[key]}")
+    for key, value in (report.get("kinds") or {}).items():
+        click.echo(f"{'kinds.' + key:26} {value}")
     violations = report["invariant_violations"]
     click.echo(f"{'invariant_violations':22} {len(violations)}")
     for v in violations:
@@ -191,7 +201,22 @@ def _sweep_one(args: tuple[int, dict[str, Any]]) -> dict[str, Any]:
                 "lost": 0, "wall": 0.0}
     return {"seed": seed, "ok": passed(report), "violations": report["invariant_violations"],
             "lost": report["lost"], "wall": report["wall_seconds"],
-            "trace_hash": report["trace_hash"]}
+            "trace_hash": report["trace_hash"], "kinds": report.get("kinds")}
+
+
+_WORST_KEYS = ("join_latency_max", "join_latency_max_any", "service_recovery_max",
+               "daemon_recovery_max", "deficit_max")
+
+
+def _keep_worst(worst: dict[str, list[Any]], res: dict[str, Any]) -> None:
+    """Keep the largest measured latency of each kind over the sweep (virtual s)."""
+    measured = res.get("kinds") or {}
+    for key in _WORST_KEYS:
+        value = measured.get(key)
+        if isinstance(value, list | tuple):  # (seconds, job, time)
+            value = value[0]
+        if isinstance(value, int | float) and value > worst.get(key, [-1.0])[0]:
+            worst[key] = [value, res["seed"]]
 
 
 @main.command()
@@ -207,10 +232,12 @@ def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
     done = 0
     last = 0.0
     tasks = [(s, kw) for s in seeds]
+    worst: dict[str, list[Any]] = {}  # measured kinds latencies: name -> [value, seed]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) as pool:
         for res in pool.imap(_sweep_one, tasks, chunksize=1):
             done += 1
+            _keep_worst(worst, res)
             if not res["ok"]:
                 failures.append(res)
                 if output == "table":
@@ -224,12 +251,17 @@ def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
                            f"elapsed={now - t0:.1f}s", err=True)
     wall = time.perf_counter() - t0
     if output == "json":
-        click.echo(json.dumps({
+        summary: dict[str, Any] = {
             "seeds": len(seeds), "failed": len(failures), "wall_seconds": round(wall, 2),
             "failures": [{"seed": f["seed"], "violations": f["violations"][:3],
                           "lost": f["lost"], "reproduce": reproduce_command(f["seed"], kw)}
                          for f in failures],
-        }))
+        }
+        if worst:
+            summary["kinds_worst"] = {k: {"value": v, "seed": s} for k, (v, s) in worst.items()}
+        click.echo(json.dumps(summary))
     else:
+        for name, (value, seed) in sorted(worst.items()):
+            click.echo(f"worst {name}: {value}s (seed {seed})")
         click.echo(f"{len(seeds)} seeds, {len(failures)} failed, {wall:.1f}s wall")
     sys.exit(1 if failures else 0)

@@ -4,14 +4,17 @@ Node ids are ``n0000``, ``n0001``, ...; node i carries ``zone`` label
 ``a``/``b``/``c`` (i mod 3) and bootstraps from ``n0000`` plus two seeded
 earlier nodes.  Job ids are ``j000000``, ... in submission order.
 
-Every cluster runs the invariant checkers (:mod:`simnet.invariants`) from its
-first event; the first violation halts the engine.
+Every cluster runs the invariant checkers (:mod:`simnet.invariants` and
+:mod:`simnet.kind_invariants`) from its first event; the first violation
+halts the engine.  Nodes may join late: start only some nodes with
+``start(ids)``, then ``join(node_id)`` the others (their first start, after
+jobs were submitted).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -19,10 +22,13 @@ import attrs
 from protocols.config import NodeConfig, Timings
 from protocols.events import CancelJob, StartExecution, SubmitJob
 from simnet.engine import Core, Engine, Observer, derive_seed
-from simnet.invariants import TERMINAL, Invariants
+from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL, Invariants
+from simnet.kind_invariants import Bounds, KindInvariants
 from simnet.network import NetConfig
 from simnet.store import Records
 from simnet.workload import ZONES
+
+SUBMIT_RETRY = 1.0  # seconds before a client asks again whether its job was accepted
 
 
 @attrs.frozen
@@ -38,23 +44,31 @@ class Note:
 class _Fanout(Observer):
     """Feeds the checkers and, optionally, a log of every notification."""
 
-    def __init__(self, inv: Invariants, log: list[Note] | None) -> None:
+    def __init__(self, inv: Invariants, kinds: KindInvariants, log: list[Note] | None) -> None:
         self.inv = inv
+        self.kinds = kinds
         self.log = log
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
         self.inv.on_notify(node, kind, data, now)
+        self.kinds.on_notify(node, kind, data, now)
         if self.log is not None:
             self.log.append(Note(now, node, kind, data))
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
         self.inv.on_exec_start(node, action, now)
+        self.kinds.on_exec_start(node, action, now)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
         self.inv.on_exec_end(node, execution_id, status, now)
+        self.kinds.on_exec_end(node, execution_id, status, now)
 
     def on_crash(self, node: str, now: float) -> None:
         self.inv.on_crash(node, now)
+        self.kinds.on_crash(node, now)
+
+    def on_start(self, node: str, now: float) -> None:
+        self.kinds.on_start(node, now)
 
 
 def default_core_factory(config: NodeConfig, seed: int, records: Records) -> Core:
@@ -76,6 +90,7 @@ class Cluster:
         core_factory: Callable[[NodeConfig, int, Records], Core] = default_core_factory,
         record: bool = False,
         check_interval: float = 30.0,
+        bounds: Bounds | None = None,
     ) -> None:
         self.seed = seed
         self.timings = timings or Timings()
@@ -88,9 +103,13 @@ class Cluster:
             is_running=self._is_running,
             on_violation=self.engine.halt,
         )
-        self.engine.observer = _Fanout(self.inv, self.notes)
+        self.kinds = KindInvariants(self.timings, self.engine.call_at, self, self.inv.violate,
+                                    bounds)
+        self.engine.observer = _Fanout(self.inv, self.kinds, self.notes)
         self.configs: list[NodeConfig] = []
         self.submitted: list[str] = []
+        self.must_end: list[str] = []  # submitted jobs that must end (not long-running)
+        self.ever_started: set[str] = set()
         self.last_owned: dict[str, dict[str, str]] = {}
         self._core_factory = core_factory
         self.check_interval = check_interval
@@ -126,6 +145,18 @@ class Cluster:
     def _is_running(self, node: str, execution_id: str) -> bool:
         return self.engine.executor.is_running(self.engine.by_id[node], execution_id)
 
+    # --- the checkers' view of the world (simnet.kind_invariants.World) -------------------
+
+    def matches(self, node: str, labels: Mapping[str, str]) -> bool:
+        """``node`` computes, runs sim tasks and carries every one of ``labels``."""
+        config = self.configs[self.idx(node)]
+        if not config.compute or "sim" not in config.executors:
+            return False
+        return all(config.labels.get(k) == v for k, v in labels.items())
+
+    def connected(self, a: str, b: str) -> bool:
+        return self.engine.network.connected(self.idx(a), self.idx(b))
+
     # --- node control ---------------------------------------------------------------
 
     @property
@@ -147,6 +178,7 @@ class Cluster:
 
     def start(self, node_ids: Iterable[str] | None = None) -> None:
         for nid in self.ids if node_ids is None else node_ids:
+            self.ever_started.add(nid)
             self.engine.start_node(self.idx(nid))
         if not self._checking and self.check_interval > 0:
             # Invariant 3 "at all times": every check_interval virtual seconds.
@@ -157,26 +189,41 @@ class Cluster:
         self.check_ownership()
         self.at(self.now + self.check_interval, self._periodic_check)
 
+    def join(self, node_id: str) -> None:
+        """A node's first start, after the cluster started (a joiner)."""
+        if node_id in self.ever_started:
+            raise ValueError(f"{node_id} already started once: restart() it")
+        self.start([node_id])
+        self.kinds.on_fault(self.now, "join")
+
     def crash(self, node_id: str) -> None:
         node = self.engine.nodes[self.idx(node_id)]
         if node.up:
             # Its store still holds what it owns: remember the view for the
             # ownership checker while it is down.
             self.last_owned[node_id] = dict(self._owned_of(node.core))
-        self.engine.crash_node(node.idx)
+            self.engine.crash_node(node.idx)
+            self.kinds.on_fault(self.now, "crash")
 
     def restart(self, node_id: str) -> None:
+        if self.is_up(node_id):
+            return
+        self.ever_started.add(node_id)
         self.engine.start_node(self.idx(node_id))
         self.last_owned.pop(node_id, None)
+        self.kinds.on_fault(self.now, "restart")
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         self.engine.call_at(t, fn)
 
     def partition(self, *groups: Iterable[str]) -> None:
         self.engine.network.partition([[self.idx(n) for n in g] for g in groups])
+        self.kinds.on_fault(self.now, "partition")
 
     def heal(self) -> None:
-        self.engine.network.heal()
+        if self.engine.network.partitioned:
+            self.engine.network.heal()
+            self.kinds.on_fault(self.now, "heal")
 
     # --- jobs ------------------------------------------------------------------------
 
@@ -186,26 +233,44 @@ class Cluster:
     def submit(self, spec: dict[str, Any], owner: str | None = None,
                at: float | None = None, job_id: str | None = None) -> str:
         """Submit ``spec`` to ``owner`` (default: seeded pick) at time ``at``.
-        If that node is down then, the client tries the next node up."""
+        If that node is down then, the client tries the next node up; if no
+        node is up, or the node died before reading the request, the client
+        tries again a second later, until a node accepted the job."""
         jid = job_id or self.next_job_id()
         self.submitted.append(jid)
+        self.kinds.expect(jid, spec)
+        if spec.get("type", "batch") not in LONG_RUNNING_KINDS:
+            self.must_end.append(jid)
         target = self.idx(owner) if owner else self.rng.randrange(len(self.engine.nodes))
 
         def fire() -> None:
+            if jid in self.inv.jobs:
+                return  # accepted
             nodes = self.engine.nodes
             for k in range(len(nodes)):
                 node = nodes[(target + k) % len(nodes)]
                 if node.up:
                     self.engine.inject(node.idx, SubmitJob(jid, spec), self.engine.now)
-                    return
+                    break
+            self.engine.call_at(self.engine.now + SUBMIT_RETRY, fire)
         self.engine.call_at(self.engine.now if at is None else at, fire)
         return jid
 
     def cancel(self, job_id: str, at: float | None = None, reason: str = "stopped by user") -> None:
+        """Stop ``job_id`` at ``at`` (if its owner is down then, when it is back)."""
         def fire() -> None:
             owner = self.owner_of(job_id)
-            if owner is not None and self.is_up(owner):
-                self.engine.inject(self.idx(owner), CancelJob(job_id, reason), self.engine.now)
+            if owner is None:
+                return  # never accepted: nothing to stop
+            if not self.is_up(owner):
+                self.engine.call_at(self.engine.now + 1.0, fire)
+                return
+            if job_id not in self.inv.stopping:
+                self.inv.cancelled(job_id)
+                self.kinds.cancelled(job_id)
+                if job_id not in self.must_end:
+                    self.must_end.append(job_id)
+            self.engine.inject(self.idx(owner), CancelJob(job_id, reason), self.engine.now)
         self.engine.call_at(self.engine.now if at is None else at, fire)
 
     def owner_of(self, job_id: str) -> str | None:
@@ -221,8 +286,10 @@ class Cluster:
         return track.reason if track else ""
 
     def all_done(self) -> bool:
-        return self.inv.terminal >= len(self.submitted) and all(
-            self.state_of(j) in TERMINAL for j in self.submitted)
+        """Every submitted job that must end has (daemons, services and cron
+        jobs must end only once cancelled)."""
+        return self.inv.terminal >= len(self.must_end) and all(
+            self.state_of(j) in TERMINAL for j in self.must_end)
 
     @staticmethod
     def _owned_of(core: Any) -> dict[str, str]:
@@ -256,7 +323,7 @@ class Cluster:
         """Run until every submitted job is terminal (True) or time ``limit``."""
         def stop() -> bool:
             # Checked after every event: the counter comparison keeps it cheap.
-            return self.inv.terminal >= len(self.submitted) and self.all_done()
+            return self.inv.terminal >= len(self.must_end) and self.all_done()
         if self.all_done():
             return True
         self.run_until(limit, stop)

@@ -15,6 +15,13 @@ as ``"t=<virtual s>: <description>"``.
 4. every execution ends within its timeout + grace (executor ground truth);
 5. at the end of the drain period no job hangs: it completed, or failed /
    stopped with a reason.
+
+Long-running kinds (daemon, service, cron) never complete: 3 and 5 expect
+them to end only once they were cancelled (:meth:`Invariants.cancelled`).  A
+finished cron run may be forgotten by its owner (history trimming): it is
+then owned by nobody, which 3 accepts.  A daemon restarted in place runs
+under ``"{execution_id}#{n}"``.  The kind-specific properties are in
+:mod:`simnet.kind_invariants`.
 """
 
 from __future__ import annotations
@@ -27,12 +34,17 @@ from protocols.events import StartExecution
 from simnet.engine import Observer
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
+LONG_RUNNING_KINDS = frozenset({"daemon", "service", "cron"})  # end only when stopped
 SlotKey = tuple[str, int]
 
 
 def split_execution_id(execution_id: str) -> tuple[str, int, int] | None:
-    """``"{job_id}/{slot}/{epoch}"`` -> (job_id, slot, epoch), None if malformed."""
-    parts = execution_id.rsplit("/", 2)
+    """``"{job_id}/{slot}/{epoch}"`` (or a daemon's restart in place,
+    ``"...#{n}"``) -> (job_id, slot, epoch), None if malformed."""
+    base, sep, restart = execution_id.partition("#")
+    if sep and not restart.isdigit():
+        return None
+    parts = base.rsplit("/", 2)
     if len(parts) != 3:
         return None
     try:
@@ -49,14 +61,15 @@ def _seconds(value: Any, default: float) -> float:
 
 
 class JobTrack:
-    __slots__ = ("owner", "reason", "slots", "state", "submitted_at")
+    __slots__ = ("kind", "owner", "reason", "slots", "state", "submitted_at")
 
-    def __init__(self, owner: str, slots: int, now: float) -> None:
+    def __init__(self, owner: str, slots: int, now: float, kind: str = "batch") -> None:
         self.owner = owner
         self.slots = slots
         self.state = "queued"
         self.reason = ""
         self.submitted_at = now
+        self.kind = kind
 
 
 class Invariants(Observer):
@@ -83,6 +96,7 @@ class Invariants(Observer):
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
         self.by_node: dict[str, dict[str, SlotKey]] = {}
         self.counts: dict[str, int] = {}
+        self.stopping: set[str] = set()  # jobs the harness cancelled
         self.now = 0.0
 
     # --- reporting -------------------------------------------------------------
@@ -106,7 +120,8 @@ class Invariants(Observer):
         jid = str(d.get("job_id"))
         track = self.jobs.get(jid)
         if track is None:
-            self.jobs[jid] = JobTrack(node, int(d.get("slots", 1) or 1), now)
+            self.jobs[jid] = JobTrack(node, int(d.get("slots", 1) or 1), now,
+                                      str(d.get("job_type") or "batch"))
         elif track.owner != node:
             self.violate(now, f"job {jid} accepted by {node} but already owned by {track.owner}")
 
@@ -235,12 +250,26 @@ class Invariants(Observer):
                                       f"it was reported {track.state}")
         for jid in sorted(self.jobs):
             holders = owners.get(jid, [])
+            track = self.jobs[jid]
+            if not holders and track.kind == "run" and track.state in TERMINAL:
+                continue  # a finished cron run its owner forgot (history trimming)
             if len(holders) != 1:
                 who = ", ".join(holders) or "nobody"
                 self.violate(now, f"job {jid} owned by {who} (must be exactly one node)")
 
+    def cancelled(self, job_id: str) -> None:
+        """The harness stopped ``job_id``: from now on it must end, whatever its kind."""
+        self.stopping.add(job_id)
+
+    def must_end(self, job_id: str) -> bool:
+        track = self.jobs.get(job_id)
+        return track is None or track.kind not in LONG_RUNNING_KINDS or job_id in self.stopping
+
     def unfinished(self) -> list[str]:
-        return sorted(j for j, t in self.jobs.items() if t.state not in TERMINAL)
+        """Jobs that should have ended and did not (running daemons, services
+        and cron jobs are not unfinished: they never end unless stopped)."""
+        return sorted(j for j, t in self.jobs.items()
+                      if t.state not in TERMINAL and self.must_end(j))
 
     def finish(self, owned: Mapping[str, Mapping[str, str]], now: float,
                expected: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""One simulated run of the mixed batch workload under faults -> a report.
+"""One simulated run of a workload under faults -> a report.
 
 Phases (all in virtual time):
 
@@ -11,6 +11,27 @@ Phases (all in virtual time):
    ``settle`` seconds, so restarted nodes get to speak).
 3. final checks: ownership, lost jobs, hung jobs (see invariants).
 
+Workloads with long-running kinds (``kinds``: daemons, services, cron jobs
+that never end by themselves) run differently:
+
+* the last ``joiners`` nodes (default: one in ten, at least one) start late,
+  at seeded times in the minute after the submit window: they join running
+  daemons;
+* nodes are sized so that capacity never blocks a daemon (cpu 16, 32 GiB,
+  64 executions): "a matching node" then means a node with the labels;
+* the fault phase lasts the whole ``duration`` (it cannot end early);
+* the liveness bounds of :mod:`simnet.kind_invariants` are enforced during
+  the fault phase only without ``loss`` (with loss they are measured);
+* *steady state*: the faults stop, and so do loss, duplication and
+  reordering (the network "calms": the bounds are enforced from then on);
+  the run goes on for the larger of the daemon / service bounds plus
+  ``settle``, then checks the steady state (one daemon execution per
+  matching node, N executions per service) and the cron coverage (no
+  scheduled time silently skipped);
+* *stop*: every daemon, service and cron job is cancelled; the run drains
+  until every job is terminal, then checks that no execution runs anywhere
+  once TTL + grace passed, and last the ops coverage (O2).
+
 Fault rate units:
 
 * ``crash_rate``: expected crashes **per node per virtual minute**; a crashed
@@ -22,6 +43,7 @@ Fault rate units:
 
 from __future__ import annotations
 
+import functools
 import random
 import resource
 import time
@@ -29,9 +51,11 @@ from typing import Any
 
 import attrs
 
+from protocols.config import Timings
 from simnet.engine import derive_seed
 from simnet.harness import Cluster
-from simnet.invariants import TERMINAL
+from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
+from simnet.kind_invariants import default_bounds
 from simnet.network import DIRECTORY_TYPES, NetConfig
 from simnet.workload import WORKLOADS
 
@@ -57,7 +81,8 @@ class RunOptions:
     check_interval: float = 30.0  # ownership check period (virtual s)
     # Livelock backstop; None = 20,000 + 2,000 per job and per node.
     max_events: int | None = None
-    workload: str = "mixed"  # mixed (fault paths exercised) | plain (healthy jobs only)
+    workload: str = "mixed"  # mixed (fault paths exercised) | plain (healthy jobs only) | kinds
+    joiners: int | None = None  # nodes starting late; None: 0, or nodes // 10 for kinds
 
 
 class FaultInjector:
@@ -127,40 +152,113 @@ class FaultInjector:
             self.cluster.heal()
 
     def stop(self) -> None:
-        """Drain: no more faults, heal, bring every crashed node back."""
+        """Drain: no more faults, heal, bring every crashed node back (joiners
+        that did not join yet still join at their time)."""
         self.active = False
         self.cluster.heal()
         for nid in self.cluster.ids:
-            if not self.cluster.is_up(nid):
+            if nid in self.cluster.ever_started and not self.cluster.is_up(nid):
                 self.cluster.restart(nid)
+
+
+BIG_NODE = {"cpu": 16.0, "memory": 32 * 2**30, "max_executions": 64}
+JOIN_SPREAD = 60.0  # joiners start within this many seconds after the submit window
+EVENTS_PER_NODE_SECOND = 60  # livelock budget of long-running workloads, per node
+
+
+def _big_nodes(i: int, fields: dict[str, Any]) -> dict[str, Any]:
+    return {**fields, **BIG_NODE}
 
 
 def run_scenario(opts: RunOptions) -> dict[str, Any]:
     wall0 = time.perf_counter()
     net = NetConfig(loss=opts.loss, duplicate=opts.duplicate, reorder=opts.reorder)
-    cluster = Cluster(opts.nodes, opts.seed, net=net, check_interval=opts.check_interval)
-    cluster.engine.max_events = (opts.max_events if opts.max_events is not None
-                                 else 20_000 + 2_000 * (opts.jobs + opts.nodes))
     wl_rng = random.Random(derive_seed(opts.seed, "workload"))
     times = sorted(opts.warmup + wl_rng.random() * opts.submit_window for _ in range(opts.jobs))
     make_job = WORKLOADS[opts.workload]
-    for i, at in enumerate(times):
-        cluster.submit(make_job(wl_rng, i), at=at)
-    cluster.start()
+    specs = [make_job(wl_rng, i) for i in range(len(times))]
+    long = any(spec.get("type") in LONG_RUNNING_KINDS for spec in specs)
+    default_joiners = max(1, opts.nodes // 10) if long and opts.nodes >= 3 else 0
+    joiners = opts.joiners if opts.joiners is not None else default_joiners
+    joiners = max(0, min(joiners, opts.nodes - 1))  # n0000 (everyone's bootstrap) starts
+    timings = Timings()
+    cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings,
+                      check_interval=opts.check_interval, bounds=default_bounds(timings),
+                      configure=_big_nodes if long else None)
+    bounds = cluster.kinds.bounds
+    # Liveness bounds hold on a network that does not lose messages; with loss
+    # the latencies are geometric: measured, and enforced once the network calms.
+    cluster.kinds.enforce = opts.loss == 0.0
+    budget = 20_000 + 2_000 * (opts.jobs + opts.nodes)
+    if long:
+        horizon = opts.duration + 2 * max(bounds.daemon, bounds.service) + opts.drain
+        budget += int(EVENTS_PER_NODE_SECOND * opts.nodes * horizon)
+    cluster.engine.max_events = opts.max_events if opts.max_events is not None else budget
+    for spec, at in zip(specs, times, strict=True):
+        cluster.submit(spec, at=at)
+    late = cluster.ids[len(cluster.ids) - joiners:] if joiners else []
+    cluster.start([nid for nid in cluster.ids if nid not in late])
+    join_rng = random.Random(derive_seed(opts.seed, "joiners"))
+    first_join = opts.warmup + opts.submit_window
+    spread = max(0.0, min(JOIN_SPREAD, opts.duration - first_join))
+    for nid in late:
+        cluster.at(first_join + join_rng.random() * spread, functools.partial(cluster.join, nid))
     faults = FaultInjector(cluster, opts)
     faults.start()
 
-    cluster.run_until_done(opts.duration)
-    faults.stop()
-    drain_end = cluster.now + opts.drain
-    cluster.run_until_done(drain_end)
-    cluster.run_until(min(drain_end, cluster.now + opts.settle))
+    if long:
+        _run_long(cluster, faults, opts)
+    else:
+        cluster.run_until_done(opts.duration)
+        faults.stop()
+        drain_end = cluster.now + opts.drain
+        cluster.run_until_done(drain_end)
+        cluster.run_until(min(drain_end, cluster.now + opts.settle))
     if cluster.engine.halted is None:
         lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted)
     else:  # stopped at the first violation: report what was unfinished then
-        lost = [j for j in cluster.submitted if cluster.state_of(j) not in TERMINAL]
+        lost = [j for j in cluster.must_end if cluster.state_of(j) not in TERMINAL]
     wall = time.perf_counter() - wall0
-    return _report(opts, cluster, faults, lost, wall)
+    report = _report(opts, cluster, faults, lost, wall)
+    report["joiners"] = joiners
+    if long:
+        report["kinds"] = cluster.kinds.summary()
+    return report
+
+
+def _run_long(cluster: Cluster, faults: FaultInjector, opts: RunOptions) -> None:
+    """Fault phase, steady state, then stop every long-running job."""
+    cluster.run_until(opts.duration)
+    faults.stop()
+    # The steady state is after *every* fault: the network stops losing,
+    # duplicating and reordering frames too.
+    net = cluster.engine.network
+    net.config = attrs.evolve(net.config, loss=0.0, duplicate=0.0, reorder=0.0)
+    cluster.kinds.calm(cluster.now)
+    bounds = cluster.kinds.bounds
+    settle = max(bounds.daemon, bounds.service) + opts.settle
+    cluster.run_until(cluster.now + settle)
+    if cluster.engine.halted is not None:
+        return
+    cluster.kinds.check_steady(cluster.now)
+    cluster.kinds.check_cron(cluster.now)
+    if cluster.engine.halted is not None:
+        return
+    for jid in cluster.submitted:
+        info = cluster.kinds.jobs.get(jid)
+        if info is not None and info.kind in LONG_RUNNING_KINDS:
+            cluster.cancel(jid, reason="end of the simulation")
+    drain_end = cluster.now + opts.drain
+    cluster.run_until_done(drain_end)
+    t = cluster.timings
+    cluster.run_until(min(drain_end, cluster.now + t.lease_ttl + t.lease_grace + 2.0))
+    if cluster.engine.halted is None and cluster.all_done():
+        running = sorted(eid for (_, eid) in cluster.engine.executor.running)
+        if running:
+            cluster.inv.violate(cluster.now, f"{len(running)} execution(s) still run after "
+                                             f"every job ended: {', '.join(running[:3])}")
+    if cluster.engine.halted is None:
+        cluster.kinds.check_ops(cluster.now)  # last: it must not cut the run short
 
 
 def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,

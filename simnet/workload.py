@@ -91,4 +91,80 @@ def plain_batch(rng: random.Random, index: int) -> dict[str, Any]:
     return batch_spec(f"job-{index}", count, labels=labels, task=task)
 
 
-WORKLOADS = {"mixed": mixed_batch, "plain": plain_batch}
+# --- job kinds beyond batch --------------------------------------------------------
+
+FOREVER_MS = 7 * 86_400_000  # the longest task timeout a spec may set
+OVERLAPS = ("skip", "allow", "replace", "buffer_one")
+CATCH_UPS = (0, 30_000, 60_000)
+
+
+def kind_spec(name: str, kind: str, *, labels: dict[str, str] | None = None,
+              task: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A daemon / service / ops / cron spec in canonical form (``count`` for
+    service and cron, ``schedule`` for cron go in ``extra``)."""
+    doc: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "constraints": {"labels": dict(labels or {})},
+        "task": task if task is not None else sim_task(),
+        "queue_timeout": None,
+        **extra,
+    }
+    return canonical(doc)
+
+
+def forever_task(**over: Any) -> dict[str, Any]:
+    """A daemon or service task that never exits by itself (``hang``)."""
+    return sim_task(1000, hang=True, timeout_ms=FOREVER_MS, **over)
+
+
+def cron_schedule(every_ms: int, overlap: str = "skip", catch_up_ms: int = 60_000,
+                  suspended: bool = False) -> dict[str, Any]:
+    return {"cron": None, "every": int(every_ms), "time_zone": "UTC", "overlap": overlap,
+            "catch_up": int(catch_up_ms), "history": {"succeeded": 10, "failed": 5},
+            "suspended": suspended}
+
+
+def cron_spec(name: str, every_ms: int, duration_ms: int, overlap: str = "skip", *,
+              catch_up_ms: int = 60_000, labels: dict[str, str] | None = None,
+              fail_rate: float = 0.0) -> dict[str, Any]:
+    task = sim_task(duration_ms, fail_rate=fail_rate, timeout_ms=max(60_000, 3 * duration_ms))
+    return kind_spec(name, "cron", labels=labels, task=task, count=1,
+                     schedule=cron_schedule(every_ms, overlap, catch_up_ms))
+
+
+def kinds_mix(rng: random.Random, index: int) -> dict[str, Any]:
+    """One job of the kinds workload; per ten jobs (by index):
+
+    0. a daemon (half of them pinned to a zone);
+    1. a service of 2-3 slots;
+    2. a cron job with ``overlap: skip``: every 10-30 s, runs of 2 s to 1.5
+       periods (so times get skipped), catch-up 0, 30 s or 60 s;
+    3. an ops job (maybe zone-constrained, a little flaky);
+    4. a cron job with ``allow``, ``replace`` or ``buffer_one``;
+    5-9. a job of the mixed batch workload.
+
+    Daemons and services never exit (their steady state is checked); cron
+    runs and ops tasks fail now and then (fail_rate 0.1, retried).
+    """
+    slot = index % 10
+    labels = {"zone": rng.choice(ZONES)} if rng.random() < 0.5 else {}
+    name = f"{('daemon', 'service', 'cron', 'ops', 'cron')[slot] if slot < 5 else 'job'}-{index}"
+    if slot == 0:
+        return kind_spec(name, "daemon", labels=labels, task=forever_task())
+    if slot == 1:
+        return kind_spec(name, "service", task=forever_task(), count=rng.randint(2, 3))
+    if slot in (2, 4):
+        every = rng.randint(10, 30) * 1000
+        overlap = "skip" if slot == 2 else rng.choice(OVERLAPS[1:])
+        duration = rng.randint(2000, every * 3 // 2)
+        return cron_spec(name, every, duration, overlap, catch_up_ms=rng.choice(CATCH_UPS),
+                         fail_rate=0.1)
+    if slot == 3:
+        return kind_spec(name, "ops", labels=labels,
+                         task=sim_task(rng.randint(1000, 5000), fail_rate=0.1))
+    return mixed_batch(rng, index)
+
+
+WORKLOADS = {"mixed": mixed_batch, "plain": plain_batch, "kinds": kinds_mix}
+LONG_RUNNING_WORKLOADS = frozenset({"kinds"})
