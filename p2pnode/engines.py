@@ -16,6 +16,8 @@ import trio
 
 from p2pnode.blobs import BlobStore, ManifestEntry
 from p2pnode.executor import Executor
+from p2pnode.executors.common import clip_error
+from p2pnode.inputs import InputError, InputFetcher
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import TaskSpec
 from protocols.spec.model import SimEngine
@@ -58,8 +60,15 @@ class SimExecutor:
 
 
 class EngineRouter:
-    def __init__(self, executors: Mapping[str, Executor]) -> None:
+    """``inputs``: fetches a task's inputs (``StartExecution.inputs``) into
+    the local blob store before its executor runs (see ``p2pnode/inputs.py``);
+    without one, inputs must already be local."""
+
+    def __init__(
+        self, executors: Mapping[str, Executor], *, inputs: InputFetcher | None = None
+    ) -> None:
         self.executors = dict(executors)
+        self.inputs = inputs
 
     async def run(self, start: StartExecution) -> ExecutionFinished:
         engine = str(start.task.get("engine", {}).get("type", ""))
@@ -71,6 +80,16 @@ class EngineRouter:
                 exit_code=-1,
                 error=f"executor {engine!r} is not enabled on this node",
             )
+        if start.inputs and self.inputs is not None:
+            try:
+                await self.inputs.fetch(start.inputs)
+            except InputError as err:
+                return ExecutionFinished(
+                    execution_id=start.execution_id,
+                    status="error",
+                    exit_code=-1,
+                    error=clip_error(f"cannot fetch inputs: {err}"),
+                )
         return await executor.run(start)
 
     async def reap_stale(self) -> None:

@@ -8,15 +8,53 @@ report how it ended, and (2) let trio cancellation through, cleaning up (kill
 the container/process) in a shielded block if it needs to await for that.
 An exception raised by ``run`` becomes ``status="error"``; it never crashes the
 node.
+
+Progress (stream consumers)
+---------------------------
+While a task runs, an executor may report its progress to the core through
+:func:`current_progress`: the runtime installs a :class:`ProgressSink` for each
+execution (a context variable of the execution's task, so it reaches the
+executor through any wrapper, and the tasks the executor starts inherit it).
+``sink.report(checkpoint, lag)`` never blocks: the runtime coalesces bursts
+(the latest checkpoint and the latest lag win) and hands the core at most one
+``ExecutionProgress`` per ``progress_interval``, and it delivers what is still
+pending *before* the execution's ``ExecutionFinished``, so a task's last words
+(printed after SIGTERM at ``run_for``) are not lost.  The process executor
+parses the task's stdout lines ``P2PNODE_CHECKPOINT <value>`` and
+``P2PNODE_LAG <n>`` into reports (see ``executors/common.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Protocol
 
 import trio
 
-from protocols.events import ExecutionFinished, StartExecution
+from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
+
+
+class ProgressSink(Protocol):
+    def report(self, checkpoint: str = "", lag: int = -1) -> None:
+        """A checkpoint (``""``: none in this report) and/or a lag (``-1``: none).
+        Synchronous and non-blocking; the latest report wins."""
+        ...
+
+
+_PROGRESS: ContextVar[ProgressSink | None] = ContextVar("p2pnode_progress", default=None)
+
+
+def current_progress() -> ProgressSink | None:
+    """The progress sink of the execution running in this task, if any (none
+    when an executor is driven directly, e.g. in tests, without one)."""
+    return _PROGRESS.get()
+
+
+def install_progress(sink: ProgressSink | None) -> None:
+    """Make ``sink`` the current task's progress sink (the runtime calls this
+    at the top of each execution's own task; tests may too)."""
+    _PROGRESS.set(sink)
 
 
 class Executor(Protocol):
@@ -28,6 +66,61 @@ class Executor(Protocol):
         ``trio.Cancelled``.
         """
         ...
+
+
+class ProgressMailbox:
+    """The runtime's ``ProgressSink`` for one execution: keeps the latest
+    checkpoint and lag, and ``pump`` delivers them as ``ExecutionProgress``
+    events, at most one per ``interval`` seconds however fast reports come.
+    ``close`` ends the pump once what is pending has been delivered."""
+
+    def __init__(self, execution_id: str, interval: float = 0.1) -> None:
+        self.execution_id = execution_id
+        self.interval = interval
+        self.reports = 0  # reports received
+        self.delivered = 0  # events handed on
+        self._checkpoint = ""
+        self._lag = -1
+        self._pending = False
+        self._wake = trio.Event()
+        self._closed = trio.Event()
+
+    def report(self, checkpoint: str = "", lag: int = -1) -> None:
+        if not checkpoint and lag < 0:
+            return
+        self.reports += 1
+        if checkpoint:
+            self._checkpoint = checkpoint
+        if lag >= 0:
+            self._lag = lag
+        self._pending = True
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+
+    def take(self) -> ExecutionProgress | None:
+        """The pending progress, if any (then nothing is pending)."""
+        if not self._pending:
+            return None
+        self._pending = False
+        return ExecutionProgress(self.execution_id, self._checkpoint, self._lag)
+
+    async def pump(self, deliver: Callable[[ExecutionProgress], Awaitable[None]]) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            event = self.take()
+            if event is not None:
+                self.delivered += 1
+                await deliver(event)
+            if self._closed.is_set():
+                if not self._pending:
+                    return
+                continue  # reported while delivering: flush it now, no pause
+            with trio.move_on_after(self.interval):
+                await self._closed.wait()  # the pause ends early when the execution ends
 
 
 class SleepExecutor:

@@ -30,11 +30,13 @@ import trio
 
 from p2pnode.blobs import BlobStore
 from p2pnode.engines import EngineRouter, build_executors
-from p2pnode.identity import load_or_create_key
+from p2pnode.identity import Libp2pKeyring, load_or_create_key
+from p2pnode.inputs import InputFetcher
 from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.outputs import BLOB_PROTOCOL, blob_server
 from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
+from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.timefmt import iso_utc
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -97,12 +99,14 @@ class Node:
         core: NodeCore,
         transport: Libp2pTransport,
         blobs: BlobStore,
+        feeder: StreamFeeder | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.core = core
         self.transport = transport
         self.blobs = blobs
+        self.feeder = feeder  # micro-batch stream sources (p2pnode/stream/)
 
     @property
     def node_id(self) -> str:
@@ -168,7 +172,8 @@ class Node:
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """State, owner and every execution of a job this node owns."""
-        return self.core.describe(job_id)
+        view = self.core.describe(job_id)
+        return self.feeder.annotate(view) if self.feeder is not None else view
 
     def jobs(self) -> list[dict[str, Any]]:
         out = []
@@ -314,9 +319,9 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
                 timings=settings.timings,
             )
             seed = settings.seed if settings.seed is not None else secrets.randbits(63)
-            core = NodeCore(config, seed, records)
+            core = NodeCore(config, seed, records, keys=Libp2pKeyring(key))
             executors = build_executors(settings.executors, data_dir, blobs, transport.local_id)
-            router = EngineRouter(executors)
+            router = EngineRouter(executors, inputs=InputFetcher(blobs, transport))
             await router.reap_stale()
             runtime = NodeRuntime(core, transport, store, router)
             # Synchronous, so the transport knows a peer's address before the
@@ -324,13 +329,22 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
             runtime.add_listener(lambda note: _learn_address(note, transport))
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
+                feeder = StreamFeeder(core.owner.stream.sources, runtime.source_batch, blobs)
+                runtime.add_listener(lambda note: _wake_feeder(note, feeder))
+                nursery.start_soon(feeder.run, name="p2pnode stream feeder")
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
                 try:
-                    yield Node(settings, runtime, core, transport, blobs)
+                    yield Node(settings, runtime, core, transport, blobs, feeder)
                 finally:
                     nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def _wake_feeder(note: Notify, feeder: StreamFeeder) -> None:
+    """A batch committed or a job changed state: the feeder looks again now."""
+    if note.kind in ("checkpoint_committed", "job_state"):
+        feeder.poke()
 
 
 def _learn_address(note: Notify, transport: Libp2pTransport) -> None:

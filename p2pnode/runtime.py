@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from p2pnode.executor import Executor
+from p2pnode.executor import Executor, ProgressMailbox, install_progress
 from p2pnode.store import Store, StoreError
 from p2pnode.transport import Transport
 from protocols.config import ANNOUNCE_TOPIC
@@ -52,6 +52,7 @@ from protocols.events import (
     Publish,
     Send,
     SetTimer,
+    SourceBatch,
     Started,
     StartExecution,
     StopExecution,
@@ -101,7 +102,7 @@ class _Reply:
 
 
 # The local API calls that go through the event queue (and may be refused).
-_LocalCall = SubmitJob | CancelJob | UpdateJob | SuspendJob
+_LocalCall = SubmitJob | CancelJob | UpdateJob | SuspendJob | SourceBatch
 
 
 @attrs.frozen(eq=False)
@@ -144,7 +145,12 @@ class NodeRuntime:
 
     The runtime does not own the store or the transport: whoever built them
     closes them after ``run`` returns.
+
+    ``progress_interval``: an execution's progress reports reach the core at
+    most once per this many seconds (bursts coalesce, the latest wins).
     """
+
+    progress_interval = 0.1
 
     def __init__(
         self,
@@ -257,6 +263,13 @@ class NodeRuntime:
         as ``submit`` (the core refuses other kinds, unknown or finished jobs,
         and a changed ``type``)."""
         return await self._request(UpdateJob(job_id, spec))
+
+    async def source_batch(self, batch: SourceBatch) -> list[Notify]:
+        """A micro-batch stream's connector stored a batch of entries: the core
+        starts a batch job over it.  Raises ``LocalProtocolError`` if the core
+        refuses it (job gone, a batch already in flight, not after the
+        partition's position), ``NodeStopped`` if the node is not running."""
+        return await self._request(batch)
 
     async def suspend(self, job_id: str, suspended: bool = True) -> list[Notify]:
         """Suspend (``True``) or resume (``False``) a cron job's schedule.
@@ -500,6 +513,22 @@ class NodeRuntime:
         self._nursery.start_soon(self._run_execution, start, running, name=f"execution {eid}")
 
     async def _run_execution(self, start: StartExecution, running: _Running) -> None:
+        # The execution's progress reports (a stream consumer's checkpoints)
+        # reach the core through the queue, coalesced; what is pending when the
+        # execution ends is delivered before its ExecutionFinished.
+        assert self._queue is not None
+        queue = self._queue
+        mailbox = ProgressMailbox(start.execution_id, self.progress_interval)
+        install_progress(mailbox)  # this task's context: the executor's tasks inherit it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mailbox.pump, queue.send)
+            result = await self._execution_result(start, running)
+            mailbox.close()
+        await queue.send(result)
+
+    async def _execution_result(
+        self, start: StartExecution, running: _Running
+    ) -> ExecutionFinished:
         eid = start.execution_id
         t0 = self._clock()
         result: ExecutionFinished | None = None
@@ -539,8 +568,7 @@ class NodeRuntime:
             result = attrs.evolve(result, execution_id=eid)
         if not result.duration_ms:
             result = attrs.evolve(result, duration_ms=elapsed)
-        assert self._queue is not None
-        await self._queue.send(result)
+        return result
 
     # --- shutdown --------------------------------------------------------------
 

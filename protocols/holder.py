@@ -10,8 +10,10 @@ One ``HeldExecution`` machine per execution (transitions in ``states.py``).
   the *receipt* of that renewal and adds a grace, the holder always gives up
   first: when the owner re-grants, the old execution has already been stopped.
 * **Reporting.** The result is retransmitted until acknowledged; renewals go on
-  meanwhile, so the lease (and with it the right to report) stays alive.  When it
-  lapses the holder drops the result: the owner has moved on.
+  meanwhile.  A lapse does not drop a finished execution's result (there is
+  nothing left to fence): it is offered for ``REPORT_AFTER_LAPSE`` more ttls, so
+  an owner that restarts meanwhile, still holding this epoch, takes it instead
+  of running the work again; an owner that re-granted refuses it (fencing).
 * **Restart.** Executions do not survive a node restart.  Leases held at the
   crash are persisted, so the restarted node reports them failed at once
   instead of leaving the owner to wait out the lease.
@@ -50,6 +52,7 @@ from protocols.states import ExecEvent, ExecState, check_exec_transition
 from protocols.unit import WorkUnit
 
 HELD_TABLE = "held"
+REPORT_AFTER_LAPSE = 10  # a finished execution's result is offered this many ttls past a lapse
 MAX_TOMBSTONES = 10_000
 
 
@@ -397,7 +400,13 @@ class Holder:
         if self.out.now < held.valid_until:  # renewed meanwhile
             self.out.timer(("lapse", exec_id), held.valid_until)
             return
-        if held.state in (ExecState.RUNNING, ExecState.REPORTING):
+        if held.state is ExecState.REPORTING:
+            # Finished: nothing left to fence.  Keep offering the result a while
+            # (an owner that restarts still holds this epoch and takes it; one
+            # that re-granted refuses it), so a restart does not re-run the work.
+            self.out.timer(("forget", exec_id), self.out.now + held.ttl * REPORT_AFTER_LAPSE)
+            return
+        if held.state is ExecState.RUNNING:
             self.out.notify(
                 "execution_fenced",
                 execution_id=exec_id,
@@ -406,6 +415,11 @@ class Holder:
                 epoch=held.epoch,
             )
         self._stop(held, ExecEvent.LAPSED, "lease lost: no renewal acknowledged within ttl")
+
+    def on_forget_timer(self, exec_id: str) -> None:
+        held = self.held.get(exec_id)
+        if held is not None and held.state is ExecState.REPORTING:
+            self._stop(held, ExecEvent.LAPSED, "result never acknowledged")
 
     def on_timeout_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
@@ -520,7 +534,7 @@ class Holder:
         exec_id = held.execution_id
         self.held.pop(exec_id, None)
         self.out.settle(("result", exec_id))
-        for kind in ("renew", "lapse", "xtimeout", "restart", "runfor"):
+        for kind in ("renew", "lapse", "xtimeout", "restart", "runfor", "forget"):
             self.out.cancel_timer((kind, exec_id))
         self.out.persist(HELD_TABLE, exec_id, None)
         self.tombstones[exec_id] = None

@@ -337,6 +337,8 @@ class NodeCore:
             self.holder.on_restart_timer(key[1])
         elif kind == "runfor":
             self.holder.on_run_for_timer(key[1])
+        elif kind == "forget":
+            self.holder.on_forget_timer(key[1])
         elif kind == "gossip":
             self._on_gossip()
         elif kind in CHAIN_TIMERS:

@@ -102,7 +102,8 @@ class OwnedSlot:
     # Streams (consume mode): the committed checkpoint of this partition.
     checkpoint: str = ""
     lag: int = -1
-    progress_seq: int = 0  # volatile: renewal seq of the last commit (reordering guard)
+    progress_seq: int = 0  # volatile: renewal seq of the last commit (reordering guard) ...
+    progress_epoch: int = 0  # ... within this epoch
     prefer: str = ""  # volatile: ask this node first (a consumer's graceful end: stickiness)
 
     @property

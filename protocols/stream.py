@@ -138,12 +138,12 @@ class StreamController:
         if execution.epoch != slot.epoch:
             self.refuse(job, slot, execution, "not the partition's current epoch")
             return
-        if seq < slot.progress_seq:
-            return  # an older renewal, reordered: its checkpoint is not news
+        if execution.epoch == slot.progress_epoch and seq < slot.progress_seq:
+            return  # an older renewal of this run, reordered: its checkpoint is not news
         if checkpoint and behind(checkpoint, slot.checkpoint):
             self.refuse(job, slot, execution, f"{checkpoint!r} is behind {slot.checkpoint!r}")
             return
-        slot.progress_seq = seq
+        slot.progress_seq, slot.progress_epoch = seq, execution.epoch
         if lag >= 0:
             slot.lag = lag
         if not checkpoint or checkpoint == slot.checkpoint:

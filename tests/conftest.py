@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Docker engine and a tiny local busybox image.
+"""Shared fixtures: a real Docker engine, a tiny local busybox image, and a
+private redis-server (``redis_server``, see tests/redisserver.py).
 
 ``docker_client`` skips the test when no engine answers, except under
 ``CI=true``, where it fails: CI installs and starts the engine, so an
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
+from tests.redisserver import RedisServer, RedisUnavailable, start_redis
 
 BUSYBOX_IMAGE = "p2pnode-busybox:latest"
 
@@ -142,6 +145,21 @@ def ensure_busybox_image(client: Any, workdir: Path) -> str:
     except docker.errors.ImageNotFound:
         raise ImageBuildError(f"importing {BUSYBOX_IMAGE} did not produce it") from None
     return BUSYBOX_IMAGE
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on a free loopback port (``tests/redisserver.py``),
+    stopped after the test.  A missing redis-server skips the test, except under
+    ``CI=true``, where it fails (CI installs it)."""
+    try:
+        server = start_redis(tmp_path / "redis")
+    except RedisUnavailable as err:
+        _unavailable(str(err))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -307,3 +307,42 @@ async def test_reap_stale_removes_only_this_nodes_containers(
         assert not workdir.exists()
     finally:
         other.remove(force=True)
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.checkpoints: list[str] = []
+        self.lags: list[int] = []
+
+    def report(self, checkpoint: str = "", lag: int = -1) -> None:
+        if checkpoint:
+            self.checkpoints.append(checkpoint)
+        if lag >= 0:
+            self.lags.append(lag)
+
+
+async def test_progress_lines_and_the_last_words_after_sigterm(
+    executor: DockerExecutor, busybox_image: str, docker_client: Any, node_id: str
+) -> None:
+    """A stream consumer in a container: its checkpoint lines are read while it
+    runs, and a stop is SIGTERM first, so the checkpoint its trap prints is
+    delivered before the execution ends (the stream executor contract)."""
+    from p2pnode.executor import install_progress
+
+    sink = _Reports()
+    install_progress(sink)
+    script = (
+        "trap 'echo P2PNODE_CHECKPOINT 9-final; exit 0' TERM; "
+        "echo P2PNODE_CHECKPOINT 9-1; echo P2PNODE_LAG 3; while :; do sleep 0.1; done"
+    )
+    with trio.move_on_after(30) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(executor.run, _start(_task(busybox_image, ["sh", "-c", script])))
+            while not sink.checkpoints:
+                await trio.sleep(0.05)
+            t0 = time.monotonic()
+            nursery.cancel_scope.cancel()  # the runtime's StopExecution (run_for)
+    assert not scope.cancelled_caught
+    assert time.monotonic() - t0 < 10
+    assert sink.checkpoints == ["9-1", "9-final"] and sink.lags == [3]
+    assert _ours(docker_client, node_id) == []

@@ -432,3 +432,23 @@ def test_restarted_node_rejoins_through_remembered_peers() -> None:
     actions = lonely.handle(Started(), 0.0)
     hellos = [a.to for a in actions if isinstance(a, Send)]
     assert sorted(hellos) == ["b", "c"]
+
+
+def test_a_result_outlives_the_lease_while_its_owner_restarts() -> None:
+    """The owner is down longer than the lease when the execution ends: the
+    holder keeps offering the result and the restarted owner takes it, so the
+    work does not run twice."""
+    net = ProtoNet(["a", "b"], owners_only=frozenset({"a"}))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("j1", batch_spec()))
+    net.run_until(lambda: bool(net.running["b"]), limit=10)
+    (exec_id,) = list(net.running["b"])
+    net.crash("a")
+    net.finish("b", exec_id)
+    net.run_for(net.timings.lease_ttl * 2)  # b's lease lapsed long ago
+    net.start("a")
+    net.run_until(lambda: net.job_state("a", "j1") == "completed", limit=net.now + 60)
+    slot = net.core("a").owner.jobs["j1"].slots[0]
+    assert slot.epoch == 1 and len(slot.executions) == 1
+    net.run_for(1.0)  # the ack reaches b
+    assert net.core("b").holder.held == {}

@@ -234,3 +234,18 @@ def test_micro_batch_survives_an_owner_restart_with_a_batch_in_flight() -> None:
         net.step()
     p0 = stream.describe(net.core("a").owner.jobs["m3"])[0]
     assert p0["checkpoint"] == "4-0" and p0["entries"] == 4 and p0["batches"] == 1
+
+
+def test_renewal_checkpoints_of_later_runs_still_commit() -> None:
+    """A run's final commit (seq 2**32) must not shadow the next run's renewals."""
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s6", stream_spec(partitions=1, run_for=5000)))
+    net.run_until(lambda: len(consumers(net, "s6")) == 1, limit=10)
+    _, first = run_id_of(net, "s6", "0")
+    net.feed("b", ExecutionProgress(first, "10"))
+    net.run_until(lambda: run_id_of_safe(net, "s6")[1] not in ("", first), limit=net.now + 10)
+    _, second = run_id_of(net, "s6", "0")
+    net.feed("b", ExecutionProgress(second, "20"))
+    net.run_for(FAST.lease_ttl / 2)  # one renewal, well before run_for ends
+    assert net.core("a").owner.jobs["s6"].slots[0].checkpoint == "20"

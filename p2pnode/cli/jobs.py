@@ -125,7 +125,7 @@ def _suspend(cli: CliContext, job_id: str, op: str) -> None:
 @pass_cli
 def suspend(cli: CliContext, job_id: str) -> None:
     """Suspend a cron job: its scheduled times are skipped until resumed
-    (a run already going finishes)."""
+    (a run already going finishes).  Any other kind of job: exit 5."""
     _suspend(cli, job_id, "suspend")
 
 
@@ -135,7 +135,8 @@ def suspend(cli: CliContext, job_id: str) -> None:
 @output_option
 @pass_cli
 def resume(cli: CliContext, job_id: str) -> None:
-    """Resume a suspended cron job from its next scheduled time."""
+    """Resume a suspended cron job from its next scheduled time (the times
+    that passed while suspended are not run)."""
     _suspend(cli, job_id, "resume")
 
 
@@ -241,11 +242,31 @@ def _print_job(view: dict[str, Any]) -> None:
     if view["type"] == "cron":  # its runs are jobs of their own
         click.echo(f"\nruns: p2pnode job runs {view['job_id']}")
         return
+    if view.get("partitions"):  # a stream job
+        click.echo()
+        click.echo(_partitions_table(view["partitions"]))
     if view["slots"]:
         click.echo()
         click.echo(render_table(view["slots"], SLOT_COLUMNS))
     click.echo()
     click.echo(render_table(_executions(view), EXECUTION_COLUMNS))
+
+
+CONSUME_COLUMNS = ["partition", "state", "holder", "epoch", "checkpoint", "lag"]
+MICRO_BATCH_COLUMNS = [
+    *("partition", "streams", "checkpoint", "position", "in_flight", "batches", "entries"),
+    "source_error",
+]
+
+
+def _partitions_table(partitions: list[dict[str, Any]]) -> str:
+    """Consume mode: holder, epoch, committed checkpoint and lag per partition;
+    micro_batch: committed and read positions, the batch in flight, counts and
+    the source's last read error."""
+    if any("in_flight" in p for p in partitions):
+        rows = [{**p, "streams": ",".join(p.get("streams") or [])} for p in partitions]
+        return render_table(rows, MICRO_BATCH_COLUMNS)
+    return render_table(partitions, CONSUME_COLUMNS)
 
 
 def _schedule_lines(schedule: dict[str, Any]) -> list[tuple[str, str]]:

@@ -5,7 +5,12 @@ Workdir layout (one per execution)::
 
     <data_dir>/work/<safe execution id>/
         inputs/    read-only for the task by convention (bind-mounted ro in docker)
+                   inputs/<name>/ holds input <name> (StartExecution.inputs)
         outputs/   whatever the task leaves here becomes the result manifest
+
+Progress lines (stream consumers): a stdout line ``P2PNODE_CHECKPOINT <value>``
+or ``P2PNODE_LAG <n>`` is a progress report (:class:`ProgressParser`); the line
+still counts in the stdout tail like any other.
 
 ``<safe execution id>`` is the id restricted to ``[A-Za-z0-9._-]`` plus a short
 hash of the full id, so any id maps to one distinct, harmless directory name.
@@ -23,17 +28,22 @@ from pathlib import Path
 import attrs
 import trio
 
-from p2pnode.blobs import BlobStore, OutputRejected
+from p2pnode.blobs import BlobError, BlobStore, OutputRejected
+from p2pnode.executor import ProgressSink
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.messages import MAX_TAIL_LEN, MAX_TEXT_LEN
+from protocols.messages import MAX_CHECKPOINT_LEN, MAX_TAIL_LEN, MAX_TEXT_LEN
 
 __all__ = [
+    "CHECKPOINT_PREFIX",
     "DEFAULT_TAIL_BYTES",
+    "LAG_PREFIX",
     "ExecutorError",
+    "ProgressParser",
     "TailBuffer",
     "Workdir",
     "clip_error",
     "drain",
+    "lay_out_inputs",
     "p2pnode_env",
     "safe_name",
     "store_outputs",
@@ -102,13 +112,94 @@ class TailBuffer:
         return marker + text[-(MAX_TAIL_LEN - len(marker)) :]
 
 
-async def drain(stream: trio.abc.ReceiveStream, tail: TailBuffer) -> None:
-    """Read a pipe to EOF into a bounded tail."""
+CHECKPOINT_PREFIX = b"P2PNODE_CHECKPOINT "
+LAG_PREFIX = b"P2PNODE_LAG "
+# A line is kept up to here; a longer checkpoint line is still reported (cut
+# just past the protocol's limit) so the holder refuses it loudly.
+_MAX_LINE = len(CHECKPOINT_PREFIX) + MAX_CHECKPOINT_LEN + 8
+
+
+class ProgressParser:
+    """Turns a task's stdout into progress reports, line by line.
+
+    ``P2PNODE_CHECKPOINT <value>``: a checkpoint (``value`` is the rest of the
+    line, surrounding whitespace stripped; UTF-8, bad bytes replaced).
+    ``P2PNODE_LAG <n>``: a lag, a non-negative integer.  Both must start the
+    line; other lines, empty values and malformed lags are ignored.  Memory is
+    bounded: only the first ``_MAX_LINE`` bytes of a line are kept.
+    """
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self.sink = sink
+        self.reports = 0
+        self._line = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            room = _MAX_LINE - len(self._line)
+            if len(piece) > room:
+                self._overflow = True
+                piece = piece[:room]
+            self._line += piece
+            if end < 0:
+                return
+            self._end_line()
+            start = end + 1
+
+    def close(self) -> None:
+        """End of output: a last line without a newline still counts."""
+        if self._line:
+            self._end_line()
+
+    def _end_line(self) -> None:
+        line = bytes(self._line)
+        self._line.clear()
+        self._overflow = False
+        if line.startswith(CHECKPOINT_PREFIX):
+            value = line[len(CHECKPOINT_PREFIX) :].decode("utf-8", "replace").strip()
+            if value:
+                self.reports += 1
+                self.sink.report(checkpoint=value)
+        elif line.startswith(LAG_PREFIX):
+            text = line[len(LAG_PREFIX) :].strip()
+            if text.isdigit() and len(text) <= 18:
+                self.reports += 1
+                self.sink.report(lag=int(text))
+
+
+async def drain(
+    stream: trio.abc.ReceiveStream, tail: TailBuffer, parser: ProgressParser | None = None
+) -> None:
+    """Read a pipe to EOF into a bounded tail (and a progress parser, if any)."""
     while True:
         chunk = await stream.receive_some(65536)
         if not chunk:
+            if parser is not None:
+                parser.close()
             return
         tail.feed(chunk)
+        if parser is not None:
+            parser.feed(chunk)
+
+
+def lay_out_inputs(blobs: BlobStore, start: StartExecution, inputs_dir: Path) -> None:
+    """Write each input ``(name, manifest id, node)`` of ``start`` under
+    ``inputs_dir/<name>/`` from the local blob store (the engine router fetched
+    what was missing before the executor ran).  Blocking: call it in a thread.
+    Raises ``ExecutorError`` naming the input that cannot be laid out."""
+    for name, manifest_id, node in start.inputs:
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise ExecutorError(clip_error(f"input name {name!r} is not a plain directory name"))
+        try:
+            blobs.materialize(manifest_id, inputs_dir / name)
+        except BlobError as err:
+            raise ExecutorError(
+                clip_error(f"input {name!r} ({manifest_id} from {node}): {err}")
+            ) from err
 
 
 @attrs.frozen

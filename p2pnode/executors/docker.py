@@ -24,8 +24,17 @@ Blocking SDK calls run in worker threads that are never abandoned (so no
 thread outlives its execution holding a container).  The wait polls
 ``Container.wait(timeout=poll)`` (which raises ``requests`` ConnectionError
 when the slice runs out, not ReadTimeout) and asks the engine for the state in
-between; on trio cancellation a sibling task kills the container in a
-shielded scope, which ends the wait, and the container is then removed.
+between; on trio cancellation a sibling task stops the container in a
+shielded scope (``docker stop``: SIGTERM, SIGKILL after ``kill_grace``), which
+ends the wait, and the container is then removed.
+
+Progress lines (``P2PNODE_CHECKPOINT``/``P2PNODE_LAG`` on stdout, see
+``process.py``) are read while the task runs when the runtime installed a
+progress sink: a daemon thread follows the container's stdout log and feeds
+the lines to a ``ProgressParser`` in the trio thread.  It is the one thread
+that may outlive a call (it ends with the container's log stream); once the
+container has exited it is given ``drain_grace`` to deliver the last lines,
+those printed after SIGTERM included.
 
 Every other API call has a small timeout (``api_timeout``): an engine that is
 stopped or wedged gives ``DockerUnavailable`` ("Docker engine unreachable:
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,13 +56,16 @@ import requests.exceptions
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.executor import current_progress
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
+    ProgressParser,
     TailBuffer,
     Workdir,
     clip_error,
     finish_with_outputs,
+    lay_out_inputs,
     p2pnode_env,
     safe_name,
     task_env,
@@ -103,6 +116,8 @@ class DockerExecutor:
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         api_timeout: float = 10.0,
         poll_interval: float = 5.0,
+        kill_grace: float = 2.0,
+        drain_grace: float = 1.0,
         network_mode: str = "none",
         user: str | None = f"{os.getuid()}:{os.getgid()}",
         pids_limit: int = 1024,
@@ -120,6 +135,8 @@ class DockerExecutor:
         self.user = user
         self.pids_limit = pids_limit
         self.log_max_size = log_max_size
+        self.kill_grace = kill_grace
+        self.drain_grace = drain_grace
         self._client: Any = None
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
 
@@ -164,6 +181,8 @@ class DockerExecutor:
         work = await trio.to_thread.run_sync(Workdir.create, self.data_dir, start.execution_id)
         container: Any = None
         try:
+            if start.inputs:
+                await trio.to_thread.run_sync(lay_out_inputs, self.blobs, start, work.inputs)
             if self.user is None:
                 # The image's user may be anyone: let it write its outputs.
                 work.outputs.chmod(0o777)
@@ -178,7 +197,18 @@ class DockerExecutor:
                 await self._call(container.start)
             except docker.errors.APIError as err:
                 raise ExecutorError(clip_error(f"cannot start container: {err}")) from err
-            status_code = await self._wait(container)
+            sink = current_progress()
+            follower = None
+            if sink is not None:
+                token = trio.lowlevel.current_trio_token()
+                follower = _LogFollower(container, ProgressParser(sink), token)
+                follower.start()
+            try:
+                status_code = await self._wait(container)
+            finally:
+                if follower is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(follower.join, self.drain_grace)
 
             out, err_tail = await self._call(lambda: self._logs(container))
             exit_code = status_code
@@ -253,11 +283,12 @@ class DockerExecutor:
         return kwargs
 
     async def _wait(self, container: Any) -> int:
-        """The container's exit code; on cancellation, kill it (shielded).
+        """The container's exit code; on cancellation, stop it (shielded).
 
         The wait thread is not abandoned: when trio cancels us, the sibling
-        ``killer`` kills the container, which makes the blocking wait return,
-        and only then does Cancelled propagate.
+        ``killer`` stops the container (SIGTERM, SIGKILL after ``kill_grace``),
+        which makes the blocking wait return, and only then does Cancelled
+        propagate.
         """
         outcome: list[int | BaseException] = []
 
@@ -267,7 +298,7 @@ class DockerExecutor:
             finally:
                 with trio.CancelScope(shield=True):
                     if not outcome:  # cancelled while the container runs
-                        await trio.to_thread.run_sync(_kill_quietly, container)
+                        await trio.to_thread.run_sync(_stop_quietly, container, self.kill_grace)
 
         def wait() -> int:
             while True:
@@ -354,6 +385,35 @@ class DockerExecutor:
 
 def _missing(image: str) -> str:
     return f"image {image!r} is not present locally; p2pnode never pulls"
+
+
+class _LogFollower(threading.Thread):
+    """Follows a container's stdout log and feeds it to a progress parser (in
+    the trio thread).  Ends with the log stream (the container exits or is
+    removed) or when the engine fails; never raises."""
+
+    def __init__(self, container: Any, parser: ProgressParser, token: Any) -> None:
+        super().__init__(name=f"p2pnode logs {container.short_id}", daemon=True)
+        self.container = container
+        self.parser = parser
+        self.token = token
+
+    def run(self) -> None:
+        try:
+            for chunk in self.container.logs(stdout=True, stderr=False, stream=True, follow=True):
+                trio.from_thread.run_sync(self.parser.feed, chunk, trio_token=self.token)
+            trio.from_thread.run_sync(self.parser.close, trio_token=self.token)
+        except Exception as err:  # engine gone, trio run over: progress is best effort
+            log.debug("following the logs of %s: %r", self.container.short_id, err)
+
+
+def _stop_quietly(container: Any, grace: float) -> None:
+    """``docker stop``: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    try:
+        container.stop(timeout=max(0, round(grace)))
+    except (docker.errors.APIError, *_UNREACHABLE) as err:
+        log.debug("stop %s: %s", container.short_id, err)
+        _kill_quietly(container)
 
 
 def _kill_quietly(container: Any) -> None:

@@ -12,6 +12,27 @@ How a task runs
   which the task cannot override.  Nothing leaks from the node's own env.
 * stdin is /dev/null; stdout/stderr are read continuously into bounded tails
   (memory is bounded whatever the task prints).
+* inputs (``StartExecution.inputs``, e.g. a micro-batch's blob) are laid out
+  under ``inputs/<name>/`` before the task starts; one that cannot be is an
+  ``error`` naming it.
+
+Progress channel (stream consumers)
+-----------------------------------
+A task reports progress by printing, at the start of a stdout line::
+
+    P2PNODE_CHECKPOINT <value>   # its position: the next consumer starts from it
+    P2PNODE_LAG <n>              # optional: how many entries it is behind
+
+``<value>`` is the rest of the line (whitespace-trimmed, at most 4096
+characters: a longer one is refused with a ``progress_refused`` notify).  Lines
+are parsed while the task runs and handed to the runtime, which coalesces them
+(latest wins) into ``ExecutionProgress`` events; the holder relays the latest
+checkpoint to the owner with its lease renewals and its result.  When the node
+stops the task (``run_for`` reached, job stopped, timeout) it sends SIGTERM and
+keeps reading stdout until the task exits or ``kill_grace`` runs out, so a
+checkpoint printed in a SIGTERM handler is delivered before the execution's end.
+Print with a flush (``print(..., flush=True)``, ``PYTHONUNBUFFERED=1``): a
+checkpoint left in the task's stdio buffer is never seen.
 
 Limits
 ------
@@ -70,13 +91,16 @@ from pathlib import Path
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.executor import current_progress
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
+    ProgressParser,
     TailBuffer,
     Workdir,
     drain,
     finish_with_outputs,
+    lay_out_inputs,
     p2pnode_env,
     safe_name,
     task_env,
@@ -132,6 +156,8 @@ class ProcessExecutor:
         work = await trio.to_thread.run_sync(Workdir.create, self.data_dir, start.execution_id)
         succeeded = False
         try:
+            if start.inputs:
+                await trio.to_thread.run_sync(lay_out_inputs, self.blobs, start, work.inputs)
             env = {
                 "PATH": self.path,
                 "HOME": str(work.root),
@@ -141,7 +167,11 @@ class ProcessExecutor:
             }
             argv = self._limits_wrapper(task, start) + list(engine.command)
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
-            returncode = await self._run_process(start.execution_id, argv, env, work, out, err)
+            sink = current_progress()
+            parser = ProgressParser(sink) if sink is not None else None
+            returncode = await self._run_process(
+                start.execution_id, argv, env, work, out, err, parser
+            )
 
             exit_code, error = _describe_exit(returncode)
             finished = await finish_with_outputs(
@@ -187,6 +217,7 @@ class ProcessExecutor:
         work: Workdir,
         out: TailBuffer,
         err: TailBuffer,
+        parser: ProgressParser | None = None,
     ) -> int:
         proc = await trio.lowlevel.open_process(
             argv,
@@ -205,7 +236,7 @@ class ProcessExecutor:
             _write_pidfile(pidfile, pgid, execution_id)
             assert proc.stdout is not None and proc.stderr is not None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain, proc.stdout, out)
+                nursery.start_soon(drain, proc.stdout, out, parser)
                 nursery.start_soon(drain, proc.stderr, err)
                 await proc.wait()
                 # The task is over: stragglers in its group would keep the
@@ -215,7 +246,17 @@ class ProcessExecutor:
                 nursery.cancel_scope.deadline = trio.current_time() + self.drain_grace
         finally:
             with trio.CancelScope(shield=True):
-                await self._stop_group(proc, pgid)
+                if proc.returncode is None and proc.stdout is not None and proc.stderr is not None:
+                    # Stopped from outside (run_for, stop, timeout): keep reading
+                    # while it gets SIGTERM and its grace, so what it prints
+                    # then (a last checkpoint) still counts.
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(drain, proc.stdout, out, parser)
+                        nursery.start_soon(drain, proc.stderr, err)
+                        await self._stop_group(proc, pgid)
+                        nursery.cancel_scope.deadline = trio.current_time() + self.drain_grace
+                else:
+                    await self._stop_group(proc, pgid)
                 for stream in (proc.stdout, proc.stderr):
                     if stream is not None:
                         await stream.aclose()

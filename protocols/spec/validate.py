@@ -218,7 +218,7 @@ def _check_job(ctx: Ctx, doc: Any) -> JobSpec:
         # A daemon or service runs until stopped: without an explicit timeout an
         # execution is only recycled after the longest allowed one.
         spec = attrs.evolve(spec, task=attrs.evolve(spec.task, timeout_ms=MAX_TIMEOUT_MS))
-    if spec.stream is not None and spec.task is not None:
+    if spec.stream is not None and spec.task is not None and spec.stream.mode == "consume":
         run_for = spec.stream.run_for_ms
         if spec.task.timeout_ms < run_for:
             default = "" if _task_has_timeout(fields) else " (it defaults to 30m)"
