@@ -32,6 +32,7 @@ from p2pnode.blobs import BlobStore
 from p2pnode.engines import EngineRouter, build_executors
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
+from p2pnode.items import read_items
 from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.outputs import BLOB_PROTOCOL, blob_server
 from p2pnode.runtime import NodeRuntime, NodeStopped
@@ -40,7 +41,7 @@ from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.timefmt import iso_utc
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
-from protocols.events import Notify
+from protocols.events import Notify, ReadItems
 from protocols.node import NodeCore
 from protocols.spec import JobSpec, parse_spec, validate_spec
 
@@ -74,6 +75,9 @@ class NodeSettings:
     timings: Timings = attrs.field(factory=Timings)
     p2p_mode: Literal["stream", "inbox"] = "stream"
     seed: int | None = None  # None: a random seed per start
+    # Fault injection for tests: incoming frames of these message types are
+    # dropped as if lost (e.g. "handover_offer": a node that never accepts).
+    fault_drop: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         unknown = [e for e in self.executors if e not in KNOWN_EXECUTORS]
@@ -321,9 +325,21 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
             seed = settings.seed if settings.seed is not None else secrets.randbits(63)
             core = NodeCore(config, seed, records, keys=Libp2pKeyring(key))
             executors = build_executors(settings.executors, data_dir, blobs, transport.local_id)
-            router = EngineRouter(executors, inputs=InputFetcher(blobs, transport))
+            fetcher = InputFetcher(blobs, transport)
+            router = EngineRouter(executors, inputs=fetcher)
             await router.reap_stale()
-            runtime = NodeRuntime(core, transport, store, router)
+
+            async def items_reader(request: ReadItems) -> tuple[str, ...]:
+                return await read_items(fetcher, blobs, request.refs)
+
+            runtime = NodeRuntime(
+                core,
+                transport,
+                store,
+                router,
+                items_reader=items_reader,
+                drop_types=frozenset(settings.fault_drop),
+            )
             # Synchronous, so the transport knows a peer's address before the
             # core's next action (often a hello to that very peer) is sent.
             runtime.add_listener(lambda note: _learn_address(note, transport))

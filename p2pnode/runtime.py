@@ -24,12 +24,13 @@ acting on state that is not on disk, e.g. sending an epoch a restart forgets.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -38,6 +39,7 @@ import trio
 from p2pnode.executor import Executor, ProgressMailbox, install_progress
 from p2pnode.store import Store, StoreError
 from p2pnode.transport import Transport
+from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.events import (
@@ -46,10 +48,12 @@ from protocols.events import (
     CancelTimer,
     Event,
     ExecutionFinished,
+    ItemsRead,
     MessageReceived,
     Notify,
     Persist,
     Publish,
+    ReadItems,
     Send,
     SetTimer,
     SourceBatch,
@@ -164,11 +168,18 @@ class NodeRuntime:
         send_timeout: float | None = 5.0,
         watch_buffer: int = 1024,
         offload_store: bool | None = None,
+        items_reader: Callable[[ReadItems], Awaitable[tuple[str, ...]]] | None = None,
+        drop_types: frozenset[str] = frozenset(),
     ) -> None:
         self.core = core
         self.transport = transport
         self.store = store
         self.executor = executor
+        # Reads the lines a DAG map fans out over (p2pnode/items.py).
+        self._items_reader = items_reader
+        # Fault injection for tests (`serve --fault-drop TYPE`): incoming frames
+        # of these message types are dropped as if lost.
+        self._drop_types = drop_types
         self._clock = clock
         self._queue_size = queue_size
         self._send_timeout = math.inf if send_timeout is None else send_timeout
@@ -352,6 +363,9 @@ class NodeRuntime:
                 case Notify():
                     self._notify(action)
                     notifies.append(action)
+                case ReadItems():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._read_items, action, name=f"items {action.task}")
                 case _:
                     raise TypeError(f"core returned an unknown action: {action!r}")
             i += 1
@@ -496,7 +510,25 @@ class NodeRuntime:
         assert self._queue is not None
         while True:
             frame = await self.transport.receive()
+            if self._drop_types and codec.message_type(frame.data) in self._drop_types:
+                log.warning("fault injection: dropped a %s frame", codec.message_type(frame.data))
+                continue
             await self._queue.send(MessageReceived(frame.sender, frame.data, frame.topic))
+
+    async def _read_items(self, request: ReadItems) -> None:
+        """Answer a ReadItems action with ItemsRead (the items, or why not)."""
+        assert self._queue is not None
+        queue = self._queue
+        if self._items_reader is None:
+            answer = ItemsRead(request.job_id, request.task, error="this node cannot read items")
+        else:
+            try:
+                items = await self._items_reader(request)
+                answer = ItemsRead(request.job_id, request.task, items=items)
+            except Exception as exc:  # any failure is the map task's failure, with its reason
+                answer = ItemsRead(request.job_id, request.task, error=str(exc) or repr(exc))
+        with contextlib.suppress(trio.ClosedResourceError):
+            await queue.send(answer)
 
     # --- executions ------------------------------------------------------------
 

@@ -744,3 +744,16 @@ class Deduper:
         if len(self._order) > self.capacity:
             self._set.discard(self._order.popleft())
         return False
+
+
+def message_type(data: bytes) -> str:
+    """The type tag ``t`` of a frame, without validating the rest ("?" when it
+    has none).  For logs, counters and fault injection, never for dispatch."""
+    if len(data) > MAX_FRAME:
+        return "?"
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # any garbage: msgpack raises assorted types
+        return "?"
+    tag = obj.get("t") if isinstance(obj, dict) else None
+    return tag if isinstance(tag, str) else "?"

@@ -57,6 +57,12 @@ ADDRS_FILE = "addrs"
     show_default=True,
     help="Point-to-point path: direct streams, or gossipsub inbox topics.",
 )
+@click.option(
+    "--fault-drop",
+    multiple=True,
+    hidden=True,  # fault injection for the real-network tests, not for users
+    help="Drop incoming frames of this message type (repeatable).",
+)
 @pass_cli
 def serve(
     cli: CliContext,
@@ -70,6 +76,7 @@ def serve(
     max_executions: int,
     lease_ttl: float,
     p2p_mode: str,
+    fault_drop: tuple[str, ...],
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
 
@@ -98,6 +105,7 @@ def serve(
             max_executions=max_executions,
             timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
             p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
+            fault_drop=fault_drop,
             **extra,  # type: ignore[arg-type]
         )
         for addr in bootstrap:

@@ -192,8 +192,11 @@ def lay_out_inputs(blobs: BlobStore, start: StartExecution, inputs_dir: Path) ->
     what was missing before the executor ran).  Blocking: call it in a thread.
     Raises ``ExecutorError`` naming the input that cannot be laid out."""
     for name, manifest_id, node in start.inputs:
-        if not name or name in (".", "..") or "/" in name or "\0" in name:
-            raise ExecutorError(clip_error(f"input name {name!r} is not a plain directory name"))
+        # A relative path of plain parts: "<parent>" or "<parent>/<i>" (a DAG
+        # child gets each instance of a map parent under its own directory).
+        parts = name.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise ExecutorError(clip_error(f"input name {name!r} is not a plain relative path"))
         try:
             blobs.materialize(manifest_id, inputs_dir / name)
         except BlobError as err:
