@@ -81,6 +81,13 @@ def test_five_stage_chain_across_five_processes(tmp_path: Path) -> None:
         assert len({r["to"] for r in handovers}) >= 2
         assert owner.node_id not in {r["to"] for r in handovers}
         assert _final_bytes(owner, job_id, tmp_path / "out") == EXPECTED
+        table = owner.cli("job", "describe", job_id)
+        assert table.returncode == 0, table.explain()
+        assert "log:    ok" in table.stdout and table.stdout.count("handover") == 4
+        # A node that owned a stage shows the chain (and checks the log) too.
+        stage_owner = next(n for n in nodes[1:] if n.node_id == handovers[-1]["to"])
+        remote = stage_owner.cli("job", "describe", job_id)
+        assert remote.returncode == 0 and "log:    ok" in remote.stdout, remote.explain()
 
 
 def test_sigkill_of_the_next_owner_mid_handover(tmp_path: Path) -> None:
@@ -218,3 +225,6 @@ def test_dag_fan_out_of_20_and_fan_in_over_three_processes(tmp_path: Path) -> No
         assert got.returncode == 0, got.explain()
         squares = (out / "reduce" / "all.txt").read_text().split()
         assert squares == [str(i * i) for i in range(1, 21)]
+        table = owner.cli("job", "describe", job_id)
+        assert table.returncode == 0, table.explain()
+        assert all(name in table.stdout for name in ("split", "work", "reduce"))

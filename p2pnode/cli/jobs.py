@@ -202,7 +202,7 @@ def describe(cli: CliContext, job_id: str) -> None:
 def _executions(view: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"slot": s["slot"], **{k: e[k] for k in EXECUTION_COLUMNS[1:] if k in e}}
-        for s in view["slots"]
+        for s in view.get("slots", [])
         for e in s["executions"]
     ]
 
@@ -223,6 +223,10 @@ SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "reason"]
 
 
 def _print_job(view: dict[str, Any]) -> None:
+    if "owner" not in view and view.get("chain"):  # a chain this node owns(ed) a stage of
+        click.echo(f"job:  {view['job_id']}  (chain; its submitter has the job)")
+        _print_chain(view["chain"])
+        return
     lines = [
         ("job", f"{view['job_id']}  ({view['type']} '{view['name']}')"),
         ("version", str(view.get("version", 1))),
@@ -245,11 +249,53 @@ def _print_job(view: dict[str, Any]) -> None:
     if view.get("partitions"):  # a stream job
         click.echo()
         click.echo(_partitions_table(view["partitions"]))
+    if view.get("tasks"):  # a DAG
+        click.echo()
+        click.echo(render_table(_task_rows(view["tasks"]), TASK_COLUMNS))
+        return
+    if view.get("chain"):
+        _print_chain(view["chain"])
+        return
     if view["slots"]:
         click.echo()
         click.echo(render_table(view["slots"], SLOT_COLUMNS))
     click.echo()
     click.echo(render_table(_executions(view), EXECUTION_COLUMNS))
+
+
+TASK_COLUMNS = ["task", "state", "runs", "executions", "outputs", "reason"]
+RECORD_COLUMNS = ["seq", "kind", "stage", "from", "to", "signed_by", "hash"]
+
+
+def _task_rows(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per DAG task: its state, runs, executions (node: state) and outputs."""
+    rows = []
+    for task in tasks:
+        executions = [e for r in task["runs"] for e in r["executions"]]
+        rows.append(
+            {
+                "task": task["task"],
+                "state": task["state"],
+                "runs": len(task["runs"]),
+                "executions": ", ".join(f"{e['node'][-8:]}:{e['state']}" for e in executions[:4])
+                + (f" (+{len(executions) - 4})" if len(executions) > 4 else ""),
+                "outputs": len(task["outputs"]),
+                "reason": task["reason"],
+            }
+        )
+    return rows
+
+
+def _print_chain(chain: dict[str, Any]) -> None:
+    """Where the chain stands, and its record log (checked)."""
+    click.echo(f"stage:  {chain['stage']}  owner {chain['owner']}  (this node: {chain['role']})")
+    click.echo(f"log:    {chain['log_verified']}")
+    rows = [
+        {**r, "signed_by": ",".join(s[-8:] for s in r["signed_by"]), "hash": r["hash"][:19]}
+        for r in chain["records"]
+    ]
+    click.echo()
+    click.echo(render_table(rows, RECORD_COLUMNS))
 
 
 CONSUME_COLUMNS = ["partition", "state", "holder", "epoch", "checkpoint", "lag"]
