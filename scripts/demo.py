@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,31 @@ class Demo:
         self.expect(len(files) == 1, "its output file was fetched")
         self.cli(2, "job", "logs", job_id)
 
+    def chain(self) -> None:
+        step("5. A chain: each stage handed over to the peer that ran the previous one")
+        say("   No orchestrator: ownership moves with the data, by signed handover records.")
+        job_id, code = self.run_job(0, "chain3.yaml")
+        self.expect(code == 0, "the 3-stage chain completed")
+        self.cli(0, "job", "describe", job_id)
+        view = self.describe(0, job_id)
+        self.expect(view["chain"]["log_verified"] == "ok", "its record log verifies")
+        files = self.show_outputs(0, job_id, "chain")
+        text = files[0].read_text() if files else ""
+        self.expect(text == "RAW\nloaded\n", "the last stage's output is the transformed data")
+
+    def daemon(self) -> None:
+        step("6. A daemon: one execution on every peer, until stopped")
+        proc = self.cli(0, "job", "run", str((SPECS / "daemon.yaml").relative_to(REPO)))
+        job_id = (proc.stdout or "").split("\n", 1)[0].strip()
+        deadline = time.monotonic() + 60
+        live = 0
+        while time.monotonic() < deadline and live < 3:
+            live = int(self.describe(0, job_id).get("live", 0))
+            time.sleep(0.5)
+        self.expect(live == 3, f"it runs on all 3 peers (live {live})")
+        self.cli(0, "job", "describe", job_id)
+        self.cli(0, "job", "stop", job_id)
+
     def peer_id(self, node: int) -> str:
         return self.cluster.nodes[node].addrs[0].rsplit("/p2p/", 1)[1]
 
@@ -254,6 +280,8 @@ def main() -> int:
             demo.failing()
             if use_docker:
                 demo.docker()
+            demo.chain()
+            demo.daemon()
             step("Stopping the peers (SIGTERM)")
         say("  all peers stopped")
     except ClusterError as exc:
