@@ -147,20 +147,9 @@ async def fetch_outputs(node: Any, job_id: str, output_dir: Path) -> list[str]:
         done = [e for e in slot["executions"] if e["state"] == "succeeded"]
         if not done or not done[-1]["manifest_id"]:
             continue
-        execution = done[-1]
-        manifest_id, holder = execution["manifest_id"], execution["node"]
-        try:
-            if not node.blobs.has(manifest_id):
-                await fetch_blob(node.transport, node.blobs, holder, manifest_id)
-            for entry in node.blobs.read_manifest(manifest_id):
-                await fetch_blob(node.transport, node.blobs, holder, f"sha256:{entry.sha256}")
-        except (ConnectionError, trio.TooSlowError) as exc:
-            raise FetchError(
-                f"cannot fetch outputs of slot {slot['slot']} from {holder}: {exc}"
-            ) from None
         dest = output_dir if len(slots) == 1 else output_dir / str(slot["slot"])
         try:
-            written += [str(dest / p) for p in node.blobs.materialize(manifest_id, dest)]
-        except BlobError as exc:
-            raise FetchError(str(exc)) from None
+            written += await _fetch_manifest(node, done[-1]["manifest_id"], done[-1]["node"], dest)
+        except FetchError as exc:
+            raise FetchError(f"outputs of slot {slot['slot']}: {exc}") from None
     return written

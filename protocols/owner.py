@@ -969,6 +969,11 @@ class Owner:
         """Retire one slot (scaled down, or its node stopped matching)."""
         if slot.terminal:
             return
+        self._cancel_slot(job, slot, reason)
+        self._update_job_state(job)
+
+    def _cancel_slot(self, job: OwnedJob, slot: OwnedSlot, reason: str) -> None:
+        """Stop a live slot: no more auctions, its holder told to stop."""
         for kind in ("auction", "retry"):
             self.out.cancel_timer((kind, job.job_id, slot.index))
         execution = slot.current
@@ -979,7 +984,6 @@ class Owner:
         slot.state = check_slot_transition(slot.state, SlotEvent.CANCEL, SlotState.CANCELLED)
         slot.reason = reason
         self.out.persist(SLOTS_TABLE, slot.key, slot.record())
-        self._update_job_state(job)
 
     def _roll(self, job: OwnedJob) -> None:
         """Rolling update: replace running executions of older versions, at most
@@ -1028,18 +1032,8 @@ class Owner:
         elif job.kind == "chain":
             self.chain.on_stop(job, reason)
         for slot in job.slots:
-            if slot.terminal:
-                continue
-            for kind in ("auction", "retry"):
-                self.out.cancel_timer((kind, job.job_id, slot.index))
-            execution = slot.current
-            if slot.leased and execution is not None:
-                execution.state = "cancelled"
-                self._cancel_holder(execution, reason)
-                self._end_lease(job, slot, "cancelled")
-            slot.state = check_slot_transition(slot.state, SlotEvent.CANCEL, SlotState.CANCELLED)
-            slot.reason = reason
-            self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+            if not slot.terminal:
+                self._cancel_slot(job, slot, reason)
         self._set_terminal(job, state, reason)
 
     def set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
