@@ -250,20 +250,32 @@ class ChainController:
             self.chains[job_id] = ChainState(job_id=job_id, **rec)
 
     def resume(self) -> None:
+        """After a restart.  Ownership of a stage does not survive one (its
+        validity could not be tracked across the downtime): a restarted stage
+        owner lets go and the submitter takes over; a pending acceptance is
+        dropped.  The submitter keeps its chains and watches them again."""
         now = self.out.now
-        for chain in self.chains.values():
+        for job_id, chain in list(self.chains.items()):
             chain.heard_at = now
-            chain.valid_until = now + self.t.lease_ttl
-            if chain.role == "owner" and chain.submitter != self.me:
-                self._report(chain, "running")
+            mine = chain.submitter == self.me
+            if chain.role == "pending" and not mine:
+                del self.chains[job_id]
+                self.out.persist(CHAINS_TABLE, job_id, None)
+                continue
+            if chain.role == "pending":
+                chain.role = "watching"
+            if chain.role == "owner" and not mine:
+                chain.offer = None
+                self._fence(chain, "the node restarted")
             if chain.offer is not None:
                 self._send_offer(chain)
+                self.out.timer(
+                    ("chainoffer", job_id, 0), now + self.t.lease_ttl + self.t.lease_grace
+                )
             if chain.commit_hash:
                 self._send_commit(chain)
-            if chain.submitter == self.me and not chain.outcome:
-                self.out.timer(("chainwatch", chain.job_id, 0), now + self.t.renew_interval)
-            if chain.role == "pending":
-                self.out.timer(("chainpending", chain.job_id, 0), now + self.t.lease_ttl)
+            if mine and not chain.outcome:
+                self.out.timer(("chainwatch", job_id, 0), now + self.t.renew_interval)
 
     # --- running a stage -------------------------------------------------------------
 
@@ -343,11 +355,16 @@ class ChainController:
     def _send_offer(self, chain: ChainState) -> None:
         assert chain.offer is not None
         payload = pack({"spec": self.specs[chain.job_id], "records": [*chain.records, chain.offer]})
+        if chain.submitter == self.me:
+            valid = self.t.lease_ttl  # the submitter's own ownership needs no renewal
+        else:
+            valid = max(0.0, min(chain.valid_until - self.out.now, self.t.lease_ttl))
         msg = HandoverOffer(
             job_id=chain.job_id,
             stage=chain.offer["body"]["stage"],
             record=payload,
             prev_hash=chain.offer["body"]["prev"],
+            valid_ms=int(valid * 1000),
         )
         self.out.send_reliably(
             ("offer", chain.job_id), chain.offer["body"]["to"], msg, give_up_after=self.t.lease_ttl
@@ -459,14 +476,23 @@ class ChainController:
         if known is not None and len(known.records) > offer["seq"]:
             self._refuse(sender, msg.job_id, f"replayed offer of record {offer['seq']}")
             return
-        chain = ChainState(msg.job_id, records[0]["body"]["to"], list(records), "pending")
-        chain.records[-1] = {
+        signed = {
             "body": offer,
             "sigs": {**records[-1]["sigs"], self.me: self.keys.sign(body_bytes(offer))},
         }
-        self.chains[msg.job_id] = chain
+        if known is not None:  # e.g. the submitter, offered a stage: keep what it knows
+            chain = known
+            chain.records = [*records[:-1], signed]
+            chain.role, chain.offer, chain.commit_hash = "pending", None, ""
+        else:
+            chain = ChainState(
+                msg.job_id, records[0]["body"]["to"], [*records[:-1], signed], "pending"
+            )
+            self.chains[msg.job_id] = chain
         self.specs[msg.job_id] = spec
-        chain.valid_until = self.out.now + self.t.lease_ttl  # the accept window
+        # The accept window ends with the offering owner's own ownership: a
+        # commit after it could race the submitter's takeover.
+        chain.valid_until = self.out.now + min(msg.valid_ms / 1000, self.t.lease_ttl)
         self._save(chain)
         self.out.timer(("chainpending", msg.job_id, 0), chain.valid_until)
         self._accept(chain)
@@ -481,10 +507,14 @@ class ChainController:
     def on_pending_timeout(self, job_id: str) -> None:
         chain = self.chains.get(job_id)
         if chain is not None and chain.role == "pending" and self.out.now >= chain.valid_until:
-            # No commit in our window: we never became the owner; forget it.
+            # No commit in our window: we never became the owner.
+            self.out.notify("handover_expired", job_id=job_id)
+            if chain.submitter == self.me:  # the submitter keeps watching its chain
+                chain.role = "watching"
+                self._save(chain)
+                return
             del self.chains[job_id]
             self.out.persist(CHAINS_TABLE, job_id, None)
-            self.out.notify("handover_expired", job_id=job_id)
 
     def on_commit(self, sender: str, msg: HandoverCommit) -> None:
         chain = self.chains.get(msg.job_id)
@@ -503,8 +533,7 @@ class ChainController:
         if self.out.now >= chain.valid_until:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
-        chain.role = "owner"
-        chain.valid_until = self.out.now + self.t.lease_ttl
+        chain.role = "owner"  # until the end of the window, then as the submitter renews
         self.out.cancel_timer(("chainpending", msg.job_id, 0))
         self.out.send(
             sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)

@@ -285,7 +285,9 @@ class DagController:
             )
             return
         if not live:
-            cached = all(k and k in self.cache for k in state.cache_keys) and state.cache_keys
+            # Cached: every run was a cache hit (none became a job).  A run that
+            # really ran has just put its own result in the cache: not a hit.
+            cached = bool(state.runs) and all(r not in self.owner.jobs for r in state.runs)
             self._end_task(job, state, "cached" if cached else "succeeded", "")
             return
         self._save(job.job_id, state)

@@ -338,6 +338,9 @@ class HandoverOffer(Message):
     stage: int = _count(MAX_SLOT)
     record: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_RECORDS_BYTES))
     prev_hash: str = _text(MAX_ID_LEN)
+    # How long the sender's own ownership still runs: the acceptor's window
+    # (and, after the commit, its ownership) ends no later than that.
+    valid_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
 
 
 @attrs.frozen(kw_only=True)

@@ -10,6 +10,13 @@
 * :mod:`simnet.kind_invariants` - the same for cron, daemon, service and ops
   jobs (one run per scheduled time, no silent skip, no overlap; daemon
   coverage and joiners, service recovery, with measured bounds);
+* :mod:`simnet.stream_invariants`, :mod:`simnet.chain_invariants`,
+  :mod:`simnet.dag_invariants` - stream (fencing, monotonic checkpoints,
+  at-least-once, cut-off consumers stop, micro-batch exactly-once), chain
+  (one owner after every event, one accepted result per ownership record,
+  verifiable logs, takeover bound) and DAG (order, when-semantics, once);
+* :mod:`simnet.sources` - the simulated world around the cores: stream
+  sources and consumers, the micro-batch connector, task outputs and items;
 * :mod:`simnet.runner` / :mod:`simnet.cli` - ``python -m simnet run|sweep``;
 * :mod:`simnet.triomode` - the real trio runtime over the simulated network.
 """

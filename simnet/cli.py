@@ -111,7 +111,14 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="mixed: healthy, flaky, failing, hanging and long jobs; "
                           "plain: healthy 1-10 s jobs only; kinds: daemons, services, cron "
                           "jobs (every overlap policy) and ops jobs among mixed batch jobs "
-                          "(runs the whole --duration, then checks the steady state)."),
+                          "(runs the whole --duration, then checks the steady state); "
+                          "stream: consume and micro-batch streams over finite simulated "
+                          "sources (long-running, like kinds); chain: chains of 5-20 stages; "
+                          "dag: fan-out/fan-in DAGs with when: failed/always tasks."),
+        click.option("--frame-crash", type=_PROB, default=0.0, show_default=True,
+                     help="Probability that a node sending a handover frame (offer, accept, "
+                          "commit, ack) crashes right before or after it leaves (fault phase; "
+                          "it restarts after 2-30 s): crashes at every step of a handover."),
         click.option("--joiners", type=click.IntRange(0), default=None,
                      help="Nodes that start only after the submit window (they join running "
                           "daemons) [default: 0; max(1, nodes // 10) for the kinds workload]."),
@@ -130,6 +137,7 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         partition_rate=kw["partition_rate"], duration=kw["duration"],
         submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
         workload=kw["workload"], joiners=kw.get("joiners"),
+        frame_crash=kw.get("frame_crash") or 0.0,
     )
 
 
@@ -140,8 +148,8 @@ def _fmt_seconds(s: float) -> str:
 def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
     args = ["python", "-m", "simnet", "run", "--nodes", str(kw["nodes"]),
             "--jobs", str(kw["jobs"]), "--seed", str(seed)]
-    for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate"):
-        if kw[name]:
+    for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate", "frame_crash"):
+        if kw.get(name):
             args += [f"--{name.replace('_', '-')}", f"{kw[name]:g}"]
     for name in ("duration", "submit_window", "drain"):
         args += [f"--{name.replace('_', '-')}", _fmt_seconds(kw[name])]
@@ -166,8 +174,9 @@ def _print_table(report: dict[str, Any]) -> None:
             "virtual_seconds", "wall_seconds", "peak_memory_mb", "trace_hash"]
     for key in keys:
         click.echo(f"{key:22} {report[key]}")
-    for key, value in (report.get("kinds") or {}).items():
-        click.echo(f"{'kinds.' + key:26} {value}")
+    for group in ("kinds", "stream", "chain", "dag"):
+        for key, value in (report.get(group) or {}).items():
+            click.echo(f"{group + '.' + key:26} {value}")
     violations = report["invariant_violations"]
     click.echo(f"{'invariant_violations':22} {len(violations)}")
     for v in violations:
@@ -199,17 +208,20 @@ def _sweep_one(args: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     except Exception as exc:  # a harness bug must not kill the whole sweep
         return {"seed": seed, "ok": False, "violations": [f"simnet raised {exc!r}"],
                 "lost": 0, "wall": 0.0}
+    measured = {**(report.get("kinds") or {}), **(report.get("stream") or {}),
+                **(report.get("chain") or {})}
     return {"seed": seed, "ok": passed(report), "violations": report["invariant_violations"],
             "lost": report["lost"], "wall": report["wall_seconds"],
-            "trace_hash": report["trace_hash"], "kinds": report.get("kinds")}
+            "trace_hash": report["trace_hash"], "kinds": measured}
 
 
 _WORST_KEYS = ("join_latency_max", "join_latency_max_any", "service_recovery_max",
-               "daemon_recovery_max", "deficit_max")
+               "daemon_recovery_max", "deficit_max", "fencing_max", "takeover_latency_max",
+               "consume_duplicates", "micro_duplicate_entries")
 
 
 def _keep_worst(worst: dict[str, list[Any]], res: dict[str, Any]) -> None:
-    """Keep the largest measured latency of each kind over the sweep (virtual s)."""
+    """Keep the largest measured latency (virtual s) or count of each kind over the sweep."""
     measured = res.get("kinds") or {}
     for key in _WORST_KEYS:
         value = measured.get(key)
@@ -262,6 +274,7 @@ def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
         click.echo(json.dumps(summary))
     else:
         for name, (value, seed) in sorted(worst.items()):
-            click.echo(f"worst {name}: {value}s (seed {seed})")
+            unit = "" if "duplicate" in name else "s"
+            click.echo(f"worst {name}: {value}{unit} (seed {seed})")
         click.echo(f"{len(seeds)} seeds, {len(failures)} failed, {wall:.1f}s wall")
     sys.exit(1 if failures else 0)

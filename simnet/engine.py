@@ -15,6 +15,15 @@ into no-ops in O(1), without searching the heap.
 
 The trace hash is a sha256 over every event handed to a core (time, node,
 kind, and the frame bytes / timer key / event), i.e. the identity of a run.
+
+Beyond frames, timers and executions the engine plays the world a runtime
+would (:mod:`simnet.sources`): stream consumers report progress over a
+simulated partitioned source, succeeded executions produce output manifests,
+``ReadItems`` is answered from them, and :meth:`Engine.deliver_now` lets a
+simulated connector hand a core a ``SourceBatch``.  Two optional hooks serve
+the checkers and the fault injectors: ``frame_hook`` sees every frame a node
+sends (and may crash the sender before or after it leaves), ``after_event``
+runs after a core handled an event and its actions were performed.
 """
 
 from __future__ import annotations
@@ -32,10 +41,13 @@ from protocols.events import (
     CancelTimer,
     Event,
     ExecutionFinished,
+    ExecutionProgress,
+    ItemsRead,
     MessageReceived,
     Notify,
     Persist,
     Publish,
+    ReadItems,
     Send,
     SetTimer,
     Started,
@@ -45,9 +57,17 @@ from protocols.events import (
 )
 from simnet.executor import Outcome, SimExecutor
 from simnet.network import DIRECTORY_TYPES, NetConfig, Network, make_frame_type
+from simnet.sources import (
+    ITEMS_DELAY,
+    Consumer,
+    is_consumer,
+    item_lines,
+    output_lines,
+    sim_manifest,
+)
 from simnet.store import Records, SimStore
 
-_DELIVER, _TIMER, _EXEC, _EVENT, _CALL = 0, 1, 2, 3, 4
+_DELIVER, _TIMER, _EXEC, _EVENT, _CALL, _TICK = 0, 1, 2, 3, 4, 5
 ANY_INCARNATION = -1
 SIM_WALL_EPOCH = 1_800_000_000.0  # wall-clock time at virtual t=0 (cron is in wall time)
 
@@ -82,6 +102,14 @@ class Observer:
 
     def on_start(self, node: str, now: float) -> None:
         pass
+
+    def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
+                    first: int, last: int, now: float) -> None:
+        """A stream consumer processed entries ``first+1..last`` of its partition."""
+
+    def on_items(self, node: str, action: ReadItems, items: int, error: str,
+                 now: float) -> None:
+        """The engine answered a ReadItems with ``items`` lines (or ``error``)."""
 
 
 class SimNode:
@@ -130,6 +158,15 @@ class Engine:
         self.subscribers: dict[str, list[int]] = {ANNOUNCE_TOPIC: []}
         self.stats = Stats()
         self.frame_type = frame_type or make_frame_type()
+        # (node, execution id) -> its consumer state (stream consume mode)
+        self.consumers: dict[tuple[int, str], Consumer] = {}
+        self.manifests: dict[str, int] = {}  # output manifest -> lines in it
+        self._lines: dict[tuple[int, str], int] = {}  # running execution -> lines it writes
+        # frame_hook(node, type, dst) -> None | "before" | "after": crash the
+        # sender before the frame leaves (it is lost) or right after.
+        self.frame_hook: Callable[[SimNode, str, int], str | None] | None = None
+        self.after_event: Callable[[SimNode], None] | None = None
+        self.crash_callback: Callable[[str], None] | None = None
         self._trace = hashlib.sha256()
         self.halted: str | None = None
         self.core_errors: list[str] = []
@@ -137,7 +174,7 @@ class Engine:
             Send: self._do_send, SetTimer: self._do_set_timer, Notify: self._do_notify,
             Persist: self._do_persist, Publish: self._do_publish,
             CancelTimer: self._do_cancel_timer, StartExecution: self._start_execution,
-            StopExecution: self._do_stop,
+            StopExecution: self._do_stop, ReadItems: self._do_read_items,
         }
         # Backstop against livelock (deterministic, unlike a wall-clock limit).
         self.max_events: float = float("inf")
@@ -177,6 +214,10 @@ class Engine:
         node.inc += 1  # pending timers/executions of the old incarnation die
         node.timers = {}
         self.executor.forget_node(idx)
+        for key in [k for k in self.consumers if k[0] == idx]:
+            del self.consumers[key]
+        for key in [k for k in self._lines if k[0] == idx]:
+            del self._lines[key]
         self._trace.update(f"{self.now!r}|{idx}|crash|".encode())
         self.observer.on_crash(node.id, self.now)
 
@@ -193,6 +234,15 @@ class Engine:
 
     def call_at(self, at: float, fn: Callable[[], None]) -> None:
         self._push(max(at, self.now), _CALL, -1, 0, fn)
+
+    def deliver_now(self, idx: int, event: Event) -> None:
+        """Hand ``event`` to the node at once (it must be up): a simulated
+        runtime component (the micro-batch connector) calling into its core."""
+        node = self.nodes[idx]
+        if not node.up or self.halted is not None:
+            return
+        self._trace.update(f"{self.now!r}|{idx}|e|{event!r}".encode())
+        self._handle(node, event)
 
     def send(self, src: str, to: str, data: bytes) -> None:
         """Put a frame on the network as if node ``src`` had sent it."""
@@ -264,17 +314,31 @@ class Engine:
                     continue
                 out: Outcome = p3
                 executor.finish(idx, p1, out.status)
+                self.consumers.pop((idx, p1), None)
+                lines = self._lines.pop((idx, p1), 0)
+                manifest = ""
+                if out.status == "succeeded":
+                    manifest = sim_manifest(p1)
+                    self.manifests[manifest] = lines
                 self.observer.on_exec_end(node.id, p1, out.status, t)
                 trace(f"{t!r}|{idx}|x|{p1}|{out.status}".encode())
                 self._handle(node, ExecutionFinished(
                     execution_id=p1, status=out.status, exit_code=out.exit_code,
-                    error=out.error, duration_ms=out.duration_ms))
+                    error=out.error, duration_ms=out.duration_ms, manifest_id=manifest))
             elif kind == _EVENT:
                 node = nodes[idx]
                 if not node.up or (inc != ANY_INCARNATION and node.inc != inc):
                     continue
                 trace(f"{t!r}|{idx}|e|{p1!r}".encode())
                 self._handle(node, p1)
+            elif kind == _TICK:
+                node = nodes[idx]
+                if node.inc != inc or not executor.is_running(idx, p1, p2):
+                    continue
+                trace(f"{t!r}|{idx}|p|{p1}".encode())
+                self._progress(node, p1, p3)
+                if node.up and executor.is_running(idx, p1, p2):
+                    self._push(t + p3.every, _TICK, idx, inc, p1, p2, p3)
             else:  # _CALL
                 p1()
             if stop is not None and stop():
@@ -296,8 +360,8 @@ class Engine:
             return
         perform = self._perform
         for action in actions:
-            if not node.up:  # a Notify hook crashed the node mid-batch
-                return
+            if not node.up:  # a hook crashed the node mid-batch
+                break
             fn = perform.get(type(action))
             if fn is None:
                 msg = f"t={self.now:.3f}s core {node.id} returned an unknown action {action!r}"
@@ -305,6 +369,8 @@ class Engine:
                 self.halt(msg)
                 return
             fn(node, action)
+        if self.after_event is not None:
+            self.after_event(node)
 
     # One method per action type, looked up by exact type: cheaper than an
     # isinstance chain on the hottest path (several actions per event).
@@ -321,6 +387,16 @@ class Engine:
         if dst is None:
             stats.dropped_unknown += 1
             return
+        hook = self.frame_hook
+        if hook is not None:
+            when = hook(node, mtype, dst)
+            if when == "before":  # the sender dies before the frame leaves
+                self._hook_crash(node)
+                return
+            if when == "after":
+                self._send_now(node, dst, data, mtype)
+                self._hook_crash(node)
+                return
         src = node.idx
         # Loopback: no loss, delivered after the current batch.
         times = (self.now,) if dst == src else self.network.transmit(src, dst, self.now)
@@ -330,6 +406,21 @@ class Engine:
             # A delivery has no incarnation (it goes to whoever is up on
             # arrival): its `inc` slot carries the message type instead.
             heapq.heappush(heap, (at, self._seq, _DELIVER, dst, mtype, src, data, ""))
+
+    def _send_now(self, node: SimNode, dst: int, data: bytes, mtype: str) -> None:
+        src = node.idx
+        times = (self.now,) if dst == src else self.network.transmit(src, dst, self.now)
+        for at in times:
+            self._push(at, _DELIVER, dst, mtype, src, data, "")
+
+    def _hook_crash(self, node: SimNode) -> None:
+        """A frame hook asked for a crash: the injector's ``crash`` callback
+        (set by the harness, so that its bookkeeping follows), else the engine's."""
+        crash = self.crash_callback
+        if crash is not None:
+            crash(node.id)
+        else:
+            self.crash_node(node.idx)
 
     def _do_set_timer(self, node: SimNode, a: SetTimer) -> None:
         self._seq += 1
@@ -354,6 +445,11 @@ class Engine:
 
     def _do_stop(self, node: SimNode, a: StopExecution) -> None:
         if self.executor.is_running(node.idx, a.execution_id):
+            self._lines.pop((node.idx, a.execution_id), None)
+            consumer = self.consumers.pop((node.idx, a.execution_id), None)
+            if consumer is not None:  # SIGTERM: a last checkpoint before it exits
+                event = self._advance(node, a.execution_id, consumer)
+                self._push(self.now, _EVENT, node.idx, node.inc, event)
             self.executor.finish(node.idx, a.execution_id, "cancelled")
             self.observer.on_exec_end(node.id, a.execution_id, "cancelled", self.now)
             self._push(self.now, _EVENT, node.idx, node.inc, ExecutionFinished(
@@ -371,6 +467,53 @@ class Engine:
         out = self.executor.start(node.idx, a.execution_id, token, self.now, a.task, a.timeout)
         self.observer.on_exec_start(node.id, a, self.now)
         self._push(self.now + out.after, _EXEC, node.idx, node.inc, a.execution_id, token, out)
+        env = a.env
+        if env:
+            lines = output_lines(env)
+            if lines:
+                self._lines[(node.idx, a.execution_id)] = lines
+            if is_consumer(env):
+                consumer = Consumer(a.job_id, env, self.now)
+                self.consumers[(node.idx, a.execution_id)] = consumer
+                self._push(self.now + consumer.every, _TICK, node.idx, node.inc,
+                           a.execution_id, token, consumer)
+
+    # --- the world around the cores (simnet.sources) -------------------------------------
+
+    def _advance(self, node: SimNode, execution_id: str, consumer: Consumer) -> Event:
+        first, last, avail = consumer.advance(self.now)
+        if last > first:
+            self.observer.on_consumed(node.id, execution_id, consumer, first, last, self.now)
+        return ExecutionProgress(execution_id, str(last), lag=max(0, avail - last))
+
+    def _progress(self, node: SimNode, execution_id: str, consumer: Consumer) -> None:
+        self._handle(node, self._advance(node, execution_id, consumer))
+
+    def _do_read_items(self, node: SimNode, a: ReadItems) -> None:
+        """The runtime fetches the outputs and answers ITEMS_DELAY later; the
+        fetch fails if a holder is down or cut off from the node by then."""
+        inc = node.inc
+
+        def answer() -> None:
+            if node.inc != inc or not node.up or self.halted is not None:
+                return  # the asking incarnation died: its successor asks again
+            items: list[str] = []
+            error = ""
+            for manifest, holder in a.refs:
+                count = self.manifests.get(manifest)
+                h = self.by_id.get(holder)
+                if h is None or not self.nodes[h].up or not self.network.connected(node.idx, h):
+                    error = f"cannot fetch {manifest} from {holder}: unreachable"
+                    break
+                if count is None:
+                    error = f"no manifest {manifest} on {holder}"
+                    break
+                items += item_lines(manifest, count)
+            self.observer.on_items(node.id, a, len(items), error, self.now)
+            event = ItemsRead(a.job_id, a.task, () if error else tuple(items), error)
+            self._trace.update(f"{self.now!r}|{node.idx}|e|{event!r}".encode())
+            self._handle(node, event)
+        self._push(self.now + ITEMS_DELAY, _CALL, -1, 0, answer)
 
     def _count_sent(self, data: bytes) -> str:
         stats = self.stats

@@ -4,15 +4,20 @@ Node ids are ``n0000``, ``n0001``, ...; node i carries ``zone`` label
 ``a``/``b``/``c`` (i mod 3) and bootstraps from ``n0000`` plus two seeded
 earlier nodes.  Job ids are ``j000000``, ... in submission order.
 
-Every cluster runs the invariant checkers (:mod:`simnet.invariants` and
-:mod:`simnet.kind_invariants`) from its first event; the first violation
-halts the engine.  Nodes may join late: start only some nodes with
-``start(ids)``, then ``join(node_id)`` the others (their first start, after
-jobs were submitted).
+Every cluster runs the invariant checkers (:mod:`simnet.invariants`,
+:mod:`simnet.kind_invariants`, :mod:`simnet.stream_invariants`,
+:mod:`simnet.chain_invariants`, :mod:`simnet.dag_invariants`) from its first
+event; the first violation halts the engine.  A micro-batch stream gets the
+simulated connector of :mod:`simnet.sources`; :meth:`Cluster.crash_on_frame`
+crashes a node when it sends a given frame (targeted fault injection).
+
+Nodes may join late: start only some nodes with ``start(ids)``, then
+``join(node_id)`` the others (their first start, after jobs were submitted).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -20,12 +25,16 @@ from typing import Any
 import attrs
 
 from protocols.config import NodeConfig, Timings
-from protocols.events import CancelJob, StartExecution, SubmitJob
-from simnet.engine import Core, Engine, Observer, derive_seed
+from protocols.events import CancelJob, ReadItems, StartExecution, SubmitJob
+from simnet.chain_invariants import ChainInvariants
+from simnet.dag_invariants import DagInvariants
+from simnet.engine import Core, Engine, Observer, SimNode, derive_seed
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL, Invariants
 from simnet.kind_invariants import Bounds, KindInvariants
 from simnet.network import NetConfig
+from simnet.sources import Consumer, SimConnector
 from simnet.store import Records
+from simnet.stream_invariants import StreamInvariants
 from simnet.workload import ZONES
 
 SUBMIT_RETRY = 1.0  # seconds before a client asks again whether its job was accepted
@@ -44,31 +53,56 @@ class Note:
 class _Fanout(Observer):
     """Feeds the checkers and, optionally, a log of every notification."""
 
-    def __init__(self, inv: Invariants, kinds: KindInvariants, log: list[Note] | None) -> None:
-        self.inv = inv
-        self.kinds = kinds
+    def __init__(self, checkers: list[Observer], log: list[Note] | None) -> None:
+        self.checkers = checkers
         self.log = log
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        self.inv.on_notify(node, kind, data, now)
-        self.kinds.on_notify(node, kind, data, now)
+        for checker in self.checkers:
+            checker.on_notify(node, kind, data, now)
         if self.log is not None:
             self.log.append(Note(now, node, kind, data))
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
-        self.inv.on_exec_start(node, action, now)
-        self.kinds.on_exec_start(node, action, now)
+        for checker in self.checkers:
+            checker.on_exec_start(node, action, now)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
-        self.inv.on_exec_end(node, execution_id, status, now)
-        self.kinds.on_exec_end(node, execution_id, status, now)
+        for checker in self.checkers:
+            checker.on_exec_end(node, execution_id, status, now)
 
     def on_crash(self, node: str, now: float) -> None:
-        self.inv.on_crash(node, now)
-        self.kinds.on_crash(node, now)
+        for checker in self.checkers:
+            checker.on_crash(node, now)
 
     def on_start(self, node: str, now: float) -> None:
-        self.kinds.on_start(node, now)
+        for checker in self.checkers:
+            checker.on_start(node, now)
+
+    def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
+                    first: int, last: int, now: float) -> None:
+        for checker in self.checkers:
+            checker.on_consumed(node, execution_id, consumer, first, last, now)
+
+    def on_items(self, node: str, action: ReadItems, items: int, error: str,
+                 now: float) -> None:
+        for checker in self.checkers:
+            checker.on_items(node, action, items, error, now)
+
+
+@attrs.define
+class FrameTrigger:
+    """Crash a node when it sends a frame of ``mtype`` (``when``: "before" it
+    leaves, or "after"), for frames ``match`` accepts, ``count`` times; the
+    node restarts ``restart_after`` seconds later (None: it stays down)."""
+
+    mtype: str
+    when: str = "after"
+    node: str | None = None  # only frames this node sends
+    match: Callable[[str, str], bool] | None = None  # (sender, receiver) -> fire?
+    count: int = 1
+    restart_after: float | None = 5.0
+    fired: list[tuple[float, str]] = attrs.field(factory=list)
 
 
 def default_core_factory(config: NodeConfig, seed: int, records: Records) -> Core:
@@ -105,7 +139,19 @@ class Cluster:
         )
         self.kinds = KindInvariants(self.timings, self.engine.call_at, self, self.inv.violate,
                                     bounds)
-        self.engine.observer = _Fanout(self.inv, self.kinds, self.notes)
+        self.stream = StreamInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.stream.lossy = bool(net is not None and net.loss > 0)
+        self.chain = ChainInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.dag = DagInvariants(self.inv.violate)
+        self.engine.observer = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag],
+                                       self.notes)
+        self.connector = SimConnector(self)
+        self.triggers: list[FrameTrigger] = []
+        self.frame_rng: random.Random | None = None  # random frame crashes (see frame_crashes)
+        self.frame_crash: dict[str, float] = {}
+        self.frame_downtime = (2.0, 30.0)
+        self.frame_crashes = 0
+        self.engine.crash_callback = self.crash
         self.configs: list[NodeConfig] = []
         self.submitted: list[str] = []
         self.must_end: list[str] = []  # submitted jobs that must end (not long-running)
@@ -187,6 +233,7 @@ class Cluster:
 
     def _periodic_check(self) -> None:
         self.check_ownership()
+        self.chain.check_logs(self.now)
         self.at(self.now + self.check_interval, self._periodic_check)
 
     def join(self, node_id: str) -> None:
@@ -194,7 +241,11 @@ class Cluster:
         if node_id in self.ever_started:
             raise ValueError(f"{node_id} already started once: restart() it")
         self.start([node_id])
-        self.kinds.on_fault(self.now, "join")
+        self._fault("join")
+
+    def _fault(self, what: str) -> None:
+        self.kinds.on_fault(self.now, what)
+        self.stream.on_fault(self.now, what)
 
     def crash(self, node_id: str) -> None:
         node = self.engine.nodes[self.idx(node_id)]
@@ -203,27 +254,83 @@ class Cluster:
             # ownership checker while it is down.
             self.last_owned[node_id] = dict(self._owned_of(node.core))
             self.engine.crash_node(node.idx)
-            self.kinds.on_fault(self.now, "crash")
+            self.connector.forget_node(node_id)
+            self._fault("crash")
 
     def restart(self, node_id: str) -> None:
         if self.is_up(node_id):
             return
         self.ever_started.add(node_id)
+        self.last_owned.pop(node_id, None)  # (before: a frame hook may crash it at once)
         self.engine.start_node(self.idx(node_id))
-        self.last_owned.pop(node_id, None)
-        self.kinds.on_fault(self.now, "restart")
+        self._fault("restart")
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         self.engine.call_at(t, fn)
 
     def partition(self, *groups: Iterable[str]) -> None:
         self.engine.network.partition([[self.idx(n) for n in g] for g in groups])
-        self.kinds.on_fault(self.now, "partition")
+        self._fault("partition")
 
     def heal(self) -> None:
         if self.engine.network.partitioned:
             self.engine.network.heal()
-            self.kinds.on_fault(self.now, "heal")
+            self._fault("heal")
+
+    # --- targeted crashes: keyed on the frames a node sends ----------------------------
+
+    def crash_on_frame(self, mtype: str, when: str = "after", *, node: str | None = None,
+                       match: Callable[[str, str], bool] | None = None, count: int = 1,
+                       restart_after: float | None = 5.0) -> FrameTrigger:
+        """Crash the sender of the next ``count`` frames of type ``mtype``
+        (``handover_accept``, ...) right ``before`` the frame leaves (it is
+        lost) or right ``after``; the rest of that event's actions are lost
+        too (a crash in the middle of a batch, after its earlier persists)."""
+        if when not in ("before", "after"):
+            raise ValueError(f"when must be 'before' or 'after', not {when!r}")
+        trigger = FrameTrigger(mtype, when, node, match, count, restart_after)
+        self.triggers.append(trigger)
+        self.engine.frame_hook = self._on_frame
+        return trigger
+
+    def frame_crashes_at(self, rates: dict[str, float], seed_part: str = "frames",
+                         downtime: tuple[float, float] = (2.0, 30.0)) -> None:
+        """Random targeted crashes: a node sending a frame of type ``t``
+        crashes with probability ``rates[t]`` (before or after the frame
+        leaves, a seeded coin), and restarts after a seeded downtime."""
+        self.frame_crash = dict(rates)
+        self.frame_rng = random.Random(derive_seed(self.seed, seed_part))
+        self.frame_downtime = downtime
+        self.engine.frame_hook = self._on_frame
+
+    def stop_frame_crashes(self) -> None:
+        self.frame_crash = {}
+        if not self.triggers:
+            self.engine.frame_hook = None
+
+    def _on_frame(self, node: SimNode, mtype: str, dst: int) -> str | None:
+        for trigger in self.triggers:
+            if trigger.count <= 0 or trigger.mtype != mtype:
+                continue
+            if trigger.node is not None and trigger.node != node.id:
+                continue
+            if trigger.match is not None and not trigger.match(node.id, self.ids[dst]):
+                continue
+            trigger.count -= 1
+            trigger.fired.append((self.now, node.id))
+            if trigger.restart_after is not None:
+                self.at(self.now + trigger.restart_after, functools.partial(self.restart,
+                                                                            node.id))
+            return trigger.when
+        rate = self.frame_crash.get(mtype)
+        rng = self.frame_rng
+        if rate and rng is not None and rng.random() < rate:
+            self.frame_crashes += 1
+            when = "before" if rng.random() < 0.5 else "after"
+            back = self.now + rng.uniform(*self.frame_downtime)
+            self.at(back, functools.partial(self.restart, node.id))
+            return when
+        return None
 
     # --- jobs ------------------------------------------------------------------------
 
@@ -239,6 +346,14 @@ class Cluster:
         jid = job_id or self.next_job_id()
         self.submitted.append(jid)
         self.kinds.expect(jid, spec)
+        self.stream.expect(jid, spec)
+        self.chain.expect(jid, spec)
+        self.dag.expect(jid, spec)
+        if spec.get("type") == "chain" and self.engine.after_event is None:
+            chain = self.chain
+            self.engine.after_event = lambda node: chain.after_event(node.id, self.engine.now)
+        if spec.get("type") == "stream" and spec.get("mode") == "micro_batch":
+            self.connector.register(jid, spec)
         if spec.get("type", "batch") not in LONG_RUNNING_KINDS:
             self.must_end.append(jid)
         target = self.idx(owner) if owner else self.rng.randrange(len(self.engine.nodes))
@@ -268,6 +383,7 @@ class Cluster:
             if job_id not in self.inv.stopping:
                 self.inv.cancelled(job_id)
                 self.kinds.cancelled(job_id)
+                self.stream.cancelled(job_id)
                 if job_id not in self.must_end:
                     self.must_end.append(job_id)
             self.engine.inject(self.idx(owner), CancelJob(job_id, reason), self.engine.now)

@@ -16,7 +16,7 @@ as ``"t=<virtual s>: <description>"``.
 5. at the end of the drain period no job hangs: it completed, or failed /
    stopped with a reason.
 
-Long-running kinds (daemon, service, cron) never complete: 3 and 5 expect
+Long-running kinds (daemon, service, cron, stream) never complete: 3 and 5 expect
 them to end only once they were cancelled (:meth:`Invariants.cancelled`).  A
 finished cron run may be forgotten by its owner (history trimming): it is
 then owned by nobody, which 3 accepts.  A daemon restarted in place runs
@@ -34,7 +34,8 @@ from protocols.events import StartExecution
 from simnet.engine import Observer
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
-LONG_RUNNING_KINDS = frozenset({"daemon", "service", "cron"})  # end only when stopped
+# End only when stopped (a micro-batch stream may also fail: see kind_invariants L1).
+LONG_RUNNING_KINDS = frozenset({"daemon", "service", "cron", "stream"})
 SlotKey = tuple[str, int]
 
 

@@ -64,7 +64,9 @@ losing messages: a fault event) enforces them from then on.
 All long-running kinds (daemon, service, cron):
 
 * **L1** they never end by themselves: ``completed`` is always a violation,
-  ``failed`` / ``stopped`` only after the harness cancelled them.
+  ``failed`` / ``stopped`` only after the harness cancelled them (streams are
+  long-running too; one may fail by itself *with a reason*: a micro-batch
+  whose retries were spent fails its stream).
 * **L2** once any job is terminal, its executions end within
   ``lease_ttl + lease_grace + slack`` (of the end, or of their start if a
   late grant started one afterwards).
@@ -365,7 +367,7 @@ class KindInvariants(Observer):
             parent = run_parent(jid) if kind == "run" else None
             if parent is not None and parent[0] in self.jobs:
                 info.labels = dict(self.jobs[parent[0]].labels)
-        if kind == "run":
+        if kind == "run" and "~" not in jid:  # a cron run (DAG, chain, batch runs have ~)
             if info.accepted_at is not None:
                 self.violate(now, f"cron run {jid} accepted twice (first at "
                                   f"t={info.accepted_at:.3f}s)")
@@ -398,7 +400,10 @@ class KindInvariants(Observer):
         if state not in TERMINAL:
             return
         info.ended_at = now
-        if info.kind in LONG_RUNNING_KINDS and (state == "completed" or not info.cancelled):
+        # A stream may fail by itself with a reason (a micro-batch failed for good).
+        stream_failed = info.kind == "stream" and state == "failed" and d.get("reason")
+        if (info.kind in LONG_RUNNING_KINDS and not stream_failed
+                and (state == "completed" or not info.cancelled)):
             self.violate(now, f"{info.kind} job {jid} ended {state} "
                               f"({d.get('reason') or 'no reason'}) without being stopped")
         if info.kind == "cron":

@@ -39,6 +39,18 @@ Fault rate units:
 * ``partition_rate``: expected partitions **per cluster per virtual minute**;
   a partition isolates a seeded random set of 1..N/2 nodes from the rest for
   a seeded duration uniform in ``[5 s, 60 s]`` (one partition at a time).
+* ``frame_crash``: probability that a node sending a handover frame
+  (``handover_offer``, ``handover_accept``, ``handover_commit``,
+  ``handover_ack``) crashes right before the frame leaves or right after
+  (a seeded coin), during the fault phase; it restarts after 2-30 s.  This
+  puts crashes at every step of a chain handover.
+
+The ``stream``, ``chain`` and ``dag`` workloads add their checkers' end
+checks: a stream job's source must be consumed completely (at-least-once,
+:meth:`simnet.stream_invariants.StreamInvariants.finish`) at the steady
+state; the chain checker's final log and owner checks run after the drain.
+Their measured numbers (takeover and fencing latencies, duplicates) are in
+the report under ``stream`` / ``chain`` / ``dag``.
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ from simnet.workload import WORKLOADS
 
 DOWNTIME = (5.0, 60.0)
 PARTITION_LENGTH = (5.0, 60.0)
+HANDOVER_FRAMES = ("handover_offer", "handover_accept", "handover_commit", "handover_ack")
 
 
 @attrs.frozen(kw_only=True)
@@ -81,8 +94,9 @@ class RunOptions:
     check_interval: float = 30.0  # ownership check period (virtual s)
     # Livelock backstop; None = 20,000 + 2,000 per job and per node.
     max_events: int | None = None
-    workload: str = "mixed"  # mixed (fault paths exercised) | plain (healthy jobs only) | kinds
+    workload: str = "mixed"  # mixed | plain | kinds | stream | chain | dag (simnet.workload)
     joiners: int | None = None  # nodes starting late; None: 0, or nodes // 10 for kinds
+    frame_crash: float = 0.0  # per handover frame: crash its sender (fault phase only)
 
 
 class FaultInjector:
@@ -155,6 +169,7 @@ class FaultInjector:
         """Drain: no more faults, heal, bring every crashed node back (joiners
         that did not join yet still join at their time)."""
         self.active = False
+        self.cluster.stop_frame_crashes()
         self.cluster.heal()
         for nid in self.cluster.ids:
             if nid in self.cluster.ever_started and not self.cluster.is_up(nid):
@@ -205,6 +220,8 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
         cluster.at(first_join + join_rng.random() * spread, functools.partial(cluster.join, nid))
     faults = FaultInjector(cluster, opts)
     faults.start()
+    if opts.frame_crash > 0:
+        cluster.frame_crashes_at({t: opts.frame_crash for t in HANDOVER_FRAMES})
 
     if long:
         _run_long(cluster, faults, opts)
@@ -218,11 +235,20 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
         lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted)
     else:  # stopped at the first violation: report what was unfinished then
         lost = [j for j in cluster.must_end if cluster.state_of(j) not in TERMINAL]
+    if cluster.engine.halted is None and cluster.chain.jobs:
+        cluster.chain.finish(cluster.now)
     wall = time.perf_counter() - wall0
     report = _report(opts, cluster, faults, lost, wall)
     report["joiners"] = joiners
+    report["frame_crashes"] = cluster.frame_crashes
     if long:
         report["kinds"] = cluster.kinds.summary()
+    if cluster.stream.jobs:
+        report["stream"] = cluster.stream.summary()
+    if cluster.chain.jobs:
+        report["chain"] = cluster.chain.summary()
+    if cluster.dag.jobs:
+        report["dag"] = cluster.dag.summary()
     return report
 
 
@@ -242,6 +268,9 @@ def _run_long(cluster: Cluster, faults: FaultInjector, opts: RunOptions) -> None
         return
     cluster.kinds.check_steady(cluster.now)
     cluster.kinds.check_cron(cluster.now)
+    if cluster.engine.halted is not None:
+        return
+    cluster.stream.finish(cluster.now)  # every stream's source consumed (at-least-once)
     if cluster.engine.halted is not None:
         return
     for jid in cluster.submitted:

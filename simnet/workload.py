@@ -166,5 +166,125 @@ def kinds_mix(rng: random.Random, index: int) -> dict[str, Any]:
     return mixed_batch(rng, index)
 
 
-WORKLOADS = {"mixed": mixed_batch, "plain": plain_batch, "kinds": kinds_mix}
-LONG_RUNNING_WORKLOADS = frozenset({"kinds"})
+# --- streams, chains and DAGs (simnet.sources describes the simulated world) -----------
+
+
+def with_env(task: dict[str, Any], **env: Any) -> dict[str, Any]:
+    return {**task, "env": {**task.get("env", {}), **{k: str(v) for k, v in env.items()}}}
+
+
+def stream_spec(name: str, partitions: int | list[str] = 2, *, entries: int = 200,
+                produce_rate: float = 0.0, consume_rate: float = 10.0,
+                run_for_ms: int = 20_000, checkpoint_every_ms: int = 1000,
+                labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A consume-mode stream over a finite simulated source of ``entries``
+    entries per partition (simnet.sources)."""
+    task = with_env(sim_task(1000, hang=True, timeout_ms=run_for_ms + 30_000),
+                    SIM_STREAM_ENTRIES=entries, SIM_STREAM_RATE=produce_rate,
+                    SIM_CONSUME_RATE=consume_rate)
+    return canonical({
+        "name": name, "type": "stream", "constraints": {"labels": dict(labels or {})},
+        "queue_timeout": None, "partitions": partitions, "run_for": int(run_for_ms),
+        "checkpoint_every": int(checkpoint_every_ms), "mode": "consume", "task": task,
+    })
+
+
+def micro_batch_spec(name: str, partitions: int = 2, *, entries: int = 200,
+                     produce_rate: float = 0.0, max_entries: int = 20,
+                     max_wait_ms: int = 1000, batch_ms: int = 1000,
+                     attempts: int = 3) -> dict[str, Any]:
+    """A micro-batch stream: the owner's (simulated) connector cuts each
+    partition's ``entries`` into batches of at most ``max_entries``."""
+    streams = [f"s{i}" for i in range(partitions)]
+    task = with_env(sim_task(batch_ms, attempts=attempts),
+                    SIM_STREAM_ENTRIES=entries, SIM_STREAM_RATE=produce_rate)
+    return canonical({
+        "name": name, "type": "stream", "constraints": {"labels": {}}, "queue_timeout": None,
+        "partitions": partitions, "run_for": 60_000, "checkpoint_every": 1000,
+        "mode": "micro_batch", "task": task,
+        "source": {"type": "redis", "url": "redis://127.0.0.1:6379/0", "streams": streams},
+        "batch": {"max_entries": int(max_entries), "max_wait": int(max_wait_ms)},
+    })
+
+
+def chain_spec(name: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    return canonical({
+        "name": name, "type": "chain", "constraints": {"labels": {}}, "queue_timeout": None,
+        "stages": [{"name": f"st{i}", "task": task} for i, task in enumerate(stages)],
+    })
+
+
+def dag_task(task: dict[str, Any], depends_on: list[str] | None = None, *,
+             map_over: str | None = None, when: str = "succeeded") -> dict[str, Any]:
+    return {**task, "depends_on": sorted(depends_on or []),
+            "map": {"over": map_over, "as": "item"} if map_over else None, "when": when}
+
+
+def dag_spec(name: str, tasks: dict[str, dict[str, Any]], cache: bool = False) -> dict[str, Any]:
+    return canonical({
+        "name": name, "type": "dag", "constraints": {"labels": {}}, "queue_timeout": None,
+        "tasks": tasks, "cache": cache,
+    })
+
+
+def stream_mix(rng: random.Random, index: int) -> dict[str, Any]:
+    """One job of the stream workload: mostly consume-mode streams of 1-4
+    partitions (100-400 entries each, some produced over time, consumers of
+    5-20 entries/s that run 10-30 s at a time); every third job a micro-batch
+    stream of 1-3 partitions (batches of 10-40 entries)."""
+    if index % 3 == 2:
+        return micro_batch_spec(f"micro-{index}", rng.randint(1, 3),
+                                entries=rng.randint(100, 400),
+                                produce_rate=rng.choice([0.0, 5.0, 10.0]),
+                                max_entries=rng.randint(10, 40),
+                                max_wait_ms=rng.choice([500, 1000, 2000]),
+                                batch_ms=rng.randint(500, 3000))
+    run_for = rng.randint(10, 30) * 1000
+    return stream_spec(f"stream-{index}", rng.randint(1, 4), entries=rng.randint(100, 400),
+                       produce_rate=rng.choice([0.0, 0.0, 5.0]),
+                       consume_rate=float(rng.randint(5, 20)), run_for_ms=run_for,
+                       checkpoint_every_ms=rng.choice([500, 1000, 2000]))
+
+
+def chain_mix(rng: random.Random, index: int) -> dict[str, Any]:
+    """One job of the chain workload: 5-20 stages of 1-6 s; one chain in ten
+    has a stage that always fails (the chain must fail with a reason); a few
+    stages are flaky (fail_rate 0.2, retried)."""
+    n = rng.randint(5, 20)
+    broken = rng.randrange(n) if rng.random() < 0.1 else -1
+    stages = []
+    for k in range(n):
+        task = sim_task(rng.randint(1000, 6000), fail_rate=0.2 if rng.random() < 0.1 else 0.0,
+                        exit_code=3 if k == broken else 0, timeout_ms=30_000)
+        stages.append(task)
+    return chain_spec(f"chain-{index}", stages)
+
+
+def dag_mix(rng: random.Random, index: int) -> dict[str, Any]:
+    """One job of the DAG workload: fetch -> split (writes 3-20 lines) -> work
+    (a map: one run per line) -> reduce (fan-in), plus a side branch, a
+    ``when: failed`` handler and a ``when: always`` cleanup.  Some work items
+    are flaky; one DAG in six has a reduce that always fails."""
+    def task(ms: int, **over: Any) -> dict[str, Any]:
+        return sim_task(ms, timeout_ms=30_000, **over)
+    lines = rng.randint(3, 20)
+    fails = rng.random() < 1 / 6
+    tasks = {
+        "fetch": dag_task(task(rng.randint(500, 3000))),
+        "split": dag_task(with_env(task(rng.randint(500, 2000)), SIM_OUTPUT_LINES=lines),
+                          ["fetch"]),
+        "side": dag_task(task(rng.randint(500, 5000)), ["fetch"]),
+        "work": dag_task(task(rng.randint(500, 4000),
+                              fail_rate=0.1 if rng.random() < 0.3 else 0.0),
+                         ["split"], map_over="split"),
+        "reduce": dag_task(task(rng.randint(500, 2000), exit_code=3 if fails else 0),
+                           ["work", "side"]),
+        "notify": dag_task(task(500), ["reduce"], when="failed"),
+        "cleanup": dag_task(task(500), ["reduce", "side"], when="always"),
+    }
+    return dag_spec(f"dag-{index}", tasks, cache=rng.random() < 0.3)
+
+
+WORKLOADS = {"mixed": mixed_batch, "plain": plain_batch, "kinds": kinds_mix,
+             "stream": stream_mix, "chain": chain_mix, "dag": dag_mix}
+LONG_RUNNING_WORKLOADS = frozenset({"kinds", "stream"})
