@@ -522,6 +522,13 @@ class ChainController:
             self._refuse(sender, msg.job_id, "commit for no pending handover")
             return
         head = chain.records[-1]
+        if chain.role != "pending" and any(
+            r["body"]["from"] == sender and record_hash(r) == msg.record_hash for r in chain.records
+        ):  # a retransmission of a commit we took (our ack was lost): ack again
+            self.out.send(
+                sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
+            )
+            return
         if head["body"]["from"] != sender or record_hash(head) != msg.record_hash:
             self._refuse(sender, msg.job_id, "commit does not match the accepted record")
             return
@@ -534,6 +541,7 @@ class ChainController:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
         chain.role = "owner"  # until the end of the window, then as the submitter renews
+        self._save(chain)  # durable before the ack tells the old owner it may stop resending
         self.out.cancel_timer(("chainpending", msg.job_id, 0))
         self.out.send(
             sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
