@@ -17,11 +17,7 @@ fork, CH4 every chain ends; the takeover bound).  Sections:
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +34,7 @@ from simnet.harness import Cluster
 from simnet.runner import RunOptions, run_scenario
 from simnet.sources import sim_manifest
 from simnet.workload import chain_spec, sim_task
+from tests.simnetcli import run_simnet
 
 pytest.importorskip("protocols.node")
 
@@ -342,13 +339,7 @@ def test_chain_same_seed_same_trace() -> None:
     args = ["run", "--seed", "4", "--nodes", "50", "--jobs", "2", "--workload", "chain",
             "--loss", "0.05", "--duplicate", "0.05", "--partition-rate", "0.5",
             "--frame-crash", "0.1", "--duration", "10m", "--output", "json"]
-    runs = []
-    for hashseed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        proc = subprocess.run([sys.executable, "-m", "simnet", *args], capture_output=True,
-                              text=True, env=env, timeout=120, check=False)
-        assert proc.returncode in (0, 1), proc.stderr
-        runs.append(json.loads(proc.stdout))
+    runs = [run_simnet(*args, hashseed=h, timeout=120) for h in ("1", "2")]
     a, b = runs
     assert a["trace_hash"] == b["trace_hash"] and a["chain"] == b["chain"]
     assert a["invariant_violations"] == b["invariant_violations"]

@@ -12,11 +12,7 @@ the checker catches it, and the last section shows each checker failing.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -28,6 +24,7 @@ from simnet.harness import Cluster
 from simnet.runner import RunOptions, run_scenario
 from simnet.sources import sim_manifest
 from simnet.workload import dag_spec, dag_task, sim_task, with_env
+from tests.simnetcli import run_simnet
 
 pytest.importorskip("protocols.node")
 
@@ -206,13 +203,7 @@ def test_dag_same_seed_same_trace() -> None:
     args = ["run", "--seed", "3", "--nodes", "20", "--jobs", "6", "--workload", "dag",
             "--loss", "0.1", "--crash-rate", "0.1", "--partition-rate", "0.5",
             "--duration", "10m", "--output", "json"]
-    runs = []
-    for hashseed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        proc = subprocess.run([sys.executable, "-m", "simnet", *args], capture_output=True,
-                              text=True, env=env, timeout=120, check=False)
-        assert proc.returncode in (0, 1), proc.stderr
-        runs.append(json.loads(proc.stdout))
+    runs = [run_simnet(*args, hashseed=h, timeout=120) for h in ("1", "2")]
     a, b = runs
     assert a["trace_hash"] == b["trace_hash"] and a["dag"] == b["dag"]
     assert a["invariant_violations"] == b["invariant_violations"]

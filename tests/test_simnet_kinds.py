@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +32,7 @@ from simnet.kind_invariants import (
 from simnet.network import NetConfig
 from simnet.runner import BIG_NODE
 from simnet.workload import cron_spec, forever_task, kind_spec, sim_task
+from tests.simnetcli import run_simnet
 
 pytest.importorskip("protocols.node")
 
@@ -344,13 +342,7 @@ SWEEP = ("--nodes", "8", "--jobs", "10", "--duration", "2m", "--duplicate", "0.0
          "--workload", "kinds", "--output", "json")
 
 
-def _simnet(*args: str, hashseed: str = "0") -> dict[str, Any]:
-    env = {**os.environ, "PYTHONHASHSEED": hashseed}
-    proc = subprocess.run([sys.executable, "-m", "simnet", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
+_simnet = run_simnet
 
 
 def test_kinds_sweep_with_loss() -> None:

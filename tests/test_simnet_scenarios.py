@@ -8,7 +8,6 @@ bounded executions, ownership) on top of its own expectations.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from protocols.config import Timings
 from simnet.harness import Cluster, Note
 from simnet.network import NetConfig
 from simnet.workload import ZONES, batch_spec, sim_task
+from tests.simnetcli import run_simnet
 
 pytest.importorskip("protocols.node")
 
@@ -196,13 +196,7 @@ def test_cancel_mid_run_stops_everything() -> None:
 # --- determinism and sweeps ---------------------------------------------------------------------
 
 
-def _cli(*args: str, hashseed: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONHASHSEED": hashseed}
-    proc = subprocess.run([sys.executable, "-m", "simnet", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
+_cli = run_simnet
 
 
 def test_same_seed_same_trace_in_fresh_processes() -> None:

@@ -13,9 +13,6 @@ a hand-made history or a deliberately broken core.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +29,7 @@ from simnet.runner import BIG_NODE
 from simnet.sources import Consumer, SimSource
 from simnet.stream_invariants import StreamInvariants
 from simnet.workload import micro_batch_spec, stream_spec
+from tests.simnetcli import run_simnet
 
 pytest.importorskip("protocols.node")
 
@@ -191,13 +189,7 @@ SWEEP = ("--workload", "stream", "--nodes", "10", "--jobs", "6", "--duration", "
          "--reorder", "0.1", "--output", "json")
 
 
-def _simnet(*args: str, hashseed: str = "0") -> dict[str, Any]:
-    env = {**os.environ, "PYTHONHASHSEED": hashseed}
-    proc = subprocess.run([sys.executable, "-m", "simnet", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
+_simnet = run_simnet
 
 
 def test_stream_sweep_with_loss() -> None:
