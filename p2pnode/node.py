@@ -39,12 +39,12 @@ from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.timefmt import iso_utc
-from p2pnode.wasm_modules import module_ids
+from p2pnode.wasm_modules import module_problems
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
 from protocols.node import NodeCore
-from protocols.spec import JobSpec, SpecError, SpecValidationError, parse_spec, validate_spec
+from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
 
 log = logging.getLogger("p2pnode.node")
 
@@ -135,14 +135,11 @@ class Node:
     async def _check_modules(self, spec: JobSpec) -> None:
         """Peers fetch a wasm module from this node (the owner) by its content
         id: refuse a spec naming one this node's blob store lacks."""
-        missing = [
-            SpecError(where, f"module {module} is not in this node's blob store "
-                             "(`p2pnode job run` stores the module file)")
-            for where, module in module_ids(spec.canonical())
-            if not await trio.to_thread.run_sync(self.blobs.has, module)
-        ]
-        if missing:
-            raise SpecValidationError(missing)
+        problems = await trio.to_thread.run_sync(
+            module_problems, spec.canonical(), self.blobs.has
+        )
+        if problems:
+            raise SpecValidationError(problems)
 
     async def cancel(self, job_id: str, reason: str = "stopped by user") -> None:
         await self.runtime.cancel(job_id, reason)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ MAX_MODULE_BYTES = 64 * 1024 * 1024  # one module; larger ones are refused at su
 __all__ = [
     "MAX_MODULE_BYTES",
     "check_module_files",
-    "module_ids",
+    "module_problems",
     "read_module_file",
     "store_module_files",
     "wasm_engines",
@@ -54,13 +54,20 @@ def wasm_engines(doc: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]
             yield from wasm_engines(item, index(path, i))
 
 
-def module_ids(doc: Any) -> list[tuple[str, str]]:
-    """(spec path, content id) of every wasm module a canonical spec names."""
-    return [
-        (where, engine["module"])
-        for where, engine in wasm_engines(doc)
-        if isinstance(engine.get("module"), str) and MODULE_ID.fullmatch(engine["module"])
-    ]
+def module_problems(doc: Any, has: Callable[[str], bool]) -> list[SpecError]:
+    """What keeps a submitted spec's modules from travelling: each must be a
+    content id (``sha256:<hex>``) of a blob ``has`` finds in the owner's store."""
+    problems: list[SpecError] = []
+    for where, engine in wasm_engines(doc):
+        module = str(engine.get("module"))
+        if not MODULE_ID.fullmatch(module):
+            problems.append(SpecError(where, f"must be a content id sha256:<hex>, got {module!r} "
+                                             "(`p2pnode job run` stores the module file and "
+                                             "sends its id)"))
+        elif not has(module):
+            problems.append(SpecError(where, f"module {module} is not in this node's blob store "
+                                             "(`p2pnode job run` stores the module file)"))
+    return problems
 
 
 def _file_modules(doc: Any) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -76,9 +83,13 @@ def read_module_file(path: Path) -> bytes:
     (missing, not a regular file, over ``MAX_MODULE_BYTES``).  Bounded: never
     reads more than the limit, and never blocks on a FIFO."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as file:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
         data = file.read(MAX_MODULE_BYTES + 1)
     if len(data) > MAX_MODULE_BYTES:
         raise ValueError(f"larger than the limit of {MAX_MODULE_BYTES // 1024**2} MiB")

@@ -175,19 +175,15 @@ def check_engine(ctx: Ctx, value: Any, path: str) -> Engine:
 
 
 def _wasm(ctx: Ctx, engine: Fields) -> WasmEngine:
-    """A written spec names the module's file; the canonical form (what the
-    owner keeps and peers receive) its content id, so no peer needs the file."""
-    if ctx.canonical:
-        module = engine.string(
-            "module",
-            pattern=MODULE_ID,
-            pattern_hint="must be a content id sha256:<64 hex digits> (submit with the CLI, "
-            "which stores the module file and sends its id)",
-        )
-    else:
-        module = engine.string("module", max_len=MAX_MODULE_PATH)
+    """``module``: a spec file names the module's file; at submit the CLI turns
+    it into the file's content id (``MODULE_ID``), which is all a peer gets.
+    The node refuses a submitted spec whose module is not a content id."""
+    module = engine.string("module", max_len=MAX_MODULE_PATH)
     args: tuple[str, ...] = ()
-    if engine.has("args"):
+    if isinstance(engine.get("args"), str):
+        ctx.error(engine.at("args"), "must be a list of strings like [--verbose, in.txt], "
+                                     "got a string")
+    elif engine.has("args"):
         items = ctx.str_list(
             engine.get("args"),
             engine.at("args"),
