@@ -118,6 +118,10 @@ def test_wasm_jobs_over_three_peers(tmp_path: Path) -> None:
         hello = _run(a, specs / "hello.yaml")
         view = c.wait_job(a, hello, is_terminal, timeout=60, what="the hello job to end")
         assert view["state"] == "completed", view
+        done = [e for e in executions(view) if e["state"] == "succeeded"]
+        assert len(done) == 2 and {e["node"] for e in done} <= holders, view
+        assert all(e["stdout_tail"] == "hello from wasm\nP2PNODE_CHECKPOINT 7\n" for e in done)
+        assert all(e["stderr_tail"] == "to stderr\n" for e in done), done
 
         # A spec naming a module path directly (not through the CLI) is refused.
         raw = {"name": "raw", "task": {"engine": {"type": "wasm", "module": "tool.wat"}}}

@@ -88,10 +88,16 @@ async def test_reads_an_input_and_writes_an_output(
     assert _outputs(blobs, result, tmp_path / "out") == {"copied": data}
 
 
-async def test_inputs_are_read_only(executor: WasmExecutor, tool: str) -> None:
+async def test_inputs_are_read_only(
+    executor: WasmExecutor, tool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = await executor.run(_start(_task(tool, "rw")))
     assert result.status == "succeeded", result
     assert result.stdout_tail == "inputs read-only\n"
+    # Planted bug: a writable /inputs preopen; the module's probe notices.
+    monkeypatch.setattr("p2pnode.executors.wasm.INPUTS_WRITABLE", True)
+    result = await executor.run(_start(_task(tool, "rw"), eid="planted"))
+    assert (result.status, result.stdout_tail) == ("failed", "")
 
 
 async def test_env_has_task_env_and_p2pnode_vars(executor: WasmExecutor, tool: str) -> None:
@@ -184,6 +190,22 @@ async def test_cancel_interrupts_an_endless_loop(executor: WasmExecutor, tool: s
     assert not (executor.data_dir / "work" / safe_name("exec-1")).exists()
     # The executor is still usable: the next run is not affected.
     assert (await executor.run(_start(_task(tool, "hello"), eid="e2"))).status == "succeeded"
+
+
+async def test_a_module_sleeps_through_wasi(executor: WasmExecutor, tool: str) -> None:
+    result = await executor.run(_start(_task(tool, "sleep", "50")))
+    assert (result.status, result.stdout_tail) == ("succeeded", "slept\n"), result
+
+
+async def test_cancel_wakes_a_module_sleeping_in_a_host_call(
+    executor: WasmExecutor, tool: str
+) -> None:
+    """Epoch interruption cannot stop a host call: wasmtime's own poll_oneoff
+    would sleep out the module's 10 minutes (past this suite's timeout)."""
+    with trio.move_on_after(0.5) as scope:
+        await executor.run(_start(_task(tool, "sleep", "600000")))
+    assert scope.cancelled_caught
+    assert executor.interrupted == 1
 
 
 async def test_the_loop_keeps_running_on_a_worker_thread(executor: WasmExecutor, tool: str) -> None:

@@ -34,8 +34,10 @@ The module runs in a worker thread (never on the trio loop) with epoch
 interruption enabled and a deadline of one epoch.  The runtime's cancel scope
 (the task's ``timeout``, ``job stop``, a lost lease) cancels a watcher task
 whose cleanup increments the engine's epoch: the module traps at its next
-loop back-edge or function entry, promptly, and the thread ends.  Time spent
-inside a host call (a WASI file read) is bounded by the files themselves.
+loop back-edge or function entry, promptly, and the thread ends.  Epoch checks
+do not reach into host calls: the one that can block, ``poll_oneoff`` (a WASI
+sleep), is replaced by one that sleeps on an event the watcher sets
+(``_InterruptibleClocks``); file reads and writes are bounded by the files.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +84,7 @@ ARGV0 = "module.wasm"
 TRAP_EXIT_CODE = 134  # as the wasmtime CLI: 128 + SIGABRT
 NOT_RUN_EXIT_CODE = -1  # the module did not compile, instantiate or have its entry point
 WASM_MAGIC = b"\0asm"
+INPUTS_WRITABLE = False  # the task must not alter its inputs (a test plants True)
 
 
 class BadModule(Exception):
@@ -119,6 +125,97 @@ def _trap_reason(err: wasmtime.Trap | wasmtime.WasmtimeError) -> str:
     return _first_line(err)
 
 
+# WASI preview 1 layouts and errno values (witx: wasi_snapshot_preview1).
+_SUBSCRIPTION = 48  # userdata u64, tag u8 @8, clock id u32 @16, timeout u64 @24, flags u16 @40
+_EVENT = struct.Struct("<QHB5xQH6x")  # userdata, error, type, nbytes, flags: 32 bytes
+_CLOCKS: dict[int, Callable[[], int]] = {
+    0: time.time_ns,  # realtime
+    1: time.monotonic_ns,
+    2: time.process_time_ns,
+    3: time.thread_time_ns,
+}
+_EFAULT, _EINVAL = 21, 28
+_MAX_SUBSCRIPTIONS = 4096
+_I32, _I64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+
+
+class _InterruptibleClocks:
+    """``poll_oneoff`` and ``clock_time_get`` in place of wasmtime's own.
+
+    Epoch interruption stops wasm code, not a host call: wasmtime's
+    ``poll_oneoff`` would sleep out a module's hour-long sleep after the
+    execution was stopped.  This one sleeps on ``stop`` (set when the
+    execution is cancelled) and returns early; the epoch trap then comes at
+    the module's next instruction check.  File descriptors are always ready
+    (the module only has regular files and the output pipes).
+    ``clock_time_get`` is shadowed too, so that an absolute monotonic
+    deadline and the clock the module reads are the same clock.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def define(self, linker: wasmtime.Linker) -> None:
+        linker.allow_shadowing = True
+        wasi = "wasi_snapshot_preview1"
+        poll = wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32])
+        linker.define_func(wasi, "poll_oneoff", poll, self.poll_oneoff, access_caller=True)
+        clock = wasmtime.FuncType([_I32, _I64, _I32], [_I32])
+        linker.define_func(wasi, "clock_time_get", clock, self.clock_time_get, access_caller=True)
+
+    @staticmethod
+    def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
+        memory = caller.get("memory")
+        return memory if isinstance(memory, wasmtime.Memory) else None
+
+    def clock_time_get(self, caller: wasmtime.Caller, clock: int, _precision: int, out: int) -> int:
+        now, memory = _CLOCKS.get(clock), self._memory(caller)
+        if now is None:
+            return _EINVAL
+        if memory is None or not 0 <= out <= memory.data_len(caller) - 8:
+            return _EFAULT
+        memory.write(caller, struct.pack("<Q", now()), out)
+        return 0
+
+    def poll_oneoff(
+        self, caller: wasmtime.Caller, subs: int, events_at: int, count: int, nevents_at: int
+    ) -> int:
+        memory = self._memory(caller)
+        if not 0 < count <= _MAX_SUBSCRIPTIONS:
+            return _EINVAL
+        if memory is None:
+            return _EFAULT
+        size = memory.data_len(caller)
+        if not (0 <= subs <= size - count * _SUBSCRIPTION
+                and 0 <= events_at <= size - count * _EVENT.size
+                and 0 <= nevents_at <= size - 4):
+            return _EFAULT
+        raw = bytes(memory.read(caller, subs, subs + count * _SUBSCRIPTION))
+        ready: list[tuple[int, int, int]] = []  # (userdata, errno, type)
+        sleeps: list[tuple[int, int]] = []  # (ns from now, userdata)
+        for base in range(0, len(raw), _SUBSCRIPTION):
+            userdata, tag = struct.unpack_from("<QB", raw, base)
+            if tag != 0:  # fd_read / fd_write: always ready; anything else is invalid
+                ready.append((userdata, 0 if tag in (1, 2) else _EINVAL, tag))
+                continue
+            (clock,) = struct.unpack_from("<I", raw, base + 16)
+            (timeout,) = struct.unpack_from("<Q", raw, base + 24)
+            (flags,) = struct.unpack_from("<H", raw, base + 40)
+            now = _CLOCKS.get(clock)
+            if now is None:
+                ready.append((userdata, _EINVAL, 0))
+                continue
+            sleeps.append((max(0, timeout - now() if flags & 1 else timeout), userdata))
+        if not ready:
+            wait = min(ns for ns, _ in sleeps)
+            self.stop.wait(wait / 1e9)  # returns at once when the execution is stopped
+            ready = [(userdata, 0, 0) for ns, userdata in sleeps if ns <= wait]
+        events = b"".join(_EVENT.pack(data, errno, kind, 0, 0) for data, errno, kind in ready)
+        memory.write(caller, events, events_at)
+        memory.write(caller, struct.pack("<I", len(ready)), nevents_at)
+        return 0
+
+
 @attrs.frozen
 class _Run:
     """What the worker thread needs for one execution."""
@@ -131,6 +228,7 @@ class _Run:
     inputs: Path
     outputs: Path
     memory_bytes: int
+    stop: threading.Event
     on_stdout: Callable[[bytes], None]
     on_stderr: Callable[[bytes], None]
 
@@ -145,11 +243,12 @@ def _execute(run: _Run) -> Outcome:
     wasi.env = list(run.env.items())
     wasi.stdout_custom = run.on_stdout
     wasi.stderr_custom = run.on_stderr
-    wasi.preopen_dir(str(run.inputs), GUEST_INPUTS, False)
+    wasi.preopen_dir(str(run.inputs), GUEST_INPUTS, INPUTS_WRITABLE)
     wasi.preopen_dir(str(run.outputs), GUEST_OUTPUTS, True)
     store.set_wasi(wasi)
     linker = wasmtime.Linker(run.engine)
     linker.define_wasi()
+    _InterruptibleClocks(run.stop).define(linker)
     try:
         instance = linker.instantiate(store, run.module)
     except wasmtime.ExitTrap as exited:  # proc_exit from a start function
@@ -255,6 +354,7 @@ class WasmExecutor:
         parser = ProgressParser(sink) if sink is not None else None
 
         token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()  # wakes a module sleeping in poll_oneoff
 
         def on_stdout(chunk: bytes) -> None:
             # Called on a wasmtime thread, the module waiting.  The trio side
@@ -276,6 +376,7 @@ class WasmExecutor:
             inputs=work.inputs,
             outputs=work.outputs,
             memory_bytes=task.resources.memory_bytes,
+            stop=stop,
             on_stdout=on_stdout,
             on_stderr=err.feed,
         )
@@ -293,6 +394,7 @@ class WasmExecutor:
             try:
                 await trio.sleep_forever()
             finally:
+                stop.set()
                 engine.increment_epoch()  # thread-safe; after a normal end it is a no-op
                 if not outcome:
                     self.interrupted += 1

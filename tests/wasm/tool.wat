@@ -6,6 +6,7 @@
 ;;   env              print its environment, one variable a line
 ;;   loop             spin forever (only a timeout or a stop ends it)
 ;;   grow N           grow memory by N 64 KiB pages: exit 0 "grew", or exit 2 "grow refused"
+;;   sleep MS         sleep MS milliseconds (WASI poll_oneoff on a clock), then print "slept"
 ;;   trap             execute `unreachable`
 ;;   exit             proc_exit(3)
 ;; The extra export "alt" is a second entry point: it prints "alt entry".
@@ -20,6 +21,7 @@
   (import "wasi_snapshot_preview1" "environ_sizes_get"
     (func $environ_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   ;; Layout: 0 iovec, 8 nwritten/nread, 12 opened fd, 16 argc, 20 argv size,
   ;; 64.. argv pointers, 1024.. argv strings, 8192.. a 64 KiB data buffer,
@@ -36,6 +38,7 @@
   (data (i32.const 120208) "sneaky")                     ;; 6
   (data (i32.const 120224) "\n")                         ;; 1
   (data (i32.const 120240) "cannot open\n")              ;; 12
+  (data (i32.const 120256) "slept\n")                    ;; 6
 
   (func $write (param $fd i32) (param $ptr i32) (param $len i32)
     (i32.store (i32.const 0) (local.get $ptr))
@@ -116,8 +119,8 @@
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next))))
 
-  ;; decimal argv[2] -> pages
-  (func $grow
+  ;; decimal argv[2]
+  (func $number (result i32)
     (local $p i32) (local $c i32) (local $n i32)
     (local.set $p (call $arg (i32.const 2)))
     (block $done
@@ -128,7 +131,23 @@
                                (i32.sub (local.get $c) (i32.const 48))))
         (local.set $p (i32.add (local.get $p) (i32.const 1)))
         (br $digit)))
-    (if (i32.eq (memory.grow (local.get $n)) (i32.const -1))
+    (local.get $n))
+
+  ;; one clock subscription at 8192 (48 bytes): userdata, tag 0 = clock, clock id 1
+  ;; (monotonic), relative timeout in ns; its event goes to 8256, the count to 8
+  (func $sleep
+    (i64.store (i32.const 8192) (i64.const 7))
+    (i32.store8 (i32.const 8200) (i32.const 0))
+    (i32.store (i32.const 8208) (i32.const 1))
+    (i64.store (i32.const 8216) (i64.mul (i64.extend_i32_u (call $number)) (i64.const 1000000)))
+    (i64.store (i32.const 8224) (i64.const 0))
+    (i32.store16 (i32.const 8232) (i32.const 0))
+    (if (call $poll_oneoff (i32.const 8192) (i32.const 8256) (i32.const 1) (i32.const 8))
+      (then (call $proc_exit (i32.const 1))))
+    (call $write (i32.const 1) (i32.const 120256) (i32.const 6)))
+
+  (func $grow
+    (if (i32.eq (memory.grow (call $number)) (i32.const -1))
       (then (call $write (i32.const 1) (i32.const 120176) (i32.const 13))
             (call $proc_exit (i32.const 2)))
       (else (call $write (i32.const 1) (i32.const 120160) (i32.const 5)))))
@@ -152,6 +171,7 @@
     (if (i32.eq (local.get $mode) (i32.const 108)) (then (loop $forever (br $forever))))  ;; l
     (if (i32.eq (local.get $mode) (i32.const 103)) (then (call $grow) (return)))    ;; g
     (if (i32.eq (local.get $mode) (i32.const 116)) (then unreachable))              ;; t
+    (if (i32.eq (local.get $mode) (i32.const 115)) (then (call $sleep) (return)))   ;; s
     (call $proc_exit (i32.const 64)))
 
   (func (export "alt")
