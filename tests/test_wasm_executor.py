@@ -252,3 +252,20 @@ async def test_router_reports_a_module_it_cannot_fetch(
     result = await router.run(_start(_task("sha256:" + "1" * 64)))
     assert result.status == "error"
     assert result.error.startswith("cannot fetch the wasm module:")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        b'(module (memory 1) (memory 1) (func (export "_start")))',
+        b'(module (table 2000000 funcref) (func (export "_start")))',
+    ],
+    ids=["two-memories", "huge-table"],
+)
+async def test_store_limits_beyond_memory(
+    executor: WasmExecutor, blobs: BlobStore, module: bytes
+) -> None:
+    """A second linear memory would double the cap; tables cost host memory too."""
+    result = await executor.run(_start(_task(blobs.put_bytes(module))))
+    assert (result.status, result.exit_code) == ("failed", -1), result
+    assert "cannot instantiate" in result.error

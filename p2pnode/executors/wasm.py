@@ -43,7 +43,6 @@ sleep), is replaced by one that sleeps on an event the watcher sets
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import struct
 import threading
@@ -74,8 +73,6 @@ from p2pnode.wasm_modules import MAX_MODULE_BYTES
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import TaskSpec, WasmEngine
 
-log = logging.getLogger("p2pnode.executors.wasm")
-
 __all__ = ["TRAP_EXIT_CODE", "WasmExecutor"]
 
 GUEST_INPUTS = "/inputs"
@@ -84,6 +81,9 @@ ARGV0 = "module.wasm"
 TRAP_EXIT_CODE = 134  # as the wasmtime CLI: 128 + SIGABRT
 NOT_RUN_EXIT_CODE = -1  # the module did not compile, instantiate or have its entry point
 WASM_MAGIC = b"\0asm"
+MAX_TABLE_ELEMENTS = 1_000_000
+MAX_TABLES = 16
+MAX_INSTANCES = 16
 INPUTS_WRITABLE = False  # the task must not alter its inputs (a test plants True)
 
 
@@ -237,7 +237,15 @@ def _execute(run: _Run) -> Outcome:
     """Instantiate and call the entry point (blocking: in a worker thread)."""
     store = wasmtime.Store(run.engine)
     store.set_epoch_deadline(1)  # the first epoch increment interrupts it
-    store.set_limits(memory_size=run.memory_bytes)
+    # One linear memory (multi-memory would multiply the cap), capped at
+    # resources.memory; tables bounded too (each element costs host memory).
+    store.set_limits(
+        memory_size=run.memory_bytes,
+        table_elements=MAX_TABLE_ELEMENTS,
+        instances=MAX_INSTANCES,
+        tables=MAX_TABLES,
+        memories=1,
+    )
     wasi = wasmtime.WasiConfig()
     wasi.argv = run.argv
     wasi.env = list(run.env.items())
