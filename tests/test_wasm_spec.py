@@ -185,3 +185,14 @@ def test_cli_validate_resolves_the_module_relative_to_the_spec(tmp_path: Path) -
     (tmp_path / "sub" / "m.wat").write_text("(module)")
     ok = CliRunner().invoke(cli, ["job", "validate", str(spec)])
     assert (ok.exit_code, ok.output.strip()) == (0, "OK")
+
+
+def test_cli_run_refuses_a_missing_module_before_contacting_a_node(tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: w\ntask:\n  engine: {type: wasm, module: gone.wasm}\n")
+    result = CliRunner().invoke(
+        cli, ["--data-dir", str(tmp_path / "no-node"), "job", "run", str(spec)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "task.engine.module: cannot read module 'gone.wasm'" in result.output
+    assert not (tmp_path / "no-node").exists()  # nothing was stored anywhere
