@@ -149,6 +149,7 @@ class BlobStore:
         max_files: int = DEFAULT_MAX_FILES,
         opener: Opener = _default_opener,
         fsync: bool = True,
+        sweep_temp: bool = True,
     ) -> None:
         self.root = Path(data_dir) / "blobs"
         self.objects = self.root / "sha256"
@@ -162,9 +163,11 @@ class BlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         # Temp files left by a crash are never referenced: clear them.  (Another
         # live store on the same directory would lose an in-flight write; one
-        # store per data dir is the rule.)
-        for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+        # store per data dir is the rule; ``sweep_temp=False`` is for a short-lived
+        # writer beside the node's own store, e.g. the CLI storing a wasm module.)
+        if sweep_temp:
+            for leftover in self.tmp.iterdir():
+                leftover.unlink(missing_ok=True)
 
     # --- single blobs ------------------------------------------------------------
 

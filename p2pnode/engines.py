@@ -80,6 +80,18 @@ class EngineRouter:
                 exit_code=-1,
                 error=f"executor {engine!r} is not enabled on this node",
             )
+        module = start.task.get("engine", {}).get("module") if engine == "wasm" else None
+        if isinstance(module, str) and self.inputs is not None:
+            # The module travels like an input: by content id, from the owner.
+            try:
+                await self.inputs.fetch_blob(module, start.owner)
+            except InputError as err:
+                return ExecutionFinished(
+                    execution_id=start.execution_id,
+                    status="error",
+                    exit_code=-1,
+                    error=clip_error(f"cannot fetch the wasm module: {err}"),
+                )
         if start.inputs and self.inputs is not None:
             try:
                 await self.inputs.fetch(start.inputs)
@@ -117,6 +129,10 @@ def build_executors(
             executors[name] = DockerExecutor(
                 data_dir, blobs, node_id=node_id, max_output_bytes=MAX_OUTPUT_BYTES
             )
+        elif name == "wasm":
+            from p2pnode.executors.wasm import WasmExecutor
+
+            executors[name] = WasmExecutor(data_dir, blobs, max_output_bytes=MAX_OUTPUT_BYTES)
         elif name == "sim":
             executors[name] = SimExecutor(blobs)
         else:

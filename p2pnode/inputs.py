@@ -55,6 +55,10 @@ class InputFetcher:
             except InputError as err:
                 raise InputError(f"input {name!r} ({manifest_id} from {node}): {err}") from None
 
+    async def fetch_blob(self, digest: str, node: str) -> None:
+        """One blob (a wasm module), from the local store or from ``node``."""
+        await self._blob(digest, node)
+
     async def _fetch_one(self, manifest_id: str, node: str) -> None:
         await self._blob(manifest_id, node)
         try:

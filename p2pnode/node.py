@@ -39,16 +39,17 @@ from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.timefmt import iso_utc
+from p2pnode.wasm_modules import module_problems
 from protocols.config import NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
 from protocols.node import NodeCore
-from protocols.spec import JobSpec, parse_spec, validate_spec
+from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
 
 log = logging.getLogger("p2pnode.node")
 
 TERMINAL_STATES = frozenset({"completed", "failed", "stopped"})
-KNOWN_EXECUTORS = ("process", "docker", "sim")
+KNOWN_EXECUTORS = ("process", "docker", "sim", "wasm")
 
 
 def _total_memory() -> int:
@@ -126,9 +127,19 @@ class Node:
         become its owner and start it.  Returns the job id.  Raises
         ``SpecValidationError`` with every problem of an invalid spec."""
         spec = _validated(spec)
+        await self._check_modules(spec)
         job_id = job_id or f"j-{secrets.token_hex(8)}"
         await self.runtime.submit(job_id, spec.canonical())
         return job_id
+
+    async def _check_modules(self, spec: JobSpec) -> None:
+        """Peers fetch a wasm module from this node (the owner) by its content
+        id: refuse a spec naming one this node's blob store lacks."""
+        problems = await trio.to_thread.run_sync(
+            module_problems, spec.canonical(), self.blobs.has
+        )
+        if problems:
+            raise SpecValidationError(problems)
 
     async def cancel(self, job_id: str, reason: str = "stopped by user") -> None:
         await self.runtime.cancel(job_id, reason)
@@ -144,6 +155,7 @@ class Node:
         or finished job, or a spec that changes the job's ``type``.
         """
         spec = _validated(spec)
+        await self._check_modules(spec)
         notes = await self.runtime.update(job_id, spec.canonical())
         for note in notes:
             if note.kind == "job_updated" and note.data.get("job_id") == job_id:

@@ -191,6 +191,8 @@ class StartExecution:
     # Inputs to fetch before the task starts: (name, manifest id, node holding it),
     # laid out under ``$P2PNODE_INPUTS/<name>/``.
     inputs: tuple[tuple[str, str, str], ...] = ()
+    # The job's owner (the grant's sender): a wasm task's module blob is fetched from it.
+    owner: str = ""
 
 
 @attrs.frozen

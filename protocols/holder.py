@@ -291,6 +291,7 @@ class Holder:
             env=env,
             timeout=held.timeout,
             inputs=tuple((i.name, i.manifest_id, i.node) for i in grant.inputs),
+            owner=held.owner,
         )
         self.out.start(held.start)
         # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.

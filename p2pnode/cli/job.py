@@ -17,6 +17,7 @@ import click
 from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document, plural, to_yaml
 from p2pnode.specfile import load_spec_file
+from p2pnode.wasm_modules import check_module_files
 from protocols.spec import (
     MAX_SPEC_BYTES,
     JobSpec,
@@ -46,13 +47,21 @@ def read_spec(path: Path) -> JobSpec | list[SpecError]:
     try:
         if str(path) == "-":
             text = sys.stdin.read(MAX_SPEC_BYTES + 1)
-            return parse_spec(text)
-        log.info("reading spec %s", path)
-        return load_spec_file(path)
+            spec = parse_spec(text)
+        else:
+            log.info("reading spec %s", path)
+            spec = load_spec_file(path)
     except SpecValidationError as err:
         return err.errors
     except OSError as err:
         fail(f"cannot read {path}: {err.strerror or err}")
+    # Local files the spec names (wasm modules) must be readable too.
+    return check_module_files(spec.canonical(), spec_base(path)) or spec
+
+
+def spec_base(path: Path) -> Path:
+    """The directory that relative paths in the spec at ``path`` start from."""
+    return Path.cwd() if str(path) == "-" else path.parent
 
 
 def _report_invalid(cli: CliContext, path: Path, errors: list[SpecError]) -> None:

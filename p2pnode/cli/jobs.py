@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import trio
 
+from p2pnode.blobs import BlobError
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
     call_node,
@@ -19,12 +21,13 @@ from p2pnode.cli.common import (
     output_option,
 )
 from p2pnode.cli.context import CliContext, fail, pass_cli
-from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job
+from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job, spec_base
 from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
 from p2pnode.cli.progress import Progress
 from p2pnode.control import ControlClient
 from p2pnode.timefmt import iso_utc
-from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
+from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
+from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, load_spec_text, parse_spec
 
 JOB_ID = click.argument("job_id")
 
@@ -49,7 +52,8 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
     text = _read_valid_spec(cli, spec_path)
 
     async def submit(client: ControlClient) -> dict[str, Any]:
-        answer = await client.call("submit", spec=text)
+        spec = await _with_module_ids(cli, spec_path, text)
+        answer = await client.call("submit", spec=spec)
         job_id = str(answer["job_id"])
         if id_only or cli.output == "table":
             click.echo(job_id)
@@ -89,10 +93,30 @@ def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
     try:
-        parse_spec(text)  # every error, before bothering the node
+        spec = parse_spec(text)  # every error, before bothering the node
     except SpecValidationError as exc:
         _report_invalid(cli, spec_path, exc.errors)
+    missing = check_module_files(spec.canonical(), spec_base(spec_path))
+    if missing:
+        _report_invalid(cli, spec_path, missing)
     return text
+
+
+async def _with_module_ids(cli: CliContext, spec_path: Path, text: str) -> str | dict[str, Any]:
+    """The spec to send: ``text`` itself, or, when it names wasm module files,
+    its document with each file stored in the node's blob store and named by
+    its content id (``p2pnode/wasm_modules.py``).  Called once the node
+    answers, so its data dir exists."""
+    doc = load_spec_text(text)
+    if not any(True for _ in wasm_engines(doc)):
+        return text
+    try:
+        stored = await trio.to_thread.run_sync(
+            store_module_files, doc, spec_base(spec_path), cli.data_dir
+        )
+    except BlobError as err:
+        fail(str(err))
+    return dict(stored)
 
 
 @job.command()
@@ -109,7 +133,12 @@ def update(cli: CliContext, job_id: str, spec_path: Path) -> None:
     of a job cannot change; batch and ops jobs cannot be updated (exit 5).
     """
     text = _read_valid_spec(cli, spec_path)
-    result = call_node(cli, lambda c: c.call("update", job_id=job_id, spec=text))
+
+    async def send(client: ControlClient) -> Any:
+        spec = await _with_module_ids(cli, spec_path, text)
+        return await client.call("update", job_id=job_id, spec=spec)
+
+    result = call_node(cli, send)
     _emit(cli, result, lambda: click.echo(f"{result['job_id']} version {result['version']}"))
 
 

@@ -36,7 +36,7 @@ ADDRS_FILE = "addrs"
 @click.option(
     "--executors",
     default="",
-    help="Executors to enable (process,docker,sim); none by default, "
+    help="Executors to enable (process,docker,sim,wasm); none by default, "
     "since they run commands that arrive from the network.",
 )
 @click.option("--no-compute", is_flag=True, help="Own jobs but never run any.")

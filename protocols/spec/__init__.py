@@ -52,6 +52,7 @@ from protocols.spec.model import (
     StreamSettings,
     StreamSource,
     TaskSpec,
+    WasmEngine,
     canonical_bytes,
     spec_digest,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "StreamSettings",
     "StreamSource",
     "TaskSpec",
+    "WasmEngine",
     "canonical_bytes",
     "load_spec_text",
     "parse_spec",

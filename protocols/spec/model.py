@@ -39,6 +39,7 @@ __all__ = [
     "StreamSettings",
     "StreamSource",
     "TaskSpec",
+    "WasmEngine",
     "canonical_bytes",
     "spec_digest",
 ]
@@ -65,6 +66,7 @@ DEFAULT_RUN_FOR_MS = 5 * MINUTE_MS
 DEFAULT_CHECKPOINT_MS = 10 * SECOND_MS
 DEFAULT_BATCH_ENTRIES = 1000
 DEFAULT_BATCH_WAIT_MS = 5 * SECOND_MS
+DEFAULT_WASM_ENTRYPOINT = "_start"
 
 
 def _key(name: str) -> dict[str, Any]:
@@ -146,7 +148,19 @@ class SimEngine(_View):
     type: Literal["sim"] = "sim"
 
 
-Engine = ProcessEngine | DockerEngine | SimEngine
+@attrs.frozen(kw_only=True)
+class WasmEngine(_View):
+    """Run a WebAssembly (WASI preview 1) module: ``module`` is a local file
+    path in a spec as written, and its content id ``sha256:<hex>`` once
+    submitted (the CLI stores the file as a blob: the canonical form)."""
+
+    module: str
+    entrypoint: str = DEFAULT_WASM_ENTRYPOINT
+    args: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    type: Literal["wasm"] = "wasm"
+
+
+Engine = ProcessEngine | DockerEngine | SimEngine | WasmEngine
 
 
 @attrs.frozen(kw_only=True)

@@ -16,6 +16,7 @@ from protocols.spec.model import (
     DEFAULT_MEMORY,
     DEFAULT_SIM_DURATION_MS,
     DEFAULT_TIMEOUT_MS,
+    DEFAULT_WASM_ENTRYPOINT,
     HOUR_MS,
     MIB,
     DockerEngine,
@@ -25,6 +26,7 @@ from protocols.spec.model import (
     Retry,
     SimEngine,
     TaskSpec,
+    WasmEngine,
 )
 
 TASK_KEYS = ("engine", "env", "resources", "timeout", "retry")
@@ -32,6 +34,7 @@ ENGINE_KEYS: dict[str, tuple[str, ...]] = {
     "process": ("type", "command"),
     "docker": ("type", "image", "command", "workdir"),
     "sim": ("type", "duration", "exit_code", "output_bytes", "fail_rate", "hang"),
+    "wasm": ("type", "module", "entrypoint", "args"),
 }
 
 # Bounds.  The timeout is the hard limit of one execution: never unbounded.
@@ -50,9 +53,14 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV_PREFIX = "P2PNODE_"
 IMAGE = re.compile(r"\S+")
 ABS_PATH = re.compile(r"/.*")
+# A wasm module: a local path as written; its content id once submitted.
+MODULE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_MODULE_PATH = 4096
+MAX_ENTRYPOINT = 256
 
 _TASK_MISPLACED = {
-    key: f"belongs under engine (engine.{key})" for key in ("type", "command", "image", "workdir")
+    key: f"belongs under engine (engine.{key})"
+    for key in ("type", "command", "image", "workdir", "module", "entrypoint", "args")
 }
 
 
@@ -130,7 +138,7 @@ def check_engine(ctx: Ctx, value: Any, path: str) -> Engine:
         ctx.error(path, f"must be a mapping, got {show(value)}")
         return placeholder
     if value.get("type") is None:
-        ctx.error(join(path, "type"), "required (one of: docker, process, sim)")
+        ctx.error(join(path, "type"), f"required (one of: {', '.join(sorted(ENGINE_KEYS))})")
         return placeholder
     kind = ctx.choice(value["type"], join(path, "type"), ENGINE_KEYS)
     if kind is None:
@@ -155,12 +163,42 @@ def check_engine(ctx: Ctx, value: Any, path: str) -> Engine:
                 "workdir", pattern=ABS_PATH, pattern_hint="must be an absolute path"
             ),
         )
+    if kind == "wasm":
+        return _wasm(ctx, fields)
     return SimEngine(
         duration_ms=fields.duration("duration", DEFAULT_SIM_DURATION_MS, lo=0, hi=MAX_TIMEOUT_MS),
         exit_code=fields.integer("exit_code", 0, lo=0, hi=255),
         output_bytes=fields.size("output_bytes", 0, lo=0, hi=MAX_OUTPUT_BYTES),
         fail_rate=fields.number("fail_rate", 0.0, lo=0.0, hi=1.0),
         hang=fields.boolean("hang", False),
+    )
+
+
+def _wasm(ctx: Ctx, engine: Fields) -> WasmEngine:
+    """``module``: a spec file names the module's file; at submit the CLI turns
+    it into the file's content id (``MODULE_ID``), which is all a peer gets.
+    The node refuses a submitted spec whose module is not a content id."""
+    module = engine.string("module", max_len=MAX_MODULE_PATH)
+    args: tuple[str, ...] = ()
+    if isinstance(engine.get("args"), str):
+        ctx.error(engine.at("args"), "must be a list of strings like [--verbose, in.txt], "
+                                     "got a string")
+    elif engine.has("args"):
+        items = ctx.str_list(
+            engine.get("args"),
+            engine.at("args"),
+            min_items=0,
+            max_items=MAX_LIST_LEN,
+            allow_empty=True,
+            max_len=MAX_TEXT_LEN,
+        )
+        args = tuple(items or ())
+    return WasmEngine(
+        module=module,
+        entrypoint=engine.string(
+            "entrypoint", DEFAULT_WASM_ENTRYPOINT, max_len=MAX_ENTRYPOINT
+        ),
+        args=args,
     )
 
 
