@@ -153,7 +153,8 @@ def runs(cli: CliContext, job_id: str) -> None:
 
     With --output json/yaml: a list of {run_id, scheduled (ISO-8601 UTC),
     scheduled_ms, version, outcome, reason, executions: [{execution_id, node,
-    state}]}.
+    state}], count, first_scheduled_ms} (a missed row stands for `count`
+    times, from first_scheduled_ms to scheduled_ms).
     """
     rows = call_node(cli, lambda c: c.call("runs", job_id=job_id))
     if cli.output != "table":
@@ -168,13 +169,18 @@ def runs(cli: CliContext, job_id: str) -> None:
                 {
                     "scheduled": row["scheduled"] if first else "",
                     "version": row["version"] if first else "",
-                    "outcome": row["outcome"] if first else "",
+                    "outcome": _outcome(row) if first else "",
                     "execution": e.get("execution_id", "-") + (f" ({e['state']})" if e else ""),
                     "node": e.get("node", "-"),
                     "reason": row["reason"] if first else "",
                 }
             )
     click.echo(render_table(table, RUN_COLUMNS))
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    count = int(row.get("count") or 1)
+    return f"{row['outcome']} x{count}" if count > 1 else str(row["outcome"])
 
 
 @job.command(name="list")
