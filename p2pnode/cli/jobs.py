@@ -14,6 +14,7 @@ import click
 
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
+    EXIT_UNKNOWN,
     call_node,
     data_dir_option,
     output_option,
@@ -22,7 +23,9 @@ from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job
 from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
 from p2pnode.cli.progress import Progress
+from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
 from p2pnode.control import ControlClient
+from p2pnode.node import MAX_IDEMPOTENCY_KEY
 from p2pnode.timefmt import iso_utc
 from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
 
@@ -41,18 +44,53 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the job completes.")
 @click.option("--id-only", is_flag=True, help="Print only the job id.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option(
+    "--idempotency-key",
+    "key",
+    metavar="KEY",
+    default=None,
+    help="Submit at most once per KEY: the same KEY again returns the same job "
+    "(default: a new key per invocation, reused by its retries).",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RETRY_FOR,
+    show_default=True,
+    metavar="SECONDS",
+    help="After a lost connection, retry (same key) this long; then exit 6.",
+)
 @data_dir_option
 @output_option
 @pass_cli
-def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: float | None) -> None:
-    """Submit SPEC to the node serving --data-dir, which becomes its owner."""
+def run(
+    cli: CliContext,
+    spec_path: Path,
+    wait: bool,
+    id_only: bool,
+    timeout: float | None,
+    key: str | None,
+    retry_for: float,
+) -> None:
+    """Submit SPEC to the node serving --data-dir, which becomes its owner.
+
+    If the connection to the node is lost (the node died or restarted), the
+    submit is retried with the same idempotency key, so that it makes one job
+    whatever happened; exit 6 if the node does not answer within --retry-for.
+    """
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        fail(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     text = _read_valid_spec(cli, spec_path)
+    attempts = Attempts(key or new_key(), retry_for)
+    shown: list[str] = []
 
     async def submit(client: ControlClient) -> dict[str, Any]:
-        answer = await client.call("submit", spec=text)
+        answer = await client.call("submit", spec=text, idempotency_key=attempts.key)
+        attempts.reached()
         job_id = str(answer["job_id"])
-        if id_only or cli.output == "table":
+        if (id_only or cli.output == "table") and not shown:
             click.echo(job_id)
+        shown.append(job_id)
         if not wait:
             return {"job_id": job_id}
         progress = Progress(job_id, quiet=id_only)
@@ -64,7 +102,10 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
                     return dict(item["result"])
         raise AssertionError("unreachable")
 
-    view = call_node(cli, submit)
+    try:
+        view = call_node(cli, lambda client: attempts.run(submit, client))
+    except OutcomeUnknown as exc:
+        fail(str(exc), code=EXIT_UNKNOWN)
     if not wait:
         if cli.output != "table" and not id_only:
             emit_document(view, cli.output)
