@@ -127,6 +127,24 @@ def test_an_interrupted_submit_retried_with_its_key_makes_one_job(tmp_path: Path
         assert fresh.returncode == 0, fresh.explain()
         assert len(listed_jobs(a)) == 4
 
+        # 4. The node dies during `job run --wait`: the CLI submits again (same
+        #    key: the same job) and goes on waiting for it.
+        slow = tmp_path / "slow.yaml"
+        slow.write_text(SPEC.replace("echo ran", "sleep 4"))
+        cli = spawn_cli(*a.cli_args("job", "run", str(slow), "--wait", "-o", "json",
+                                    "--retry-for", "80"))
+        before = set(listed_jobs(a))
+        (waited,) = c.wait_until(lambda: (set(listed_jobs(a)) - before) or None, timeout=30,
+                                 what="the slow job submitted")
+        a.kill()
+        a.start()
+        a.wait_ready()
+        code, out, err = finish(cli)
+        assert code == 0, (code, out, err, c.explain())
+        view = json.loads(out)
+        assert view["job_id"] == waited and view["state"] == "completed"
+        assert len(listed_jobs(a)) == 5
+
 
 def test_no_node_is_exit_3_not_6_and_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:
     """Nothing was sent: the outcome is known (no job), no retries."""
