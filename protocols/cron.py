@@ -35,7 +35,7 @@ import attrs
 
 from protocols.errors import LocalProtocolError
 from protocols.owned import OwnedJob
-from protocols.schedule import ScheduledTimes
+from protocols.schedule import Due, ScheduledTimes
 
 if TYPE_CHECKING:
     from protocols.owner import Owner
@@ -163,16 +163,16 @@ class CronController:
         schedule = job.spec["schedule"]
         now_ms = self._wall_ms()
         times = ScheduledTimes(schedule)
-        due = times.due(state.last_ms, now_ms)
+        due = times.due(state.last_ms, now_ms + 1)  # +1: the timer's float rounding
         if due is not None:
             window = max(int(schedule.get("catch_up") or 0), LATE_SLACK_MS)
             on_time = due.newest_ms >= now_ms - window
             # Every due time but the newest, and the newest too if stale.
             missed = due.count - 1 if on_time else due.count
             if missed:
-                newest_missed = times.latest_until(due.newest_ms - 1) if on_time else due.newest_ms
-                counted = str(missed) if due.exact else f"{missed} or more"
-                self._add_missed(job, state, due.first_ms, newest_missed, missed, counted, on_time)
+                last = times.latest_until(due.newest_ms - 1) if on_time else due.newest_ms
+                missed_times = attrs.evolve(due, newest_ms=last, count=missed)
+                self._add_missed(job, state, missed_times, ran=on_time)
             if on_time:
                 self._fire(job, state, due.newest_ms)
             state.last_ms = max(state.last_ms, due.newest_ms)
@@ -180,16 +180,11 @@ class CronController:
         self._save(state)
         self._arm(job, state)
 
-    def _add_missed(
-        self,
-        job: OwnedJob,
-        state: CronState,
-        first: int,
-        newest: int,
-        count: int,
-        counted: str,
-        ran: bool,
-    ) -> None:
+    def _add_missed(self, job: OwnedJob, state: CronState, missed: Due, *, ran: bool) -> None:
+        """One history entry for the ``missed`` times (``ran``: the newest due
+        time, after them, was handled)."""
+        counted = str(missed.count) if missed.exact else f"{missed.count} or more"
+        first, newest = missed.first_ms, missed.newest_ms
         window = job.spec["schedule"].get("catch_up", 0) // 1000
         why = (
             "a catch-up runs only the newest due time"
@@ -205,7 +200,7 @@ class CronController:
                 "outcome": "missed",
                 "reason": f"{counted} scheduled time(s) from {_iso(first)} to {_iso(newest)} "
                 f"were not run: {why}",
-                "count": count,
+                "count": missed.count,
                 "first_scheduled_ms": first,
             },
         )
