@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,11 @@ class ControlError(Exception):
 
 class NodeNotRunning(ControlError):
     pass
+
+
+class ConnectionLost(ControlError):
+    """The connection ended before the node's answer: the request may or may
+    not have taken effect (the node died or restarted meanwhile)."""
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -150,7 +156,11 @@ def _operations(node: Any) -> dict[str, Handler]:
         spec = req.get("spec")
         if not isinstance(spec, (str, dict)):
             raise ValueError("submit needs a spec (YAML/JSON text or an object)")
-        return {"job_id": await node.submit(spec)}
+        key = req.get("idempotency_key")  # the same key: the same job, created once
+        _fault_submit("kill-before-store")
+        job_id = await node.submit(spec, idempotency_key=key)
+        _fault_submit("kill-before-reply")
+        return {"job_id": job_id}
 
     async def update(req: dict[str, Any], emit: Any) -> Any:
         spec = req.get("spec")
@@ -227,6 +237,18 @@ def _operations(node: Any) -> dict[str, Handler]:
     }
 
 
+FAULT_SUBMIT_ENV = "P2PNODE_FAULT_SUBMIT"
+
+
+def _fault_submit(point: str) -> None:
+    """Fault injection for tests (hidden): SIGKILL this node at ``point`` of a
+    submit when ``P2PNODE_FAULT_SUBMIT`` names it (``kill-before-store``: the
+    request was read, nothing stored; ``kill-before-reply``: the job is stored,
+    its id never sent).  The client sees the connection drop either way."""
+    if os.environ.get(FAULT_SUBMIT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _offer(send: trio.MemorySendChannel[Notify], note: Notify) -> None:
     with contextlib.suppress(trio.WouldBlock):  # progress is best effort; the answer is not
         send.send_nowait(note)
@@ -253,12 +275,18 @@ class ControlClient:
         """Yields progress events; the final result is yielded as ``{"result": ...}``."""
         stream = await self._connect()
         async with stream:
-            await stream.send_all(json.dumps({"op": op, **args}).encode() + b"\n")
+            try:
+                await stream.send_all(json.dumps({"op": op, **args}).encode() + b"\n")
+            except (trio.BrokenResourceError, ConnectionError) as exc:
+                raise ConnectionLost(f"lost the connection to the node: {exc}") from None
             buf = b""
             while True:
-                chunk = await stream.receive_some(65536)
+                try:
+                    chunk = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, ConnectionError):
+                    chunk = b""
                 if not chunk:
-                    raise ControlError("the node closed the connection without an answer")
+                    raise ConnectionLost("the node closed the connection without an answer")
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)

@@ -16,6 +16,8 @@ stops the node and leaves nothing running.  The CLI is built on this API.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -86,6 +88,25 @@ class NodeSettings:
             raise ValueError(f"unknown executor(s) {unknown}; choose from {list(KNOWN_EXECUTORS)}")
 
 
+MAX_IDEMPOTENCY_KEY = 200  # characters
+
+
+def keyed_job_id(node_id: str, idempotency_key: str) -> str:
+    """The job id of a keyed submission: the same node and key, the same id
+    (and the format of a random one).  ``ValueError`` for a bad key."""
+    if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValueError(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            "characters"
+        )
+    digest = hashlib.sha256(f"{node_id}\n{idempotency_key}".encode()).hexdigest()
+    return f"j-{digest[:16]}"
+
+
+def _normal(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
 def bootstrap_peer_id(addr: str) -> str:
     """The peer id at the end of a bootstrap multiaddr (``.../p2p/<id>``)."""
     head, sep, peer = addr.rpartition("/p2p/")
@@ -122,15 +143,55 @@ class Node:
 
     # --- jobs ---------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec | Mapping[str, Any] | str, *, job_id: str = "") -> str:
+    async def submit(
+        self,
+        spec: JobSpec | Mapping[str, Any] | str,
+        *,
+        job_id: str = "",
+        idempotency_key: str | None = None,
+    ) -> str:
         """Validate ``spec`` (a JobSpec, a plain spec dict, or YAML/JSON text),
         become its owner and start it.  Returns the job id.  Raises
-        ``SpecValidationError`` with every problem of an invalid spec."""
+        ``SpecValidationError`` with every problem of an invalid spec.
+
+        ``idempotency_key``: a submission that may be repeated (its first try's
+        outcome unknown) returns the same job id every time, and creates the job
+        once.  The job id is derived from the node and the key, so the stored
+        job itself records the key, atomically and across restarts.  The same
+        key with a different spec raises ``LocalProtocolError`` (unless the job
+        was updated since); an empty or over-long key, or a key together with
+        ``job_id``, raises ``ValueError``."""
         spec = _validated(spec)
         await self._check_modules(spec)
-        job_id = job_id or f"j-{secrets.token_hex(8)}"
-        await self.runtime.submit(job_id, spec.canonical())
+        canonical = spec.canonical()
+        if idempotency_key is None:
+            job_id = job_id or f"j-{secrets.token_hex(8)}"
+            await self.runtime.submit(job_id, canonical)
+            return job_id
+        if job_id:
+            raise ValueError("give a job id or an idempotency key, not both")
+        job_id = keyed_job_id(self.node_id, idempotency_key)
+        if not self._same_submission(job_id, idempotency_key, canonical):
+            try:
+                await self.runtime.submit(job_id, canonical)
+            except LocalProtocolError:  # a concurrent submit with the same key won
+                if not self._same_submission(job_id, idempotency_key, canonical):
+                    raise
         return job_id
+
+    def _same_submission(self, job_id: str, key: str, canonical: dict[str, Any]) -> bool:
+        """True if ``job_id`` (keyed by ``key``) exists with this spec; False if
+        it does not exist; ``LocalProtocolError`` if it has another spec."""
+        job = self.core.owner.jobs.get(job_id)
+        if job is None:
+            return False
+        # As stored (the owner's canonical form; msgpack makes tuples lists).
+        wanted = validate_spec(canonical, canonical=True).canonical()
+        if job.version == 1 and _normal(job.spec) != _normal(wanted):
+            raise LocalProtocolError(
+                f"idempotency key {key!r} was already used for job {job_id} with another spec"
+            )
+        return True
 
     async def _check_modules(self, spec: JobSpec) -> None:
         """Peers fetch a wasm module from this node (the owner) by its content

@@ -9,9 +9,15 @@ Two guards make "one run per scheduled time" hold whatever happens:
 * the run id is derived from the time, and the owner refuses a job id it
   already has.
 
-Catch-up: a time is *on schedule* when handled at most ``catch_up`` (and a
-small slack for timer lateness) after it was due; older times are recorded as
-missed, never run.  Overlap, when a run of this job is still active:
+Catch-up (the Kubernetes CronJob rule): when the timer finds several times
+due at once (the owner was down, or its timer late), only the newest of them
+is handled, and only if it is at most ``catch_up`` (and a small slack for
+timer lateness) old; every other due time is *missed*, recorded as one
+history entry with their ``count`` and range (``first_scheduled_ms`` ..
+``scheduled_ms``).  So a catch-up starts at most one run, whatever the
+overlap policy.  Missed entries are trimmed apart from skipped ones (a long
+run of skips never pushes the record of an outage out of the history).
+Overlap, when a run of this job is still active:
 ``skip`` records the time as skipped, ``allow`` starts it anyway, ``replace``
 stops the active runs first, ``buffer_one`` keeps one time waiting for the
 active run to end (a further one is skipped).
@@ -22,21 +28,22 @@ nothing here reads a clock.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from protocols.errors import LocalProtocolError
 from protocols.owned import OwnedJob
-from protocols.schedule import ScheduledTimes
+from protocols.schedule import Due, ScheduledTimes
 
 if TYPE_CHECKING:
     from protocols.owner import Owner
 
 CRON_TABLE = "cron"
 LATE_SLACK_MS = 2_000  # a timer that fires this late still counts as on schedule
-MAX_DUE_PER_TICK = 100  # scheduled times handled at one wake-up; older ones are missed
-KEEP_SKIPPED = 50  # skipped/missed entries kept in the history
+KEEP_SKIPPED = 50  # skipped entries kept in the history
+KEEP_MISSED = 20  # missed entries (one per catch-up) kept in the history, apart from skips
 ACTIVE = ("queued", "running", "buffered")
 
 
@@ -46,7 +53,8 @@ class CronState:
     last_ms: int  # newest scheduled time handled
     suspended: bool = False
     buffered_ms: int | None = None
-    # History, oldest first: {run_id, scheduled_ms, version, outcome, reason}.
+    # History, oldest first: {run_id, scheduled_ms, version, outcome, reason}
+    # (+ executions once a run ended; + count, first_scheduled_ms when missed).
     entries: list[dict[str, Any]] = attrs.field(factory=list)
     next_ms: int = 0  # volatile: the time the timer is armed for
 
@@ -155,34 +163,51 @@ class CronController:
         schedule = job.spec["schedule"]
         now_ms = self._wall_ms()
         times = ScheduledTimes(schedule)
-        due, dropped = times.between(state.last_ms, now_ms + 1, MAX_DUE_PER_TICK)
-        horizon = now_ms - max(int(schedule.get("catch_up") or 0), LATE_SLACK_MS)
-        missed = dropped + sum(1 for t in due if t < horizon)
-        on_time = [t for t in due if t >= horizon]
-        if missed:
-            newest_missed = max([t for t in due if t < horizon], default=state.last_ms)
-            self._add_entry(
-                state,
-                {
-                    "run_id": "",
-                    "scheduled_ms": newest_missed,
-                    "version": job.version,
-                    "outcome": "missed",
-                    "reason": f"{missed} scheduled time(s) older than catch_up "
-                    f"({schedule.get('catch_up', 0) // 1000}s) were not run",
-                },
-            )
-        for t in on_time:
-            self._fire(job, state, t)
-        if due:
-            state.last_ms = max(state.last_ms, due[-1])
+        due = times.due(state.last_ms, now_ms + 1)  # +1: the timer's float rounding
+        if due is not None:
+            window = max(int(schedule.get("catch_up") or 0), LATE_SLACK_MS)
+            on_time = due.newest_ms >= now_ms - window
+            # Every due time but the newest, and the newest too if stale.
+            missed = due.count - 1 if on_time else due.count
+            if missed:
+                last = times.latest_until(due.newest_ms - 1) if on_time else due.newest_ms
+                missed_times = attrs.evolve(due, newest_ms=last, count=missed)
+                self._add_missed(job, state, missed_times, ran=on_time)
+            if on_time:
+                self._fire(job, state, due.newest_ms)
+            state.last_ms = max(state.last_ms, due.newest_ms)
         self._trim(job, state)
         self._save(state)
         self._arm(job, state)
 
+    def _add_missed(self, job: OwnedJob, state: CronState, missed: Due, *, ran: bool) -> None:
+        """One history entry for the ``missed`` times (``ran``: the newest due
+        time, after them, was handled)."""
+        counted = str(missed.count) if missed.exact else f"{missed.count} or more"
+        first, newest = missed.first_ms, missed.newest_ms
+        window = job.spec["schedule"].get("catch_up", 0) // 1000
+        why = (
+            "a catch-up runs only the newest due time"
+            if ran
+            else f"older than catch_up ({window}s)"
+        )
+        self._add_entry(
+            state,
+            {
+                "run_id": "",
+                "scheduled_ms": newest,
+                "version": job.version,
+                "outcome": "missed",
+                "reason": f"{counted} scheduled time(s) from {_iso(first)} to {_iso(newest)} "
+                f"were not run: {why}",
+                "count": missed.count,
+                "first_scheduled_ms": first,
+            },
+        )
+
     def _fire(self, job: OwnedJob, state: CronState, t: int) -> None:
         run_id = f"{job.job_id}@{t}"
-        if run_id in self.owner.jobs or any(e["scheduled_ms"] == t for e in state.entries):
+        if self._handled(state, run_id, t):
             return  # belt and braces: last_ms already guards this
         entry = {
             "run_id": run_id,
@@ -216,6 +241,10 @@ class CronController:
                 self.owner.cancel(old, f"replaced by run {run_id}")
         self._add_entry(state, entry)
         self._start_run(job, entry)
+
+    def _handled(self, state: CronState, run_id: str, t: int) -> bool:
+        """Time ``t`` already has a run job or a history entry."""
+        return run_id in self.owner.jobs or any(e["scheduled_ms"] == t for e in state.entries)
 
     def _start_run(self, job: OwnedJob, entry: dict[str, Any]) -> None:
         entry["outcome"], entry["version"] = "queued", job.version
@@ -275,24 +304,25 @@ class CronController:
             scheduled_ms=entry["scheduled_ms"],
             outcome=entry["outcome"],
             reason=entry["reason"],
+            count=entry.get("count", 1),
+            first_scheduled_ms=entry.get("first_scheduled_ms", entry["scheduled_ms"]),
         )
 
     def _trim(self, job: OwnedJob, state: CronState) -> None:
         """Keep the newest ``history.succeeded`` completed and ``history.failed``
-        failed or stopped runs, and the newest skipped/missed entries; forget
-        the rest (their run jobs too)."""
+        failed or stopped runs, the newest skipped entries and, counted apart,
+        the newest missed entries; forget the rest (their run jobs too)."""
         history = job.spec["schedule"].get("history") or {}
         limits = {
             "completed": int(history.get("succeeded", 10)),
             "failed": int(history.get("failed", 5)),
             "skipped": KEEP_SKIPPED,
+            "missed": KEEP_MISSED,
         }
         seen = dict.fromkeys(limits, 0)
         keep: list[dict[str, Any]] = []
         for entry in reversed(state.entries):
-            group = {"stopped": "failed", "missed": "skipped"}.get(
-                entry["outcome"], entry["outcome"]
-            )
+            group = "failed" if entry["outcome"] == "stopped" else entry["outcome"]
             if group in limits:
                 seen[group] += 1
                 if seen[group] > limits[group]:
@@ -318,6 +348,8 @@ class CronController:
                     row["outcome"] = run.state
                 row["executions"] = _executions(run)
             row.setdefault("executions", [])
+            row.setdefault("count", 1)
+            row.setdefault("first_scheduled_ms", row["scheduled_ms"])
             listed.append(row)
         return listed
 
@@ -333,6 +365,12 @@ class CronController:
             "active_runs": self._active_runs(state),
             "overlap": job.spec["schedule"].get("overlap", "skip"),
         }
+
+
+def _iso(ms: int) -> str:
+    """Unix ms as ISO-8601 UTC (for reasons; pure, no clock)."""
+    at = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _executions(run: OwnedJob) -> list[dict[str, Any]]:

@@ -14,7 +14,10 @@ import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from croniter import croniter
+
+COUNT_CAP = 100_000  # cron expressions: due times counted one by one up to this many
 
 
 class ScheduledTimes:
@@ -54,3 +57,41 @@ class ScheduledTimes:
                 dropped += 1
             t = self.next_after(t)
         return times, dropped
+
+    def latest_until(self, until_ms: int) -> int:
+        """The newest scheduled time at or before ``until_ms``."""
+        if self.every_ms:
+            return until_ms // self.every_ms * self.every_ms
+        assert self.cron is not None
+        # croniter's get_prev is strictly before its start: start 1 ms later.
+        start = datetime.datetime.fromtimestamp((until_ms + 1) / 1000, self.zone)
+        prev: datetime.datetime = croniter(self.cron, start).get_prev(datetime.datetime)
+        return round(prev.timestamp() * 1000)
+
+    def due(self, after_ms: int, until_ms: int) -> Due | None:
+        """The scheduled times in ``(after_ms, until_ms]``, summed up: the
+        oldest, the newest and how many (a cron expression's are counted one
+        by one up to ``COUNT_CAP``: a long outage of a per-second schedule
+        stays cheap).  None if there is none."""
+        first = self.next_after(after_ms)
+        if first > until_ms:
+            return None
+        newest = self.latest_until(until_ms)
+        if self.every_ms:
+            return Due(first, newest, (newest - first) // self.every_ms + 1)
+        count, t = 1, first
+        while t < newest and count < COUNT_CAP:
+            t = self.next_after(t)
+            count += 1
+        return Due(first, newest, count, exact=t >= newest)
+
+
+@attrs.frozen
+class Due:
+    """Scheduled times that came due together (``count`` of them, from
+    ``first_ms`` to ``newest_ms``; at least ``count`` unless ``exact``)."""
+
+    first_ms: int
+    newest_ms: int
+    count: int
+    exact: bool = True

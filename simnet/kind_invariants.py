@@ -17,15 +17,19 @@ virtual time by ``SIM_WALL_EPOCH``):
 
 * **C1 one run per time**: over the whole run (owner crashes and restarts
   included) at most one ``cron_run_started`` per ``(J, t)``, at most one run
-  job ``J@t`` accepted, and at most one history entry per ``(J, t)``; a run
-  never starts before its time, nor after ``J`` ended; every execution of a
-  run belongs to a started run.
+  job ``J@t`` accepted, and at most one history entry per ``(J, t)`` (a
+  ``missed`` entry covers the times of its range, ``first_scheduled_ms`` to
+  ``scheduled_ms``, and its ``count`` is the number of scheduled times in
+  it); a run never starts before its time, nor after ``J`` ended; every
+  execution of a run belongs to a started run.
 * **C2 no silent skip**: ``t`` is *required* when the owner is up at ``t`` and
   stays up until ``t + margin``, or is down at ``t`` and comes back (to stay
-  up for ``margin``) by ``t + max(catch_up, 2 s) - margin``; and ``J`` was not
-  stopped by then.  Every required ``t`` (submitted ``< t <=`` the end of the
-  check) has a history entry that is a run (``queued``), ``buffered``, or
-  ``skipped`` with a legitimate reason; never ``missed`` and never absent.
+  up for ``margin``) at ``s <= t + max(catch_up, 2 s) - margin`` with no later
+  scheduled time by ``s + margin`` (a catch-up runs only the newest due time);
+  and ``J`` was not stopped by then.  Every required ``t`` (submitted ``< t
+  <=`` the end of the check) has a history entry that is a run (``queued``),
+  ``buffered``, or ``skipped`` with a legitimate reason; never ``missed`` and
+  never absent.
   Legitimate skips: ``run X still active`` while run ``X`` of ``J`` was
   indeed started and not yet terminal, ``a run is already waiting`` while a
   ``buffered`` time of ``J`` was pending, ``the schedule is suspended`` while
@@ -33,6 +37,9 @@ virtual time by ``SIM_WALL_EPOCH``):
 * **C3 no overlap**: with ``overlap: skip`` (and ``buffer_one``) no execution
   of a run of ``J`` starts while an execution of *another* run of ``J`` is
   running anywhere (executor ground truth).
+* **C4 newest only**: a time ``t`` is handled (a run, ``buffered`` or
+  ``skipped``) only while it is the newest scheduled time due: a catch-up
+  after downtime starts at most one run, whatever the overlap policy.
 
 Daemon (job ``D``) and service (job ``S``, count ``N``) -- *deficit
 episodes*: ``D`` is short while its owner is down or an up matching node
@@ -228,7 +235,8 @@ class KindInvariants(Observer):
         self.cron_started: dict[tuple[str, int], tuple[float, str]] = {}
         self.cron_entries: dict[tuple[str, int], CronEntry] = {}
         self.cron_outcomes: dict[str, int] = {}  # outcome -> count (as first recorded)
-        self.missed: dict[str, list[int]] = {}  # cron job -> newest time of each missed entry
+        # cron job -> the range (first, newest scheduled ms) of each missed entry
+        self.missed: dict[str, list[tuple[int, int]]] = {}
         self.buffered: dict[str, int] = {}  # cron job -> buffered time
         self.suspended: set[str] = set()
         self.ops_results: dict[tuple[str, str], str] = {}  # (ops job, node) -> execution
@@ -432,14 +440,25 @@ class KindInvariants(Observer):
         reason = str(d.get("reason") or "")
         key = (jid, ms)
         self.cron_outcomes[outcome] = self.cron_outcomes.get(outcome, 0) + 1
-        if outcome == "missed":  # one entry for a run of missed times: its newest
-            self.missed.setdefault(jid, []).append(ms)
+        if outcome == "missed":  # one entry for a run of missed times
+            self._cron_missed(jid, int(d.get("first_scheduled_ms", ms)), ms,
+                              int(d.get("count", 1)), now)
             return
         prev = self.cron_entries.get(key)
         if prev is not None:
             self.violate(now, f"cron {jid}: time {ms} handled twice ({prev.outcome} at "
                               f"t={prev.t:.3f}s, then {outcome})")
             return
+        if any(a <= ms <= b for a, b in self.missed.get(jid, [])):
+            self.violate(now, f"cron {jid}: time {ms} handled ({outcome}) after it was "
+                              f"recorded missed")
+            return
+        info = self.jobs.get(jid)
+        if info is not None and info.schedule:
+            later = ScheduledTimes(info.schedule).next_after(ms)
+            if later <= wall_ms(now) - 1:
+                self.violate(now, f"cron {jid}: time {ms} handled ({outcome}) although the "
+                                  f"later time {later} was already due (C4: newest only)")
         self.cron_entries[key] = CronEntry(now, str(d.get("run_id") or ""), outcome, reason)
         if ms > wall_ms(now) + 1:
             self.violate(now, f"cron {jid}: time {ms} handled {virtual(ms) - now:.3f}s early")
@@ -447,6 +466,24 @@ class KindInvariants(Observer):
             self.buffered[jid] = ms
         elif outcome == "skipped":
             self._check_skip(jid, ms, reason, now)
+
+    def _cron_missed(self, jid: str, first: int, newest: int, count: int, now: float) -> None:
+        """C1 for a missed entry: its range holds ``count`` scheduled times,
+        none of them handled otherwise (before or, see _cron_run, after)."""
+        info = self.jobs.get(jid)
+        if info is not None and info.schedule:
+            due = ScheduledTimes(info.schedule).due(first - 1, newest)
+            if due is None or (due.first_ms, due.newest_ms, due.count) != (first, newest, count):
+                self.violate(now, f"cron {jid}: missed entry {first}..{newest} counts {count} "
+                                  f"times, the schedule has {due.count if due else 0}")
+        clash = [t for (j, t) in self.cron_entries if j == jid and first <= t <= newest]
+        clash += [b for a, b in self.missed.get(jid, []) if a <= newest and first <= b]
+        if clash:
+            self.violate(now, f"cron {jid}: missed entry {first}..{newest} covers time "
+                              f"{min(clash)} already handled")
+        if newest > wall_ms(now) + 1:
+            self.violate(now, f"cron {jid}: time {newest} recorded missed before it was due")
+        self.missed.setdefault(jid, []).append((first, newest))
 
     def _check_skip(self, jid: str, ms: int, reason: str, now: float) -> None:
         if "still active" in reason:
@@ -741,6 +778,8 @@ class KindInvariants(Observer):
             start, stop = back
             if start - t > window - margin or stop < start + margin:
                 continue
+            if start > t and virtual(ScheduledTimes(sched).next_after(ms)) <= start + margin:
+                continue  # a later time came due by the restart: only that one runs
             if info.ended_at is not None and start + margin > info.ended_at:
                 continue
             out.append(ms)
@@ -766,7 +805,7 @@ class KindInvariants(Observer):
                 entry = self.cron_entries.get((jid, ms))
                 if entry is not None:
                     continue
-                if any(m >= ms for m in self.missed.get(jid, [])):
+                if any(a <= ms <= b for a, b in self.missed.get(jid, [])):
                     self.violate(now, f"cron {jid}: time {ms} (t={virtual(ms):.3f}s) recorded "
                                       f"missed although its owner {info.owner} was up within "
                                       f"catch_up of it")

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,13 @@ def run_cli(*args: str | os.PathLike[str], timeout: float = CLI_TIMEOUT) -> CliR
         cli_argv(*args), capture_output=True, text=True, timeout=timeout, env=_env()
     )
     return CliResult(tuple(map(str, args)), done.returncode, done.stdout, done.stderr)
+
+
+def spawn_cli(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    """One CLI invocation in the background (``communicate()`` it)."""
+    return subprocess.Popen(
+        cli_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
 
 
 def run_cli_parallel(
@@ -213,8 +220,11 @@ class ServeNode:
     def stdout_path(self) -> Path:
         return self.log_dir / f"{self.name}.{self.starts}.stdout"
 
-    def start(self, args: Sequence[str] | None = None) -> None:
-        """Spawn ``serve`` (``args`` replace the previous flags if given)."""
+    def start(
+        self, args: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Spawn ``serve`` (``args`` replace the previous flags if given; ``env``
+        adds variables for this start only, e.g. a fault injection)."""
         assert not self.running, f"{self.name} is already running"
         if args is not None:
             self.args = list(args)
@@ -223,8 +233,9 @@ class ServeNode:
         self.addrs_file.unlink(missing_ok=True)
         self.starts += 1
         argv = cli_argv("serve", "--data-dir", self.data_dir, *self.args)
+        environ = {**_env(), **(env or {})}
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=_env())
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=environ)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> list[str]:
         """Wait for the addrs file (written once the node serves); returns the addrs."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,49 @@ async def test_cron_suspend_resume_update_and_runs(tmp_path: Path) -> None:
 def test_iso_utc() -> None:
     assert iso_utc(1_700_000_000_000) == "2023-11-14T22:13:20.000Z"
     assert iso_utc(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+
+
+# --- idempotent submit --------------------------------------------------------------------
+
+ONCE = {"name": "once", "task": SIM_TASK}
+
+
+async def test_the_same_idempotency_key_makes_one_job_across_a_restart(tmp_path: Path) -> None:
+    settings = NodeSettings(data_dir=tmp_path / "n", executors=("sim",))
+    async with open_node(settings) as node:
+        first = await node.submit(ONCE, idempotency_key="k1")
+        assert await node.submit(ONCE, idempotency_key="k1") == first
+        async with trio.open_nursery() as nursery:  # concurrent retries of one submit
+            for _ in range(3):
+                nursery.start_soon(functools.partial(node.submit, ONCE, idempotency_key="k2"))
+        other = await node.submit(ONCE, idempotency_key="k3")
+        assert other != first and first.startswith("j-") and len(first) == len(other)
+        assert len(node.jobs()) == 3
+    async with open_node(settings) as node:  # restarted on the same SQLite file
+        assert await node.submit(ONCE, idempotency_key="k1") == first
+        assert await node.submit("name: once\ntask: {engine: {type: sim, duration: 100ms}, "
+                                 "timeout: 10s}\n", idempotency_key="k1") == first
+        used = r"'k1' was already used for job j-\w+ with another spec"
+        with pytest.raises(LocalProtocolError, match=used):
+            await node.submit({**ONCE, "count": 2}, idempotency_key="k1")
+        assert sorted(j["job_id"] for j in node.jobs()) == sorted(
+            {first, other, await node.submit(ONCE, idempotency_key="k2")}
+        )
+
+
+async def test_an_updated_keyed_job_is_still_found_by_its_key(tmp_path: Path) -> None:
+    async with open_node(NodeSettings(data_dir=tmp_path / "n", executors=("sim",))) as node:
+        cron = await node.submit(CRON_JOB, idempotency_key="tick")
+        await node.update(cron, {**CRON_JOB, "schedule": {"every": "2s"}})
+        assert await node.submit(CRON_JOB, idempotency_key="tick") == cron
+        assert len(node.jobs()) == 1
+
+
+async def test_bad_idempotency_keys_are_refused(tmp_path: Path) -> None:
+    async with open_node(NodeSettings(data_dir=tmp_path / "n")) as node:
+        for bad in ("", "x" * 201, 7):
+            with pytest.raises(ValueError, match="idempotency_key must be"):
+                await node.submit(ONCE, idempotency_key=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not both"):
+            await node.submit(ONCE, job_id="j-mine", idempotency_key="k")
+        assert node.jobs() == []

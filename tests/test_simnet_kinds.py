@@ -102,10 +102,11 @@ def test_cron_owner_crash_and_restart_each_overlap_policy(policy: str) -> None:
     clean(c)
     # The whole history as notified (the owner trims what it keeps).
     entries = {t: e for (j, t), e in c.kinds.cron_entries.items() if j == job}
-    assert job not in c.kinds.missed
-    assert len(entries) == 120 // 5  # every time from 5 s to 120 s, once
-    down = [e for t, e in entries.items() if 40.0 < virtual(t) <= 60.0]
-    assert [e.t for e in down] == [60.0] * 4, "times passed while down are handled on restart"
+    # 45, 50 and 55 passed while down: one missed entry; the catch-up handles 60 only.
+    assert c.kinds.missed[job] == [(wall_ms(45.0), wall_ms(55.0))]
+    assert len(entries) == 120 // 5 - 3  # every other time from 5 s to 120 s, once
+    down = [(virtual(t), e.t) for t, e in entries.items() if 40.0 < virtual(t) <= 60.0]
+    assert down == [(60.0, 60.0)], "only the newest time passed while down is handled"
     runs = runs_of(c, "n0000", job)
     most = c.kinds.cron_concurrency.get(job, 0)
     if policy == "skip":
@@ -148,9 +149,12 @@ def test_cron_owner_down_longer_than_catch_up_records_missed() -> None:
     clean(c)
     runs = runs_of(c, "n0000", job)
     missed = [r for r in runs if r["outcome"] == "missed"]
-    assert len(missed) == 1 and virtual(missed[0]["scheduled_ms"]) < 40.0
+    # 25 .. 50 passed while down: the newest (50) runs, the 5 before it are missed.
+    assert len(missed) == 1 and missed[0]["count"] == 5
+    assert virtual(missed[0]["first_scheduled_ms"]) == 25.0
+    assert virtual(missed[0]["scheduled_ms"]) == 45.0
     caught_up = [r for r in runs if r["run_id"] and 40.0 <= virtual(r["scheduled_ms"]) <= 50.0]
-    assert caught_up  # inside catch_up of the restart: run
+    assert [virtual(r["scheduled_ms"]) for r in caught_up] == [50.0]
     assert any(r["run_id"] and virtual(r["scheduled_ms"]) > 55.0 for r in runs)
     stop_all(c, [job])
 
@@ -530,6 +534,54 @@ def test_c2_illegitimate_skip_reasons_fire() -> None:
     assert f.has("unknown reason")
 
 
+def missed(f: Fake, t: float, first: float, last: float, count: int) -> None:
+    f.note("n0", "cron_run", t, job_id="c1", run_id="", scheduled_ms=ms(last),
+           outcome="missed", reason="n scheduled time(s) were not run", count=count,
+           first_scheduled_ms=ms(first))
+
+
+def test_c1_missed_ranges_are_checked() -> None:
+    f = Fake()
+    f.submit("c1", cron(), t=1.0)
+    started(f, 10.0, 10.0)
+    f.inv.on_crash("n0", 12.0)
+    f.inv.on_start("n0", 45.0)
+    missed(f, 45.0, 20.0, 30.0, 2)
+    started(f, 45.0, 40.0)
+    assert f.violations == []
+    missed(f, 46.0, 10.0, 10.0, 1)  # 10.0 already ran
+    assert f.has("already handled")
+    missed(f, 47.0, 30.0, 30.0, 1)  # inside the range recorded before
+    assert f.has(f"covers time {ms(30.0)}")
+    missed(f, 48.0, 50.0, 60.0, 3)  # a count that is not the schedule's
+    assert f.has("counts 3 times, the schedule has 2") and f.has("before it was due")
+    f.note("n0", "cron_run", 49.0, job_id="c1", run_id="", scheduled_ms=ms(20.0),
+           outcome="skipped", reason="the cron job was stopped")
+    assert f.has("after it was recorded missed")
+
+
+def test_c4_a_time_handled_when_a_later_one_is_due_fires() -> None:
+    f = Fake()
+    f.submit("c1", cron(), t=1.0)
+    f.inv.on_crash("n0", 5.0)
+    f.inv.on_start("n0", 35.0)
+    started(f, 35.0, 20.0)  # 30.0 is due too: only the newest may be handled
+    assert f.has("C4: newest only")
+    started(f, 35.0, 30.0)
+    assert len([v for v in f.violations if "newest only" in v]) == 1
+
+
+def test_c2_after_downtime_only_the_newest_time_is_required() -> None:
+    f = Fake()
+    f.submit("c1", cron(catch_up_ms=60_000), t=1.0)
+    f.inv.on_crash("n0", 5.0)
+    f.inv.on_start("n0", 35.0)  # 10, 20 and 30 passed while down
+    assert f.inv.required_times("c1", 38.0) == [ms(30.0)]
+    missed(f, 35.0, 10.0, 30.0, 3)
+    f.inv.check_cron(38.0)
+    assert f.has(f"time {ms(30.0)}") and f.has("recorded missed")
+
+
 @pytest.mark.parametrize("overlap", ["skip", "buffer_one"])
 def test_c3_two_runs_executing_at_once_fires(overlap: str) -> None:
     f = Fake()
@@ -706,6 +758,91 @@ def test_dropped_scheduled_time_is_caught(monkeypatch: pytest.MonkeyPatch) -> No
     c.run_until(40.0)
     c.kinds.finish(c.now)
     assert any("never handled" in v for v in c.violations), c.violations
+
+
+def _catch_up_cluster(policy: str, seed: int, *, down: float = 20.0) -> tuple[Cluster, str]:
+    """A 5 s cron job on owner n0000 (owns, never computes), which is down from
+    22 s for ``down`` seconds."""
+    c = Cluster(4, seed=seed, configure=configure("n0000"))
+    c.start()
+    job = c.submit(cron_spec("c", 5000, 1000, policy, catch_up_ms=60_000), owner="n0000", at=3.0)
+    c.run_until(22.0)
+    c.crash("n0000")
+    c.run_until(22.0 + down)
+    c.restart("n0000")
+    c.run_until(60.0)
+    c.kinds.finish(c.now)
+    return c, job
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_catch_up_starts_one_run_per_policy_in_the_simulator(policy: str) -> None:
+    c, job = _catch_up_cluster(policy, 84)
+    clean(c)
+    # 25, 30, 35 and 40 passed while down: 40 is handled (its policy decides), 25..35 missed.
+    assert c.kinds.missed[job] == [(wall_ms(25.0), wall_ms(35.0))]
+    assert (job, wall_ms(40.0)) in c.kinds.cron_entries
+    assert not any(j == job and 25.0 <= virtual(t) <= 35.0 for j, t in c.kinds.cron_started)
+
+
+def test_catch_up_of_every_due_time_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old catch-up (every due time inside catch_up handled): C4 fires."""
+    from protocols.cron import CronController
+    from protocols.schedule import ScheduledTimes
+
+    def burst(self: CronController, job: Any) -> None:
+        state = self.states[job.job_id]
+        times, _ = ScheduledTimes(job.spec["schedule"]).between(state.last_ms,
+                                                                self._wall_ms(), 100)
+        for t in times:
+            self._fire(job, state, t)
+        state.last_ms = max([state.last_ms, *times])
+        self._save(state)
+        self._arm(job, state)
+    monkeypatch.setattr(CronController, "on_timer", burst)
+    c, _ = _catch_up_cluster("allow", 85)
+    assert any("newest only" in v for v in c.violations), c.violations
+
+
+def test_catch_up_running_the_oldest_due_time_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old ``skip`` defect (the oldest in-window time handled, the newest
+    dropped): C2 and C4 fire."""
+    from protocols.cron import CronController
+    from protocols.schedule import Due, ScheduledTimes
+
+    real_due = ScheduledTimes.due
+
+    def oldest(self: ScheduledTimes, after_ms: int, until_ms: int) -> Due | None:
+        due = real_due(self, after_ms, until_ms)
+        return None if due is None else Due(due.first_ms, due.first_ms, 1)
+    monkeypatch.setattr(ScheduledTimes, "due", oldest)
+    original = CronController.on_timer
+
+    def then_forget(self: CronController, job: Any) -> None:
+        original(self, job)
+        self.states[job.job_id].last_ms = self._wall_ms()  # the rest is never seen again
+    monkeypatch.setattr(CronController, "on_timer", then_forget)
+    c, _ = _catch_up_cluster("skip", 86)
+    assert any("newest only" in v for v in c.violations), c.violations
+    assert any("never handled" in v for v in c.violations), c.violations
+
+
+def test_cron_refire_after_a_quick_restart_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted double run: the restored state forgets the newest handled
+    time and the run-id guard is gone; the owner is down 1 s.  C1 fires."""
+    from protocols.cron import CronController
+
+    original = CronController.restore
+
+    def forgetful(self: CronController, records: dict[str, dict[str, Any]]) -> None:
+        original(self, records)
+        for state in self.states.values():
+            state.last_ms -= 5000
+    monkeypatch.setattr(CronController, "restore", forgetful)
+    monkeypatch.setattr(CronController, "_handled", lambda self, state, run_id, t: False)
+    c, _ = _catch_up_cluster("allow", 87, down=1.0)
+    assert any("second run" in v for v in c.violations), c.violations
+    assert any("handled twice" in v for v in c.violations), c.violations
 
 
 def test_daemon_without_recount_misses_joiner(monkeypatch: pytest.MonkeyPatch) -> None:

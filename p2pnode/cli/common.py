@@ -16,6 +16,7 @@ from p2pnode.control import ControlClient, ControlError, NodeNotRunning
 EXIT_NO_NODE = 3  # no node serves the data dir
 EXIT_NOT_COMPLETED = 4  # the job failed or was stopped
 EXIT_REFUSED = 5  # the node refused the request (unknown job, ...)
+EXIT_UNKNOWN = 6  # the connection was lost and retries ran out: the outcome is unknown
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,6 +16,7 @@ import trio
 from p2pnode.blobs import BlobError
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
+    EXIT_UNKNOWN,
     call_node,
     data_dir_option,
     output_option,
@@ -24,7 +25,9 @@ from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job, spec_base
 from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
 from p2pnode.cli.progress import Progress
+from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
 from p2pnode.control import ControlClient
+from p2pnode.node import MAX_IDEMPOTENCY_KEY
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
 from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, load_spec_text, parse_spec
@@ -44,19 +47,54 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the job completes.")
 @click.option("--id-only", is_flag=True, help="Print only the job id.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option(
+    "--idempotency-key",
+    "key",
+    metavar="KEY",
+    default=None,
+    help="Submit at most once per KEY: the same KEY again returns the same job "
+    "(default: a new key per invocation, reused by its retries).",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RETRY_FOR,
+    show_default=True,
+    metavar="SECONDS",
+    help="After a lost connection, retry (same key) this long; then exit 6.",
+)
 @data_dir_option
 @output_option
 @pass_cli
-def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: float | None) -> None:
-    """Submit SPEC to the node serving --data-dir, which becomes its owner."""
+def run(
+    cli: CliContext,
+    spec_path: Path,
+    wait: bool,
+    id_only: bool,
+    timeout: float | None,
+    key: str | None,
+    retry_for: float,
+) -> None:
+    """Submit SPEC to the node serving --data-dir, which becomes its owner.
+
+    If the connection to the node is lost (the node died or restarted), the
+    submit is retried with the same idempotency key, so that it makes one job
+    whatever happened; exit 6 if the node does not answer within --retry-for.
+    """
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        fail(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     text = _read_valid_spec(cli, spec_path)
+    attempts = Attempts(key or new_key(), retry_for)
+    shown: list[str] = []
 
     async def submit(client: ControlClient) -> dict[str, Any]:
         spec = await _with_module_ids(cli, spec_path, text)
-        answer = await client.call("submit", spec=spec)
+        answer = await client.call("submit", spec=spec, idempotency_key=attempts.key)
+        attempts.reached()
         job_id = str(answer["job_id"])
-        if id_only or cli.output == "table":
+        if (id_only or cli.output == "table") and not shown:
             click.echo(job_id)
+        shown.append(job_id)
         if not wait:
             return {"job_id": job_id}
         progress = Progress(job_id, quiet=id_only)
@@ -68,7 +106,10 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
                     return dict(item["result"])
         raise AssertionError("unreachable")
 
-    view = call_node(cli, submit)
+    try:
+        view = call_node(cli, lambda client: attempts.run(submit, client))
+    except OutcomeUnknown as exc:
+        fail(str(exc), code=EXIT_UNKNOWN)
     if not wait:
         if cli.output != "table" and not id_only:
             emit_document(view, cli.output)
@@ -182,7 +223,8 @@ def runs(cli: CliContext, job_id: str) -> None:
 
     With --output json/yaml: a list of {run_id, scheduled (ISO-8601 UTC),
     scheduled_ms, version, outcome, reason, executions: [{execution_id, node,
-    state}]}.
+    state}], count, first_scheduled_ms} (a missed row stands for `count`
+    times, from first_scheduled_ms to scheduled_ms).
     """
     rows = call_node(cli, lambda c: c.call("runs", job_id=job_id))
     if cli.output != "table":
@@ -197,13 +239,18 @@ def runs(cli: CliContext, job_id: str) -> None:
                 {
                     "scheduled": row["scheduled"] if first else "",
                     "version": row["version"] if first else "",
-                    "outcome": row["outcome"] if first else "",
+                    "outcome": _outcome(row) if first else "",
                     "execution": e.get("execution_id", "-") + (f" ({e['state']})" if e else ""),
                     "node": e.get("node", "-"),
                     "reason": row["reason"] if first else "",
                 }
             )
     click.echo(render_table(table, RUN_COLUMNS))
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    count = int(row.get("count") or 1)
+    return f"{row['outcome']} x{count}" if count > 1 else str(row["outcome"])
 
 
 @job.command(name="list")

@@ -225,9 +225,9 @@ class Rollout(_View):
 class Schedule(_View):
     """When a cron job fires: exactly one of ``cron`` / ``every_ms`` is set.
 
-    ``catch_up_ms``: after downtime, a missed run is still started if its
-    scheduled time is at most this old; older ones are skipped (0 = never
-    run missed occurrences, only the next one on schedule).
+    ``catch_up_ms``: after downtime, the newest missed time is still run if
+    it is at most this old (0 = never run missed occurrences, only the next
+    one on schedule); every other missed time is recorded as missed.
     """
 
     cron: str | None = None
