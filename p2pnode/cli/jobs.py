@@ -14,17 +14,28 @@ import click
 
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
+    BoundedFloat,
     call_node,
     data_dir_option,
     output_option,
 )
 from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job
-from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
+from p2pnode.cli.output import (
+    emit_document,
+    escape_name,
+    escape_text,
+    render_table,
+    to_json,
+    to_yaml,
+)
 from p2pnode.cli.progress import Progress
-from p2pnode.control import ControlClient
+from p2pnode.control import ControlClient, ControlError
+from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
+from p2pnode.control_request import TIMEOUT
+from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
-from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
+from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec, parse_spec_bytes
 
 JOB_ID = click.argument("job_id")
 
@@ -40,12 +51,19 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
 @SPEC_ARGUMENT
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the job completes.")
 @click.option("--id-only", is_flag=True, help="Print only the job id.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option(
+    "--timeout",
+    type=BoundedFloat(0, MAX_WAIT_SECONDS, low_open=True),
+    default=None,
+    help="With --wait: stop waiting after SECONDS (exit 4; the job goes on).",
+)
 @data_dir_option
 @output_option
 @pass_cli
 def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: float | None) -> None:
     """Submit SPEC to the node serving --data-dir, which becomes its owner."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
     text = _read_valid_spec(cli, spec_path)
 
     async def submit(client: ControlClient) -> dict[str, Any]:
@@ -56,12 +74,19 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
         if not wait:
             return {"job_id": job_id}
         progress = Progress(job_id, quiet=id_only)
-        with progress:
-            async for item in client.stream("wait", job_id=job_id, timeout=timeout):
-                if "event" in item:
-                    progress.update(item["event"])
-                else:
-                    return dict(item["result"])
+        try:
+            with progress:
+                async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+                    if "event" in item:
+                        progress.update(item["event"])
+                    else:
+                        return dict(item["result"])
+        except ControlError as exc:
+            if exc.code != TIMEOUT:
+                raise
+            # The wait ended, not the job: show where it stands.
+            view = dict(await client.call("describe", job_id=job_id))
+            return {**view, "wait_timed_out": True}
         raise AssertionError("unreachable")
 
     view = call_node(cli, submit)
@@ -69,30 +94,39 @@ def run(cli: CliContext, spec_path: Path, wait: bool, id_only: bool, timeout: fl
         if cli.output != "table" and not id_only:
             emit_document(view, cli.output)
         return
+    timed_out = bool(view.pop("wait_timed_out", False))
     if not id_only:
         _emit(cli, view, lambda: _print_job(view))
-    if view["state"] != "completed":
+    if view["state"] == "completed":
+        return
+    if timed_out and view["state"] not in ("failed", "stopped"):
+        click.echo(
+            f"p2pnode: job {view['job_id']} still {view['state']} after {timeout:g}s; "
+            f"not stopped (p2pnode job stop {view['job_id']})",
+            err=True,
+        )
+    else:
         reason = view.get("reason") or view["state"]
         click.echo(f"p2pnode: job {view['job_id']} {view['state']}: {reason}", err=True)
-        raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
+    raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
 
 
 def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
     """The text of SPEC (``-`` = stdin) once it validates; else every error is
     printed and the command ends (exit 1; exit 2 for an unreadable file)."""
     try:
-        text = (
-            sys.stdin.read(MAX_SPEC_BYTES + 1)
-            if str(spec_path) == "-"
-            else spec_path.read_text(encoding="utf-8")
-        )
+        if str(spec_path) == "-":
+            text = sys.stdin.read(MAX_SPEC_BYTES + 1)
+            parse_spec(text)  # every error, before bothering the node
+            return text
+        data = read_spec_bytes(spec_path)  # bounded: /dev/zero cannot pin us
+        parse_spec_bytes(data)
+        return data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        parse_spec(text)  # every error, before bothering the node
     except SpecValidationError as exc:
         _report_invalid(cli, spec_path, exc.errors)
-    return text
+        raise AssertionError("unreachable") from None
 
 
 @job.command()
@@ -242,7 +276,7 @@ def _print_job(view: dict[str, Any]) -> None:
         lines += _schedule_lines(schedule)
     width = max(len(label) for label, _ in lines) + 2
     for label, value in lines:
-        click.echo(f"{label + ':':<{width}}{value}")
+        click.echo(f"{label + ':':<{width}}{escape_text(value)}")
     if view["type"] == "cron":  # its runs are jobs of their own
         click.echo(f"\nruns: p2pnode job runs {view['job_id']}")
         return
@@ -367,9 +401,15 @@ def logs(cli: CliContext, job_id: str) -> None:
     for slot, e in latest:
         if len(latest) > 1:
             click.echo(f"==> slot {slot} ({e['execution_id']} on {e['node']}) <==")
-        click.echo(e.get("stdout_tail", ""), nl=False)
+        click.echo(_for_terminal(e.get("stdout_tail", ""), sys.stdout), nl=False)
         if e.get("stderr_tail"):
-            click.echo(e["stderr_tail"], nl=False, err=True)
+            click.echo(_for_terminal(e["stderr_tail"], sys.stderr), nl=False, err=True)
+
+
+def _for_terminal(text: str, stream: Any) -> str:
+    """A task's output as written, unless shown on a terminal: there its
+    escape sequences (which could rewrite the screen) are shown escaped."""
+    return escape_text(text, keep="\n\t") if stream.isatty() else text
 
 
 @job.command()
@@ -398,5 +438,5 @@ def get(cli: CliContext, job_id: str, output_dir: Path) -> None:
     """Download a job's outputs, from whichever nodes hold them (hash-verified)."""
     target = str(output_dir.resolve())
     result = call_node(cli, lambda c: c.call("get", job_id=job_id, output_dir=target))
-    files = result["files"]
+    files = [escape_name(str(f)) for f in result["files"]]  # names chosen by the task
     _emit(cli, result, lambda: click.echo("\n".join(files) if files else "(no outputs)"))
