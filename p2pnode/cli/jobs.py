@@ -401,15 +401,18 @@ def logs(cli: CliContext, job_id: str) -> None:
     for slot, e in latest:
         if len(latest) > 1:
             click.echo(f"==> slot {slot} ({e['execution_id']} on {e['node']}) <==")
-        click.echo(_for_terminal(e.get("stdout_tail", ""), sys.stdout), nl=False)
+        _echo_output(e.get("stdout_tail", ""), sys.stdout)
         if e.get("stderr_tail"):
-            click.echo(_for_terminal(e["stderr_tail"], sys.stderr), nl=False, err=True)
+            _echo_output(e["stderr_tail"], sys.stderr)
 
 
-def _for_terminal(text: str, stream: Any) -> str:
-    """A task's output as written, unless shown on a terminal: there its
-    escape sequences (which could rewrite the screen) are shown escaped."""
-    return escape_text(text, keep="\n\t") if stream.isatty() else text
+def _echo_output(text: str, stream: Any) -> None:
+    """A task's output exactly as written (``color=True``: click would strip
+    some escape sequences from a pipe), unless shown on a terminal: there its
+    escape sequences, which could rewrite the screen, are shown escaped."""
+    if stream.isatty():
+        text = escape_text(text, keep="\n\t")
+    click.echo(text, nl=False, err=stream is sys.stderr, color=True)
 
 
 @job.command()
