@@ -121,7 +121,7 @@ async def _serve_one(
             await _serve_request(stream, ops)
         finally:
             slots.release()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
         pass  # the client went away or stopped reading: nothing to answer
     except Exception:  # a failure while answering: never the node's end
         log.exception("control connection failed")
@@ -141,8 +141,13 @@ async def _serve_request(stream: trio.SocketStream, ops: dict[str, Handler]) -> 
     try:
         if not _same_user(stream):
             raise _Denied("permission denied: not the node's user")
-        with trio.fail_after(REQUEST_TIMEOUT):
+        line, rest = b"", None
+        with trio.move_on_after(REQUEST_TIMEOUT) as reading:
             line, rest = await _read_line(stream)
+        if reading.cancelled_caught:
+            message = f"no complete request line within {REQUEST_TIMEOUT:g} s"
+            await _send(stream, {"ok": False, "code": BAD_REQUEST, "error": message})
+            return
         try:
             request = parse_request(line)
         except BadRequest:
@@ -164,10 +169,6 @@ async def _serve_request(stream: trio.SocketStream, ops: dict[str, Handler]) -> 
     except _Denied as exc:
         await _send(stream, {"ok": False, "code": PERMISSION_DENIED, "error": str(exc)})
         return
-    except trio.TooSlowError:
-        message = f"no complete request line within {REQUEST_TIMEOUT:g} s"
-        await _send(stream, {"ok": False, "code": BAD_REQUEST, "error": message})
-        return
     except Exception as exc:  # every failure of a request is an error reply
         if _client_gone(exc):
             return
@@ -183,6 +184,10 @@ class _Denied(Exception):
     pass
 
 
+class _ClientStuck(Exception):
+    """A reply line waited ``SEND_TIMEOUT`` for the client to read it."""
+
+
 _HUNG_UP = object()  # the handler was cancelled: its client closed the connection
 
 
@@ -190,7 +195,7 @@ def _client_gone(exc: BaseException) -> bool:
     """Whether ``exc`` only says the client went away (sending to it failed)."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_client_gone(e) for e in exc.exceptions)
-    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck))
 
 
 async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
@@ -201,8 +206,10 @@ async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
         log.error("cannot encode a control reply: %s", exc)
         data = json.dumps({"ok": False, "code": INTERNAL, "error": "unencodable reply"}).encode()
         data += b"\n"
-    with trio.fail_after(SEND_TIMEOUT):
+    with trio.move_on_after(SEND_TIMEOUT) as sending:
         await stream.send_all(data)
+    if sending.cancelled_caught:
+        raise _ClientStuck("the client does not read its replies")
 
 
 def _same_user(stream: trio.SocketStream) -> bool:

@@ -190,3 +190,16 @@ def test_an_unexpected_failure_is_an_internal_error_reply(
             assert "ZeroDivisionError: planted" in reply["error"], reply
         monkeypatch.undo()
         assert node.call("describe", job_id=job)["job_id"] == job
+
+
+async def test_a_client_that_never_reads_cannot_pin_a_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply line waits at most SEND_TIMEOUT for its reader (a lockstep
+    stream: every send blocks until the other end reads, which it never does)."""
+    import trio.testing
+
+    monkeypatch.setattr(control, "SEND_TIMEOUT", 0.2)
+    ours, _never_read = trio.testing.lockstep_stream_pair()
+    with pytest.raises(control._ClientStuck), trio.fail_after(30):
+        await control._send(ours, {"ok": True, "result": "x" * 1000})  # type: ignore[arg-type]
