@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
         (["--executors", "podman"], "unknown executor"),
         (["--memory", "lots"], "must be a size"),
         (["--listen", "/ip9/nope"], "bad --listen address"),
+        (["--listen", "/dns4/localhost/tcp/0"], "must start with /ip4/ or /ip6/"),
     ],
 )
 def test_bad_serve_flags_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -145,6 +145,9 @@ def serve(
                 multiaddr.Multiaddr(addr)
             except Exception as exc:  # multiaddr raises its own error types
                 raise ValueError(f"bad --listen address {addr!r}: {exc}") from None
+            if not addr.startswith(("/ip4/", "/ip6/")):
+                # py-libp2p 0.8.1 listens on every interface for a /dns address.
+                raise ValueError(f"bad --listen address {addr!r}: must start with /ip4/ or /ip6/")
     except (ValueError, UnitError) as exc:
         fail(str(exc))
     try:
