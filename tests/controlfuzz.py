@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from p2pnode.control_request import ERROR_CODES, INTERNAL, REQUEST_FIELDS
@@ -235,12 +235,16 @@ def _op_of(payload: bytes) -> Any:
         return None
 
 
-def run_fuzz(path: Path, targets: Targets, *, examples: int, tally: Tally) -> None:
-    """``examples`` requests on the control socket ``path``, half well-formed
-    and half raw mutations; raises on the first answer that breaks the rules."""
+def run_fuzz(
+    path: Path, targets: Targets, *, examples: int, tally: Tally, shrink: bool = True
+) -> None:
+    """``examples`` requests on the control socket ``path``, two thirds
+    well-formed and a third raw mutations; raises on the first answer that
+    breaks the rules (shrunk to a small example unless ``shrink`` is false)."""
 
     @settings(
         max_examples=examples,
+        phases=[Phase.generate, Phase.shrink] if shrink else [Phase.generate],
         deadline=None,
         derandomize=False,
         database=None,

@@ -73,5 +73,5 @@ def test_the_fuzz_finds_a_planted_bug(tmp_path: Path, planted_bug: None) -> None
         job = node.call("submit", spec=SIM_SHORT)["job_id"]
         targets = Targets([job], tmp_path / "out")
         with pytest.raises(AssertionError, match="unclassified failure"):
-            run_fuzz(node.socket, targets, examples=2000, tally=Tally())
+            run_fuzz(node.socket, targets, examples=2000, tally=Tally(), shrink=False)
         assert node.call("ping")["node_id"]  # the bug is reported, the node goes on
