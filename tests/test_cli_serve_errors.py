@@ -182,3 +182,12 @@ def test_spec_reads_are_bounded_and_refuse_devices(tmp_path: Path) -> None:
     assert too_big.returncode == 1, too_big.explain()
     assert "over the limit of 64 KiB" in too_big.stdout, too_big.explain()
     assert too_big.stderr == f"1 error in {big}\n", too_big.explain()
+
+
+def test_usage_errors_are_one_line_and_a_bare_group_shows_its_help(tmp_path: Path) -> None:
+    unknown, bare = run_cli_parallel([["job", "nope"], ["job"]])
+    assert unknown.returncode == 2, unknown.explain()
+    assert unknown.stderr == "p2pnode: No such command 'nope'. (see p2pnode job --help)\n"
+    assert bare.returncode == 2, bare.explain()
+    assert "Usage: p2pnode job [OPTIONS] COMMAND" in bare.stdout + bare.stderr, bare.explain()
+    assert "Commands:" in bare.stdout + bare.stderr, bare.explain()

@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             standalone_mode=False,
         )
     except click.UsageError as exc:
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # `p2pnode job`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         where = exc.ctx.command_path if exc.ctx is not None else "p2pnode"
         click.echo(f"p2pnode: {_one_line(exc.format_message())} (see {where} --help)", err=True)
         sys.exit(exc.exit_code)
@@ -121,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("p2pnode: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# click >= 8.2 raises this for a group called without a command.
+_NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", click.Abort)
 
 
 def _one_line(message: str) -> str:
