@@ -5,7 +5,14 @@ and the peer's uid checked with ``SO_PEERCRED``: only the node's own user can
 submit work through it.  The protocol is JSON lines: one request object
 ``{"op": ..., ...}`` per connection, answered by zero or more ``{"event": ...}``
 lines (progress) and one final line, ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": "...", "errors": [...]}``.
+``{"ok": false, "code": "...", "error": "...", "errors": [...]}``.
+
+Hardened against any client (``control_request.py`` checks each request):
+every failure of a request is an error reply, never the node's end; at most
+``MAX_CONNECTIONS`` connections are served at once (more get ``busy``); the
+request line must arrive within ``REQUEST_TIMEOUT``; a reply line that a
+client does not read within ``SEND_TIMEOUT`` ends the connection; a client
+that hangs up ends its request (a wait, say).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -23,24 +31,35 @@ from typing import Any
 
 import trio
 
-from p2pnode.blobs import BlobError
-from p2pnode.outputs import FetchError, fetch_outputs
-from protocols.errors import LocalProtocolError
+from p2pnode.control_request import (
+    BAD_REQUEST,
+    BUSY,
+    INTERNAL,
+    MAX_REQUEST,
+    PERMISSION_DENIED,
+    BadRequest,
+    checked_request,
+    error_reply,
+    parse_request,
+)
+from p2pnode.outputs import fetch_outputs
 from protocols.events import Notify
-from protocols.spec import SpecValidationError
 
 log = logging.getLogger("p2pnode.control")
 
 SOCKET_NAME = "control.sock"
-MAX_REQUEST = 1024 * 1024
 
 
 class ControlError(Exception):
-    """The node answered with an error (``errors`` lists spec problems, if any)."""
+    """The node answered with an error (``errors`` lists spec problems, if any;
+    ``code`` is one of ``control_request.ERROR_CODES``, "" if not from the node)."""
 
-    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, message: str, errors: list[dict[str, str]] | None = None, code: str = ""
+    ) -> None:
         super().__init__(message)
         self.errors = errors or []
+        self.code = code
 
 
 class NodeNotRunning(ControlError):
@@ -61,6 +80,11 @@ def socket_path(data_dir: Path) -> Path:
 
 Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
 
+MAX_CONNECTIONS = 32  # served at once; more are answered "busy" and closed
+REQUEST_TIMEOUT = 10.0  # seconds to send the whole request line
+SEND_TIMEOUT = 30.0  # seconds a reply line may wait for a client that does not read
+HANGUP_POLL = 1.0  # seconds between checks whether a half-closed client is gone
+
 
 async def serve_control(node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control socket of ``node`` (a ``p2pnode.node.Node``) until cancelled."""
@@ -75,56 +99,123 @@ async def serve_control(node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORE
     sock.listen(64)
     listener = trio.SocketListener(sock)
     ops = _operations(node)
+    slots = trio.CapacityLimiter(MAX_CONNECTIONS)
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
             await trio.serve_listeners(
-                lambda stream: _serve_one(stream, ops), [listener], handler_nursery=nursery
+                lambda stream: _serve_one(stream, ops, slots), [listener], handler_nursery=nursery
             )
     finally:
         path.unlink(missing_ok=True)
 
 
-async def _serve_one(stream: trio.SocketStream, ops: dict[str, Handler]) -> None:
-    async def reply(obj: dict[str, Any]) -> None:
-        await stream.send_all(json.dumps(obj, default=str).encode() + b"\n")
+async def _serve_one(
+    stream: trio.SocketStream, ops: dict[str, Handler], slots: trio.CapacityLimiter
+) -> None:
+    """One connection: one request, its progress events and one final reply.
+
+    Never raises (but Cancelled): whatever the request does, the node goes on.
+    """
+    try:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await _send(stream, {"ok": False, "code": BUSY, "error": _busy_message()})
+            return
+        try:
+            await _serve_request(stream, ops)
+        finally:
+            slots.release()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck):
+        pass  # the client went away or stopped reading: nothing to answer
+    except Exception:  # a failure while answering: never the node's end
+        log.exception("control connection failed")
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+def _busy_message() -> str:
+    return f"the node is serving {MAX_CONNECTIONS} control connections already; try again"
+
+
+async def _serve_request(stream: trio.SocketStream, ops: dict[str, Handler]) -> None:
+    async def emit(event: dict[str, Any]) -> None:
+        await _send(stream, {"event": event})
 
     try:
         if not _same_user(stream):
-            await reply({"ok": False, "error": "permission denied: not the node's user"})
+            raise _Denied("permission denied: not the node's user")
+        line, rest = b"", None
+        with trio.move_on_after(REQUEST_TIMEOUT) as reading:
+            line, rest = await _read_line(stream)
+        if reading.cancelled_caught:
+            message = f"no complete request line within {REQUEST_TIMEOUT:g} s"
+            await _send(stream, {"ok": False, "code": BAD_REQUEST, "error": message})
             return
-        request = await _read_line(stream)
-        op = request.get("op")
-        handler = ops.get(op if isinstance(op, str) else "")
-        if handler is None:
-            await reply({"ok": False, "error": f"unknown operation {op!r}"})
+        try:
+            request = parse_request(line)
+        except BadRequest:
+            if rest is None:  # cut off: say so, not "invalid JSON"
+                message = f"request line over {MAX_REQUEST // 1024} KiB or not ended by a newline"
+                await _send(stream, {"ok": False, "code": BAD_REQUEST, "error": message})
+                await _discard_input(stream)
+                return
+            raise
+        op, request = checked_request(request, frozenset(ops))
+        result: Any = _HUNG_UP
+        async with trio.open_nursery() as nursery:
+            # A client that hangs up mid-request (Ctrl-C during a wait) ends it.
+            nursery.start_soon(_cancel_on_hangup, stream, nursery.cancel_scope)
+            result = await ops[op](request, emit)
+            nursery.cancel_scope.cancel()
+        if result is _HUNG_UP:
             return
-        result = await handler(request, lambda event: reply({"event": event}))
-        await reply({"ok": True, "result": result})
-    except SpecValidationError as exc:
-        errors = [{"path": e.path, "message": e.message} for e in exc.errors]
-        await _reply_quietly(stream, {"ok": False, "error": "invalid job spec", "errors": errors})
-    except (
-        LocalProtocolError,
-        ControlError,
-        FetchError,
-        BlobError,
-        ValueError,
-        KeyError,
-        TimeoutError,
-        trio.TooSlowError,
-        OSError,
-    ) as exc:
-        await _reply_quietly(stream, {"ok": False, "error": str(exc) or type(exc).__name__})
-    except trio.BrokenResourceError:
-        pass  # the client went away (e.g. Ctrl-C during a wait)
-    finally:
-        await stream.aclose()
+    except _Denied as exc:
+        await _send(stream, {"ok": False, "code": PERMISSION_DENIED, "error": str(exc)})
+        return
+    except Exception as exc:  # every failure of a request is an error reply
+        if _client_gone(exc):
+            return
+        reply, is_bug = error_reply(exc)
+        if is_bug:
+            log.error("control request failed", exc_info=exc)
+        await _send(stream, reply)
+        return
+    await _send(stream, {"ok": True, "result": result})
 
 
-async def _reply_quietly(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(json.dumps(obj, default=str).encode() + b"\n")
+class _Denied(Exception):
+    pass
+
+
+class _ClientStuck(Exception):
+    """A reply line waited ``SEND_TIMEOUT`` for the client to read it."""
+
+
+_HUNG_UP = object()  # the handler was cancelled: its client closed the connection
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the client went away (sending to it failed)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, _ClientStuck))
+
+
+async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+    """One reply line, bounded in time: a client that never reads cannot pin us."""
+    try:
+        data = json.dumps(obj, default=str).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:  # a result we cannot encode
+        log.error("cannot encode a control reply: %s", exc)
+        data = json.dumps({"ok": False, "code": INTERNAL, "error": "unencodable reply"}).encode()
+        data += b"\n"
+    with trio.move_on_after(SEND_TIMEOUT) as sending:
+        await stream.send_all(data)
+    if sending.cancelled_caught:
+        raise _ClientStuck("the client does not read its replies")
 
 
 def _same_user(stream: trio.SocketStream) -> bool:
@@ -133,19 +224,53 @@ def _same_user(stream: trio.SocketStream) -> bool:
     return bool(uid == os.getuid())
 
 
-async def _read_line(stream: trio.SocketStream) -> dict[str, Any]:
-    buf = b""
-    while b"\n" not in buf:
+async def _read_line(stream: trio.SocketStream) -> tuple[bytes, bytes | None]:
+    """(the request line, what followed it); ``None`` if the line never ended
+    (end of stream, or over ``MAX_REQUEST``: never buffered beyond it)."""
+    buf = bytearray()
+    while True:
+        newline = buf.find(b"\n")
+        if newline >= 0:
+            return bytes(buf[:newline]), bytes(buf[newline + 1 :])
+        if len(buf) > MAX_REQUEST:
+            return bytes(buf), None
         chunk = await stream.receive_some(65536)
         if not chunk:
-            break
+            return bytes(buf), None
         buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ValueError("request too large")
-    request = json.loads(buf.split(b"\n", 1)[0] or b"{}")
-    if not isinstance(request, dict):
-        raise ValueError("request must be a JSON object")
-    return request
+
+
+async def _discard_input(stream: trio.SocketStream) -> None:
+    """Read (bounded) what a client still sends after a refused request: a
+    unix socket closed with unread data resets the connection, and the client
+    would lose the reply it has not read yet."""
+    left = 8 * MAX_REQUEST
+    with trio.move_on_after(2):
+        while left > 0:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            left -= len(chunk)
+
+
+async def _cancel_on_hangup(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once the client has closed its end.
+
+    End of stream alone may be a half-close (``shutdown(SHUT_WR)``, as
+    ``nc -N`` does) by a client still reading: then poll for the hang-up
+    (POLLHUP: both directions closed).  Bytes after the request are ignored.
+    """
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        scope.cancel()
+        return
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLHUP)
+    while not poller.poll(0):
+        await trio.sleep(HANGUP_POLL)
+    scope.cancel()
 
 
 def _operations(node: Any) -> dict[str, Handler]:
@@ -295,7 +420,11 @@ class ControlClient:
                         yield {"event": msg["event"]}
                         continue
                     if not msg.get("ok"):
-                        raise ControlError(msg.get("error", "error"), msg.get("errors"))
+                        raise ControlError(
+                            str(msg.get("error", "error")),
+                            msg.get("errors"),
+                            str(msg.get("code", "")),
+                        )
                     yield {"result": msg.get("result")}
                     return
 

@@ -59,29 +59,45 @@ def load_or_create_key(data_dir: Path) -> KeyPair:
     return key_pair
 
 
+MAX_KEY_BYTES = 4096  # an ed25519 key file is 68 bytes; never read an unbounded file
+
+
 def _load(path: Path) -> KeyPair:
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+    # forever; the file type is checked right after, on the opened file.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise KeyFileError(f"{path} is a directory, not a key file") from None
+    except PermissionError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)  # fstat on the opened file: no check-then-open race
+        if stat.S_ISDIR(st.st_mode):
+            raise KeyFileError(f"{path} is a directory, not a key file")
         if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path} is not a regular file")
+            raise KeyFileError(f"{path} is not a regular file (a FIFO, device or socket)")
         if st.st_mode & 0o077:
             raise KeyFileError(
                 f"{path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
                 f"refusing to use it. If it has not leaked, run: chmod 600 {path}"
             )
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            blob = fh.read()
+            blob = fh.read(MAX_KEY_BYTES + 1)
     finally:
         os.close(fd)
     if not blob:
         # A crash between create and write leaves an empty file: say so
         # rather than failing inside protobuf parsing.
         raise KeyFileError(f"{path} is empty; remove it to create a new node key")
+    if len(blob) > MAX_KEY_BYTES:
+        raise KeyFileError(f"{path} is over {MAX_KEY_BYTES} bytes: not a node key")
     try:
         private_key: Any = deserialize_private_key(blob)
     except Exception as exc:  # protobuf / key parsing errors of several types
-        raise KeyFileError(f"{path} is not a valid libp2p private key: {exc}") from exc
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise KeyFileError(f"{path} is not a valid libp2p private key ({detail})") from exc
     if private_key.get_type() != KeyType.Ed25519:
         raise KeyFileError(f"{path} holds a {private_key.get_type().name} key; expected ed25519")
     return KeyPair(private_key, private_key.get_public_key())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import multiaddr
 import trio
 
 from p2pnode.blobs import BlobStore
@@ -112,6 +113,14 @@ def bootstrap_peer_id(addr: str) -> str:
     head, sep, peer = addr.rpartition("/p2p/")
     if not sep or not head or not peer or "/" in peer:
         raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+    try:
+        multiaddr.Multiaddr(f"/p2p/{peer}")
+    except Exception:  # multiaddr raises its own error types
+        raise ValueError(f"bootstrap address {addr!r}: {peer!r} is not a peer id") from None
+    try:
+        multiaddr.Multiaddr(addr)
+    except Exception as exc:
+        raise ValueError(f"bad bootstrap address {addr!r}: {exc}") from None
     return peer
 
 
@@ -336,21 +345,22 @@ def math_inf_if_none(timeout: float | None) -> float:
 
 
 def ensure_ports_free(listen: tuple[str, ...]) -> None:
-    """Refuse a fixed TCP port that is already taken.
+    """Refuse a fixed port that is already taken, or an address this host lacks.
 
     py-libp2p binds with SO_REUSEPORT, so a second node on a busy port would
     *share* it with the first (the kernel splitting connections between them)
     instead of failing.  A plain bind, without that option, tells the truth.
+    An address the host does not have makes py-libp2p log and go on with no
+    listener at all; the probe (port 0 included) fails it here instead.
     """
     for addr in listen:
         parts = addr.strip("/").split("/")
-        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] not in ("tcp", "udp"):
             continue
         host, port = parts[1], int(parts[3])
-        if port == 0:
-            continue
         family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        kind = socket.SOCK_STREAM if parts[2] == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(family, kind) as probe:
             # SO_REUSEADDR (not REUSEPORT): TIME_WAIT leftovers of a killed node
             # are fine, a live listener is not.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

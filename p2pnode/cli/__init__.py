@@ -31,6 +31,11 @@ Exit codes:
   3  no node is running for the data dir
   4  the job did not complete (failed or stopped)
   5  the node refused the request (e.g. unknown job)
+  6  outcome unknown: the node was lost mid-request (job run: retry with the key)
+serve:
+  1  the node cannot start (data dir in use, listen address taken or absent)
+  7  an enabled executor cannot run here (e.g. no Docker engine)
+  8  node.key is unusable (corrupt, empty, readable by others, not a file)
 """
 
 
@@ -95,5 +100,36 @@ cli.add_command(node)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``p2pnode`` and ``python -m p2pnode``)."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="p2pnode")
+    """Console entry point (``p2pnode`` and ``python -m p2pnode``).
+
+    A usage error is one line on stderr, like every other error (click's
+    default prints the usage and a boxed message), pointing at ``--help``.
+    """
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="p2pnode",
+            standalone_mode=False,
+        )
+    except click.UsageError as exc:
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # `p2pnode job`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if exc.ctx is not None else "p2pnode"
+        click.echo(f"p2pnode: {_one_line(exc.format_message())} (see {where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"p2pnode: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("p2pnode: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# click >= 8.2 raises this for a group called without a command.
+_NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", click.Abort)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

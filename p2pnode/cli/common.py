@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,32 @@ def output_option(f: F) -> F:
         callback=_override("output"),
         help="table, json or yaml (same as the root option).",
     )(f)
+
+
+class BoundedFloat(click.ParamType[float]):
+    """A finite float in [low, high] (``low_open``: strictly above ``low``).
+
+    click's FloatRange lets nan (and inf, unless bounded) through: every
+    comparison with nan is false.
+    """
+
+    name = "float"
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above_low = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above_low and number <= self.high):
+            low = f"above {self.low:g}" if self.low_open else f"at least {self.low:g}"
+            self.fail(
+                f"{value!r} is out of range: must be {low} and at most {self.high:.15g}", param, ctx
+            )
+        return number
 
 
 def parse_labels(text: str) -> dict[str, str]:

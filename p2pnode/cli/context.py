@@ -9,9 +9,15 @@ from typing import NoReturn
 import attrs
 import click
 
+from p2pnode.cli.output import escape_text
+
 EXIT_OK = 0
 EXIT_INVALID = 1  # the input (a job spec) is invalid
 EXIT_USAGE = 2  # bad usage or unreadable file; click uses 2 for usage errors too
+# serve only (the client commands use 3-5, see common.py):
+EXIT_CANNOT_START = 1  # data dir in use, listen address taken or not on this host
+EXIT_BAD_KEY = 8  # node.key corrupt, empty, group/other-accessible, or not a file
+EXIT_NO_ENGINE = 7  # an enabled executor's engine is missing (no Docker engine)
 
 OUTPUT_FORMATS = ("table", "json", "yaml")
 
@@ -39,6 +45,10 @@ pass_cli = click.make_pass_decorator(CliContext, ensure=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print one line on stderr and exit with ``code``."""
-    click.echo(f"p2pnode: {message}", err=True)
+    """Print one line on stderr and exit with ``code``.
+
+    The message may quote what a peer or task chose (a file name, a reason):
+    its control characters are escaped, so it stays one harmless line.
+    """
+    click.echo(f"p2pnode: {escape_text(message)}", err=True)
     raise click.exceptions.Exit(code)

@@ -17,20 +17,37 @@ from p2pnode.blobs import BlobError
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
     EXIT_UNKNOWN,
+    BoundedFloat,
     call_node,
     data_dir_option,
     output_option,
 )
 from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job, spec_base
-from p2pnode.cli.output import emit_document, render_table, to_json, to_yaml
+from p2pnode.cli.output import (
+    emit_document,
+    escape_name,
+    escape_text,
+    render_table,
+    to_json,
+    to_yaml,
+)
 from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
-from p2pnode.control import ControlClient
+from p2pnode.control import ControlClient, ControlError
+from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
+from p2pnode.control_request import TIMEOUT
 from p2pnode.node import MAX_IDEMPOTENCY_KEY
+from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
-from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, load_spec_text, parse_spec
+from protocols.spec import (
+    MAX_SPEC_BYTES,
+    SpecValidationError,
+    load_spec_text,
+    parse_spec,
+    parse_spec_bytes,
+)
 
 JOB_ID = click.argument("job_id")
 
@@ -46,7 +63,12 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
 @SPEC_ARGUMENT
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the job completes.")
 @click.option("--id-only", is_flag=True, help="Print only the job id.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
+@click.option(
+    "--timeout",
+    type=BoundedFloat(0, MAX_WAIT_SECONDS, low_open=True),
+    default=None,
+    help="With --wait: stop waiting after SECONDS (exit 4; the job goes on).",
+)
 @click.option(
     "--idempotency-key",
     "key",
@@ -83,6 +105,8 @@ def run(
     """
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         fail(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
     text = _read_valid_spec(cli, spec_path)
     attempts = Attempts(key or new_key(), retry_for)
     shown: list[str] = []
@@ -98,12 +122,19 @@ def run(
         if not wait:
             return {"job_id": job_id}
         progress = Progress(job_id, quiet=id_only)
-        with progress:
-            async for item in client.stream("wait", job_id=job_id, timeout=timeout):
-                if "event" in item:
-                    progress.update(item["event"])
-                else:
-                    return dict(item["result"])
+        try:
+            with progress:
+                async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+                    if "event" in item:
+                        progress.update(item["event"])
+                    else:
+                        return dict(item["result"])
+        except ControlError as exc:
+            if exc.code != TIMEOUT:
+                raise
+            # The wait ended, not the job: show where it stands.
+            view = dict(await client.call("describe", job_id=job_id))
+            return {**view, "wait_timed_out": True}
         raise AssertionError("unreachable")
 
     try:
@@ -114,29 +145,40 @@ def run(
         if cli.output != "table" and not id_only:
             emit_document(view, cli.output)
         return
+    timed_out = bool(view.pop("wait_timed_out", False))
     if not id_only:
         _emit(cli, view, lambda: _print_job(view))
-    if view["state"] != "completed":
+    if view["state"] == "completed":
+        return
+    if timed_out and view["state"] not in ("failed", "stopped"):
+        click.echo(
+            f"p2pnode: job {view['job_id']} still {view['state']} after {timeout:g}s; "
+            f"not stopped (p2pnode job stop {view['job_id']})",
+            err=True,
+        )
+    else:
         reason = view.get("reason") or view["state"]
         click.echo(f"p2pnode: job {view['job_id']} {view['state']}: {reason}", err=True)
-        raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
+    raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
 
 
 def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
-    """The text of SPEC (``-`` = stdin) once it validates; else every error is
-    printed and the command ends (exit 1; exit 2 for an unreadable file)."""
+    """The text of SPEC (``-`` = stdin) once it validates and the wasm module
+    files it names exist; else every error is printed and the command ends
+    (exit 1; exit 2 for an unreadable file)."""
     try:
-        text = (
-            sys.stdin.read(MAX_SPEC_BYTES + 1)
-            if str(spec_path) == "-"
-            else spec_path.read_text(encoding="utf-8")
-        )
+        if str(spec_path) == "-":
+            text = sys.stdin.read(MAX_SPEC_BYTES + 1)
+            spec = parse_spec(text)  # every error, before bothering the node
+        else:
+            data = read_spec_bytes(spec_path)  # bounded: /dev/zero cannot pin us
+            spec = parse_spec_bytes(data)
+            text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        spec = parse_spec(text)  # every error, before bothering the node
     except SpecValidationError as exc:
         _report_invalid(cli, spec_path, exc.errors)
+        raise AssertionError("unreachable") from None
     missing = check_module_files(spec.canonical(), spec_base(spec_path))
     if missing:
         _report_invalid(cli, spec_path, missing)
@@ -318,7 +360,7 @@ def _print_job(view: dict[str, Any]) -> None:
         lines += _schedule_lines(schedule)
     width = max(len(label) for label, _ in lines) + 2
     for label, value in lines:
-        click.echo(f"{label + ':':<{width}}{value}")
+        click.echo(f"{label + ':':<{width}}{escape_text(value)}")
     if view["type"] == "cron":  # its runs are jobs of their own
         click.echo(f"\nruns: p2pnode job runs {view['job_id']}")
         return
@@ -443,9 +485,18 @@ def logs(cli: CliContext, job_id: str) -> None:
     for slot, e in latest:
         if len(latest) > 1:
             click.echo(f"==> slot {slot} ({e['execution_id']} on {e['node']}) <==")
-        click.echo(e.get("stdout_tail", ""), nl=False)
+        _echo_output(e.get("stdout_tail", ""), sys.stdout)
         if e.get("stderr_tail"):
-            click.echo(e["stderr_tail"], nl=False, err=True)
+            _echo_output(e["stderr_tail"], sys.stderr)
+
+
+def _echo_output(text: str, stream: Any) -> None:
+    """A task's output exactly as written (``color=True``: click would strip
+    some escape sequences from a pipe), unless shown on a terminal: there its
+    escape sequences, which could rewrite the screen, are shown escaped."""
+    if stream.isatty():
+        text = escape_text(text, keep="\n\t")
+    click.echo(text, nl=False, err=stream is sys.stderr, color=True)
 
 
 @job.command()
@@ -474,5 +525,5 @@ def get(cli: CliContext, job_id: str, output_dir: Path) -> None:
     """Download a job's outputs, from whichever nodes hold them (hash-verified)."""
     target = str(output_dir.resolve())
     result = call_node(cli, lambda c: c.call("get", job_id=job_id, output_dir=target))
-    files = result["files"]
+    files = [escape_name(str(f)) for f in result["files"]]  # names chosen by the task
     _emit(cli, result, lambda: click.echo("\n".join(files) if files else "(no outputs)"))

@@ -7,11 +7,39 @@ for people and is rendered by each command.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import click
 import yaml
+
+# Characters a terminal may act on (C0/C1 controls: escape sequences, cursor
+# moves, \r overwriting a line) or that reorder what is shown (bidi controls,
+# zero-width marks).  Task-chosen strings (file names, logs, reasons from
+# peers) are shown with these escaped; json/yaml output keeps them exact.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_NAME_UNSAFE = re.compile(_TERMINAL_UNSAFE.pattern[:-1] + "\\\\]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(text: str, *, keep: str = "") -> str:
+    """``text`` with every terminal control character shown as ``\\xNN`` /
+    ``\\uNNNN``, but those in ``keep`` (e.g. "\\n\\t" for logs)."""
+    return _TERMINAL_UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escaped(m), text)
+
+
+def escape_name(name: str) -> str:
+    """A file name for people: controls escaped, and backslashes doubled so
+    that an escape shown cannot be confused with a name's own text."""
+    return _NAME_UNSAFE.sub(_escaped, name)
 
 
 def to_json(data: Any) -> str:
@@ -42,7 +70,9 @@ def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not rows:
         return "(none)"
     cells = [[str(c).upper() for c in columns]]
-    cells += [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    cells += [
+        ["" if r.get(c) is None else escape_text(str(r.get(c))) for c in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 
+from p2pnode.cli.output import escape_text
 from p2pnode.timefmt import iso_utc
 
 
@@ -67,9 +68,11 @@ class Progress:
     def update(self, event: dict[str, Any]) -> None:
         if self.quiet:
             return
-        line = f"[{time.monotonic() - self.started:6.2f}s] {describe_event(event)}"
+        # Events carry peers' strings (reasons, statuses): never raw controls.
+        described = escape_text(describe_event(event))
+        line = f"[{time.monotonic() - self.started:6.2f}s] {described}"
         if self._status is not None:
-            self._status.update(f"{self.job_id}: {describe_event(event)}")
+            self._status.update(f"{self.job_id}: {described}")
             self.console.print(line, highlight=False)
         else:
             print(line, file=sys.stderr, flush=True)

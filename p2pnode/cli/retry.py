@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import trio
 
-from p2pnode.control import ConnectionLost, ControlClient, NodeNotRunning
+from p2pnode.control import ConnectionLost, ControlClient, ControlError, NodeNotRunning
+from p2pnode.control_request import BUSY, UNAVAILABLE
 
 FIRST_DELAY = 0.2  # seconds before the first retry; doubled up to MAX_DELAY
 MAX_DELAY = 2.0
@@ -23,6 +24,9 @@ T = TypeVar("T")
 def new_key() -> str:
     """One idempotency key per ``job run`` invocation."""
     return f"cli-{secrets.token_hex(16)}"
+
+
+RETRYABLE_CODES = frozenset({UNAVAILABLE, BUSY})
 
 
 class OutcomeUnknown(Exception):
@@ -67,6 +71,12 @@ class Attempts:
                 if not sent and self.deadline is None:
                     raise
                 cause = exc
+            except ControlError as exc:
+                # A node stopping mid-request answers "unavailable"; a full
+                # one "busy": both say nothing of the outcome, so try again.
+                if exc.code not in RETRYABLE_CODES:
+                    raise
+                sent, cause = True, exc
             now = trio.current_time()
             if self.deadline is None:
                 self.deadline = now + self.retry_for

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING
 import click
 import trio
 
-from p2pnode.cli.common import data_dir_option, parse_labels
-from p2pnode.cli.context import CliContext, fail, pass_cli
+from p2pnode.cli.common import BoundedFloat, data_dir_option, parse_labels
+from p2pnode.cli.context import (
+    EXIT_BAD_KEY,
+    EXIT_CANNOT_START,
+    EXIT_NO_ENGINE,
+    CliContext,
+    fail,
+    pass_cli,
+)
 from protocols.config import Timings
 from protocols.units import UnitError, parse_size
 
@@ -18,6 +25,13 @@ if TYPE_CHECKING:
     from p2pnode.node import NodeSettings
 
 ADDRS_FILE = "addrs"
+
+# Ranges of the capacity flags: values outside are usage errors (exit 2).
+MAX_CPU = 4096
+MIN_MEMORY = 2**20  # the smallest memory a task may ask for
+MAX_MEMORY = 2**50
+MAX_EXECUTIONS = 10_000
+MAX_LEASE_TTL = 3600.0
 
 
 @click.command()
@@ -40,15 +54,29 @@ ADDRS_FILE = "addrs"
     "since they run commands that arrive from the network.",
 )
 @click.option("--no-compute", is_flag=True, help="Own jobs but never run any.")
-@click.option("--cpu", type=float, default=None, help="CPU capacity offered [default: all cores].")
-@click.option("--memory", default=None, help="Memory offered, e.g. 4GiB [default: all].")
-@click.option("--max-executions", type=int, default=4, show_default=True)
+@click.option(
+    "--cpu",
+    type=BoundedFloat(0, MAX_CPU, low_open=True),
+    default=None,
+    help=f"CPU capacity offered, above 0 and at most {MAX_CPU} [default: all cores].",
+)
+@click.option(
+    "--memory", default=None, help="Memory offered, 1MiB to 1PiB, e.g. 4GiB [default: all]."
+)
+@click.option(
+    "--max-executions",
+    type=click.IntRange(1, MAX_EXECUTIONS),
+    default=4,
+    show_default=True,
+    help=f"Executions run at once, 1 to {MAX_EXECUTIONS}.",
+)
 @click.option(
     "--lease-ttl",
-    type=click.FloatRange(min=0.5),
+    type=BoundedFloat(0.5, MAX_LEASE_TTL),
     default=Timings().lease_ttl,
     show_default=True,
-    help="Seconds a lease lives without renewal (the owner re-grants after ttl + grace).",
+    help="Seconds a lease lives without renewal (the owner re-grants after ttl + grace), "
+    f"0.5 to {MAX_LEASE_TTL:g}.",
 )
 @click.option(
     "--p2p-mode",
@@ -95,6 +123,8 @@ def serve(
             extra["cpu"] = cpu
         if memory is not None:
             extra["memory"] = parse_size(memory)
+            if not MIN_MEMORY <= extra["memory"] <= MAX_MEMORY:
+                raise ValueError(f"--memory {memory!r} is out of range: must be 1MiB to 1PiB")
         settings = NodeSettings(
             data_dir=cli.data_dir,
             listen=listen,
@@ -115,16 +145,39 @@ def serve(
                 multiaddr.Multiaddr(addr)
             except Exception as exc:  # multiaddr raises its own error types
                 raise ValueError(f"bad --listen address {addr!r}: {exc}") from None
+            if not addr.startswith(("/ip4/", "/ip6/")):
+                # py-libp2p 0.8.1 listens on every interface for a /dns address.
+                raise ValueError(f"bad --listen address {addr!r}: must start with /ip4/ or /ip6/")
     except (ValueError, UnitError) as exc:
         fail(str(exc))
-    from p2pnode.store import StoreError
-
     try:
         trio.run(_serve, settings)
     except KeyboardInterrupt:
         pass
-    except (OSError, StoreError) as exc:
-        fail(f"cannot start the node: {exc}", code=1)
+    except BaseException as exc:
+        failure = _start_failure(exc)
+        if failure is None:
+            raise
+        fail(*failure)
+
+
+def _start_failure(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for a node that could not start, or None
+    for anything else (a bug: its traceback is shown)."""
+    from p2pnode.executors.common import ExecutorError
+    from p2pnode.identity import KeyFileError
+    from p2pnode.store import StoreError
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # nurseries wrap what escaped from them
+    message = " ".join(str(exc).split())
+    if isinstance(exc, KeyFileError):
+        return f"unusable node key: {message}", EXIT_BAD_KEY
+    if isinstance(exc, ExecutorError):
+        return f"an enabled executor cannot run here: {message}", EXIT_NO_ENGINE
+    if isinstance(exc, (OSError, StoreError)):
+        return f"cannot start the node: {message}", EXIT_CANNOT_START
+    return None
 
 
 async def _serve(settings: NodeSettings) -> None:
