@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
         (["--executors", "podman"], "unknown executor"),
         (["--memory", "lots"], "must be a size"),
         (["--listen", "/ip9/nope"], "bad --listen address"),
+        (["--p2p-mode", "inbox"], "inbox mode was removed"),
     ],
 )
 def test_bad_serve_flags_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

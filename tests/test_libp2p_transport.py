@@ -22,16 +22,12 @@ from p2pnode.net.framing import FrameDecoder, encode_frame, encode_uvarint
 from p2pnode.transport import Incoming
 from protocols.config import ANNOUNCE_TOPIC
 
-MODES = ["stream", "inbox"]
-
 
 @asynccontextmanager
-async def started(n: int, mode: str = "stream") -> AsyncIterator[list[Libp2pTransport]]:
+async def started(n: int) -> AsyncIterator[list[Libp2pTransport]]:
     async with AsyncExitStack() as stack:
         nodes = [
-            await stack.enter_async_context(
-                Libp2pTransport(create_new_key_pair(), p2p_mode=mode)  # type: ignore[arg-type]
-            )
+            await stack.enter_async_context(Libp2pTransport(create_new_key_pair()))
             for _ in range(n)
         ]
         yield nodes
@@ -47,9 +43,8 @@ def assert_empty(t: Libp2pTransport) -> None:
         t._in_recv.receive_nowait()
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_two_hosts_exchange_frames_both_ways(mode: str) -> None:
-    async with started(2, mode) as (a, b):
+async def test_two_hosts_exchange_frames_both_ways() -> None:
+    async with started(2) as (a, b):
         peer_b = await a.connect(b.listen_addrs()[0])
         assert peer_b == b.local_id
         await a.send(b.local_id, b"ping")
@@ -68,16 +63,15 @@ async def test_two_hosts_exchange_frames_both_ways(mode: str) -> None:
             rtts.append((time.perf_counter() - t0) * 1000)
         rtts.sort()
         print(
-            f"\n[{mode}] p2p frame round trip (one process): p50 {statistics.median(rtts):.2f} ms"
+            f"\np2p frame round trip (one process): p50 {statistics.median(rtts):.2f} ms"
             f"  p90 {rtts[int(len(rtts) * 0.9)]:.2f} ms  max {rtts[-1]:.2f} ms"
         )
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_sparse_line_reaches_unconnected_peer(mode: str) -> None:
+async def test_sparse_line_reaches_unconnected_peer() -> None:
     # A - B - C: A and C only know B; then they are told each other's addresses
     # (as the protocol's peer exchange would) and must reach each other.
-    async with started(3, mode) as (a, b, c):
+    async with started(3) as (a, b, c):
         await a.connect(b.listen_addrs()[0])
         await c.connect(b.listen_addrs()[0])
         assert c.local_id not in a.connected_peers()
