@@ -19,6 +19,7 @@ from libp2p.peer.id import ID
 from p2pnode.identity import KeyFileError, load_or_create_key, peer_id_of
 from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
 from p2pnode.net.framing import FrameDecoder, encode_frame, encode_uvarint
+from p2pnode.node import NodeSettings
 from p2pnode.transport import Incoming
 from protocols.config import ANNOUNCE_TOPIC
 
@@ -226,3 +227,24 @@ def test_frame_decoder_handles_any_chunking_and_skips_oversized() -> None:
         assert dropped == [2000]
     with pytest.raises(ValueError):
         FrameDecoder(max_frame=10, max_skip=100).feed(encode_uvarint(101))
+
+
+async def test_no_per_peer_topic_exists() -> None:
+    """Point-to-point frames never travel on a topic another peer could join:
+    after traffic both ways, the only subscription is the announce topic."""
+    async with started(2) as (a, b):
+        for t in (a, b):
+            await t.subscribe(ANNOUNCE_TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await a.send(b.local_id, b"ping")
+        assert (await recv(b)).data == b"ping"
+        await b.send(a.local_id, b"pong")
+        assert (await recv(a)).data == b"pong"
+        for t in (a, b):
+            assert list(t._pubsub.topic_ids) == [ANNOUNCE_TOPIC]
+        assert a.stats.published == b.stats.published == 0
+
+
+def test_inbox_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="inbox mode was removed"):
+        NodeSettings(data_dir=Path("unused"), p2p_mode="inbox")
