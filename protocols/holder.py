@@ -255,7 +255,8 @@ class Holder:
         if res is not None and res.owner == sender:
             del self.reservations[key]
             self.out.cancel_timer(("bid", *key))
-            self.ask_scores.closed(sender, self.out.now)
+            if sender != self.config.node_id:
+                self.ask_scores.closed(sender, self.out.now)
 
     def on_bid_timer(self, key: tuple[str, int, int]) -> None:
         res = self.reservations.get(key)
@@ -286,7 +287,8 @@ class Holder:
                 f"lease grant for {grant.execution_id} that we did not bid for"
             )
         self.out.cancel_timer(("bid", *key))
-        self.ask_scores.closed(sender, self.out.now)
+        if sender != self.config.node_id:
+            self.ask_scores.closed(sender, self.out.now)
         try:
             unit = self._checked_unit(sender, grant.task)
         except RemoteProtocolError as exc:

@@ -62,7 +62,9 @@ def node_stats(cli: CliContext) -> None:
         for peer, rejected in sorted(peers.get("rejected_by_peer", {}).items())
     ]
     click.echo(f"node {stats['node_id']}: {stats['frames_sent']} frames sent")
+    click.echo("\npeers with rejected frames:")
     click.echo(render_table(rows, ["peer", "rejected", "score", "banned_for_s", "bans"]))
+    click.echo("\naskers (their reservations: expired unused, closed, declined over share):")
     asks = [
         {"asker": asker, **counters} for asker, counters in sorted(stats.get("asks", {}).items())
     ]
