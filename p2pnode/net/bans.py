@@ -68,8 +68,11 @@ class BanEnforcer:
         log.warning("banning %s for %.0f s: too many rejected frames", peer, seconds)
         peer_id = ID.from_base58(peer)
         self._pubsub.add_to_blacklist(peer_id)  # also resets its pubsub stream
-        self._nursery.start_soon(self.disconnect, peer_id)
+        self.disconnect_soon(peer_id)
         self._wake.set()
+
+    def disconnect_soon(self, peer_id: ID) -> None:
+        self._nursery.start_soon(self.disconnect, peer_id)
 
     async def disconnect(self, peer_id: ID) -> None:
         with trio.move_on_after(5):
@@ -101,8 +104,7 @@ class _RefuseBanned(INotifee):
         peer_id = conn.muxed_conn.peer_id
         if self._enforcer.banned(peer_id.to_base58()):
             self._enforcer.refuse()
-            # Not awaited here: the swarm waits for its notifees.
-            self._enforcer._nursery.start_soon(self._enforcer.disconnect, peer_id)
+            self._enforcer.disconnect_soon(peer_id)  # the swarm waits for its notifees
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         return None

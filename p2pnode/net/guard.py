@@ -32,8 +32,10 @@ class GuardLimits:
     max_ban: float = 3600.0  # bans double per repeat up to this
     # Reasons worth more than one point: a frame that cannot come from a
     # correct implementation at all (a lying length prefix costs us a stream).
-    weights: dict[str, float] = attrs.field(
-        factory=lambda: {"bad_varint": 5.0, "absurd_length": 5.0, "forged": 5.0}
+    weights: tuple[tuple[str, float], ...] = (
+        ("bad_varint", 5.0),
+        ("absurd_length", 5.0),
+        ("forged", 5.0),
     )
 
 
@@ -51,6 +53,7 @@ class PeerGuard:
 
     def __init__(self, limits: GuardLimits | None = None) -> None:
         self.limits = limits or GuardLimits()
+        self._weights = dict(self.limits.weights)
         self.peers: dict[str, PeerRecord] = {}
         self.refused = 0  # streams, connections, dials and messages refused while banned
 
@@ -71,7 +74,7 @@ class PeerGuard:
         rec.rejected[reason] = rec.rejected.get(reason, 0) + 1
         if now < rec.banned_until:
             return 0.0  # already banned (frames still in flight)
-        rec.score = self._leaked(rec, now) + self.limits.weights.get(reason, 1.0)
+        rec.score = self._leaked(rec, now) + self._weights.get(reason, 1.0)
         rec.updated = now
         if rec.score < self.limits.threshold:
             return 0.0
