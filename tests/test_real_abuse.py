@@ -16,10 +16,12 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from libp2p.pubsub.score import ScoreParams
 
 from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
 from p2pnode.net.framing import encode_frame, encode_uvarint
@@ -27,7 +29,7 @@ from p2pnode.net.guard import GuardLimits
 from p2pnode.node import Node, NodeSettings, open_node
 from protocols.askguard import AskLimits
 from protocols.codec import encode
-from protocols.config import Timings
+from protocols.config import ANNOUNCE_TOPIC, Timings
 from protocols.messages import AskForBid, Cancel, Hello, Message, NodeInfo
 from tests.test_real_inprocess import process_job, wait_for, wait_job
 
@@ -272,3 +274,52 @@ async def test_honest_peer_with_cut_frames_is_never_counted(tmp_path: Path) -> N
         assert view["state"] == "completed", view
         assert rejected(target, peer.local_id) == {}
         assert not target.transport.banned(peer.local_id)
+
+
+@pytest.mark.parametrize("scoring", [True, False])
+async def test_invalid_broadcasts_lower_the_forwarders_gossipsub_score(
+    tmp_path: Path, scoring: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Broadcasts the announce validator refuses count as invalid messages (P4)
+    in gossipsub's score of the peer that forwarded them; below the publish
+    threshold gossipsub drops that peer's messages, even valid ones, before
+    our ban threshold is reached.  Without the score parameters, it does not."""
+    if not scoring:
+        monkeypatch.setattr("p2pnode.libp2p_transport.SCORE_PARAMS", ScoreParams())
+    async with (
+        target_and_owner(tmp_path) as (target, _owner),
+        Libp2pTransport(create_new_key_pair()) as raw,
+    ):
+        await raw.connect(target.listen_addrs()[0])
+        await raw.subscribe(ANNOUNCE_TOPIC)
+        await raw.wait_for_mesh(target.node_id, ANNOUNCE_TOPIC, timeout=15)
+        abuser = Abuser(raw, target)
+        hello = Hello(info=NodeInfo(node_id=raw.local_id, compute=False))
+        for _ in range(20):  # a Hello is not allowed on a topic
+            await raw.publish(ANNOUNCE_TOPIC, abuser.frame(hello))
+        # (With scoring, the gate drops what follows the 11th before validation.)
+        await abuser.expect("invalid_broadcast", 11)
+        scorer = target.transport._router.scorer
+        score = scorer.topic_score(ID.from_base58(raw.local_id), ANNOUNCE_TOPIC)
+        assert not target.transport.banned(raw.local_id)  # < 30 points: not our ban
+
+        def bid_received() -> bool:
+            with suppress(trio.WouldBlock):
+                while True:
+                    if raw._in_recv.receive_nowait().sender == target.node_id:
+                        return True
+            return False
+
+        got_bid = False
+        with trio.move_on_after(5):
+            for i in itertools.count():  # a valid broadcast ask, now and again
+                ask = attrs.evolve(invented_ask(i), broadcast=True)
+                await raw.publish(ANNOUNCE_TOPIC, abuser.frame(ask))
+                await trio.sleep(0.5)
+                if got_bid := bid_received():
+                    break
+    if scoring:
+        assert score < -10, score
+        assert not got_bid  # gossipsub's publish gate dropped even the valid asks
+    else:
+        assert got_bid

@@ -38,9 +38,9 @@ log = logging.getLogger("p2pnode.libp2p")
 
 # P4 (invalid messages) only: every other weight stays 0, so an honest peer
 # scores 0 and no threshold below 0 changes gossipsub's behaviour towards it.
-# Decay per 1 s heartbeat: 0.98 halves the count in ~35 s.
+# Decay per 1 s heartbeat: 0.995 halves the count in ~140 s.
 SCORE_PARAMS = ScoreParams(
-    p4_invalid_messages=TopicScoreParams(weight=1.0, cap=1000.0, decay=0.98),
+    p4_invalid_messages=TopicScoreParams(weight=1.0, cap=1000.0, decay=0.995),
     publish_threshold=-10.0,  # messages from / to the peer dropped below this
     gossip_threshold=-10.0,
     graylist_threshold=-20.0,  # no grafts accepted from it
