@@ -283,7 +283,8 @@ class Libp2pTransport:
     ) -> None:
         """Serve ``protocol``: ``handler(sender, stream)`` gets the authenticated
         peer id and the raw libp2p stream (``read``/``write``); the stream is
-        reset afterwards.  Call before the transport starts."""
+        reset afterwards.  A ``FrameError`` the handler raises counts against
+        the sender.  Call before the transport starts."""
 
         async def serve(stream: Any) -> None:
             sender = stream.muxed_conn.peer_id.to_base58()
@@ -292,6 +293,9 @@ class Libp2pTransport:
                     self.guard.refused += 1
                     return
                 await handler(sender, stream)
+            except FrameError as exc:  # garbage or a stalled request: the sender's fault
+                self.penalize(sender, exc.reason)
+                log.info("%s from %s refused: %s", protocol, sender, exc)
             except Exception as exc:
                 log.info("%s handler failed: %s", protocol, flat_message(exc))
             finally:

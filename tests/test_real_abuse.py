@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgpack
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -27,6 +28,7 @@ from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
 from p2pnode.net.framing import encode_frame, encode_uvarint
 from p2pnode.net.guard import GuardLimits
 from p2pnode.node import Node, NodeSettings, open_node
+from p2pnode.outputs import BLOB_PROTOCOL
 from protocols.askguard import AskLimits
 from protocols.codec import encode
 from protocols.config import ANNOUNCE_TOPIC, Timings
@@ -323,3 +325,30 @@ async def test_invalid_broadcasts_lower_the_forwarders_gossipsub_score(
         assert not got_bid  # gossipsub's publish gate dropped even the valid asks
     else:
         assert got_bid
+
+
+async def test_bad_blob_requests_count_against_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("p2pnode.outputs.REQUEST_TIMEOUT", FRAME_TIMEOUT)
+    async with (
+        target_and_owner(tmp_path) as (target, _owner),
+        Libp2pTransport(create_new_key_pair()) as raw,
+    ):
+        await raw.connect(target.listen_addrs()[0])
+        abuser = Abuser(raw, target)
+        garbage = await raw.open_stream(target.node_id, BLOB_PROTOCOL)
+        await garbage.write(encode_frame(b"\xc1"))
+        await abuser.expect("undecodable")
+        silent = await raw.open_stream(target.node_id, BLOB_PROTOCOL)  # never asks
+        await abuser.expect("idle_partial")
+        await garbage.close()
+        await silent.close()
+        # An honest request for a blob the node lacks is answered, not counted.
+        before = rejected(target, raw.local_id)
+        honest = await raw.open_stream(target.node_id, BLOB_PROTOCOL)
+        await honest.write(encode_frame(msgpack.packb({"digest": "sha256:" + "0" * 64})))
+        with trio.fail_after(10):
+            answer = await honest.read(4096)
+        assert b"no such blob" in answer
+        assert rejected(target, raw.local_id) == before
