@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -117,6 +116,8 @@ class Libp2pTransport:
         idle_sender_timeout: float = 60.0,
         max_known_peers: int = 10_000,
         frame_timeout: float = 10.0,
+        stream_idle_timeout: float = 300.0,
+        max_inbound_streams: int = 8,
         guard_limits: GuardLimits | None = None,
     ) -> None:
         self._key_pair = key_pair
@@ -131,6 +132,11 @@ class Libp2pTransport:
         # A frame begun must end within this; an idle stream between frames
         # lives as long as the sender keeps it (it closes it when idle).
         self.frame_timeout = frame_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        # An honest peer keeps one frame stream to us (two briefly, when it
+        # replaces a broken one).
+        self.max_inbound_streams = max_inbound_streams
+        self._inbound: dict[str, int] = {}  # peer -> inbound frame streams open
         self.stats = TransportStats()
         self.guard = PeerGuard(guard_limits)
         self._bans: BanEnforcer | None = None
@@ -521,42 +527,59 @@ class Libp2pTransport:
 
     async def _handle_frame_stream(self, stream: Any) -> None:
         """Reads frames from one inbound stream (runs in a py-libp2p task).
-        Garbage and a frame left partial for ``frame_timeout`` reset the stream
-        and count against the sender."""
+        Garbage, a frame left partial for ``frame_timeout`` and streams beyond
+        ``max_inbound_streams`` per peer reset the stream and count against the
+        sender; a stream idle between frames for ``stream_idle_timeout`` is
+        closed quietly (a sender closes its own after a minute)."""
         sender = stream.muxed_conn.peer_id.to_base58()  # authenticated by Noise
-        decoder = FrameDecoder(self.max_frame)
-        started = 0.0  # when the partial frame in the decoder began
+        open_streams = self._inbound.get(sender, 0) + 1
+        self._inbound[sender] = open_streams
         try:
             if self.banned(sender):
                 self.guard.refused += 1
-                return
-            while True:
-                deadline = started + self.frame_timeout if decoder.partial else math.inf
-                chunk = None
-                with trio.move_on_at(deadline):
-                    chunk = await stream.read(_READ_CHUNK)
-                if chunk is None:
-                    self.penalize(sender, "idle_partial")
-                    log.info("frame from %s left partial for %ss", sender, self.frame_timeout)
-                    return
-                if not chunk:
-                    return
-                was_partial = decoder.partial
-                frames, dropped = decoder.feed(chunk)
-                for length in dropped:
-                    self.stats.dropped_oversize_in += 1
-                    self.penalize(sender, "oversized")
-                    log.warning("dropped %d-byte frame from %s", length, sender)
-                for data in frames:
-                    self._deliver(Incoming(sender, data, ""))
-                if decoder.partial and (frames or dropped or not was_partial):
-                    started = trio.current_time()  # a new frame began in this chunk
-                if self.banned(sender):
-                    return
+            elif open_streams > self.max_inbound_streams:
+                self.penalize(sender, "too_many_streams")
+            else:
+                await self._read_frames(sender, stream)
         except FrameError as exc:
             self.penalize(sender, exc.reason)
             log.info("bad frame stream from %s: %s", sender, exc)
         except Exception as exc:  # EOF, reset, connection loss
             log.debug("frame stream from %s ended: %s", sender, flat_message(exc))
         finally:
+            if self._inbound.get(sender, 0) <= 1:
+                self._inbound.pop(sender, None)
+            else:
+                self._inbound[sender] -= 1
             await reset_quietly(stream)
+
+    async def _read_frames(self, sender: str, stream: Any) -> None:
+        decoder = FrameDecoder(self.max_frame)
+        started = trio.current_time()  # when the partial frame began, or the last frame ended
+        while True:
+            if decoder.partial:
+                deadline = started + self.frame_timeout
+            else:
+                deadline = started + self.stream_idle_timeout
+            chunk = None
+            with trio.move_on_at(deadline):
+                chunk = await stream.read(_READ_CHUNK)
+            if chunk is None:
+                if decoder.partial:
+                    self.penalize(sender, "idle_partial")
+                    log.info("frame from %s left partial for %ss", sender, self.frame_timeout)
+                return
+            if not chunk:
+                return
+            was_partial = decoder.partial
+            frames, dropped = decoder.feed(chunk)
+            for length in dropped:
+                self.stats.dropped_oversize_in += 1
+                self.penalize(sender, "oversized")
+                log.warning("dropped %d-byte frame from %s", length, sender)
+            for data in frames:
+                self._deliver(Incoming(sender, data, ""))
+            if frames or dropped or not was_partial:
+                started = trio.current_time()  # a frame ended, or a new one began
+            if self.banned(sender):
+                return

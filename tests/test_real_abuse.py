@@ -264,6 +264,10 @@ async def test_honest_peer_with_cut_frames_is_never_counted(tmp_path: Path) -> N
             stream = await peer.open_stream(target.node_id, FRAME_PROTOCOL)
             await stream.write(encode_uvarint(1000) + b"x" * 100)
             await stream.reset()
+            # One stream at a time, as a sender that lost its connection would.
+            await wait_for(
+                lambda: peer.local_id not in target.transport._inbound, "the stream to end"
+            )
         # A valid frame after all that is still delivered.
         hello = Hello(info=NodeInfo(node_id=peer.local_id, compute=False))
         await peer.send(
@@ -352,3 +356,30 @@ async def test_bad_blob_requests_count_against_the_sender(
             answer = await honest.read(4096)
         assert b"no such blob" in answer
         assert rejected(target, raw.local_id) == before
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+async def test_a_flood_of_idle_streams_is_bounded(tmp_path: Path, bounded: bool) -> None:
+    async with (
+        target_and_owner(tmp_path) as (target, _owner),
+        Libp2pTransport(create_new_key_pair()) as raw,
+    ):
+        limit = 8
+        target.transport.max_inbound_streams = limit if bounded else 1000
+        await raw.connect(target.listen_addrs()[0])
+        streams = []
+        for _ in range(limit + 3):  # each opened, never written to
+            with suppress(ConnectionError):  # those over the limit may fail to open
+                streams.append(await raw.open_stream(target.node_id, FRAME_PROTOCOL))
+        if bounded:
+            await Abuser(raw, target).expect("too_many_streams", 3)
+            assert target.transport._inbound[raw.local_id] == limit
+        else:  # the guard matters: every idle stream is held, counted against nobody
+            await wait_for(
+                lambda: target.transport._inbound.get(raw.local_id) == limit + 3,
+                "every stream to be held",
+            )
+            assert rejected(target, raw.local_id) == {}
+        for stream in streams:
+            await stream.reset()
+        await wait_for(lambda: raw.local_id not in target.transport._inbound, "streams to end")

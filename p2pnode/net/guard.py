@@ -2,7 +2,7 @@
 
 Every rejected frame counts against its sender, by reason (the transport's
 own: ``bad_varint``, ``absurd_length``, ``oversized``, ``idle_partial``,
-``invalid_broadcast``; the core's, reported through its ``dropped`` notify:
+``too_many_streams``, ``invalid_broadcast``; the core's, reported through its ``dropped`` notify:
 ``undecodable``, ``forged``, ``unauthorized``).  Each adds its weight to a
 leaky-bucket score that leaks ``leak_per_s`` per second: an honest peer's
 occasional bad frame (a late retransmission after a restart, a frame cut by a
