@@ -59,8 +59,11 @@ class AskScores:
         rec = self.askers.get(asker)
         if rec is None:
             rec = self.askers[asker] = AskerRecord(updated=now)
-            if len(self.askers) > MAX_TRACKED_ASKERS:
-                del self.askers[next(iter(self.askers))]
+            if len(self.askers) > MAX_TRACKED_ASKERS:  # evict the oldest not in backoff
+                for old, entry in self.askers.items():
+                    if entry.ignored_until <= now and old != asker:
+                        del self.askers[old]
+                        break
         rec.score = self._leaked(rec, now)
         rec.updated = now
         return rec
@@ -84,7 +87,7 @@ class AskScores:
         rec.score += 1.0
         if rec.score < self.limits.threshold:
             return 0.0
-        delay = min(self.limits.backoff * 2.0**rec.backoffs, self.limits.max_backoff)
+        delay = min(self.limits.backoff * 2.0 ** min(rec.backoffs, 32), self.limits.max_backoff)
         rec.backoffs += 1
         rec.ignored_until = now + delay
         rec.score = 0.0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import attrs
+import pytest
 
 from p2pnode.net.guard import GuardLimits, PeerGuard
+from protocols.askguard import AskLimits, AskScores
 from protocols.codec import encode
 from protocols.messages import AskForBid, Hello, NodeInfo
 from protocols.node import broadcast_refusal
@@ -60,3 +62,24 @@ def test_broadcast_refusal_allows_only_signed_broadcast_asks() -> None:
     hello = Hello(info=NodeInfo(node_id="p"))
     assert "not allowed" in str(broadcast_refusal("p", encode(hello, msg_id="p:1:3", sender="p")))
     assert broadcast_refusal("p", b"\xc1") is not None
+
+
+def test_a_flood_of_new_identities_does_not_evict_a_ban(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("p2pnode.net.guard.MAX_TRACKED_PEERS", 3)
+    guard = PeerGuard(GuardLimits(threshold=2.0, leak_per_s=0.0))
+    guard.penalize("m", "undecodable", 0.0)
+    assert guard.penalize("m", "undecodable", 0.0)
+    for i in range(100):  # one bad frame each: counted, not banned
+        guard.penalize(f"sybil-{i}", "unauthorized", 1.0)
+    assert len(guard.peers) == 3
+    assert guard.banned("m", 2.0)
+
+
+def test_the_ask_table_is_bounded_and_keeps_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("protocols.askguard.MAX_TRACKED_ASKERS", 3)
+    scores = AskScores(AskLimits(threshold=1.0))
+    assert scores.expired("m", 0.0)
+    for i in range(100):
+        scores.closed(f"owner-{i}", 1.0)
+    assert len(scores.askers) == 3
+    assert scores.ignoring("m", 2.0)

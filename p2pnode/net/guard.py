@@ -78,7 +78,7 @@ class PeerGuard:
         rec.updated = now
         if rec.score < self.limits.threshold:
             return 0.0
-        duration = min(self.limits.ban * 2.0**rec.bans, self.limits.max_ban)
+        duration = min(self.limits.ban * 2.0 ** min(rec.bans, 32), self.limits.max_ban)
         rec.bans += 1
         rec.banned_until = now + duration
         rec.score = 0.0
