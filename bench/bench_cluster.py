@@ -191,7 +191,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     )
     out["gossip_interval"] = args.gossip_interval
     out["gossip"] = bench_gossip.bench_gossip(args.nodes, gossip_args)
-    out["p2p_stream"] = bench_gossip.bench_p2p("stream", gossip_args)
+    out["p2p_stream"] = bench_gossip.bench_p2p(gossip_args)
     spawn = trio.run(spawn_baseline, args.spawns)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)

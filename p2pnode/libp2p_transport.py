@@ -4,21 +4,26 @@ Addressing
 ----------
 * ``publish`` / ``subscribe``: gossipsub with strict signing; ``Incoming.sender``
   is the message's ``from`` peer, whose signature py-libp2p verified.
-* ``send`` (point-to-point) has two implementations, chosen by ``p2p_mode``:
+* ``send`` (point-to-point): a persistent outbound stream per peer on
+  ``/p2pnode/frame/1.0.0`` carrying varint-length-prefixed frames, over a
+  *direct* connection to the target, dialled from the addresses given to
+  ``add_addresses`` (or learnt by ``connect``): that is what makes sparse
+  networks work (A knows only its bootstrap B, yet reaches C directly).  The
+  sender is the stream's remote peer, authenticated by the Noise handshake,
+  and only the two peers see the frame.  (An "inbox" mode that published
+  point-to-point frames on a per-peer gossipsub topic was removed: any peer
+  could subscribe to another's inbox and read its grants, env values
+  included; it was also ~4x slower, see ``bench/bench_gossip.py``.)
 
-  ``"stream"`` (default): a persistent outbound stream per peer on
-  ``/p2pnode/frame/1.0.0`` carrying varint-length-prefixed frames.  The sender
-  is the stream's remote peer, authenticated by the Noise handshake.
-  ``"inbox"``: every node subscribes to ``p2pnode/inbox/<its peer id>``; a
-  sender publishes there, so each frame is gossipsub-signed.
-
-  Both first make a *direct* connection to the target, dialled from the
-  addresses given to ``add_addresses`` (or learnt by ``connect``): gossipsub
-  only forwards a topic among its subscribers, so an inbox topic is reachable
-  only over a direct connection anyway, and that is what makes sparse
-  networks work (A knows only its bootstrap B, yet reaches C directly).
-  ``"stream"`` is the default because it measured several times faster and
-  needs no per-send subscription handshake; see ``bench/bench_gossip.py``.
+Abuse
+-----
+Every frame the transport rejects counts against its sender in a ``PeerGuard``
+(``net/guard.py``): a bad varint or absurd length prefix (the stream is reset),
+an oversized frame (skipped), a frame left partial for ``frame_timeout``
+seconds (the stream is reset), a broadcast the topic validator refuses; the
+node adds the core's own rejections (``penalize``).  A peer over the threshold
+is banned: disconnected, refused and blacklisted in gossipsub for a period
+that doubles on each repeat (``net/bans.py``).
 
 Flow control
 ------------
@@ -36,7 +41,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import multiaddr
@@ -47,7 +52,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from p2pnode.identity import peer_id_of
-from p2pnode.net.framing import FrameDecoder, encode_frame, reset_quietly
+from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
+from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame, reset_quietly
+from p2pnode.net.guard import GuardLimits, PeerGuard
 from p2pnode.net.stack import (
     build_host,
     build_pubsub,
@@ -65,13 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pnode.libp2p")
 
 FRAME_PROTOCOL = TProtocol("/p2pnode/frame/1.0.0")
-INBOX_PREFIX = "p2pnode/inbox/"
 MAX_FRAME = 256 * 1024
 _READ_CHUNK = 64 * 1024
-
-
-def inbox_topic(peer: str) -> str:
-    return INBOX_PREFIX + peer
 
 
 @attrs.define
@@ -89,6 +91,12 @@ class TransportStats:
     dropped_own: int = 0  # our own publish echoed back by pubsub
     dial_failures: int = 0
     publish_congested: int = 0  # published although a peer's libp2p queue was full
+    dropped_banned: int = 0  # frames to a banned peer, not sent
+    bans: int = 0  # bans started (PeerGuard)
+
+
+# A broadcast validator: the reason to refuse a message (from ``sender``), or None.
+TopicValidator = Callable[[str, bytes], "str | None"]
 
 
 class Libp2pTransport:
@@ -100,7 +108,6 @@ class Libp2pTransport:
         key_pair: KeyPair,
         listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
         *,
-        p2p_mode: Literal["stream", "inbox"] = "stream",
         receive_buffer: int = 4096,
         peer_queue: int = 256,
         max_frame: int = MAX_FRAME,
@@ -108,18 +115,32 @@ class Libp2pTransport:
         heartbeat_interval: int = 1,
         idle_sender_timeout: float = 60.0,
         max_known_peers: int = 10_000,
+        frame_timeout: float = 10.0,
+        stream_idle_timeout: float = 300.0,
+        max_inbound_streams: int = 8,
+        guard_limits: GuardLimits | None = None,
     ) -> None:
         self._key_pair = key_pair
         self._local_id = peer_id_of(key_pair)
         self._listen = [multiaddr.Multiaddr(a) for a in listen_addrs]
-        self.p2p_mode = p2p_mode
         self.max_frame = max_frame
         self._peer_queue = peer_queue
         self._dial_timeout = dial_timeout
         self._heartbeat = heartbeat_interval
         self._idle_sender_timeout = idle_sender_timeout
         self._max_known_peers = max_known_peers
+        # A frame begun must end within this; an idle stream between frames
+        # lives as long as the sender keeps it (it closes it when idle).
+        self.frame_timeout = frame_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        # An honest peer keeps one frame stream to us (two briefly, when it
+        # replaces a broken one).
+        self.max_inbound_streams = max_inbound_streams
+        self._inbound: dict[str, int] = {}  # peer -> inbound frame streams open
         self.stats = TransportStats()
+        self.guard = PeerGuard(guard_limits)
+        self._bans: BanEnforcer | None = None
+        self._validators: dict[str, TopicValidator] = {}
         self._in_send, self._in_recv = trio.open_memory_channel[Incoming](receive_buffer)
         self._addrs: dict[str, list[multiaddr.Multiaddr]] = {}  # our address book
         self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
@@ -163,7 +184,7 @@ class Libp2pTransport:
         if self._host is not None:
             raise RuntimeError("a Libp2pTransport runs once")
         self._host = build_host(self._key_pair, self._listen)
-        self._pubsub, self._router = build_pubsub(self._host, self._heartbeat)
+        self._pubsub, self._router = build_pubsub(self._host, self._heartbeat, SCORE_PARAMS)
         self._host.set_stream_handler(FRAME_PROTOCOL, self._handle_frame_stream)
         for protocol, handler in self._extra_handlers.items():
             self._host.set_stream_handler(TProtocol(protocol), handler)
@@ -174,9 +195,8 @@ class Libp2pTransport:
                 trio.open_nursery() as nursery,
             ):
                 self._nursery = nursery
+                self._bans = BanEnforcer(self.guard, self._host, self._pubsub, nursery)
                 try:
-                    if self.p2p_mode == "inbox":
-                        await self.subscribe(inbox_topic(self._local_id))
                     yield self
                 except BaseException as exc:
                     body_exc = exc
@@ -188,6 +208,7 @@ class Libp2pTransport:
             unwrap_group(group, body_exc)  # re-raises all but py-libp2p shutdown noise
         finally:
             self._nursery = None
+            self._bans = None
             self._streams.clear()
             self._outboxes.clear()
             self._in_send.close()  # receive() now raises trio.EndOfChannel
@@ -241,6 +262,9 @@ class Libp2pTransport:
         return [p.to_base58() for p in self._host.get_connected_peers()] if self._host else []
 
     async def _ensure_connected(self, peer: str) -> bool:
+        if self.banned(peer):
+            self.guard.refused += 1
+            return False
         host = self._host
         peer_id = ID.from_base58(peer)
         if host.get_network().connections.get(peer_id):
@@ -265,11 +289,19 @@ class Libp2pTransport:
     ) -> None:
         """Serve ``protocol``: ``handler(sender, stream)`` gets the authenticated
         peer id and the raw libp2p stream (``read``/``write``); the stream is
-        reset afterwards.  Call before the transport starts."""
+        reset afterwards.  A ``FrameError`` the handler raises counts against
+        the sender.  Call before the transport starts."""
 
         async def serve(stream: Any) -> None:
+            sender = stream.muxed_conn.peer_id.to_base58()
             try:
-                await handler(stream.muxed_conn.peer_id.to_base58(), stream)
+                if self.banned(sender):
+                    self.guard.refused += 1
+                    return
+                await handler(sender, stream)
+            except FrameError as exc:  # garbage or a stalled request: the sender's fault
+                self.penalize(sender, exc.reason)
+                log.info("%s from %s refused: %s", protocol, sender, exc)
             except Exception as exc:
                 log.info("%s handler failed: %s", protocol, flat_message(exc))
             finally:
@@ -296,6 +328,47 @@ class Libp2pTransport:
         for tests and startup; raises ``trio.TooSlowError``)."""
         await self._pubsub.wait_for_mesh(ID.from_base58(peer), topic, timeout=timeout)
 
+    # --- abuse ----------------------------------------------------------------
+
+    def banned(self, peer: str) -> bool:
+        return self.guard.banned(peer, trio.current_time())
+
+    def penalize(self, peer: str, reason: str) -> None:
+        """Count one rejected frame against ``peer`` (and ban it past the
+        threshold).  The node calls this for the frames its core drops."""
+        if peer == self._local_id:
+            return
+        seconds = self.guard.penalize(peer, reason, trio.current_time())
+        if seconds:
+            self.stats.bans += 1
+            if self._bans is not None:
+                self._bans.enforce(peer, seconds)
+
+    def set_topic_validator(self, topic: str, validator: TopicValidator) -> None:
+        """Check every message on ``topic`` before gossipsub delivers *or
+        forwards* it: ``validator(sender, data)`` returns why it is refused, or
+        None.  A refused message counts against its originator here and, in
+        gossipsub's score, against the peer that forwarded it.  Call before
+        subscribing."""
+        self._validators[topic] = validator
+
+    def _pubsub_validator(self, topic: str, validator: TopicValidator) -> Callable[..., bool]:
+        def validate(forwarder: ID, msg: Any) -> bool:
+            sender = ID(msg.from_id).to_base58()
+            if sender == self._local_id:
+                return True
+            if len(msg.data) > self.max_frame:
+                reason: str | None = f"{len(msg.data)} bytes > {self.max_frame}"
+            else:
+                reason = validator(sender, msg.data)
+            if reason is None:
+                return True
+            log.info("refused a message on %s from %s: %s", topic, sender, reason)
+            self.penalize(sender, "invalid_broadcast")
+            return False
+
+        return validate
+
     # --- pubsub ---------------------------------------------------------------
 
     async def subscribe(self, topic: str) -> None:
@@ -303,6 +376,11 @@ class Libp2pTransport:
             return
         assert self._nursery is not None, "transport not running"
         self._subscribed.add(topic)
+        validator = self._validators.get(topic)
+        if validator is not None:
+            self._pubsub.set_topic_validator(
+                topic, self._pubsub_validator(topic, validator), is_async_validator=False
+            )
         subscription = await self._pubsub.subscribe(topic)
         # A dedicated task drains py-libp2p's 32-slot subscription channel
         # (which drops silently when full) into our bounded channel.
@@ -325,7 +403,6 @@ class Libp2pTransport:
             log.warning("publish on %s failed: %s", topic, flat_message(exc))
 
     async def _drain_subscription(self, topic: str, subscription: Any) -> None:
-        p2p = topic == inbox_topic(self._local_id)
         channel = subscription.receive_channel  # TrioSubscriptionAPI's 32-slot channel
         async for first in channel:
             # Empty it without yielding: each receive() costs a scheduler
@@ -340,7 +417,7 @@ class Libp2pTransport:
                 if sender == self._local_id:
                     self.stats.dropped_own += 1  # pubsub delivers our publishes to us
                     continue
-                self._deliver(Incoming(sender, msg.data, "" if p2p else topic))
+                self._deliver(Incoming(sender, msg.data, topic))
 
     def _deliver(self, frame: Incoming) -> None:
         if len(frame.data) > self.max_frame:
@@ -370,6 +447,9 @@ class Libp2pTransport:
             return
         if not self.running:
             log.info("send to %s dropped: transport not running", peer)
+            return
+        if self.banned(peer):
+            self.stats.dropped_banned += 1
             return
         retry_at, _ = self._backoff.get(peer, (0.0, 0.0))
         if trio.current_time() < retry_at:
@@ -417,8 +497,6 @@ class Libp2pTransport:
                         break
 
     async def _transmit(self, peer: str, data: bytes) -> bool:
-        if self.p2p_mode == "inbox":
-            return await self._transmit_inbox(peer, data)
         frame = encode_frame(data)
         for _attempt in range(2):  # a cached stream may be dead: retry once on a new one
             stream = self._streams.get(peer)
@@ -447,37 +525,61 @@ class Libp2pTransport:
             log.info("cannot open frame stream to %s: %s", peer, flat_message(exc))
             return None
 
-    async def _transmit_inbox(self, peer: str, data: bytes) -> bool:
-        if not await self._ensure_connected(peer):
-            return False
-        try:
-            # Gossipsub sends a topic only to peers known to subscribe to it:
-            # wait (event based) for the target's subscription to reach us.
-            await self._pubsub.wait_for_subscription(
-                ID.from_base58(peer), inbox_topic(peer), timeout=self._dial_timeout
-            )
-            await self._pubsub.publish(inbox_topic(peer), data)
-            return True
-        except Exception as exc:
-            log.info("inbox send to %s failed: %s", peer, flat_message(exc))
-            return False
-
     async def _handle_frame_stream(self, stream: Any) -> None:
-        """Reads frames from one inbound stream (runs in a py-libp2p task)."""
+        """Reads frames from one inbound stream (runs in a py-libp2p task).
+        Garbage, a frame left partial for ``frame_timeout`` and streams beyond
+        ``max_inbound_streams`` per peer reset the stream and count against the
+        sender; a stream idle between frames for ``stream_idle_timeout`` is
+        closed quietly (a sender closes its own after a minute)."""
         sender = stream.muxed_conn.peer_id.to_base58()  # authenticated by Noise
-        decoder = FrameDecoder(self.max_frame)
+        open_streams = self._inbound.get(sender, 0) + 1
+        self._inbound[sender] = open_streams
         try:
-            while True:
-                chunk = await stream.read(_READ_CHUNK)
-                if not chunk:
-                    return
-                frames, dropped = decoder.feed(chunk)
-                for length in dropped:
-                    self.stats.dropped_oversize_in += 1
-                    log.warning("dropped %d-byte frame from %s", length, sender)
-                for data in frames:
-                    self._deliver(Incoming(sender, data, ""))
-        except Exception as exc:  # EOF, reset, connection loss, bad framing
+            if self.banned(sender):
+                self.guard.refused += 1
+            elif open_streams > self.max_inbound_streams:
+                self.penalize(sender, "too_many_streams")
+            else:
+                await self._read_frames(sender, stream)
+        except FrameError as exc:
+            self.penalize(sender, exc.reason)
+            log.info("bad frame stream from %s: %s", sender, exc)
+        except Exception as exc:  # EOF, reset, connection loss
             log.debug("frame stream from %s ended: %s", sender, flat_message(exc))
         finally:
+            if self._inbound.get(sender, 0) <= 1:
+                self._inbound.pop(sender, None)
+            else:
+                self._inbound[sender] -= 1
             await reset_quietly(stream)
+
+    async def _read_frames(self, sender: str, stream: Any) -> None:
+        decoder = FrameDecoder(self.max_frame)
+        started = trio.current_time()  # when the partial frame began, or the last frame ended
+        while True:
+            if decoder.partial:
+                deadline = started + self.frame_timeout
+            else:
+                deadline = started + self.stream_idle_timeout
+            chunk = None
+            with trio.move_on_at(deadline):
+                chunk = await stream.read(_READ_CHUNK)
+            if chunk is None:
+                if decoder.partial:
+                    self.penalize(sender, "idle_partial")
+                    log.info("frame from %s left partial for %ss", sender, self.frame_timeout)
+                return
+            if not chunk:
+                return
+            was_partial = decoder.partial
+            frames, dropped = decoder.feed(chunk)
+            for length in dropped:
+                self.stats.dropped_oversize_in += 1
+                self.penalize(sender, "oversized")
+                log.warning("dropped %d-byte frame from %s", length, sender)
+            for data in frames:
+                self._deliver(Incoming(sender, data, ""))
+            if frames or dropped or not was_partial:
+                started = trio.current_time()  # a frame ended, or a new one began
+            if self.banned(sender):
+                return

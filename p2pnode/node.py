@@ -25,7 +25,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import multiaddr
@@ -37,16 +37,18 @@ from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
 from p2pnode.items import read_items
 from p2pnode.libp2p_transport import Libp2pTransport
+from p2pnode.net.guard import GuardLimits
 from p2pnode.outputs import BLOB_PROTOCOL, blob_server
 from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import module_problems
-from protocols.config import NodeConfig, Timings
+from protocols.askguard import AskLimits
+from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
-from protocols.node import NodeCore
+from protocols.node import NodeCore, broadcast_refusal
 from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
 
 log = logging.getLogger("p2pnode.node")
@@ -77,8 +79,14 @@ class NodeSettings:
     memory: int = attrs.field(factory=_total_memory)
     max_executions: int = 4
     timings: Timings = attrs.field(factory=Timings)
-    p2p_mode: Literal["stream", "inbox"] = "stream"
+    # Point-to-point frames always go over direct streams; "inbox" (per-peer
+    # gossipsub topics, readable by any peer) was removed.
+    p2p_mode: str = "stream"
     seed: int | None = None  # None: a random seed per start
+    # Abuse bounds: asks one peer may leave unanswered (protocols/askguard.py),
+    # rejected frames before a peer is banned (p2pnode/net/guard.py).
+    asks: AskLimits = attrs.field(factory=AskLimits)
+    guard: GuardLimits = attrs.field(factory=GuardLimits)
     # Fault injection for tests: incoming frames of these message types are
     # dropped as if lost (e.g. "handover_offer": a node that never accepts).
     fault_drop: tuple[str, ...] = ()
@@ -87,6 +95,11 @@ class NodeSettings:
         unknown = [e for e in self.executors if e not in KNOWN_EXECUTORS]
         if unknown:
             raise ValueError(f"unknown executor(s) {unknown}; choose from {list(KNOWN_EXECUTORS)}")
+        if self.p2p_mode != "stream":
+            raise ValueError(
+                f"p2p mode {self.p2p_mode!r} is not supported: point-to-point frames go over"
+                " direct streams (the inbox mode was removed: any peer could read its topics)"
+            )
 
 
 MAX_IDEMPOTENCY_KEY = 200  # characters
@@ -304,7 +317,10 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         """Counters: frames sent by message type, drops by offending peer, duplicates
-        filtered, and the transport's own counters."""
+        filtered, the transport's own counters, and what peers cost us: rejected
+        frames, scores and bans by peer (``peers``), asks by asker (``asks``).
+        Field names are documented in docs/architecture.md ("Abusive peers")."""
+        now = trio.current_time()
         return {
             "node_id": self.node_id,
             "sent_by_type": dict(self.core.out.sent_by_type),
@@ -312,6 +328,8 @@ class Node:
             "dropped_by_sender": dict(self.core.dropped),
             "duplicates": self.core.duplicates,
             "transport": attrs.asdict(self.transport.stats),
+            "peers": self.transport.guard.stats(now),
+            "asks": self.core.holder.ask_scores.stats(now),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -385,8 +403,9 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
     try:
         blobs = BlobStore(data_dir)
         records = store.load()
-        transport = Libp2pTransport(key, settings.listen, p2p_mode=settings.p2p_mode)
+        transport = Libp2pTransport(key, settings.listen, guard_limits=settings.guard)
         transport.set_stream_handler(BLOB_PROTOCOL, blob_server(blobs))
+        transport.set_topic_validator(ANNOUNCE_TOPIC, broadcast_refusal)
         async with transport:
             bootstrap_ids = []
             for addr in settings.bootstrap:
@@ -404,6 +423,7 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
                 bootstrap=tuple(bootstrap_ids),
                 addrs=tuple(transport.listen_addrs()[:16]),
                 timings=settings.timings,
+                asks=settings.asks,
             )
             seed = settings.seed if settings.seed is not None else secrets.randbits(63)
             core = NodeCore(config, seed, records, keys=Libp2pKeyring(key))
@@ -426,6 +446,7 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
             # Synchronous, so the transport knows a peer's address before the
             # core's next action (often a hello to that very peer) is sent.
             runtime.add_listener(lambda note: _learn_address(note, transport))
+            runtime.add_listener(lambda note: _penalize_dropped(note, transport))
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
                 feeder = StreamFeeder(core.owner.stream.sources, runtime.source_batch, blobs)
@@ -444,6 +465,12 @@ def _wake_feeder(note: Notify, feeder: StreamFeeder) -> None:
     """A batch committed or a job changed state: the feeder looks again now."""
     if note.kind in ("checkpoint_committed", "job_state"):
         feeder.poke()
+
+
+def _penalize_dropped(note: Notify, transport: Libp2pTransport) -> None:
+    """A frame the core refused counts against its sender, like the transport's own."""
+    if note.kind == "dropped":
+        transport.penalize(str(note.data["sender"]), str(note.data.get("fault", "unauthorized")))
 
 
 def _learn_address(note: Notify, transport: Libp2pTransport) -> None:

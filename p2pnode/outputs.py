@@ -23,7 +23,7 @@ import msgpack
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore
-from p2pnode.net.framing import FrameDecoder, encode_frame
+from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame
 
 log = logging.getLogger("p2pnode.outputs")
 
@@ -31,6 +31,7 @@ BLOB_PROTOCOL = "/p2pnode/blob/1.0.0"
 CHUNK = 64 * 1024
 MAX_FETCH = 1024**3
 FETCH_TIMEOUT = 120.0
+REQUEST_TIMEOUT = 10.0  # a client must send its request within this
 
 
 class FetchError(Exception):
@@ -53,9 +54,22 @@ def blob_server(blobs: BlobStore) -> Any:
     """The handler the transport runs for each inbound blob request."""
 
     async def serve(sender: str, stream: Any) -> None:
+        # A bad request raises FrameError: the transport counts it against the sender.
         decoder = FrameDecoder(4096)
-        [request, *_] = await _read_frames(stream, decoder)
-        digest = msgpack.unpackb(request).get("digest", "") if request else ""
+        request = None
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            try:
+                [request, *_] = await _read_frames(stream, decoder)
+            except FetchError as exc:
+                if str(exc) != "oversized frame":
+                    raise  # closed early: the client went away, not abuse
+                raise FrameError("oversized", str(exc)) from None
+        if request is None:
+            raise FrameError("idle_partial", f"no blob request within {REQUEST_TIMEOUT}s")
+        try:
+            digest = msgpack.unpackb(request).get("digest", "")
+        except Exception:  # msgpack raises assorted types; a list has no .get
+            raise FrameError("undecodable", "blob request is not a msgpack map") from None
         if not isinstance(digest, str) or not blobs.has(digest):
             await stream.write(encode_frame(msgpack.packb({"ok": False, "error": "no such blob"})))
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from protocols.askguard import AskLimits
+
 # Topic every compute node subscribes to; broadcast asks (wide auctions, ops,
 # daemon) go here.  Point-to-point traffic uses ``Send``.
 ANNOUNCE_TOPIC = "p2pnode/announce/1"
@@ -54,3 +56,5 @@ class NodeConfig:
     view_size: int = 64  # peers kept in the directory (partial view)
     peer_sample: int = 8  # entries sent in one Peers message
     timings: Timings = attrs.field(factory=Timings)
+    # Bounds on what asks from one peer may cost us (protocols/askguard.py).
+    asks: AskLimits = attrs.field(factory=AskLimits)

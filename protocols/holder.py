@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from protocols.askguard import AskScores
 from protocols.config import NodeConfig
 from protocols.directory import mismatch_reason
 from protocols.errors import RemoteProtocolError
@@ -123,6 +124,7 @@ class Holder:
         self.reservations: dict[tuple[str, int, int], Reservation] = {}
         self.held: dict[str, HeldExecution] = {}
         self.tombstones: dict[str, None] = {}  # finished execution ids (ordered, bounded)
+        self.ask_scores = AskScores(config.asks)
 
     def _checked_unit(self, sender: str, task: dict[str, Any]) -> WorkUnit:
         """The task of a grant, validated as strictly as a local spec before it
@@ -156,9 +158,26 @@ class Holder:
 
     # --- auction ----------------------------------------------------------------------
 
+    def _over_share(self, asker: str, cpu: float, memory: int) -> bool:
+        """Whether one more reservation would take ``asker`` past its share of
+        our capacity (its first reservation is always allowed; we trust ourselves)."""
+        if asker == self.config.node_id:
+            return False
+        mine = [r for r in self.reservations.values() if r.owner == asker]
+        if not mine:
+            return False
+        share = self.ask_scores.limits.share
+        return (
+            len(mine) + 1 > max(1.0, share * self.config.max_executions)
+            or sum(r.cpu for r in mine) + cpu > share * self.config.cpu + 1e-9
+            or sum(r.memory for r in mine) + memory > share * self.config.memory
+        )
+
     def on_ask(self, sender: str, ask: AskForBid) -> None:
         if ask.pinned_node and ask.pinned_node != self.config.node_id:
             return
+        if self.ask_scores.ignoring(sender, self.out.now):
+            return  # in backoff: its asks kept expiring unused (askguard.py)
         reason = mismatch_reason(self.me, ask.labels, ask.engine, ask.cpu, ask.memory)
         if reason:
             if not ask.broadcast:  # broadcast asks are answered by matching nodes only
@@ -180,8 +199,17 @@ class Holder:
             for h in self.held.values()
         )
         if key not in self.reservations:
-            if running_same_slot or not self._fits(ask.cpu, ask.memory):
-                why = "already running this slot" if running_same_slot else "no free capacity"
+            over_share = self._over_share(sender, ask.cpu, ask.memory)
+            if over_share:
+                self.ask_scores.over_share(sender, self.out.now)
+            if running_same_slot or over_share or not self._fits(ask.cpu, ask.memory):
+                why = (
+                    "already running this slot"
+                    if running_same_slot
+                    else "asker's share of capacity reserved"
+                    if over_share
+                    else "no free capacity"
+                )
                 self._answer(
                     sender,
                     BidDeclined(
@@ -227,11 +255,18 @@ class Holder:
         if res is not None and res.owner == sender:
             del self.reservations[key]
             self.out.cancel_timer(("bid", *key))
+            if sender != self.config.node_id:
+                self.ask_scores.closed(sender, self.out.now)
 
     def on_bid_timer(self, key: tuple[str, int, int]) -> None:
         res = self.reservations.get(key)
         if res is not None and self.out.now >= res.expires:
             del self.reservations[key]
+            if res.owner == self.config.node_id:
+                return
+            backoff = self.ask_scores.expired(res.owner, self.out.now)
+            if backoff:
+                self.out.notify("asker_ignored", asker=res.owner, seconds=backoff)
 
     # --- lease ------------------------------------------------------------------------
 
@@ -252,6 +287,8 @@ class Holder:
                 f"lease grant for {grant.execution_id} that we did not bid for"
             )
         self.out.cancel_timer(("bid", *key))
+        if sender != self.config.node_id:
+            self.ask_scores.closed(sender, self.out.now)
         try:
             unit = self._checked_unit(sender, grant.task)
         except RemoteProtocolError as exc:

@@ -97,6 +97,22 @@ def info_record(info: NodeInfo) -> dict[str, Any]:
     }
 
 
+def broadcast_refusal(sender: str, data: bytes) -> str | None:
+    """Why a frame published on a topic is refused, or None.  Only broadcast
+    asks travel on topics, from the peer that signed them.  The core applies
+    the same rule; the libp2p transport applies it before gossipsub delivers or
+    forwards the message (so garbage does not spread)."""
+    try:
+        envelope = codec.decode(data)
+    except RemoteProtocolError as exc:
+        return str(exc)
+    if envelope.sender != sender:
+        return f"frame claims sender {envelope.sender!r} but was signed by {sender!r}"
+    if not (isinstance(envelope.message, AskForBid) and envelope.message.broadcast):
+        return f"{envelope.message.TYPE} is not allowed on a topic"
+    return None
+
+
 class NodeCore:
     def __init__(
         self,
@@ -211,12 +227,15 @@ class NodeCore:
     # --- frames ---------------------------------------------------------------------------
 
     def _on_frame(self, event: MessageReceived) -> None:
+        kind = "undecodable"  # what the drop is counted as (the node's peer guard weighs it)
         try:
             envelope = codec.decode(event.data)
+            kind = "forged"
             if envelope.sender != event.sender:
                 raise RemoteProtocolError(
                     f"frame claims sender {envelope.sender!r} but came from {event.sender!r}"
                 )
+            kind = "unauthorized"
             if self.dedupe.seen(envelope.msg_id, event.sender):
                 self.duplicates += 1
                 return
@@ -226,12 +245,12 @@ class NodeCore:
             self.directory.touch(event.sender, self.out.now)
             self._dispatch(event.sender, message)
         except RemoteProtocolError as exc:
-            self._count_drop(event.sender, str(exc))
+            self._count_drop(event.sender, str(exc), kind)
 
-    def _count_drop(self, sender: str, reason: str) -> None:
+    def _count_drop(self, sender: str, reason: str, kind: str) -> None:
         if sender in self.dropped or len(self.dropped) < MAX_TRACKED_OFFENDERS:
             self.dropped[sender] = self.dropped.get(sender, 0) + 1
-        self.out.notify("dropped", sender=sender, reason=reason)
+        self.out.notify("dropped", sender=sender, reason=reason, fault=kind)
 
     def _dispatch(self, sender: str, msg: Message) -> None:
         handler = self._handlers.get(type(msg))
@@ -360,4 +379,4 @@ class NodeCore:
         return [e.info for e in self.directory.peers.values()]
 
 
-__all__ = ["ANNOUNCE_TOPIC", "NodeCore"]
+__all__ = ["ANNOUNCE_TOPIC", "NodeCore", "broadcast_refusal"]

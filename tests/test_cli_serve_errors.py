@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
         (["--memory", "lots"], "must be a size"),
         (["--listen", "/ip9/nope"], "bad --listen address"),
         (["--listen", "/dns4/localhost/tcp/0"], "must start with /ip4/ or /ip6/"),
+        (["--p2p-mode", "inbox"], "inbox mode was removed"),
     ],
 )
 def test_bad_serve_flags_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

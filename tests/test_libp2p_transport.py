@@ -19,19 +19,16 @@ from libp2p.peer.id import ID
 from p2pnode.identity import KeyFileError, load_or_create_key, peer_id_of
 from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
 from p2pnode.net.framing import FrameDecoder, encode_frame, encode_uvarint
+from p2pnode.node import NodeSettings
 from p2pnode.transport import Incoming
 from protocols.config import ANNOUNCE_TOPIC
 
-MODES = ["stream", "inbox"]
-
 
 @asynccontextmanager
-async def started(n: int, mode: str = "stream") -> AsyncIterator[list[Libp2pTransport]]:
+async def started(n: int) -> AsyncIterator[list[Libp2pTransport]]:
     async with AsyncExitStack() as stack:
         nodes = [
-            await stack.enter_async_context(
-                Libp2pTransport(create_new_key_pair(), p2p_mode=mode)  # type: ignore[arg-type]
-            )
+            await stack.enter_async_context(Libp2pTransport(create_new_key_pair()))
             for _ in range(n)
         ]
         yield nodes
@@ -47,9 +44,8 @@ def assert_empty(t: Libp2pTransport) -> None:
         t._in_recv.receive_nowait()
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_two_hosts_exchange_frames_both_ways(mode: str) -> None:
-    async with started(2, mode) as (a, b):
+async def test_two_hosts_exchange_frames_both_ways() -> None:
+    async with started(2) as (a, b):
         peer_b = await a.connect(b.listen_addrs()[0])
         assert peer_b == b.local_id
         await a.send(b.local_id, b"ping")
@@ -68,16 +64,15 @@ async def test_two_hosts_exchange_frames_both_ways(mode: str) -> None:
             rtts.append((time.perf_counter() - t0) * 1000)
         rtts.sort()
         print(
-            f"\n[{mode}] p2p frame round trip (one process): p50 {statistics.median(rtts):.2f} ms"
+            f"\np2p frame round trip (one process): p50 {statistics.median(rtts):.2f} ms"
             f"  p90 {rtts[int(len(rtts) * 0.9)]:.2f} ms  max {rtts[-1]:.2f} ms"
         )
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_sparse_line_reaches_unconnected_peer(mode: str) -> None:
+async def test_sparse_line_reaches_unconnected_peer() -> None:
     # A - B - C: A and C only know B; then they are told each other's addresses
     # (as the protocol's peer exchange would) and must reach each other.
-    async with started(3, mode) as (a, b, c):
+    async with started(3) as (a, b, c):
         await a.connect(b.listen_addrs()[0])
         await c.connect(b.listen_addrs()[0])
         assert c.local_id not in a.connected_peers()
@@ -232,3 +227,24 @@ def test_frame_decoder_handles_any_chunking_and_skips_oversized() -> None:
         assert dropped == [2000]
     with pytest.raises(ValueError):
         FrameDecoder(max_frame=10, max_skip=100).feed(encode_uvarint(101))
+
+
+async def test_no_per_peer_topic_exists() -> None:
+    """Point-to-point frames never travel on a topic another peer could join:
+    after traffic both ways, the only subscription is the announce topic."""
+    async with started(2) as (a, b):
+        for t in (a, b):
+            await t.subscribe(ANNOUNCE_TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        await a.send(b.local_id, b"ping")
+        assert (await recv(b)).data == b"ping"
+        await b.send(a.local_id, b"pong")
+        assert (await recv(a)).data == b"pong"
+        for t in (a, b):
+            assert list(t._pubsub.topic_ids) == [ANNOUNCE_TOPIC]
+        assert a.stats.published == b.stats.published == 0
+
+
+def test_inbox_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="inbox mode was removed"):
+        NodeSettings(data_dir=Path("unused"), p2p_mode="inbox")

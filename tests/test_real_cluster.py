@@ -119,13 +119,23 @@ def test_three_serve_processes_through_the_cli(tmp_path: Path) -> None:
         job_id = view["job_id"]
 
         out_dir = tmp_path / "OUT"
-        described, got, logs = run_cli_parallel(
+        described, got, logs, stats, stats_table = run_cli_parallel(
             [
                 n1.cli_args("job", "describe", job_id, "-o", "json"),
                 n1.cli_args("job", "get", job_id, "--output-dir", out_dir, "-o", "json"),
                 n1.cli_args("job", "logs", job_id),
+                n1.cli_args("node", "stats", "-o", "json"),
+                n1.cli_args("node", "stats"),
             ]
         )
+        # node stats: the abuse counters of an honest cluster are empty.
+        assert stats.returncode == 0, stats.explain()
+        counters = stats.json()
+        assert counters["node_id"] == n1.node_id and counters["frames_sent"] > 0
+        assert counters["peers"]["banned"] == {} and counters["transport"]["bans"] == 0
+        assert all(a["backoffs"] == 0 for a in counters["asks"].values()), counters["asks"]
+        assert stats_table.returncode == 0, stats_table.explain()
+        assert f"node {n1.node_id}" in stats_table.stdout, stats_table.explain()
 
         # describe: one succeeded execution per slot, each with its outputs.
         assert described.returncode == 0, described.explain()

@@ -83,7 +83,7 @@ MAX_LEASE_TTL = 3600.0
     type=click.Choice(["stream", "inbox"]),
     default="stream",
     show_default=True,
-    help="Point-to-point path: direct streams, or gossipsub inbox topics.",
+    help="Point-to-point path: direct streams (inbox was removed: any peer could read it).",
 )
 @click.option(
     "--fault-drop",
@@ -134,7 +134,7 @@ def serve(
             compute=not no_compute,
             max_executions=max_executions,
             timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
-            p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
+            p2p_mode=p2p_mode,
             fault_drop=fault_drop,
             **extra,  # type: ignore[arg-type]
         )

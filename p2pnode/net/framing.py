@@ -3,7 +3,9 @@
 A stream carries frames, each an unsigned-varint length (as in multistream and
 js ``it-length-prefixed``) followed by that many bytes.  A receiver skips (reads
 and discards) a frame over its limit, so one oversized frame does not cost the
-stream; a claimed length beyond ``max_skip`` is treated as garbage.
+stream; a claimed length beyond ``max_skip`` is treated as garbage.  Garbage
+raises :class:`FrameError`, whose ``reason`` the transport counts against the
+sender (``bad_varint``, ``absurd_length``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ import contextlib
 from typing import Any
 
 import trio
+
+
+class FrameError(ValueError):
+    """A stream that cannot carry frames any more; ``reason`` names the fault."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def encode_uvarint(value: int) -> bytes:
@@ -33,7 +43,7 @@ def decode_uvarint(buf: bytes | bytearray) -> tuple[int, int] | None:
         if not buf[i] & 0x80:
             return value, i + 1
     if len(buf) >= 10:
-        raise ValueError("varint length prefix longer than 10 bytes")
+        raise FrameError("bad_varint", "varint length prefix longer than 10 bytes")
     return None
 
 
@@ -50,9 +60,14 @@ class FrameDecoder:
         self._buf = bytearray()
         self._skip = 0  # bytes of an oversized frame still to discard
 
+    @property
+    def partial(self) -> bool:
+        """Whether a frame has begun and not ended (bytes buffered or to skip)."""
+        return bool(self._buf) or self._skip > 0
+
     def feed(self, chunk: bytes) -> tuple[list[bytes], list[int]]:
         """Returns (complete frames, lengths of oversized frames dropped).
-        Raises ``ValueError`` on a malformed prefix or an absurd length."""
+        Raises ``FrameError`` on a malformed prefix or an absurd length."""
         if self._skip:
             taken = min(self._skip, len(chunk))
             self._skip -= taken
@@ -68,7 +83,9 @@ class FrameDecoder:
             length, used = header
             if length > self.max_frame:
                 if length > self.max_skip:
-                    raise ValueError(f"frame length {length} beyond {self.max_skip}")
+                    raise FrameError(
+                        "absurd_length", f"frame length {length} beyond {self.max_skip}"
+                    )
                 dropped.append(length)
                 del buf[:used]
                 taken = min(length, len(buf))

@@ -20,6 +20,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -57,8 +58,11 @@ def build_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> Any:
     )
 
 
-def build_pubsub(host: Any, heartbeat_interval: int = 1) -> tuple[Any, Any]:
-    """(pubsub, router): gossipsub with strict signing."""
+def build_pubsub(
+    host: Any, heartbeat_interval: int = 1, score_params: ScoreParams | None = None
+) -> tuple[Any, Any]:
+    """(pubsub, router): gossipsub with strict signing (and peer-score
+    thresholds from ``score_params``; 0.8.1's defaults accept every score)."""
     router = GossipSub(
         protocols=GOSSIP_PROTOCOLS,
         degree=6,
@@ -78,6 +82,7 @@ def build_pubsub(host: Any, heartbeat_interval: int = 1) -> tuple[Any, Any]:
         # subscribe (an identify race workaround); keep that queue short-lived:
         # our protocol retransmits anyway.
         pending_messages_ttl=5.0,
+        score_params=score_params,
     )
     # strict_signing: every message carries from + seqno + key + signature,
     # and unsigned / mis-signed / foreign-'from' messages are dropped on receipt.
