@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from p2pnode.node import NodeSettings
 
 ADDRS_FILE = "addrs"
+EXIT_NO_SANDBOX = 6  # --sandbox bwrap asked for (the default) and bwrap cannot run
 
 
 @click.command()
@@ -58,6 +59,20 @@ ADDRS_FILE = "addrs"
     help="Point-to-point path: direct streams, or gossipsub inbox topics.",
 )
 @click.option(
+    "--sandbox",
+    type=click.Choice(["bwrap", "none"]),
+    default="bwrap",
+    show_default=True,
+    help="Process executor isolation: bubblewrap, or none (tasks can read this "
+    "node's key and database: trusted peers only).",
+)
+@click.option(
+    "--sandbox-ro",
+    multiple=True,
+    metavar="PATH",
+    help="Extra host path sandboxed tasks may read (repeatable).",
+)
+@click.option(
     "--fault-drop",
     multiple=True,
     hidden=True,  # fault injection for the real-network tests, not for users
@@ -76,6 +91,8 @@ def serve(
     max_executions: int,
     lease_ttl: float,
     p2p_mode: str,
+    sandbox: str,
+    sandbox_ro: tuple[str, ...],
     fault_drop: tuple[str, ...],
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
@@ -106,6 +123,8 @@ def serve(
             timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
             p2p_mode="inbox" if p2p_mode == "inbox" else "stream",
             fault_drop=fault_drop,
+            sandbox="none" if sandbox == "none" else "bwrap",
+            sandbox_ro_paths=sandbox_ro,
             **extra,  # type: ignore[arg-type]
         )
         for addr in bootstrap:
@@ -117,12 +136,21 @@ def serve(
                 raise ValueError(f"bad --listen address {addr!r}: {exc}") from None
     except (ValueError, UnitError) as exc:
         fail(str(exc))
+    from p2pnode.executors.sandbox import SandboxUnavailable
     from p2pnode.store import StoreError
 
+    if sandbox == "none":
+        click.echo(
+            "warning: --sandbox none: tasks from the network run unsandboxed, as this "
+            "node's uid, and can read its key and database",
+            err=True,
+        )
     try:
         trio.run(_serve, settings)
     except KeyboardInterrupt:
         pass
+    except SandboxUnavailable as exc:
+        fail(f"cannot start the node: {exc}", code=EXIT_NO_SANDBOX)
     except (OSError, StoreError) as exc:
         fail(f"cannot start the node: {exc}", code=1)
 

@@ -79,13 +79,13 @@ keeps failed/cancelled ones for debugging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import resource
 import signal
-import subprocess
 from pathlib import Path
 
 import trio
@@ -105,6 +105,8 @@ from p2pnode.executors.common import (
     safe_name,
     task_env,
 )
+from p2pnode.executors.sandbox import TASK_WORKDIR, BwrapSandbox, open_sandbox, task_uid
+from p2pnode.executors.spawn import Child, spawn
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import ProcessEngine, TaskSpec
 
@@ -115,6 +117,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_CPU_SECONDS = 10
 CPU_HARD_EXTRA_SECONDS = 5
+DEFAULT_PIDS_LIMIT = 1024  # processes (and threads) of one sandboxed task
 _WRAPPER_NAME = "p2pnode-limits"  # $0 of the wrapper shell, shown in its own errors
 
 
@@ -132,6 +135,9 @@ class ProcessExecutor:
         min_cpu_seconds: int = MIN_CPU_SECONDS,
         keep_failed_workdirs: bool = False,
         path: str = DEFAULT_PATH,
+        sandbox: str | BwrapSandbox | None = "bwrap",
+        sandbox_ro_paths: tuple[str, ...] = (),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.blobs = blobs
@@ -143,7 +149,15 @@ class ProcessExecutor:
         self.min_cpu_seconds = min_cpu_seconds
         self.keep_failed_workdirs = keep_failed_workdirs
         self.path = path
+        self.pids_limit = pids_limit
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
+        # Raises SandboxUnavailable (one line) when bwrap is asked for and missing.
+        # A mode name ("bwrap", "none") or a sandbox the node already opened.
+        self.sandbox: BwrapSandbox | None = (
+            open_sandbox(sandbox, self.data_dir, ro_paths=sandbox_ro_paths)
+            if isinstance(sandbox, str)
+            else sandbox
+        )
 
     # --- running -----------------------------------------------------------------
 
@@ -158,14 +172,26 @@ class ProcessExecutor:
         try:
             if start.inputs:
                 await trio.to_thread.run_sync(lay_out_inputs, self.blobs, start, work.inputs)
+            # Sandboxed, the task sees its workdir at TASK_WORKDIR, not in the data dir.
+            seen = Path(TASK_WORKDIR) if self.sandbox is not None else work.root
             env = {
                 "PATH": self.path,
-                "HOME": str(work.root),
+                "HOME": str(seen),
                 "LANG": "C.UTF-8",
                 **task_env(task.env, start),
-                **p2pnode_env(start, inputs=str(work.inputs), outputs=str(work.outputs)),
+                **p2pnode_env(start, inputs=str(seen / "inputs"), outputs=str(seen / "outputs")),
             }
             argv = self._limits_wrapper(task, start) + list(engine.command)
+            if self.sandbox is not None:
+                uid = task_uid(start.execution_id)
+                await trio.to_thread.run_sync(self.sandbox.prepare, work.root, uid)
+                argv = self.sandbox.argv(
+                    workdir=work.root,
+                    inputs=work.inputs,
+                    network=task.network,
+                    uid=uid,
+                    command=argv,
+                )
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
@@ -173,7 +199,7 @@ class ProcessExecutor:
                 start.execution_id, argv, env, work, out, err, parser
             )
 
-            exit_code, error = _describe_exit(returncode)
+            exit_code, error = _describe_exit(returncode, sandboxed=self.sandbox is not None)
             finished = await finish_with_outputs(
                 self.blobs,
                 work,
@@ -206,6 +232,9 @@ class ProcessExecutor:
                 soft = min(soft, hard)
             # Soft first: dash refuses a hard limit below the current soft one.
             limits.append(f"ulimit -S -t {soft}; ulimit -H -t {hard}")
+        if self.sandbox is not None and self.sandbox.own_uid:
+            # Counted per uid: a limit of this task only when the uid is its own.
+            limits.append(f"ulimit -p {self.pids_limit}")  # dash: -p is RLIMIT_NPROC
         script = "; ".join(limits) + '; exec "$@"'
         return ["/bin/sh", "-c", script, _WRAPPER_NAME]
 
@@ -219,15 +248,8 @@ class ProcessExecutor:
         err: TailBuffer,
         parser: ProgressParser | None = None,
     ) -> int:
-        proc = await trio.lowlevel.open_process(
-            argv,
-            cwd=work.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own session and group: pgid == pid
-        )
+        # From the trio thread (see spawn.py); own session and group: pgid == pid.
+        proc = spawn(argv, cwd=work.root, env=env)
         pgid = proc.pid
         pidfile = self._pidfile(execution_id)
         try:
@@ -260,19 +282,30 @@ class ProcessExecutor:
                 for stream in (proc.stdout, proc.stderr):
                     if stream is not None:
                         await stream.aclose()
+                proc.close_pidfd()
                 pidfile.unlink(missing_ok=True)
         assert proc.returncode is not None
         return proc.returncode
 
-    async def _stop_group(self, proc: trio.Process, pgid: int) -> None:
-        """SIGTERM the group, give it ``kill_grace`` to exit, then SIGKILL it."""
+    async def _stop_group(self, proc: Child, pgid: int) -> None:
+        """SIGTERM the group, give it ``kill_grace`` to exit, then SIGKILL it.
+
+        Sandboxed, the group is bwrap's alone (the task has a session of its
+        own inside): SIGTERM goes to every process of the sandbox's pid
+        namespace instead, and SIGKILL to its init, which ends them all."""
+        sandbox_init = _sandbox_init(pgid) if self.sandbox is not None else None
         if proc.returncode is None:
-            _killpg(pgid, signal.SIGTERM)
+            if sandbox_init is not None:
+                _signal_namespace(sandbox_init, signal.SIGTERM)
+            else:
+                _killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.kill_grace):
                 await proc.wait()
                 # The leader is gone; give the rest of the group the same grace.
                 while _group_alive(pgid):
                     await trio.sleep(0.02)
+        if sandbox_init is not None:
+            _kill_pid(sandbox_init, signal.SIGKILL)  # pid 1 gone: the namespace is emptied
         _killpg(pgid, signal.SIGKILL)
         with trio.move_on_after(5.0):  # SIGKILL is prompt; bounded all the same
             await proc.wait()
@@ -310,8 +343,13 @@ class ProcessExecutor:
         return reaped
 
 
-def _describe_exit(returncode: int) -> tuple[int, str]:
-    """trio's returncode -> (exit code as a shell reports it, error text)."""
+def _describe_exit(returncode: int, *, sandboxed: bool = False) -> tuple[int, str]:
+    """A returncode -> (exit code as a shell reports it, error text).
+
+    bwrap reports a task killed by signal N as exit code 128 + N (as a shell
+    does): sandboxed, such a code is read as that signal."""
+    if sandboxed and 128 < returncode < 128 + signal.NSIG:
+        returncode = 128 - returncode
     if returncode >= 0:
         return returncode, "" if returncode == 0 else f"exited with code {returncode}"
     signum = -returncode
@@ -338,6 +376,47 @@ def _killpg(pgid: int, sig: int) -> None:
         pass  # the group is already gone
     except PermissionError:  # a recycled id now owned by someone else: not ours
         log.warning("not allowed to signal process group %d", pgid)
+
+
+def _kill_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _sandbox_init(bwrap_pid: int) -> int | None:
+    """The host pid of the init (pid 1) of the sandbox bwrap ``bwrap_pid`` runs:
+    its child in another pid namespace."""
+    try:
+        own_ns = os.readlink(f"/proc/{bwrap_pid}/ns/pid")
+    except OSError:
+        return None
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _proc_stat(name)
+            if fields and len(fields) > 1 and fields[1] == str(bwrap_pid):
+                try:
+                    if os.readlink(f"/proc/{name}/ns/pid") != own_ns:
+                        return int(name)
+                except OSError:
+                    continue
+    return None
+
+
+def _signal_namespace(init_pid: int, sig: int) -> None:
+    """Send ``sig`` to every process in the pid namespace of ``init_pid``
+    (its init excepted: it only exits with the task)."""
+    try:
+        ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != init_pid:
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") != ns:
+                    continue
+            except OSError:
+                continue
+            _kill_pid(int(name), sig)
 
 
 def _group_alive(pgid: int) -> bool:
