@@ -29,6 +29,8 @@ class DataDirError(OSError):
 def make_private(data_dir: Path) -> None:
     """Create ``data_dir`` (0700) or make the existing one 0700; set umask 077."""
     os.umask(UMASK)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataDirError(f"the data dir {data_dir} is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_MODE)
     except OSError as err:

@@ -1,11 +1,12 @@
 """Spawn a child process from the trio thread itself.
 
-``trio.lowlevel.open_process`` forks from a worker thread.  A child that asks
-for a parent-death signal (bwrap's ``--die-with-parent``) gets it when the
-*thread* that forked it exits, and trio's idle worker threads exit after ten
-seconds: the task would be killed at random.  So the sandboxed executor forks
-here, from the trio thread (a few milliseconds: CPython uses vfork where it
-can), and waits for the exit through a pidfd.
+``trio.lowlevel.open_process`` forks from a worker thread.  prctl(2) says a
+parent-death signal (bwrap's ``--die-with-parent``) is sent when the *thread*
+that forked the child exits, and trio's idle worker threads exit after ten
+seconds.  (The kernel this was tested on did not send it while another thread
+of the process lived, but that is not a promise.)  So the executor forks here,
+from the trio thread (a few milliseconds: CPython uses vfork where it can), and
+waits for the exit through a pidfd.
 """
 
 from __future__ import annotations

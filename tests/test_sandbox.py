@@ -1,0 +1,139 @@
+"""The bwrap sandbox and the private data dir, at the executor level.
+
+Each guard is shown to matter: the same probe without it (``sandbox="none"``,
+``network: host``, a high limit, a planted bug) gives the other answer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pnode.blobs import BlobStore
+from p2pnode.datadir import DataDirError, make_private
+from p2pnode.executors import ProcessExecutor
+from p2pnode.executors.sandbox import (
+    TASK_UID_BASE,
+    TASK_UID_SPAN,
+    SandboxUnavailable,
+    open_sandbox,
+)
+from protocols.events import ExecutionFinished, StartExecution
+
+MIB = 1024 * 1024
+
+
+def _start(command: list[str], eid: str = "e-1", **extra: Any) -> StartExecution:
+    task = {"engine": {"type": "process", "command": command}, **extra}
+    return StartExecution(eid, "job-1", 0, task, {}, 30.0)
+
+
+def _executor(tmp_path: Path, **kwargs: Any) -> ProcessExecutor:
+    data = tmp_path / "data"
+    return ProcessExecutor(data, BlobStore(data), max_output_bytes=MIB, **kwargs)
+
+
+async def _sh(executor: ProcessExecutor, script: str, **extra: Any) -> ExecutionFinished:
+    return await executor.run(_start(["sh", "-c", script], **extra))
+
+
+@pytest.fixture
+def tcp_listener() -> Any:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+async def test_no_network_unless_the_task_asks(tmp_path: Path, tcp_listener: int) -> None:
+    executor = _executor(tmp_path)
+    probe = f"(exec 3<>/dev/tcp/127.0.0.1/{tcp_listener}) 2>/dev/null && echo reached || echo cut"
+    boxed = await _sh(executor, f"bash -c '{probe}'")
+    assert boxed.stdout_tail == "cut\n", boxed
+    host = await _sh(executor, f"bash -c '{probe}'", network="host")
+    assert host.stdout_tail == "reached\n", host
+
+
+async def test_the_data_dir_is_not_in_the_sandbox(tmp_path: Path) -> None:
+    script = 'cat ../../node.key "$DATA/node.key" 2>/dev/null || echo hidden'
+    for mode, expected in (("bwrap", "hidden\n"), ("none", "secret\nsecret\n")):  # both paths
+        executor = _executor(tmp_path / mode, sandbox=mode)
+        (executor.data_dir / "node.key").write_text("secret\n")
+        env = {"DATA": str(executor.data_dir)}
+        start = StartExecution(
+            "e", "j", 0, {"engine": {"type": "process", "command": ["sh", "-c", script]},
+                          "env": env}, env, 30.0,
+        )
+        result = await executor.run(start)
+        assert result.stdout_tail == expected, (mode, result)
+
+
+async def test_a_root_node_runs_each_task_under_a_uid_of_its_own(tmp_path: Path) -> None:
+    result = await _sh(_executor(tmp_path), 'id -u; id -G; touch "$P2PNODE_OUTPUTS/f"')
+    uid, groups = result.stdout_tail.split("\n")[:2]
+    if os.geteuid() == 0:
+        assert TASK_UID_BASE <= int(uid) < TASK_UID_BASE + TASK_UID_SPAN
+        assert groups == uid  # no supplementary group (root's least of all)
+    else:
+        assert int(uid) == os.geteuid()  # in its user namespace, mapped to ours
+    assert result.status == "succeeded", result
+
+
+async def test_the_pids_limit(tmp_path: Path) -> None:
+    fork_many = "for i in $(seq 40); do sleep 2 & done; wait; echo done"
+    limited = await _sh(_executor(tmp_path / "a", pids_limit=16), fork_many)
+    roomy = await _sh(_executor(tmp_path / "b", pids_limit=1024), fork_many)
+    assert roomy.status == "succeeded" and "fork" not in roomy.stderr_tail.lower(), roomy
+    if os.geteuid() != 0:
+        pytest.skip("RLIMIT_NPROC is only a per-task limit when the task has its own uid")
+    assert "fork" in limited.stderr_tail.lower(), limited
+
+
+def test_a_missing_bwrap_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SandboxUnavailable) as caught:
+        open_sandbox("bwrap", tmp_path, path=str(tmp_path))
+    assert "bwrap" in str(caught.value) and "\n" not in str(caught.value)
+    assert open_sandbox("none", tmp_path, path=str(tmp_path)) is None
+
+
+@pytest.fixture
+def restore_umask() -> Any:
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("restore_umask")
+def test_the_data_dir_is_made_private(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    (data / "node.db").write_text("")
+    (data / "node.db").chmod(0o644)
+    make_private(data)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "node.db").stat().st_mode) == 0o600
+    created = data / "new"
+    created.write_text("x")  # the umask now keeps new files private
+    assert stat.S_IMODE(created.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("restore_umask")
+def test_a_data_dir_that_cannot_be_private_is_refused(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(DataDirError, match="not a directory"):
+        make_private(not_a_dir)
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 12345, 12345)
+        with pytest.raises(DataDirError, match="belongs to uid 12345"):
+            make_private(foreign)
