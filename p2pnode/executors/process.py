@@ -4,6 +4,10 @@ How a task runs
 ---------------
 * ``command`` is an argv list, executed directly: no shell, unless the argv
   itself says ``sh -c ...``.
+* By default inside a bubblewrap sandbox (``sandbox.py``: namespaces, no
+  network unless ``network: host``, the data dir out of sight, its own uid on
+  a root node); there its workdir is ``/task`` (cwd, ``HOME``, and the
+  ``P2PNODE_INPUTS/OUTPUTS`` paths).  ``sandbox="none"`` runs it plainly.
 * cwd is a fresh workdir ``<data_dir>/work/<safe id>/`` with ``inputs/`` and
   ``outputs/`` (see ``common``); files left in ``outputs/`` become the result
   manifest, also when the task fails (partial outputs help debugging).
@@ -64,7 +68,11 @@ at once: the task is over.  A descendant that calls ``setsid`` itself escapes
 the group; we do not chase it, but we stop reading its pipes after
 ``drain_grace`` so it cannot hold the execution open.
 
-A session of its own also means the task does *not* die with the node.  So
+Sandboxed, the group is bwrap's alone: SIGTERM goes to every process of the
+task's pid namespace instead and SIGKILL to the namespace's init, so
+``setsid`` does not escape; and bwrap's ``--die-with-parent`` ends the task
+with the node.  Unsandboxed, a session of its own means the task does *not*
+die with the node.  So
 each running execution has a pidfile ``<data_dir>/work/<safe id>.pid``;
 :meth:`ProcessExecutor.reap_stale`, called when a node starts, SIGKILLs the
 groups whose pidfiles remain.  It only kills a group that still has a member
