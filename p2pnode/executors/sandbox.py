@@ -152,8 +152,6 @@ class BwrapSandbox:
             "--unshare-cgroup-try",
             "--die-with-parent",
             "--new-session",
-            "--hostname",
-            "p2pnode-task",
         ]
         if network != "host":
             args.append("--unshare-net")

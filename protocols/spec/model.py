@@ -350,6 +350,8 @@ def _describe_task(task: TaskSpec) -> str:
     ]
     if task.resources != Resources():
         parts.append(f"{task.resources.cpu:g} cpu, {format_size(task.resources.memory_bytes)}")
+    if task.network == "host":
+        parts.append("host network")
     return ", ".join(parts)
 
 
