@@ -280,3 +280,13 @@ def test_a_missing_bwrap_is_one_line_and_exit_6(tmp_path: Path) -> None:
         node.send_signal(signal.SIGTERM)
         _out, err = node.communicate(timeout=30)
     assert err.startswith("warning: --sandbox none"), err
+
+
+def test_a_missing_sandbox_ro_path_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        cli_argv("serve", "--data-dir", tmp_path / "d", "--executors", "process",
+                 "--sandbox-ro", tmp_path / "nope"),
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )
+    assert done.returncode == 2, done
+    assert "--sandbox-ro" in done.stderr and "does not exist" in done.stderr, done.stderr

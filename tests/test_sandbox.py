@@ -110,6 +110,36 @@ def restore_umask() -> Any:
     os.umask(old)
 
 
+def test_a_read_only_path_inside_the_data_dir_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "blobs").mkdir(parents=True)
+    with pytest.raises(SandboxUnavailable, match="inside the data dir"):
+        open_sandbox("bwrap", data, ro_paths=[str(data / "blobs")])
+    assert open_sandbox("bwrap", data, ro_paths=[str(tmp_path / "nope")]) is not None
+
+
+async def test_a_read_only_path_holding_the_data_dir_does_not_show_it(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    executor = _executor(tmp_path, sandbox_ro_paths=(str(tmp_path),))
+    (executor.data_dir / "node.key").write_text("secret\n")
+    probe = f"ls {tmp_path}; cat {executor.data_dir}/node.key || echo hidden"
+    result = await _sh(executor, probe)
+    assert result.stdout_tail == "data\nhidden\n", result
+
+
+async def test_a_read_only_path_is_readable_not_writable(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    (shared / "tool.txt").write_text("tool\n")
+    (shared / "tool.txt").chmod(0o644)
+    executor = _executor(tmp_path, sandbox_ro_paths=(str(shared),))
+    result = await _sh(executor, f"cat {shared}/tool.txt; touch {shared}/x || echo read-only")
+    assert result.stdout_tail == "tool\nread-only\n", result
+    unshared = await _sh(_executor(tmp_path / "b"), f"cat {shared}/tool.txt || echo absent")
+    assert unshared.stdout_tail == "absent\n", unshared
+
+
 @pytest.mark.usefixtures("restore_umask")
 def test_the_data_dir_is_made_private(tmp_path: Path) -> None:
     data = tmp_path / "d"

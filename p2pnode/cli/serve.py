@@ -69,6 +69,7 @@ EXIT_NO_SANDBOX = 6  # --sandbox bwrap asked for (the default) and bwrap cannot 
 @click.option(
     "--sandbox-ro",
     multiple=True,
+    type=click.Path(exists=True),
     metavar="PATH",
     help="Extra host path sandboxed tasks may read (repeatable).",
 )

@@ -160,6 +160,8 @@ class BwrapSandbox:
             args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         else:
             args.append("--unshare-user")
+        # /tmp first: an operator's --sandbox-ro path may lie under it.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         # bwrap creates missing parents 0700, which the task's uid could not
         # cross: make them 0755 (they are empty, on bwrap's own tmpfs).
         for parent in _parents_to_create(self.ro_paths):
@@ -169,7 +171,6 @@ class BwrapSandbox:
                 args += ["--symlink", os.readlink(path), path]
             else:
                 args += ["--ro-bind", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         if any(Path(p) == self.data_dir or Path(p) in self.data_dir.parents for p in self.ro_paths):
             args += ["--tmpfs", str(self.data_dir)]  # under a bound path: cover it
         inside = f"{TASK_WORKDIR}/{inputs.relative_to(workdir)}"
