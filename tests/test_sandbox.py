@@ -95,6 +95,15 @@ async def test_the_pids_limit(tmp_path: Path) -> None:
     assert "fork" in limited.stderr_tail.lower(), limited
 
 
+async def test_the_private_tmp_is_bounded_by_the_task_memory(tmp_path: Path) -> None:
+    """A tmpfs is RAM that RLIMIT_AS does not count: /tmp is capped at ``memory``."""
+    fill = "head -c 50000000 /dev/zero > /tmp/fill && echo written"
+    small = await _sh(_executor(tmp_path / "a"), fill, resources={"memory": 32 * MIB})
+    assert small.status == "failed" and "No space left" in small.stderr_tail, small
+    large = await _sh(_executor(tmp_path / "b"), fill, resources={"memory": 128 * MIB})
+    assert large.stdout_tail == "written\n", large
+
+
 def test_a_missing_bwrap_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SandboxUnavailable) as caught:
         open_sandbox("bwrap", tmp_path, path=str(tmp_path))

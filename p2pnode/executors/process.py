@@ -199,6 +199,7 @@ class ProcessExecutor:
                     network=task.network,
                     uid=uid,
                     command=argv,
+                    tmp_bytes=task.resources.memory_bytes,
                 )
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()

@@ -11,10 +11,10 @@ What a sandboxed task sees
   (``sys.prefix``, ``sys.base_prefix``: tasks often run ``python``) bound
   read-only, plus ``ro_paths`` chosen by the operator; a fresh ``/proc`` (its
   own pid namespace: the node's processes are not in it), a minimal ``/dev``,
-  and a private ``/tmp`` (tmpfs).  Nothing else of the host exists in there:
-  not ``/home``, ``/root``, ``/run`` (so no Docker socket), nor the node's
-  data dir, which is also covered by an empty tmpfs in case it lies under one
-  of the bound paths.
+  and a private, writable ``/tmp`` (tmpfs, 1777, as large as the task's
+  ``memory``).  Nothing else of the host exists in there: not ``/home``,
+  ``/root``, ``/run`` (so no Docker socket), nor the node's data dir, which is
+  also covered by an empty tmpfs in case it lies under one of the bound paths.
 * Its workdir at ``/task`` (``TASK_WORKDIR``; also cwd and ``HOME``):
   read-write (scratch space, ``outputs/``) with ``inputs/`` re-mounted
   read-only over it; ``P2PNODE_INPUTS``/``P2PNODE_OUTPUTS`` say
@@ -143,7 +143,10 @@ class BwrapSandbox:
         network: str,
         uid: int,
         command: Sequence[str],
+        tmp_bytes: int = 64 * 1024 * 1024,
     ) -> list[str]:
+        """``tmp_bytes``: the size of the private /tmp (a tmpfs is RAM that
+        RLIMIT_AS does not count: the executor passes the task's memory)."""
         args = [
             self.bwrap,
             "--unshare-pid",
@@ -161,7 +164,8 @@ class BwrapSandbox:
         else:
             args.append("--unshare-user")
         # /tmp first: an operator's --sandbox-ro path may lie under it.
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
+        args += ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
         # bwrap creates missing parents 0700, which the task's uid could not
         # cross: make them 0755 (they are empty, on bwrap's own tmpfs).
         for parent in _parents_to_create(self.ro_paths):
