@@ -102,6 +102,8 @@ async def test_the_private_tmp_is_bounded_by_the_task_memory(tmp_path: Path) -> 
     assert small.status == "failed" and "No space left" in small.stderr_tail, small
     large = await _sh(_executor(tmp_path / "b"), fill, resources={"memory": 128 * MIB})
     assert large.stdout_tail == "written\n", large
+    shm = await _sh(_executor(tmp_path / "c"), "echo x > /dev/shm/x && echo shared")
+    assert shm.stdout_tail == "shared\n", shm  # (python's multiprocessing needs it)
 
 
 def test_a_missing_bwrap_is_one_line(tmp_path: Path) -> None:

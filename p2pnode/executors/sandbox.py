@@ -11,8 +11,8 @@ What a sandboxed task sees
   (``sys.prefix``, ``sys.base_prefix``: tasks often run ``python``) bound
   read-only, plus ``ro_paths`` chosen by the operator; a fresh ``/proc`` (its
   own pid namespace: the node's processes are not in it), a minimal ``/dev``,
-  and a private, writable ``/tmp`` (tmpfs, 1777, as large as the task's
-  ``memory``).  Nothing else of the host exists in there: not ``/home``,
+  and a private, writable ``/tmp`` and ``/dev/shm`` (tmpfs, 1777, each as
+  large as the task's ``memory``).  Nothing else of the host exists in there: not ``/home``,
   ``/root``, ``/run`` (so no Docker socket), nor the node's data dir, which is
   also covered by an empty tmpfs in case it lies under one of the bound paths.
 * Its workdir at ``/task`` (``TASK_WORKDIR``; also cwd and ``HOME``):
@@ -164,8 +164,9 @@ class BwrapSandbox:
         else:
             args.append("--unshare-user")
         # /tmp first: an operator's --sandbox-ro path may lie under it.
-        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
-        args += ["--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for scratch in ("/tmp", "/dev/shm"):
+            args += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", scratch]
         # bwrap creates missing parents 0700, which the task's uid could not
         # cross: make them 0755 (they are empty, on bwrap's own tmpfs).
         for parent in _parents_to_create(self.ro_paths):
