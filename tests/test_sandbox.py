@@ -7,6 +7,7 @@ Each guard is shown to matter: the same probe without it (``sandbox="none"``,
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 from pathlib import Path
@@ -24,6 +25,7 @@ from p2pnode.executors.sandbox import (
     open_sandbox,
 )
 from protocols.events import ExecutionFinished, StartExecution
+from tests.realnet import pids_with_env
 
 MIB = 1024 * 1024
 
@@ -104,6 +106,28 @@ async def test_the_private_tmp_is_bounded_by_the_task_memory(tmp_path: Path) -> 
     assert large.stdout_tail == "written\n", large
     shm = await _sh(_executor(tmp_path / "c"), "echo x > /dev/shm/x && echo shared")
     assert shm.stdout_tail == "shared\n", shm  # (python's multiprocessing needs it)
+
+
+ESCAPE = (
+    'setsid sleep 300 & (sh -c "sleep 301 &" &); nohup sleep 302 >/dev/null 2>&1 & '
+    "sleep 0.3; echo bye"
+)
+
+
+async def test_nothing_a_task_started_outlives_its_end(tmp_path: Path) -> None:
+    eid = "escape-1"
+    marker = f"P2PNODE_EXECUTION_ID={eid}"
+    boxed = await _executor(tmp_path / "a").run(_start(["sh", "-c", ESCAPE], eid=eid))
+    assert boxed.stdout_tail == "bye\n"
+    assert pids_with_env(marker) == []  # setsid, double fork, nohup: all gone
+    # Without the sandbox the setsid and double-forked sleepers escape the
+    # process group: the check above can see survivors.
+    plain = _executor(tmp_path / "b", sandbox="none")
+    await plain.run(_start(["sh", "-c", ESCAPE], eid=eid))
+    survivors = pids_with_env(marker)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors
 
 
 def test_a_missing_bwrap_is_one_line(tmp_path: Path) -> None:
