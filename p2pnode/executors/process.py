@@ -302,7 +302,8 @@ class ProcessExecutor:
         Sandboxed, the group is bwrap's alone (the task has a session of its
         own inside): SIGTERM goes to every process of the sandbox's pid
         namespace instead, and SIGKILL to its init, which ends them all."""
-        sandbox_init = _sandbox_init(pgid) if self.sandbox is not None else None
+        running = proc.returncode is None  # else bwrap is gone and its namespace with it
+        sandbox_init = _sandbox_init(pgid) if self.sandbox is not None and running else None
         if proc.returncode is None:
             if sandbox_init is not None:
                 _signal_namespace(sandbox_init, signal.SIGTERM)
