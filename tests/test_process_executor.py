@@ -311,6 +311,12 @@ async def test_reap_stale_kills_groups_left_by_a_crashed_node(
         outputs = data_dir / "work" / safe_name("crashy") / "outputs"
         leader = int(await _wait_for_file(outputs / "leader", timeout=30))
         child = int(await _wait_for_file(outputs / "child"))
+        # The pidfile is written just after the spawn, so the task may get this
+        # far first (a crash in between is the documented unrecorded case).
+        pidfile = data_dir / "work" / f"{safe_name('crashy')}.pid"
+        with trio.fail_after(10):
+            while not pidfile.exists():
+                await trio.sleep(0.01)
         node.kill()  # the node crashes: no cleanup runs
         node.wait()
         assert _alive(leader) and _alive(child)  # own session: they survive it

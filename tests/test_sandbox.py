@@ -6,6 +6,7 @@ Each guard is shown to matter: the same probe without it (``sandbox="none"``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,11 +14,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+import trio
 
 from p2pnode.blobs import BlobStore
 from p2pnode.datadir import DataDirError, make_private
-from p2pnode.executors import ProcessExecutor
+from p2pnode.executors import ProcessExecutor, cgroups
 from p2pnode.executors.sandbox import (
     TASK_UID_BASE,
     TASK_UID_SPAN,
@@ -100,7 +103,10 @@ async def test_the_pids_limit(tmp_path: Path) -> None:
 async def test_the_private_tmp_is_bounded_by_the_task_memory(tmp_path: Path) -> None:
     """A tmpfs is RAM that RLIMIT_AS does not count: /tmp is capped at ``memory``."""
     fill = "head -c 50000000 /dev/zero > /tmp/fill && echo written"
-    small = await _sh(_executor(tmp_path / "a"), fill, resources={"memory": 32 * MIB})
+    # (cgroups off: where there are some, the memory cgroup would kill it first)
+    small = await _sh(
+        _executor(tmp_path / "a", use_cgroups=False), fill, resources={"memory": 32 * MIB}
+    )
     assert small.status == "failed" and "No space left" in small.stderr_tail, small
     large = await _sh(_executor(tmp_path / "b"), fill, resources={"memory": 128 * MIB})
     assert large.stdout_tail == "written\n", large
@@ -202,3 +208,73 @@ def test_a_data_dir_that_cannot_be_private_is_refused(tmp_path: Path) -> None:
         os.chown(foreign, 12345, 12345)
         with pytest.raises(DataDirError, match="belongs to uid 12345"):
             make_private(foreign)
+
+
+# --- cgroup limits (where the node may create cgroups) ------------------------------
+
+needs_cgroups = pytest.mark.skipif(
+    cgroups.detect() is None, reason="no writable cgroup hierarchy here: rlimits only"
+)
+FILL_BOTH_TMPFS = (
+    "head -c 40000000 /dev/zero > /tmp/a && head -c 40000000 /dev/zero > /dev/shm/b"
+    " && echo filled"
+)
+
+
+@needs_cgroups
+async def test_the_memory_cgroup_counts_what_rlimit_as_does_not(tmp_path: Path) -> None:
+    """80 MB of tmpfs pages (two 40 MB files: each tmpfs alone fits the
+    64 MiB) are RAM outside the address space; only the cgroup sees them."""
+    resources = {"cpu": 0.5, "memory": 64 * MIB}
+    limited = await _sh(_executor(tmp_path / "a"), FILL_BOTH_TMPFS, resources=resources)
+    assert limited.status == "failed", limited
+    assert limited.error == f"killed: out of memory (limit {64 * MIB} bytes)", limited
+    unlimited = await _sh(
+        _executor(tmp_path / "b", use_cgroups=False), FILL_BOTH_TMPFS, resources=resources
+    )
+    assert unlimited.stdout_tail == "filled\n", unlimited
+
+
+@needs_cgroups
+async def test_the_pids_cgroup_limits_a_task_that_shares_the_node_uid(tmp_path: Path) -> None:
+    """A node that is not root has no per-task uid, so no RLIMIT_NPROC: here
+    the pids cgroup is the limit (the sandbox is switched to that mode)."""
+    fork_many = "for i in $(seq 40); do sleep 2 & done; wait; echo done"
+    results = []
+    for use in (True, False):
+        executor = _executor(tmp_path / str(use), pids_limit=16, use_cgroups=use)
+        assert executor.sandbox is not None
+        executor.sandbox = attrs.evolve(executor.sandbox, setpriv=None)  # user namespace
+        results.append(await _sh(executor, fork_many))
+    limited, unlimited = results
+    assert "fork" in limited.stderr_tail.lower(), limited
+    assert "fork" not in unlimited.stderr_tail.lower() and unlimited.status == "succeeded"
+
+
+@needs_cgroups
+async def test_the_cpu_quota_and_limits_are_written_and_the_cgroup_removed(
+    tmp_path: Path,
+) -> None:
+    executor = _executor(tmp_path, pids_limit=77)
+    assert executor.cgroups is not None
+    seen: dict[str, str] = {}
+    task = {"cpu": 0.25, "memory": 96 * MIB}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: _sh(executor, "sleep 1", resources=task)  # type: ignore[arg-type]
+        )
+        with trio.fail_after(20):
+            while len(seen) < 3:
+                await trio.sleep(0.05)
+                for _controller, base in executor.cgroups.bases:
+                    for leaf in base.glob("e-1-*"):
+                        for name in ("pids.max", "memory.limit_in_bytes", "memory.max",
+                                     "cpu.cfs_quota_us", "cpu.max"):
+                            with contextlib.suppress(OSError):
+                                seen[name] = (leaf / name).read_text().strip()
+                    seen.pop("memory.swap.max", None)
+    assert seen.get("pids.max") == "77"
+    assert seen.get("memory.limit_in_bytes", seen.get("memory.max")) == str(96 * MIB)
+    assert seen.get("cpu.cfs_quota_us", seen.get("cpu.max", "").split(" ")[0]) == "25000"
+    for _controller, base in executor.cgroups.bases:
+        assert [p for p in base.iterdir() if p.is_dir()] == []  # removed after the task

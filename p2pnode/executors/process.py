@@ -100,6 +100,7 @@ import trio
 
 from p2pnode.blobs import BlobStore
 from p2pnode.executor import current_progress
+from p2pnode.executors import cgroups
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
@@ -146,6 +147,7 @@ class ProcessExecutor:
         sandbox: str | BwrapSandbox | None = "bwrap",
         sandbox_ro_paths: tuple[str, ...] = (),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        use_cgroups: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.blobs = blobs
@@ -165,6 +167,11 @@ class ProcessExecutor:
             open_sandbox(sandbox, self.data_dir, ro_paths=sandbox_ro_paths)
             if isinstance(sandbox, str)
             else sandbox
+        )
+        # Sandboxed tasks also get a cgroup each where the node may create them.
+        node_key = safe_name(str(self.data_dir.resolve()))[-12:]  # its hash part
+        self.cgroups = (
+            cgroups.detect(node_key) if self.sandbox is not None and use_cgroups else None
         )
 
     # --- running -----------------------------------------------------------------
@@ -201,14 +208,34 @@ class ProcessExecutor:
                     command=argv,
                     tmp_bytes=task.resources.memory_bytes,
                 )
+            cgroup = None
+            if self.cgroups is not None:
+                try:
+                    cgroup = self.cgroups.create(
+                        safe_name(start.execution_id),
+                        pids=self.pids_limit,
+                        memory=task.resources.memory_bytes,
+                        cpu=task.resources.cpu,
+                    )
+                    argv = cgroup.join_prefix() + argv
+                except OSError as err:  # the rlimits still hold
+                    log.warning("no cgroup for %s (%s): rlimits only", start.execution_id, err)
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
-            returncode = await self._run_process(
-                start.execution_id, argv, env, work, out, err, parser
-            )
+            try:
+                returncode = await self._run_process(
+                    start.execution_id, argv, env, work, out, err, parser
+                )
+                oom = cgroup is not None and cgroup.out_of_memory()
+            finally:
+                if cgroup is not None:
+                    with trio.CancelScope(shield=True):
+                        await _remove_cgroup(cgroup)
 
             exit_code, error = _describe_exit(returncode, sandboxed=self.sandbox is not None)
+            if oom and exit_code != 0:
+                error = f"killed: out of memory (limit {task.resources.memory_bytes} bytes)"
             finished = await finish_with_outputs(
                 self.blobs,
                 work,
@@ -350,6 +377,11 @@ class ProcessExecutor:
             workdir = pidfile.with_suffix("")
             if workdir.is_dir():
                 Workdir(workdir, workdir / "inputs", workdir / "outputs").remove()
+        if self.cgroups is not None:  # cgroups of executions a crash left behind
+            for _controller, base in self.cgroups.bases:
+                for leftover in base.iterdir():
+                    if leftover.is_dir():
+                        cgroups.TaskCgroup((leftover,)).remove()
         return reaped
 
 
@@ -386,6 +418,16 @@ def _killpg(pgid: int, sig: int) -> None:
         pass  # the group is already gone
     except PermissionError:  # a recycled id now owned by someone else: not ours
         log.warning("not allowed to signal process group %d", pgid)
+
+
+async def _remove_cgroup(cgroup: cgroups.TaskCgroup) -> None:
+    """rmdir once the kernel has finished killing the namespace's processes."""
+    for _ in range(100):
+        if all(not (d / "cgroup.procs").exists() or not (d / "cgroup.procs").read_text().strip()
+               for d in cgroup.dirs):
+            break
+        await trio.sleep(0.02)
+    cgroup.remove()
 
 
 def _kill_pid(pid: int, sig: int) -> None:
