@@ -218,8 +218,10 @@ class ProcessExecutor:
                         cpu=task.resources.cpu,
                     )
                     argv = cgroup.join_prefix() + argv
-                except OSError as err:  # the rlimits still hold
-                    log.warning("no cgroup for %s (%s): rlimits only", start.execution_id, err)
+                except OSError as cgroup_error:  # the rlimits still hold
+                    log.warning(
+                        "no cgroup for %s (%s): rlimits only", start.execution_id, cgroup_error
+                    )
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
