@@ -252,7 +252,7 @@ async def test_the_pids_cgroup_limits_a_task_that_shares_the_node_uid(tmp_path: 
 
 
 @needs_cgroups
-async def test_the_cpu_quota_and_limits_are_written_and_the_cgroup_removed(
+async def test_the_limits_are_written_and_the_cgroup_removed(
     tmp_path: Path,
 ) -> None:
     executor = _executor(tmp_path, pids_limit=77)
@@ -264,17 +264,15 @@ async def test_the_cpu_quota_and_limits_are_written_and_the_cgroup_removed(
             lambda: _sh(executor, "sleep 1", resources=task)  # type: ignore[arg-type]
         )
         with trio.fail_after(20):
-            while len(seen) < 3:
+            while len(seen) < 2:
                 await trio.sleep(0.05)
                 for _controller, base in executor.cgroups.bases:
                     for leaf in base.glob("e-1-*"):
-                        for name in ("pids.max", "memory.limit_in_bytes", "memory.max",
-                                     "cpu.cfs_quota_us", "cpu.max"):
+                        for name in ("pids.max", "memory.limit_in_bytes", "memory.max"):
                             with contextlib.suppress(OSError):
                                 seen[name] = (leaf / name).read_text().strip()
                     seen.pop("memory.swap.max", None)
     assert seen.get("pids.max") == "77"
     assert seen.get("memory.limit_in_bytes", seen.get("memory.max")) == str(96 * MIB)
-    assert seen.get("cpu.cfs_quota_us", seen.get("cpu.max", "").split(" ")[0]) == "25000"
     for _controller, base in executor.cgroups.bases:
         assert [p for p in base.iterdir() if p.is_dir()] == []  # removed after the task

@@ -8,8 +8,10 @@ everything the task starts:
   node's per-task uid);
 * ``memory``: ``resources.memory`` of resident memory, page cache and tmpfs
   pages included (``RLIMIT_AS`` bounds address space only);
-* ``cpu``: a quota of ``resources.cpu`` cores (``RLIMIT_CPU`` only bounds
-  the total CPU time).
+
+No CPU quota: ``resources.cpu`` is what the auction reserves (0.1 core by
+default) and a hard quota that low makes an interpreter's start-up take
+seconds; ``RLIMIT_CPU`` (timeout x cpu of CPU time) bounds the total instead.
 
 cgroup v1 (one hierarchy per controller) and v2 are both handled.  On v2 a
 non-root cgroup cannot both hold processes and delegate controllers to
@@ -37,9 +39,8 @@ __all__ = ["CgroupLimits", "TaskCgroup", "detect"]
 log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
-CONTROLLERS = ("pids", "memory", "cpu")
+CONTROLLERS = ("pids", "memory")
 GROUP = "p2pnode"  # <own cgroup>/p2pnode/<node key>/<execution>
-CPU_PERIOD_US = 100_000
 
 
 @attrs.frozen
@@ -87,14 +88,14 @@ class CgroupLimits:
                 enable = " ".join(f"+{c}" for c in CONTROLLERS)
                 (base / "cgroup.subtree_control").write_text(enable)
 
-    def create(self, name: str, *, pids: int, memory: int, cpu: float) -> TaskCgroup:
+    def create(self, name: str, *, pids: int, memory: int) -> TaskCgroup:
         """A fresh cgroup per hierarchy with the limits written; raises OSError."""
         try:
-            return self._create(name, pids=pids, memory=memory, cpu=cpu)
+            return self._create(name, pids=pids, memory=memory)
         except FileNotFoundError:  # our idle subtree swept meanwhile: once more
-            return self._create(name, pids=pids, memory=memory, cpu=cpu)
+            return self._create(name, pids=pids, memory=memory)
 
-    def _create(self, name: str, *, pids: int, memory: int, cpu: float) -> TaskCgroup:
+    def _create(self, name: str, *, pids: int, memory: int) -> TaskCgroup:
         dirs: list[Path] = []
         self.ensure_bases()
         try:
@@ -105,27 +106,23 @@ class CgroupLimits:
                         path.rmdir()
                     path.mkdir()
                     dirs.append(path)
-                _write_limit(self.version, controller, path, pids=pids, memory=memory, cpu=cpu)
+                _write_limit(self.version, controller, path, pids=pids, memory=memory)
         except OSError:
             TaskCgroup(tuple(dirs)).remove()
             raise
         return TaskCgroup(tuple(dirs))
 
 
-def _write_limit(version: int, controller: str, path: Path, *, pids: int, memory: int,
-                 cpu: float) -> None:
-    quota = max(1000, round(cpu * CPU_PERIOD_US))
+def _write_limit(version: int, controller: str, path: Path, *, pids: int, memory: int) -> None:
     if version == 2:
         values = {
             "pids": {"pids.max": str(pids)},
             "memory": {"memory.max": str(memory), "memory.swap.max": "0"},
-            "cpu": {"cpu.max": f"{quota} {CPU_PERIOD_US}"},
         }[controller]
     else:
         values = {
             "pids": {"pids.max": str(pids)},
             "memory": {"memory.limit_in_bytes": str(memory)},
-            "cpu": {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)},
         }[controller]
     for name, value in values.items():
         file = path / name
@@ -153,11 +150,8 @@ def detect(node_key: str = "") -> CgroupLimits | None:
         limits = _detect()
         if limits is None or not node_key:
             return limits
-        for _controller, base in limits.bases:  # other nodes' idle subtrees: swept
-            for sibling in base.iterdir():
-                if sibling.is_dir() and sibling.name != node_key:
-                    with contextlib.suppress(OSError):  # busy (tasks in it): kept
-                        sibling.rmdir()
+        # Other nodes' subtrees are left alone (one empty directory per data
+        # dir that ever ran tasks): removing an idle one races with its node.
         node = CgroupLimits(
             limits.version, tuple((c, base / node_key) for c, base in limits.bases)
         )

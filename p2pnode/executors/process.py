@@ -215,7 +215,6 @@ class ProcessExecutor:
                         safe_name(start.execution_id),
                         pids=self.pids_limit,
                         memory=task.resources.memory_bytes,
-                        cpu=task.resources.cpu,
                     )
                     argv = cgroup.join_prefix() + argv
                 except OSError as cgroup_error:  # the rlimits still hold
@@ -381,9 +380,10 @@ class ProcessExecutor:
                 Workdir(workdir, workdir / "inputs", workdir / "outputs").remove()
         if self.cgroups is not None:  # cgroups of executions a crash left behind
             for _controller, base in self.cgroups.bases:
-                for leftover in base.iterdir():
-                    if leftover.is_dir():
-                        cgroups.TaskCgroup((leftover,)).remove()
+                with contextlib.suppress(OSError):
+                    for leftover in base.iterdir():
+                        if leftover.is_dir():
+                            cgroups.TaskCgroup((leftover,)).remove()
         return reaped
 
 

@@ -59,8 +59,8 @@ files, and, when the task has a uid of its own (root node), the number of
 processes (``RLIMIT_NPROC`` = ``pids_limit``; it counts per uid, so it is
 only a per-task limit when the uid is the task's own).  Where the node may
 create cgroups (``cgroups.py``: v1, or v2 from the root cgroup or a
-delegated one), also a cgroup per execution: pids, memory (tmpfs pages
-included) and a CPU quota.
+delegated one), also a cgroup per execution: pids and memory (tmpfs pages
+included).
 """
 
 from __future__ import annotations
