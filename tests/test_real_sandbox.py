@@ -199,7 +199,7 @@ def test_nothing_outlives_a_lost_lease_nor_a_sigkilled_node(tmp_path: Path) -> N
         owner.kill()
         c.wait_until(lambda: not pids_with_env(marker), timeout=30, what="every process gone")
 
-        owner.start()
+        owner.start([*owner.args, "--bootstrap", holder.addrs[0]])  # on a new port
         owner.wait_ready()
         c.wait_connected([owner, holder])
         # The holder SIGKILLed: its tasks die with it (bwrap --die-with-parent),
