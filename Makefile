@@ -31,18 +31,20 @@ help:
 
 venv: sysdeps $(STAMP)
 
-# py-libp2p compiles fastecdsa against GMP.  On a fresh Debian machine install
-# the system packages when they are missing (as root), else say what to install.
+# py-libp2p compiles fastecdsa against GMP; bubblewrap sandboxes the process
+# executor.  On a fresh Debian machine install the system packages when they
+# are missing (as root), else say what to install.
 sysdeps:
 	@if ! command -v gcc >/dev/null || [ -z "$$(ls /usr/include/gmp.h /usr/include/*/gmp.h 2>/dev/null)" ] \
+	    || ! command -v bwrap >/dev/null \
 	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing gcc, libgmp-dev, python3-venv (apt-get)"; \
+			echo "installing gcc, libgmp-dev, python3-venv, bubblewrap (apt-get)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-				gcc libgmp-dev python3-venv >/dev/null; \
+				gcc libgmp-dev python3-venv bubblewrap >/dev/null; \
 		else \
-			echo "missing system packages: install gcc, libgmp-dev and python3-venv" >&2; exit 1; \
+			echo "missing system packages: install gcc, libgmp-dev, python3-venv and bubblewrap" >&2; exit 1; \
 		fi; \
 	fi
 

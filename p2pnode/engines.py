@@ -17,6 +17,7 @@ import trio
 from p2pnode.blobs import BlobStore, ManifestEntry
 from p2pnode.executor import Executor
 from p2pnode.executors.common import clip_error
+from p2pnode.executors.sandbox import BwrapSandbox
 from p2pnode.inputs import InputError, InputFetcher
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import TaskSpec
@@ -115,14 +116,28 @@ class EngineRouter:
 
 
 def build_executors(
-    names: Iterable[str], data_dir: Path, blobs: BlobStore, node_id: str
+    names: Iterable[str],
+    data_dir: Path,
+    blobs: BlobStore,
+    node_id: str,
+    *,
+    sandbox: str | BwrapSandbox | None = "bwrap",
+    sandbox_ro_paths: tuple[str, ...] = (),
 ) -> dict[str, Executor]:
+    """``sandbox``: the process executor's (a mode, bwrap or none, or one
+    already opened).  Raises ``SandboxUnavailable`` when it cannot work here."""
     executors: dict[str, Executor] = {}
     for name in names:
         if name == "process":
             from p2pnode.executors.process import ProcessExecutor
 
-            executors[name] = ProcessExecutor(data_dir, blobs, max_output_bytes=MAX_OUTPUT_BYTES)
+            executors[name] = ProcessExecutor(
+                data_dir,
+                blobs,
+                max_output_bytes=MAX_OUTPUT_BYTES,
+                sandbox=sandbox,
+                sandbox_ro_paths=sandbox_ro_paths,
+            )
         elif name == "docker":
             from p2pnode.executors.docker import DockerExecutor
 

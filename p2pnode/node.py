@@ -25,14 +25,16 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import multiaddr
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.datadir import make_private
 from p2pnode.engines import EngineRouter, build_executors
+from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
 from p2pnode.items import read_items
@@ -90,6 +92,10 @@ class NodeSettings:
     # Fault injection for tests: incoming frames of these message types are
     # dropped as if lost (e.g. "handover_offer": a node that never accepts).
     fault_drop: tuple[str, ...] = ()
+    # The process executor's sandbox: "bwrap" (default) or "none" (tasks run
+    # as plain processes with the node's uid: only for trusted peers).
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    sandbox_ro_paths: tuple[str, ...] = ()  # extra host paths tasks may read
 
     def __attrs_post_init__(self) -> None:
         unknown = [e for e in self.executors if e not in KNOWN_EXECUTORS]
@@ -397,8 +403,14 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
     """
     ensure_ports_free(settings.listen)
     data_dir = settings.data_dir.resolve()  # tasks run elsewhere: paths must be absolute
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(data_dir)
     key = load_or_create_key(data_dir)
+    # Checked before the network starts: a missing bwrap is one clear error.
+    sandbox = (
+        open_sandbox(settings.sandbox, data_dir, ro_paths=settings.sandbox_ro_paths)
+        if "process" in settings.executors
+        else None
+    )
     store = SqliteStore(data_dir / "node.db")
     try:
         blobs = BlobStore(data_dir)
@@ -427,7 +439,13 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
             )
             seed = settings.seed if settings.seed is not None else secrets.randbits(63)
             core = NodeCore(config, seed, records, keys=Libp2pKeyring(key))
-            executors = build_executors(settings.executors, data_dir, blobs, transport.local_id)
+            executors = build_executors(
+                settings.executors,
+                data_dir,
+                blobs,
+                transport.local_id,
+                sandbox=sandbox,
+            )
             fetcher = InputFetcher(blobs, transport)
             router = EngineRouter(executors, inputs=fetcher)
             await router.reap_stale()

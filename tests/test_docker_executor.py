@@ -145,6 +145,26 @@ async def test_no_network_by_default(executor: DockerExecutor, busybox_image: st
     assert "1 packets received" in bridged.stdout_tail
 
 
+async def test_network_host_only_when_the_task_asks(
+    executor: DockerExecutor, busybox_image: str
+) -> None:
+    probe = ["sh", "-c", "ls /sys/class/net"]
+    boxed = await executor.run(_start(_task(busybox_image, probe)))
+    assert boxed.stdout_tail.split() == ["lo"]
+    host = await executor.run(_start(_task(busybox_image, probe, network="host")))
+    assert len(host.stdout_tail.split()) > 1, host.stdout_tail  # the host's interfaces
+
+
+async def test_the_container_never_sees_the_data_dir(
+    executor: DockerExecutor, busybox_image: str
+) -> None:
+    secret = executor.data_dir / "node.key"
+    secret.write_text("not for tasks")
+    probe = "find / -path /proc -prune -o -path /sys -prune -o -name node.key -print; echo end"
+    result = await executor.run(_start(_task(busybox_image, ["sh", "-c", probe])))
+    assert result.stdout_tail == "end\n", result
+
+
 async def test_limits_labels_mounts_and_cancel_removes_the_container(
     executor: DockerExecutor, busybox_image: str, docker_client: Any, node_id: str
 ) -> None:
@@ -163,6 +183,7 @@ async def test_limits_labels_mounts_and_cancel_removes_the_container(
             assert host["PidsLimit"] == 1024
             assert "no-new-privileges" in host["SecurityOpt"]
             binds = {b.split(":")[1]: b for b in host["Binds"]}
+            assert set(binds) == {"/inputs", "/outputs"}  # nothing else of the host
             assert binds["/inputs"].endswith(":ro") and binds["/outputs"].endswith(":rw")
             labels = container.labels
             assert labels[LABEL_EXECUTION] == start.execution_id

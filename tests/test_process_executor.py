@@ -39,7 +39,16 @@ def blobs(tmp_path: Path) -> BlobStore:
 
 @pytest.fixture
 def executor(tmp_path: Path, blobs: BlobStore) -> ProcessExecutor:
+    """The default: tasks run in the bwrap sandbox."""
     return ProcessExecutor(tmp_path / "data", blobs, max_output_bytes=64 * MIB, kill_grace=0.5)
+
+
+@pytest.fixture
+def plain_executor(tmp_path: Path, blobs: BlobStore) -> ProcessExecutor:
+    """``--sandbox none``: plain processes, whose pids the host sees as they print them."""
+    return ProcessExecutor(
+        tmp_path / "data", blobs, max_output_bytes=64 * MIB, kill_grace=0.5, sandbox="none"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -114,9 +123,11 @@ async def test_keep_failed_workdirs(tmp_path: Path, blobs: BlobStore) -> None:
     assert not _workdir(executor, "good").exists()
 
 
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
 async def test_env_is_clean_and_complete(
-    executor: ProcessExecutor, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, blobs: BlobStore, sandbox: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    executor = ProcessExecutor(tmp_path / "data", blobs, max_output_bytes=MIB, sandbox=sandbox)
     monkeypatch.setenv("NODE_SECRET", "must not leak")
     task = _task(["env"], env={"GREETING": "hello"})
     start = _start(task, eid="env/1")
@@ -126,7 +137,8 @@ async def test_env_is_clean_and_complete(
                            start.timeout)
     result = await executor.run(start)
     env = dict(line.split("=", 1) for line in result.stdout_tail.splitlines())
-    workdir = str(_workdir(executor, "env/1"))
+    # Sandboxed, the task sees its workdir at /task; plain, at its host path.
+    workdir = "/task" if sandbox == "bwrap" else str(_workdir(executor, "env/1"))
     assert "NODE_SECRET" not in env
     assert env["GREETING"] == "hello"
     assert env["LEASED"] == "yes"
@@ -141,7 +153,8 @@ async def test_env_is_clean_and_complete(
     assert env["P2PNODE_JOB_ID"] == "job-1"
 
 
-async def test_cancel_kills_the_whole_process_group(executor: ProcessExecutor) -> None:
+async def test_cancel_kills_the_whole_process_group(plain_executor: ProcessExecutor) -> None:
+    executor = plain_executor
     # leader -> child -> grandchild `sleep 1000`, each recording its pid.
     script = textwrap.dedent("""
         echo $$ > "$P2PNODE_OUTPUTS/leader"
@@ -167,7 +180,10 @@ async def test_cancel_kills_the_whole_process_group(executor: ProcessExecutor) -
     assert list((executor.data_dir / "work").iterdir()) == []
 
 
-async def test_cancel_sigkills_a_group_that_ignores_sigterm(executor: ProcessExecutor) -> None:
+async def test_cancel_sigkills_a_group_that_ignores_sigterm(
+    plain_executor: ProcessExecutor,
+) -> None:
+    executor = plain_executor
     script = "trap '' TERM; echo $$ > \"$P2PNODE_OUTPUTS/leader\"; while :; do sleep 0.05; done"
     outputs = _workdir(executor, "exec-1") / "outputs"
     with trio.move_on_after(20) as scope:
@@ -181,8 +197,9 @@ async def test_cancel_sigkills_a_group_that_ignores_sigterm(executor: ProcessExe
 
 
 async def test_background_leftovers_are_killed_when_the_task_exits(
-    executor: ProcessExecutor,
+    plain_executor: ProcessExecutor,
 ) -> None:
+    executor = plain_executor
     # The main process exits at once, leaving a sleeper holding stdout open.
     script = 'sleep 1000 & echo $! > "$P2PNODE_OUTPUTS/bg"; echo bye'
     t0 = time.monotonic()
@@ -276,7 +293,8 @@ data_dir = sys.argv[1]
 script = 'echo $$ > "$P2PNODE_OUTPUTS/leader"; ' \\
     'sh -c "sleep 1000" & echo $! > "$P2PNODE_OUTPUTS/child"; wait'
 task = {"engine": {"type": "process", "command": ["sh", "-c", script]}}
-executor = ProcessExecutor(data_dir, BlobStore(data_dir), max_output_bytes=1 << 20)
+executor = ProcessExecutor(data_dir, BlobStore(data_dir), max_output_bytes=1 << 20,
+                           sandbox="none")
 trio.run(executor.run, StartExecution("crashy", "job", 0, task, {}, 600.0))
 """
 
@@ -293,6 +311,12 @@ async def test_reap_stale_kills_groups_left_by_a_crashed_node(
         outputs = data_dir / "work" / safe_name("crashy") / "outputs"
         leader = int(await _wait_for_file(outputs / "leader", timeout=30))
         child = int(await _wait_for_file(outputs / "child"))
+        # The pidfile is written just after the spawn, so the task may get this
+        # far first (a crash in between is the documented unrecorded case).
+        pidfile = data_dir / "work" / f"{safe_name('crashy')}.pid"
+        with trio.fail_after(10):
+            while not pidfile.exists():
+                await trio.sleep(0.01)
         node.kill()  # the node crashes: no cleanup runs
         node.wait()
         assert _alive(leader) and _alive(child)  # own session: they survive it
@@ -301,7 +325,7 @@ async def test_reap_stale_kills_groups_left_by_a_crashed_node(
             f'{{"pgid": {decoy.pid}, "execution_id": "other"}}'
         )
 
-        executor = ProcessExecutor(data_dir, blobs, max_output_bytes=MIB)
+        executor = ProcessExecutor(data_dir, blobs, max_output_bytes=MIB, sandbox="none")
         assert executor.reap_stale() == ["crashy"]
         with trio.fail_after(5):
             while _alive(leader) or _alive(child):

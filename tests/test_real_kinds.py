@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,20 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _start(
-    c: Cluster, names: list[str], *, owner_executors: str, lease_ttl: float
+    c: Cluster,
+    names: list[str],
+    *,
+    owner_executors: str,
+    lease_ttl: float,
+    extra: Sequence[str] = (),
 ) -> list[ServeNode]:
     """The first name is the owner; the others bootstrap through it.  Waits
     until every view lists every node."""
-    owner = c.add(names[0], executors=owner_executors, lease_ttl=lease_ttl)
+    owner = c.add(names[0], executors=owner_executors, lease_ttl=lease_ttl, extra=extra)
     owner.wait_ready()
-    others = [c.add(n, lease_ttl=lease_ttl, bootstrap=[owner.addrs[0]]) for n in names[1:]]
+    others = [
+        c.add(n, lease_ttl=lease_ttl, bootstrap=[owner.addrs[0]], extra=extra) for n in names[1:]
+    ]
     for node in others:
         node.wait_ready()
     c.wait_connected([owner, *others])
@@ -173,7 +181,11 @@ def test_cron_skips_overlaps_and_survives_an_owner_restart(tmp_path: Path) -> No
         # by the protocol (at-least-once execution, exactly-once result), which
         # this test is written to rule out.  With a 30 s ttl the holder renews
         # every 10 s, so its lease has >= 20 s left when the owner dies.
-        owner, b, _ = _start(c, ["a", "b", "c"], owner_executors="", lease_ttl=CRON_TTL)
+        # --sandbox none: every run appends to one host file (the run log),
+        # which the sandbox rightly forbids.
+        owner, b, _ = _start(
+            c, ["a", "b", "c"], owner_executors="", lease_ttl=CRON_TTL, extra=["--sandbox", "none"]
+        )
         cron = _submit(owner, spec)
 
         def runs() -> list[dict[str, Any]]:
@@ -200,7 +212,7 @@ def test_cron_skips_overlaps_and_survives_an_owner_restart(tmp_path: Path) -> No
         owner.start(
             [
                 *("--listen", f"/ip4/127.0.0.1/tcp/{port}", "--lease-ttl", str(CRON_TTL)),
-                *("--bootstrap", b.addrs[0]),
+                *("--bootstrap", b.addrs[0], "--sandbox", "none"),
             ]
         )
         owner.wait_ready()

@@ -1097,3 +1097,31 @@ def test_rollout_is_validated_and_only_for_long_running_kinds() -> None:
     spec = validate_spec({**batch(), "type": "daemon", "rollout": {"max_unavailable": 3}})
     assert spec.canonical()["rollout"] == {"max_unavailable": 3}
     assert validate_spec(spec.canonical(), canonical=True) == spec
+
+
+# --- task.network ---------------------------------------------------------------
+
+
+def test_network_defaults_to_none_and_stays_out_of_the_canonical_form() -> None:
+    plain = validate_task({"engine": PROCESS})
+    explicit = validate_task({"engine": PROCESS, "network": "none"})
+    assert plain.network == explicit.network == "none"
+    assert "network" not in plain.canonical()
+    # Specs written before the key existed keep their digest.
+    assert spec_digest(plain) == spec_digest(explicit)
+    host = validate_task({"engine": PROCESS, "network": "host"})
+    assert host.canonical()["network"] == "host"
+    assert validate_task(host.canonical()) == host
+    assert spec_digest(host) != spec_digest(plain)
+
+
+@pytest.mark.parametrize("value", ["bridge", "", 1, ["host"]])
+def test_network_accepts_only_none_or_host(value: Any) -> None:
+    with pytest.raises(SpecValidationError) as caught:
+        validate_task({"engine": PROCESS, "network": value})
+    assert [e.path for e in caught.value.errors] == ["network"], caught.value
+
+
+def test_host_network_shows_in_the_summary() -> None:
+    spec = validate_spec({"name": "n", "task": {"engine": PROCESS, "network": "host"}})
+    assert "host network" in spec.describe()

@@ -86,6 +86,21 @@ MAX_LEASE_TTL = 3600.0
     help="Point-to-point path: direct streams (inbox was removed: any peer could read it).",
 )
 @click.option(
+    "--sandbox",
+    type=click.Choice(["bwrap", "none"]),
+    default="bwrap",
+    show_default=True,
+    help="Process executor isolation: bubblewrap, or none (tasks can read this "
+    "node's key and database: trusted peers only).",
+)
+@click.option(
+    "--sandbox-ro",
+    multiple=True,
+    type=click.Path(exists=True),
+    metavar="PATH",
+    help="Extra host path sandboxed tasks may read (repeatable).",
+)
+@click.option(
     "--fault-drop",
     multiple=True,
     hidden=True,  # fault injection for the real-network tests, not for users
@@ -104,6 +119,8 @@ def serve(
     max_executions: int,
     lease_ttl: float,
     p2p_mode: str,
+    sandbox: str,
+    sandbox_ro: tuple[str, ...],
     fault_drop: tuple[str, ...],
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
@@ -136,6 +153,8 @@ def serve(
             timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
             p2p_mode=p2p_mode,
             fault_drop=fault_drop,
+            sandbox="none" if sandbox == "none" else "bwrap",
+            sandbox_ro_paths=sandbox_ro,
             **extra,  # type: ignore[arg-type]
         )
         for addr in bootstrap:
@@ -150,6 +169,12 @@ def serve(
                 raise ValueError(f"bad --listen address {addr!r}: must start with /ip4/ or /ip6/")
     except (ValueError, UnitError) as exc:
         fail(str(exc))
+    if sandbox == "none":
+        click.echo(
+            "warning: --sandbox none: tasks from the network run unsandboxed, as this "
+            "node's uid, and can read its key and database",
+            err=True,
+        )
     try:
         trio.run(_serve, settings)
     except KeyboardInterrupt:
@@ -165,12 +190,15 @@ def _start_failure(exc: BaseException) -> tuple[str, int] | None:
     """The one line and exit code for a node that could not start, or None
     for anything else (a bug: its traceback is shown)."""
     from p2pnode.executors.common import ExecutorError
+    from p2pnode.executors.sandbox import SandboxUnavailable
     from p2pnode.identity import KeyFileError
     from p2pnode.store import StoreError
 
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # nurseries wrap what escaped from them
     message = " ".join(str(exc).split())
+    if isinstance(exc, SandboxUnavailable):
+        return f"cannot start the node: {message}", EXIT_NO_ENGINE
     if isinstance(exc, KeyFileError):
         return f"unusable node key: {message}", EXIT_BAD_KEY
     if isinstance(exc, ExecutorError):

@@ -5,14 +5,17 @@ Rules
 * Local images only: the image is looked up first and a missing one fails at
   once (``ImageMissing``).  p2pnode never pulls: containers are created with
   ``containers.create`` (which does not pull), never ``containers.run``.
-* No network (``network_mode="none"``) unless the executor is built with
-  another mode; memory = ``resources.memory`` (swap included, i.e. no extra
-  swap), CPU = ``resources.cpu`` as ``nano_cpus``; ``init=True`` so signals
-  reach the task even when it is a shell; ``no-new-privileges`` and a pids
+* No network (``network_mode="none"``) unless the task asks for
+  ``network: host`` (then ``host_network_mode``, default ``"host"``);
+  memory = ``resources.memory`` (swap included, i.e. no extra swap),
+  CPU = ``resources.cpu`` as ``nano_cpus``; ``init=True`` so signals reach
+  the task even when it is a shell; ``no-new-privileges`` and a pids
   limit; json-file logs capped in size so a chatty task cannot fill the disk.
 * Workdir as for processes (``common``): ``inputs/`` bind-mounted read-only at
-  ``/inputs``, ``outputs/`` read-write at ``/outputs``.  Bind mounts mean the
-  engine must run on this host and see ``data_dir`` at the same path.
+  ``/inputs``, ``outputs/`` read-write at ``/outputs``; these two are the only
+  host paths the container gets (never the data dir, its key or database).
+  Bind mounts mean the engine must run on this host and see ``data_dir`` at
+  the same path.
 * The task runs as the node's own uid:gid by default, so its outputs are files
   the node can read and delete (pass ``user=None`` for the image's user; the
   outputs dir is then made world-writable so any image user can write it).
@@ -119,6 +122,7 @@ class DockerExecutor:
         kill_grace: float = 2.0,
         drain_grace: float = 1.0,
         network_mode: str = "none",
+        host_network_mode: str = "host",
         user: str | None = f"{os.getuid()}:{os.getgid()}",
         pids_limit: int = 1024,
         log_max_size: str = "8m",
@@ -132,6 +136,7 @@ class DockerExecutor:
         self.api_timeout = api_timeout
         self.poll_interval = poll_interval
         self.network_mode = network_mode
+        self.host_network_mode = host_network_mode
         self.user = user
         self.pids_limit = pids_limit
         self.log_max_size = log_max_size
@@ -262,7 +267,9 @@ class DockerExecutor:
                 str(work.inputs): {"bind": "/inputs", "mode": "ro"},
                 str(work.outputs): {"bind": "/outputs", "mode": "rw"},
             },
-            "network_mode": self.network_mode,
+            "network_mode": self.host_network_mode
+            if task.network == "host"
+            else self.network_mode,
             "mem_limit": memory,
             "memswap_limit": memory,  # equal to mem_limit: no swap on top
             "nano_cpus": nano_cpus,

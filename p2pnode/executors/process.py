@@ -4,6 +4,10 @@ How a task runs
 ---------------
 * ``command`` is an argv list, executed directly: no shell, unless the argv
   itself says ``sh -c ...``.
+* By default inside a bubblewrap sandbox (``sandbox.py``: namespaces, no
+  network unless ``network: host``, the data dir out of sight, its own uid on
+  a root node); there its workdir is ``/task`` (cwd, ``HOME``, and the
+  ``P2PNODE_INPUTS/OUTPUTS`` paths).  ``sandbox="none"`` runs it plainly.
 * cwd is a fresh workdir ``<data_dir>/work/<safe id>/`` with ``inputs/`` and
   ``outputs/`` (see ``common``); files left in ``outputs/`` become the result
   manifest, also when the task fails (partial outputs help debugging).
@@ -64,7 +68,11 @@ at once: the task is over.  A descendant that calls ``setsid`` itself escapes
 the group; we do not chase it, but we stop reading its pipes after
 ``drain_grace`` so it cannot hold the execution open.
 
-A session of its own also means the task does *not* die with the node.  So
+Sandboxed, the group is bwrap's alone: SIGTERM goes to every process of the
+task's pid namespace instead and SIGKILL to the namespace's init, so
+``setsid`` does not escape; and bwrap's ``--die-with-parent`` ends the task
+with the node.  Unsandboxed, a session of its own means the task does *not*
+die with the node.  So
 each running execution has a pidfile ``<data_dir>/work/<safe id>.pid``;
 :meth:`ProcessExecutor.reap_stale`, called when a node starts, SIGKILLs the
 groups whose pidfiles remain.  It only kills a group that still has a member
@@ -79,19 +87,20 @@ keeps failed/cancelled ones for debugging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import resource
 import signal
-import subprocess
 from pathlib import Path
 
 import trio
 
 from p2pnode.blobs import BlobStore
 from p2pnode.executor import current_progress
+from p2pnode.executors import cgroups
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
@@ -105,6 +114,8 @@ from p2pnode.executors.common import (
     safe_name,
     task_env,
 )
+from p2pnode.executors.sandbox import TASK_WORKDIR, BwrapSandbox, open_sandbox, task_uid
+from p2pnode.executors.spawn import Child, spawn
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import ProcessEngine, TaskSpec
 
@@ -115,6 +126,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_CPU_SECONDS = 10
 CPU_HARD_EXTRA_SECONDS = 5
+DEFAULT_PIDS_LIMIT = 1024  # processes (and threads) of one sandboxed task
 _WRAPPER_NAME = "p2pnode-limits"  # $0 of the wrapper shell, shown in its own errors
 
 
@@ -132,6 +144,10 @@ class ProcessExecutor:
         min_cpu_seconds: int = MIN_CPU_SECONDS,
         keep_failed_workdirs: bool = False,
         path: str = DEFAULT_PATH,
+        sandbox: str | BwrapSandbox | None = "bwrap",
+        sandbox_ro_paths: tuple[str, ...] = (),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
+        use_cgroups: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.blobs = blobs
@@ -143,7 +159,20 @@ class ProcessExecutor:
         self.min_cpu_seconds = min_cpu_seconds
         self.keep_failed_workdirs = keep_failed_workdirs
         self.path = path
+        self.pids_limit = pids_limit
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
+        # Raises SandboxUnavailable (one line) when bwrap is asked for and missing.
+        # A mode name ("bwrap", "none") or a sandbox the node already opened.
+        self.sandbox: BwrapSandbox | None = (
+            open_sandbox(sandbox, self.data_dir, ro_paths=sandbox_ro_paths)
+            if isinstance(sandbox, str)
+            else sandbox
+        )
+        # Sandboxed tasks also get a cgroup each where the node may create them.
+        node_key = safe_name(str(self.data_dir.resolve()))[-12:]  # its hash part
+        self.cgroups = (
+            cgroups.detect(node_key) if self.sandbox is not None and use_cgroups else None
+        )
 
     # --- running -----------------------------------------------------------------
 
@@ -158,22 +187,56 @@ class ProcessExecutor:
         try:
             if start.inputs:
                 await trio.to_thread.run_sync(lay_out_inputs, self.blobs, start, work.inputs)
+            # Sandboxed, the task sees its workdir at TASK_WORKDIR, not in the data dir.
+            seen = Path(TASK_WORKDIR) if self.sandbox is not None else work.root
             env = {
                 "PATH": self.path,
-                "HOME": str(work.root),
+                "HOME": str(seen),
                 "LANG": "C.UTF-8",
                 **task_env(task.env, start),
-                **p2pnode_env(start, inputs=str(work.inputs), outputs=str(work.outputs)),
+                **p2pnode_env(start, inputs=str(seen / "inputs"), outputs=str(seen / "outputs")),
             }
             argv = self._limits_wrapper(task, start) + list(engine.command)
+            if self.sandbox is not None:
+                uid = task_uid(start.execution_id)
+                await trio.to_thread.run_sync(self.sandbox.prepare, work.root, uid)
+                argv = self.sandbox.argv(
+                    workdir=work.root,
+                    inputs=work.inputs,
+                    network=task.network,
+                    uid=uid,
+                    command=argv,
+                    tmp_bytes=task.resources.memory_bytes,
+                )
+            cgroup = None
+            if self.cgroups is not None:
+                try:
+                    cgroup = self.cgroups.create(
+                        safe_name(start.execution_id),
+                        pids=self.pids_limit,
+                        memory=task.resources.memory_bytes,
+                    )
+                    argv = cgroup.join_prefix() + argv
+                except OSError as cgroup_error:  # the rlimits still hold
+                    log.warning(
+                        "no cgroup for %s (%s): rlimits only", start.execution_id, cgroup_error
+                    )
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
-            returncode = await self._run_process(
-                start.execution_id, argv, env, work, out, err, parser
-            )
+            try:
+                returncode = await self._run_process(
+                    start.execution_id, argv, env, work, out, err, parser
+                )
+                oom = cgroup is not None and cgroup.out_of_memory()
+            finally:
+                if cgroup is not None:
+                    with trio.CancelScope(shield=True):
+                        await _remove_cgroup(cgroup)
 
-            exit_code, error = _describe_exit(returncode)
+            exit_code, error = _describe_exit(returncode, sandboxed=self.sandbox is not None)
+            if oom and exit_code != 0:
+                error = f"killed: out of memory (limit {task.resources.memory_bytes} bytes)"
             finished = await finish_with_outputs(
                 self.blobs,
                 work,
@@ -206,6 +269,9 @@ class ProcessExecutor:
                 soft = min(soft, hard)
             # Soft first: dash refuses a hard limit below the current soft one.
             limits.append(f"ulimit -S -t {soft}; ulimit -H -t {hard}")
+        if self.sandbox is not None and self.sandbox.own_uid:
+            # Counted per uid: a limit of this task only when the uid is its own.
+            limits.append(f"ulimit -p {self.pids_limit}")  # dash: -p is RLIMIT_NPROC
         script = "; ".join(limits) + '; exec "$@"'
         return ["/bin/sh", "-c", script, _WRAPPER_NAME]
 
@@ -219,15 +285,8 @@ class ProcessExecutor:
         err: TailBuffer,
         parser: ProgressParser | None = None,
     ) -> int:
-        proc = await trio.lowlevel.open_process(
-            argv,
-            cwd=work.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own session and group: pgid == pid
-        )
+        # From the trio thread (see spawn.py); own session and group: pgid == pid.
+        proc = spawn(argv, cwd=work.root, env=env)
         pgid = proc.pid
         pidfile = self._pidfile(execution_id)
         try:
@@ -260,19 +319,31 @@ class ProcessExecutor:
                 for stream in (proc.stdout, proc.stderr):
                     if stream is not None:
                         await stream.aclose()
+                proc.close_pidfd()
                 pidfile.unlink(missing_ok=True)
         assert proc.returncode is not None
         return proc.returncode
 
-    async def _stop_group(self, proc: trio.Process, pgid: int) -> None:
-        """SIGTERM the group, give it ``kill_grace`` to exit, then SIGKILL it."""
+    async def _stop_group(self, proc: Child, pgid: int) -> None:
+        """SIGTERM the group, give it ``kill_grace`` to exit, then SIGKILL it.
+
+        Sandboxed, the group is bwrap's alone (the task has a session of its
+        own inside): SIGTERM goes to every process of the sandbox's pid
+        namespace instead, and SIGKILL to its init, which ends them all."""
+        running = proc.returncode is None  # else bwrap is gone and its namespace with it
+        sandbox_init = _sandbox_init(pgid) if self.sandbox is not None and running else None
         if proc.returncode is None:
-            _killpg(pgid, signal.SIGTERM)
+            if sandbox_init is not None:
+                _signal_namespace(sandbox_init, signal.SIGTERM)
+            else:
+                _killpg(pgid, signal.SIGTERM)
             with trio.move_on_after(self.kill_grace):
                 await proc.wait()
                 # The leader is gone; give the rest of the group the same grace.
                 while _group_alive(pgid):
                     await trio.sleep(0.02)
+        if sandbox_init is not None:
+            _kill_pid(sandbox_init, signal.SIGKILL)  # pid 1 gone: the namespace is emptied
         _killpg(pgid, signal.SIGKILL)
         with trio.move_on_after(5.0):  # SIGKILL is prompt; bounded all the same
             await proc.wait()
@@ -307,11 +378,22 @@ class ProcessExecutor:
             workdir = pidfile.with_suffix("")
             if workdir.is_dir():
                 Workdir(workdir, workdir / "inputs", workdir / "outputs").remove()
+        if self.cgroups is not None:  # cgroups of executions a crash left behind
+            for _controller, base in self.cgroups.bases:
+                with contextlib.suppress(OSError):
+                    for leftover in base.iterdir():
+                        if leftover.is_dir():
+                            cgroups.TaskCgroup((leftover,)).remove()
         return reaped
 
 
-def _describe_exit(returncode: int) -> tuple[int, str]:
-    """trio's returncode -> (exit code as a shell reports it, error text)."""
+def _describe_exit(returncode: int, *, sandboxed: bool = False) -> tuple[int, str]:
+    """A returncode -> (exit code as a shell reports it, error text).
+
+    bwrap reports a task killed by signal N as exit code 128 + N (as a shell
+    does): sandboxed, such a code is read as that signal."""
+    if sandboxed and 128 < returncode < 128 + signal.NSIG:
+        returncode = 128 - returncode
     if returncode >= 0:
         return returncode, "" if returncode == 0 else f"exited with code {returncode}"
     signum = -returncode
@@ -338,6 +420,57 @@ def _killpg(pgid: int, sig: int) -> None:
         pass  # the group is already gone
     except PermissionError:  # a recycled id now owned by someone else: not ours
         log.warning("not allowed to signal process group %d", pgid)
+
+
+async def _remove_cgroup(cgroup: cgroups.TaskCgroup) -> None:
+    """rmdir once the kernel has finished killing the namespace's processes."""
+    for _ in range(100):
+        if all(not (d / "cgroup.procs").exists() or not (d / "cgroup.procs").read_text().strip()
+               for d in cgroup.dirs):
+            break
+        await trio.sleep(0.02)
+    cgroup.remove()
+
+
+def _kill_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _sandbox_init(bwrap_pid: int) -> int | None:
+    """The host pid of the init (pid 1) of the sandbox bwrap ``bwrap_pid`` runs:
+    its child in another pid namespace."""
+    try:
+        own_ns = os.readlink(f"/proc/{bwrap_pid}/ns/pid")
+    except OSError:
+        return None
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _proc_stat(name)
+            if fields and len(fields) > 1 and fields[1] == str(bwrap_pid):
+                try:
+                    if os.readlink(f"/proc/{name}/ns/pid") != own_ns:
+                        return int(name)
+                except OSError:
+                    continue
+    return None
+
+
+def _signal_namespace(init_pid: int, sig: int) -> None:
+    """Send ``sig`` to every process in the pid namespace of ``init_pid``
+    (its init excepted: it only exits with the task)."""
+    try:
+        ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != init_pid:
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") != ns:
+                    continue
+            except OSError:
+                continue
+            _kill_pid(int(name), sig)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -108,6 +108,8 @@ class _View:
             value = getattr(self, field.name)
             if value is None and field.metadata.get("omit_none"):
                 continue
+            if field.metadata.get("omit_default") and value == field.default:
+                continue
             if field.metadata.get("flatten"):
                 out.update(_plain(value))
             else:
@@ -186,6 +188,10 @@ class TaskSpec(_View):
     resources: Resources = attrs.field(factory=Resources)
     timeout_ms: int = attrs.field(default=DEFAULT_TIMEOUT_MS, metadata=_key("timeout"))
     retry: Retry = attrs.field(factory=Retry)
+    # "none" (an empty network namespace) or "host".  Left out of the
+    # canonical form at its default, so specs written before the key existed
+    # keep their digest.
+    network: str = attrs.field(default="none", metadata={"omit_default": True})
 
     @classmethod
     def from_canonical(cls, data: Any) -> TaskSpec:
@@ -358,6 +364,8 @@ def _describe_task(task: TaskSpec) -> str:
     ]
     if task.resources != Resources():
         parts.append(f"{task.resources.cpu:g} cpu, {format_size(task.resources.memory_bytes)}")
+    if task.network == "host":
+        parts.append("host network")
     return ", ".join(parts)
 
 

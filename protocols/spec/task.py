@@ -29,7 +29,9 @@ from protocols.spec.model import (
     WasmEngine,
 )
 
-TASK_KEYS = ("engine", "env", "resources", "timeout", "retry")
+TASK_KEYS = ("engine", "env", "resources", "timeout", "retry", "network")
+# What the task may reach: "none" (its own empty network namespace) or "host".
+NETWORK_MODES = ("none", "host")
 ENGINE_KEYS: dict[str, tuple[str, ...]] = {
     "process": ("type", "command"),
     "docker": ("type", "image", "command", "workdir"),
@@ -104,6 +106,7 @@ def check_task(
         resources=_resources(ctx, fields),
         timeout_ms=fields.duration("timeout", DEFAULT_TIMEOUT_MS, lo=1, hi=MAX_TIMEOUT_MS),
         retry=_retry(ctx, fields),
+        network=fields.choice("network", NETWORK_MODES, "none"),
     )
     return task, fields
 
