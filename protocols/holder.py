@@ -9,14 +9,22 @@ One ``HeldExecution`` machine per execution (transitions in ``states.py``).
   acknowledged renewal + ttl`` on our own clock.  Because the owner measures from
   the *receipt* of that renewal and adds a grace, the holder always gives up
   first: when the owner re-grants, the old execution has already been stopped.
+* **Agreed time bounds.** Every bound the owner relies on comes from its
+  messages, never from our own ``Timings``: the grant's ``ttl_ms`` sets the
+  lease, the renewal cadence (ttl/3) and the result's retransmission window;
+  the ask's ``bid_window_ms`` sets how long a bid's reservation waits for the
+  grant.  Our own settings only pace retries (``retransmit_base``) and add
+  margins (``bid_hold``).
 * **Reporting.** The result is retransmitted until acknowledged; renewals go on
   meanwhile.  A lapse does not drop a finished execution's result (there is
   nothing left to fence): it is offered for ``REPORT_AFTER_LAPSE`` more ttls, so
   an owner that restarts meanwhile, still holding this epoch, takes it instead
   of running the work again; an owner that re-granted refuses it (fencing).
 * **Restart.** Executions do not survive a node restart.  Leases held at the
-  crash are persisted, so the restarted node reports them failed at once
-  instead of leaving the owner to wait out the lease.
+  crash are persisted, so the restarted node reports them ``lost`` at once
+  instead of leaving the owner to wait out the lease.  A lost execution is not
+  the task's failure: the owner counts it against its lost-lease budget, never
+  against ``retry.attempts``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from protocols.errors import RemoteProtocolError
 from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
 from protocols.messages import (
     CENSUS_SLOT,
+    LOST,
     MAX_CHECKPOINT_LEN,
     AskForBid,
     Bid,
@@ -53,6 +62,11 @@ from protocols.unit import WorkUnit
 
 HELD_TABLE = "held"
 REPORT_AFTER_LAPSE = 10  # a finished execution's result is offered this many ttls past a lapse
+# A grant's ttl below this is refused: renewing every ttl/3 would flood the
+# owner (``serve --lease-ttl`` has the same floor).
+MIN_LEASE_TTL = 0.5
+# The longest bid window of an ask we honour when holding capacity for it.
+MAX_BID_WINDOW = 60.0
 MAX_TOMBSTONES = 10_000
 
 
@@ -95,6 +109,11 @@ class HeldExecution:
     lag: int = -1
     run_for_reached: bool = False
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
+
+    @property
+    def renew_interval(self) -> float:
+        """Renewal cadence once acknowledged: a third of the *grant's* ttl."""
+        return self.ttl / 3
 
     @property
     def run_id(self) -> str:
@@ -191,9 +210,10 @@ class Holder:
                         reason=why,
                         matches=True,
                     ),
+                    hold=self._bid_hold(ask),
                 )
                 return
-            expires = self.out.now + self.t.bid_hold
+            expires = self.out.now + self._bid_hold(ask)
             self.reservations[key] = Reservation(sender, ask.cpu, ask.memory, expires)
             self.out.timer(("bid", *key), expires)
         used_cpu, used_mem, _ = self._used()
@@ -207,15 +227,22 @@ class Holder:
                 free_memory=max(0, self.config.memory - used_mem),
                 running=len(self.held),
             ),
+            hold=self._bid_hold(ask),
         )
 
-    def _answer(self, owner: str, msg: Bid | BidDeclined) -> None:
+    def _bid_hold(self, ask: AskForBid) -> float:
+        """How long a bid stands: the owner's bid window (from its ask) plus our
+        margin for the grant's trip, so a winner's grant never finds the
+        reservation gone, whatever our own ``bid_window`` says."""
+        return min(ask.bid_window_ms / 1000, MAX_BID_WINDOW) + self.t.bid_hold
+
+    def _answer(self, owner: str, msg: Bid | BidDeclined, hold: float) -> None:
         """A census answer ("I match") is repeated until the owner releases it
         (BidRejected): a lost one would leave this node out of an ops job.
         Ordinary bids are not: the auction simply asks again."""
         if msg.slot == CENSUS_SLOT:
             key = ("census", msg.job_id, msg.attempt)
-            self.out.send_reliably(key, owner, msg, give_up_after=self.t.bid_hold)
+            self.out.send_reliably(key, owner, msg, give_up_after=hold)
         else:
             self.out.send(owner, msg)
 
@@ -254,6 +281,10 @@ class Holder:
         self.out.cancel_timer(("bid", *key))
         try:
             unit = self._checked_unit(sender, grant.task)
+            if grant.ttl_ms < MIN_LEASE_TTL * 1000:
+                raise RemoteProtocolError(
+                    f"lease ttl {grant.ttl_ms} ms is below the minimum {MIN_LEASE_TTL:g} s"
+                )
         except RemoteProtocolError as exc:
             self.out.send(
                 sender,
@@ -315,9 +346,10 @@ class Holder:
                 lag=held.lag,
             )
         self.out.send(held.owner, msg)
-        # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged.
+        # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged
+        # (the grant's ttl: the owner's clock of this lease, not our own setting).
         held.renew_delay = min(
-            max(held.renew_delay * 2, self.t.retransmit_base), self.t.renew_interval
+            max(held.renew_delay * 2, self.t.retransmit_base), held.renew_interval
         )
         held.next_renew = self.out.now + held.renew_delay
         self.out.timer(("renew", held.execution_id), held.next_renew)
@@ -357,7 +389,7 @@ class Holder:
         # The lapse timer stays armed; it re-arms itself if it fires early.
         held.valid_until = max(held.valid_until, sent + held.ttl)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
-        held.next_renew = self.out.now + self.t.renew_interval
+        held.next_renew = self.out.now + held.renew_interval
         self.out.timer(("renew", held.execution_id), held.next_renew)
 
     def on_cancel(self, sender: str, msg: Cancel) -> None:
@@ -544,7 +576,8 @@ class Holder:
     # --- restart ----------------------------------------------------------------------
 
     def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        """Leases held when the node died: their executions are gone; report them."""
+        """Leases held when the node died: their executions are gone; report them
+        ``lost`` (not failed: the task did not fail, so no retry is used up)."""
         now = self.out.now
         for exec_id, rec in records.items():
             held = HeldExecution(
@@ -564,7 +597,7 @@ class Holder:
             self.on_finished(
                 ExecutionFinished(
                     execution_id=exec_id,
-                    status="failed",
+                    status=LOST,
                     exit_code=-1,
                     error="node restarted; the execution was lost",
                 )
