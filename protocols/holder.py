@@ -111,11 +111,6 @@ class HeldExecution:
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
 
     @property
-    def renew_interval(self) -> float:
-        """Renewal cadence once acknowledged: a third of the *grant's* ttl."""
-        return self.ttl / 3
-
-    @property
     def run_id(self) -> str:
         """The executor's id of the current run: a restart in place is a new run."""
         return self.execution_id if not self.restarted else f"{self.execution_id}#{self.restarted}"
@@ -349,10 +344,15 @@ class Holder:
         # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged
         # (the grant's ttl: the owner's clock of this lease, not our own setting).
         held.renew_delay = min(
-            max(held.renew_delay * 2, self.t.retransmit_base), held.renew_interval
+            max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
         )
         held.next_renew = self.out.now + held.renew_delay
         self.out.timer(("renew", held.execution_id), held.next_renew)
+
+    def _renew_interval(self, held: HeldExecution) -> float:
+        """Renewal cadence once acknowledged: a third of the *grant's* ttl (the
+        owner judges the lease by it), whatever our own ``lease_ttl`` is."""
+        return held.ttl / 3
 
     def on_renew_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
@@ -389,7 +389,7 @@ class Holder:
         # The lapse timer stays armed; it re-arms itself if it fires early.
         held.valid_until = max(held.valid_until, sent + held.ttl)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
-        held.next_renew = self.out.now + held.renew_interval
+        held.next_renew = self.out.now + self._renew_interval(held)
         self.out.timer(("renew", held.execution_id), held.next_renew)
 
     def on_cancel(self, sender: str, msg: Cancel) -> None:

@@ -717,6 +717,7 @@ class Owner:
             execution_id=exec_id,
             holder=node,
             ttl=ttl_ms / 1000,
+            grace=self.t.lease_grace,
             timeout=unit.timeout,
             version=job.version,
         )

@@ -35,6 +35,7 @@ from simnet.network import NetConfig
 from simnet.sources import Consumer, SimConnector
 from simnet.store import Records
 from simnet.stream_invariants import StreamInvariants
+from simnet.timings import envelope
 from simnet.workload import ZONES
 
 SUBMIT_RETRY = 1.0  # seconds before a client asks again whether its job was accepted
@@ -125,9 +126,14 @@ class Cluster:
         record: bool = False,
         check_interval: float = 30.0,
         bounds: Bounds | None = None,
+        node_timings: Mapping[str, Timings] | None = None,
     ) -> None:
         self.seed = seed
-        self.timings = timings or Timings()
+        # ``timings``: every node's, and the checkers' bounds.  ``node_timings``
+        # (simnet.timings, --timings mixed): a node's own; the checkers' bounds
+        # are then their field-wise maximum, unless ``timings`` is given.
+        self.node_timings = dict(node_timings or {})
+        self.timings = timings or envelope(list(self.node_timings.values()))
         self.engine = Engine(seed, net)
         self.rng = random.Random(derive_seed(seed, "cluster"))
         self.notes: list[Note] | None = [] if record else None
@@ -166,7 +172,7 @@ class Cluster:
                 "labels": {"zone": ZONES[i % len(ZONES)]},
                 "executors": ("sim",),
                 "bootstrap": self._bootstrap(i),
-                "timings": self.timings,
+                "timings": self.node_timings.get(f"n{i:04d}", self.timings),
             }
             if configure is not None:
                 fields = configure(i, fields)

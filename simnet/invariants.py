@@ -92,6 +92,7 @@ class Invariants(Observer):
         self.terminal = 0
         self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
+        self.window: dict[SlotKey, float] = {}  # the newest grant's ttl + its owner's grace
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
         # executor ground truth: (job, slot) -> {(node, execution id): epoch}
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
@@ -163,8 +164,14 @@ class Invariants(Observer):
             self.violate(now, f"{key[0]}#{key[1]}: lease {eid} granted while {others} unexpired")
         active[eid] = (epoch, now)
         self.newest[key] = (epoch, eid, now)
+        # The grant's own window (its ttl, its owner's grace), not a cluster-wide
+        # setting: peers may run different Timings (--timings mixed).
         ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
-        deadline = now + ttl + self.timings.lease_grace + self.slack
+        grace = _seconds(d.get("grace"), self.timings.lease_grace)
+        # (An older lease's holder fences itself by *its* grant's ttl.)
+        window = max(ttl + grace, self.window.get(key, 0.0))
+        self.window[key] = ttl + grace
+        deadline = now + window + self.slack
         for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
             if old_epoch < epoch:
                 self._watch_superseded(holder, old_eid, epoch, deadline)
@@ -212,9 +219,8 @@ class Invariants(Observer):
         self.by_node.setdefault(node, {})[eid] = key
         newest = self.newest.get(key)
         if newest is not None and newest[0] > epoch:  # started an already-stale lease
-            ttl = self.timings.lease_ttl
-            self._watch_superseded(node, eid, newest[0],
-                                   now + ttl + self.timings.lease_grace + self.slack)
+            window = self.window.get(key, self.timings.lease_ttl + self.timings.lease_grace)
+            self._watch_superseded(node, eid, newest[0], now + window + self.slack)
         deadline = now + float(action.timeout) + self.timings.timeout_grace
 
         def check_timeout() -> None:

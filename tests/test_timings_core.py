@@ -14,7 +14,7 @@ import pytest
 
 from protocols.config import Timings
 from protocols.events import SubmitJob
-from protocols.holder import HeldExecution
+from protocols.holder import Holder
 from protocols.messages import LeaseRelease, LeaseRenew
 from tests.protonet import ProtoNet, batch_spec
 
@@ -85,7 +85,7 @@ def test_holder_renews_at_a_third_of_the_grants_ttl() -> None:
 
 def test_holder_using_its_own_ttl_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planted bug of the issue: renewing at the holder's own ttl/3."""
-    monkeypatch.setattr(HeldExecution, "renew_interval", property(lambda h: LONG.renew_interval))
+    monkeypatch.setattr(Holder, "_renew_interval", lambda self, held: self.t.renew_interval)
     net = _net(SHORT, LONG)
     with pytest.raises(AssertionError):
         _run_long_job(net)
