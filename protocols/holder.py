@@ -5,8 +5,9 @@ One ``HeldExecution`` machine per execution (transitions in ``states.py``).
 * **Authority.** A grant is only taken from the peer we bid to for that
   (job, slot, attempt); cancels, renewal answers and result acks only from the
   peer that granted the execution.  Anything else is a ``RemoteProtocolError``.
-* **Self-fencing.** The lease is valid until ``send time of the last
-  acknowledged renewal + ttl`` on our own clock.  Because the owner measures from
+* **Self-fencing.** The run starts when the owner acknowledges our accept,
+  and the lease is valid until ``send time of the last acknowledged renewal +
+  ttl`` on our own clock.  Because the owner measures from
   the *receipt* of that renewal and adds a grace, the holder always gives up
   first: when the owner re-grants, the old execution has already been stopped.
 * **Agreed time bounds.** Every bound the owner relies on comes from its
@@ -102,6 +103,8 @@ class HeldExecution:
     restart_backoff: float = 0.0
     restarted: int = 0
     restart_pending: bool = False
+    started: bool = False  # the first run started (after the owner acknowledged our accept)
+    run_for: float = 0.0  # streams: end the run gracefully after this long (0: no bound)
     timeout: float = 0.0
     start: StartExecution | None = None  # volatile: how to start it again
     # Streams: the consumer's latest checkpoint (relayed with renewals) and run_for.
@@ -303,8 +306,7 @@ class Holder:
             valid_until=self.out.now + ttl,
         )
         held.restarts, held.restart_backoff = grant.restarts, grant.restart_backoff_ms / 1000
-        if grant.run_for_ms:
-            self.out.timer(("runfor", grant.execution_id), self.out.now + grant.run_for_ms / 1000)
+        held.run_for = grant.run_for_ms / 1000
         held.timeout = grant.timeout_ms / 1000
         self.held[held.execution_id] = held
         self.out.persist(HELD_TABLE, held.execution_id, held.record())
@@ -318,13 +320,27 @@ class Holder:
             timeout=held.timeout,
             inputs=tuple((i.name, i.manifest_id, i.node) for i in grant.inputs),
         )
-        self.out.start(held.start)
-        # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
-        self.out.timer(
-            ("xtimeout", held.execution_id), self.out.now + grant.timeout_ms / 1000 + 1.0
-        )
+        # The run starts once the owner acknowledges our accept (_start_run):
+        # only then is our lease measured from a message the owner answered.
         self.out.timer(("lapse", held.execution_id), held.valid_until)
         self._renew(held)
+
+    def _start_run(self, held: HeldExecution) -> None:
+        """Start a granted execution, on the first acknowledged accept/renewal.
+
+        Not at the grant's receipt: a grant may arrive late (delayed, or a
+        retransmitted copy) while the owner measures the lease from its first
+        send, so a lease counted from the receipt could outlive the owner's
+        patience.  An acknowledged accept proves the owner still held the lease
+        when it got it, and our lease (accept's send time + ttl) ends before
+        the owner's (its receipt + ttl + grace) whatever the latency."""
+        assert held.start is not None
+        held.started = True
+        self.out.start(held.start)
+        # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
+        self.out.timer(("xtimeout", held.execution_id), self.out.now + held.timeout + 1.0)
+        if held.run_for:
+            self.out.timer(("runfor", held.execution_id), self.out.now + held.run_for)
 
     def _renew(self, held: HeldExecution) -> None:
         held.seq += 1
@@ -388,6 +404,8 @@ class Holder:
                 del held.sent_at[old]
         # The lapse timer stays armed; it re-arms itself if it fires early.
         held.valid_until = max(held.valid_until, sent + held.ttl)
+        if not held.started and held.state is ExecState.RUNNING:
+            self._start_run(held)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
         held.next_renew = self.out.now + self._renew_interval(held)
         self.out.timer(("renew", held.execution_id), held.next_renew)
@@ -463,7 +481,7 @@ class Holder:
         if held.state is ExecState.RUNNING:
             held.state = check_exec_transition(held.state, event, ExecState.STOPPING)
             held.stop_reason = reason
-            if held.restart_pending:  # between two runs: nothing to stop
+            if held.restart_pending or not held.started:  # no run to stop
                 held.restart_pending = False
                 self.out.cancel_timer(("restart", held.execution_id))
                 self.on_finished(ExecutionFinished(held.run_id, "cancelled", -1, reason))
@@ -591,6 +609,7 @@ class Holder:
                 ttl=rec["ttl"],
                 state=ExecState.RUNNING,
                 valid_until=now + rec["ttl"],
+                started=True,  # (maybe not, but either way nothing runs now)
             )
             self.held[exec_id] = held
             self.out.timer(("lapse", exec_id), held.valid_until)

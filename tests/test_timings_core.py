@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from protocols.config import Timings
-from protocols.events import SubmitJob
+from protocols.events import StartExecution, SubmitJob
 from protocols.holder import Holder
-from protocols.messages import LeaseRelease, LeaseRenew
+from protocols.messages import LeaseAccept, LeaseRelease, LeaseRenew
 from tests.protonet import ProtoNet, batch_spec
 
 IDS = ["a", "b", "c"]
@@ -181,3 +181,22 @@ def test_a_real_failure_still_uses_the_attempt() -> None:
     net.finish(node, exec_id, status="failed", exit_code=1)
     net.run_until(lambda: net.job_state("a", "j1") == "failed")
     assert _slot(net)["failures"] == 1
+
+
+def test_the_run_starts_only_once_the_owner_acknowledged_the_accept() -> None:
+    """A grant may arrive late (delayed, or a retransmitted copy) while the
+    owner counts the lease from its first send: a holder that started at the
+    grant's receipt could still run when the owner re-grants.  It starts on
+    the owner's answer to its accept instead."""
+    net = _net(SHORT, Timings())
+    net.drop = lambda f: isinstance(f.message, (LeaseAccept, LeaseRenew))  # never acknowledged
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("j1", batch_spec()))
+    net.run_until(lambda: len(net.notes_of("lease_granted")) >= 2)  # the first lease expired
+    assert not any(isinstance(a, StartExecution) for _, acts in net.actions for a in acts)
+    net.drop = lambda f: False
+    net.run_until(lambda: bool(net.running_anywhere()))
+    [(node, exec_id)] = net.running_anywhere()
+    net.finish(node, exec_id)
+    net.run_until(lambda: net.job_state("a", "j1") == "completed")
+    assert _slot(net)["failures"] == 0
