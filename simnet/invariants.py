@@ -9,7 +9,10 @@ as ``"t=<virtual s>: <description>"``.
    carries the newest epoch granted for its slot;
 2. epochs strictly increase per (job, slot); at most one unexpired lease per
    (job, slot) in the owner's view; a holder whose lease was superseded stops
-   its execution within TTL + grace of the newer grant;
+   its execution within TTL + grace of the newer grant (judged by the grants'
+   own ttl and their owner's grace: peers may run different Timings); when an
+   owner lets a lease expire, its holder has already stopped (self-fencing
+   comes strictly first);
 3. every submitted job is owned by exactly one node (up, or down with its
    store), and at the end is terminal or reported ``lost``;
 4. every execution ends within its timeout + grace (executor ground truth);
@@ -185,9 +188,21 @@ class Invariants(Observer):
 
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
+        eid = str(d.get("execution_id"))
         active = self.active.get(key)
         if active:
-            active.pop(str(d.get("execution_id")), None)
+            active.pop(eid, None)
+        if d.get("cause") == "expired":
+            self._check_fenced_first(key, eid, now)
+
+    def _check_fenced_first(self, key: SlotKey, eid: str, now: float) -> None:
+        """An owner lets a lease expire only after its holder fenced itself
+        (the holder counts from a renewal's send, the owner from its receipt
+        plus a grace): no run of that execution may still be going."""
+        for holder, run_id in self.running.get(key, {}):
+            if run_id.partition("#")[0] == eid:
+                self.violate(now, f"{holder} still runs {run_id} when its owner let the "
+                                  f"lease expire (the holder must fence itself first)")
 
     def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))

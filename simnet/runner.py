@@ -68,7 +68,7 @@ from simnet.harness import Cluster
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
 from simnet.kind_invariants import default_bounds
 from simnet.network import DIRECTORY_TYPES, NetConfig
-from simnet.timings import envelope, node_timings
+from simnet.timings import draw_timings, envelope, every_draw
 from simnet.workload import WORKLOADS
 
 DOWNTIME = (5.0, 60.0)
@@ -197,9 +197,10 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     default_joiners = max(1, opts.nodes // 10) if long and opts.nodes >= 3 else 0
     joiners = opts.joiners if opts.joiners is not None else default_joiners
     joiners = max(0, min(joiners, opts.nodes - 1))  # n0000 (everyone's bootstrap) starts
-    per_node = node_timings(opts.timings, opts.seed, [f"n{i:04d}" for i in range(opts.nodes)])
-    timings = envelope(list(per_node.values()))
-    cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings, node_timings=per_node,
+    ids = [f"n{i:04d}" for i in range(opts.nodes)]
+    timings = envelope(every_draw(opts.timings, opts.seed, ids))  # the checkers' bounds
+    own = functools.partial(draw_timings, opts.timings, opts.seed)
+    cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings, node_timings=own,
                       check_interval=opts.check_interval, bounds=default_bounds(timings),
                       configure=_big_nodes if long else None)
     bounds = cluster.kinds.bounds

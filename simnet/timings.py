@@ -42,20 +42,32 @@ MIXED_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def draw_timings(mode: str, seed: int, node_id: str) -> Timings:
-    """One node's ``Timings`` under ``mode`` (deterministic in seed and node id)."""
+def draw_timings(mode: str, seed: int, node_id: str, incarnation: int = 0) -> Timings:
+    """One node's ``Timings`` under ``mode`` (deterministic in seed and node id).
+
+    Mixed: a restarted node alternates between two draws (even and odd
+    incarnations), as an operator restarting a node with other flags does; a
+    restarted owner must still judge the leases it granted before by the ttl
+    they carried."""
     if mode == "uniform":
         return Timings()
     if mode != "mixed":
         raise ValueError(f"unknown timings mode {mode!r} (one of {', '.join(TIMINGS_MODES)})")
-    rng = random.Random(derive_seed(seed, "timings", node_id))
+    parts: tuple[str, ...] = (node_id,) if incarnation % 2 == 0 else (node_id, "restarted")
+    rng = random.Random(derive_seed(seed, "timings", *parts))
     values = {name: round(rng.uniform(lo, hi), 3) for name, (lo, hi) in MIXED_RANGES.items()}
     values["retransmit_max"] = max(values["retransmit_max"], values["retransmit_base"])
     return Timings(**values)
 
 
 def node_timings(mode: str, seed: int, node_ids: list[str]) -> dict[str, Timings]:
+    """Each node's first-start ``Timings``."""
     return {node_id: draw_timings(mode, seed, node_id) for node_id in node_ids}
+
+
+def every_draw(mode: str, seed: int, node_ids: list[str]) -> list[Timings]:
+    """Every ``Timings`` any incarnation of these nodes may run (for :func:`envelope`)."""
+    return [draw_timings(mode, seed, n, inc) for n in node_ids for inc in (0, 1)]
 
 
 def envelope(timings: list[Timings]) -> Timings:

@@ -16,6 +16,7 @@ from protocols.holder import Holder
 from simnet.runner import RunOptions, run_scenario
 from simnet.timings import MIXED_RANGES, draw_timings, envelope, node_timings
 from tests.simnetcli import run_simnet
+from tests.test_simnet_invariants import Fake
 
 pytest.importorskip("protocols.node")
 
@@ -104,3 +105,42 @@ def test_mixed_sweeps_catch_a_holder_pacing_by_its_own_ttl(
     monkeypatch.setattr(Holder, "_renew_interval", lambda self, held: self.t.renew_interval)
     assert _problems("plain", PLAIN_SEEDS)
     assert _problems("kinds", KINDS_SEEDS)
+
+
+# --- the checker: an expired lease's holder has already fenced itself ------------------
+
+
+def _history(stop_at: float) -> Fake:
+    f = Fake()
+    f.note("o", "job_submitted", 0.0, job_id="j1", owner="o", slots=1)
+    f.note("o", "lease_granted", 1.0, job_id="j1", slot=0, epoch=1, execution_id="j1/0/1",
+           holder="h1", ttl=2.0, grace=0.5, timeout=60.0)  # fmt: skip
+    f.start("h1", "j1/0/1", 1.1)
+    if stop_at < 3.5:
+        f.end("h1", "j1/0/1", stop_at)  # fenced at the renewal's send + ttl
+    f.note("o", "lease_ended", 3.5, job_id="j1", slot=0, epoch=1, execution_id="j1/0/1",
+           cause="expired")  # fmt: skip
+    return f
+
+
+def test_checker_accepts_a_holder_that_fenced_itself_first() -> None:
+    assert _history(stop_at=3.1).inv.violations == []
+
+
+def test_checker_fires_when_the_holder_outlives_the_owners_patience() -> None:
+    [violation] = _history(stop_at=99.0).inv.violations
+    assert "still runs j1/0/1 when its owner let the lease expire" in violation
+
+
+@pytest.mark.slow
+def test_sweep_catches_a_holder_that_never_fences_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: no self-fencing.  Partitions cut holders off their owners."""
+    monkeypatch.setattr(Holder, "on_lapse_timer", lambda self, exec_id: None)
+    fired = []
+    for seed in range(4):
+        report = run_scenario(
+            RunOptions(nodes=6, jobs=20, seed=seed, workload="plain", duration=600.0,
+                       drain=600.0, timings="mixed", partition_rate=2.0)
+        )  # fmt: skip
+        fired += [v for v in report["invariant_violations"] if "let the lease expire" in v]
+    assert fired
