@@ -5,18 +5,27 @@ One ``HeldExecution`` machine per execution (transitions in ``states.py``).
 * **Authority.** A grant is only taken from the peer we bid to for that
   (job, slot, attempt); cancels, renewal answers and result acks only from the
   peer that granted the execution.  Anything else is a ``RemoteProtocolError``.
-* **Self-fencing.** The lease is valid until ``send time of the last
-  acknowledged renewal + ttl`` on our own clock.  Because the owner measures from
+* **Self-fencing.** The run starts when the owner acknowledges our accept,
+  and the lease is valid until ``send time of the last acknowledged renewal +
+  ttl`` on our own clock.  Because the owner measures from
   the *receipt* of that renewal and adds a grace, the holder always gives up
   first: when the owner re-grants, the old execution has already been stopped.
+* **Agreed time bounds.** Every bound the owner relies on comes from its
+  messages, never from our own ``Timings``: the grant's ``ttl_ms`` sets the
+  lease, the renewal cadence (ttl/3) and the result's retransmission window;
+  the ask's ``bid_window_ms`` sets how long a bid's reservation waits for the
+  grant.  Our own settings only pace retries (``retransmit_base``) and add
+  margins (``bid_hold``).
 * **Reporting.** The result is retransmitted until acknowledged; renewals go on
   meanwhile.  A lapse does not drop a finished execution's result (there is
   nothing left to fence): it is offered for ``REPORT_AFTER_LAPSE`` more ttls, so
   an owner that restarts meanwhile, still holding this epoch, takes it instead
   of running the work again; an owner that re-granted refuses it (fencing).
 * **Restart.** Executions do not survive a node restart.  Leases held at the
-  crash are persisted, so the restarted node reports them failed at once
-  instead of leaving the owner to wait out the lease.
+  crash are persisted, so the restarted node reports them ``lost`` at once
+  instead of leaving the owner to wait out the lease.  A lost execution is not
+  the task's failure: the owner counts it against its lost-lease budget, never
+  against ``retry.attempts``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from protocols.errors import RemoteProtocolError
 from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
 from protocols.messages import (
     CENSUS_SLOT,
+    LOST,
     MAX_CHECKPOINT_LEN,
     AskForBid,
     Bid,
@@ -54,6 +64,11 @@ from protocols.unit import WorkUnit
 
 HELD_TABLE = "held"
 REPORT_AFTER_LAPSE = 10  # a finished execution's result is offered this many ttls past a lapse
+# A grant's ttl below this is refused: renewing every ttl/3 would flood the
+# owner (``serve --lease-ttl`` has the same floor).
+MIN_LEASE_TTL = 0.5
+# The longest bid window of an ask we honour when holding capacity for it.
+MAX_BID_WINDOW = 60.0
 MAX_TOMBSTONES = 10_000
 
 
@@ -89,6 +104,8 @@ class HeldExecution:
     restart_backoff: float = 0.0
     restarted: int = 0
     restart_pending: bool = False
+    started: bool = False  # the first run started (after the owner acknowledged our accept)
+    run_for: float = 0.0  # streams: end the run gracefully after this long (0: no bound)
     timeout: float = 0.0
     start: StartExecution | None = None  # volatile: how to start it again
     # Streams: the consumer's latest checkpoint (relayed with renewals) and run_for.
@@ -219,9 +236,10 @@ class Holder:
                         reason=why,
                         matches=True,
                     ),
+                    hold=self._bid_hold(ask),
                 )
                 return
-            expires = self.out.now + self.t.bid_hold
+            expires = self.out.now + self._bid_hold(ask)
             self.reservations[key] = Reservation(sender, ask.cpu, ask.memory, expires)
             self.out.timer(("bid", *key), expires)
         used_cpu, used_mem, _ = self._used()
@@ -235,15 +253,22 @@ class Holder:
                 free_memory=max(0, self.config.memory - used_mem),
                 running=len(self.held),
             ),
+            hold=self._bid_hold(ask),
         )
 
-    def _answer(self, owner: str, msg: Bid | BidDeclined) -> None:
+    def _bid_hold(self, ask: AskForBid) -> float:
+        """How long a bid stands: the owner's bid window (from its ask) plus our
+        margin for the grant's trip, so a winner's grant never finds the
+        reservation gone, whatever our own ``bid_window`` says."""
+        return min(ask.bid_window_ms / 1000, MAX_BID_WINDOW) + self.t.bid_hold
+
+    def _answer(self, owner: str, msg: Bid | BidDeclined, hold: float) -> None:
         """A census answer ("I match") is repeated until the owner releases it
         (BidRejected): a lost one would leave this node out of an ops job.
         Ordinary bids are not: the auction simply asks again."""
         if msg.slot == CENSUS_SLOT:
             key = ("census", msg.job_id, msg.attempt)
-            self.out.send_reliably(key, owner, msg, give_up_after=self.t.bid_hold)
+            self.out.send_reliably(key, owner, msg, give_up_after=hold)
         else:
             self.out.send(owner, msg)
 
@@ -291,6 +316,10 @@ class Holder:
             self.ask_scores.closed(sender, self.out.now)
         try:
             unit = self._checked_unit(sender, grant.task)
+            if grant.ttl_ms < MIN_LEASE_TTL * 1000:
+                raise RemoteProtocolError(
+                    f"lease ttl {grant.ttl_ms} ms is below the minimum {MIN_LEASE_TTL:g} s"
+                )
         except RemoteProtocolError as exc:
             self.out.send(
                 sender,
@@ -314,8 +343,7 @@ class Holder:
             valid_until=self.out.now + ttl,
         )
         held.restarts, held.restart_backoff = grant.restarts, grant.restart_backoff_ms / 1000
-        if grant.run_for_ms:
-            self.out.timer(("runfor", grant.execution_id), self.out.now + grant.run_for_ms / 1000)
+        held.run_for = grant.run_for_ms / 1000
         held.timeout = grant.timeout_ms / 1000
         self.held[held.execution_id] = held
         self.out.persist(HELD_TABLE, held.execution_id, held.record())
@@ -330,13 +358,27 @@ class Holder:
             inputs=tuple((i.name, i.manifest_id, i.node) for i in grant.inputs),
             owner=held.owner,
         )
-        self.out.start(held.start)
-        # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
-        self.out.timer(
-            ("xtimeout", held.execution_id), self.out.now + grant.timeout_ms / 1000 + 1.0
-        )
+        # The run starts once the owner acknowledges our accept (_start_run):
+        # only then is our lease measured from a message the owner answered.
         self.out.timer(("lapse", held.execution_id), held.valid_until)
         self._renew(held)
+
+    def _start_run(self, held: HeldExecution) -> None:
+        """Start a granted execution, on the first acknowledged accept/renewal.
+
+        Not at the grant's receipt: a grant may arrive late (delayed, or a
+        retransmitted copy) while the owner measures the lease from its first
+        send, so a lease counted from the receipt could outlive the owner's
+        patience.  An acknowledged accept proves the owner still held the lease
+        when it got it, and our lease (accept's send time + ttl) ends before
+        the owner's (its receipt + ttl + grace) whatever the latency."""
+        assert held.start is not None
+        held.started = True
+        self.out.start(held.start)
+        # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
+        self.out.timer(("xtimeout", held.execution_id), self.out.now + held.timeout + 1.0)
+        if held.run_for:
+            self.out.timer(("runfor", held.execution_id), self.out.now + held.run_for)
 
     def _renew(self, held: HeldExecution) -> None:
         held.seq += 1
@@ -353,12 +395,18 @@ class Holder:
                 lag=held.lag,
             )
         self.out.send(held.owner, msg)
-        # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged.
+        # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged
+        # (the grant's ttl: the owner's clock of this lease, not our own setting).
         held.renew_delay = min(
-            max(held.renew_delay * 2, self.t.retransmit_base), self.t.renew_interval
+            max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
         )
         held.next_renew = self.out.now + held.renew_delay
         self.out.timer(("renew", held.execution_id), held.next_renew)
+
+    def _renew_interval(self, held: HeldExecution) -> float:
+        """Renewal cadence once acknowledged: a third of the *grant's* ttl (the
+        owner judges the lease by it), whatever our own ``lease_ttl`` is."""
+        return held.ttl / 3
 
     def on_renew_timer(self, exec_id: str) -> None:
         held = self.held.get(exec_id)
@@ -394,8 +442,10 @@ class Holder:
                 del held.sent_at[old]
         # The lapse timer stays armed; it re-arms itself if it fires early.
         held.valid_until = max(held.valid_until, sent + held.ttl)
+        if not held.started and held.state is ExecState.RUNNING:
+            self._start_run(held)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
-        held.next_renew = self.out.now + self.t.renew_interval
+        held.next_renew = self.out.now + self._renew_interval(held)
         self.out.timer(("renew", held.execution_id), held.next_renew)
 
     def on_cancel(self, sender: str, msg: Cancel) -> None:
@@ -469,7 +519,7 @@ class Holder:
         if held.state is ExecState.RUNNING:
             held.state = check_exec_transition(held.state, event, ExecState.STOPPING)
             held.stop_reason = reason
-            if held.restart_pending:  # between two runs: nothing to stop
+            if held.restart_pending or not held.started:  # no run to stop
                 held.restart_pending = False
                 self.out.cancel_timer(("restart", held.execution_id))
                 self.on_finished(ExecutionFinished(held.run_id, "cancelled", -1, reason))
@@ -582,7 +632,8 @@ class Holder:
     # --- restart ----------------------------------------------------------------------
 
     def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        """Leases held when the node died: their executions are gone; report them."""
+        """Leases held when the node died: their executions are gone; report them
+        ``lost`` (not failed: the task did not fail, so no retry is used up)."""
         now = self.out.now
         for exec_id, rec in records.items():
             held = HeldExecution(
@@ -596,13 +647,14 @@ class Holder:
                 ttl=rec["ttl"],
                 state=ExecState.RUNNING,
                 valid_until=now + rec["ttl"],
+                started=True,  # (maybe not, but either way nothing runs now)
             )
             self.held[exec_id] = held
             self.out.timer(("lapse", exec_id), held.valid_until)
             self.on_finished(
                 ExecutionFinished(
                     execution_id=exec_id,
-                    status="failed",
+                    status=LOST,
                     exit_code=-1,
                     error="node restarted; the execution was lost",
                 )

@@ -273,6 +273,12 @@ class LeaseRelease(Message):
     progress: str = _text(MAX_CHECKPOINT_LEN)  # a stopped consumer's final checkpoint
 
 
+# ``ExecutionResult.status`` of an execution its holder lost without running it
+# to its end (the holder restarted): the owner re-grants the slot and counts a
+# lost lease, never one of the task's ``retry.attempts``.
+LOST = "lost"
+
+
 @attrs.frozen(kw_only=True)
 class ExecutionResult(Message):
     """Holder -> owner: how the execution ended; retransmitted until acked."""

@@ -41,7 +41,7 @@ class Execution:
     execution_id: str
     epoch: int
     node: str
-    # granted|running|succeeded|failed|timeout|expired|released|cancelled|replaced
+    # granted|running|succeeded|failed|timeout|expired|released|lost|cancelled|replaced
     state: str = "granted"
     exit_code: int | None = None
     error: str = ""
@@ -51,6 +51,10 @@ class Execution:
     reported: bool = False  # the holder's result was recorded
     late: bool = False  # a result arrived after the lease was superseded
     version: int = 1  # the job spec version this execution runs
+    # The lease ttl this grant carried: the holder renews and fences itself by
+    # it, so the owner judges the lease by it too, even after a restart with a
+    # different ``--lease-ttl``.  0: a record from before it was kept.
+    ttl_ms: int = 0
 
     def record(self) -> dict[str, Any]:
         # Spelled out: attrs.asdict is ~10x slower, and records are built on every persist.
@@ -67,6 +71,7 @@ class Execution:
             "reported": self.reported,
             "late": self.late,
             "version": self.version,
+            "ttl_ms": self.ttl_ms,
         }
 
 

@@ -12,9 +12,14 @@ rules that make outcomes exact on a lossy network:
 * **Time bounds.** The owner judges a lease on its own clock: dead after
   ``ttl + grace`` without a renewal, failed after ``timeout + timeout_grace``
   without a result.  Either way the slot is re-auctioned under a new epoch.
+  ``ttl`` is the one the grant carried (kept with the execution, across
+  restarts): the holder renews and fences itself by that ttl, not by its own
+  settings, so both sides judge one lease by one number.
 * **Retries.** Failed executions count against ``retry.attempts`` (with
   exponential backoff from ``retry.backoff``); lost leases (silence, restarts)
   count against ``max_lost_leases`` so network trouble cannot burn user retries.
+  So does a result with status ``lost`` (a holder that restarted and lost the
+  execution): it never counts as the task's failure.
   Nodes that failed a slot are asked last.
 """
 
@@ -30,6 +35,7 @@ from protocols.directory import Directory
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.messages import (
     CENSUS_SLOT,
+    LOST,
     AskForBid,
     Bid,
     BidDeclined,
@@ -266,7 +272,7 @@ class Owner:
                 continue
             for slot in job.slots:
                 if slot.leased:
-                    slot.lease_expires = now + self.t.lease_ttl + self.t.lease_grace
+                    slot.lease_expires = now + self._lease_ttl(slot) + self.t.lease_grace
                     slot.granted_at = now
                     self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
                     self.out.timer(
@@ -651,8 +657,15 @@ class Owner:
         slot.epoch += 1
         slot.reason = ""
         exec_id = execution_id(job.job_id, slot.index, slot.epoch)
+        ttl_ms = int(self.t.lease_ttl * 1000)
         slot.executions.append(
-            Execution(execution_id=exec_id, epoch=slot.epoch, node=node, version=job.version)
+            Execution(
+                execution_id=exec_id,
+                epoch=slot.epoch,
+                node=node,
+                version=job.version,
+                ttl_ms=ttl_ms,
+            )
         )
         if job.kind in LONG_RUNNING and len(slot.executions) > KEEP_EXECUTIONS:
             del slot.executions[:-KEEP_EXECUTIONS]
@@ -664,7 +677,7 @@ class Owner:
             slot=slot.index,
             attempt=(slot.attempt - 1) % 10_000 + 1,
             epoch=slot.epoch,
-            ttl_ms=int(self.t.lease_ttl * 1000),
+            ttl_ms=ttl_ms,
             timeout_ms=int(unit.timeout * 1000),
             task=unit.task,
         )
@@ -688,7 +701,7 @@ class Owner:
                 restarts=max(unit.attempts - 1, 0),
                 restart_backoff_ms=int(unit.backoff * 1000),
             )
-        ttl_grace = self.t.lease_ttl + self.t.lease_grace
+        ttl_grace = ttl_ms / 1000 + self.t.lease_grace
         self.out.send_reliably(("grant", exec_id), node, grant, give_up_after=ttl_grace)
         slot.lease_expires = now + ttl_grace
         slot.granted_at = now
@@ -703,7 +716,8 @@ class Owner:
             epoch=slot.epoch,
             execution_id=exec_id,
             holder=node,
-            ttl=self.t.lease_ttl,
+            ttl=ttl_ms / 1000,
+            grace=self.t.lease_grace,
             timeout=unit.timeout,
             version=job.version,
         )
@@ -729,6 +743,13 @@ class Owner:
         if execution.node != sender:
             raise RemoteProtocolError(f"{sender} does not hold the lease of {exec_id}")
         return job, slot, execution
+
+    def _lease_ttl(self, slot: OwnedSlot) -> float:
+        """The ttl the slot's current lease was granted with (seconds)."""
+        execution = slot.current
+        if execution is None or not execution.ttl_ms:  # a record from an older version
+            return self.t.lease_ttl
+        return execution.ttl_ms / 1000
 
     def _is_current(self, slot: OwnedSlot, execution: Execution) -> bool:
         return execution.epoch == slot.epoch and slot.leased
@@ -756,7 +777,7 @@ class Owner:
         self.out.settle(("grant", execution.execution_id))
         # Only the deadline moves: the armed timer re-arms itself when it fires
         # early (one timer per lease period, not one per renewal).
-        slot.lease_expires = self.out.now + self.t.lease_ttl + self.t.lease_grace
+        slot.lease_expires = self.out.now + self._lease_ttl(slot) + self.t.lease_grace
         if was is SlotState.GRANTED:
             execution.state = "running"
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
@@ -805,6 +826,13 @@ class Owner:
             return
         if msg.progress or msg.lag >= 0:
             self.stream.commit(job, slot, execution, msg.progress, msg.lag, 2**32)
+        if msg.status == LOST:
+            # The holder restarted and lost the run: a lost lease, not a failure
+            # of the task (its retries are for the task's own failures).
+            execution.reported, execution.state, execution.error = True, "lost", msg.error
+            self._lease_lost(job, slot, SlotEvent.RELEASED, f"lost on {sender}: {msg.error}")
+            self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch))
+            return
         self._end_lease(job, slot, "result")
         execution.reported = True
         execution.exit_code, execution.error = msg.exit_code, msg.error

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from simnet.runner import RunOptions, run_scenario
+from simnet.timings import TIMINGS_MODES
 from simnet.workload import WORKLOADS
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -122,6 +123,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--joiners", type=click.IntRange(0), default=None,
                      help="Nodes that start only after the submit window (they join running "
                           "daemons) [default: 0; max(1, nodes // 10) for the kinds workload]."),
+        click.option("--timings", type=click.Choice(TIMINGS_MODES), default="uniform",
+                     show_default=True,
+                     help="uniform: every node runs the default Timings; mixed: each node "
+                          "draws its own lease ttl (1-20 s), grace, bid window, retransmission "
+                          "pacing, ... from seeded ranges (heterogeneous peers)."),
         click.option("--output", type=click.Choice(["json", "table"]), default="table",
                      show_default=True),
     ]
@@ -138,6 +144,7 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
         workload=kw["workload"], joiners=kw.get("joiners"),
         frame_crash=kw.get("frame_crash") or 0.0,
+        timings=kw.get("timings") or "uniform",
     )
 
 
@@ -159,6 +166,8 @@ def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
         args += ["--workload", kw["workload"]]
     if kw.get("joiners") is not None:
         args += ["--joiners", str(kw["joiners"])]
+    if kw.get("timings", "uniform") != "uniform":
+        args += ["--timings", kw["timings"]]
     args += ["--output", "json"]
     return shlex.join(args)
 

@@ -125,8 +125,13 @@ class Cluster:
         record: bool = False,
         check_interval: float = 30.0,
         bounds: Bounds | None = None,
+        node_timings: Callable[[str, int], Timings] | None = None,
     ) -> None:
         self.seed = seed
+        # ``timings``: every node's, and the checkers' bounds.  ``node_timings``
+        # (simnet.timings, --timings mixed): (node id, incarnation) -> that
+        # incarnation's own; ``timings`` then bounds them all (simnet.timings.envelope).
+        self.node_timings = node_timings
         self.timings = timings or Timings()
         self.engine = Engine(seed, net)
         self.rng = random.Random(derive_seed(seed, "cluster"))
@@ -166,7 +171,7 @@ class Cluster:
                 "labels": {"zone": ZONES[i % len(ZONES)]},
                 "executors": ("sim",),
                 "bootstrap": self._bootstrap(i),
-                "timings": self.timings,
+                "timings": node_timings(f"n{i:04d}", 0) if node_timings else self.timings,
             }
             if configure is not None:
                 fields = configure(i, fields)
@@ -185,7 +190,10 @@ class Cluster:
     def _factory(self, config: NodeConfig) -> Callable[[Records, int], Core]:
         def make(records: Records, incarnation: int) -> Core:
             seed = derive_seed(self.seed, "node", config.node_id, incarnation)
-            return self._core_factory(config, seed, records)
+            own = config
+            if self.node_timings is not None:  # a restart may come with other settings
+                own = attrs.evolve(config, timings=self.node_timings(config.node_id, incarnation))
+            return self._core_factory(own, seed, records)
         return make
 
     def _is_running(self, node: str, execution_id: str) -> bool:

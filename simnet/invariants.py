@@ -9,7 +9,10 @@ as ``"t=<virtual s>: <description>"``.
    carries the newest epoch granted for its slot;
 2. epochs strictly increase per (job, slot); at most one unexpired lease per
    (job, slot) in the owner's view; a holder whose lease was superseded stops
-   its execution within TTL + grace of the newer grant;
+   its execution within TTL + grace of the newer grant (judged by the grants'
+   own ttl and their owner's grace: peers may run different Timings); when an
+   owner lets a lease expire, its holder has already stopped (self-fencing
+   comes strictly first);
 3. every submitted job is owned by exactly one node (up, or down with its
    store), and at the end is terminal or reported ``lost``;
 4. every execution ends within its timeout + grace (executor ground truth);
@@ -92,6 +95,7 @@ class Invariants(Observer):
         self.terminal = 0
         self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
+        self.window: dict[SlotKey, float] = {}  # the newest grant's ttl + its owner's grace
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
         # executor ground truth: (job, slot) -> {(node, execution id): epoch}
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
@@ -163,8 +167,14 @@ class Invariants(Observer):
             self.violate(now, f"{key[0]}#{key[1]}: lease {eid} granted while {others} unexpired")
         active[eid] = (epoch, now)
         self.newest[key] = (epoch, eid, now)
+        # The grant's own window (its ttl, its owner's grace), not a cluster-wide
+        # setting: peers may run different Timings (--timings mixed).
         ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
-        deadline = now + ttl + self.timings.lease_grace + self.slack
+        grace = _seconds(d.get("grace"), self.timings.lease_grace)
+        # (An older lease's holder fences itself by *its* grant's ttl.)
+        window = max(ttl + grace, self.window.get(key, 0.0))
+        self.window[key] = ttl + grace
+        deadline = now + window + self.slack
         for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
             if old_epoch < epoch:
                 self._watch_superseded(holder, old_eid, epoch, deadline)
@@ -178,9 +188,21 @@ class Invariants(Observer):
 
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
+        eid = str(d.get("execution_id"))
         active = self.active.get(key)
         if active:
-            active.pop(str(d.get("execution_id")), None)
+            active.pop(eid, None)
+        if d.get("cause") == "expired":
+            self._check_fenced_first(key, eid, now)
+
+    def _check_fenced_first(self, key: SlotKey, eid: str, now: float) -> None:
+        """An owner lets a lease expire only after its holder fenced itself
+        (the holder counts from a renewal's send, the owner from its receipt
+        plus a grace): no run of that execution may still be going."""
+        for holder, run_id in self.running.get(key, {}):
+            if run_id.partition("#")[0] == eid:
+                self.violate(now, f"{holder} still runs {run_id} when its owner let the "
+                                  f"lease expire (the holder must fence itself first)")
 
     def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
@@ -212,9 +234,8 @@ class Invariants(Observer):
         self.by_node.setdefault(node, {})[eid] = key
         newest = self.newest.get(key)
         if newest is not None and newest[0] > epoch:  # started an already-stale lease
-            ttl = self.timings.lease_ttl
-            self._watch_superseded(node, eid, newest[0],
-                                   now + ttl + self.timings.lease_grace + self.slack)
+            window = self.window.get(key, self.timings.lease_ttl + self.timings.lease_grace)
+            self._watch_superseded(node, eid, newest[0], now + window + self.slack)
         deadline = now + float(action.timeout) + self.timings.timeout_grace
 
         def check_timeout() -> None:

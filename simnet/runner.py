@@ -63,12 +63,12 @@ from typing import Any
 
 import attrs
 
-from protocols.config import Timings
 from simnet.engine import derive_seed
 from simnet.harness import Cluster
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
 from simnet.kind_invariants import default_bounds
 from simnet.network import DIRECTORY_TYPES, NetConfig
+from simnet.timings import draw_timings, envelope, every_draw
 from simnet.workload import WORKLOADS
 
 DOWNTIME = (5.0, 60.0)
@@ -97,6 +97,7 @@ class RunOptions:
     workload: str = "mixed"  # mixed | plain | kinds | stream | chain | dag (simnet.workload)
     joiners: int | None = None  # nodes starting late; None: 0, or nodes // 10 for kinds
     frame_crash: float = 0.0  # per handover frame: crash its sender (fault phase only)
+    timings: str = "uniform"  # uniform | mixed: every node's own Timings (simnet.timings)
 
 
 class FaultInjector:
@@ -196,8 +197,10 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     default_joiners = max(1, opts.nodes // 10) if long and opts.nodes >= 3 else 0
     joiners = opts.joiners if opts.joiners is not None else default_joiners
     joiners = max(0, min(joiners, opts.nodes - 1))  # n0000 (everyone's bootstrap) starts
-    timings = Timings()
-    cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings,
+    ids = [f"n{i:04d}" for i in range(opts.nodes)]
+    timings = envelope(every_draw(opts.timings, opts.seed, ids))  # the checkers' bounds
+    own = functools.partial(draw_timings, opts.timings, opts.seed)
+    cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings, node_timings=own,
                       check_interval=opts.check_interval, bounds=default_bounds(timings),
                       configure=_big_nodes if long else None)
     bounds = cluster.kinds.bounds

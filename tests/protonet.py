@@ -90,11 +90,13 @@ class ProtoNet:
         seed: int = 1,
         owners_only: frozenset[str] = frozenset(),
         absent: frozenset[str] = frozenset(),
+        node_timings: dict[str, Timings] | None = None,
     ) -> None:
         self.owners_only = owners_only  # nodes that own jobs but never bid
         self.now = 0.0
         self.seed = seed
         self.timings = timings or Timings()
+        self.node_timings = dict(node_timings or {})  # per node: mismatched peers
         self.labels = labels or {}
         self.ids = ids
         self.stores: dict[str, dict[str, dict[str, Any]]] = {i: {} for i in ids}
@@ -119,7 +121,7 @@ class ProtoNet:
             labels=self.labels.get(node_id, {}),
             executors=("sim", "process"),
             bootstrap=tuple(i for i in self.ids if i != node_id),
-            timings=self.timings,
+            timings=self.node_timings.get(node_id, self.timings),
             compute=node_id not in self.owners_only,
         )
 

@@ -309,8 +309,10 @@ def test_holder_restart_reports_lost_execution() -> None:
     [(node, exec_id)] = wait_running(net)
     net.crash(node)
     net.start(node)
-    net.run_until(lambda: bool(net.notes_of("execution_failed")))
-    assert net.notes_of("execution_failed")[0]["execution_id"] == exec_id
+    net.run_until(lambda: bool(net.notes_of("lease_ended")))
+    [ended] = net.notes_of("lease_ended")  # reported lost at once, not waited out
+    assert (ended["execution_id"], ended["cause"]) == (exec_id, "released")
+    assert not net.notes_of("execution_failed")  # lost, not failed: no retry used
     [(node2, exec2)] = wait_running(net)
     net.finish(node2, exec2)
     net.run_until(lambda: net.job_state("a", "j1") == "completed")

@@ -63,7 +63,7 @@ def test_clean_history_has_no_violation() -> None:
     e1 = grant(f, 1, 1.0)
     f.start("h1", e1, 1.1)
     f.note("o", "lease_ended", 13.0, job_id="j1", slot=0, epoch=1, execution_id=e1,
-           cause="expired")
+           cause="timeout")  # (an expired lease must have stopped already)
     e2 = grant(f, 2, 14.0, holder="h2")
     f.end("h1", e1, 15.0)  # stops within ttl + grace of the new grant
     f.start("h2", e2, 14.1)
@@ -112,10 +112,11 @@ def test_superseded_holder_still_running_fires() -> None:
     e1 = grant(f, 1, 1.0)
     f.start("h1", e1, 1.1)
     f.note("o", "lease_ended", 13.0, job_id="j1", slot=0, epoch=1, execution_id=e1,
-           cause="expired")
+           cause="timeout")
     grant(f, 2, 14.0, holder="h2")
+    assert not f.inv.violations
     f.run_checks(14.0 + 10.0 + 2.0 + 1.0)  # TTL + grace + slack after the new grant
-    assert any("still runs j1/0/1" in v for v in f.inv.violations)
+    assert any("still runs j1/0/1 past TTL" in v for v in f.inv.violations)
 
 
 def test_execution_outliving_timeout_fires() -> None:
