@@ -140,6 +140,20 @@ def optional_text(name: str, value: Any) -> str | None:
     return value
 
 
+# Submissions that may be repeated name themselves with a key (p2pnode.node).
+MAX_IDEMPOTENCY_KEY = 200  # characters
+
+
+def idempotency_key(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(
+            f"{name} must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    return value
+
+
 def absolute_path(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise BadRequest(f"{name} must be an absolute path, got {_shown_type(value)}")
@@ -152,7 +166,7 @@ REQUEST_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "jobs": {},
     "peers": {},
     "stats": {},
-    "submit": {"spec": (True, spec), "idempotency_key": (False, optional_text)},
+    "submit": {"spec": (True, spec), "idempotency_key": (False, idempotency_key)},
     "update": {"job_id": (True, job_id), "spec": (True, spec)},
     "suspend": {"job_id": (True, job_id)},
     "resume": {"job_id": (True, job_id)},

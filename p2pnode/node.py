@@ -32,6 +32,7 @@ import multiaddr
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.control_request import MAX_IDEMPOTENCY_KEY
 from p2pnode.datadir import make_private
 from p2pnode.engines import EngineRouter, build_executors
 from p2pnode.executors.sandbox import open_sandbox
@@ -106,9 +107,6 @@ class NodeSettings:
                 f"p2p mode {self.p2p_mode!r} is not supported: point-to-point frames go over"
                 " direct streams (the inbox mode was removed: any peer could read its topics)"
             )
-
-
-MAX_IDEMPOTENCY_KEY = 200  # characters
 
 
 def keyed_job_id(node_id: str, idempotency_key: str) -> str:

@@ -35,9 +35,8 @@ from p2pnode.cli.output import (
 from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
 from p2pnode.control import ControlClient, ControlError
+from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
-from p2pnode.control_request import TIMEOUT
-from p2pnode.node import MAX_IDEMPOTENCY_KEY
 from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
