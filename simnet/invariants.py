@@ -6,8 +6,10 @@ running where).  The first violation halts the run; every violation is kept
 as ``"t=<virtual s>: <description>"``.
 
 1. no (job, slot) ever has two ``result_accepted``; an accepted result
-   carries the newest epoch granted for its slot;
-2. epochs strictly increase per (job, slot); at most one unexpired lease per
+   carries the newest epoch granted for its slot, and comes from the holder
+   that epoch was granted to;
+2. one (job, slot, epoch) is granted to one holder only (a re-announce
+   names the same holder); epochs strictly increase per (job, slot); at most one unexpired lease per
    (job, slot) in the owner's view; a holder whose lease was superseded stops
    its execution within TTL + grace of the newer grant;
 3. every submitted job is owned by exactly one node (up, or down with its
@@ -92,6 +94,7 @@ class Invariants(Observer):
         self.terminal = 0
         self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
+        self.holders: dict[tuple[str, int, int], str] = {}  # (job, slot, epoch) -> holder
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
         # executor ground truth: (job, slot) -> {(node, execution id): epoch}
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
@@ -150,6 +153,11 @@ class Invariants(Observer):
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         epoch = int(d.get("epoch", 0))
         eid = str(d.get("execution_id"))
+        holder = str(d.get("holder"))
+        first = self.holders.setdefault((key[0], key[1], epoch), holder)
+        if first != holder:
+            self.violate(now, f"{key[0]}#{key[1]}: epoch {epoch} granted to {holder}, "
+                              f"already granted to {first} (one holder per fencing token)")
         prev = self.newest.get(key)
         if prev is not None:
             if prev[1] == eid:
@@ -196,6 +204,11 @@ class Invariants(Observer):
         if newest is not None and epoch < newest[0]:
             self.violate(now, f"{key[0]}#{key[1]}: accepted {eid} of epoch {epoch} although "
                               f"epoch {newest[0]} was granted")
+        granted_to = self.holders.get((key[0], key[1], epoch))
+        holder = d.get("holder")
+        if granted_to is not None and holder is not None and str(holder) != granted_to:
+            self.violate(now, f"{key[0]}#{key[1]}: result of {eid} accepted from {holder}, "
+                              f"the lease was granted to {granted_to}")
         self._lease_ended(node, d, now)
 
     # --- executor ground truth ---------------------------------------------------------
