@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 import traceback
 from collections.abc import Callable, Hashable
@@ -479,7 +480,10 @@ class Engine:
     def _do_set_timer(self, node: SimNode, a: SetTimer) -> None:
         self._seq += 1
         node.timers[a.key] = self._seq
-        at = a.at / node.rate  # the core's clock -> virtual time
+        rate = node.rate
+        at = a.at / rate  # the core's clock -> virtual time
+        while at * rate < a.at:  # rounding: the core must read >= its deadline then
+            at = math.nextafter(at, math.inf)
         if at < self.now:
             at = self.now
         heapq.heappush(self._heap, (at, self._seq, _TIMER, node.idx, node.inc,

@@ -250,7 +250,9 @@ class Cluster:
         def fire(since: float, due: float) -> None:
             extra = self.frozen(since, due)
             if extra > 0:
-                self.engine.call_at(due + extra, functools.partial(fire, due, due + extra))
+                # Never before an ongoing pause ends (else tiny steps to its end).
+                later = max([due + extra] + [p1 for p0, p1 in self.pauses if p0 <= due < p1])
+                self.engine.call_at(later, functools.partial(fire, due, later))
             else:
                 fn()
         self.engine.call_at(at, functools.partial(fire, set_at, at))

@@ -261,6 +261,7 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     # Liveness bounds hold on a network that does not lose messages; with loss
     # the latencies are geometric: measured, and enforced once the network calms.
     cluster.kinds.enforce = opts.loss == 0.0
+    cluster.kinds.clock_skew = opts.clock_skew
     budget = 20_000 + 2_000 * (opts.jobs + opts.nodes)
     if long:
         horizon = opts.duration + 2 * max(bounds.daemon, bounds.service) + opts.drain
