@@ -41,7 +41,8 @@ from simnet.workload import sim_task
 if TYPE_CHECKING:
     from simnet.harness import Cluster
 
-ATTACK_RATE = 1.0  # lies per byzantine node per virtual second
+ATTACK_RATE = 2.0  # lies per byzantine node per virtual second
+FRESH = 8  # lies aim at the newest leases mostly (they are still running)
 RECORDED_FRAMES = 256  # replay buffer (most recent frames seen on the wire)
 ATTACKS = ("result", "result", "release", "cancel", "renew_ack", "grant", "ask",
            "replay", "reencode")
@@ -68,6 +69,7 @@ class Adversary(Observer):
         self.nodes = sorted(cluster.byzantine)
         self.honest = [n for n in cluster.ids if n not in cluster.byzantine]
         self.leases: dict[tuple[str, int], Lease] = {}
+        self.recent: list[Lease] = []  # the newest FRESH leases granted
         self.frames: list[tuple[int, bytes]] = []  # (destination, frame)
         self.active = False
         self.sent: dict[str, int] = {}  # attack -> frames sent
@@ -98,6 +100,7 @@ class Adversary(Observer):
         if kind == "lease_granted":
             lease = Lease(node, data)
             self.leases[(lease.job, lease.slot)] = lease
+            self.recent = [*self.recent[-(FRESH - 1):], lease]
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
         pass
@@ -128,6 +131,8 @@ class Adversary(Observer):
     def _lease(self) -> Lease | None:
         if not self.leases:
             return None
+        if self.recent and self.rng.random() < 0.7:
+            return self.recent[self.rng.randrange(len(self.recent))]
         return self.leases[self.rng.choice(sorted(self.leases))]
 
     def _claim(self, node: str, other: str) -> str:

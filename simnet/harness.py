@@ -150,7 +150,7 @@ class Cluster:
         self.engine = Engine(seed, net)
         self.rng = random.Random(derive_seed(seed, "cluster"))
         self.notes: list[Note] | None = [] if record else None
-        self.pauses: list[tuple[float, float]] = []  # (from, until) of every pause, any node
+        self.pauses: list[tuple[float, float, str]] = []  # (from, until, node), every pause
         self.byzantine: frozenset[str] = frozenset(f"n{i:04d}" for i in byzantine)
         schedule = self.schedule_check
         self.inv = Invariants(
@@ -159,6 +159,7 @@ class Cluster:
             is_running=self._is_running,
             on_violation=self.engine.halt,
         )
+        self.inv.schedule_for = self.schedule_check
         self.kinds = KindInvariants(self.timings, schedule, self, self.inv.violate, bounds)
         self.stream = StreamInvariants(self.timings, schedule, self, self.inv.violate)
         self.stream.lossy = bool(net is not None and net.loss > 0)
@@ -228,30 +229,34 @@ class Cluster:
             return
         until = self.now + seconds
         self.engine.pause_node(idx, until)
-        self.pauses.append((self.now, until))
+        self.pauses.append((self.now, until, node_id))
         self._fault("pause")
         self.at(until, functools.partial(self._fault, "resume"))
 
-    def frozen(self, start: float, end: float) -> float:
-        """Seconds of [start, end] during which some node was paused."""
+    def frozen(self, start: float, end: float, node: str | None = None) -> float:
+        """Seconds of [start, end] during which ``node`` (None: some node) was paused."""
         total, reach = 0.0, start
-        for p0, p1 in self.pauses:  # in start order
+        for p0, p1, who in self.pauses:  # in start order
+            if node is not None and who != node:
+                continue
             lo, hi = max(p0, reach), min(p1, end)
             if hi > lo:
                 total += hi - lo
                 reach = hi
         return total
 
-    def schedule_check(self, at: float, fn: Callable[[], None]) -> None:
-        """Run a checker's deadline check at ``at`` plus the time nodes spent
-        frozen since it was set (a paused holder cannot stop anything)."""
+    def schedule_check(self, at: float, fn: Callable[[], None], node: str | None = None) -> None:
+        """Run a checker's deadline check at ``at`` plus the time ``node`` (not
+        given: any node) spent frozen since it was set (a paused holder cannot
+        stop anything)."""
         set_at = self.now
 
         def fire(since: float, due: float) -> None:
-            extra = self.frozen(since, due)
+            extra = self.frozen(since, due, node)
             if extra > 0:
                 # Never before an ongoing pause ends (else tiny steps to its end).
-                later = max([due + extra] + [p1 for p0, p1 in self.pauses if p0 <= due < p1])
+                later = max([due + extra] + [p1 for p0, p1, who in self.pauses
+                                             if p0 <= due < p1 and node in (None, who)])
                 self.engine.call_at(later, functools.partial(fire, due, later))
             else:
                 fn()

@@ -4,12 +4,20 @@ A *healthy* job is a batch job whose task cannot fail by itself (a sim task
 with no exit code, no failure rate, no hang, shorter than its timeout).
 
 L1. a healthy job ends ``failed`` only for a fault-attributable reason: its
-    lost-lease budget ran out (``"... leases lost"``), never "failed on
-    <node>" with its user's attempts used up;
+    lost-lease budget ran out (``"... leases lost"``) or no matching node
+    answered, never "failed on <node>" with its user's attempts used up; and
+    on a network that only loses, duplicates and reorders frames (no crash,
+    partition, pause or latency tail; lies are no excuse) no execution of a
+    healthy job is even reported failed;
 L2. a lost execution never consumes an attempt: an execution whose holder
     crashed while it ran (executor ground truth) must never be reported to
     its owner as ``execution_failed`` (it is lost: a restart, a lease lapse
     or an unreachable holder count against the separate lost budget);
+L4. retransmission: on a network that only loses (at most 30 %), duplicates
+    and reorders frames, no slot loses more than ``MAX_EXPIRED_LOSS_ONLY``
+    leases to expiry (a renewal and its retries all lost); the real core
+    loses at most one in thousands of seeds, a core that never retransmits
+    loses 2-5 per run;
 L3. (the runner's *calm* mode) once every fault stopped, every healthy job
     still open completes within a bound: :meth:`Liveness.check_calm`.
 
@@ -26,14 +34,18 @@ from simnet.engine import Observer
 from simnet.invariants import TERMINAL, Invariants
 
 # Failure reasons a fault explains (the owner's own words, protocols/owner.py).
-# "no node matches": every matching node was down, cut off or byzantine when the
-# auction concluded (a liveness matter: the calm mode's L3 bounds it).
-FAULT_REASONS = ("leases lost", "no node matches")
+# "leases lost": crashes, partitions, pauses cost leases.
+FAULT_REASONS = ("leases lost",)
+# "no node matches": every matching node was down, cut off or byzantine when
+# the auction concluded -- or, on a lossy network, the owner's directory had
+# not heard of it yet (a known liveness gap, see docs/architecture.md).
+ALWAYS_EXCUSED = ("no node matches",)
 # L2 (and L1 for restart-lost executions) need issue 11 #4 (a holder's restart
 # reports its lost execution as lost, not failed).  Until that fix is merged
 # a restart still consumes an attempt; then this turns True.
 CHECK_LOST_ATTEMPTS = False
 RESTART_LOST = "node restarted; the execution was lost"  # today's Holder.restore words
+MAX_EXPIRED_LOSS_ONLY = 2  # L4
 
 
 def is_healthy(spec: dict[str, Any]) -> bool:
@@ -57,6 +69,12 @@ class Liveness(Observer):
         self.lost: set[str] = set()  # executions whose holder crashed under them
         self.fault_failures = 0  # healthy jobs failed for a fault-attributable reason
         self.check_lost_attempts = CHECK_LOST_ATTEMPTS
+        # False when the run injects no node fault (crash, partition, pause,
+        # lie, latency tail): message loss, duplication and reordering alone
+        # excuse nothing, since the protocol retransmits.
+        self.node_faults = True
+        self.check_expiries = False  # L4 (the runner: no node fault, loss <= 30 %)
+        self.expired: dict[tuple[str, int], int] = {}  # (job, slot) -> leases expired
 
     def expect(self, job_id: str, spec: dict[str, Any]) -> None:
         if is_healthy(spec):
@@ -72,8 +90,23 @@ class Liveness(Observer):
         self.lost |= self.running.pop(node, set())
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        if kind == "execution_failed":
+        if (kind == "lease_ended" and data.get("cause") == "released" and not self.node_faults
+                and str(data.get("job_id")) in self.healthy):
+            self.inv.violate(now, f"{data.get('execution_id')}: its holder released the lease "
+                                  f"of a healthy job although no node fault happened (L1: "
+                                  f"only the owner stops a healthy execution)")
+        elif kind == "lease_ended" and data.get("cause") == "expired":
+            key = (str(data.get("job_id")), int(data.get("slot", 0)))
+            count = self.expired[key] = self.expired.get(key, 0) + 1
+            if self.check_expiries and count == MAX_EXPIRED_LOSS_ONLY + 1:
+                self.inv.violate(now, f"{key[0]}#{key[1]}: {count} leases expired on a network "
+                                      f"that only loses frames (L4: retransmission)")
+        elif kind == "execution_failed":
             eid = str(data.get("execution_id"))
+            if not self.node_faults and str(data.get("job_id")) in self.healthy:
+                self.inv.violate(now, f"{eid} of healthy job {data.get('job_id')} reported "
+                                      f"{data.get('status')} to {node} although no node "
+                                      f"fault happened (L1)")
             if eid in self.lost and self.check_lost_attempts:
                 self.inv.violate(now, f"{eid}: lost when its holder crashed, yet reported to "
                                       f"{node} as {data.get('status')} (L2: a lost execution "
@@ -83,8 +116,10 @@ class Liveness(Observer):
             if jid not in self.healthy:
                 return
             reason = str(data.get("reason") or "")
-            if any(r in reason for r in FAULT_REASONS) or (
-                    not self.check_lost_attempts and RESTART_LOST in reason):
+            excused = (any(r in reason for r in ALWAYS_EXCUSED)
+                       or (self.node_faults and any(r in reason for r in FAULT_REASONS))
+                       or (not self.check_lost_attempts and RESTART_LOST in reason))
+            if excused:
                 self.fault_failures += 1
             else:
                 self.inv.violate(now, f"healthy job {jid} failed for a reason no fault "

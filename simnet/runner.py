@@ -262,6 +262,11 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     # the latencies are geometric: measured, and enforced once the network calms.
     cluster.kinds.enforce = opts.loss == 0.0
     cluster.kinds.clock_skew = opts.clock_skew
+    # (Lies are no excuse: honest nodes must not lose a lease to a liar.)
+    cluster.liveness.node_faults = bool(
+        opts.crash_rate or opts.partition_rate or opts.pause_rate
+        or opts.frame_crash or opts.latency_tail)
+    cluster.liveness.check_expiries = not cluster.liveness.node_faults and opts.loss <= 0.3
     budget = 20_000 + 2_000 * (opts.jobs + opts.nodes)
     if long:
         horizon = opts.duration + 2 * max(bounds.daemon, bounds.service) + opts.drain
