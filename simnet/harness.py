@@ -67,6 +67,9 @@ class _Fanout(Observer):
         self.checkers = checkers
         self.log = log
         self.ignored: frozenset[str] = frozenset()  # byzantine nodes: their reports lie
+        # (node, execution id) -> the node that granted it (None: unknown)
+        self.granted_by: Callable[[str, str], str | None] = lambda node, eid: None
+        self.foreign: set[tuple[str, str]] = set()  # executions a liar granted
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
         if node in self.ignored:
@@ -77,14 +80,23 @@ class _Fanout(Observer):
             self.log.append(Note(now, node, kind, data))
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
+        if self.ignored and self.granted_by(node, action.execution_id) in self.ignored:
+            # A liar granted it (after an ask of its own): the liar's job, not
+            # the honest one whose id it reuses.
+            self.foreign.add((node, action.execution_id))
+            return
         for checker in self.checkers:
             checker.on_exec_start(node, action, now)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
+        if (node, execution_id) in self.foreign:
+            self.foreign.discard((node, execution_id))
+            return
         for checker in self.checkers:
             checker.on_exec_end(node, execution_id, status, now)
 
     def on_crash(self, node: str, now: float) -> None:
+        self.foreign = {k for k in self.foreign if k[0] != node}
         for checker in self.checkers:
             checker.on_crash(node, now)
 
@@ -98,6 +110,8 @@ class _Fanout(Observer):
 
     def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
                     first: int, last: int, now: float) -> None:
+        if (node, execution_id) in self.foreign:
+            return
         for checker in self.checkers:
             checker.on_consumed(node, execution_id, consumer, first, last, now)
 
@@ -169,6 +183,7 @@ class Cluster:
         self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,
                                self.liveness], self.notes)
         self.fanout.ignored = self.byzantine
+        self.fanout.granted_by = self._granted_by
         self.adversary: Adversary | None = None  # set by the runner (simnet.byzantine)
         self.engine.observer = self.fanout
         self.connector = SimConnector(self)
@@ -233,34 +248,37 @@ class Cluster:
         self._fault("pause")
         self.at(until, functools.partial(self._fault, "resume"))
 
-    def frozen(self, start: float, end: float, node: str | None = None) -> float:
-        """Seconds of [start, end] during which ``node`` (None: some node) was paused."""
-        total, reach = 0.0, start
+    def thawed_deadline(self, start: float, budget: float, node: str | None = None) -> float:
+        """When ``node`` (None: any node) has run unfrozen for ``budget``
+        seconds since ``start``, by the pauses known now."""
+        t, left = start, budget
         for p0, p1, who in self.pauses:  # in start order
-            if node is not None and who != node:
+            if (node is not None and who != node) or p1 <= t:
                 continue
-            lo, hi = max(p0, reach), min(p1, end)
-            if hi > lo:
-                total += hi - lo
-                reach = hi
-        return total
+            if p0 >= t + left:
+                break
+            left -= max(0.0, p0 - t)
+            t = p1
+        return t + left
 
     def schedule_check(self, at: float, fn: Callable[[], None], node: str | None = None) -> None:
-        """Run a checker's deadline check at ``at`` plus the time ``node`` (not
-        given: any node) spent frozen since it was set (a paused holder cannot
-        stop anything)."""
-        set_at = self.now
+        """Run a checker's deadline check once ``node`` (not given: any node)
+        has run unfrozen for ``at - now`` seconds: a paused holder cannot stop
+        anything, so its frozen time does not count against its deadline."""
+        set_at, budget = self.now, max(0.0, at - self.now)
 
-        def fire(since: float, due: float) -> None:
-            extra = self.frozen(since, due, node)
-            if extra > 0:
-                # Never before an ongoing pause ends (else tiny steps to its end).
-                later = max([due + extra] + [p1 for p0, p1, who in self.pauses
-                                             if p0 <= due < p1 and node in (None, who)])
-                self.engine.call_at(later, functools.partial(fire, due, later))
+        def fire() -> None:
+            due = self.thawed_deadline(set_at, budget, node)
+            if due > self.now:  # a pause began since: wait for the rest of the budget
+                self.engine.call_at(due, fire)
             else:
                 fn()
-        self.engine.call_at(at, functools.partial(fire, set_at, at))
+        self.engine.call_at(at, fire)
+
+    def _granted_by(self, node: str, execution_id: str) -> str | None:
+        held = getattr(getattr(self.core(node), "holder", None), "held", {})
+        record = held.get(execution_id.partition("#")[0])
+        return getattr(record, "owner", None)
 
     def _is_running(self, node: str, execution_id: str) -> bool:
         return self.engine.executor.is_running(self.engine.by_id[node], execution_id)

@@ -223,10 +223,14 @@ CATALOGUE: tuple[Mutation, ...] = (
         name="failure-budget-counts-lost-leases",
         file="protocols/owner.py",
         find="""        slot.lost += 1
-        if slot.lost > MAX_LOST_LEASES and job.kind not in LONG_RUNNING:""",
+        if slot.lost > MAX_LOST_LEASES and job.kind not in LONG_RUNNING:
+            self._slot_failed(job, slot, event, f"{reason}; {slot.lost} leases lost")""",
         replace="""        slot.lost += 1
         slot.failures += 1
-        if slot.failures >= job.unit.attempts and job.kind not in LONG_RUNNING:""",
+        if slot.failures >= job.unit.attempts and job.kind not in LONG_RUNNING:
+            self._slot_failed(
+                job, slot, event, f"{reason} (attempt {slot.failures} of {job.unit.attempts})"
+            )""",
         sweeps=("crashes", "harsh"), seeds=40,
         why="lost leases (network trouble) use up the user's retries",
     ),

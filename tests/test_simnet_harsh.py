@@ -115,6 +115,8 @@ def test_checker_deadlines_do_not_count_frozen_time() -> None:
     cluster.at(1.0, lambda: cluster.schedule_check(3.0, lambda: fired.append(cluster.now)))
     cluster.run_until(20.0)
     assert fired == [pytest.approx(7.0)]  # 2 s of unfrozen time after the 4 s pause
+    assert cluster.thawed_deadline(0.0, 3.0, "n0001") == pytest.approx(7.0)
+    assert cluster.thawed_deadline(0.0, 3.0, "n0000") == pytest.approx(3.0)  # not paused
 
 
 # --- checker: one (job, slot, epoch), one holder ------------------------------------------------
@@ -275,3 +277,12 @@ def test_results_from_any_sender_are_caught(monkeypatch: pytest.MonkeyPatch) -> 
         if report["invariant_violations"]:
             return
     pytest.fail("no seed caught an owner that takes results from any peer")
+
+
+def test_unknown_mutation_is_one_clear_error() -> None:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "simnet.mutants", "--only", "nope"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "unknown mutation(s): nope"
