@@ -133,6 +133,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Expected pauses PER NODE PER VIRTUAL MINUTE (SIGSTOP / GC): a "
                           "node freezes 0.5-25 s, then resumes with stale timers and queued "
                           "frames."),
+        click.option("--oneway-rate", type=click.FloatRange(0.0), default=0.0,
+                     show_default=True,
+                     help="Expected one-way link failures PER CLUSTER PER VIRTUAL MINUTE: "
+                          "frames from one node to another are lost for 5-60 s while the "
+                          "reverse direction works."),
         click.option("--clock-skew", type=click.FloatRange(0.0, 0.5), default=0.0,
                      show_default=True,
                      help="Each node's clock runs at its own seeded rate in 1 +- SKEW "
@@ -166,6 +171,7 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         latency_tail=kw.get("latency_tail") or 0.0,
         reorder_delay=kw.get("reorder_delay", 0.25),
         pause_rate=kw.get("pause_rate") or 0.0,
+        oneway_rate=kw.get("oneway_rate") or 0.0,
         clock_skew=kw.get("clock_skew") or 0.0,
         byzantine=kw.get("byzantine") or 0.0,
         calm_after=kw.get("calm_after"),
@@ -181,7 +187,7 @@ def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
     args = ["python", "-m", "simnet", "run", "--nodes", str(kw["nodes"]),
             "--jobs", str(kw["jobs"]), "--seed", str(seed)]
     for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate", "frame_crash",
-                 "latency_tail", "pause_rate", "clock_skew", "byzantine"):
+                 "latency_tail", "pause_rate", "oneway_rate", "clock_skew", "byzantine"):
         if kw.get(name):
             args += [f"--{name.replace('_', '-')}", f"{kw[name]:g}"]
     if kw.get("reorder_delay", 0.25) != 0.25:

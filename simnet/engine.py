@@ -343,7 +343,7 @@ class Engine:
                     stats.dropped_down += 1
                     continue
                 group = net.group
-                if group[p1] != group[idx]:
+                if group[p1] != group[idx] or (net.blocked and (p1, idx) in net.blocked):
                     stats.dropped_partition += 1
                     continue
                 stats.delivered += 1

@@ -364,6 +364,18 @@ class Cluster:
         self.engine.network.partition([[self.idx(n) for n in g] for g in groups])
         self._fault("partition")
 
+    def block(self, src: str, dst: str, seconds: float) -> None:
+        """Cut the link ``src`` -> ``dst`` only, for ``seconds``."""
+        a, b = self.idx(src), self.idx(dst)
+        self.engine.network.block(a, b)
+        self._fault("oneway")
+
+        def unblock() -> None:
+            if (a, b) in self.engine.network.blocked:
+                self.engine.network.unblock(a, b)
+                self._fault("heal")
+        self.at(self.now + seconds, unblock)
+
     def heal(self) -> None:
         if self.engine.network.partitioned:
             self.engine.network.heal()

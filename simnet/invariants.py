@@ -104,6 +104,7 @@ class Invariants(Observer):
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
         self.holders: dict[tuple[str, int, int], str] = {}  # (job, slot, epoch) -> holder
         self.ttl_of: dict[str, float] = {}  # execution id -> its lease ttl (s)
+        self.by_eid: dict[str, SlotKey] = {}  # execution id -> (job, slot)
         self.expired: set[str] = set()  # leases the owner saw expire (silence)
         self.started_at: dict[tuple[str, str], float] = {}  # running (node, exec id) -> start
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
@@ -184,6 +185,7 @@ class Invariants(Observer):
         self.newest[key] = (epoch, eid, now)
         ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
         self.ttl_of[eid] = ttl
+        self.by_eid[eid] = key
         for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
             if old_epoch < epoch:
                 # The old holder counts its lease from the renewals it sent,
@@ -198,6 +200,27 @@ class Invariants(Observer):
                     deadline = now + ttl + self.timings.lease_grace + self.slack
                 self._watch_superseded(holder, old_eid, epoch, deadline)
 
+    def _watch_expired(self, eid: str, now: float) -> None:
+        """The owner saw the lease expire (ttl + grace of silence): its holder,
+        counting from the renewals it sent, stopped already (a late grant:
+        one ttl after it started).  Only the holder's clock rate and frozen
+        time stand between the two."""
+        key = self.by_eid.get(eid)
+        for (holder, run_id) in list(self.running.get(key, {})) if key else []:
+            if run_id.partition("#")[0] != eid:
+                continue
+            started = self.started_at.get((holder, run_id), now)
+            deadline = max(now, started + self.ttl_of.get(eid, self.timings.lease_ttl))
+            deadline += self.slack
+
+            def check(holder: str = holder, run_id: str = run_id, deadline: float = deadline,
+                      ) -> None:
+                if self._is_running(holder, run_id):
+                    self.violate(deadline, f"{holder} still runs {run_id} after its owner saw "
+                                           f"the lease expire at t={now:.3f}s (its own lease "
+                                           f"ends first; plus its frozen time)")
+            self.schedule_for(deadline, check, holder)
+
     def _watch_superseded(self, holder: str, eid: str, epoch: int, deadline: float) -> None:
         def check() -> None:
             if self._is_running(holder, eid):
@@ -208,7 +231,9 @@ class Invariants(Observer):
 
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
         if d.get("cause") == "expired":
-            self.expired.add(str(d.get("execution_id")))
+            eid = str(d.get("execution_id"))
+            self.expired.add(eid)
+            self._watch_expired(eid, now)
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         active = self.active.get(key)
         if active:

@@ -47,11 +47,13 @@ SWEEPS: dict[str, dict[str, Any]] = {
     # crashes only (no network faults): restarts and their persisted state
     "crashes": {"workload": "plain", "nodes": 5, "jobs": 20, "duration": 300.0,
                 "crash_rate": 0.5},
-    # long latency tails, pauses and frequent partitions, no loss: lease
+    # long latency tails, pauses, frequent partitions and one-way link
+    # failures, no loss: lease
     # timing (calm mode: the faults last their whole 200 s)
     "tails": {"workload": "mixed", "nodes": 5, "jobs": 40, "duration": 300.0,
               "latency_tail": 0.3, "pause_rate": 0.6, "reorder": 0.3, "reorder_delay": 5.0,
-              "partition_rate": 4.0, "calm_after": 200.0, "submit_window": 180.0},
+              "partition_rate": 4.0, "oneway_rate": 6.0, "calm_after": 200.0,
+              "submit_window": 180.0},
     # lying peers on a quiet network
     "byzantine": {"workload": "plain", "nodes": 6, "jobs": 20, "duration": 300.0,
                   "byzantine": 0.34},

@@ -117,6 +117,7 @@ class Network:
         self.rng = rng
         self.distance: list[float] = []
         self.group: list[int] = []
+        self.blocked: set[tuple[int, int]] = set()  # one-way link failures (src, dst)
         lo, hi = config.distance
         self._lo, self._span = lo, hi - lo
 
@@ -137,19 +138,30 @@ class Network:
 
     def heal(self) -> None:
         self.group = [0] * len(self.group)
+        self.blocked.clear()
 
     def connected(self, a: int, b: int) -> bool:
-        return self.group[a] == self.group[b]
+        blocked = self.blocked
+        return self.group[a] == self.group[b] and not (
+            blocked and ((a, b) in blocked or (b, a) in blocked))
+
+    def block(self, src: int, dst: int) -> None:
+        """A one-way link failure: frames from ``src`` to ``dst`` are lost
+        (also those in flight); the other direction still works."""
+        self.blocked.add((src, dst))
+
+    def unblock(self, src: int, dst: int) -> None:
+        self.blocked.discard((src, dst))
 
     @property
     def partitioned(self) -> bool:
-        return any(self.group)
+        return any(self.group) or bool(self.blocked)
 
     # --- transmission -------------------------------------------------------
 
     def transmit(self, src: int, dst: int, now: float) -> tuple[float, ...]:
         """Arrival times of the copies of one frame (empty: dropped)."""
-        if self.group[src] != self.group[dst]:
+        if self.group[src] != self.group[dst] or (self.blocked and (src, dst) in self.blocked):
             return ()
         cfg = self.config
         rand = self.rng.random

@@ -53,6 +53,9 @@ happens, so older seeds keep their trace):
 * ``pause_rate``: expected pauses **per node per virtual minute** (SIGSTOP,
   GC): the node freezes for a seeded 0.5-25 s, then resumes with stale timers
   and a queue of frames;
+* ``oneway_rate``: expected one-way link failures **per cluster per virtual
+  minute**: frames from one node to another are lost for 5-60 s while the
+  other direction works (several may overlap);
 * ``clock_skew``: every node's clock runs at its own seeded rate in
   ``1 +- clock_skew``;
 * ``byzantine``: share of nodes that lie (:mod:`simnet.byzantine`);
@@ -120,6 +123,7 @@ class RunOptions:
     pause_rate: float = 0.0  # per node per virtual minute
     clock_skew: float = 0.0  # clock rates in 1 +- clock_skew
     byzantine: float = 0.0  # share of nodes that lie
+    oneway_rate: float = 0.0  # one-way link failures per cluster per virtual minute
     calm_after: float | None = None  # calm mode: every fault stops then
     liveness_bound: float = 300.0  # calm mode: healthy jobs complete within this
 
@@ -142,6 +146,9 @@ class FaultInjector:
         self.crash_per_s = opts.crash_rate * n / 60.0
         self.partition_per_s = opts.partition_rate / 60.0
         self.pause_per_s = opts.pause_rate * n / 60.0
+        self.oneway_per_s = opts.oneway_rate / 60.0
+        self.oneway = 0
+        self.oneway_rng = random.Random(derive_seed(opts.seed, "oneway"))
         self.pauses = 0
         self.pause_rng = random.Random(derive_seed(opts.seed, "pauses"))
         self.horizon = opts.duration if opts.calm_after is None else opts.calm_after
@@ -153,6 +160,23 @@ class FaultInjector:
             self._next_partition()
         if self.pause_per_s > 0:
             self._next_pause()
+        if self.oneway_per_s > 0:
+            self._next_oneway()
+
+    def _next_oneway(self) -> None:
+        at = self.cluster.now + self.oneway_rng.expovariate(self.oneway_per_s)
+        if at <= self.horizon:
+            self.cluster.at(at, self._oneway)
+
+    def _oneway(self) -> None:
+        if not self.active:
+            return
+        ids = self.cluster.ids
+        if len(ids) >= 2:
+            src, dst = self.oneway_rng.sample(ids, 2)
+            self.cluster.block(src, dst, self.oneway_rng.uniform(*PARTITION_LENGTH))
+            self.oneway += 1
+        self._next_oneway()
 
     def _next_pause(self) -> None:
         at = self.cluster.now + self.pause_rng.expovariate(self.pause_per_s)
@@ -264,7 +288,7 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     cluster.kinds.clock_skew = opts.clock_skew
     # (Lies are no excuse: honest nodes must not lose a lease to a liar.)
     cluster.liveness.node_faults = bool(
-        opts.crash_rate or opts.partition_rate or opts.pause_rate
+        opts.crash_rate or opts.partition_rate or opts.pause_rate or opts.oneway_rate
         or opts.frame_crash or opts.latency_tail)
     cluster.liveness.check_expiries = not cluster.liveness.node_faults and opts.loss <= 0.3
     budget = 20_000 + 2_000 * (opts.jobs + opts.nodes)
@@ -422,6 +446,7 @@ def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,
         "crashes": faults.crashes,
         "partitions": faults.partitions,
         "pauses": faults.pauses,
+        "oneway_failures": faults.oneway,
         "byzantine_nodes": sorted(cluster.byzantine),
         "byzantine_frames": sum(cluster.adversary.sent.values()) if cluster.adversary else 0,
         "healthy_failed_by_faults": cluster.liveness.fault_failures,

@@ -21,10 +21,10 @@ import time
 from collections.abc import Sequence
 
 # Every harsh mode: loss, duplication, wide reordering, latency tails, clock
-# skew, pauses, crashes, partitions.
+# skew, pauses, crashes, partitions, one-way link failures.
 HARSH = ["--loss", "0.1", "--duplicate", "0.05", "--reorder", "0.2", "--reorder-delay", "5s",
          "--latency-tail", "0.05", "--clock-skew", "0.01", "--pause-rate", "0.5",
-         "--crash-rate", "0.3", "--partition-rate", "1"]
+         "--crash-rate", "0.3", "--partition-rate", "1", "--oneway-rate", "1"]
 # Chains fail under node faults today (issue 11 #2/#3, helper "chain" owns
 # protocols/chain.py): 13 of 200 seeds already in the old mix (crashes,
 # partitions, frame crashes), plus CH4 (completed early) with reordering on

@@ -286,3 +286,56 @@ def test_unknown_mutation_is_one_clear_error() -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "unknown mutation(s): nope"
+
+
+def test_a_sweep_reproduce_line_carries_the_harsh_modes() -> None:
+    from simnet.cli import reproduce_command
+    kw = {"nodes": 4, "jobs": 5, "loss": 0.0, "duration": 120.0, "submit_window": 60.0,
+          "drain": 1800.0, "workload": "plain", "latency_tail": 0.05, "pause_rate": 0.5,
+          "clock_skew": 0.01, "byzantine": 0.25, "reorder_delay": 5.0, "calm_after": 90.0,
+          "liveness_bound": 300.0}
+    line = reproduce_command(3, kw)
+    for flag in ("--latency-tail 0.05", "--pause-rate 0.5", "--clock-skew 0.01",
+                 "--byzantine 0.25", "--reorder-delay 5s", "--calm-after 90s",
+                 "--liveness-bound 300s"):
+        assert flag in line
+
+
+def test_a_one_way_link_failure_cuts_one_direction_only() -> None:
+    engine, log = _engine(timer_at=100.0)
+    engine.start_node(0)
+    engine.start_node(1)
+    engine.network.block(0, 1)
+    engine.call_at(1.0, lambda: engine.send("a", "b", b"lost"))
+    engine.run(until=5.0)
+    assert log == []
+    assert not engine.network.connected(0, 1) and not engine.network.connected(1, 0)
+    engine.network.unblock(0, 1)
+    engine.call_at(6.0, lambda: engine.send("a", "b", b"through"))
+    engine.run(until=10.0)
+    assert [e[2] for e in log] == [b"through"]
+
+
+def test_a_lease_counted_from_the_ack_receipt_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planted bug of issue 11: the holder extends its lease from the
+    ack's receipt; a late ack then outlives the owner's ttl + grace."""
+    from protocols.holder import Holder
+    from simnet.network import NetConfig
+    original = Holder.on_renew_ack
+
+    def from_receipt(self: Any, sender: str, ack: Any) -> None:
+        original(self, sender, ack)
+        held = self.held.get(ack.execution_id)
+        if held is not None and ack.valid:
+            held.valid_until = max(held.valid_until, self.out.now + held.ttl)
+    monkeypatch.setattr(Holder, "on_renew_ack", from_receipt)
+    c = Cluster(3, 2, net=NetConfig(tail=0.5),
+                configure=lambda i, f: {**f, "compute": i != 0})  # n0000 owns, never holds
+    c.start()
+    c.submit(batch_spec("long", task=sim_task(80_000, timeout_ms=200_000)), owner="n0000",
+             at=2.0)
+    c.run_until(45.0)
+    [holder] = [n for n in c.ids if any(k[0] == c.idx(n) for k in c.engine.executor.running)]
+    c.block(holder, "n0000", 40.0)  # its renewals stop reaching the owner; acks still come
+    c.run_until(120.0)
+    assert any("after its owner saw the lease expire" in v for v in c.violations), c.violations
