@@ -421,6 +421,7 @@ def test_holder_that_never_fences_itself_is_caught(monkeypatch: pytest.MonkeyPat
     # The stream checker (ST5) or, first since issue 11, the lease checker
     # (a superseded holder stops by the re-grant) catches it.
     assert any("(ST5: TTL + grace)" in v or "past its own lease" in v
+               or "after its owner saw the lease expire" in v
                for v in c.violations), c.violations
 
 
