@@ -18,14 +18,15 @@ PIP_QUIET := 2>&1 | { grep -v 'WARNING: Location' || true; }
 
 BENCHES := $(filter-out bench/common.py,$(wildcard bench/*.py))
 
-.PHONY: help sysdeps venv test lint typecheck pytest demo soak bench clean distclean
+.PHONY: help sysdeps venv test lint typecheck pytest demo soak mutants bench clean distclean
 
 help:
 	@echo "make venv   - create $(VENV) (if missing) and install -e '.[dev]' when pyproject.toml changed"
 	@echo "make test   - ruff + mypy + the whole pytest suite (PYTEST_ARGS='...' to pass options)"
 	@echo "make lint   - ruff + mypy only"
 	@echo "make demo   - start 3 real peers on loopback, run sample jobs, stop them"
-	@echo "make soak   - long simulator sweep (10,000 seeds)"
+	@echo "make soak   - every simnet workload in the harsh modes, 10,002 seeds (~30 min idle)"
+	@echo "make mutants - plant each catalogued bug in a scratch copy; the sweeps must kill it"
 	@echo "make bench  - run every bench/*.py"
 	@echo "make clean  - remove caches and build output (distclean also removes $(VENV))"
 
@@ -79,8 +80,16 @@ DEMO_ARGS ?=
 demo: venv
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
+# simnet/soak.py: 1,667 seeds of each of its 6 profiles (tails, pauses, skew,
+# byzantine peers, crashes, partitions, calm mode).  SOAK_SEEDS=A..B to change.
+SOAK_SEEDS ?= 0..1666
 soak: venv
-	$(PY) -m simnet sweep --seeds 0..9999 --nodes 20 --jobs 100 --loss 0.1 --duplicate 0.05 --reorder 0.1 --crash-rate 0.01
+	$(PY) -m simnet.soak --seeds $(SOAK_SEEDS)
+
+# simnet/mutants.py: the mutation catalogue and its kill matrix (MUTANTS_ARGS='--output json').
+MUTANTS_ARGS ?=
+mutants: venv
+	$(PY) -m simnet.mutants $(MUTANTS_ARGS)
 
 bench: venv
 	@if [ -z "$(BENCHES)" ]; then echo "no bench/*.py yet"; fi

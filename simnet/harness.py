@@ -11,6 +11,14 @@ event; the first violation halts the engine.  A micro-batch stream gets the
 simulated connector of :mod:`simnet.sources`; :meth:`Cluster.crash_on_frame`
 crashes a node when it sends a given frame (targeted fault injection).
 
+Harsh modes: ``clock_skew`` gives every node its own clock rate,
+:meth:`Cluster.pause` freezes a node (:meth:`simnet.engine.Engine.pause_node`)
+and ``byzantine`` names nodes an adversary speaks through
+(:mod:`simnet.byzantine`): the checkers ignore those nodes' own reports, and
+clients never submit to them.  Checker deadlines ("stops within TTL + grace")
+do not count frozen time (:meth:`Cluster.schedule_check`): a stopped process
+cannot kill its child, whatever the protocol.
+
 Nodes may join late: start only some nodes with ``start(ids)``, then
 ``join(node_id)`` the others (their first start, after jobs were submitted).
 """
@@ -26,11 +34,13 @@ import attrs
 
 from protocols.config import NodeConfig, Timings
 from protocols.events import CancelJob, ReadItems, StartExecution, SubmitJob
+from simnet.byzantine import Adversary
 from simnet.chain_invariants import ChainInvariants
 from simnet.dag_invariants import DagInvariants
 from simnet.engine import Core, Engine, Observer, SimNode, derive_seed
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL, Invariants
 from simnet.kind_invariants import Bounds, KindInvariants
+from simnet.liveness import Liveness
 from simnet.network import NetConfig
 from simnet.sources import Consumer, SimConnector
 from simnet.store import Records
@@ -56,22 +66,37 @@ class _Fanout(Observer):
     def __init__(self, checkers: list[Observer], log: list[Note] | None) -> None:
         self.checkers = checkers
         self.log = log
+        self.ignored: frozenset[str] = frozenset()  # byzantine nodes: their reports lie
+        # (node, execution id) -> the node that granted it (None: unknown)
+        self.granted_by: Callable[[str, str], str | None] = lambda node, eid: None
+        self.foreign: set[tuple[str, str]] = set()  # executions a liar granted
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
+        if node in self.ignored:
+            return
         for checker in self.checkers:
             checker.on_notify(node, kind, data, now)
         if self.log is not None:
             self.log.append(Note(now, node, kind, data))
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
+        if self.ignored and self.granted_by(node, action.execution_id) in self.ignored:
+            # A liar granted it (after an ask of its own): the liar's job, not
+            # the honest one whose id it reuses.
+            self.foreign.add((node, action.execution_id))
+            return
         for checker in self.checkers:
             checker.on_exec_start(node, action, now)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
+        if (node, execution_id) in self.foreign:
+            self.foreign.discard((node, execution_id))
+            return
         for checker in self.checkers:
             checker.on_exec_end(node, execution_id, status, now)
 
     def on_crash(self, node: str, now: float) -> None:
+        self.foreign = {k for k in self.foreign if k[0] != node}
         for checker in self.checkers:
             checker.on_crash(node, now)
 
@@ -79,8 +104,14 @@ class _Fanout(Observer):
         for checker in self.checkers:
             checker.on_start(node, now)
 
+    def on_pause(self, node: str, now: float, until: float) -> None:
+        for checker in self.checkers:
+            checker.on_pause(node, now, until)
+
     def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
                     first: int, last: int, now: float) -> None:
+        if (node, execution_id) in self.foreign:
+            return
         for checker in self.checkers:
             checker.on_consumed(node, execution_id, consumer, first, last, now)
 
@@ -126,6 +157,8 @@ class Cluster:
         check_interval: float = 30.0,
         bounds: Bounds | None = None,
         node_timings: Callable[[str, int], Timings] | None = None,
+        clock_skew: float = 0.0,
+        byzantine: Iterable[int] = (),
     ) -> None:
         self.seed = seed
         # ``timings``: every node's, and the checkers' bounds.  ``node_timings``
@@ -136,20 +169,28 @@ class Cluster:
         self.engine = Engine(seed, net)
         self.rng = random.Random(derive_seed(seed, "cluster"))
         self.notes: list[Note] | None = [] if record else None
+        self.pauses: list[tuple[float, float, str]] = []  # (from, until, node), every pause
+        self.byzantine: frozenset[str] = frozenset(f"n{i:04d}" for i in byzantine)
+        schedule = self.schedule_check
         self.inv = Invariants(
             self.timings,
-            schedule=self.engine.call_at,
+            schedule=schedule,
             is_running=self._is_running,
             on_violation=self.engine.halt,
         )
-        self.kinds = KindInvariants(self.timings, self.engine.call_at, self, self.inv.violate,
-                                    bounds)
-        self.stream = StreamInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.inv.schedule_for = self.schedule_check
+        self.kinds = KindInvariants(self.timings, schedule, self, self.inv.violate, bounds)
+        self.stream = StreamInvariants(self.timings, schedule, self, self.inv.violate)
         self.stream.lossy = bool(net is not None and net.loss > 0)
-        self.chain = ChainInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.chain = ChainInvariants(self.timings, schedule, self, self.inv.violate)
         self.dag = DagInvariants(self.inv.violate)
-        self.engine.observer = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag],
-                                       self.notes)
+        self.liveness = Liveness(self.inv)
+        self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,
+                               self.liveness], self.notes)
+        self.fanout.ignored = self.byzantine
+        self.fanout.granted_by = self._granted_by
+        self.adversary: Adversary | None = None  # set by the runner (simnet.byzantine)
+        self.engine.observer = self.fanout
         self.connector = SimConnector(self)
         self.triggers: list[FrameTrigger] = []
         self.frame_rng: random.Random | None = None  # random frame crashes (see frame_crashes)
@@ -173,11 +214,17 @@ class Cluster:
                 "bootstrap": self._bootstrap(i),
                 "timings": node_timings(f"n{i:04d}", 0) if node_timings else self.timings,
             }
+            if fields["node_id"] in self.byzantine:
+                fields["compute"] = False  # it never holds a lease: it only lies
             if configure is not None:
                 fields = configure(i, fields)
             config = NodeConfig(**fields)
             self.configs.append(config)
             self.engine.add_node(config.node_id, self._factory(config))
+        if clock_skew > 0:
+            clock_rng = random.Random(derive_seed(seed, "clocks"))
+            for i in range(nodes):
+                self.engine.set_clock_rate(i, 1.0 + clock_rng.uniform(-clock_skew, clock_skew))
 
     def _bootstrap(self, i: int) -> tuple[str, ...]:
         if i == 0:
@@ -195,6 +242,51 @@ class Cluster:
                 own = attrs.evolve(config, timings=self.node_timings(config.node_id, incarnation))
             return self._core_factory(own, seed, records)
         return make
+
+    # --- pauses, and checker deadlines that do not count frozen time ------------------------
+
+    def pause(self, node_id: str, seconds: float) -> None:
+        """Freeze ``node_id`` for ``seconds`` (SIGSTOP, GC): see Engine.pause_node."""
+        idx = self.idx(node_id)
+        if not self.engine.nodes[idx].up or self.engine.is_paused(idx):
+            return
+        until = self.now + seconds
+        self.engine.pause_node(idx, until)
+        self.pauses.append((self.now, until, node_id))
+        self._fault("pause")
+        self.at(until, functools.partial(self._fault, "resume"))
+
+    def thawed_deadline(self, start: float, budget: float, node: str | None = None) -> float:
+        """When ``node`` (None: any node) has run unfrozen for ``budget``
+        seconds since ``start``, by the pauses known now."""
+        t, left = start, budget
+        for p0, p1, who in self.pauses:  # in start order
+            if (node is not None and who != node) or p1 <= t:
+                continue
+            if p0 >= t + left:
+                break
+            left -= max(0.0, p0 - t)
+            t = p1
+        return t + left
+
+    def schedule_check(self, at: float, fn: Callable[[], None], node: str | None = None) -> None:
+        """Run a checker's deadline check once ``node`` (not given: any node)
+        has run unfrozen for ``at - now`` seconds: a paused holder cannot stop
+        anything, so its frozen time does not count against its deadline."""
+        set_at, budget = self.now, max(0.0, at - self.now)
+
+        def fire() -> None:
+            due = self.thawed_deadline(set_at, budget, node)
+            if due > self.now:  # a pause began since: wait for the rest of the budget
+                self.engine.call_at(due, fire)
+            else:
+                fn()
+        self.engine.call_at(at, fire)
+
+    def _granted_by(self, node: str, execution_id: str) -> str | None:
+        held = getattr(getattr(self.core(node), "holder", None), "held", {})
+        record = held.get(execution_id.partition("#")[0])
+        return getattr(record, "owner", None)
 
     def _is_running(self, node: str, execution_id: str) -> bool:
         return self.engine.executor.is_running(self.engine.by_id[node], execution_id)
@@ -280,6 +372,18 @@ class Cluster:
         self.engine.network.partition([[self.idx(n) for n in g] for g in groups])
         self._fault("partition")
 
+    def block(self, src: str, dst: str, seconds: float) -> None:
+        """Cut the link ``src`` -> ``dst`` only, for ``seconds``."""
+        a, b = self.idx(src), self.idx(dst)
+        self.engine.network.block(a, b)
+        self._fault("oneway")
+
+        def unblock() -> None:
+            if (a, b) in self.engine.network.blocked:
+                self.engine.network.unblock(a, b)
+                self._fault("heal")
+        self.at(self.now + seconds, unblock)
+
     def heal(self) -> None:
         if self.engine.network.partitioned:
             self.engine.network.heal()
@@ -357,6 +461,7 @@ class Cluster:
         self.stream.expect(jid, spec)
         self.chain.expect(jid, spec)
         self.dag.expect(jid, spec)
+        self.liveness.expect(jid, spec)
         if spec.get("type") == "chain" and self.engine.after_event is None:
             chain = self.chain
             self.engine.after_event = lambda node: chain.after_event(node.id, self.engine.now)
@@ -372,8 +477,9 @@ class Cluster:
             nodes = self.engine.nodes
             for k in range(len(nodes)):
                 node = nodes[(target + k) % len(nodes)]
-                if node.up:
-                    self.engine.inject(node.idx, SubmitJob(jid, spec), self.engine.now)
+                if node.up and node.id not in self.byzantine:  # clients trust honest nodes
+                    if not self.engine.is_paused(node.idx):  # (else: still waiting on it)
+                        self.engine.inject(node.idx, SubmitJob(jid, spec), self.engine.now)
                     break
             self.engine.call_at(self.engine.now + SUBMIT_RETRY, fire)
         self.engine.call_at(self.engine.now if at is None else at, fire)

@@ -6,13 +6,18 @@ running where).  The first violation halts the run; every violation is kept
 as ``"t=<virtual s>: <description>"``.
 
 1. no (job, slot) ever has two ``result_accepted``; an accepted result
-   carries the newest epoch granted for its slot;
-2. epochs strictly increase per (job, slot); at most one unexpired lease per
+   carries the newest epoch granted for its slot, and comes from the holder
+   that epoch was granted to;
+2. one (job, slot, epoch) is granted to one holder only (a re-announce
+   names the same holder); epochs strictly increase per (job, slot); at most one unexpired lease per
    (job, slot) in the owner's view; a holder whose lease was superseded stops
-   its execution within TTL + grace of the newer grant (judged by the grants'
-   own ttl and their owner's grace: peers may run different Timings); when an
-   owner lets a lease expire, its holder has already stopped (self-fencing
-   comes strictly first);
+   its execution by the time the newer grant is made when its lease expired
+   (plus a slack for clock rates), or one TTL after it started when its grant
+   came late (the holder
+   counts its lease from the renewals it *sent*; the owner from their receipt
+   plus the grace); within TTL + grace when the owner ended it (a cancel);
+   a frozen holder gets its frozen time on top; every window is the grant's
+   own ttl and its owner's grace (peers may run different Timings);
 3. every submitted job is owned by exactly one node (up, or down with its
    store), and at the end is terminal or reported ``lost``;
 4. every execution ends within its timeout + grace (executor ground truth);
@@ -87,6 +92,9 @@ class Invariants(Observer):
     ) -> None:
         self.timings = timings
         self._schedule = schedule
+        # Deadline checks about one node (the harness: not counting its frozen time).
+        self.schedule_for: Callable[[float, Callable[[], None], str], None] = (
+            lambda at, fn, node: schedule(at, fn))
         self._is_running = is_running
         self._on_violation = on_violation
         self.slack = slack  # network latency allowance on top of protocol bounds
@@ -96,6 +104,11 @@ class Invariants(Observer):
         self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
         self.window: dict[SlotKey, float] = {}  # the newest grant's ttl + its owner's grace
+        self.holders: dict[tuple[str, int, int], str] = {}  # (job, slot, epoch) -> holder
+        self.ttl_of: dict[str, float] = {}  # execution id -> its lease ttl (s)
+        self.by_eid: dict[str, SlotKey] = {}  # execution id -> (job, slot)
+        self.expired: set[str] = set()  # leases the owner saw expire (silence)
+        self.started_at: dict[tuple[str, str], float] = {}  # running (node, exec id) -> start
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
         # executor ground truth: (job, slot) -> {(node, execution id): epoch}
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
@@ -154,6 +167,11 @@ class Invariants(Observer):
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         epoch = int(d.get("epoch", 0))
         eid = str(d.get("execution_id"))
+        holder = str(d.get("holder"))
+        first = self.holders.setdefault((key[0], key[1], epoch), holder)
+        if first != holder:
+            self.violate(now, f"{key[0]}#{key[1]}: epoch {epoch} granted to {holder}, "
+                              f"already granted to {first} (one holder per fencing token)")
         prev = self.newest.get(key)
         if prev is not None:
             if prev[1] == eid:
@@ -171,38 +189,62 @@ class Invariants(Observer):
         # setting: peers may run different Timings (--timings mixed).
         ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
         grace = _seconds(d.get("grace"), self.timings.lease_grace)
-        # (An older lease's holder fences itself by *its* grant's ttl.)
-        window = max(ttl + grace, self.window.get(key, 0.0))
+        self.ttl_of[eid] = ttl
+        self.by_eid[eid] = key
         self.window[key] = ttl + grace
-        deadline = now + window + self.slack
         for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
             if old_epoch < epoch:
+                # The old holder counts its lease from the renewals it sent,
+                # the owner from their receipt plus a grace: by the time the
+                # owner re-grants, the old lease lapsed on the holder's clock
+                # too -- unless it was granted late (counted from its start).
+                base = old_eid.partition("#")[0]
+                started = self.started_at.get((holder, old_eid), now)
+                old_ttl = self.ttl_of.get(base, self.timings.lease_ttl)
+                deadline = max(now, started + old_ttl) + self.slack
+                if base not in self.expired:  # the owner ended it (cancel): TTL + grace
+                    deadline = now + ttl + grace + self.slack
                 self._watch_superseded(holder, old_eid, epoch, deadline)
+
+    def _watch_expired(self, eid: str, now: float) -> None:
+        """The owner saw the lease expire (ttl + grace of silence): its holder,
+        counting from the renewals it sent, stopped already (a late grant:
+        one ttl after it started).  Only the holder's clock rate and frozen
+        time stand between the two."""
+        key = self.by_eid.get(eid)
+        for (holder, run_id) in list(self.running.get(key, {})) if key else []:
+            if run_id.partition("#")[0] != eid:
+                continue
+            started = self.started_at.get((holder, run_id), now)
+            deadline = max(now, started + self.ttl_of.get(eid, self.timings.lease_ttl))
+            deadline += self.slack
+
+            def check(holder: str = holder, run_id: str = run_id, deadline: float = deadline,
+                      ) -> None:
+                if self._is_running(holder, run_id):
+                    self.violate(deadline, f"{holder} still runs {run_id} after its owner saw "
+                                           f"the lease expire at t={now:.3f}s (its own lease "
+                                           f"ends first; plus its frozen time)")
+            self.schedule_for(deadline, check, holder)
 
     def _watch_superseded(self, holder: str, eid: str, epoch: int, deadline: float) -> None:
         def check() -> None:
             if self._is_running(holder, eid):
-                self.violate(deadline, f"{holder} still runs {eid} past TTL + grace after "
-                                       f"epoch {epoch} was granted")
-        self._schedule(deadline, check)
+                self.violate(deadline, f"{holder} still runs {eid} past its own lease (due to "
+                                       f"stop by then, plus its frozen time) after epoch "
+                                       f"{epoch} was granted")
+        self.schedule_for(deadline, check, holder)
 
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
+        if d.get("cause") == "expired":
+            eid = str(d.get("execution_id"))
+            self.expired.add(eid)
+            self._watch_expired(eid, now)
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         eid = str(d.get("execution_id"))
         active = self.active.get(key)
         if active:
             active.pop(eid, None)
-        if d.get("cause") == "expired":
-            self._check_fenced_first(key, eid, now)
-
-    def _check_fenced_first(self, key: SlotKey, eid: str, now: float) -> None:
-        """An owner lets a lease expire only after its holder fenced itself
-        (the holder counts from a renewal's send, the owner from its receipt
-        plus a grace): no run of that execution may still be going."""
-        for holder, run_id in self.running.get(key, {}):
-            if run_id.partition("#")[0] == eid:
-                self.violate(now, f"{holder} still runs {run_id} when its owner let the "
-                                  f"lease expire (the holder must fence itself first)")
 
     def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
@@ -218,6 +260,11 @@ class Invariants(Observer):
         if newest is not None and epoch < newest[0]:
             self.violate(now, f"{key[0]}#{key[1]}: accepted {eid} of epoch {epoch} although "
                               f"epoch {newest[0]} was granted")
+        granted_to = self.holders.get((key[0], key[1], epoch))
+        holder = d.get("holder")
+        if granted_to is not None and holder is not None and str(holder) != granted_to:
+            self.violate(now, f"{key[0]}#{key[1]}: result of {eid} accepted from {holder}, "
+                              f"the lease was granted to {granted_to}")
         self._lease_ended(node, d, now)
 
     # --- executor ground truth ---------------------------------------------------------
@@ -231,6 +278,7 @@ class Invariants(Observer):
         key = (job, slot)
         eid = action.execution_id
         self.running.setdefault(key, {})[(node, eid)] = epoch
+        self.started_at[(node, eid)] = now
         self.by_node.setdefault(node, {})[eid] = key
         newest = self.newest.get(key)
         if newest is not None and newest[0] > epoch:  # started an already-stale lease
@@ -242,10 +290,11 @@ class Invariants(Observer):
             if self._is_running(node, eid):
                 self.violate(deadline, f"{node} execution {eid} outlived its timeout "
                                        f"{action.timeout}s + grace")
-        self._schedule(deadline, check_timeout)
+        self.schedule_for(deadline, check_timeout, node)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
         key = self.by_node.get(node, {}).pop(execution_id, None)
+        self.started_at.pop((node, execution_id), None)
         if key is not None:
             runs = self.running.get(key)
             if runs is not None:
