@@ -40,10 +40,9 @@ FAULT_REASONS = ("leases lost",)
 # the auction concluded -- or, on a lossy network, the owner's directory had
 # not heard of it yet (a known liveness gap, see docs/architecture.md).
 ALWAYS_EXCUSED = ("no node matches",)
-# L2 (and L1 for restart-lost executions) need issue 11 #4 (a holder's restart
-# reports its lost execution as lost, not failed).  Until that fix is merged
-# a restart still consumes an attempt; then this turns True.
-CHECK_LOST_ATTEMPTS = False
+# L2 (and L1 for restart-lost executions): a holder's restart reports its
+# lost execution as lost, not failed (issue 11 #4), so it never uses an attempt.
+CHECK_LOST_ATTEMPTS = True
 RESTART_LOST = "node restarted; the execution was lost"  # today's Holder.restore words
 MAX_EXPIRED_LOSS_ONLY = 2  # L4
 

@@ -138,11 +138,14 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         name="holder-restart-consumes-retries",
         file="protocols/holder.py",
-        find='status="lost"',  # re-anchor on the fix of issue 11 #4
-        replace='status="failed"',
+        find="""                    status=LOST,
+                    exit_code=-1,
+                    error="node restarted; the execution was lost",""",
+        replace="""                    status="failed",
+                    exit_code=-1,
+                    error="node restarted; the execution was lost",""",
         sweeps=("crashes",), seeds=40,
         why="a holder's restart reports its lost execution as failed (uses an attempt)",
-        pending="issue 11 #4: Holder.restore reports lost executions as lost",
     ),
     Mutation(
         name="stale-epoch-accepted",
