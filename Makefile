@@ -25,7 +25,7 @@ help:
 	@echo "make test   - ruff + mypy + the whole pytest suite (PYTEST_ARGS='...' to pass options)"
 	@echo "make lint   - ruff + mypy only"
 	@echo "make demo   - start 3 real peers on loopback, run sample jobs, stop them"
-	@echo "make soak   - every simnet workload in the harsh modes, 10,002 seeds (~30 min idle)"
+	@echo "make soak   - every simnet workload in the harsh modes, 10,000 seeds each (hours)"
 	@echo "make mutants - plant each catalogued bug in a scratch copy; the sweeps must kill it"
 	@echo "make bench  - run every bench/*.py"
 	@echo "make clean  - remove caches and build output (distclean also removes $(VENV))"
@@ -80,9 +80,10 @@ DEMO_ARGS ?=
 demo: venv
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-# simnet/soak.py: 1,667 seeds of each of its 6 profiles (tails, pauses, skew,
-# byzantine peers, crashes, partitions, calm mode).  SOAK_SEEDS=A..B to change.
-SOAK_SEEDS ?= 0..1666
+# simnet/soak.py: 10,000 seeds of each of its profiles, i.e. of every workload
+# (tails, pauses, skew, byzantine peers, crashes, partitions, calm mode); a few
+# hours on two idle cores.  SOAK_SEEDS=A..B for a shorter run.
+SOAK_SEEDS ?= 0..9999
 soak: venv
 	$(PY) -m simnet.soak --seeds $(SOAK_SEEDS)
 

@@ -4,8 +4,7 @@
 per profile below (each a workload with every harsh mode it passes) and
 prints one line per profile; exit 1 when any seed of any profile fails, with
 the failing seeds' reproduce lines.  CI runs 200 seeds per profile
-(tests/test_simnet_harsh_sweeps.py); ``make soak`` runs 0..1666 of each
-(10,002 seeds).
+(tests/test_simnet_harsh_sweeps.py); ``make soak`` runs 0..9999 of each.
 
 Sizes are small on purpose: what finds bugs is the number of seeds and the
 harshness of each, not the size of one run.
