@@ -142,6 +142,7 @@ class Cluster:
         self.stream = StreamInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
         self.stream.lossy = bool(net is not None and net.loss > 0)
         self.chain = ChainInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.chain.lossy = self.stream.lossy
         self.dag = DagInvariants(self.inv.violate)
         self.engine.observer = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag],
                                        self.notes)
@@ -246,6 +247,7 @@ class Cluster:
     def _fault(self, what: str) -> None:
         self.kinds.on_fault(self.now, what)
         self.stream.on_fault(self.now, what)
+        self.chain.on_fault(self.now, what)
 
     def crash(self, node_id: str) -> None:
         node = self.engine.nodes[self.idx(node_id)]

@@ -48,7 +48,8 @@ Fault rate units:
 The ``stream``, ``chain`` and ``dag`` workloads add their checkers' end
 checks: a stream job's source must be consumed completely (at-least-once,
 :meth:`simnet.stream_invariants.StreamInvariants.finish`) at the steady
-state; the chain checker's final log and owner checks run after the drain.
+state; the chain checker's final log and owner checks run after the drain, and its
+progress check (CH5) from the end of the fault phase on.
 Their measured numbers (takeover and fencing latencies, duplicates) are in
 the report under ``stream`` / ``chain`` / ``dag``.
 """
@@ -228,6 +229,7 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     else:
         cluster.run_until_done(opts.duration)
         faults.stop()
+        cluster.chain.calm(cluster.now)  # every running chain must progress from now on
         drain_end = cluster.now + opts.drain
         cluster.run_until_done(drain_end)
         cluster.run_until(min(drain_end, cluster.now + opts.settle))
