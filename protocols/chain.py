@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 CHAINS_TABLE = "chains"
 MAX_OFFERS = 3  # offers of one stage that time out before the chain fails
+FINAL_REPORTS = ("completed", "failed", "handed_over")  # sent reliably, with the whole log
 
 
 def pack(obj: Any) -> bytes:
@@ -295,8 +296,7 @@ class ChainController:
         offered record was never committed to us, so it leaves our log (it
         holds committed records only); we watch the offering owner again."""
         chain.records = chain.records[:-1]
-        chain.role = "watching"
-        chain.heard_at = self.out.now
+        chain.role = "watching"  # (heard_at stays: the offering owner's last report)
 
     def _continue_stage(self, chain: ChainState) -> None:
         """The submitter owns the head stage after a restart: the event that
@@ -607,10 +607,7 @@ class ChainController:
 
     def _report(self, chain: ChainState, state: str) -> None:
         chain.report_seq += 1
-        final = state in ("completed", "failed", "handed_over")
-        # A final report always carries the whole log: the submitter decides
-        # the chain's outcome from its own log, which must reach our head.
-        news = final or chain.sent < len(chain.records)
+        news = self._carries_log(chain, state)
         chain.carried[chain.report_seq] = (self.out.now, len(chain.records) if news else 0)
         msg = ChainReport(
             job_id=chain.job_id,
@@ -621,7 +618,7 @@ class ChainController:
             manifest_id=chain.final[0] if chain.final else "",
             node=chain.final[1] if chain.final else "",
         )
-        if state in ("completed", "failed", "handed_over"):
+        if state in FINAL_REPORTS:
             self.out.send_reliably(
                 ("report", chain.job_id, state),
                 chain.submitter,
@@ -634,6 +631,12 @@ class ChainController:
             every = chain.report_every or self.t.renew_interval
             self.out.timer(("chainreport", chain.job_id, 0), self.out.now + every)
             self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+
+    def _carries_log(self, chain: ChainState, state: str) -> bool:
+        """A final report always carries the whole log (the submitter decides
+        the chain's outcome from its own log, which must reach our head);
+        others when the submitter has not acknowledged all our records."""
+        return state in FINAL_REPORTS or chain.sent < len(chain.records)
 
     def on_report_timer(self, job_id: str) -> None:
         chain = self.chains.get(job_id)
@@ -665,10 +668,10 @@ class ChainController:
             if chain.role == "owner":
                 self._fence(chain, f"the submitter took over: {msg.reason}")
             return
-        if msg.seq > chain.acked_seq:
+        if msg.seq > chain.acked_seq and msg.seq in chain.carried:
             chain.acked_seq = msg.seq
             # Records appended since that report was sent are still news.
-            sent_at, carried = chain.carried.get(msg.seq, (self.out.now, 0))
+            sent_at, carried = chain.carried[msg.seq]
             chain.sent = max(chain.sent, carried)
             for seq in [s for s in chain.carried if s <= msg.seq]:
                 del chain.carried[seq]
@@ -704,12 +707,9 @@ class ChainController:
                 chain.records = list(records)
                 self._save(chain)
         owner = chain.head["to"]
-        stages = self.specs[msg.job_id]["stages"]
-        if msg.state == "completed" and sender == owner and chain.head["stage"] != len(stages) - 1:
-            # The outcome is decided from our log, which must show the last
-            # stage reached by its owner (a final report carries the log).
-            at = stages[chain.head["stage"]]["name"]
-            self._refuse(sender, msg.job_id, f"completed, but our log stands at stage {at}")
+        refusal = self._completion_refusal(chain, sender, msg)
+        if refusal:
+            self._refuse(sender, msg.job_id, refusal)
             return
         # A running report from anyone but the owner our log names, or for a
         # chain that has ended (stopped by the user): stop it.
@@ -732,6 +732,17 @@ class ChainController:
                 valid_ms=int(self.t.lease_ttl * 1000) if valid else 0,
             ),
         )
+
+    def _completion_refusal(self, chain: ChainState, sender: str, msg: ChainReport) -> str:
+        """Why a completion report cannot end the chain ("" if it can): the
+        outcome is decided from our log, which must show the last stage
+        reached by its owner (a final report carries the log)."""
+        stages = self.specs[chain.job_id]["stages"]
+        if msg.state != "completed" or sender != chain.head["to"]:
+            return ""
+        if chain.head["stage"] != len(stages) - 1:
+            return f"completed, but our log stands at stage {stages[chain.head['stage']]['name']}"
+        return ""
 
     def on_watch_timer(self, job_id: str) -> None:
         """The submitter: take the chain over when its owner went silent."""

@@ -251,8 +251,9 @@ class ChainInvariants(Observer):
         for node in self.world.ids:
             state = self._state(node, jid)
             if state is not None:
-                parts.append(f"{node}: {state.role}{' ' + state.outcome if state.outcome else ''}"
-                             f"{' run ' + state.run_id if state.run_id else ''}")
+                outcome = f" {state.outcome}" if state.outcome else ""
+                run = getattr(state, "run_id", "")
+                parts.append(f"{node}: {state.role}{outcome}{' run ' + run if run else ''}")
         running = sorted(eid for (_, eid), (run, _) in self.live.items()
                          if run.startswith(f"{jid}~"))
         parts.append(f"stage executions running: {running or 'none'}")

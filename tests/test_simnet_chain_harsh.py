@@ -1,0 +1,191 @@
+"""Chains under the harsh fault mix of issue 11 (defects 2 and 3): the two
+seeds that broke chain safety and liveness, the chain progress checker (CH5)
+firing on the planted bugs, and a 200-seed sweep of the harsh mix.
+
+* seed 731043 (2 nodes): an owner's report acknowledged *after* it appended
+  a record marked that record as known to the submitter; the completion
+  report then carried no log and the submitter completed the chain at stage
+  12 of 14 (CH4), accepting a second result under record 12 (CH2).
+* seed 731014 (3 nodes, frame crashes): the submitter was handed stage 12 and
+  crashed on the ack, before creating the stage run; restarted, it kept the
+  owner role without running the stage, and its watch timer ignores chains it
+  owns: running forever (CH5 now says so once the faults stop).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+import pytest
+
+from protocols.chain import ChainController
+from protocols.config import Timings
+from simnet.harness import Cluster
+from simnet.runner import RunOptions, run_scenario
+from simnet.workload import chain_spec, sim_task
+from tests.test_simnet_chain import Fake, record, state
+
+pytest.importorskip("protocols.node")
+
+T = Timings()
+HARSH = dict(loss=0.3, duplicate=0.2, reorder=0.3, crash_rate=0.2, partition_rate=1.0,
+             workload="chain")
+SAFETY_SEED = dict(nodes=2, jobs=6, seed=731043, **HARSH)
+LIVENESS_SEED = dict(nodes=3, jobs=10, seed=731014, frame_crash=0.3, **HARSH)
+
+
+def run(**kw: Any) -> dict[str, Any]:
+    return run_scenario(RunOptions(**kw))
+
+
+# --- defect 2: chain safety -------------------------------------------------------------
+
+
+def test_seed_731043_every_chain_completes_at_its_last_stage() -> None:
+    report = run(**SAFETY_SEED)  # type: ignore[arg-type]
+    assert report["invariant_violations"] == [] and report["lost"] == 0
+    assert report["completed"] + report["failed"] == 6
+
+
+def _old_report_accounting(mp: pytest.MonkeyPatch) -> None:
+    """The core before the fix: an ack marks every record we hold *now* as
+    known to the submitter, a final report carries only such "news", and the
+    submitter completes the chain wherever its log stands."""
+    original_ack = ChainController.on_report_ack
+
+    def on_report_ack(self: ChainController, sender: str, msg: Any) -> None:
+        original_ack(self, sender, msg)
+        chain = self.chains.get(msg.job_id)
+        if chain is not None and msg.valid and msg.seq == chain.acked_seq:
+            chain.sent = len(chain.records)
+    mp.setattr(ChainController, "on_report_ack", on_report_ack)
+    mp.setattr(ChainController, "_carries_log",
+               lambda self, chain, st: chain.sent < len(chain.records))
+    mp.setattr(ChainController, "_completion_refusal", lambda self, chain, sender, msg: "")
+
+
+def test_seed_731043_old_report_accounting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    _old_report_accounting(monkeypatch)
+    report = run(**SAFETY_SEED)  # type: ignore[arg-type]
+    assert any("completed at stage 12 of 14 (CH4)" in v
+               for v in report["invariant_violations"]), report["invariant_violations"]
+
+
+# --- defect 3: chain liveness -------------------------------------------------------------
+
+
+def test_seed_731014_no_chain_stays_running() -> None:
+    report = run(**LIVENESS_SEED)  # type: ignore[arg-type]
+    assert report["invariant_violations"] == [] and report["lost"] == 0
+    assert report["completed"] + report["failed"] == 10
+    assert report["chain"]["progress_checks"] > 0  # CH5 ran (from the end of the faults)
+
+
+def test_seed_731014_stuck_submitter_owner_is_caught_by_ch5(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fix away: a restarted submitter keeps the owner role and does nothing.
+    monkeypatch.setattr(ChainController, "_continue_stage", lambda self, chain: None)
+    report = run(**LIVENESS_SEED)  # type: ignore[arg-type]
+    first = report["invariant_violations"][0]
+    assert "j000002 made no progress" in first and "(CH5)" in first, first
+    assert "n0001's log names n0001 for stage 12" in first  # the submitter owns it
+
+
+def test_submitter_crashing_on_the_ack_of_its_own_stage_runs_it_after_restart() -> None:
+    """A targeted version of seed 731014: the submitter (which computes here)
+    is handed a stage and crashes right after acking the commit."""
+    c = Cluster(3, seed=3, record=True)
+    c.start()
+    job = c.submit(chain_spec("ch", [sim_task(1500, timeout_ms=30_000)] * 8), owner="n0000",
+                   at=3.0)
+    trigger = c.crash_on_frame("handover_ack", "after", node="n0000", restart_after=5.0)
+    c.run_until_done(600.0)
+    c.chain.calm(c.now)
+    c.run_until(c.now + 20.0)
+    assert trigger.fired, "the submitter was never handed a stage"
+    assert c.violations == [] and c.state_of(job) == "completed"
+
+
+# --- CH5 can fail: hand-made histories ----------------------------------------------------
+
+
+def test_ch5_fires_on_a_chain_without_progress_once_calm() -> None:
+    f = Fake()
+    f.submit(at=1.0)
+    f.inv.calm(100.0)
+    bound = f.inv.progress_bound(f.inv.jobs["j1"])
+    f.run(100.0 + bound - 0.5)
+    assert f.violations == []
+    f.run(100.0 + bound + 0.5)
+    assert f.has("chain j1 made no progress for") and f.has("(CH5)")
+    ok = Fake()
+    genesis = ok.submit(at=1.0)
+    ok.inv.calm(100.0)
+    handover = record("j1", ok.spec, genesis, "handover", "n0", "n1", 1)
+    ok.world.states["n1"]["j1"] = state([genesis, handover])
+    ok.inv.on_notify("n1", "handover_received", {"job_id": "j1"}, 100.0 + bound - 1.0)
+    ok.run(100.0 + bound + 0.5)
+    assert ok.violations == []
+
+
+def test_ch5_fires_on_a_healthy_chain_failing_with_no_fault() -> None:
+    f = Fake()
+    f.submit(at=1.0)
+    f.inv.on_notify("n0", "job_state", {"job_id": "j1", "state": "failed",
+                                        "reason": "stage st2: no next owner accepted"}, 50.0)
+    assert f.has("failed at a healthy stage with no fault to blame")
+    nameless = Fake()
+    nameless.submit(at=1.0)
+    nameless.inv.on_fault(20.0, "crash")
+    nameless.inv.on_notify("n0", "job_state", {"job_id": "j1", "state": "failed",
+                                               "reason": "something went wrong"}, 50.0)
+    assert nameless.has("failed naming no stage of its spec")
+    faulty = Fake()  # a crash while it ran: attributable
+    faulty.submit(at=1.0)
+    faulty.inv.on_fault(20.0, "crash")
+    faulty.inv.on_notify("n0", "job_state", {"job_id": "j1", "state": "failed",
+                                             "reason": "stage st2: no next owner accepted"}, 50.0)
+    assert faulty.violations == []
+    broken = Fake()  # the stage's task always fails: no fault needed
+    broken.spec = chain_spec("ch", [sim_task(1000), sim_task(1000, exit_code=3)])
+    broken.submit(at=1.0)
+    broken.inv.on_notify("n0", "job_state", {"job_id": "j1", "state": "failed",
+                                             "reason": "stage st1: exit code 3"}, 50.0)
+    assert broken.violations == []
+
+
+# --- windows from the messages: mismatched ttl between submitter and owners -----------------
+
+
+def _mismatched(submitter_ttl: float) -> Any:
+    def configure(i: int, fields: dict[str, Any]) -> dict[str, Any]:
+        if i == 0:
+            return {**fields, "compute": False, "timings": Timings(lease_ttl=submitter_ttl)}
+        return fields
+    return configure
+
+
+# --- the harsh mix: a sweep ------------------------------------------------------------------
+
+# Sized for CI (200 seeds well under 2 minutes on 2 workers).
+SWEEP = dict(nodes=4, jobs=2, **HARSH, frame_crash=0.1)
+
+
+def _one(seed: int) -> dict[str, Any]:
+    report = run(seed=seed, **SWEEP)
+    return {"seed": seed, "violations": report["invariant_violations"][:2],
+            "lost": report["lost"], "completed": report["completed"], "failed": report["failed"],
+            "handovers": report["chain"]["handovers"], "takeovers": report["chain"]["takeovers"]}
+
+
+@pytest.mark.slow
+def test_chain_harsh_sweep_200_seeds() -> None:
+    """The harsh mix of issue 11 (loss 0.3, duplication 0.2, reordering 0.3,
+    crashes 0.2/node/min, a partition a minute, frame crashes 0.1)."""
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_one, range(200), chunksize=4)
+    bad = [r for r in results if r["violations"] or r["lost"]]
+    assert bad == [], bad[:3]
+    assert sum(r["completed"] for r in results) > 300
+    assert sum(r["takeovers"] for r in results) > 50
