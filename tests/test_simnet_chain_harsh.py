@@ -189,3 +189,54 @@ def test_chain_harsh_sweep_200_seeds() -> None:
     assert bad == [], bad[:3]
     assert sum(r["completed"] for r in results) > 300
     assert sum(r["takeovers"] for r in results) > 50
+
+
+def _own_ttl_renewals(mp: pytest.MonkeyPatch) -> None:
+    """The core before the fix: an owner renews its ownership by its *own*
+    ttl from when the ack arrives, and reports at its own ttl/3."""
+    original = ChainController.on_report_ack
+
+    def on_report_ack(self: ChainController, sender: str, msg: Any) -> None:
+        original(self, sender, msg)
+        chain = self.chains.get(msg.job_id)
+        if chain is not None and msg.valid:
+            chain.valid_until = max(chain.valid_until,
+                                    self.out.now + self.t.lease_ttl - self.t.renew_interval)
+            chain.report_every = self.t.renew_interval
+    mp.setattr(ChainController, "on_report_ack", on_report_ack)
+
+
+def run_mismatched(submitter_ttl: float, seed: int) -> Cluster:
+    """A 12-stage chain whose submitter (n0000, never computing) has its own
+    lease_ttl; the submitter is cut off from everyone for 20 s mid-chain."""
+    c = Cluster(6, seed=seed, configure=_mismatched(submitter_ttl), record=True)
+    c.start()
+    job = c.submit(chain_spec("ch", [sim_task(1500, timeout_ms=30_000)] * 12), owner="n0000",
+                   at=3.0)
+    c.at(12.0 + seed % 5, lambda: c.partition(["n0000"]))
+    c.at(32.0 + seed % 5, c.heal)
+    c.run_until_done(400.0)
+    c.chain.calm(c.now)
+    c.run_until(c.now + T.lease_ttl + T.lease_grace + 2.0)
+    if c.engine.halted is None:
+        c.inv.finish(c.owned(), c.now, c.submitted)
+        c.chain.finish(c.now)
+    assert c.state_of(job) in ("completed", "failed") or c.violations
+    return c
+
+
+@pytest.mark.parametrize("submitter_ttl", [4.0, 30.0])
+def test_chain_windows_come_from_the_messages_when_ttls_differ(submitter_ttl: float) -> None:
+    for seed in range(4):
+        c = run_mismatched(submitter_ttl, seed)
+        assert c.violations == [], (seed, c.violations[:2])
+        assert c.state_of(c.submitted[0]) == "completed"
+        # The 20 s partition outlasts a 4 s ttl + grace (the submitter takes
+        # over), not a 30 s one (the owner's granted validity carries it over).
+        assert (c.chain.takeover_count >= 1) == (submitter_ttl < 20.0)
+
+
+def test_own_ttl_renewals_make_two_owners(monkeypatch: pytest.MonkeyPatch) -> None:
+    _own_ttl_renewals(monkeypatch)
+    found = [v for seed in range(4) for v in run_mismatched(4.0, seed).violations[:1]]
+    assert any("(CH1: at most one)" in v for v in found), found
