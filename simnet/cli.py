@@ -122,6 +122,31 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--joiners", type=click.IntRange(0), default=None,
                      help="Nodes that start only after the submit window (they join running "
                           "daemons) [default: 0; max(1, nodes // 10) for the kinds workload]."),
+        click.option("--latency-tail", type=_PROB, default=0.0, show_default=True,
+                     help="Probability that a frame copy is held back 1-8 s (a latency tail "
+                          "past the lease grace and a renewal period)."),
+        click.option("--reorder-delay", type=DURATION, default="250ms", show_default=True,
+                     help="Largest extra delay of a reordered copy (e.g. 5s: reordering on "
+                          "the scale of lease renewals)."),
+        click.option("--pause-rate", type=click.FloatRange(0.0), default=0.0,
+                     show_default=True,
+                     help="Expected pauses PER NODE PER VIRTUAL MINUTE (SIGSTOP / GC): a "
+                          "node freezes 0.5-25 s, then resumes with stale timers and queued "
+                          "frames."),
+        click.option("--clock-skew", type=click.FloatRange(0.0, 0.5), default=0.0,
+                     show_default=True,
+                     help="Each node's clock runs at its own seeded rate in 1 +- SKEW "
+                          "(0.01: +-1 %)."),
+        click.option("--byzantine", type=click.FloatRange(0.0, 1.0), default=0.0,
+                     show_default=True,
+                     help="Share of nodes that lie: forged grants, cancels and results, "
+                          "replayed frames, stolen sender names, invented asks."),
+        click.option("--calm-after", type=DURATION, default=None,
+                     help="Calm mode: every fault (and loss, reordering, tails, pauses, "
+                          "lies) stops at this virtual time; then every healthy job must "
+                          "complete within --liveness-bound."),
+        click.option("--liveness-bound", type=DURATION, default="300s", show_default=True,
+                     help="Calm mode: how long healthy jobs get to complete once faults stop."),
         click.option("--output", type=click.Choice(["json", "table"]), default="table",
                      show_default=True),
     ]
@@ -138,6 +163,13 @@ def _options(seed: int, kw: dict[str, Any]) -> RunOptions:
         submit_window=kw["submit_window"], drain=kw["drain"], max_events=kw["max_events"],
         workload=kw["workload"], joiners=kw.get("joiners"),
         frame_crash=kw.get("frame_crash") or 0.0,
+        latency_tail=kw.get("latency_tail") or 0.0,
+        reorder_delay=kw.get("reorder_delay", 0.25),
+        pause_rate=kw.get("pause_rate") or 0.0,
+        clock_skew=kw.get("clock_skew") or 0.0,
+        byzantine=kw.get("byzantine") or 0.0,
+        calm_after=kw.get("calm_after"),
+        liveness_bound=kw.get("liveness_bound", 300.0),
     )
 
 
@@ -148,9 +180,15 @@ def _fmt_seconds(s: float) -> str:
 def reproduce_command(seed: int, kw: dict[str, Any]) -> str:
     args = ["python", "-m", "simnet", "run", "--nodes", str(kw["nodes"]),
             "--jobs", str(kw["jobs"]), "--seed", str(seed)]
-    for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate", "frame_crash"):
+    for name in ("loss", "duplicate", "reorder", "crash_rate", "partition_rate", "frame_crash",
+                 "latency_tail", "pause_rate", "clock_skew", "byzantine"):
         if kw.get(name):
             args += [f"--{name.replace('_', '-')}", f"{kw[name]:g}"]
+    if kw.get("reorder_delay", 0.25) != 0.25:
+        args += ["--reorder-delay", _fmt_seconds(kw["reorder_delay"])]
+    if kw.get("calm_after") is not None:
+        args += ["--calm-after", _fmt_seconds(kw["calm_after"]),
+                 "--liveness-bound", _fmt_seconds(kw.get("liveness_bound", 300.0))]
     for name in ("duration", "submit_window", "drain"):
         args += [f"--{name.replace('_', '-')}", _fmt_seconds(kw[name])]
     if kw.get("max_events"):
@@ -170,7 +208,8 @@ def passed(report: dict[str, Any]) -> bool:
 def _print_table(report: dict[str, Any]) -> None:
     keys = ["seed", "nodes", "jobs", "completed", "failed", "stopped", "lost",
             "messages_sent", "messages_delivered", "messages_per_job", "job_messages_per_job",
-            "directory_messages", "crashes", "partitions", "executions", "events",
+            "directory_messages", "crashes", "partitions", "pauses", "byzantine_frames",
+            "executions", "events",
             "virtual_seconds", "wall_seconds", "peak_memory_mb", "trace_hash"]
     for key in keys:
         click.echo(f"{key:22} {report[key]}")

@@ -13,6 +13,16 @@ A node's timers, executions and scheduled wake-ups carry its *incarnation*:
 a crash bumps it, which turns everything the dead incarnation had pending
 into no-ops in O(1), without searching the heap.
 
+Two process-level faults live here because they change how a node sees time:
+
+* a *pause* (:meth:`Engine.pause_node`, SIGSTOP or a long GC pause) freezes a
+  node: every frame, timer, execution report and runtime event addressed to
+  it waits, in order, until it resumes; then its overdue timers fire late and
+  its queued frames arrive at once;
+* *clock rate skew* (:meth:`Engine.set_clock_rate`): the node's monotonic
+  clock runs at ``rate`` times virtual time (e.g. 0.99..1.01); its core reads
+  ``now * rate`` and its timers are set on that clock.
+
 The trace hash is a sha256 over every event handed to a core (time, node,
 kind, and the frame bytes / timer key / event), i.e. the identity of a run.
 
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 import traceback
 from collections.abc import Callable, Hashable
@@ -103,6 +114,9 @@ class Observer:
     def on_start(self, node: str, now: float) -> None:
         pass
 
+    def on_pause(self, node: str, now: float, until: float) -> None:
+        """The node freezes from ``now`` to ``until`` (its executions run on)."""
+
     def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
                     first: int, last: int, now: float) -> None:
         """A stream consumer processed entries ``first+1..last`` of its partition."""
@@ -113,7 +127,8 @@ class Observer:
 
 
 class SimNode:
-    __slots__ = ("core", "factory", "id", "idx", "inc", "store", "timers", "up")
+    __slots__ = ("core", "factory", "id", "idx", "inc", "paused_until", "rate", "store",
+                 "timers", "up")
 
     def __init__(self, idx: int, node_id: str, factory: CoreFactory) -> None:
         self.idx = idx
@@ -124,6 +139,8 @@ class SimNode:
         self.inc = 0
         self.timers: dict[Hashable, int] = {}
         self.store = SimStore()
+        self.rate = 1.0  # the node's clock runs at rate x virtual time
+        self.paused_until = -1.0  # frozen until then (a pause); -1: running
 
 
 class Stats:
@@ -167,6 +184,9 @@ class Engine:
         self.frame_hook: Callable[[SimNode, str, int], str | None] | None = None
         self.after_event: Callable[[SimNode], None] | None = None
         self.crash_callback: Callable[[str], None] | None = None
+        # sniffer(src, dst, data): sees every point-to-point frame sent (the
+        # byzantine adversary records frames to replay).
+        self.sniffer: Callable[[int, int, bytes], None] | None = None
         self._trace = hashlib.sha256()
         self.halted: str | None = None
         self.core_errors: list[str] = []
@@ -198,6 +218,7 @@ class Engine:
             return
         node.inc += 1
         node.timers = {}
+        node.paused_until = -1.0  # a new process
         node.core = node.factory(node.store.load(), node.inc)
         node.up = True
         self._trace.update(f"{self.now!r}|{idx}|start|".encode())
@@ -213,6 +234,7 @@ class Engine:
         node.core = None
         node.inc += 1  # pending timers/executions of the old incarnation die
         node.timers = {}
+        node.paused_until = -1.0  # SIGKILL ends a stopped process too
         self.executor.forget_node(idx)
         for key in [k for k in self.consumers if k[0] == idx]:
             del self.consumers[key]
@@ -220,6 +242,27 @@ class Engine:
             del self._lines[key]
         self._trace.update(f"{self.now!r}|{idx}|crash|".encode())
         self.observer.on_crash(node.id, self.now)
+
+    def pause_node(self, idx: int, until: float) -> None:
+        """Freeze an up node until ``until`` (a SIGSTOP / GC pause): what is
+        addressed to it waits; its executions (child processes) run on."""
+        node = self.nodes[idx]
+        if not node.up or until <= self.now:
+            return
+        if node.paused_until <= self.now:
+            self.observer.on_pause(node.id, self.now, until)
+        node.paused_until = max(node.paused_until, until)
+        self._trace.update(f"{self.now!r}|{idx}|pause|{until!r}".encode())
+
+    def set_clock_rate(self, idx: int, rate: float) -> None:
+        """The node's clock runs at ``rate`` x virtual time from its next event
+        (set it before the node starts: a core's clock must never jump)."""
+        if rate <= 0:
+            raise ValueError(f"clock rate must be > 0, not {rate}")
+        self.nodes[idx].rate = rate
+
+    def is_paused(self, idx: int) -> bool:
+        return self.nodes[idx].paused_until > self.now
 
     # --- scheduling -------------------------------------------------------------
 
@@ -240,6 +283,9 @@ class Engine:
         runtime component (the micro-batch connector) calling into its core."""
         node = self.nodes[idx]
         if not node.up or self.halted is not None:
+            return
+        if node.paused_until > self.now:  # frozen: it gets the call when it resumes
+            self._push(node.paused_until, _EVENT, idx, node.inc, event)
             return
         self._trace.update(f"{self.now!r}|{idx}|e|{event!r}".encode())
         self._handle(node, event)
@@ -284,6 +330,13 @@ class Engine:
                 self.core_errors.append(msg)
                 self.halt(msg)
                 break
+            if kind != _CALL and nodes[idx].paused_until > t:
+                # Frozen: the entry waits for the resume (re-queued in pop
+                # order, so what is addressed to the node keeps its order).
+                if kind == _EVENT and inc == ANY_INCARNATION:
+                    inc = nodes[idx].inc  # a request to this process dies with it
+                self._push(nodes[idx].paused_until, kind, idx, inc, p1, p2, p3)
+                continue
             if kind == _DELIVER:
                 node = nodes[idx]
                 if not node.up:
@@ -350,7 +403,7 @@ class Engine:
         core = node.core
         assert core is not None
         try:
-            actions = core.handle(event, self.now)
+            actions = core.handle(event, self.now * node.rate)
         except Exception as exc:  # a core bug: record it, stop the run
             tb = traceback.format_exc(limit=6)
             msg = (f"t={self.now:.3f}s core {node.id} raised {exc!r} "
@@ -387,6 +440,8 @@ class Engine:
         if dst is None:
             stats.dropped_unknown += 1
             return
+        if self.sniffer is not None:
+            self.sniffer(node.idx, dst, data)
         hook = self.frame_hook
         if hook is not None:
             when = hook(node, mtype, dst)
@@ -425,7 +480,12 @@ class Engine:
     def _do_set_timer(self, node: SimNode, a: SetTimer) -> None:
         self._seq += 1
         node.timers[a.key] = self._seq
-        at = a.at if a.at > self.now else self.now
+        rate = node.rate
+        at = a.at / rate  # the core's clock -> virtual time
+        while at * rate < a.at:  # rounding: the core must read >= its deadline then
+            at = math.nextafter(at, math.inf)
+        if at < self.now:
+            at = self.now
         heapq.heappush(self._heap, (at, self._seq, _TIMER, node.idx, node.inc,
                                     a.key, self._seq, None))
 
@@ -497,6 +557,9 @@ class Engine:
         def answer() -> None:
             if node.inc != inc or not node.up or self.halted is not None:
                 return  # the asking incarnation died: its successor asks again
+            if node.paused_until > self.now:
+                self._push(node.paused_until, _CALL, -1, 0, answer)
+                return
             items: list[str] = []
             error = ""
             for manifest, holder in a.refs:

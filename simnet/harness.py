@@ -11,6 +11,14 @@ event; the first violation halts the engine.  A micro-batch stream gets the
 simulated connector of :mod:`simnet.sources`; :meth:`Cluster.crash_on_frame`
 crashes a node when it sends a given frame (targeted fault injection).
 
+Harsh modes: ``clock_skew`` gives every node its own clock rate,
+:meth:`Cluster.pause` freezes a node (:meth:`simnet.engine.Engine.pause_node`)
+and ``byzantine`` names nodes an adversary speaks through
+(:mod:`simnet.byzantine`): the checkers ignore those nodes' own reports, and
+clients never submit to them.  Checker deadlines ("stops within TTL + grace")
+do not count frozen time (:meth:`Cluster.schedule_check`): a stopped process
+cannot kill its child, whatever the protocol.
+
 Nodes may join late: start only some nodes with ``start(ids)``, then
 ``join(node_id)`` the others (their first start, after jobs were submitted).
 """
@@ -26,11 +34,13 @@ import attrs
 
 from protocols.config import NodeConfig, Timings
 from protocols.events import CancelJob, ReadItems, StartExecution, SubmitJob
+from simnet.byzantine import Adversary
 from simnet.chain_invariants import ChainInvariants
 from simnet.dag_invariants import DagInvariants
 from simnet.engine import Core, Engine, Observer, SimNode, derive_seed
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL, Invariants
 from simnet.kind_invariants import Bounds, KindInvariants
+from simnet.liveness import Liveness
 from simnet.network import NetConfig
 from simnet.sources import Consumer, SimConnector
 from simnet.store import Records
@@ -56,8 +66,11 @@ class _Fanout(Observer):
     def __init__(self, checkers: list[Observer], log: list[Note] | None) -> None:
         self.checkers = checkers
         self.log = log
+        self.ignored: frozenset[str] = frozenset()  # byzantine nodes: their reports lie
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
+        if node in self.ignored:
+            return
         for checker in self.checkers:
             checker.on_notify(node, kind, data, now)
         if self.log is not None:
@@ -78,6 +91,10 @@ class _Fanout(Observer):
     def on_start(self, node: str, now: float) -> None:
         for checker in self.checkers:
             checker.on_start(node, now)
+
+    def on_pause(self, node: str, now: float, until: float) -> None:
+        for checker in self.checkers:
+            checker.on_pause(node, now, until)
 
     def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
                     first: int, last: int, now: float) -> None:
@@ -125,27 +142,36 @@ class Cluster:
         record: bool = False,
         check_interval: float = 30.0,
         bounds: Bounds | None = None,
+        clock_skew: float = 0.0,
+        byzantine: Iterable[int] = (),
     ) -> None:
         self.seed = seed
         self.timings = timings or Timings()
         self.engine = Engine(seed, net)
         self.rng = random.Random(derive_seed(seed, "cluster"))
         self.notes: list[Note] | None = [] if record else None
+        self.pauses: list[tuple[float, float, str]] = []  # (from, until, node), every pause
+        self.byzantine: frozenset[str] = frozenset(f"n{i:04d}" for i in byzantine)
+        schedule = self.schedule_check
         self.inv = Invariants(
             self.timings,
-            schedule=self.engine.call_at,
+            schedule=schedule,
             is_running=self._is_running,
             on_violation=self.engine.halt,
         )
-        self.kinds = KindInvariants(self.timings, self.engine.call_at, self, self.inv.violate,
-                                    bounds)
-        self.stream = StreamInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.inv.schedule_for = self.schedule_check
+        self.kinds = KindInvariants(self.timings, schedule, self, self.inv.violate, bounds)
+        self.stream = StreamInvariants(self.timings, schedule, self, self.inv.violate)
         self.stream.lossy = bool(net is not None and net.loss > 0)
-        self.chain = ChainInvariants(self.timings, self.engine.call_at, self, self.inv.violate)
+        self.chain = ChainInvariants(self.timings, schedule, self, self.inv.violate)
         self.chain.lossy = self.stream.lossy
         self.dag = DagInvariants(self.inv.violate)
-        self.engine.observer = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag],
-                                       self.notes)
+        self.liveness = Liveness(self.inv)
+        self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,
+                               self.liveness], self.notes)
+        self.fanout.ignored = self.byzantine
+        self.adversary: Adversary | None = None  # set by the runner (simnet.byzantine)
+        self.engine.observer = self.fanout
         self.connector = SimConnector(self)
         self.triggers: list[FrameTrigger] = []
         self.frame_rng: random.Random | None = None  # random frame crashes (see frame_crashes)
@@ -169,11 +195,17 @@ class Cluster:
                 "bootstrap": self._bootstrap(i),
                 "timings": self.timings,
             }
+            if fields["node_id"] in self.byzantine:
+                fields["compute"] = False  # it never holds a lease: it only lies
             if configure is not None:
                 fields = configure(i, fields)
             config = NodeConfig(**fields)
             self.configs.append(config)
             self.engine.add_node(config.node_id, self._factory(config))
+        if clock_skew > 0:
+            clock_rng = random.Random(derive_seed(seed, "clocks"))
+            for i in range(nodes):
+                self.engine.set_clock_rate(i, 1.0 + clock_rng.uniform(-clock_skew, clock_skew))
 
     def _bootstrap(self, i: int) -> tuple[str, ...]:
         if i == 0:
@@ -188,6 +220,48 @@ class Cluster:
             seed = derive_seed(self.seed, "node", config.node_id, incarnation)
             return self._core_factory(config, seed, records)
         return make
+
+    # --- pauses, and checker deadlines that do not count frozen time ------------------------
+
+    def pause(self, node_id: str, seconds: float) -> None:
+        """Freeze ``node_id`` for ``seconds`` (SIGSTOP, GC): see Engine.pause_node."""
+        idx = self.idx(node_id)
+        if not self.engine.nodes[idx].up or self.engine.is_paused(idx):
+            return
+        until = self.now + seconds
+        self.engine.pause_node(idx, until)
+        self.pauses.append((self.now, until, node_id))
+        self._fault("pause")
+        self.at(until, functools.partial(self._fault, "resume"))
+
+    def frozen(self, start: float, end: float, node: str | None = None) -> float:
+        """Seconds of [start, end] during which ``node`` (None: some node) was paused."""
+        total, reach = 0.0, start
+        for p0, p1, who in self.pauses:  # in start order
+            if node is not None and who != node:
+                continue
+            lo, hi = max(p0, reach), min(p1, end)
+            if hi > lo:
+                total += hi - lo
+                reach = hi
+        return total
+
+    def schedule_check(self, at: float, fn: Callable[[], None], node: str | None = None) -> None:
+        """Run a checker's deadline check at ``at`` plus the time ``node`` (not
+        given: any node) spent frozen since it was set (a paused holder cannot
+        stop anything)."""
+        set_at = self.now
+
+        def fire(since: float, due: float) -> None:
+            extra = self.frozen(since, due, node)
+            if extra > 0:
+                # Never before an ongoing pause ends (else tiny steps to its end).
+                later = max([due + extra] + [p1 for p0, p1, who in self.pauses
+                                             if p0 <= due < p1 and node in (None, who)])
+                self.engine.call_at(later, functools.partial(fire, due, later))
+            else:
+                fn()
+        self.engine.call_at(at, functools.partial(fire, set_at, at))
 
     def _is_running(self, node: str, execution_id: str) -> bool:
         return self.engine.executor.is_running(self.engine.by_id[node], execution_id)
@@ -351,6 +425,7 @@ class Cluster:
         self.stream.expect(jid, spec)
         self.chain.expect(jid, spec)
         self.dag.expect(jid, spec)
+        self.liveness.expect(jid, spec)
         if spec.get("type") == "chain" and self.engine.after_event is None:
             chain = self.chain
             self.engine.after_event = lambda node: chain.after_event(node.id, self.engine.now)
@@ -366,8 +441,9 @@ class Cluster:
             nodes = self.engine.nodes
             for k in range(len(nodes)):
                 node = nodes[(target + k) % len(nodes)]
-                if node.up:
-                    self.engine.inject(node.idx, SubmitJob(jid, spec), self.engine.now)
+                if node.up and node.id not in self.byzantine:  # clients trust honest nodes
+                    if not self.engine.is_paused(node.idx):  # (else: still waiting on it)
+                        self.engine.inject(node.idx, SubmitJob(jid, spec), self.engine.now)
                     break
             self.engine.call_at(self.engine.now + SUBMIT_RETRY, fire)
         self.engine.call_at(self.engine.now if at is None else at, fire)

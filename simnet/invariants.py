@@ -6,10 +6,17 @@ running where).  The first violation halts the run; every violation is kept
 as ``"t=<virtual s>: <description>"``.
 
 1. no (job, slot) ever has two ``result_accepted``; an accepted result
-   carries the newest epoch granted for its slot;
-2. epochs strictly increase per (job, slot); at most one unexpired lease per
+   carries the newest epoch granted for its slot, and comes from the holder
+   that epoch was granted to;
+2. one (job, slot, epoch) is granted to one holder only (a re-announce
+   names the same holder); epochs strictly increase per (job, slot); at most one unexpired lease per
    (job, slot) in the owner's view; a holder whose lease was superseded stops
-   its execution within TTL + grace of the newer grant;
+   its execution by the time the newer grant is made when its lease expired
+   (plus a slack for clock rates), or one TTL after it started when its grant
+   came late (the holder
+   counts its lease from the renewals it *sent*; the owner from their receipt
+   plus the grace); within TTL + grace when the owner ended it (a cancel);
+   a frozen holder gets its frozen time on top;
 3. every submitted job is owned by exactly one node (up, or down with its
    store), and at the end is terminal or reported ``lost``;
 4. every execution ends within its timeout + grace (executor ground truth);
@@ -84,6 +91,9 @@ class Invariants(Observer):
     ) -> None:
         self.timings = timings
         self._schedule = schedule
+        # Deadline checks about one node (the harness: not counting its frozen time).
+        self.schedule_for: Callable[[float, Callable[[], None], str], None] = (
+            lambda at, fn, node: schedule(at, fn))
         self._is_running = is_running
         self._on_violation = on_violation
         self.slack = slack  # network latency allowance on top of protocol bounds
@@ -92,6 +102,10 @@ class Invariants(Observer):
         self.terminal = 0
         self.accepted: dict[SlotKey, tuple[int, str, float]] = {}
         self.newest: dict[SlotKey, tuple[int, str, float]] = {}  # epoch, exec id, granted at
+        self.holders: dict[tuple[str, int, int], str] = {}  # (job, slot, epoch) -> holder
+        self.ttl_of: dict[str, float] = {}  # execution id -> its lease ttl (s)
+        self.expired: set[str] = set()  # leases the owner saw expire (silence)
+        self.started_at: dict[tuple[str, str], float] = {}  # running (node, exec id) -> start
         self.active: dict[SlotKey, dict[str, tuple[int, float]]] = {}
         # executor ground truth: (job, slot) -> {(node, execution id): epoch}
         self.running: dict[SlotKey, dict[tuple[str, str], int]] = {}
@@ -150,6 +164,11 @@ class Invariants(Observer):
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         epoch = int(d.get("epoch", 0))
         eid = str(d.get("execution_id"))
+        holder = str(d.get("holder"))
+        first = self.holders.setdefault((key[0], key[1], epoch), holder)
+        if first != holder:
+            self.violate(now, f"{key[0]}#{key[1]}: epoch {epoch} granted to {holder}, "
+                              f"already granted to {first} (one holder per fencing token)")
         prev = self.newest.get(key)
         if prev is not None:
             if prev[1] == eid:
@@ -164,19 +183,32 @@ class Invariants(Observer):
         active[eid] = (epoch, now)
         self.newest[key] = (epoch, eid, now)
         ttl = _seconds(d.get("ttl"), self.timings.lease_ttl)
-        deadline = now + ttl + self.timings.lease_grace + self.slack
+        self.ttl_of[eid] = ttl
         for (holder, old_eid), old_epoch in self.running.get(key, {}).items():
             if old_epoch < epoch:
+                # The old holder counts its lease from the renewals it sent,
+                # the owner from their receipt plus a grace: by the time the
+                # owner re-grants, the old lease lapsed on the holder's clock
+                # too -- unless it was granted late (counted from its start).
+                base = old_eid.partition("#")[0]
+                started = self.started_at.get((holder, old_eid), now)
+                old_ttl = self.ttl_of.get(base, self.timings.lease_ttl)
+                deadline = max(now, started + old_ttl) + self.slack
+                if base not in self.expired:  # the owner ended it (cancel): TTL + grace
+                    deadline = now + ttl + self.timings.lease_grace + self.slack
                 self._watch_superseded(holder, old_eid, epoch, deadline)
 
     def _watch_superseded(self, holder: str, eid: str, epoch: int, deadline: float) -> None:
         def check() -> None:
             if self._is_running(holder, eid):
-                self.violate(deadline, f"{holder} still runs {eid} past TTL + grace after "
-                                       f"epoch {epoch} was granted")
-        self._schedule(deadline, check)
+                self.violate(deadline, f"{holder} still runs {eid} past its own lease (due to "
+                                       f"stop by then, plus its frozen time) after epoch "
+                                       f"{epoch} was granted")
+        self.schedule_for(deadline, check, holder)
 
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
+        if d.get("cause") == "expired":
+            self.expired.add(str(d.get("execution_id")))
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         active = self.active.get(key)
         if active:
@@ -196,6 +228,11 @@ class Invariants(Observer):
         if newest is not None and epoch < newest[0]:
             self.violate(now, f"{key[0]}#{key[1]}: accepted {eid} of epoch {epoch} although "
                               f"epoch {newest[0]} was granted")
+        granted_to = self.holders.get((key[0], key[1], epoch))
+        holder = d.get("holder")
+        if granted_to is not None and holder is not None and str(holder) != granted_to:
+            self.violate(now, f"{key[0]}#{key[1]}: result of {eid} accepted from {holder}, "
+                              f"the lease was granted to {granted_to}")
         self._lease_ended(node, d, now)
 
     # --- executor ground truth ---------------------------------------------------------
@@ -209,6 +246,7 @@ class Invariants(Observer):
         key = (job, slot)
         eid = action.execution_id
         self.running.setdefault(key, {})[(node, eid)] = epoch
+        self.started_at[(node, eid)] = now
         self.by_node.setdefault(node, {})[eid] = key
         newest = self.newest.get(key)
         if newest is not None and newest[0] > epoch:  # started an already-stale lease
@@ -221,10 +259,11 @@ class Invariants(Observer):
             if self._is_running(node, eid):
                 self.violate(deadline, f"{node} execution {eid} outlived its timeout "
                                        f"{action.timeout}s + grace")
-        self._schedule(deadline, check_timeout)
+        self.schedule_for(deadline, check_timeout, node)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
         key = self.by_node.get(node, {}).pop(execution_id, None)
+        self.started_at.pop((node, execution_id), None)
         if key is not None:
             runs = self.running.get(key)
             if runs is not None:

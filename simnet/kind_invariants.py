@@ -212,6 +212,7 @@ class KindInvariants(Observer):
         # The liveness bounds (D1, D2, S1) are enforced only on a network that
         # does not lose messages; else they are measured (see calm()).
         self.enforce = True
+        self.clock_skew = 0.0  # the nodes' clock rates are within 1 +- this (cron timing slack)
         self.jobs: dict[str, JobInfo] = {}
         self._long: list[str] = []  # accepted daemons and services, in acceptance order
         # ground truth: job -> {(node, run id): started at}
@@ -318,6 +319,14 @@ class KindInvariants(Observer):
         if first:
             self._joined(node, now)
         self._recount(now)
+
+    def on_pause(self, node: str, now: float, until: float) -> None:
+        """A frozen node answers nothing: for cron coverage and census it is
+        down until it resumes (its executions run on)."""
+        spans = self.intervals.get(node)
+        if spans and spans[-1][1] == float("inf"):
+            spans[-1][1] = now
+            spans.append([until, float("inf")])
 
     def on_crash(self, node: str, now: float) -> None:
         self.up[node] = False
@@ -441,7 +450,10 @@ class KindInvariants(Observer):
                               f"t={prev.t:.3f}s, then {outcome})")
             return
         self.cron_entries[key] = CronEntry(now, str(d.get("run_id") or ""), outcome, reason)
-        if ms > wall_ms(now) + 1:
+        # A node reads the wall clock when it starts, then counts on its own
+        # monotonic clock: with rate skew its idea of the wall drifts by up
+        # to skew x the time since (the runner's --clock-skew).
+        if ms > wall_ms(now) + 1 + self.clock_skew * now * 1000:
             self.violate(now, f"cron {jid}: time {ms} handled {virtual(ms) - now:.3f}s early")
         if outcome == "buffered":
             self.buffered[jid] = ms
@@ -477,7 +489,10 @@ class KindInvariants(Observer):
         self.cron_started[key] = (now, run_id)
         if run_id != f"{jid}@{ms}":
             self.violate(now, f"cron {jid}: run id {run_id!r} does not name time {ms}")
-        if ms > wall_ms(now) + 1:
+        # A node reads the wall clock when it starts, then counts on its own
+        # monotonic clock: with rate skew its idea of the wall drifts by up
+        # to skew x the time since (the runner's --clock-skew).
+        if ms > wall_ms(now) + 1 + self.clock_skew * now * 1000:
             self.violate(now, f"cron {jid}: run {run_id} started "
                               f"{virtual(ms) - now:.3f}s before its time")
         info = self.jobs.get(jid)
@@ -729,8 +744,11 @@ class KindInvariants(Observer):
         margin = self.bounds.cron_margin
         window = max(float(sched.get("catch_up") or 0) / 1000, CRON_LATE_SLACK)
         end = until if info.ended_at is None else min(until, info.ended_at)
-        times, _ = ScheduledTimes(sched).between(wall_ms(info.accepted_at),
-                                                 wall_ms(end - margin), 1_000_000)
+        # (An owner whose clock runs fast thinks it was accepted later; one
+        # whose clock runs slow handles a time up to skew x now late.)
+        accepted = info.accepted_at * (1 + self.clock_skew)
+        last = end - margin - self.clock_skew * end
+        times, _ = ScheduledTimes(sched).between(wall_ms(accepted), wall_ms(last), 1_000_000)
         spans = self.intervals.get(info.owner, [])
         out = []
         for ms in times:

@@ -10,7 +10,13 @@ every drop and every arrival time.  The model is deliberately simple:
   so it overtakes / is overtaken by neighbours;
 * loss drops a copy; duplication sends a second, independently timed copy;
 * partitions assign every node a group id; frames cross groups neither at
-  send time nor at delivery time (a partition cuts frames in flight too).
+  send time nor at delivery time (a partition cuts frames in flight too);
+* a *latency tail* (``tail``): a share of copies is held for seconds
+  (``tail_delay``), longer than the lease grace and than a renewal period:
+  the protocol must stay safe when one-way latency exceeds every grace.
+
+Draws for a feature happen only when it is on, so enabling nothing keeps
+the trace of every older seed unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class NetConfig:
     distance: tuple[float, float] = (0.001, 0.010)
     jitter: float = 0.004  # uniform extra latency per copy, seconds
     reorder_delay: float = 0.25  # max extra delay of a reordered copy, seconds
+    tail: float = 0.0  # probability a copy is held back by a tail delay
+    tail_delay: tuple[float, float] = (1.0, 8.0)  # its extra latency range, seconds
 
 
 def _type_of_obj(obj: Any) -> str:
@@ -151,9 +159,17 @@ class Network:
         t = base + rand() * cfg.jitter
         if cfg.reorder and rand() < cfg.reorder:
             t += rand() * cfg.reorder_delay
+        if cfg.tail and rand() < cfg.tail:
+            t += self._tail()
         if cfg.duplicate and rand() < cfg.duplicate:
             t2 = base + rand() * cfg.jitter
             if cfg.reorder:
                 t2 += rand() * cfg.reorder_delay
+            if cfg.tail and rand() < cfg.tail:
+                t2 += self._tail()
             return (t, t2)
         return (t,)
+
+    def _tail(self) -> float:
+        lo, hi = self.config.tail_delay
+        return lo + self.rng.random() * (hi - lo)

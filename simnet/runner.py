@@ -45,6 +45,23 @@ Fault rate units:
   (a seeded coin), during the fault phase; it restarts after 2-30 s.  This
   puts crashes at every step of a chain handover.
 
+Harsh modes (all seeded; off by default, and then no extra random draw
+happens, so older seeds keep their trace):
+
+* ``latency_tail``: probability that a frame copy is held 1-8 s (past the
+  lease grace and a renewal period); ``reorder_delay`` widens reordering;
+* ``pause_rate``: expected pauses **per node per virtual minute** (SIGSTOP,
+  GC): the node freezes for a seeded 0.5-25 s, then resumes with stale timers
+  and a queue of frames;
+* ``clock_skew``: every node's clock runs at its own seeded rate in
+  ``1 +- clock_skew``;
+* ``byzantine``: share of nodes that lie (:mod:`simnet.byzantine`);
+* ``calm_after``: the *calm* mode.  Faults (and loss, duplication,
+  reordering, tails, pauses, lies) stop at that virtual time; every healthy
+  job must then complete within ``liveness_bound`` (L3 of
+  :mod:`simnet.liveness`).  Without it the fault phase ends early once all
+  jobs are terminal, and the drain keeps the lossy network.
+
 The ``stream``, ``chain`` and ``dag`` workloads add their checkers' end
 checks: a stream job's source must be consumed completely (at-least-once,
 :meth:`simnet.stream_invariants.StreamInvariants.finish`) at the steady
@@ -65,6 +82,7 @@ from typing import Any
 import attrs
 
 from protocols.config import Timings
+from simnet.byzantine import Adversary
 from simnet.engine import derive_seed
 from simnet.harness import Cluster
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
@@ -98,6 +116,16 @@ class RunOptions:
     workload: str = "mixed"  # mixed | plain | kinds | stream | chain | dag (simnet.workload)
     joiners: int | None = None  # nodes starting late; None: 0, or nodes // 10 for kinds
     frame_crash: float = 0.0  # per handover frame: crash its sender (fault phase only)
+    latency_tail: float = 0.0  # per frame copy: held back 1-8 s
+    reorder_delay: float = 0.25  # max extra delay of a reordered copy (s)
+    pause_rate: float = 0.0  # per node per virtual minute
+    clock_skew: float = 0.0  # clock rates in 1 +- clock_skew
+    byzantine: float = 0.0  # share of nodes that lie
+    calm_after: float | None = None  # calm mode: every fault stops then
+    liveness_bound: float = 300.0  # calm mode: healthy jobs complete within this
+
+
+PAUSE_LENGTH = (0.5, 25.0)  # a pause outlasts a lease TTL + grace now and then
 
 
 class FaultInjector:
@@ -114,16 +142,37 @@ class FaultInjector:
         n = len(cluster.ids)
         self.crash_per_s = opts.crash_rate * n / 60.0
         self.partition_per_s = opts.partition_rate / 60.0
+        self.pause_per_s = opts.pause_rate * n / 60.0
+        self.pauses = 0
+        self.pause_rng = random.Random(derive_seed(opts.seed, "pauses"))
+        self.horizon = opts.duration if opts.calm_after is None else opts.calm_after
 
     def start(self) -> None:
         if self.crash_per_s > 0:
             self._next_crash()
         if self.partition_per_s > 0:
             self._next_partition()
+        if self.pause_per_s > 0:
+            self._next_pause()
+
+    def _next_pause(self) -> None:
+        at = self.cluster.now + self.pause_rng.expovariate(self.pause_per_s)
+        if at <= self.horizon:
+            self.cluster.at(at, self._pause)
+
+    def _pause(self) -> None:
+        if not self.active:
+            return
+        victim = self.pause_rng.choice(self.cluster.ids)
+        length = self.pause_rng.uniform(*PAUSE_LENGTH)
+        if self.cluster.is_up(victim):
+            self.cluster.pause(victim, length)
+            self.pauses += 1
+        self._next_pause()
 
     def _next_crash(self) -> None:
         at = self.cluster.now + self.rng.expovariate(self.crash_per_s)
-        if at <= self.opts.duration:
+        if at <= self.horizon:
             self.cluster.at(at, self._crash)
 
     def _crash(self) -> None:
@@ -144,7 +193,7 @@ class FaultInjector:
 
     def _next_partition(self) -> None:
         at = self.cluster.now + self.rng.expovariate(self.partition_per_s)
-        if at <= self.opts.duration:
+        if at <= self.horizon:
             self.cluster.at(at, self._partition)
 
     def _partition(self) -> None:
@@ -171,6 +220,8 @@ class FaultInjector:
         that did not join yet still join at their time)."""
         self.active = False
         self.cluster.stop_frame_crashes()
+        if self.cluster.adversary is not None:
+            self.cluster.adversary.stop()
         self.cluster.heal()
         for nid in self.cluster.ids:
             if nid in self.cluster.ever_started and not self.cluster.is_up(nid):
@@ -188,7 +239,8 @@ def _big_nodes(i: int, fields: dict[str, Any]) -> dict[str, Any]:
 
 def run_scenario(opts: RunOptions) -> dict[str, Any]:
     wall0 = time.perf_counter()
-    net = NetConfig(loss=opts.loss, duplicate=opts.duplicate, reorder=opts.reorder)
+    net = NetConfig(loss=opts.loss, duplicate=opts.duplicate, reorder=opts.reorder,
+                    reorder_delay=opts.reorder_delay, tail=opts.latency_tail)
     wl_rng = random.Random(derive_seed(opts.seed, "workload"))
     times = sorted(opts.warmup + wl_rng.random() * opts.submit_window for _ in range(opts.jobs))
     make_job = WORKLOADS[opts.workload]
@@ -198,13 +250,24 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     joiners = opts.joiners if opts.joiners is not None else default_joiners
     joiners = max(0, min(joiners, opts.nodes - 1))  # n0000 (everyone's bootstrap) starts
     timings = Timings()
+    byzantine = byzantine_nodes(opts)
     cluster = Cluster(opts.nodes, opts.seed, net=net, timings=timings,
                       check_interval=opts.check_interval, bounds=default_bounds(timings),
-                      configure=_big_nodes if long else None)
+                      configure=_big_nodes if long else None, clock_skew=opts.clock_skew,
+                      byzantine=byzantine)
+    if byzantine:
+        cluster.adversary = Adversary(cluster)
+        cluster.fanout.checkers.append(cluster.adversary)
     bounds = cluster.kinds.bounds
     # Liveness bounds hold on a network that does not lose messages; with loss
     # the latencies are geometric: measured, and enforced once the network calms.
     cluster.kinds.enforce = opts.loss == 0.0
+    cluster.kinds.clock_skew = opts.clock_skew
+    # (Lies are no excuse: honest nodes must not lose a lease to a liar.)
+    cluster.liveness.node_faults = bool(
+        opts.crash_rate or opts.partition_rate or opts.pause_rate
+        or opts.frame_crash or opts.latency_tail)
+    cluster.liveness.check_expiries = not cluster.liveness.node_faults and opts.loss <= 0.3
     budget = 20_000 + 2_000 * (opts.jobs + opts.nodes)
     if long:
         horizon = opts.duration + 2 * max(bounds.daemon, bounds.service) + opts.drain
@@ -223,9 +286,13 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     faults.start()
     if opts.frame_crash > 0:
         cluster.frame_crashes_at({t: opts.frame_crash for t in HANDOVER_FRAMES})
+    if cluster.adversary is not None:
+        cluster.adversary.start()
 
     if long:
         _run_long(cluster, faults, opts)
+    elif opts.calm_after is not None:
+        _run_calm(cluster, faults, opts)
     else:
         cluster.run_until_done(opts.duration)
         faults.stop()
@@ -254,14 +321,46 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     return report
 
 
+def byzantine_nodes(opts: RunOptions) -> list[int]:
+    """Seeded byzantine node indices: a share ``opts.byzantine`` of the nodes,
+    never n0000 (everyone's bootstrap) and never all but one."""
+    if opts.byzantine <= 0 or opts.nodes < 3:
+        return []
+    count = min(opts.nodes - 2, max(1, round(opts.byzantine * opts.nodes)))
+    rng = random.Random(derive_seed(opts.seed, "byzantine-nodes"))
+    return sorted(rng.sample(range(1, opts.nodes), count))
+
+
+def calm_network(cluster: Cluster) -> None:
+    """No more loss, duplication, reordering or latency tails."""
+    net = cluster.engine.network
+    net.config = attrs.evolve(net.config, loss=0.0, duplicate=0.0, reorder=0.0, tail=0.0)
+
+
+def _run_calm(cluster: Cluster, faults: FaultInjector, opts: RunOptions) -> None:
+    """Calm mode: faults until ``calm_after``, then a healthy network on which
+    every healthy job must complete within ``liveness_bound`` (L3)."""
+    assert opts.calm_after is not None
+    cluster.run_until(opts.calm_after)
+    faults.stop()
+    calm_network(cluster)
+    calm_at = cluster.now
+    cluster.chain.calm(calm_at)  # every running chain must progress from now on
+    cluster.run_until_done(calm_at + opts.liveness_bound)
+    if cluster.engine.halted is None:
+        cluster.liveness.check_calm(cluster.now, calm_at)
+    drain_end = cluster.now + opts.drain
+    cluster.run_until_done(drain_end)
+    cluster.run_until(min(drain_end, cluster.now + opts.settle))
+
+
 def _run_long(cluster: Cluster, faults: FaultInjector, opts: RunOptions) -> None:
     """Fault phase, steady state, then stop every long-running job."""
     cluster.run_until(opts.duration)
     faults.stop()
     # The steady state is after *every* fault: the network stops losing,
     # duplicating and reordering frames too.
-    net = cluster.engine.network
-    net.config = attrs.evolve(net.config, loss=0.0, duplicate=0.0, reorder=0.0)
+    calm_network(cluster)
     cluster.kinds.calm(cluster.now)
     bounds = cluster.kinds.bounds
     settle = max(bounds.daemon, bounds.service) + opts.settle
@@ -325,6 +424,10 @@ def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,
                     "unknown_peer": stats.dropped_unknown},
         "crashes": faults.crashes,
         "partitions": faults.partitions,
+        "pauses": faults.pauses,
+        "byzantine_nodes": sorted(cluster.byzantine),
+        "byzantine_frames": sum(cluster.adversary.sent.values()) if cluster.adversary else 0,
+        "healthy_failed_by_faults": cluster.liveness.fault_failures,
         "executions": cluster.engine.executor.started,
         "notifications": dict(sorted(cluster.inv.counts.items())),
         "events": stats.events,

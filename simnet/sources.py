@@ -181,7 +181,7 @@ class SimConnector:
         c = self.cluster
         owners = sorted({c.owner_of(j) or "" for j in self.sources} - {""})
         for node in owners:
-            if c.is_up(node):
+            if c.is_up(node) and not c.engine.is_paused(c.idx(node)):  # frozen with its node
                 self._read(node)
         c.at(c.now + POLL, self._poll)
 
