@@ -206,6 +206,7 @@ class ChainController:
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.refused = 0
+        self._next_lapse = float("inf")  # earliest validity end of a stage we own
 
     # --- helpers -----------------------------------------------------------------
 
@@ -591,6 +592,7 @@ class ChainController:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
         chain.role = "owner"  # until the end of the window, then as the submitter renews
+        self._next_lapse = min(self._next_lapse, chain.valid_until)
         self._save(chain)  # durable before the ack tells the old owner it may stop resending
         self.out.cancel_timer(("chainpending", msg.job_id, 0))
         self.out.send(
@@ -642,6 +644,24 @@ class ChainController:
         chain = self.chains.get(job_id)
         if chain is not None and chain.role == "owner" and chain.submitter != self.me:
             self._report(chain, "running")
+
+    def check_lapses(self) -> None:
+        """Before every event: let go of every stage whose ownership ran out.
+        The lapse timer alone is not enough: a paused process (SIGSTOP, a GC
+        pause) resumes with its frames queued ahead of its stale timers, and
+        must not act as the owner on any of them."""
+        now = self.out.now
+        if now < self._next_lapse:
+            return
+        earliest = float("inf")
+        for chain in list(self.chains.values()):
+            if chain.role != "owner" or chain.outcome or chain.submitter == self.me:
+                continue
+            if now >= chain.valid_until:
+                self._fence(chain, "no answer from the submitter within its ttl")
+            else:
+                earliest = min(earliest, chain.valid_until)
+        self._next_lapse = earliest
 
     def on_lapse_timer(self, job_id: str) -> None:
         chain = self.chains.get(job_id)

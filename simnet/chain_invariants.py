@@ -14,7 +14,9 @@ record ``n`` of the log (its ``m``-th run); the run's *creator* is the node
 that notified its ``job_submitted``.
 
 * **CH1 one owner**: after every event, at most one node considers itself
-  the owner of ``J``.  **CH1b no orphan stage**: an execution of a stage run
+  the owner of ``J`` (a node whose ownership ran out by its own clock and that
+  handled no event since -- paused -- no longer counts: it lets go before it
+  acts on its next event).  **CH1b no orphan stage**: an execution of a stage run
   runs (executor truth) only while its creator considers itself the owner,
   or for at most ``lease_ttl + lease_grace + slack`` after the creator
   stopped being the owner (fencing lag; a crash ends ownership) -- so while
@@ -58,7 +60,9 @@ that notified its ``job_submitted``.
 * **Takeover bound**: when the owner named by the submitter's log crashes
   and stays down while the submitter stays up, the submitter takes over
   within ``lease_ttl + lease_grace + renew_interval + slack`` (its watch
-  timer period); the latencies are measured.
+  timer period), plus the longest a frame may arrive late (latency tails and
+  wide reordering: the owner's last report may land after its death); the
+  latencies are measured.
 """
 
 from __future__ import annotations
@@ -162,6 +166,10 @@ class ChainInvariants(Observer):
         self._verified: set[tuple[str, int, bool]] = set()  # (head hash, length, pending)
         self._keys = SimKeyring("simnet-checker")
         self.lossy = False  # the network loses frames: a fault at every moment (CH5)
+        # The longest a frame may arrive late (latency tails, wide reordering):
+        # a report sent before its owner died may still reach the submitter
+        # that much later, and the takeover counts from the last one heard.
+        self.late_frames = 0.0
         self.fault_times: list[float] = []  # crash, restart, partition, heal (CH5)
         self.calm_at: float | None = None  # the faults stopped (CH5 enforced from then)
         self.progress_checks = 0
@@ -174,7 +182,7 @@ class ChainInvariants(Observer):
     @property
     def takeover_bound(self) -> float:
         t = self.t
-        return t.lease_ttl + t.lease_grace + t.renew_interval + self.slack
+        return t.lease_ttl + t.lease_grace + t.renew_interval + self.late_frames + self.slack
 
     def progress_bound(self, job: ChainJob) -> float:
         """CH5: the longest a running chain may go without progress once calm."""
@@ -308,6 +316,9 @@ class ChainInvariants(Observer):
         core = self.world.core(node)
         chains = core.owner.chain.chains if core is not None else {}
         for jid, job in self.jobs.items():
+            for other in [n for n in job.owners if n != node and self._lapsed(jid, n, now)]:
+                job.owners.discard(other)  # (a paused owner: it lets go before acting again)
+                self._lost(jid, other, now)
             state = chains.get(jid)
             owner = state is not None and state.role == "owner" and not state.outcome
             if owner and node not in job.owners:
@@ -323,6 +334,17 @@ class ChainInvariants(Observer):
             elif not owner and node in job.owners:
                 job.owners.discard(node)
                 self._lost(jid, node, now)
+
+    def _lapsed(self, jid: str, node: str, now: float) -> bool:
+        """``node`` (not the submitter) still considers itself the owner of
+        ``jid`` but its ownership ran out by its own clock: it has not handled
+        an event since (paused), and lets go before it acts on the next one."""
+        state = self._state(node, jid)
+        if state is None or state.submitter == node:
+            return False
+        engine = getattr(self.world, "engine", None)
+        rate = engine.nodes[engine.by_id[node]].rate if engine is not None else 1.0
+        return bool(now * rate >= getattr(state, "valid_until", float("inf")))
 
     def _lost(self, jid: str, node: str, now: float) -> None:
         """``node`` stopped owning ``jid``: its stage executions must stop (CH1b)."""

@@ -165,6 +165,9 @@ class Cluster:
         self.stream.lossy = bool(net is not None and net.loss > 0)
         self.chain = ChainInvariants(self.timings, schedule, self, self.inv.violate)
         self.chain.lossy = self.stream.lossy
+        if net is not None:
+            self.chain.late_frames = max(net.reorder_delay if net.reorder else 0.0,
+                                         net.tail_delay[1] if net.tail else 0.0)
         self.dag = DagInvariants(self.inv.violate)
         self.liveness = Liveness(self.inv)
         self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,

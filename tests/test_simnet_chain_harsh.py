@@ -240,3 +240,31 @@ def test_own_ttl_renewals_make_two_owners(monkeypatch: pytest.MonkeyPatch) -> No
     _own_ttl_renewals(monkeypatch)
     found = [v for seed in range(4) for v in run_mismatched(4.0, seed).violations[:1]]
     assert any("(CH1: at most one)" in v for v in found), found
+
+
+# --- harsh modes (simnet pauses, latency tails): chains found wanting ----------------------
+
+PAUSED = dict(nodes=5, jobs=2, loss=0.2, duplicate=0.2, reorder=0.3, crash_rate=0.2,
+              partition_rate=1.0, frame_crash=0.1, pause_rate=0.5, workload="chain")
+
+
+def test_a_paused_owner_lets_go_before_acting_again() -> None:
+    """A stage owner frozen past its validity resumes with frames queued
+    ahead of its lapse timer; it must not act as the owner on them."""
+    for seed in (2, 7, 8, 12):
+        report = run(seed=seed, **PAUSED)  # type: ignore[arg-type]
+        assert report["invariant_violations"] == [] and report["lost"] == 0, seed
+
+
+def test_no_lapse_check_before_events_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ChainController, "check_lapses", lambda self: None)
+    report = run(seed=2, **PAUSED)  # type: ignore[arg-type]
+    assert any("(CH1: at most one)" in v for v in report["invariant_violations"]), report[
+        "invariant_violations"]
+
+
+def test_takeover_bound_allows_for_late_frames() -> None:
+    for seed in (12, 26):
+        report = run(seed=seed, latency_tail=0.05, **{**PAUSED, "pause_rate": 0.0})
+        assert report["invariant_violations"] == [] and report["lost"] == 0, seed
+        assert report["chain"]["takeover_bound"] > T.lease_ttl + T.lease_grace + 8.0
