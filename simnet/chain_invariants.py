@@ -340,8 +340,8 @@ class ChainInvariants(Observer):
         ``jid`` but its ownership ran out by its own clock: it has not handled
         an event since (paused), and lets go before it acts on the next one."""
         state = self._state(node, jid)
-        if state is None or state.submitter == node:
-            return False
+        if state is None or getattr(state, "submitter", node) == node:
+            return False  # (the submitter's own ownership never lapses)
         engine = getattr(self.world, "engine", None)
         rate = engine.nodes[engine.by_id[node]].rate if engine is not None else 1.0
         return bool(now * rate >= getattr(state, "valid_until", float("inf")))
