@@ -157,7 +157,9 @@ class ChainInvariants(Observer):
         self.lost_at: dict[tuple[str, str], float] = {}  # (job, node) -> lost ownership at
         self.owner_since: dict[tuple[str, str], float] = {}  # (job, node) -> owner since
         self.started_at: dict[str, float] = {}  # node -> its last (re)start
-        self.outputs: dict[str, tuple[str, str]] = {}  # manifest -> (node, execution id)
+        # manifest -> execution id and the nodes that ran it to success (one
+        # execution id may run on two nodes when a byzantine peer forges a grant)
+        self.outputs: dict[str, tuple[str, set[str]]] = {}
         self.up: dict[str, bool] = {}
         self.takeovers: list[tuple[float, str, float]] = []  # (latency, job, at)
         self.takeover_count = 0
@@ -446,14 +448,15 @@ class ChainInvariants(Observer):
         stage = rec["stage"] - 1
         for name, manifest, holder in rec.get("inputs") or []:
             ran = self.outputs.get(manifest)
-            parsed = parse_stage_run(ran[1].rsplit("/", 2)[0]) if ran else None
+            parsed = parse_stage_run(ran[0].rsplit("/", 2)[0]) if ran else None
             if ran is None or parsed is None or parsed[0] != jid or parsed[1:] != (stage, seq - 1):
                 self.violate(now, f"chain {jid}: record {seq} hands over {name} {manifest}, "
                                   f"which no succeeded execution of stage {stage} under record "
                                   f"{seq - 1} produced (CH2)")
-            elif ran[0] != holder or holder != to:
+            elif holder not in ran[1] or holder != to:
                 self.violate(now, f"chain {jid}: record {seq} gives stage {stage + 1} to {to}, "
-                                  f"but stage {stage}'s output is on {ran[0]} (named {holder})")
+                                  f"but stage {stage}'s output is on {', '.join(sorted(ran[1]))} "
+                                  f"(named {holder})")
         self._check_node_log(jid, node, now)
 
     def _handover_received(self, node: str, d: dict[str, Any], now: float) -> None:
@@ -524,7 +527,8 @@ class ChainInvariants(Observer):
             if parsed is not None:
                 self._progress(parsed[0], now)
             if status == "succeeded":
-                self.outputs[sim_manifest(execution_id)] = (node, execution_id)
+                self.outputs.setdefault(sim_manifest(execution_id),
+                                        (execution_id, set()))[1].add(node)
 
     # --- CH3: the logs -----------------------------------------------------------------------
 

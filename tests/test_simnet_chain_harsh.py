@@ -268,3 +268,13 @@ def test_takeover_bound_allows_for_late_frames() -> None:
         report = run(seed=seed, latency_tail=0.05, **{**PAUSED, "pause_rate": 0.0})
         assert report["invariant_violations"] == [] and report["lost"] == 0, seed
         assert report["chain"]["takeover_bound"] > T.lease_ttl + T.lease_grace + 8.0
+
+
+def test_a_forged_grant_running_a_stage_twice_is_no_chain_violation() -> None:
+    """Seed 185: a byzantine peer's forged grant makes a second node run a
+    stage execution too; the checker knows both outputs, and the handover
+    must name a node that really holds them."""
+    report = run(seed=185, nodes=7, jobs=3, loss=0.3, duplicate=0.2, reorder=0.3,
+                 crash_rate=0.2, partition_rate=1.0, frame_crash=0.1, latency_tail=0.03,
+                 pause_rate=0.3, clock_skew=0.01, byzantine=0.15, workload="chain")
+    assert report["invariant_violations"] == [] and report["lost"] == 0
