@@ -29,10 +29,15 @@ handover not signed by the current owner, a forged or re-ordered record, a
 record breaking the hash chain, or a commit for no pending handover is
 refused and counted.
 
-Liveness.  The current owner (when not S) reports to S every ttl/3 with the
-records S may lack; S's answer renews its ownership, which lapses after ttl
-without one (the owner then stops its stage run: self-fencing).  S takes the
-chain over after ttl + grace without a report from the owner its log names:
+Liveness.  The current owner (when not S) reports to S with the records S
+may lack, every third of the validity S last granted; S's answer renews its
+ownership until the report's send time + the answer's ``valid_ms`` (S's ttl);
+without one it lapses (the owner then stops its stage run: self-fencing).
+Every window two peers rely on comes from a message, never from the other
+node's own settings: the offer's ``valid_ms`` (the offering owner's remaining
+validity) bounds the acceptor's window and its ownership until S first
+answers it; the answers' ``valid_ms`` the renewals and the report cadence.
+S takes the chain over after ttl + grace without a report from the owner its log names:
 it appends a *takeover* record signed by itself and re-runs the latest stage
 before the dead owner's whose inputs live elsewhere (the dead owner held its
 own stage's inputs; stage 0 needs none).
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
 
 CHAINS_TABLE = "chains"
 MAX_OFFERS = 3  # offers of one stage that time out before the chain fails
+FINAL_REPORTS = ("completed", "failed", "handed_over")  # sent reliably, with the whole log
 
 
 def pack(obj: Any) -> bytes:
@@ -161,8 +167,13 @@ class ChainState:
     report_seq: int = 0
     acked_seq: int = 0
     valid_until: float = 0.0  # our ownership (when not the submitter)
+    report_every: float = 0.0  # a third of the validity the submitter last granted
     heard_at: float = 0.0  # the submitter's last report from the current owner
-    sent: int = 0  # records the submitter already has (owner side)
+    sent: int = 0  # records the submitter acknowledged having (owner side)
+    # report seq -> (sent at, records it carried): an ack renews from when
+    # *that* report left, and acknowledges what it carried, not what we hold
+    # when the ack arrives (owner side).
+    carried: dict[int, tuple[float, int]] = attrs.field(factory=dict)
 
     @property
     def head(self) -> dict[str, Any]:
@@ -195,6 +206,7 @@ class ChainController:
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.refused = 0
+        self._next_lapse = float("inf")  # earliest validity end of a stage we own
 
     # --- helpers -----------------------------------------------------------------
 
@@ -263,10 +275,13 @@ class ChainController:
                 self.out.persist(CHAINS_TABLE, job_id, None)
                 continue
             if chain.role == "pending":
-                chain.role = "watching"
+                self._drop_pending(chain)
+                self._save(chain)
             if chain.role == "owner" and not mine:
                 chain.offer = None
                 self._fence(chain, "the node restarted")
+            elif chain.role == "owner" and not chain.outcome and chain.offer is None:
+                self._continue_stage(chain)
             if chain.offer is not None:
                 self._send_offer(chain)
                 self.out.timer(
@@ -276,6 +291,26 @@ class ChainController:
                 self._send_commit(chain)
             if mine and not chain.outcome:
                 self.out.timer(("chainwatch", job_id, 0), now + self.t.renew_interval)
+
+    def _drop_pending(self, chain: ChainState) -> None:
+        """The submitter's acceptance lapsed (window over, or a restart): the
+        offered record was never committed to us, so it leaves our log (it
+        holds committed records only); we watch the offering owner again."""
+        chain.records = chain.records[:-1]
+        chain.role = "watching"  # (heard_at stays: the offering owner's last report)
+
+    def _continue_stage(self, chain: ChainState) -> None:
+        """The submitter owns the head stage after a restart: the event that
+        made it the owner (a commit, a takeover, a handover to itself) may have
+        been cut short before the stage run existed, or a finished run's
+        handover may be lost.  Pick up where that left off."""
+        head = chain.head
+        run = self.owner.jobs.get(chain.run_id)
+        ours = f"{chain.job_id}~s{head['stage']}~r{len(chain.records) - 1}~"
+        if run is None or not chain.run_id.startswith(ours):
+            self._run_stage(chain, head["stage"])
+        elif run.terminal:
+            self.on_run_finished(run)
 
     # --- running a stage -------------------------------------------------------------
 
@@ -358,7 +393,7 @@ class ChainController:
         if chain.submitter == self.me:
             valid = self.t.lease_ttl  # the submitter's own ownership needs no renewal
         else:
-            valid = max(0.0, min(chain.valid_until - self.out.now, self.t.lease_ttl))
+            valid = max(0.0, chain.valid_until - self.out.now)  # what the submitter granted
         msg = HandoverOffer(
             job_id=chain.job_id,
             stage=chain.offer["body"]["stage"],
@@ -473,7 +508,15 @@ class ChainController:
         if known is not None and known.role == "pending" and known.records[-1]["body"] == offer:
             self._accept(known)  # our accept was lost: the same answer again
             return
-        if known is not None and len(known.records) > offer["seq"]:
+        if known is not None and known.submitter == self.me:
+            # Our log is the chain's authority: a valid offer extends it (one
+            # that does not comes from an owner our takeover superseded).
+            ours = known.records[:-1] if known.role == "pending" else known.records
+            if len(ours) > offer["seq"] or records[: len(ours)] != ours:
+                self._refuse(sender, msg.job_id, f"offer of record {offer['seq']} does not "
+                             f"extend our log of {len(ours)} records")
+                return
+        elif known is not None and any(r["body"] == offer for r in known.records):
             self._refuse(sender, msg.job_id, f"replayed offer of record {offer['seq']}")
             return
         signed = {
@@ -481,6 +524,10 @@ class ChainController:
             "sigs": {**records[-1]["sigs"], self.me: self.keys.sign(body_bytes(offer))},
         }
         if known is not None:  # e.g. the submitter, offered a stage: keep what it knows
+            if known.role == "owner" and not known.outcome:
+                # A later stage offered to a stale owner: the submitter took
+                # the chain over from us; stop our stage run now.
+                self._fence(known, "offered a later stage")
             chain = known
             chain.records = [*records[:-1], signed]
             chain.role, chain.offer, chain.commit_hash = "pending", None, ""
@@ -492,7 +539,11 @@ class ChainController:
         self.specs[msg.job_id] = spec
         # The accept window ends with the offering owner's own ownership: a
         # commit after it could race the submitter's takeover.
-        chain.valid_until = self.out.now + min(msg.valid_ms / 1000, self.t.lease_ttl)
+        # (The offering owner's validity, granted by the submitter: no local
+        # setting of ours lengthens or shortens it.)
+        window = msg.valid_ms / 1000
+        chain.valid_until = self.out.now + window
+        chain.report_every = window / 3
         self._save(chain)
         self.out.timer(("chainpending", msg.job_id, 0), chain.valid_until)
         self._accept(chain)
@@ -510,7 +561,7 @@ class ChainController:
             # No commit in our window: we never became the owner.
             self.out.notify("handover_expired", job_id=job_id)
             if chain.submitter == self.me:  # the submitter keeps watching its chain
-                chain.role = "watching"
+                self._drop_pending(chain)
                 self._save(chain)
                 return
             del self.chains[job_id]
@@ -541,6 +592,7 @@ class ChainController:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
         chain.role = "owner"  # until the end of the window, then as the submitter renews
+        self._next_lapse = min(self._next_lapse, chain.valid_until)
         self._save(chain)  # durable before the ack tells the old owner it may stop resending
         self.out.cancel_timer(("chainpending", msg.job_id, 0))
         self.out.send(
@@ -549,13 +601,16 @@ class ChainController:
         self.out.notify(
             "handover_received", job_id=msg.job_id, stage=head["body"]["stage"], by=sender
         )
+        # A crash from here on loses the stage run: a restarted owner lets go
+        # (the submitter takes over), a restarted submitter runs it (resume).
         self._run_stage(chain, head["body"]["stage"])
 
     # --- liveness: owner <-> submitter ------------------------------------------------
 
     def _report(self, chain: ChainState, state: str) -> None:
         chain.report_seq += 1
-        news = chain.records[chain.sent :] if chain.sent < len(chain.records) else []
+        news = self._carries_log(chain, state)
+        chain.carried[chain.report_seq] = (self.out.now, len(chain.records) if news else 0)
         msg = ChainReport(
             job_id=chain.job_id,
             seq=chain.report_seq,
@@ -565,7 +620,7 @@ class ChainController:
             manifest_id=chain.final[0] if chain.final else "",
             node=chain.final[1] if chain.final else "",
         )
-        if state in ("completed", "failed", "handed_over"):
+        if state in FINAL_REPORTS:
             self.out.send_reliably(
                 ("report", chain.job_id, state),
                 chain.submitter,
@@ -574,13 +629,39 @@ class ChainController:
             )
         else:
             self.out.send(chain.submitter, msg)
-            self.out.timer(("chainreport", chain.job_id, 0), self.out.now + self.t.renew_interval)
+            # At a third of the validity the submitter grants (its ttl, not ours).
+            every = chain.report_every or self.t.renew_interval
+            self.out.timer(("chainreport", chain.job_id, 0), self.out.now + every)
             self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+
+    def _carries_log(self, chain: ChainState, state: str) -> bool:
+        """A final report always carries the whole log (the submitter decides
+        the chain's outcome from its own log, which must reach our head);
+        others when the submitter has not acknowledged all our records."""
+        return state in FINAL_REPORTS or chain.sent < len(chain.records)
 
     def on_report_timer(self, job_id: str) -> None:
         chain = self.chains.get(job_id)
         if chain is not None and chain.role == "owner" and chain.submitter != self.me:
             self._report(chain, "running")
+
+    def check_lapses(self) -> None:
+        """Before every event: let go of every stage whose ownership ran out.
+        The lapse timer alone is not enough: a paused process (SIGSTOP, a GC
+        pause) resumes with its frames queued ahead of its stale timers, and
+        must not act as the owner on any of them."""
+        now = self.out.now
+        if now < self._next_lapse:
+            return
+        earliest = float("inf")
+        for chain in list(self.chains.values()):
+            if chain.role != "owner" or chain.outcome or chain.submitter == self.me:
+                continue
+            if now >= chain.valid_until:
+                self._fence(chain, "no answer from the submitter within its ttl")
+            else:
+                earliest = min(earliest, chain.valid_until)
+        self._next_lapse = earliest
 
     def on_lapse_timer(self, job_id: str) -> None:
         chain = self.chains.get(job_id)
@@ -607,12 +688,18 @@ class ChainController:
             if chain.role == "owner":
                 self._fence(chain, f"the submitter took over: {msg.reason}")
             return
-        if msg.seq > chain.acked_seq:
+        if msg.seq > chain.acked_seq and msg.seq in chain.carried:
             chain.acked_seq = msg.seq
-            chain.sent = len(chain.records)
-            chain.valid_until = max(
-                chain.valid_until, self.out.now + self.t.lease_ttl - self.t.renew_interval
-            )
+            # Records appended since that report was sent are still news.
+            sent_at, carried = chain.carried[msg.seq]
+            chain.sent = max(chain.sent, carried)
+            for seq in [s for s in chain.carried if s <= msg.seq]:
+                del chain.carried[seq]
+            # The submitter takes over ``valid_ms`` + its grace after it heard
+            # this report, which left at ``sent_at``: renew from then.
+            granted = msg.valid_ms / 1000
+            chain.valid_until = max(chain.valid_until, sent_at + granted)
+            chain.report_every = granted / 3
 
     def on_report(self, sender: str, msg: ChainReport) -> None:
         """The submitter: learn where the chain stands; renew its owner."""
@@ -640,21 +727,42 @@ class ChainController:
                 chain.records = list(records)
                 self._save(chain)
         owner = chain.head["to"]
+        refusal = self._completion_refusal(chain, sender, msg)
+        if refusal:
+            self._refuse(sender, msg.job_id, refusal)
+            return
         # A running report from anyone but the owner our log names, or for a
         # chain that has ended (stopped by the user): stop it.
         valid = msg.state != "running" or (sender == owner and not chain.outcome)
         reason = f"the chain is {chain.outcome}" if chain.outcome else f"its owner is {owner}"
-        self.out.send(
-            sender,
-            ChainReportAck(
-                job_id=msg.job_id, seq=msg.seq, valid=valid, reason="" if valid else reason
-            ),
-        )
         if sender == owner:
             chain.heard_at = self.out.now
         if msg.state in ("completed", "failed") and sender == owner and not chain.outcome:
             chain.final = [msg.manifest_id, msg.node] if msg.manifest_id else []
-            self._end(chain, msg.state, msg.reason)
+            self._end(chain, msg.state, msg.reason)  # durable before the ack
+        self.out.send(
+            sender,
+            ChainReportAck(
+                job_id=msg.job_id,
+                seq=msg.seq,
+                valid=valid,
+                reason="" if valid else reason,
+                # We take over lease_ttl + lease_grace after hearing from the
+                # owner: it fences itself lease_ttl after its report left.
+                valid_ms=int(self.t.lease_ttl * 1000) if valid else 0,
+            ),
+        )
+
+    def _completion_refusal(self, chain: ChainState, sender: str, msg: ChainReport) -> str:
+        """Why a completion report cannot end the chain ("" if it can): the
+        outcome is decided from our log, which must show the last stage
+        reached by its owner (a final report carries the log)."""
+        stages = self.specs[chain.job_id]["stages"]
+        if msg.state != "completed" or sender != chain.head["to"]:
+            return ""
+        if chain.head["stage"] != len(stages) - 1:
+            return f"completed, but our log stands at stage {stages[chain.head['stage']]['name']}"
+        return ""
 
     def on_watch_timer(self, job_id: str) -> None:
         """The submitter: take the chain over when its owner went silent."""

@@ -416,6 +416,10 @@ class ChainReportAck(Message):
     seq: int = _count(2**32)
     valid: bool = True
     reason: str = _text()
+    # The owner's renewed ownership, from when report ``seq`` left: the
+    # submitter's takeover comes no earlier (its ttl; the owner reports every
+    # third of it).
+    valid_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (

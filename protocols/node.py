@@ -152,6 +152,7 @@ class NodeCore:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         self.out.begin(now)
+        self.owner.chain.check_lapses()  # (a paused node's stale timers come late)
         if isinstance(event, MessageReceived):
             self._on_frame(event)
         elif isinstance(event, TimerFired):

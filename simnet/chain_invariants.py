@@ -14,7 +14,9 @@ record ``n`` of the log (its ``m``-th run); the run's *creator* is the node
 that notified its ``job_submitted``.
 
 * **CH1 one owner**: after every event, at most one node considers itself
-  the owner of ``J``.  **CH1b no orphan stage**: an execution of a stage run
+  the owner of ``J`` (a node whose ownership ran out by its own clock and that
+  handled no event since -- paused -- no longer counts: it lets go before it
+  acts on its next event).  **CH1b no orphan stage**: an execution of a stage run
   runs (executor truth) only while its creator considers itself the owner,
   or for at most ``lease_ttl + lease_grace + slack`` after the creator
   stopped being the owner (fencing lag; a crash ends ownership) -- so while
@@ -43,14 +45,29 @@ that notified its ``job_submitted``.
   log's last stage is the spec's last) or ``failed`` with a reason (the
   batch checker's end checks); then no node considers itself its owner and
   no stage execution of ``J`` runs.
+* **CH5 every chain ends (liveness)**: once the faults stopped (:meth:`calm`,
+  called by the runner; loss, duplication and reordering may go on) a running
+  chain makes *progress* -- a stage run created, a stage execution starting or
+  ending, a handover committed or received, a takeover -- at least every
+  :meth:`ChainInvariants.progress_bound` (the takeover bound, the longest
+  stage timeout + ``timeout_grace``, and one offer window: the longest quiet a
+  healthy protocol has), so no chain stays running forever, even with an
+  owner that considers itself the owner but does nothing.  A chain that
+  *fails* names a stage in its reason, and unless that stage's task can fail
+  (exit code, ``fail_rate``, hang) some fault (crash, restart, partition, heal,
+  a lossy network) happened while it ran: a healthy chain fails only for a
+  fault-attributable reason.
 * **Takeover bound**: when the owner named by the submitter's log crashes
   and stays down while the submitter stays up, the submitter takes over
   within ``lease_ttl + lease_grace + renew_interval + slack`` (its watch
-  timer period); the latencies are measured.
+  timer period), plus the longest a frame may arrive late (latency tails and
+  wide reordering: the owner's last report may land after its death); the
+  latencies are measured.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -86,8 +103,8 @@ def parse_stage_run(run_id: str) -> tuple[str, int, int] | None:
 
 
 class ChainJob:
-    __slots__ = ("accepted", "accepted_at", "digest", "named_crash", "owners", "spec", "stages",
-                 "state", "submitter", "submitter_log", "superseded")
+    __slots__ = ("accepted", "accepted_at", "digest", "named_crash", "owners", "progress_at",
+                 "spec", "stages", "state", "submitter", "submitter_log", "superseded")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
@@ -101,6 +118,22 @@ class ChainJob:
         self.submitter_log: list[str] = []  # record hashes the submitter had last time
         self.named_crash: tuple[str, float] | None = None
         self.superseded = 0  # pairs of logs a takeover made diverge (at the last check)
+        self.progress_at = 0.0  # the chain's last progress (CH5)
+
+    def stage_can_fail(self, index: int) -> bool:
+        """Stage ``index``'s task fails by itself sometimes (exit code, fail
+        rate, hang): a failure there needs no fault to blame."""
+        stages = self.spec.get("stages") or []
+        if not 0 <= index < len(stages):
+            return False
+        engine = (stages[index].get("task") or {}).get("engine") or {}
+        return bool(engine.get("exit_code") or engine.get("fail_rate") or engine.get("hang"))
+
+    def quiet_bound(self, t: Timings) -> float:
+        """The longest a healthy chain goes without progress once faults stop."""
+        timeouts = [float((s.get("task") or {}).get("timeout") or 0) / 1000.0
+                    for s in self.spec.get("stages") or []]
+        return max(timeouts, default=0.0) + t.timeout_grace + t.lease_ttl + t.lease_grace
 
 
 class ChainInvariants(Observer):
@@ -124,7 +157,9 @@ class ChainInvariants(Observer):
         self.lost_at: dict[tuple[str, str], float] = {}  # (job, node) -> lost ownership at
         self.owner_since: dict[tuple[str, str], float] = {}  # (job, node) -> owner since
         self.started_at: dict[str, float] = {}  # node -> its last (re)start
-        self.outputs: dict[str, tuple[str, str]] = {}  # manifest -> (node, execution id)
+        # manifest -> execution id and the nodes that ran it to success (one
+        # execution id may run on two nodes when a byzantine peer forges a grant)
+        self.outputs: dict[str, tuple[str, set[str]]] = {}
         self.up: dict[str, bool] = {}
         self.takeovers: list[tuple[float, str, float]] = []  # (latency, job, at)
         self.takeover_count = 0
@@ -132,6 +167,14 @@ class ChainInvariants(Observer):
         self.max_owners_seen = 0
         self._verified: set[tuple[str, int, bool]] = set()  # (head hash, length, pending)
         self._keys = SimKeyring("simnet-checker")
+        self.lossy = False  # the network loses frames: a fault at every moment (CH5)
+        # The longest a frame may arrive late (latency tails, wide reordering):
+        # a report sent before its owner died may still reach the submitter
+        # that much later, and the takeover counts from the last one heard.
+        self.late_frames = 0.0
+        self.fault_times: list[float] = []  # crash, restart, partition, heal (CH5)
+        self.calm_at: float | None = None  # the faults stopped (CH5 enforced from then)
+        self.progress_checks = 0
 
     # --- reporting -------------------------------------------------------------------
 
@@ -141,7 +184,11 @@ class ChainInvariants(Observer):
     @property
     def takeover_bound(self) -> float:
         t = self.t
-        return t.lease_ttl + t.lease_grace + t.renew_interval + self.slack
+        return t.lease_ttl + t.lease_grace + t.renew_interval + self.late_frames + self.slack
+
+    def progress_bound(self, job: ChainJob) -> float:
+        """CH5: the longest a running chain may go without progress once calm."""
+        return self.takeover_bound + job.quiet_bound(self.t) + self.slack
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -154,6 +201,7 @@ class ChainInvariants(Observer):
             "takeovers_measured": len(self.takeovers),
             "takeover_bound": round(self.takeover_bound, 3),
             "superseded_logs": sum(j.superseded for j in self.jobs.values()),
+            "progress_checks": self.progress_checks,
         }
 
     # --- what the harness tells us ------------------------------------------------------
@@ -165,6 +213,78 @@ class ChainInvariants(Observer):
     def _restart_note(self, node: str) -> str:
         at = self.started_at.get(node, 0.0)
         return f", restarted at t={at:.3f}s" if at > 0 else ""
+
+    # --- CH5: progress once the faults stopped -------------------------------------------
+
+    def on_fault(self, now: float, what: str = "") -> None:
+        self.fault_times.append(now)
+
+    def calm(self, now: float) -> None:
+        """The faults stopped: from now on every running chain must progress."""
+        self.calm_at = now
+        self._schedule(now, functools.partial(self._check_progress, now))
+
+    def _progress(self, jid: str, now: float) -> None:
+        job = self.jobs.get(jid)
+        if job is not None:
+            job.progress_at = now
+
+    def _check_progress(self, now: float) -> None:
+        calm = self.calm_at
+        assert calm is not None
+        nxt: float | None = None
+        for jid in sorted(self.jobs):
+            job = self.jobs[jid]
+            if job.accepted_at is None or job.state in TERMINAL:
+                continue
+            deadline = max(job.progress_at, calm) + self.progress_bound(job)
+            if now >= deadline:
+                self.violate(now, f"chain {jid} made no progress for "
+                                  f"{now - max(job.progress_at, calm):.3f}s after the faults "
+                                  f"stopped (bound {self.progress_bound(job):g}s): "
+                                  f"{self._where(jid)} (CH5)")
+                return
+            nxt = deadline if nxt is None else min(nxt, deadline)
+        self.progress_checks += 1
+        if nxt is not None:
+            self._schedule(nxt, functools.partial(self._check_progress, nxt))
+
+    def _where(self, jid: str) -> str:
+        """Where a chain stands: the submitter's head and every node's role."""
+        job = self.jobs[jid]
+        parts = []
+        sub = self._state(job.submitter, jid)
+        if sub is not None:
+            head = sub.head
+            parts.append(f"the submitter {job.submitter}'s log names {head['to']} for stage "
+                         f"{head['stage']} (record {head['seq']}, {head['kind']})")
+        for node in self.world.ids:
+            state = self._state(node, jid)
+            if state is not None:
+                outcome = f" {state.outcome}" if state.outcome else ""
+                run = getattr(state, "run_id", "")
+                parts.append(f"{node}: {state.role}{outcome}{' run ' + run if run else ''}")
+        running = sorted(eid for (_, eid), (run, _) in self.live.items()
+                         if run.startswith(f"{jid}~"))
+        parts.append(f"stage executions running: {running or 'none'}")
+        return "; ".join(parts)
+
+    def _failed(self, jid: str, job: ChainJob, reason: str, now: float) -> None:
+        """CH5: a chain fails only for a stage that can fail, or a fault."""
+        stage = -1
+        if reason.startswith("stage "):
+            name = reason[len("stage "):].split(":", 1)[0]
+            names = [s.get("name") for s in job.spec.get("stages") or []]
+            stage = names.index(name) if name in names else -1
+        if stage < 0:
+            self.violate(now, f"chain {jid} failed naming no stage of its spec: {reason!r} (CH5)")
+            return
+        start = job.accepted_at or 0.0
+        if job.stage_can_fail(stage) or self.lossy or any(
+                start <= t <= now for t in self.fault_times):
+            return
+        self.violate(now, f"chain {jid} failed at a healthy stage with no fault to blame: "
+                          f"{reason!r} (CH5)")
 
     def on_start(self, node: str, now: float) -> None:
         self.up[node] = True
@@ -198,6 +318,9 @@ class ChainInvariants(Observer):
         core = self.world.core(node)
         chains = core.owner.chain.chains if core is not None else {}
         for jid, job in self.jobs.items():
+            for other in [n for n in job.owners if n != node and self._lapsed(jid, n, now)]:
+                job.owners.discard(other)  # (a paused owner: it lets go before acting again)
+                self._lost(jid, other, now)
             state = chains.get(jid)
             owner = state is not None and state.role == "owner" and not state.outcome
             if owner and node not in job.owners:
@@ -213,6 +336,17 @@ class ChainInvariants(Observer):
             elif not owner and node in job.owners:
                 job.owners.discard(node)
                 self._lost(jid, node, now)
+
+    def _lapsed(self, jid: str, node: str, now: float) -> bool:
+        """``node`` (not the submitter) still considers itself the owner of
+        ``jid`` but its ownership ran out by its own clock: it has not handled
+        an event since (paused), and lets go before it acts on the next one."""
+        state = self._state(node, jid)
+        if state is None or getattr(state, "submitter", node) == node:
+            return False  # (the submitter's own ownership never lapses)
+        engine = getattr(self.world, "engine", None)
+        rate = engine.nodes[engine.by_id[node]].rate if engine is not None else 1.0
+        return bool(now * rate >= getattr(state, "valid_until", float("inf")))
 
     def _lost(self, jid: str, node: str, now: float) -> None:
         """``node`` stopped owning ``jid``: its stage executions must stop (CH1b)."""
@@ -244,6 +378,7 @@ class ChainInvariants(Observer):
         if job is not None:
             if job.accepted_at is None:
                 job.submitter, job.accepted_at = node, now
+                job.progress_at = now
                 job.digest = "sha256:" + hashlib.sha256(pack(self._spec(node, jid))).hexdigest()
             return
         parsed = parse_stage_run(jid)
@@ -252,6 +387,7 @@ class ChainInvariants(Observer):
                 self.violate(now, f"chain {parsed[0]}: stage run {jid} created twice "
                                   f"({self.creator[jid]}, then {node})")
             self.creator[jid] = node
+            self._progress(parsed[0], now)
 
     def _spec(self, node: str, jid: str) -> dict[str, Any]:
         core = self.world.core(node)
@@ -264,6 +400,8 @@ class ChainInvariants(Observer):
         if job is None or job.state in TERMINAL:
             return
         job.state = str(d.get("state"))
+        if job.state == "failed":
+            self._failed(jid, job, str(d.get("reason") or ""), now)
         if job.state != "completed":
             return
         state = self._state(node, jid)
@@ -296,6 +434,7 @@ class ChainInvariants(Observer):
         if job is None or state is None:
             return
         self.handovers += 1
+        self._progress(jid, now)
         rec = state.records[-1]["body"]
         seq, to = rec["seq"], rec["to"]
         before = state.records[-2]["body"] if len(state.records) > 1 else None
@@ -309,19 +448,21 @@ class ChainInvariants(Observer):
         stage = rec["stage"] - 1
         for name, manifest, holder in rec.get("inputs") or []:
             ran = self.outputs.get(manifest)
-            parsed = parse_stage_run(ran[1].rsplit("/", 2)[0]) if ran else None
+            parsed = parse_stage_run(ran[0].rsplit("/", 2)[0]) if ran else None
             if ran is None or parsed is None or parsed[0] != jid or parsed[1:] != (stage, seq - 1):
                 self.violate(now, f"chain {jid}: record {seq} hands over {name} {manifest}, "
                                   f"which no succeeded execution of stage {stage} under record "
                                   f"{seq - 1} produced (CH2)")
-            elif ran[0] != holder or holder != to:
+            elif holder not in ran[1] or holder != to:
                 self.violate(now, f"chain {jid}: record {seq} gives stage {stage + 1} to {to}, "
-                                  f"but stage {stage}'s output is on {ran[0]} (named {holder})")
+                                  f"but stage {stage}'s output is on {', '.join(sorted(ran[1]))} "
+                                  f"(named {holder})")
         self._check_node_log(jid, node, now)
 
     def _handover_received(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         if jid in self.jobs:
+            self._progress(jid, now)
             self._check_node_log(jid, node, now)
 
     def _takeover(self, node: str, d: dict[str, Any], now: float) -> None:
@@ -330,6 +471,7 @@ class ChainInvariants(Observer):
         if job is None:
             return
         self.takeover_count += 1
+        self._progress(jid, now)
         crash = job.named_crash
         if crash is not None and crash[0] == str(d.get("silent")):
             self.takeovers.append((round(now - crash[1], 3), jid, round(now, 3)))
@@ -357,6 +499,7 @@ class ChainInvariants(Observer):
         if parsed is None or parsed[0] not in self.jobs:
             return
         jid = parsed[0]
+        self._progress(jid, now)
         self.live[(node, action.execution_id)] = (action.job_id, now)
         creator = self.creator.get(action.job_id)
         if creator is None:
@@ -378,8 +521,14 @@ class ChainInvariants(Observer):
         self._schedule(now + bound, check)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
-        if self.live.pop((node, execution_id), None) is not None and status == "succeeded":
-            self.outputs[sim_manifest(execution_id)] = (node, execution_id)
+        ran = self.live.pop((node, execution_id), None)
+        if ran is not None:
+            parsed = parse_stage_run(ran[0])
+            if parsed is not None:
+                self._progress(parsed[0], now)
+            if status == "succeeded":
+                self.outputs.setdefault(sim_manifest(execution_id),
+                                        (execution_id, set()))[1].add(node)
 
     # --- CH3: the logs -----------------------------------------------------------------------
 

@@ -183,6 +183,10 @@ class Cluster:
         self.stream = StreamInvariants(self.timings, schedule, self, self.inv.violate)
         self.stream.lossy = bool(net is not None and net.loss > 0)
         self.chain = ChainInvariants(self.timings, schedule, self, self.inv.violate)
+        self.chain.lossy = self.stream.lossy
+        if net is not None:
+            self.chain.late_frames = max(net.reorder_delay if net.reorder else 0.0,
+                                         net.tail_delay[1] if net.tail else 0.0)
         self.dag = DagInvariants(self.inv.violate)
         self.liveness = Liveness(self.inv)
         self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,
@@ -346,6 +350,7 @@ class Cluster:
     def _fault(self, what: str) -> None:
         self.kinds.on_fault(self.now, what)
         self.stream.on_fault(self.now, what)
+        self.chain.on_fault(self.now, what)
 
     def crash(self, node_id: str) -> None:
         node = self.engine.nodes[self.idx(node_id)]

@@ -187,8 +187,8 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         name="chain-accept-window-too-long",
         file="protocols/chain.py",
-        find="chain.valid_until = self.out.now + min(msg.valid_ms / 1000, self.t.lease_ttl)",
-        replace="chain.valid_until = self.out.now + 4 * self.t.lease_ttl",
+        find="        window = msg.valid_ms / 1000\n",
+        replace="        window = 4 * self.t.lease_ttl\n",
         sweeps=("chain",), seeds=40,
         why="a commit accepted after the offering owner's ownership ended races a takeover",
     ),

@@ -68,7 +68,8 @@ happens, so older seeds keep their trace):
 The ``stream``, ``chain`` and ``dag`` workloads add their checkers' end
 checks: a stream job's source must be consumed completely (at-least-once,
 :meth:`simnet.stream_invariants.StreamInvariants.finish`) at the steady
-state; the chain checker's final log and owner checks run after the drain.
+state; the chain checker's final log and owner checks run after the drain, and its
+progress check (CH5) from the end of the fault phase on.
 Their measured numbers (takeover and fencing latencies, duplicates) are in
 the report under ``stream`` / ``chain`` / ``dag``.
 """
@@ -322,6 +323,7 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
     else:
         cluster.run_until_done(opts.duration)
         faults.stop()
+        cluster.chain.calm(cluster.now)  # every running chain must progress from now on
         drain_end = cluster.now + opts.drain
         cluster.run_until_done(drain_end)
         cluster.run_until(min(drain_end, cluster.now + opts.settle))
@@ -370,6 +372,7 @@ def _run_calm(cluster: Cluster, faults: FaultInjector, opts: RunOptions) -> None
     faults.stop()
     calm_network(cluster)
     calm_at = cluster.now
+    cluster.chain.calm(calm_at)  # every running chain must progress from now on
     cluster.run_until_done(calm_at + opts.liveness_bound)
     if cluster.engine.halted is None:
         cluster.liveness.check_calm(cluster.now, calm_at)
