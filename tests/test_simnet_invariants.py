@@ -116,7 +116,7 @@ def test_superseded_holder_still_running_fires() -> None:
     grant(f, 2, 14.0, holder="h2")
     assert not f.inv.violations
     f.run_checks(14.0 + 10.0 + 2.0 + 1.0)  # TTL + grace + slack after the new grant
-    assert any("still runs j1/0/1 past TTL" in v for v in f.inv.violations)
+    assert any("still runs j1/0/1 past its own lease" in v for v in f.inv.violations)
 
 
 def test_execution_outliving_timeout_fires() -> None:
