@@ -19,22 +19,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-# Every harsh mode: loss, duplication, wide reordering, latency tails, clock
-# skew, pauses, crashes, partitions, one-way link failures.
-HARSH = ["--loss", "0.1", "--duplicate", "0.05", "--reorder", "0.2", "--reorder-delay", "5s",
-         "--latency-tail", "0.05", "--clock-skew", "0.01", "--pause-rate", "0.5",
-         "--crash-rate", "0.3", "--partition-rate", "1", "--oneway-rate", "1"]
-# Chains fail under node faults today (issue 11 #2/#3, helper "chain" owns
-# protocols/chain.py): 13 of 200 seeds already in the old mix (crashes,
-# partitions, frame crashes), plus CH4 (completed early) with reordering on
-# the scale of renewals alone (--reorder-delay 5s, seed 27: no node fault at
-# all) and CH1 (two owners) under pauses.  Until that merges, chains get
-# loss, duplication, short reordering, latency tails and clock skew only;
-# then CHAIN_FAULTS and --byzantine join.
-NETWORK = ["--loss", "0.1", "--duplicate", "0.05", "--reorder", "0.2",
-           "--latency-tail", "0.05", "--clock-skew", "0.01"]
-CHAIN_FAULTS = ["--crash-rate", "0.3", "--partition-rate", "1", "--frame-crash", "0.1",
-                "--pause-rate", "0.5", "--reorder-delay", "5s"]
+# Every harsh mode: heterogeneous peers (each node its own Timings), loss,
+# duplication, wide reordering, latency tails, clock skew, pauses, crashes,
+# partitions, one-way link failures.
+HARSH = ["--timings", "mixed", "--loss", "0.1", "--duplicate", "0.05", "--reorder", "0.2",
+         "--reorder-delay", "5s", "--latency-tail", "0.05", "--clock-skew", "0.01",
+         "--pause-rate", "0.5", "--crash-rate", "0.3", "--partition-rate", "1",
+         "--oneway-rate", "1"]
+# Chains also get crashes around every handover frame.
+CHAIN_FAULTS = ["--frame-crash", "0.1"]
 
 PROFILES: dict[str, list[str]] = {
     "plain": ["--workload", "plain", "--nodes", "4", "--jobs", "5", "--duration", "2m",
@@ -51,7 +44,7 @@ PROFILES: dict[str, list[str]] = {
     "dag": ["--workload", "dag", "--nodes", "4", "--jobs", "1", "--duration", "2m",
             "--byzantine", "0.25", *HARSH],
     "chain": ["--workload", "chain", "--nodes", "4", "--jobs", "1", "--duration", "2m",
-              *NETWORK],
+              "--byzantine", "0.25", *HARSH, *CHAIN_FAULTS],
 }
 
 

@@ -1,5 +1,5 @@
 """CI: every workload for 200 seeds in the harsh modes, and the mutation
-catalogue's quick subset (issue 11).  ``make soak`` runs 10,002 seeds of the
+catalogue's quick subset (issue 11).  ``make soak`` runs 10,000 seeds of each of the
 same profiles; ``make mutants`` the whole catalogue."""
 
 from __future__ import annotations
