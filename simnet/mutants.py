@@ -99,8 +99,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         pending.delay = min(pending.delay * 2, self.timings.retransmit_max)""",
         replace="""        pending.delay = min(pending.delay * 2, self.timings.retransmit_max)""",
         more=(("protocols/holder.py", """        held.renew_delay = min(
-            max(held.renew_delay * 2, self.t.retransmit_base), self.t.renew_interval
-        )""", """        held.renew_delay = self.t.renew_interval"""),),
+            max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
+        )""", """        held.renew_delay = self._renew_interval(held)"""),),
         sweeps=("calm",), seeds=40,
         why="reliable sends go once, renewals only every ttl/3: leases expire under loss",
     ),
@@ -122,7 +122,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         file="protocols/holder.py",
         find="held.valid_until = max(held.valid_until, sent + held.ttl)",
         replace="held.valid_until = max(held.valid_until, self.out.now + held.ttl)",
-        sweeps=("tails", "harsh"), seeds=60,
+        sweeps=("tails", "harsh"), seeds=120,
         why="a late ack stretches the holder's lease past the owner's TTL + grace",
     ),
     Mutation(
@@ -236,7 +236,7 @@ CATALOGUE: tuple[Mutation, ...] = (
             self._slot_failed(
                 job, slot, event, f"{reason} (attempt {slot.failures} of {job.unit.attempts})"
             )""",
-        sweeps=("crashes", "harsh"), seeds=40,
+        sweeps=("crashes", "harsh"), seeds=80,
         why="lost leases (network trouble) use up the user's retries",
     ),
 )
