@@ -413,9 +413,6 @@ def test_consumer_started_past_the_commit_is_caught(monkeypatch: pytest.MonkeyPa
 def test_holder_that_never_fences_itself_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Holder, "on_lapse_timer", lambda self, exec_id: None)
     c = cluster()
-    # The generic checker (the owner let a lease expire that still runs) would
-    # halt the run first; this test is about the stream checker's ST5.
-    monkeypatch.setattr(c.inv, "_check_fenced_first", lambda *args: None)
     job = c.submit(stream_spec("s", 1, entries=400, consume_rate=5.0, run_for_ms=60_000),
                    owner=OWNER, at=2.0)
     c.run_until(12.0)
