@@ -16,10 +16,18 @@ Only the consumer calls ``core.handle``, and it finishes executing one batch of
 actions before taking the next event, so the core is never re-entered and a
 batch's effects are never interleaved with the next event's.
 
-Durability rule: consecutive ``Persist`` actions are applied as one atomic
-``store.apply`` and must succeed before any later action of the batch runs.  If
-they fail the node stops (``run`` raises ``StoreError``): continuing would mean
-acting on state that is not on disk, e.g. sending an epoch a restart forgets.
+Durability rule: all ``Persist`` actions of one batch are applied first, as one
+atomic ``store.apply``, and must succeed before any other action of the batch
+runs (the others then run in their order).  One core step is therefore atomic on
+disk: a crash (SIGKILL between two awaits of the batch) leaves either none or
+all of its records, never a prefix.  A prefix could pair, say, a micro-batch
+partition still "in flight" with the run that already ended, and nothing
+would ever end it again.  What a crash can still lose is the tail of the
+batch's sends, which is the same as losing them in the network, and the
+protocol already survives that (simnet checks exactly this model: crashes
+between events, plus loss).  If persisting fails the node stops (``run`` raises
+``StoreError``): continuing would mean acting on state that is not on disk,
+e.g. sending an epoch a restart forgets.
 """
 
 from __future__ import annotations
@@ -333,17 +341,13 @@ class NodeRuntime:
 
     async def _execute(self, actions: Sequence[Action]) -> list[Notify]:
         notifies: list[Notify] = []
-        i, n = 0, len(actions)
-        while i < n:
-            action = actions[i]
-            if isinstance(action, Persist):
-                j = i + 1
-                while j < n and isinstance(actions[j], Persist):
-                    j += 1
-                await self._persist(actions[i:j])  # type: ignore[arg-type]
-                i = j
-                continue
+        records = [action for action in actions if isinstance(action, Persist)]
+        if records:  # the whole step on disk before any of its effects
+            await self._persist(records)
+        for action in actions:
             match action:
+                case Persist():
+                    pass  # written above
                 case Send(to=peer, data=data):
                     await self._transmit(f"send to {peer}", self.transport.send, peer, data)
                 case Publish(topic=topic, data=data):
@@ -368,7 +372,6 @@ class NodeRuntime:
                     self._nursery.start_soon(self._read_items, action, name=f"items {action.task}")
                 case _:
                     raise TypeError(f"core returned an unknown action: {action!r}")
-            i += 1
         return notifies
 
     async def _persist(self, batch: Sequence[Persist]) -> None:

@@ -601,8 +601,10 @@ class ChainController:
         self.out.notify(
             "handover_received", job_id=msg.job_id, stage=head["body"]["stage"], by=sender
         )
-        # A crash from here on loses the stage run: a restarted owner lets go
-        # (the submitter takes over), a restarted submitter runs it (resume).
+        # The runtime writes this step's records together, before the ack
+        # leaves: the owner role and the stage run are on disk together.  (A
+        # restarted submitter still picks the stage up if it is missing:
+        # ``_continue_stage``.)
         self._run_stage(chain, head["body"]["stage"])
 
     # --- liveness: owner <-> submitter ------------------------------------------------

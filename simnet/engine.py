@@ -412,6 +412,17 @@ class Engine:
             self.halt(msg)
             return
         perform = self._perform
+        if self.frame_hook is not None:
+            # A hook may crash the node mid-batch.  The runtime writes all of a
+            # batch's records before any of its effects (p2pnode/runtime.py),
+            # so such a crash loses a tail of the effects only.  The observer
+            # hears the step's notifies with its records: they say what the
+            # core decided, and what is on disk was decided.
+            step = (Persist, Notify)
+            for action in actions:
+                if type(action) in step:
+                    perform[type(action)](node, action)
+            actions = [action for action in actions if type(action) not in step]
         for action in actions:
             if not node.up:  # a hook crashed the node mid-batch
                 break

@@ -402,7 +402,8 @@ class Cluster:
         """Crash the sender of the next ``count`` frames of type ``mtype``
         (``handover_accept``, ...) right ``before`` the frame leaves (it is
         lost) or right ``after``; the rest of that event's actions are lost
-        too (a crash in the middle of a batch, after its earlier persists)."""
+        too (a crash in the middle of a batch: its records are all written, as
+        the runtime writes them before any effect)."""
         if when not in ("before", "after"):
             raise ValueError(f"when must be 'before' or 'after', not {when!r}")
         trigger = FrameTrigger(mtype, when, node, match, count, restart_after)
@@ -540,6 +541,10 @@ class Cluster:
             else:
                 out[node.id] = dict(self.last_owned.get(node.id, {}))
         return out
+
+    def down(self) -> set[str]:
+        """The nodes down now."""
+        return {node.id for node in self.engine.nodes if not node.up}
 
     def check_ownership(self) -> None:
         self.inv.check_ownership(self.owned(), self.engine.now)

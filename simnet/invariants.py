@@ -34,7 +34,7 @@ under ``"{execution_id}#{n}"``.  The kind-specific properties are in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from protocols.config import Timings
@@ -342,14 +342,29 @@ class Invariants(Observer):
         return sorted(j for j, t in self.jobs.items()
                       if t.state not in TERMINAL and self.must_end(j))
 
+    def _orphaned_stage_runs(self, down: Collection[str]) -> set[str]:
+        """Stage runs (``J~s<k>~r<n>~<m>``) of an ended chain whose owner is
+        down for good: the chain, not the run, is accountable, and it ended
+        (by a takeover); the run's owner lets it go if it ever restarts."""
+        orphans = set()
+        for jid, track in self.jobs.items():
+            parts = jid.split("~")
+            chain = self.jobs.get(parts[0])
+            if (track.kind == "run" and len(parts) == 4 and parts[1].startswith("s")
+                    and track.owner in down and chain is not None
+                    and chain.state in TERMINAL):
+                orphans.add(jid)
+        return orphans
+
     def finish(self, owned: Mapping[str, Mapping[str, str]], now: float,
-               expected: list[str]) -> list[str]:
-        """End-of-drain checks; returns the lost job ids."""
+               expected: list[str], down: Collection[str] = ()) -> list[str]:
+        """End-of-drain checks; returns the lost job ids.  ``down``: the nodes
+        down at the end."""
         missing = sorted(set(expected) - set(self.jobs))
         for jid in missing[:5]:
             self.violate(now, f"job {jid} was submitted but never accepted by its owner")
         self.check_ownership(owned, now)
-        lost = sorted(set(self.unfinished()) | set(missing))
+        lost = sorted((set(self.unfinished()) - self._orphaned_stage_runs(down)) | set(missing))
         if lost:
             sample = ", ".join(f"{j}({self.jobs[j].state})" if j in self.jobs else j
                                for j in lost[:5])

@@ -328,7 +328,8 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
         cluster.run_until_done(drain_end)
         cluster.run_until(min(drain_end, cluster.now + opts.settle))
     if cluster.engine.halted is None:
-        lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted)
+        lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted,
+                                   cluster.down())
     else:  # stopped at the first violation: report what was unfinished then
         lost = [j for j in cluster.must_end if cluster.state_of(j) not in TERMINAL]
     if cluster.engine.halted is None and cluster.chain.jobs:

@@ -33,7 +33,14 @@ import pytest
 import trio
 
 from p2pnode.control import ControlClient, ControlError
-from tests.realnet import Cluster, ServeNode, cluster, pids_with_env, run_cli_parallel
+from tests.realnet import (
+    Cluster,
+    ServeNode,
+    cluster,
+    pids_with_env,
+    run_cli_parallel,
+    wait_until,
+)
 from tests.redisserver import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -182,12 +189,15 @@ def watching(node: ServeNode, job_id: str) -> Iterator[Watcher]:
         watcher.join(timeout=10)
 
 
-def _partitions(node: ServeNode, job_id: str) -> dict[str, dict[str, Any]]:
+def _describe(node: ServeNode, job_id: str) -> dict[str, Any]:
     try:
-        view = node.describe(job_id)
+        return node.describe(job_id)
     except ControlError:
         return {}
-    return {p["partition"]: p for p in view.get("partitions", [])}
+
+
+def _partitions(node: ServeNode, job_id: str) -> dict[str, dict[str, Any]]:
+    return {p["partition"]: p for p in _describe(node, job_id).get("partitions", [])}
 
 
 # --- consume --------------------------------------------------------------------------
@@ -392,7 +402,17 @@ def test_micro_batches_survive_an_owner_restart_and_cover_every_entry_once(
                 for p in parts.values()
             )
 
-        c.wait_until(caught_up, timeout=60, what="every partition committed to the end")
+        def explain() -> str:
+            ends = {k: producer.ids[k][-1] for k in KEYS if producer.ids[k]}
+            return (
+                f"produced {producer.produced} (killed at {killed_at}), ends {ends}, "
+                f"producer error {producer.error!r}, batches recorded {redis.llen('batches')}\n"
+                f"owner's view: {json.dumps(_describe(owner, job_id), indent=1)}\n" + c.explain()
+            )
+
+        wait_until(
+            caught_up, timeout=60, what="every partition committed to the end", explain=explain
+        )
         assert producer.error is None, producer.error
         parts = _partitions(owner, job_id)
         (described,) = run_cli_parallel([owner.cli_args("job", "describe", job_id)])

@@ -186,15 +186,21 @@ async def test_subscribes_then_feeds_started_first(autojump_clock: trio.abc.Cloc
     assert node.core.calls[1][0] == MessageReceived("peer", b"early", "")
 
 
-async def test_persists_are_batched_and_durable_before_later_actions(
+async def test_a_steps_records_are_one_write_before_any_of_its_effects(
     autojump_clock: trio.abc.Clock,
 ) -> None:
+    """All of a batch's records go to disk in one atomic write, in their order,
+    before its first send: a crash between two sends of the batch can never
+    leave a prefix of the step's records (e.g. a partition still in flight
+    whose batch run already ended)."""
+
     def script(event: Event, now: float) -> Sequence[Action]:
         return [
             Persist("t", "a", {"v": 1}),
             Persist("t", "b", {"v": 2}),
             Send("p1", b"after-ab"),
             Persist("t", "c", {"v": 3}),
+            Persist("t", "a", None),  # a later record of the same key wins
             Publish("topic", b"after-c"),
         ]
 
@@ -202,13 +208,12 @@ async def test_persists_are_batched_and_durable_before_later_actions(
     async with running(node):
         pass
     assert node.log[2:] == [
-        ("apply", [("t", "a"), ("t", "b")]),
+        ("apply", [("t", "a"), ("t", "b"), ("t", "c"), ("t", "a")]),
         ("send-start", "p1", b"after-ab"),
         ("send-end", "p1", b"after-ab"),
-        ("apply", [("t", "c")]),
         ("publish", "topic", b"after-c"),
     ]
-    assert node.store.load() == {"t": {"a": {"v": 1}, "b": {"v": 2}, "c": {"v": 3}}}
+    assert node.store.load() == {"t": {"b": {"v": 2}, "c": {"v": 3}}}
 
 
 async def test_failed_persist_stops_node_before_send(autojump_clock: trio.abc.Clock) -> None:
@@ -288,9 +293,9 @@ async def test_handle_calls_never_overlap_with_a_batch(autojump_clock: trio.abc.
     for m in (b"m1", b"m2", b"m3"):
         expected += [
             ("handle", MessageReceived("peer", m, "")),
+            ("apply", [("t", m.decode())]),
             ("send-start", "p", m),
             ("send-end", "p", m),
-            ("apply", [("t", m.decode())]),
             ("send-start", "q", m),
             ("send-end", "q", m),
         ]

@@ -56,7 +56,7 @@ def settle(c: Cluster, limit: float = 400.0) -> bool:
     done = c.run_until_done(limit)
     c.run_until(c.now + T.lease_ttl + T.lease_grace + 2.0)
     if c.engine.halted is None:
-        c.inv.finish(c.owned(), c.now, c.submitted)
+        c.inv.finish(c.owned(), c.now, c.submitted, c.down())
         c.chain.finish(c.now)
     return done
 

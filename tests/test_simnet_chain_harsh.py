@@ -9,7 +9,10 @@ firing on the planted bugs, and a 200-seed sweep of the harsh mix.
 * seed 731014 (3 nodes, frame crashes): the submitter was handed stage 12 and
   crashed on the ack, before creating the stage run; restarted, it kept the
   owner role without running the stage, and its watch timer ignores chains it
-  owns: running forever (CH5 now says so once the faults stop).
+  owns: running forever (CH5 now says so once the faults stop).  Since then the
+  runtime writes all of a step's records before any of its effects, so that
+  crash leaves the owner role and the stage run on disk together; the restart
+  path (``_continue_stage``) stays as a second line.
 """
 
 from __future__ import annotations
@@ -93,7 +96,17 @@ def test_seed_731014_no_chain_stays_running() -> None:
 
 
 def test_stuck_submitter_owner_is_caught_by_ch5(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The fix away: a restarted submitter keeps the owner role and does nothing.
+    # Seed 731014's stall, planted: the submitter, handed a later stage, owns it
+    # and never runs it (the runtime now writes a step's records together, so
+    # the crash that once cut the commit short can no longer do it), and a
+    # restart does not pick the stage up either.
+    run_stage = ChainController._run_stage
+
+    def never_on_the_submitter(self: ChainController, chain: Any, stage: int) -> None:
+        if stage == 0 or chain.submitter != self.owner.config.node_id:
+            run_stage(self, chain, stage)
+
+    monkeypatch.setattr(ChainController, "_run_stage", never_on_the_submitter)
     monkeypatch.setattr(ChainController, "_continue_stage", lambda self, chain: None)
     liveness = {k: v for k, v in LIVENESS_SEED.items() if k != "seed"}
     found = first_kill(range(30), ("(CH5)",), **liveness)
@@ -230,7 +243,7 @@ def run_mismatched(submitter_ttl: float, seed: int) -> Cluster:
     c.chain.calm(c.now)
     c.run_until(c.now + T.lease_ttl + T.lease_grace + 2.0)
     if c.engine.halted is None:
-        c.inv.finish(c.owned(), c.now, c.submitted)
+        c.inv.finish(c.owned(), c.now, c.submitted, c.down())
         c.chain.finish(c.now)
     assert c.state_of(job) in ("completed", "failed") or c.violations
     return c
