@@ -54,6 +54,7 @@ import attrs
 import msgpack
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.kinds import Handler, KindController, OwnerContext, Records, TimerHandler
 from protocols.messages import (
     ChainReport,
     ChainReportAck,
@@ -61,12 +62,12 @@ from protocols.messages import (
     HandoverAck,
     HandoverCommit,
     HandoverOffer,
+    Message,
 )
 from protocols.owned import OwnedJob
 from protocols.spec.task import TASK_KEYS
 
 if TYPE_CHECKING:
-    from protocols.owner import Owner
     from protocols.signing import Keyring
 
 CHAINS_TABLE = "chains"
@@ -196,12 +197,13 @@ class ChainState:
         }
 
 
-class ChainController:
-    def __init__(self, owner: Owner, keys: Keyring) -> None:
-        self.owner = owner
-        self.out = owner.out
-        self.t = owner.t
-        self.me = owner.config.node_id
+class ChainController(KindController):
+    describe_key = "chain"
+
+    def __init__(self, ctx: OwnerContext, keys: Keyring) -> None:
+        super().__init__(ctx)
+        self.t = ctx.t
+        self.me = ctx.config.node_id
         self.keys = keys
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
@@ -251,12 +253,30 @@ class ChainController:
         chain = ChainState(job.job_id, self.me, [self._sign(body)], "owner")
         self.chains[job.job_id] = chain
         self.specs[job.job_id] = job.spec
-        job.state = "running"
-        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+        self.ctx.set_job_state(job, "running", persist=False, notify=True)
         self._run_stage(chain, 0)
 
-    def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        for job_id, rec in records.items():
+    def routes(self) -> dict[type[Message], Handler]:
+        return {
+            HandoverOffer: self.on_offer,
+            HandoverAccept: self.on_accept,
+            HandoverCommit: self.on_commit,
+            HandoverAck: self.on_ack,
+            ChainReport: self.on_report,
+            ChainReportAck: self.on_report_ack,
+        }
+
+    def timers(self) -> dict[str, TimerHandler]:
+        return {
+            "chainoffer": self.on_offer_timeout,
+            "chainpending": self.on_pending_timeout,
+            "chainreport": self.on_report_timer,
+            "chainlapse": self.on_lapse_timer,
+            "chainwatch": self.on_watch_timer,
+        }
+
+    def restore(self, records: Records) -> None:
+        for job_id, rec in records.get(CHAINS_TABLE, {}).items():
             spec = rec.pop("spec")
             self.specs[job_id] = spec
             self.chains[job_id] = ChainState(job_id=job_id, **rec)
@@ -305,7 +325,7 @@ class ChainController:
         been cut short before the stage run existed, or a finished run's
         handover may be lost.  Pick up where that left off."""
         head = chain.head
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         ours = f"{chain.job_id}~s{head['stage']}~r{len(chain.records) - 1}~"
         if run is None or not chain.run_id.startswith(ours):
             self._run_stage(chain, head["stage"])
@@ -331,7 +351,7 @@ class ChainController:
             "queue_timeout": spec.get("queue_timeout"),
             "task": {k: task[k] for k in TASK_KEYS if k in task},
         }
-        self.owner.create_job(
+        self.ctx.create_job(
             run_id,
             run_spec,
             kind="run",
@@ -675,9 +695,9 @@ class ChainController:
     def _fence(self, chain: ChainState, reason: str) -> None:
         chain.role = "former"
         self._save(chain)
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         if run is not None and not run.terminal:
-            self.owner.cancel(chain.run_id, f"chain ownership lost: {reason}")
+            self.ctx.cancel(chain.run_id, f"chain ownership lost: {reason}")
         self.out.notify("chain_fenced", job_id=chain.job_id, reason=reason)
 
     def on_report_ack(self, sender: str, msg: ChainReportAck) -> None:
@@ -804,9 +824,9 @@ class ChainController:
         chain.outcome, chain.reason = outcome, reason
         self._save(chain)
         if chain.submitter == self.me:
-            job = self.owner.jobs.get(chain.job_id)
+            job = self.ctx.jobs.get(chain.job_id)
             if job is not None and not job.terminal:
-                self.owner.set_terminal(job, outcome, reason)
+                self.ctx.set_terminal(job, outcome, reason)
         else:
             chain.role = "former"
             self._report(chain, outcome)
@@ -817,11 +837,20 @@ class ChainController:
             return
         chain.outcome, chain.reason = "stopped", reason
         self._save(chain)
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         if run is not None and not run.terminal:
-            self.owner.cancel(chain.run_id, reason)
+            self.ctx.cancel(chain.run_id, reason)
 
-    def describe(self, job_id: str) -> dict[str, Any]:
+    def describe(self, job: OwnedJob) -> dict[str, Any]:
+        return self.describe_chain(job.job_id)
+
+    def describe_unowned(self, job_id: str) -> dict[str, Any] | None:
+        """A chain stage we own(ed) but whose chain job is owned elsewhere."""
+        if job_id not in self.chains:
+            return None
+        return {"job_id": job_id, "type": "chain", "chain": self.describe_chain(job_id)}
+
+    def describe_chain(self, job_id: str) -> dict[str, Any]:
         chain = self.chains.get(job_id)
         if chain is None:
             raise LocalProtocolError(f"no chain {job_id} here")
