@@ -66,6 +66,8 @@ from protocols.messages import (
 )
 from protocols.owned import OwnedJob
 from protocols.spec.task import TASK_KEYS
+from protocols.states import ChainRole, check_role_transition
+from protocols.timers import JobTimer
 
 if TYPE_CHECKING:
     from protocols.signing import Keyring
@@ -155,7 +157,7 @@ class ChainState:
     job_id: str
     submitter: str
     records: list[dict[str, Any]]
-    role: str  # owner | former | pending
+    role: ChainRole = attrs.field(converter=ChainRole)
     run_id: str = ""
     runs: int = 0  # stage runs created (run ids)
     offers: int = 0  # offers of the current stage that timed out
@@ -176,6 +178,10 @@ class ChainState:
     # when the ack arrives (owner side).
     carried: dict[int, tuple[float, int]] = attrs.field(factory=dict)
 
+    def move(self, new: str) -> None:
+        """The one way the role changes (checked against the table)."""
+        self.role = check_role_transition(self.role, new)
+
     @property
     def head(self) -> dict[str, Any]:
         body: dict[str, Any] = self.records[-1]["body"]
@@ -185,7 +191,7 @@ class ChainState:
         return {
             "submitter": self.submitter,
             "records": self.records,
-            "role": self.role,
+            "role": self.role.value,
             "run_id": self.run_id,
             "runs": self.runs,
             "offers": self.offers,
@@ -305,19 +311,19 @@ class ChainController(KindController):
             if chain.offer is not None:
                 self._send_offer(chain)
                 self.out.timer(
-                    ("chainoffer", job_id, 0), now + self.t.lease_ttl + self.t.lease_grace
+                    JobTimer("chainoffer", job_id), now + self.t.lease_ttl + self.t.lease_grace
                 )
             if chain.commit_hash:
                 self._send_commit(chain)
             if mine and not chain.outcome:
-                self.out.timer(("chainwatch", job_id, 0), now + self.t.renew_interval)
+                self.out.timer(JobTimer("chainwatch", job_id), now + self.t.renew_interval)
 
     def _drop_pending(self, chain: ChainState) -> None:
         """The submitter's acceptance lapsed (window over, or a restart): the
         offered record was never committed to us, so it leaves our log (it
         holds committed records only); we watch the offering owner again."""
         chain.records = chain.records[:-1]
-        chain.role = "watching"  # (heard_at stays: the offering owner's last report)
+        chain.move("watching")  # (heard_at stays: the offering owner's last report)
 
     def _continue_stage(self, chain: ChainState) -> None:
         """The submitter owns the head stage after a restart: the event that
@@ -360,7 +366,8 @@ class ChainController(KindController):
             env={"P2PNODE_STAGE": spec["stages"][stage]["name"], "P2PNODE_STAGE_INDEX": str(stage)},
         )
         if chain.submitter == self.me:
-            self.out.timer(("chainwatch", chain.job_id, 0), self.out.now + self.t.renew_interval)
+            watch = JobTimer("chainwatch", chain.job_id)
+            self.out.timer(watch, self.out.now + self.t.renew_interval)
         else:
             self._report(chain, "running")
 
@@ -404,7 +411,8 @@ class ChainController(KindController):
             return
         self._send_offer(chain)
         self.out.timer(
-            ("chainoffer", chain.job_id, 0), self.out.now + self.t.lease_ttl + self.t.lease_grace
+            JobTimer("chainoffer", chain.job_id),
+            self.out.now + self.t.lease_ttl + self.t.lease_grace,
         )
 
     def _send_offer(self, chain: ChainState) -> None:
@@ -468,7 +476,7 @@ class ChainController(KindController):
         chain.records.append(full)
         chain.offer, chain.offers = None, 0
         self.out.settle(("offer", chain.job_id))
-        self.out.cancel_timer(("chainoffer", chain.job_id, 0))
+        self.out.cancel_timer(JobTimer("chainoffer", chain.job_id))
         to = full["body"]["to"]
         self.out.notify(
             "handover_committed", job_id=chain.job_id, stage=full["body"]["stage"], to=to
@@ -478,7 +486,7 @@ class ChainController(KindController):
             self._run_stage(chain, full["body"]["stage"])
             return
         # We let go.  The submitter keeps watching the chain's new owner.
-        chain.role = "watching" if chain.submitter == self.me else "former"
+        chain.move("watching" if chain.submitter == self.me else "former")
         chain.heard_at = self.out.now
         chain.commit_hash = record_hash(full)
         self._save(chain)
@@ -550,7 +558,8 @@ class ChainController(KindController):
                 self._fence(known, "offered a later stage")
             chain = known
             chain.records = [*records[:-1], signed]
-            chain.role, chain.offer, chain.commit_hash = "pending", None, ""
+            chain.move("pending")
+            chain.offer, chain.commit_hash = None, ""
         else:
             chain = ChainState(
                 msg.job_id, records[0]["body"]["to"], [*records[:-1], signed], "pending"
@@ -565,7 +574,7 @@ class ChainController(KindController):
         chain.valid_until = self.out.now + window
         chain.report_every = window / 3
         self._save(chain)
-        self.out.timer(("chainpending", msg.job_id, 0), chain.valid_until)
+        self.out.timer(JobTimer("chainpending", msg.job_id), chain.valid_until)
         self._accept(chain)
 
     def _accept(self, chain: ChainState) -> None:
@@ -611,10 +620,10 @@ class ChainController(KindController):
         if self.out.now >= chain.valid_until:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
-        chain.role = "owner"  # until the end of the window, then as the submitter renews
+        chain.move("owner")  # until the end of the window, then as the submitter renews
         self._next_lapse = min(self._next_lapse, chain.valid_until)
         self._save(chain)  # durable before the ack tells the old owner it may stop resending
-        self.out.cancel_timer(("chainpending", msg.job_id, 0))
+        self.out.cancel_timer(JobTimer("chainpending", msg.job_id))
         self.out.send(
             sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
         )
@@ -651,8 +660,8 @@ class ChainController(KindController):
             self.out.send(chain.submitter, msg)
             # At a third of the validity the submitter grants (its ttl, not ours).
             every = chain.report_every or self.t.renew_interval
-            self.out.timer(("chainreport", chain.job_id, 0), self.out.now + every)
-            self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+            self.out.timer(JobTimer("chainreport", chain.job_id), self.out.now + every)
+            self.out.timer(JobTimer("chainlapse", chain.job_id), chain.valid_until)
 
     def _carries_log(self, chain: ChainState, state: str) -> bool:
         """A final report always carries the whole log (the submitter decides
@@ -688,12 +697,12 @@ class ChainController(KindController):
         if chain is None or chain.role != "owner" or chain.submitter == self.me:
             return
         if self.out.now < chain.valid_until:
-            self.out.timer(("chainlapse", job_id, 0), chain.valid_until)
+            self.out.timer(JobTimer("chainlapse", job_id), chain.valid_until)
             return
         self._fence(chain, "no answer from the submitter within ttl")
 
     def _fence(self, chain: ChainState, reason: str) -> None:
-        chain.role = "former"
+        chain.move("former")
         self._save(chain)
         run = self.ctx.jobs.get(chain.run_id)
         if run is not None and not run.terminal:
@@ -789,7 +798,7 @@ class ChainController(KindController):
         chain = self.chains.get(job_id)
         if chain is None or chain.outcome or chain.submitter != self.me:
             return
-        self.out.timer(("chainwatch", job_id, 0), self.out.now + self.t.renew_interval)
+        self.out.timer(JobTimer("chainwatch", job_id), self.out.now + self.t.renew_interval)
         owner = chain.head["to"]
         if owner == self.me and chain.role == "owner":
             return
@@ -813,7 +822,7 @@ class ChainController(KindController):
             "spec": head["body"]["spec"],
         }
         chain.records.append(self._sign(body))
-        chain.role = "owner"
+        chain.move("owner")
         chain.offer, chain.commit_hash = None, ""
         self.out.notify("chain_takeover", job_id=job_id, silent=owner, stage=stage)
         self._run_stage(chain, stage)
@@ -828,7 +837,7 @@ class ChainController(KindController):
             if job is not None and not job.terminal:
                 self.ctx.set_terminal(job, outcome, reason)
         else:
-            chain.role = "former"
+            chain.move("former")
             self._report(chain, outcome)
 
     def on_stop(self, job: OwnedJob, reason: str) -> None:
@@ -868,7 +877,7 @@ class ChainController(KindController):
             verified = f"INVALID: {exc}"
         stages = spec["stages"]
         return {
-            "role": chain.role,
+            "role": chain.role.value,
             "stage": stages[chain.head["stage"]]["name"],
             "owner": chain.head["to"],
             "log_verified": verified,

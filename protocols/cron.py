@@ -37,6 +37,7 @@ from protocols.errors import LocalProtocolError
 from protocols.kinds import KindController, OwnerContext, Records, TimerHandler
 from protocols.owned import OwnedJob
 from protocols.schedule import Due, ScheduledTimes
+from protocols.timers import JobTimer
 
 CRON_TABLE = "cron"
 LATE_SLACK_MS = 2_000  # a timer that fires this late still counts as on schedule
@@ -81,7 +82,7 @@ class CronController(KindController):
         times = ScheduledTimes(job.spec["schedule"])
         state.next_ms = times.next_after(state.last_ms)
         at = state.next_ms / 1000 - self.out.wall_offset
-        self.out.timer(("cron", job.job_id, 0), max(at, self.out.now))
+        self.out.timer(JobTimer("cron", job.job_id), max(at, self.out.now))
 
     def _save(self, state: CronState) -> None:
         self.out.persist(CRON_TABLE, state.job_id, state.record())
@@ -117,10 +118,10 @@ class CronController(KindController):
         if state is None:  # the job record was written, the cron record not
             self.start(job)
             return
-        self.out.timer(("cron", job.job_id, 0), self.out.now)
+        self.out.timer(JobTimer("cron", job.job_id), self.out.now)
 
     def on_stop(self, job: OwnedJob, reason: str) -> None:
-        self.out.cancel_timer(("cron", job.job_id, 0))
+        self.out.cancel_timer(JobTimer("cron", job.job_id))
         state = self.states.get(job.job_id)
         if state is None:
             return

@@ -39,6 +39,7 @@ from protocols.errors import LocalProtocolError
 from protocols.kinds import KindController, OwnerContext, Records
 from protocols.owned import OwnedJob
 from protocols.spec.task import TASK_KEYS
+from protocols.states import DagTaskState, check_task_transition
 
 if TYPE_CHECKING:
     from protocols.events import ItemsRead
@@ -55,14 +56,20 @@ BAD = ("failed", "cancelled")
 @attrs.define
 class TaskState:
     name: str
-    state: str = "waiting"  # waiting|reading|running|succeeded|failed|skipped|cancelled|cached
+    state: DagTaskState = attrs.field(default=DagTaskState.WAITING, converter=DagTaskState)
     runs: list[str] = attrs.field(factory=list)  # child run ids, in instance order
     outputs: list[list[str]] = attrs.field(factory=list)  # [input name, manifest id, node]
     reason: str = ""
     cache_keys: list[str] = attrs.field(factory=list)  # per run, "" when not cached
 
     def record(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "state": self.state.value}
+
+    def move(self, new: str, reason: str | None = None) -> None:
+        """The one way a task changes state (checked against the table)."""
+        self.state = check_task_transition(self.state, new)
+        if reason is not None:
+            self.reason = reason
 
 
 def run_task(dag_task: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +179,7 @@ class DagController(KindController):
     def _read_items(self, job: OwnedJob, state: TaskState) -> None:
         over = job.spec["tasks"][state.name]["map"]["over"]
         refs = [(m, node) for _, m, node in self.states[job.job_id][over].outputs]
-        state.state = "reading"
+        state.move("reading")
         self._save(job.job_id, state)
         if not refs:  # the parent left no output: nothing to map over
             self._start_runs(job, state, [])
@@ -218,11 +225,11 @@ class DagController(KindController):
             "queue_timeout": job.spec.get("queue_timeout"),
             "task": task,
         }
-        state.state = "running"
+        state.move("running")
         state.runs, state.cache_keys, state.outputs = [], [], []
         mapped = bool(dag_task.get("map"))
         if not items:
-            state.state, state.reason = "succeeded", "nothing to map over"
+            state.move("succeeded", "nothing to map over")
         for index, item in enumerate(items):
             run_id = f"{job.job_id}~{state.name}" + (f"~{index}" if mapped else "")
             env = {"P2PNODE_DAG_TASK": state.name}
@@ -294,7 +301,7 @@ class DagController(KindController):
         self._save(job.job_id, state)
 
     def _end_task(self, job: OwnedJob, state: TaskState, outcome: str, reason: str) -> None:
-        state.state, state.reason = outcome, reason
+        state.move(outcome, reason)
         self._save(job.job_id, state)
         self.out.notify(
             "dag_task", job_id=job.job_id, task=state.name, state=outcome, reason=reason
@@ -305,7 +312,7 @@ class DagController(KindController):
     def _cancel_running(self, job: OwnedJob, reason: str) -> None:
         for other in self.states[job.job_id].values():
             if other.state in ("running", "reading"):
-                other.state, other.reason = "cancelled", reason
+                other.move("cancelled", reason)
                 self._save(job.job_id, other)
                 for run_id in other.runs:
                     run = self.ctx.jobs.get(run_id)

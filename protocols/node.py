@@ -62,8 +62,21 @@ from protocols.outbox import RETX_TIMER, Outbox
 from protocols.owner import Owner
 from protocols.signing import Keyring, SimKeyring
 from protocols.stream import StreamController
+from protocols.timers import (
+    BID,
+    CENSUS,
+    FORGET,
+    GOSSIP,
+    LAPSE,
+    RENEW,
+    RESTART,
+    RUNFOR,
+    SLOT_TIMERS,
+    XTIMEOUT,
+    NodeTimer,
+)
 
-OWNER_TIMERS = ("auction", "retry", "lease", "deadline", "census")
+OWNER_TIMERS = (*SLOT_TIMERS, CENSUS)
 META_TABLE = "meta"
 VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000
@@ -147,6 +160,15 @@ class NodeCore:
         self._kind_timers: dict[str, TimerHandler] = {}
         for controller in self.owner.kinds.all():
             self._kind_timers.update(controller.timers())
+        # (Looked up by name at each firing: tests patch the holder's handlers.)
+        self._exec_timers: dict[str, str] = {
+            RENEW: "on_renew_timer",
+            LAPSE: "on_lapse_timer",
+            XTIMEOUT: "on_timeout_timer",
+            RESTART: "on_restart_timer",
+            RUNFOR: "on_run_for_timer",
+            FORGET: "on_forget_timer",
+        }
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
 
@@ -313,7 +335,7 @@ class NodeCore:
         interval = self.config.timings.gossip_interval
         if not self.directory.peers:  # not joined yet (bootstrap down, hello lost): retry soon
             interval = min(interval, JOIN_RETRY)
-        self.out.timer(("gossip",), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
+        self.out.timer(NodeTimer(GOSSIP), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
 
     def _on_gossip(self) -> None:
         t = self.config.timings
@@ -336,25 +358,15 @@ class NodeCore:
         kind = key[0]
         if kind == RETX_TIMER:
             self.out.on_retransmit_timer(key[1])
-        elif kind in OWNER_TIMERS:
+        elif kind in OWNER_TIMERS:  # SlotTimer / JobTimer(CENSUS)
             self.owner.on_timer(kind, key[1], key[2])
-        elif kind in self._kind_timers:
+        elif kind in self._kind_timers:  # JobTimer of a kind controller
             self._kind_timers[kind](key[1])
-        elif kind == "bid":
+        elif kind == BID:
             self.holder.on_bid_timer((key[1], key[2], key[3]))
-        elif kind == "renew":
-            self.holder.on_renew_timer(key[1])
-        elif kind == "lapse":
-            self.holder.on_lapse_timer(key[1])
-        elif kind == "xtimeout":
-            self.holder.on_timeout_timer(key[1])
-        elif kind == "restart":
-            self.holder.on_restart_timer(key[1])
-        elif kind == "runfor":
-            self.holder.on_run_for_timer(key[1])
-        elif kind == "forget":
-            self.holder.on_forget_timer(key[1])
-        elif kind == "gossip":
+        elif kind in self._exec_timers:  # ExecTimer
+            getattr(self.holder, self._exec_timers[kind])(key[1])
+        elif kind == GOSSIP:
             self._on_gossip()
 
     # --- queries ------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ from protocols.owner.census import CensusMixin
 from protocols.owner.leases import LeaseMixin
 from protocols.owner.outcomes import OutcomeMixin
 from protocols.spec import SpecValidationError, validate_spec
-from protocols.states import SlotState
+from protocols.states import SlotEvent, SlotState
+from protocols.timers import DEADLINE, LEASE, SlotTimer
 from protocols.unit import WorkUnit
 
 
@@ -130,7 +131,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
         self.out.notify(
             "job_submitted", job_id=job_id, owner=self.config.node_id, slots=count, job_type=kind
         )
-        self.out.notify("job_state", job_id=job_id, state=job.state, reason="")
+        self.out.notify("job_state", job_id=job_id, state=job.state.value, reason="")
         for slot in slots:
             slot.waiting_since = self.out.now
             self._open_auction(job, slot)
@@ -258,13 +259,14 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                 if slot.leased:
                     slot.lease_expires = now + self._lease_ttl(slot) + self.t.lease_grace
                     slot.granted_at = now
-                    self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
+                    self.out.timer(SlotTimer(LEASE, job.job_id, slot.index), slot.lease_expires)
                     self.out.timer(
-                        ("deadline", job.job_id, slot.index),
+                        SlotTimer(DEADLINE, job.job_id, slot.index),
                         now + job.unit.timeout + self.t.timeout_grace,
                     )
                 elif slot.state in (SlotState.QUEUED, SlotState.BIDDING):
-                    slot.state = SlotState.QUEUED  # (a bidding round died with the process)
+                    if slot.state is SlotState.BIDDING:  # its round died with the process
+                        self._move(slot, SlotEvent.RESUMED, SlotState.QUEUED, persist=False)
                     slot.waiting_since = now
                     self._open_auction(job, slot)
             policy = self.policy(job)
@@ -292,7 +294,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             "type": job.kind,
             "version": job.version,
             "owner": self.config.node_id,
-            "state": job.state,
+            "state": job.state.value,
             "reason": job.reason,
             "slots": [
                 {

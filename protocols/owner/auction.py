@@ -23,7 +23,8 @@ from protocols.owner.base import (
     OwnerBase,
     need,
 )
-from protocols.states import SlotEvent, SlotState
+from protocols.states import SlotEvent, SlotState, slot_accepts
+from protocols.timers import AUCTION, RETRY, SlotTimer
 
 
 def round_attempt(slot: OwnedSlot) -> int:
@@ -54,7 +55,8 @@ class AuctionMixin(OwnerBase):
             node = slot.pinned or slot.prefer
             slot.asked, slot.asked_all, slot.view_matches = {node}, True, 1
             self.out.send(node, ask)
-            self.out.timer(("auction", job.job_id, slot.index), self.out.now + self.t.bid_window)
+            window = SlotTimer(AUCTION, job.job_id, slot.index)
+            self.out.timer(window, self.out.now + self.t.bid_window)
             return
         count = self.config.candidates * 2 ** min(slot.widen, 8)
         picked, slot.view_matches = self.directory.candidates(
@@ -77,7 +79,7 @@ class AuctionMixin(OwnerBase):
             self.out.publish(ANNOUNCE_TOPIC, attrs.evolve(ask, broadcast=True))
             if self.directory.me.compute:  # publishes are not delivered to ourselves
                 self.out.send(self.config.node_id, attrs.evolve(ask, broadcast=True))
-        self.out.timer(("auction", job.job_id, slot.index), self.out.now + self.t.bid_window)
+        self.out.timer(SlotTimer(AUCTION, job.job_id, slot.index), self.out.now + self.t.bid_window)
 
     def _failed_nodes(self, job: OwnedJob, slot: OwnedSlot) -> list[str]:
         """Nodes to ask last.  Retried kinds: any node that failed the slot.  A
@@ -88,12 +90,15 @@ class AuctionMixin(OwnerBase):
         recent = [e.node for e in slot.executions[-5:] if e.state not in ("replaced", "cancelled")]
         return sorted({node for node in recent if recent.count(node) >= 2})
 
-    def _auction_slot(self, sender: str, job_id: str, index: int, attempt: int) -> OwnedSlot | None:
+    def _auction_slot(
+        self, sender: str, event: SlotEvent, job_id: str, index: int, attempt: int
+    ) -> OwnedSlot | None:
         job = self.jobs.get(job_id)
         if job is None or not 0 <= index < len(job.slots):
             raise RemoteProtocolError(f"bid for unknown job {job_id!r} slot {index}")
         slot = job.slots[index]
-        if slot.state is not SlotState.BIDDING or round_attempt(slot) != attempt:
+        # BID and DECLINE mean something in a bidding round only (the table).
+        if not slot_accepts(slot.state, event) or round_attempt(slot) != attempt:
             return None  # late answer to a closed round: harmless
         if slot.asked is not None and sender not in slot.asked:
             raise RemoteProtocolError(f"unsolicited bid from {sender}")
@@ -107,7 +112,7 @@ class AuctionMixin(OwnerBase):
                     sender, BidRejected(job_id=bid.job_id, slot=bid.slot, attempt=bid.attempt)
                 )
             return
-        slot = self._auction_slot(sender, bid.job_id, bid.slot, bid.attempt)
+        slot = self._auction_slot(sender, SlotEvent.BID, bid.job_id, bid.slot, bid.attempt)
         if slot is None:
             self.out.send(
                 sender, BidRejected(job_id=bid.job_id, slot=bid.slot, attempt=bid.attempt)
@@ -125,7 +130,7 @@ class AuctionMixin(OwnerBase):
                     sender, BidRejected(job_id=msg.job_id, slot=msg.slot, attempt=msg.attempt)
                 )
             return
-        slot = self._auction_slot(sender, msg.job_id, msg.slot, msg.attempt)
+        slot = self._auction_slot(sender, SlotEvent.DECLINE, msg.job_id, msg.slot, msg.attempt)
         if slot is None:
             if msg.matches:  # a late "busy": still proof that a matching node exists
                 self.jobs[msg.job_id].slots[msg.slot].busy_hint = True
@@ -140,7 +145,7 @@ class AuctionMixin(OwnerBase):
         everyone = slot.asked is not None and slot.answered >= slot.asked
         enough = slot.asked is None and len(slot.bids) >= self.config.candidates
         if everyone or enough:
-            self.out.cancel_timer(("auction", slot.job_id, slot.index))
+            self.out.cancel_timer(SlotTimer(AUCTION, slot.job_id, slot.index))
             self._close_auction(self.jobs[slot.job_id], slot)
 
     def _close_auction(self, job: OwnedJob, slot: OwnedSlot) -> None:
@@ -200,7 +205,7 @@ class AuctionMixin(OwnerBase):
             )
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
-        self.out.timer(("retry", job.job_id, slot.index), self.out.now + delay)
+        self.out.timer(SlotTimer(RETRY, job.job_id, slot.index), self.out.now + delay)
 
     def _requeue_pinned(self, job: OwnedJob, slot: OwnedSlot) -> None:
         """A pinned slot's node did not bid.  Busy: back off.  No longer
@@ -238,9 +243,8 @@ class AuctionMixin(OwnerBase):
             self._slot_failed(job, slot, SlotEvent.CLOSE, f"node {node} stayed busy for {limit:g}s")
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
-        self.out.timer(
-            ("retry", job.job_id, slot.index), self.out.now + delay * (0.5 + self.rng.random())
-        )
+        jitter = 0.5 + self.rng.random()
+        self.out.timer(SlotTimer(RETRY, job.job_id, slot.index), self.out.now + delay * jitter)
 
     def _rank(self, job: OwnedJob, slot: OwnedSlot) -> str:
         """Best bid: never ran this slot here, holds no sibling slot, most free capacity."""

@@ -21,6 +21,7 @@ from protocols.owner.base import (
     need,
 )
 from protocols.states import SlotState
+from protocols.timers import CENSUS, RETRY, JobTimer, SlotTimer
 
 
 def census_attempt(job: OwnedJob) -> int:
@@ -55,7 +56,7 @@ class CensusMixin(OwnerBase):
         for node in peers:  # direct asks survive a lossy broadcast
             self.out.send(node, ask)
         self.out.publish(ANNOUNCE_TOPIC, attrs.evolve(ask, broadcast=True))
-        self.out.timer(("census", job.job_id, 0), self.out.now + self.t.bid_window)
+        self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
 
     def _on_census_timer(self, job: OwnedJob) -> None:
         if job.census_open:
@@ -108,21 +109,21 @@ class CensusMixin(OwnerBase):
                 job.census_quiet = 0 if new else job.census_quiet + 1
                 if job.census_quiet >= OPS_QUIET_ROUNDS:
                     return
-            self.out.timer(("census", job.job_id, 0), self.out.now + self.t.requeue_delay)
+            self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.requeue_delay)
             return
         # A daemon node that answers is up: wake its slot if it waits in backoff.
         for slot in job.slots:
             if slot.pinned in found and slot.state is SlotState.QUEUED and slot.pinned in covered:
-                self.out.cancel_timer(("retry", job.job_id, slot.index))
+                self.out.cancel_timer(SlotTimer(RETRY, job.job_id, slot.index))
                 self._open_auction(job, slot)
-        self.out.timer(("census", job.job_id, 0), self.out.now + self.t.daemon_scan)
+        self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.daemon_scan)
 
     def on_peer_joined(self, node: str) -> None:
         """A peer introduced itself: a daemon job re-counts soon, not a scan later."""
         for job in self.jobs.values():
             waiting = self.policy(job).recount and not job.terminal and not job.census_open
             if waiting and all(s.pinned != node or s.terminal for s in job.slots):
-                self.out.timer(("census", job.job_id, 0), self.out.now + self.t.bid_window)
+                self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
 
     def _add_pinned_slots(self, job: OwnedJob, nodes: list[str]) -> None:
         if not nodes:

@@ -27,7 +27,8 @@ from protocols.messages import (
 from protocols.owned import Execution, OwnedJob, OwnedSlot, execution_id, parse_execution_id
 from protocols.owner.auction import round_attempt
 from protocols.owner.base import KEEP_EXECUTIONS, OwnerBase
-from protocols.states import SlotEvent, SlotState
+from protocols.states import ExecutionState, SlotEvent, SlotState, slot_accepts
+from protocols.timers import DEADLINE, LEASE, SlotTimer
 
 
 class LeaseMixin(OwnerBase):
@@ -81,9 +82,9 @@ class LeaseMixin(OwnerBase):
         self.out.send_reliably(("grant", exec_id), node, grant, give_up_after=ttl_grace)
         slot.lease_expires = now + ttl_grace
         slot.granted_at = now
-        self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
+        self.out.timer(SlotTimer(LEASE, job.job_id, slot.index), slot.lease_expires)
         self.out.timer(
-            ("deadline", job.job_id, slot.index), now + unit.timeout + self.t.timeout_grace
+            SlotTimer(DEADLINE, job.job_id, slot.index), now + unit.timeout + self.t.timeout_grace
         )
         self.out.notify(
             "lease_granted",
@@ -114,7 +115,8 @@ class LeaseMixin(OwnerBase):
             if 0 < epoch < slot.epoch and self.policy(job).long_running:
                 # Older than the executions a daemon/service slot keeps: stale
                 # for sure, answered as such (never recorded).
-                return job, slot, Execution(exec_id, epoch, sender, state="expired", late=True)
+                stale = Execution(exec_id, epoch, sender, state=ExecutionState.EXPIRED, late=True)
+                return job, slot, stale
             raise RemoteProtocolError(f"unknown execution {exec_id}")
         if execution.node != sender:
             raise RemoteProtocolError(f"{sender} does not hold the lease of {exec_id}")
@@ -156,7 +158,7 @@ class LeaseMixin(OwnerBase):
         # early (one timer per lease period, not one per renewal).
         slot.lease_expires = self.out.now + self._lease_ttl(slot) + self.t.lease_grace
         if was is SlotState.GRANTED:
-            execution.state = "running"
+            execution.move(ExecutionState.RUNNING)
             self.persist_slot(slot)
         if isinstance(msg, LeaseRenew):
             kind.on_progress(job, slot, execution, msg, current=True)
@@ -171,7 +173,8 @@ class LeaseMixin(OwnerBase):
         self.kinds[job.kind].on_progress(job, slot, execution, msg, current=current)
         if not current:
             return
-        execution.state, execution.error = "released", msg.reason
+        execution.move(ExecutionState.RELEASED)
+        execution.error = msg.reason
         self._lease_lost(job, slot, SlotEvent.RELEASED, f"released by {sender}: {msg.reason}")
 
     def on_result(self, sender: str, msg: ExecutionResult) -> None:
@@ -201,7 +204,8 @@ class LeaseMixin(OwnerBase):
         if msg.status == LOST:
             # The holder restarted and lost the run: a lost lease, not a failure
             # of the task (its retries are for the task's own failures).
-            execution.reported, execution.state, execution.error = True, "lost", msg.error
+            execution.reported, execution.error = True, msg.error
+            execution.move(ExecutionState.LOST)
             self._lease_lost(job, slot, SlotEvent.RELEASED, f"lost on {sender}: {msg.error}")
             self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch))
             return
@@ -211,19 +215,23 @@ class LeaseMixin(OwnerBase):
         execution.manifest_id = msg.manifest_id
         execution.stdout_tail, execution.stderr_tail = msg.stdout_tail, msg.stderr_tail
         if msg.status == "succeeded" and not self.policy(job).long_running:
-            execution.state = "succeeded"
+            execution.move(ExecutionState.SUCCEEDED)
             self._move(slot, SlotEvent.SUCCEEDED, SlotState.COMPLETED)
             self._notify_execution(
                 "result_accepted", slot, execution, status=msg.status, holder=sender
             )
         else:
-            execution.state = msg.status if msg.status in ("timeout", "cancelled") else "failed"
             detail = msg.error or f"exit code {msg.exit_code}"
             if msg.stderr_tail.strip():  # one line: reasons are printed in tables and logs
                 last = " | ".join(msg.stderr_tail.strip().splitlines()[-3:])
                 detail += f"; stderr: {last[-200:]}"
             if msg.status == "succeeded":  # a daemon or service is not meant to end
-                execution.state, detail = "succeeded", "exited with code 0"
+                execution.move(ExecutionState.SUCCEEDED)
+                detail = "exited with code 0"
+            elif msg.status in ("timeout", "cancelled"):
+                execution.move(ExecutionState(msg.status))
+            else:
+                execution.move(ExecutionState.FAILED)
             self._notify_execution(
                 "execution_failed", slot, execution, status=msg.status, holder=sender
             )
@@ -244,23 +252,24 @@ class LeaseMixin(OwnerBase):
         if not 0 <= index < len(job.slots):
             return
         slot = job.slots[index]
-        if kind == "auction" and slot.state is SlotState.BIDDING:
+        # A timer of a round or lease that already ended finds its event refused by the table.
+        if kind == "auction" and slot_accepts(slot.state, SlotEvent.CLOSE):
             self._close_auction(job, slot)
-        elif kind == "retry" and slot.state is SlotState.QUEUED:
+        elif kind == "retry" and slot_accepts(slot.state, SlotEvent.START):
             self._open_auction(job, slot)
-        elif kind == "lease" and slot.leased:
+        elif kind == "lease" and slot_accepts(slot.state, SlotEvent.EXPIRED):
             if self.out.now < slot.lease_expires:  # renewed meanwhile
-                self.out.timer(("lease", job.job_id, slot.index), slot.lease_expires)
+                self.out.timer(SlotTimer(LEASE, job.job_id, slot.index), slot.lease_expires)
             else:
                 execution = slot.current
                 assert execution is not None
-                execution.state = "expired"
+                execution.move(ExecutionState.EXPIRED)
                 self._cancel_holder(execution, "lease expired")
                 self._lease_lost(job, slot, SlotEvent.EXPIRED, f"lease on {execution.node} expired")
-        elif kind == "deadline" and slot.leased:
+        elif kind == "deadline" and slot_accepts(slot.state, SlotEvent.TIMED_OUT):
             execution = slot.current
             assert execution is not None
-            execution.state = "timeout"
+            execution.move(ExecutionState.TIMEOUT)
             self._cancel_holder(execution, "execution timeout")
             self._execution_failed(
                 job,

@@ -27,7 +27,8 @@ from protocols.owner.base import (
     STABLE_RUN,
     OwnerBase,
 )
-from protocols.states import SlotEvent, SlotState
+from protocols.states import ExecutionState, SlotEvent, SlotState
+from protocols.timers import CENSUS, DEADLINE, LEASE, RETRY, JobTimer, SlotTimer
 
 
 class OutcomeMixin(OwnerBase):
@@ -37,8 +38,8 @@ class OutcomeMixin(OwnerBase):
         execution = slot.current
         assert execution is not None
         self.out.settle(("grant", execution.execution_id))
-        self.out.cancel_timer(("lease", job.job_id, slot.index))
-        self.out.cancel_timer(("deadline", job.job_id, slot.index))
+        self.out.cancel_timer(SlotTimer(LEASE, job.job_id, slot.index))
+        self.out.cancel_timer(SlotTimer(DEADLINE, job.job_id, slot.index))
         self._notify_execution("lease_ended", slot, execution, cause=cause)
 
     def _notify_execution(
@@ -76,7 +77,7 @@ class OutcomeMixin(OwnerBase):
         if backoff is None:
             self._open_auction(job, slot)
         else:
-            self.out.timer(("retry", job.job_id, slot.index), self.out.now + backoff)
+            self.out.timer(SlotTimer(RETRY, job.job_id, slot.index), self.out.now + backoff)
         self._update_job_state(job)
 
     def _lease_lost(self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str) -> None:
@@ -132,10 +133,10 @@ class OutcomeMixin(OwnerBase):
     def _cancel_slot(self, job: OwnedJob, slot: OwnedSlot, reason: str) -> None:
         """Stop a live slot: no more auctions, its holder told to stop."""
         for kind in ("auction", "retry"):
-            self.out.cancel_timer((kind, job.job_id, slot.index))
+            self.out.cancel_timer(SlotTimer(kind, job.job_id, slot.index))
         execution = slot.current
         if slot.leased and execution is not None:
-            execution.state = "cancelled"
+            execution.move(ExecutionState.CANCELLED)
             self._cancel_holder(execution, reason)
             self._end_lease(job, slot, "cancelled")
         self._move(slot, SlotEvent.CANCEL, SlotState.CANCELLED, reason=reason)
@@ -155,7 +156,7 @@ class OutcomeMixin(OwnerBase):
                 continue
             if execution.version >= job.version:
                 continue
-            execution.state = "replaced"
+            execution.move(ExecutionState.REPLACED)
             self._cancel_holder(execution, f"replaced by version {job.version}")
             self._end_lease(job, slot, "replaced")
             slot.rolling, slot.failures = True, 0
@@ -176,7 +177,7 @@ class OutcomeMixin(OwnerBase):
 
     def _finish_job(self, job: OwnedJob, state: str, reason: str) -> None:
         """Terminal job: stop every slot still in flight, then record the outcome."""
-        self.out.cancel_timer(("census", job.job_id, 0))
+        self.out.cancel_timer(JobTimer(CENSUS, job.job_id))
         self.kinds[job.kind].on_stop(job, reason)
         for slot in job.slots:
             if not slot.terminal:
@@ -194,7 +195,8 @@ class OutcomeMixin(OwnerBase):
         self._set_terminal(job, state, reason)
 
     def _set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
-        job.state, job.reason = state, reason
+        job.move(state)
+        job.reason = reason
         self.persist_job(job)
         self.out.notify("job_state", job_id=job.job_id, state=state, reason=reason)
         if not job.parent:
@@ -208,7 +210,7 @@ class OutcomeMixin(OwnerBase):
 
     def set_job_state(self, job: OwnedJob, state: str, *, persist: bool, notify: bool) -> None:
         """A non-terminal state a controller decides (scheduled, suspended, running)."""
-        job.state = state
+        job.move(state)
         if persist:
             self.persist_job(job)
         if notify:
@@ -236,8 +238,7 @@ class OutcomeMixin(OwnerBase):
             return
         leased = (SlotState.GRANTED, SlotState.RUNNING, SlotState.COMPLETED)
         state = "running" if any(s in leased for s in states) else "queued"
-        if state != job.state:
-            job.state = state  # derived; persisted only when terminal
+        if job.move(state):  # derived; persisted only when terminal
             self.out.notify("job_state", job_id=job.job_id, state=state, reason="")
 
     def forget(self, job_id: str) -> None:
