@@ -70,7 +70,7 @@ _LEASED_EXITS = {
 
 SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, frozenset[SlotState]]] = {
     _S.QUEUED: {
-        _E.START: frozenset({_S.BIDDING, _S.FAILED}),
+        _E.START: frozenset({_S.BIDDING}),
         _E.CANCEL: frozenset({_S.CANCELLED}),
     },
     _S.BIDDING: {
