@@ -21,6 +21,7 @@ from protocols.states import (
     CHAIN_ROLE_TRANSITIONS,
     EXEC_TRANSITIONS,
     EXECUTION_TRANSITIONS,
+    FEED_TRANSITIONS,
     JOB_TRANSITIONS,
     SLOT_TRANSITIONS,
     TASK_TRANSITIONS,
@@ -28,6 +29,7 @@ from protocols.states import (
     DagTaskState,
     ExecState,
     ExecutionState,
+    FeedState,
     JobState,
     SlotState,
 )
@@ -111,6 +113,13 @@ def render() -> str:
         _diagram(
             "DAG task: `TASK_TRANSITIONS`",
             DagTaskState, DagTaskState.WAITING, _plain_edges(TASK_TRANSITIONS),
+        ),
+        _diagram(
+            "Micro-batch stream partition: `FEED_TRANSITIONS`, labels are events "
+            "(a consume-mode partition is a slot)",
+            FeedState, FeedState.IDLE,
+            _event_edges({s: {e: frozenset({n}) for e, n in row.items()}
+                          for s, row in FEED_TRANSITIONS.items()}),
         ),
         _diagram(
             "Chain role of one node: `CHAIN_ROLE_TRANSITIONS` (a node enters as `owner` "

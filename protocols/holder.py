@@ -59,7 +59,7 @@ from protocols.messages import (
 )
 from protocols.outbox import Outbox
 from protocols.spec import SpecValidationError, validate_task
-from protocols.states import ExecEvent, ExecState, check_exec_transition
+from protocols.states import ExecEvent, ExecState, check_exec_transition, exec_accepts
 from protocols.timers import (
     BID,
     FORGET,
@@ -438,7 +438,7 @@ class Holder:
 
     def on_renew_ack(self, sender: str, ack: RenewAck) -> None:
         held = self._owned_by(sender, ack.execution_id)
-        if held is None or held.state is ExecState.DONE:
+        if held is None or not exec_accepts(held.state, ExecEvent.RENEW_OK):
             return
         if not ack.valid:
             self._stop(held, ExecEvent.STOP, f"owner refused renewal: {ack.reason}")
@@ -545,7 +545,7 @@ class Holder:
 
     def on_finished(self, event: ExecutionFinished) -> None:
         held = self.held.get(event.execution_id.partition("#")[0])
-        if held is None or held.state not in (ExecState.RUNNING, ExecState.STOPPING):
+        if held is None or not exec_accepts(held.state, ExecEvent.FINISHED):
             return  # e.g. an execution from before a restart, already reported
         if event.execution_id != held.run_id or held.restart_pending:
             return  # an earlier run of a restarted daemon
@@ -624,7 +624,7 @@ class Holder:
 
     def on_result_ack(self, sender: str, ack: ResultAck) -> None:
         held = self._owned_by(sender, ack.execution_id)
-        if held is None or held.state is not ExecState.REPORTING:
+        if held is None or not exec_accepts(held.state, ExecEvent.RESULT_ACKED):
             return
         held.state = check_exec_transition(held.state, ExecEvent.RESULT_ACKED, ExecState.DONE)
         self._forget(held)

@@ -163,6 +163,11 @@ EXEC_TRANSITIONS: dict[ExecState, dict[ExecEvent, frozenset[ExecState]]] = {
 REMOTE_EXEC_EVENTS = frozenset({_V.GRANT, _V.RENEW_OK, _V.STOP, _V.RESULT_ACKED})
 
 
+def exec_accepts(state: ExecState, event: ExecEvent) -> bool:
+    """Whether ``event`` means anything in ``state`` (e.g. a result ack only while reporting)."""
+    return event in EXEC_TRANSITIONS[state]
+
+
 def check_exec_transition(state: ExecState, event: ExecEvent, new: ExecState) -> ExecState:
     exits = EXEC_TRANSITIONS[state].get(event)
     if exits is None:
@@ -277,6 +282,33 @@ TASK_TRANSITIONS: dict[DagTaskState, frozenset[DagTaskState]] = {
 def check_task_transition(state: str, new: str) -> DagTaskState:
     _check_next("DAG task", TASK_TRANSITIONS, DagTaskState(state), DagTaskState(new))
     return DagTaskState(new)
+
+
+class FeedState(enum.StrEnum):
+    """A micro-batch stream partition (``stream.PartitionFeed``): at most one
+    batch in flight; the checkpoint moves only when that batch succeeded."""
+
+    IDLE = "idle"
+    IN_FLIGHT = "in_flight"
+
+
+class FeedEvent(enum.StrEnum):
+    BATCH = "batch"  # entries were read: a batch run starts
+    SUCCEEDED = "succeeded"  # the run completed: its last position is committed
+    FAILED = "failed"  # the run failed for good: position back to the checkpoint, job fails
+
+
+FEED_TRANSITIONS: dict[FeedState, dict[FeedEvent, FeedState]] = {
+    FeedState.IDLE: {FeedEvent.BATCH: FeedState.IN_FLIGHT},
+    FeedState.IN_FLIGHT: {FeedEvent.SUCCEEDED: FeedState.IDLE, FeedEvent.FAILED: FeedState.IDLE},
+}
+
+
+def check_feed_transition(state: FeedState, event: FeedEvent) -> FeedState:
+    new = FEED_TRANSITIONS[state].get(event)
+    if new is None:
+        raise LocalProtocolError(f"partition event {event} not allowed in state {state}")
+    return new
 
 
 class ChainRole(enum.StrEnum):

@@ -40,6 +40,7 @@ from protocols.errors import LocalProtocolError
 from protocols.kinds import KindController, OwnerContext, Records
 from protocols.messages import ExecutionResult, LeaseGrant, LeaseRelease, LeaseRenew
 from protocols.owned import Execution, OwnedJob, OwnedSlot
+from protocols.states import FeedEvent, FeedState, check_feed_transition
 
 STREAMS_TABLE = "streams"
 _POSITION = re.compile(r"(\d+)(?:-(\d+))?")
@@ -98,6 +99,15 @@ class PartitionFeed:
 
     def record(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+    @property
+    def state(self) -> FeedState:
+        return FeedState.IN_FLIGHT if self.in_flight else FeedState.IDLE
+
+    def move(self, event: FeedEvent, run_id: str = "") -> None:
+        """The one way a batch starts or ends (checked against the table)."""
+        new = check_feed_transition(self.state, event)
+        self.in_flight = run_id if new is FeedState.IN_FLIGHT else ""
 
 
 class StreamController(KindController):
@@ -249,7 +259,7 @@ class StreamController(KindController):
         feed = self.feeds.get(job.job_id, {}).get(batch.partition)
         if feed is None:
             raise LocalProtocolError(f"job {job.job_id} has no partition {batch.partition!r}")
-        if feed.in_flight:
+        if feed.state is FeedState.IN_FLIGHT:  # (the table would refuse the batch)
             raise LocalProtocolError(
                 f"partition {batch.partition} already has batch {feed.in_flight} in flight"
             )
@@ -260,7 +270,8 @@ class StreamController(KindController):
             )
         feed.batches += 1
         run_id = f"{job.job_id}~{feed.name}~{feed.batches}"
-        feed.in_flight, feed.position = run_id, batch.last
+        feed.move(FeedEvent.BATCH, run_id)
+        feed.position = batch.last
         self._save(job.job_id, feed)
         self.ctx.create_job(
             run_id,
@@ -283,7 +294,7 @@ class StreamController(KindController):
         feed = self.feeds.get(run.parent, {}).get(name)
         if parent is None or feed is None or feed.in_flight != run.job_id:
             return
-        feed.in_flight = ""
+        feed.move(FeedEvent.SUCCEEDED if run.state == "completed" else FeedEvent.FAILED)
         if run.state == "completed":
             feed.committed = run.env["P2PNODE_BATCH_LAST"]
             feed.entries += int(run.env.get("P2PNODE_BATCH_COUNT", "0"))

@@ -29,7 +29,8 @@ def test_a_table_changed_without_regenerating_is_caught(
 def test_every_state_of_every_machine_is_drawn() -> None:
     text = docgen_states.render()
     for machine in (states.SlotState, states.ExecState, states.JobState,
-                    states.ExecutionState, states.DagTaskState, states.ChainRole):
+                    states.ExecutionState, states.DagTaskState, states.ChainRole,
+                    states.FeedState):
         for state in machine:
             assert f" {state.value} " in text or f" {state.value}\n" in text, state
 
