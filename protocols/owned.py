@@ -1,6 +1,6 @@
 """What an owner keeps about the jobs it owns: jobs, slots and executions.
 
-Records only (the rules live in ``owner.py``).  Each class has a ``record()``
+Records only (the rules live in ``protocols/owner/``).  Each class has a ``record()``
 that is what the store holds; volatile fields (auction state, deadlines) are
 rebuilt after a restart.
 """

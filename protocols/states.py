@@ -1,19 +1,21 @@
 """Every state-machine rule of the protocol, in one table each (after h11's _state.py).
 
-Two machines run on every node (and four smaller ones, at the end):
+Two machines run on every node (and five smaller ones, at the end: job, the
+owner's record of an execution, DAG task, micro-batch partition, chain role):
 
 * the **owner slot** machine: one per (job, slot) the node owns; it auctions the
   slot, grants leases with fencing epochs, watches them, accepts the result or
   retries, and finally completes, fails or is cancelled;
-* the **holder execution** machine: one per execution the node bid for or holds;
-  it bids, runs under the lease, renews it, reports the result, and fences itself
-  when the lease is lost.
+* the **holder execution** machine: one per execution the node holds (a bid is
+  a capacity reservation, not yet an execution); it runs under the lease, renews
+  it, reports the result, and fences itself when the lease is lost.
 
-The handlers in ``owner.py`` / ``holder.py`` decide *which* of the allowed next
+The handlers in ``owner/`` / ``holder.py`` decide *which* of the allowed next
 states to take (e.g. retry or give up); the tables decide what is *allowed*.  A
 transition not in a table is a protocol error: ``RemoteProtocolError`` when a
 peer's message caused it (the frame is dropped and counted),
-``LocalProtocolError`` when our own caller did.
+``LocalProtocolError`` when our own caller did.  ``docs/architecture.md`` draws
+every table (``python -m protocols.docgen_states``).
 """
 
 from __future__ import annotations
