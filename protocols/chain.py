@@ -54,6 +54,7 @@ import attrs
 import msgpack
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.kinds import Handler, KindController, OwnerContext, Records, TimerHandler
 from protocols.messages import (
     ChainReport,
     ChainReportAck,
@@ -61,12 +62,14 @@ from protocols.messages import (
     HandoverAck,
     HandoverCommit,
     HandoverOffer,
+    Message,
 )
 from protocols.owned import OwnedJob
 from protocols.spec.task import TASK_KEYS
+from protocols.states import ChainRole, check_role_transition
+from protocols.timers import JobTimer
 
 if TYPE_CHECKING:
-    from protocols.owner import Owner
     from protocols.signing import Keyring
 
 CHAINS_TABLE = "chains"
@@ -154,7 +157,7 @@ class ChainState:
     job_id: str
     submitter: str
     records: list[dict[str, Any]]
-    role: str  # owner | former | pending
+    role: ChainRole = attrs.field(converter=ChainRole)
     run_id: str = ""
     runs: int = 0  # stage runs created (run ids)
     offers: int = 0  # offers of the current stage that timed out
@@ -175,6 +178,10 @@ class ChainState:
     # when the ack arrives (owner side).
     carried: dict[int, tuple[float, int]] = attrs.field(factory=dict)
 
+    def move(self, new: str) -> None:
+        """The one way the role changes (checked against the table)."""
+        self.role = check_role_transition(self.role, new)
+
     @property
     def head(self) -> dict[str, Any]:
         body: dict[str, Any] = self.records[-1]["body"]
@@ -184,7 +191,7 @@ class ChainState:
         return {
             "submitter": self.submitter,
             "records": self.records,
-            "role": self.role,
+            "role": self.role.value,
             "run_id": self.run_id,
             "runs": self.runs,
             "offers": self.offers,
@@ -196,12 +203,13 @@ class ChainState:
         }
 
 
-class ChainController:
-    def __init__(self, owner: Owner, keys: Keyring) -> None:
-        self.owner = owner
-        self.out = owner.out
-        self.t = owner.t
-        self.me = owner.config.node_id
+class ChainController(KindController):
+    describe_key = "chain"
+
+    def __init__(self, ctx: OwnerContext, keys: Keyring) -> None:
+        super().__init__(ctx)
+        self.t = ctx.t
+        self.me = ctx.config.node_id
         self.keys = keys
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
@@ -251,12 +259,30 @@ class ChainController:
         chain = ChainState(job.job_id, self.me, [self._sign(body)], "owner")
         self.chains[job.job_id] = chain
         self.specs[job.job_id] = job.spec
-        job.state = "running"
-        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+        self.ctx.set_job_state(job, "running", persist=False, notify=True)
         self._run_stage(chain, 0)
 
-    def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        for job_id, rec in records.items():
+    def routes(self) -> dict[type[Message], Handler]:
+        return {
+            HandoverOffer: self.on_offer,
+            HandoverAccept: self.on_accept,
+            HandoverCommit: self.on_commit,
+            HandoverAck: self.on_ack,
+            ChainReport: self.on_report,
+            ChainReportAck: self.on_report_ack,
+        }
+
+    def timers(self) -> dict[str, TimerHandler]:
+        return {
+            "chainoffer": self.on_offer_timeout,
+            "chainpending": self.on_pending_timeout,
+            "chainreport": self.on_report_timer,
+            "chainlapse": self.on_lapse_timer,
+            "chainwatch": self.on_watch_timer,
+        }
+
+    def restore(self, records: Records) -> None:
+        for job_id, rec in records.get(CHAINS_TABLE, {}).items():
             spec = rec.pop("spec")
             self.specs[job_id] = spec
             self.chains[job_id] = ChainState(job_id=job_id, **rec)
@@ -285,19 +311,19 @@ class ChainController:
             if chain.offer is not None:
                 self._send_offer(chain)
                 self.out.timer(
-                    ("chainoffer", job_id, 0), now + self.t.lease_ttl + self.t.lease_grace
+                    JobTimer("chainoffer", job_id), now + self.t.lease_ttl + self.t.lease_grace
                 )
             if chain.commit_hash:
                 self._send_commit(chain)
             if mine and not chain.outcome:
-                self.out.timer(("chainwatch", job_id, 0), now + self.t.renew_interval)
+                self.out.timer(JobTimer("chainwatch", job_id), now + self.t.renew_interval)
 
     def _drop_pending(self, chain: ChainState) -> None:
         """The submitter's acceptance lapsed (window over, or a restart): the
         offered record was never committed to us, so it leaves our log (it
         holds committed records only); we watch the offering owner again."""
         chain.records = chain.records[:-1]
-        chain.role = "watching"  # (heard_at stays: the offering owner's last report)
+        chain.move("watching")  # (heard_at stays: the offering owner's last report)
 
     def _continue_stage(self, chain: ChainState) -> None:
         """The submitter owns the head stage after a restart: the event that
@@ -305,7 +331,7 @@ class ChainController:
         been cut short before the stage run existed, or a finished run's
         handover may be lost.  Pick up where that left off."""
         head = chain.head
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         ours = f"{chain.job_id}~s{head['stage']}~r{len(chain.records) - 1}~"
         if run is None or not chain.run_id.startswith(ours):
             self._run_stage(chain, head["stage"])
@@ -331,7 +357,7 @@ class ChainController:
             "queue_timeout": spec.get("queue_timeout"),
             "task": {k: task[k] for k in TASK_KEYS if k in task},
         }
-        self.owner.create_job(
+        self.ctx.create_job(
             run_id,
             run_spec,
             kind="run",
@@ -340,7 +366,8 @@ class ChainController:
             env={"P2PNODE_STAGE": spec["stages"][stage]["name"], "P2PNODE_STAGE_INDEX": str(stage)},
         )
         if chain.submitter == self.me:
-            self.out.timer(("chainwatch", chain.job_id, 0), self.out.now + self.t.renew_interval)
+            watch = JobTimer("chainwatch", chain.job_id)
+            self.out.timer(watch, self.out.now + self.t.renew_interval)
         else:
             self._report(chain, "running")
 
@@ -384,7 +411,8 @@ class ChainController:
             return
         self._send_offer(chain)
         self.out.timer(
-            ("chainoffer", chain.job_id, 0), self.out.now + self.t.lease_ttl + self.t.lease_grace
+            JobTimer("chainoffer", chain.job_id),
+            self.out.now + self.t.lease_ttl + self.t.lease_grace,
         )
 
     def _send_offer(self, chain: ChainState) -> None:
@@ -448,7 +476,7 @@ class ChainController:
         chain.records.append(full)
         chain.offer, chain.offers = None, 0
         self.out.settle(("offer", chain.job_id))
-        self.out.cancel_timer(("chainoffer", chain.job_id, 0))
+        self.out.cancel_timer(JobTimer("chainoffer", chain.job_id))
         to = full["body"]["to"]
         self.out.notify(
             "handover_committed", job_id=chain.job_id, stage=full["body"]["stage"], to=to
@@ -458,7 +486,7 @@ class ChainController:
             self._run_stage(chain, full["body"]["stage"])
             return
         # We let go.  The submitter keeps watching the chain's new owner.
-        chain.role = "watching" if chain.submitter == self.me else "former"
+        chain.move("watching" if chain.submitter == self.me else "former")
         chain.heard_at = self.out.now
         chain.commit_hash = record_hash(full)
         self._save(chain)
@@ -530,7 +558,8 @@ class ChainController:
                 self._fence(known, "offered a later stage")
             chain = known
             chain.records = [*records[:-1], signed]
-            chain.role, chain.offer, chain.commit_hash = "pending", None, ""
+            chain.move("pending")
+            chain.offer, chain.commit_hash = None, ""
         else:
             chain = ChainState(
                 msg.job_id, records[0]["body"]["to"], [*records[:-1], signed], "pending"
@@ -545,7 +574,7 @@ class ChainController:
         chain.valid_until = self.out.now + window
         chain.report_every = window / 3
         self._save(chain)
-        self.out.timer(("chainpending", msg.job_id, 0), chain.valid_until)
+        self.out.timer(JobTimer("chainpending", msg.job_id), chain.valid_until)
         self._accept(chain)
 
     def _accept(self, chain: ChainState) -> None:
@@ -591,10 +620,10 @@ class ChainController:
         if self.out.now >= chain.valid_until:
             self._refuse(sender, msg.job_id, "commit after the accept window")
             return
-        chain.role = "owner"  # until the end of the window, then as the submitter renews
+        chain.move("owner")  # until the end of the window, then as the submitter renews
         self._next_lapse = min(self._next_lapse, chain.valid_until)
         self._save(chain)  # durable before the ack tells the old owner it may stop resending
-        self.out.cancel_timer(("chainpending", msg.job_id, 0))
+        self.out.cancel_timer(JobTimer("chainpending", msg.job_id))
         self.out.send(
             sender, HandoverAck(job_id=msg.job_id, stage=msg.stage, record_hash=msg.record_hash)
         )
@@ -633,8 +662,8 @@ class ChainController:
             self.out.send(chain.submitter, msg)
             # At a third of the validity the submitter grants (its ttl, not ours).
             every = chain.report_every or self.t.renew_interval
-            self.out.timer(("chainreport", chain.job_id, 0), self.out.now + every)
-            self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+            self.out.timer(JobTimer("chainreport", chain.job_id), self.out.now + every)
+            self.out.timer(JobTimer("chainlapse", chain.job_id), chain.valid_until)
 
     def _carries_log(self, chain: ChainState, state: str) -> bool:
         """A final report always carries the whole log (the submitter decides
@@ -670,16 +699,16 @@ class ChainController:
         if chain is None or chain.role != "owner" or chain.submitter == self.me:
             return
         if self.out.now < chain.valid_until:
-            self.out.timer(("chainlapse", job_id, 0), chain.valid_until)
+            self.out.timer(JobTimer("chainlapse", job_id), chain.valid_until)
             return
         self._fence(chain, "no answer from the submitter within ttl")
 
     def _fence(self, chain: ChainState, reason: str) -> None:
-        chain.role = "former"
+        chain.move("former")
         self._save(chain)
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         if run is not None and not run.terminal:
-            self.owner.cancel(chain.run_id, f"chain ownership lost: {reason}")
+            self.ctx.cancel(chain.run_id, f"chain ownership lost: {reason}")
         self.out.notify("chain_fenced", job_id=chain.job_id, reason=reason)
 
     def on_report_ack(self, sender: str, msg: ChainReportAck) -> None:
@@ -771,7 +800,7 @@ class ChainController:
         chain = self.chains.get(job_id)
         if chain is None or chain.outcome or chain.submitter != self.me:
             return
-        self.out.timer(("chainwatch", job_id, 0), self.out.now + self.t.renew_interval)
+        self.out.timer(JobTimer("chainwatch", job_id), self.out.now + self.t.renew_interval)
         owner = chain.head["to"]
         if owner == self.me and chain.role == "owner":
             return
@@ -795,7 +824,7 @@ class ChainController:
             "spec": head["body"]["spec"],
         }
         chain.records.append(self._sign(body))
-        chain.role = "owner"
+        chain.move("owner")
         chain.offer, chain.commit_hash = None, ""
         self.out.notify("chain_takeover", job_id=job_id, silent=owner, stage=stage)
         self._run_stage(chain, stage)
@@ -806,11 +835,11 @@ class ChainController:
         chain.outcome, chain.reason = outcome, reason
         self._save(chain)
         if chain.submitter == self.me:
-            job = self.owner.jobs.get(chain.job_id)
+            job = self.ctx.jobs.get(chain.job_id)
             if job is not None and not job.terminal:
-                self.owner.set_terminal(job, outcome, reason)
+                self.ctx.set_terminal(job, outcome, reason)
         else:
-            chain.role = "former"
+            chain.move("former")
             self._report(chain, outcome)
 
     def on_stop(self, job: OwnedJob, reason: str) -> None:
@@ -819,11 +848,20 @@ class ChainController:
             return
         chain.outcome, chain.reason = "stopped", reason
         self._save(chain)
-        run = self.owner.jobs.get(chain.run_id)
+        run = self.ctx.jobs.get(chain.run_id)
         if run is not None and not run.terminal:
-            self.owner.cancel(chain.run_id, reason)
+            self.ctx.cancel(chain.run_id, reason)
 
-    def describe(self, job_id: str) -> dict[str, Any]:
+    def describe(self, job: OwnedJob) -> dict[str, Any]:
+        return self.describe_chain(job.job_id)
+
+    def describe_unowned(self, job_id: str) -> dict[str, Any] | None:
+        """A chain stage we own(ed) but whose chain job is owned elsewhere."""
+        if job_id not in self.chains:
+            return None
+        return {"job_id": job_id, "type": "chain", "chain": self.describe_chain(job_id)}
+
+    def describe_chain(self, job_id: str) -> dict[str, Any]:
         chain = self.chains.get(job_id)
         if chain is None:
             raise LocalProtocolError(f"no chain {job_id} here")
@@ -841,7 +879,7 @@ class ChainController:
             verified = f"INVALID: {exc}"
         stages = spec["stages"]
         return {
-            "role": chain.role,
+            "role": chain.role.value,
             "stage": stages[chain.head["stage"]]["name"],
             "owner": chain.head["to"],
             "log_verified": verified,

@@ -29,16 +29,15 @@ nothing here reads a clock.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from protocols.errors import LocalProtocolError
+from protocols.kinds import KindController, OwnerContext, Records, TimerHandler
 from protocols.owned import OwnedJob
 from protocols.schedule import Due, ScheduledTimes
-
-if TYPE_CHECKING:
-    from protocols.owner import Owner
+from protocols.timers import JobTimer
 
 CRON_TABLE = "cron"
 LATE_SLACK_MS = 2_000  # a timer that fires this late still counts as on schedule
@@ -67,10 +66,11 @@ class CronState:
         }
 
 
-class CronController:
-    def __init__(self, owner: Owner) -> None:
-        self.owner = owner
-        self.out = owner.out
+class CronController(KindController):
+    describe_key = "schedule"
+
+    def __init__(self, ctx: OwnerContext) -> None:
+        super().__init__(ctx)
         self.states: dict[str, CronState] = {}
 
     # --- clocks ------------------------------------------------------------------
@@ -82,7 +82,7 @@ class CronController:
         times = ScheduledTimes(job.spec["schedule"])
         state.next_ms = times.next_after(state.last_ms)
         at = state.next_ms / 1000 - self.out.wall_offset
-        self.out.timer(("cron", job.job_id, 0), max(at, self.out.now))
+        self.out.timer(JobTimer("cron", job.job_id), max(at, self.out.now))
 
     def _save(self, state: CronState) -> None:
         self.out.persist(CRON_TABLE, state.job_id, state.record())
@@ -101,8 +101,8 @@ class CronController:
         self._sync_state(job, state)
         self._arm(job, state)
 
-    def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        for job_id, rec in records.items():
+    def restore(self, records: Records) -> None:
+        for job_id, rec in records.get(CRON_TABLE, {}).items():
             self.states[job_id] = CronState(
                 job_id=job_id,
                 last_ms=rec["last_ms"],
@@ -111,16 +111,17 @@ class CronController:
                 entries=list(rec["entries"]),
             )
 
-    def resume(self, job: OwnedJob) -> None:
+    def resume_job(self, job: OwnedJob) -> None:
         """After an owner restart: wake now, so times missed while down are
         handled by the catch-up policy."""
         state = self.states.get(job.job_id)
         if state is None:  # the job record was written, the cron record not
             self.start(job)
             return
-        self.out.timer(("cron", job.job_id, 0), self.out.now)
+        self.out.timer(JobTimer("cron", job.job_id), self.out.now)
 
     def on_stop(self, job: OwnedJob, reason: str) -> None:
+        self.out.cancel_timer(JobTimer("cron", job.job_id))
         state = self.states.get(job.job_id)
         if state is None:
             return
@@ -129,7 +130,7 @@ class CronController:
             if entry["outcome"] == "buffered":
                 entry["outcome"], entry["reason"] = "skipped", "the cron job was stopped"
         for run_id in self._active_runs(state):
-            self.owner.cancel(run_id, f"cron job stopped: {reason}")
+            self.ctx.cancel(run_id, f"cron job stopped: {reason}")
         self._save(state)
 
     def on_update(self, job: OwnedJob) -> None:
@@ -139,7 +140,7 @@ class CronController:
         self._sync_state(job, state)
         self._arm(job, state)  # the schedule itself may have changed
 
-    def set_suspended(self, job: OwnedJob, suspended: bool) -> None:
+    def on_suspend(self, job: OwnedJob, suspended: bool) -> None:
         state = self.states[job.job_id]
         if state.suspended == suspended:
             return
@@ -152,11 +153,17 @@ class CronController:
     def _sync_state(self, job: OwnedJob, state: CronState) -> None:
         new = "suspended" if state.suspended else "scheduled"
         if job.state != new:
-            job.state = new
-            self.out.persist("jobs", job.job_id, job.record())
-            self.out.notify("job_state", job_id=job.job_id, state=new, reason="")
+            self.ctx.set_job_state(job, new, persist=True, notify=True)
 
     # --- the schedule ------------------------------------------------------------
+
+    def timers(self) -> dict[str, TimerHandler]:
+        return {"cron": self._on_cron_timer}
+
+    def _on_cron_timer(self, job_id: str) -> None:
+        job = self.ctx.jobs.get(job_id)
+        if job is not None and not job.terminal:
+            self.on_timer(job)
 
     def on_timer(self, job: OwnedJob) -> None:
         state = self.states[job.job_id]
@@ -238,17 +245,17 @@ class CronController:
             return
         if active and policy == "replace":
             for old in active:
-                self.owner.cancel(old, f"replaced by run {run_id}")
+                self.ctx.cancel(old, f"replaced by run {run_id}")
         self._add_entry(state, entry)
         self._start_run(job, entry)
 
     def _handled(self, state: CronState, run_id: str, t: int) -> bool:
         """Time ``t`` already has a run job or a history entry."""
-        return run_id in self.owner.jobs or any(e["scheduled_ms"] == t for e in state.entries)
+        return run_id in self.ctx.jobs or any(e["scheduled_ms"] == t for e in state.entries)
 
     def _start_run(self, job: OwnedJob, entry: dict[str, Any]) -> None:
         entry["outcome"], entry["version"] = "queued", job.version
-        self.owner.create_job(
+        self.ctx.create_job(
             entry["run_id"],
             job.spec,
             kind="run",
@@ -266,7 +273,7 @@ class CronController:
 
     def on_run_finished(self, run: OwnedJob) -> None:
         state = self.states.get(run.parent)
-        parent = self.owner.jobs.get(run.parent)
+        parent = self.ctx.jobs.get(run.parent)
         if state is None or parent is None:
             return
         for entry in state.entries:
@@ -290,7 +297,7 @@ class CronController:
         active = []
         for entry in state.entries:
             if entry["outcome"] in ("queued", "running"):
-                run = self.owner.jobs.get(entry["run_id"])
+                run = self.ctx.jobs.get(entry["run_id"])
                 if run is not None and not run.terminal:
                     active.append(entry["run_id"])
         return active
@@ -327,7 +334,7 @@ class CronController:
                 seen[group] += 1
                 if seen[group] > limits[group]:
                     if entry["run_id"]:
-                        self.owner.forget(entry["run_id"])
+                        self.ctx.forget(entry["run_id"])
                     continue
             keep.append(entry)
         keep.reverse()
@@ -342,7 +349,7 @@ class CronController:
         listed = []
         for entry in state.entries:
             row = dict(entry)
-            run = self.owner.jobs.get(entry["run_id"]) if entry["run_id"] else None
+            run = self.ctx.jobs.get(entry["run_id"]) if entry["run_id"] else None
             if run is not None:
                 if not run.terminal:
                     row["outcome"] = run.state

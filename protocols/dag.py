@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from protocols.errors import LocalProtocolError
+from protocols.kinds import KindController, OwnerContext, Records
 from protocols.owned import OwnedJob
 from protocols.spec.task import TASK_KEYS
+from protocols.states import DagTaskState, check_task_transition
 
 if TYPE_CHECKING:
     from protocols.events import ItemsRead
-    from protocols.owner import Owner
 
 DAGS_TABLE = "dags"
 CACHE_TABLE = "dag_cache"
@@ -55,14 +56,20 @@ BAD = ("failed", "cancelled")
 @attrs.define
 class TaskState:
     name: str
-    state: str = "waiting"  # waiting|reading|running|succeeded|failed|skipped|cancelled|cached
+    state: DagTaskState = attrs.field(default=DagTaskState.WAITING, converter=DagTaskState)
     runs: list[str] = attrs.field(factory=list)  # child run ids, in instance order
     outputs: list[list[str]] = attrs.field(factory=list)  # [input name, manifest id, node]
     reason: str = ""
     cache_keys: list[str] = attrs.field(factory=list)  # per run, "" when not cached
 
     def record(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "state": self.state.value}
+
+    def move(self, new: str, reason: str | None = None) -> None:
+        """The one way a task changes state (checked against the table)."""
+        self.state = check_task_transition(self.state, new)
+        if reason is not None:
+            self.reason = reason
 
 
 def run_task(dag_task: dict[str, Any]) -> dict[str, Any]:
@@ -87,10 +94,11 @@ def order(tasks: dict[str, Any]) -> list[str]:
     return done
 
 
-class DagController:
-    def __init__(self, owner: Owner) -> None:
-        self.owner = owner
-        self.out = owner.out
+class DagController(KindController):
+    describe_key = "tasks"
+
+    def __init__(self, ctx: OwnerContext) -> None:
+        super().__init__(ctx)
         self.states: dict[str, dict[str, TaskState]] = {}
         self.cache: dict[str, list[list[str]]] = {}
         # Re-entrancy: ending a run can cancel others, whose ends call back in.
@@ -103,18 +111,18 @@ class DagController:
         self.states[job.job_id] = {name: TaskState(name) for name in order(tasks)}
         for state in self.states[job.job_id].values():
             self._save(job.job_id, state)
-        job.state = "running"
-        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+        self.ctx.set_job_state(job, "running", persist=False, notify=True)
         self._advance(job)
 
-    def restore(self, records: dict[str, dict[str, Any]], cache: dict[str, dict[str, Any]]) -> None:
-        for key, rec in records.items():
+    def restore(self, records: Records) -> None:
+        cache = records.get(CACHE_TABLE, {})
+        for key, rec in records.get(DAGS_TABLE, {}).items():
             job_id, _, name = key.rpartition("~")
             self.states.setdefault(job_id, {})[name] = TaskState(**rec)
         self.cache = {key: rec["outputs"] for key, rec in cache.items()}
 
-    def resume(self, job: OwnedJob) -> None:
-        job.state = "running"
+    def resume_job(self, job: OwnedJob) -> None:
+        self.ctx.set_job_state(job, "running", persist=False, notify=False)
         for state in self.states.get(job.job_id, {}).values():
             if state.state == "reading":
                 self._read_items(job, state)
@@ -171,7 +179,7 @@ class DagController:
     def _read_items(self, job: OwnedJob, state: TaskState) -> None:
         over = job.spec["tasks"][state.name]["map"]["over"]
         refs = [(m, node) for _, m, node in self.states[job.job_id][over].outputs]
-        state.state = "reading"
+        state.move("reading")
         self._save(job.job_id, state)
         if not refs:  # the parent left no output: nothing to map over
             self._start_runs(job, state, [])
@@ -179,7 +187,7 @@ class DagController:
         self.out.read_items(job.job_id, state.name, refs)
 
     def on_items(self, event: ItemsRead) -> None:
-        job = self.owner.jobs.get(event.job_id)
+        job = self.ctx.jobs.get(event.job_id)
         state = self.states.get(event.job_id, {}).get(event.task)
         if job is None or state is None or state.state != "reading" or job.terminal:
             return  # a stale answer (job stopped, or asked twice around a restart)
@@ -217,11 +225,11 @@ class DagController:
             "queue_timeout": job.spec.get("queue_timeout"),
             "task": task,
         }
-        state.state = "running"
+        state.move("running")
         state.runs, state.cache_keys, state.outputs = [], [], []
         mapped = bool(dag_task.get("map"))
         if not items:
-            state.state, state.reason = "succeeded", "nothing to map over"
+            state.move("succeeded", "nothing to map over")
         for index, item in enumerate(items):
             run_id = f"{job.job_id}~{state.name}" + (f"~{index}" if mapped else "")
             env = {"P2PNODE_DAG_TASK": state.name}
@@ -233,7 +241,7 @@ class DagController:
             state.cache_keys.append(key)
             if key and key in self.cache:
                 continue  # reused below, once every run id is listed
-            self.owner.create_job(
+            self.ctx.create_job(
                 run_id,
                 spec,
                 kind="run",
@@ -244,7 +252,7 @@ class DagController:
             )
         self._save(job.job_id, state)
         for run_id, key in zip(state.runs, state.cache_keys, strict=True):
-            if key and key in self.cache and run_id not in self.owner.jobs:
+            if key and key in self.cache and run_id not in self.ctx.jobs:
                 state.outputs += [self._output_name(state, run_id, n) for n in self.cache[key]]
         self._check_task(job, state)
 
@@ -254,7 +262,7 @@ class DagController:
         return [name, out[1], out[2]]
 
     def on_run_finished(self, run: OwnedJob) -> None:
-        job = self.owner.jobs.get(run.parent)
+        job = self.ctx.jobs.get(run.parent)
         name = run.env.get("P2PNODE_DAG_TASK", "")
         state = self.states.get(run.parent, {}).get(name)
         if job is None or state is None or run.job_id not in state.runs:
@@ -276,7 +284,7 @@ class DagController:
         if state.state != "running":
             self._save(job.job_id, state)
             return
-        runs = [self.owner.jobs.get(r) for r in state.runs]
+        runs = [self.ctx.jobs.get(r) for r in state.runs]
         live = [r for r in runs if r is not None and not r.terminal]
         bad = [r for r in runs if r is not None and r.terminal and r.state != "completed"]
         if bad:
@@ -287,13 +295,13 @@ class DagController:
         if not live:
             # Cached: every run was a cache hit (none became a job).  A run that
             # really ran has just put its own result in the cache: not a hit.
-            cached = bool(state.runs) and all(r not in self.owner.jobs for r in state.runs)
+            cached = bool(state.runs) and all(r not in self.ctx.jobs for r in state.runs)
             self._end_task(job, state, "cached" if cached else "succeeded", "")
             return
         self._save(job.job_id, state)
 
     def _end_task(self, job: OwnedJob, state: TaskState, outcome: str, reason: str) -> None:
-        state.state, state.reason = outcome, reason
+        state.move(outcome, reason)
         self._save(job.job_id, state)
         self.out.notify(
             "dag_task", job_id=job.job_id, task=state.name, state=outcome, reason=reason
@@ -304,12 +312,12 @@ class DagController:
     def _cancel_running(self, job: OwnedJob, reason: str) -> None:
         for other in self.states[job.job_id].values():
             if other.state in ("running", "reading"):
-                other.state, other.reason = "cancelled", reason
+                other.move("cancelled", reason)
                 self._save(job.job_id, other)
                 for run_id in other.runs:
-                    run = self.owner.jobs.get(run_id)
+                    run = self.ctx.jobs.get(run_id)
                     if run is not None and not run.terminal:
-                        self.owner.cancel(run_id, reason)
+                        self.ctx.cancel(run_id, reason)
 
     def _finish(self, job: OwnedJob) -> None:
         if job.terminal:
@@ -318,11 +326,11 @@ class DagController:
         failed = [s for s in states if s.state in BAD]
         if failed:
             first = failed[0]
-            self.owner.set_terminal(
+            self.ctx.set_terminal(
                 job, "failed", f"task {first.name} {first.state}: {first.reason}"
             )
         else:
-            self.owner.set_terminal(job, "completed", "")
+            self.ctx.set_terminal(job, "completed", "")
 
     def _remember(self, key: str, outputs: list[list[str]]) -> None:
         self.cache[key] = outputs
@@ -344,7 +352,7 @@ class DagController:
         for state in self.states.get(job.job_id, {}).values():
             runs = []
             for run_id in state.runs:
-                run = self.owner.jobs.get(run_id)
+                run = self.ctx.jobs.get(run_id)
                 executions = [e.record() for s in run.slots for e in s.executions] if run else []
                 runs.append(
                     {

@@ -59,7 +59,18 @@ from protocols.messages import (
 )
 from protocols.outbox import Outbox
 from protocols.spec import SpecValidationError, validate_task
-from protocols.states import ExecEvent, ExecState, check_exec_transition
+from protocols.states import ExecEvent, ExecState, check_exec_transition, exec_accepts
+from protocols.timers import (
+    BID,
+    FORGET,
+    LAPSE,
+    RENEW,
+    RESTART,
+    RUNFOR,
+    XTIMEOUT,
+    BidTimer,
+    ExecTimer,
+)
 from protocols.unit import WorkUnit
 
 HELD_TABLE = "held"
@@ -241,7 +252,7 @@ class Holder:
                 return
             expires = self.out.now + self._bid_hold(ask)
             self.reservations[key] = Reservation(sender, ask.cpu, ask.memory, expires)
-            self.out.timer(("bid", *key), expires)
+            self.out.timer(BidTimer(BID, *key), expires)
         used_cpu, used_mem, _ = self._used()
         self._answer(
             sender,
@@ -279,7 +290,7 @@ class Holder:
         res = self.reservations.get(key)
         if res is not None and res.owner == sender:
             del self.reservations[key]
-            self.out.cancel_timer(("bid", *key))
+            self.out.cancel_timer(BidTimer(BID, *key))
             if sender != self.config.node_id:
                 self.ask_scores.closed(sender, self.out.now)
 
@@ -311,7 +322,7 @@ class Holder:
             raise RemoteProtocolError(
                 f"lease grant for {grant.execution_id} that we did not bid for"
             )
-        self.out.cancel_timer(("bid", *key))
+        self.out.cancel_timer(BidTimer(BID, *key))
         if sender != self.config.node_id:
             self.ask_scores.closed(sender, self.out.now)
         try:
@@ -360,7 +371,7 @@ class Holder:
         )
         # The run starts once the owner acknowledges our accept (_start_run):
         # only then is our lease measured from a message the owner answered.
-        self.out.timer(("lapse", held.execution_id), held.valid_until)
+        self.out.timer(ExecTimer(LAPSE, held.execution_id), held.valid_until)
         self._renew(held)
 
     def _start_run(self, held: HeldExecution) -> None:
@@ -376,9 +387,9 @@ class Holder:
         held.started = True
         self.out.start(held.start)
         # Belt and braces: the driver enforces the timeout; this bounds a driver that does not.
-        self.out.timer(("xtimeout", held.execution_id), self.out.now + held.timeout + 1.0)
+        self.out.timer(ExecTimer(XTIMEOUT, held.execution_id), self.out.now + held.timeout + 1.0)
         if held.run_for:
-            self.out.timer(("runfor", held.execution_id), self.out.now + held.run_for)
+            self.out.timer(ExecTimer(RUNFOR, held.execution_id), self.out.now + held.run_for)
 
     def _renew(self, held: HeldExecution) -> None:
         held.seq += 1
@@ -401,7 +412,7 @@ class Holder:
             max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
         )
         held.next_renew = self.out.now + held.renew_delay
-        self.out.timer(("renew", held.execution_id), held.next_renew)
+        self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 
     def _renew_interval(self, held: HeldExecution) -> float:
         """Renewal cadence once acknowledged: a third of the *grant's* ttl (the
@@ -427,7 +438,7 @@ class Holder:
 
     def on_renew_ack(self, sender: str, ack: RenewAck) -> None:
         held = self._owned_by(sender, ack.execution_id)
-        if held is None or held.state is ExecState.DONE:
+        if held is None or not exec_accepts(held.state, ExecEvent.RENEW_OK):
             return
         if not ack.valid:
             self._stop(held, ExecEvent.STOP, f"owner refused renewal: {ack.reason}")
@@ -446,7 +457,7 @@ class Holder:
             self._start_run(held)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
         held.next_renew = self.out.now + self._renew_interval(held)
-        self.out.timer(("renew", held.execution_id), held.next_renew)
+        self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 
     def on_cancel(self, sender: str, msg: Cancel) -> None:
         held = self._owned_by(sender, msg.execution_id)
@@ -486,13 +497,13 @@ class Holder:
         if held is None:
             return
         if self.out.now < held.valid_until:  # renewed meanwhile
-            self.out.timer(("lapse", exec_id), held.valid_until)
+            self.out.timer(ExecTimer(LAPSE, exec_id), held.valid_until)
             return
         if held.state is ExecState.REPORTING:
             # Finished: nothing left to fence.  Keep offering the result a while
             # (an owner that restarts still holds this epoch and takes it; one
             # that re-granted refuses it), so a restart does not re-run the work.
-            self.out.timer(("forget", exec_id), self.out.now + held.ttl * REPORT_AFTER_LAPSE)
+            self.out.timer(ExecTimer(FORGET, exec_id), self.out.now + held.ttl * REPORT_AFTER_LAPSE)
             return
         if held.state is ExecState.RUNNING:
             self.out.notify(
@@ -521,7 +532,7 @@ class Holder:
             held.stop_reason = reason
             if held.restart_pending or not held.started:  # no run to stop
                 held.restart_pending = False
-                self.out.cancel_timer(("restart", held.execution_id))
+                self.out.cancel_timer(ExecTimer(RESTART, held.execution_id))
                 self.on_finished(ExecutionFinished(held.run_id, "cancelled", -1, reason))
                 return
             self.out.stop(held.run_id, reason)
@@ -534,7 +545,7 @@ class Holder:
 
     def on_finished(self, event: ExecutionFinished) -> None:
         held = self.held.get(event.execution_id.partition("#")[0])
-        if held is None or held.state not in (ExecState.RUNNING, ExecState.STOPPING):
+        if held is None or not exec_accepts(held.state, ExecEvent.FINISHED):
             return  # e.g. an execution from before a restart, already reported
         if event.execution_id != held.run_id or held.restart_pending:
             return  # an earlier run of a restarted daemon
@@ -561,7 +572,7 @@ class Holder:
             self._forget(held)
             return
         held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.REPORTING)
-        self.out.cancel_timer(("xtimeout", held.execution_id))
+        self.out.cancel_timer(ExecTimer(XTIMEOUT, held.execution_id))
         status, error = ("timeout" if held.timed_out else event.status), event.error
         if held.run_for_reached and not held.timed_out:
             status, error = "succeeded", ""  # stopped by us at run_for: a graceful end
@@ -589,8 +600,8 @@ class Holder:
         held.restarted += 1
         held.restart_pending = True
         delay = held.restart_backoff * 2 ** (held.restarted - 1)
-        self.out.cancel_timer(("xtimeout", held.execution_id))
-        self.out.timer(("restart", held.execution_id), self.out.now + delay)
+        self.out.cancel_timer(ExecTimer(XTIMEOUT, held.execution_id))
+        self.out.timer(ExecTimer(RESTART, held.execution_id), self.out.now + delay)
         self.out.notify(
             "execution_restarted",
             execution_id=held.execution_id,
@@ -609,11 +620,11 @@ class Holder:
         assert held.start is not None
         held.restart_pending = False
         self.out.start(attrs.evolve(held.start, execution_id=held.run_id))
-        self.out.timer(("xtimeout", exec_id), self.out.now + held.timeout + 1.0)
+        self.out.timer(ExecTimer(XTIMEOUT, exec_id), self.out.now + held.timeout + 1.0)
 
     def on_result_ack(self, sender: str, ack: ResultAck) -> None:
         held = self._owned_by(sender, ack.execution_id)
-        if held is None or held.state is not ExecState.REPORTING:
+        if held is None or not exec_accepts(held.state, ExecEvent.RESULT_ACKED):
             return
         held.state = check_exec_transition(held.state, ExecEvent.RESULT_ACKED, ExecState.DONE)
         self._forget(held)
@@ -650,7 +661,7 @@ class Holder:
                 started=True,  # (maybe not, but either way nothing runs now)
             )
             self.held[exec_id] = held
-            self.out.timer(("lapse", exec_id), held.valid_until)
+            self.out.timer(ExecTimer(LAPSE, exec_id), held.valid_until)
             self.on_finished(
                 ExecutionFinished(
                     execution_id=exec_id,

@@ -17,10 +17,10 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from protocols import codec
-from protocols.chain import CHAINS_TABLE, ChainController
+from protocols.chain import ChainController
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
-from protocols.cron import CRON_TABLE
-from protocols.dag import CACHE_TABLE, DAGS_TABLE
+from protocols.cron import CronController
+from protocols.dag import DagController
 from protocols.directory import Directory
 from protocols.errors import RemoteProtocolError
 from protocols.events import (
@@ -39,19 +39,14 @@ from protocols.events import (
     UpdateJob,
 )
 from protocols.holder import HELD_TABLE, Holder
+from protocols.kinds import KindRegistry, Records, TimerHandler
 from protocols.messages import (
     AskForBid,
     Bid,
     BidDeclined,
     BidRejected,
     Cancel,
-    ChainReport,
-    ChainReportAck,
     ExecutionResult,
-    HandoverAccept,
-    HandoverAck,
-    HandoverCommit,
-    HandoverOffer,
     Hello,
     LeaseAccept,
     LeaseGrant,
@@ -64,25 +59,30 @@ from protocols.messages import (
     ResultAck,
 )
 from protocols.outbox import RETX_TIMER, Outbox
-from protocols.owner import JOBS_TABLE, SLOTS_TABLE, Owner
-from protocols.signing import Keyring
-from protocols.stream import STREAMS_TABLE
+from protocols.owner import Owner
+from protocols.signing import Keyring, SimKeyring
+from protocols.stream import StreamController
+from protocols.timers import (
+    BID,
+    CENSUS,
+    FORGET,
+    GOSSIP,
+    LAPSE,
+    RENEW,
+    RESTART,
+    RUNFOR,
+    SLOT_TIMERS,
+    XTIMEOUT,
+    NodeTimer,
+)
 
-CHAIN_TIMERS = {
-    "chainoffer": ChainController.on_offer_timeout,
-    "chainpending": ChainController.on_pending_timeout,
-    "chainreport": ChainController.on_report_timer,
-    "chainlapse": ChainController.on_lapse_timer,
-    "chainwatch": ChainController.on_watch_timer,
-}
+OWNER_TIMERS = (*SLOT_TIMERS, CENSUS)
 META_TABLE = "meta"
 VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000
 DEDUPE_CAPACITY = 50_000
 VIEW_SAVE_INTERVAL = 300.0  # seconds between two saves of a changing view
 JOIN_RETRY = 2.0  # seconds between hellos to the bootstrap peers while our view is empty
-
-Records = dict[str, dict[str, dict[str, Any]]]
 
 
 def info_record(info: NodeInfo) -> dict[str, Any]:
@@ -138,13 +138,37 @@ class NodeCore:
             compute=config.compute,
         )
         self.directory = Directory(self.me, config.view_size, self.rng)
-        self.owner = Owner(config, self.out, self.directory, self.rng, keys)
+        self.owner = Owner(config, self.out, self.directory, self.rng)
+        # The kind registry: one line per kind with a controller (the rest of a
+        # kind is its row in protocols.kinds.KIND_POLICY).  Restore order = this order.
+        self.cron = CronController(self.owner)
+        self.stream = StreamController(self.owner)
+        self.chain = ChainController(self.owner, keys or SimKeyring(config.node_id))
+        self.dag = DagController(self.owner)
+        self.owner.install(
+            KindRegistry(
+                self.owner,
+                {"cron": self.cron, "stream": self.stream, "chain": self.chain, "dag": self.dag},
+            )
+        )
         self.holder = Holder(config, self.out, self.me)
         self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
         self._view_version = 0  # bumped when the view changes; saved at gossip time
         self._view_saved = 0
         self._view_saved_at = 0.0
         self._handlers = self._routes()
+        self._kind_timers: dict[str, TimerHandler] = {}
+        for controller in self.owner.kinds.all():
+            self._kind_timers.update(controller.timers())
+        # (Looked up by name at each firing: tests patch the holder's handlers.)
+        self._exec_timers: dict[str, str] = {
+            RENEW: "on_renew_timer",
+            LAPSE: "on_lapse_timer",
+            XTIMEOUT: "on_timeout_timer",
+            RESTART: "on_restart_timer",
+            RUNFOR: "on_run_for_timer",
+            FORGET: "on_forget_timer",
+        }
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
 
@@ -152,7 +176,7 @@ class NodeCore:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         self.out.begin(now)
-        self.owner.chain.check_lapses()  # (a paused node's stale timers come late)
+        self.chain.check_lapses()  # (a paused node's stale timers come late)
         if isinstance(event, MessageReceived):
             self._on_frame(event)
         elif isinstance(event, TimerFired):
@@ -162,9 +186,9 @@ class NodeCore:
         elif isinstance(event, ExecutionProgress):
             self.holder.on_progress(event)
         elif isinstance(event, SourceBatch):
-            self.owner.stream.on_batch(event)
+            self.stream.on_batch(event)
         elif isinstance(event, ItemsRead):
-            self.owner.dag.on_items(event)
+            self.dag.on_items(event)
         elif isinstance(event, SubmitJob):
             self.owner.submit(event.job_id, event.spec)
         elif isinstance(event, CancelJob):
@@ -183,13 +207,7 @@ class NodeCore:
     def _on_started(self) -> None:
         # Durable before any message carrying the new incarnation leaves.
         self.out.persist(META_TABLE, "node", {"incarnation": self.incarnation})
-        self.owner.restore(self._records.get(JOBS_TABLE, {}), self._records.get(SLOTS_TABLE, {}))
-        self.owner.cron.restore(self._records.get(CRON_TABLE, {}))
-        self.owner.stream.restore(self._records.get(STREAMS_TABLE, {}))
-        self.owner.chain.restore(self._records.get(CHAINS_TABLE, {}))
-        self.owner.dag.restore(
-            self._records.get(DAGS_TABLE, {}), self._records.get(CACHE_TABLE, {})
-        )
+        self.owner.restore(self._records)  # owned jobs, then each kind controller's tables
         self.holder.restore(self._records.get(HELD_TABLE, {}))
         remembered = self._restore_view(self._records.get(VIEW_TABLE, {}).get("peers", {}))
         self._records = {}
@@ -261,8 +279,8 @@ class NodeCore:
 
     def _routes(self) -> dict[type[Message], Callable[[str, Any], None]]:
         """Which role handles which message (one table, looked up by exact type)."""
-        owner, holder, chain = self.owner, self.holder, self.owner.chain
-        return {
+        owner, holder = self.owner, self.holder
+        routes: dict[type[Message], Callable[[str, Any], None]] = {
             AskForBid: holder.on_ask,
             Bid: owner.on_bid,
             BidDeclined: owner.on_decline,
@@ -275,15 +293,12 @@ class NodeCore:
             ExecutionResult: owner.on_result,
             ResultAck: holder.on_result_ack,
             Cancel: holder.on_cancel,
-            HandoverOffer: chain.on_offer,
-            HandoverAccept: chain.on_accept,
-            HandoverCommit: chain.on_commit,
-            HandoverAck: chain.on_ack,
-            ChainReport: chain.on_report,
-            ChainReportAck: chain.on_report_ack,
             Hello: self._on_hello,
             Peers: lambda _sender, msg: self._on_peers(msg),
         }
+        for controller in owner.kinds.all():
+            routes.update(controller.routes())
+        return routes
 
     # --- membership (peer exchange) ---------------------------------------------------------
 
@@ -320,7 +335,7 @@ class NodeCore:
         interval = self.config.timings.gossip_interval
         if not self.directory.peers:  # not joined yet (bootstrap down, hello lost): retry soon
             interval = min(interval, JOIN_RETRY)
-        self.out.timer(("gossip",), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
+        self.out.timer(NodeTimer(GOSSIP), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
 
     def _on_gossip(self) -> None:
         t = self.config.timings
@@ -343,26 +358,16 @@ class NodeCore:
         kind = key[0]
         if kind == RETX_TIMER:
             self.out.on_retransmit_timer(key[1])
-        elif kind in ("auction", "retry", "lease", "deadline", "census", "cron"):
+        elif kind in OWNER_TIMERS:  # SlotTimer / JobTimer(CENSUS)
             self.owner.on_timer(kind, key[1], key[2])
-        elif kind == "bid":
+        elif kind in self._kind_timers:  # JobTimer of a kind controller
+            self._kind_timers[kind](key[1])
+        elif kind == BID:
             self.holder.on_bid_timer((key[1], key[2], key[3]))
-        elif kind == "renew":
-            self.holder.on_renew_timer(key[1])
-        elif kind == "lapse":
-            self.holder.on_lapse_timer(key[1])
-        elif kind == "xtimeout":
-            self.holder.on_timeout_timer(key[1])
-        elif kind == "restart":
-            self.holder.on_restart_timer(key[1])
-        elif kind == "runfor":
-            self.holder.on_run_for_timer(key[1])
-        elif kind == "forget":
-            self.holder.on_forget_timer(key[1])
-        elif kind == "gossip":
+        elif kind in self._exec_timers:  # ExecTimer
+            getattr(self.holder, self._exec_timers[kind])(key[1])
+        elif kind == GOSSIP:
             self._on_gossip()
-        elif kind in CHAIN_TIMERS:
-            CHAIN_TIMERS[kind](self.owner.chain, key[1])
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -374,7 +379,7 @@ class NodeCore:
 
     def runs(self, job_id: str) -> list[dict[str, Any]]:
         """A cron job's runs, oldest first (skipped scheduled times included)."""
-        return self.owner.cron.runs(job_id)
+        return self.cron.runs(job_id)
 
     def known_peers(self) -> list[NodeInfo]:
         return [e.info for e in self.directory.peers.values()]

@@ -1,6 +1,6 @@
 """What an owner keeps about the jobs it owns: jobs, slots and executions.
 
-Records only (the rules live in ``owner.py``).  Each class has a ``record()``
+Records only (the rules live in ``protocols/owner/``).  Each class has a ``record()``
 that is what the store holds; volatile fields (auction state, deadlines) are
 rebuilt after a restart.
 """
@@ -12,17 +12,18 @@ from typing import Any
 import attrs
 
 from protocols.messages import Bid
-from protocols.states import SLOT_TERMINAL, SlotState
+from protocols.states import (
+    JOB_TERMINAL,
+    SLOT_TERMINAL,
+    ExecutionState,
+    JobState,
+    SlotState,
+    check_execution_transition,
+    check_job_transition,
+)
 from protocols.unit import WorkUnit
 
-# Kinds of job an owner runs.  "run" is one run of a cron job (a batch-like
-# job whose id is derived from the cron job and the scheduled time).
-OWNED_KINDS = ("batch", "service", "ops", "daemon", "cron", "stream", "dag", "chain", "run")
-# Exits are restarted, the job never completes.  (A stream in micro_batch mode
-# has no long-running slots: its batches are "run" jobs.)
-LONG_RUNNING = frozenset({"daemon", "service", "stream"})
-PINNED = frozenset({"ops", "daemon"})  # one slot per matching node, found by a census
-UPDATABLE = frozenset({"daemon", "service", "cron"})
+# (Which kinds are long-running, pinned, updatable, ...: protocols.kinds.KIND_POLICY.)
 
 
 def execution_id(job_id: str, slot: int, epoch: int) -> str:
@@ -41,8 +42,7 @@ class Execution:
     execution_id: str
     epoch: int
     node: str
-    # granted|running|succeeded|failed|timeout|expired|released|lost|cancelled|replaced
-    state: str = "granted"
+    state: ExecutionState = attrs.field(default=ExecutionState.GRANTED, converter=ExecutionState)
     exit_code: int | None = None
     error: str = ""
     manifest_id: str = ""
@@ -62,7 +62,7 @@ class Execution:
             "execution_id": self.execution_id,
             "epoch": self.epoch,
             "node": self.node,
-            "state": self.state,
+            "state": self.state.value,
             "exit_code": self.exit_code,
             "error": self.error,
             "manifest_id": self.manifest_id,
@@ -73,6 +73,10 @@ class Execution:
             "version": self.version,
             "ttl_ms": self.ttl_ms,
         }
+
+    def move(self, new: ExecutionState) -> None:
+        """The one way an execution changes state (checked against the table)."""
+        self.state = check_execution_transition(self.state, new)
 
 
 @attrs.define
@@ -169,7 +173,7 @@ class OwnedJob:
     spec: dict[str, Any]
     unit: WorkUnit
     slots: list[OwnedSlot]
-    state: str = "queued"  # queued|running|scheduled|suspended|completed|failed|stopped
+    state: JobState = attrs.field(default=JobState.QUEUED, converter=JobState)
     reason: str = ""
     kind: str = "batch"
     version: int = 1  # bumped by each update of the spec
@@ -187,12 +191,20 @@ class OwnedJob:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("completed", "failed", "stopped")
+        return self.state in JOB_TERMINAL
+
+    def move(self, new: str) -> bool:
+        """Checked against the table; False when the state does not change."""
+        new_state = check_job_transition(self.state, new)
+        if new_state == self.state:
+            return False
+        self.state = new_state
+        return True
 
     def record(self) -> dict[str, Any]:
         return {
             "spec": self.spec,
-            "state": self.state,
+            "state": self.state.value,
             "reason": self.reason,
             "kind": self.kind,
             "version": self.version,

@@ -1,24 +1,28 @@
 """Every state-machine rule of the protocol, in one table each (after h11's _state.py).
 
-Two machines run on every node:
+Two machines run on every node (and five smaller ones, at the end: job, the
+owner's record of an execution, DAG task, micro-batch partition, chain role):
 
 * the **owner slot** machine: one per (job, slot) the node owns; it auctions the
   slot, grants leases with fencing epochs, watches them, accepts the result or
   retries, and finally completes, fails or is cancelled;
-* the **holder execution** machine: one per execution the node bid for or holds;
-  it bids, runs under the lease, renews it, reports the result, and fences itself
-  when the lease is lost.
+* the **holder execution** machine: one per execution the node holds (a bid is
+  a capacity reservation, not yet an execution); it runs under the lease, renews
+  it, reports the result, and fences itself when the lease is lost.
 
-The handlers in ``owner.py`` / ``holder.py`` decide *which* of the allowed next
+The handlers in ``owner/`` / ``holder.py`` decide *which* of the allowed next
 states to take (e.g. retry or give up); the tables decide what is *allowed*.  A
 transition not in a table is a protocol error: ``RemoteProtocolError`` when a
 peer's message caused it (the frame is dropped and counted),
-``LocalProtocolError`` when our own caller did.
+``LocalProtocolError`` when our own caller did.  ``docs/architecture.md`` draws
+every table (``python -m protocols.docgen_states``).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 
@@ -50,6 +54,7 @@ class SlotEvent(enum.Enum):
     TIMED_OUT = "timed_out"  # local: timeout + grace passed without a result
     CANCEL = "cancel"  # local: job stopped, or a sibling slot failed the job
     ROLL = "roll"  # local: a rolling update replaces the running execution
+    RESUMED = "resumed"  # local: the owner restarted; a bidding round died with the process
 
 
 _S, _E = SlotState, SlotEvent
@@ -67,7 +72,7 @@ _LEASED_EXITS = {
 
 SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, frozenset[SlotState]]] = {
     _S.QUEUED: {
-        _E.START: frozenset({_S.BIDDING, _S.FAILED}),
+        _E.START: frozenset({_S.BIDDING}),
         _E.CANCEL: frozenset({_S.CANCELLED}),
     },
     _S.BIDDING: {
@@ -75,6 +80,7 @@ SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, frozenset[SlotState]]] = {
         _E.DECLINE: frozenset({_S.BIDDING}),
         _E.CLOSE: frozenset({_S.GRANTED, _S.QUEUED, _S.FAILED}),
         _E.CANCEL: frozenset({_S.CANCELLED}),
+        _E.RESUMED: frozenset({_S.QUEUED}),
     },
     _S.GRANTED: {e: frozenset(s) for e, s in _LEASED_EXITS.items()},
     _S.RUNNING: {e: frozenset(s) for e, s in _LEASED_EXITS.items()},
@@ -87,6 +93,11 @@ SLOT_TRANSITIONS: dict[SlotState, dict[SlotEvent, frozenset[SlotState]]] = {
 REMOTE_SLOT_EVENTS = frozenset(
     {_E.BID, _E.DECLINE, _E.ACCEPTED, _E.RENEWED, _E.RELEASED, _E.SUCCEEDED, _E.FAILED}
 )
+
+
+def slot_accepts(state: SlotState, event: SlotEvent) -> bool:
+    """Whether ``event`` means anything in ``state`` (e.g. a bid only while bidding)."""
+    return event in SLOT_TRANSITIONS[state]
 
 
 def allowed_slot_exits(state: SlotState, event: SlotEvent) -> frozenset[SlotState]:
@@ -107,7 +118,8 @@ def check_slot_transition(state: SlotState, event: SlotEvent, new: SlotState) ->
 
 
 class ExecState(enum.Enum):
-    BIDDING = "bidding"  # bid sent, capacity reserved until bid_hold
+    # (A bid is not an execution: the holder keeps it as a capacity reservation
+    # until bid_hold; an execution starts with the grant.)
     RUNNING = "running"  # lease held, execution running, renewing every ttl/3
     REPORTING = "reporting"  # execution ended, result sent until acknowledged
     STOPPING = "stopping"  # told to stop (cancel, lease lost); waiting for the executor
@@ -115,9 +127,7 @@ class ExecState(enum.Enum):
 
 
 class ExecEvent(enum.Enum):
-    GRANT = "grant"  # remote
-    BID_REJECTED = "bid_rejected"  # remote
-    BID_EXPIRED = "bid_expired"  # local: no grant within bid_hold
+    GRANT = "grant"  # remote: a duplicate of the grant that started the execution
     FINISHED = "finished"  # local: executor reported the end
     RENEW_OK = "renew_ok"  # remote: renewal acknowledged
     STOP = "stop"  # remote: cancel, or renewal refused (superseded)
@@ -127,11 +137,6 @@ class ExecEvent(enum.Enum):
 
 _X, _V = ExecState, ExecEvent
 EXEC_TRANSITIONS: dict[ExecState, dict[ExecEvent, frozenset[ExecState]]] = {
-    _X.BIDDING: {
-        _V.GRANT: frozenset({_X.RUNNING, _X.DONE}),  # DONE: released (no capacity, bad task)
-        _V.BID_REJECTED: frozenset({_X.DONE}),
-        _V.BID_EXPIRED: frozenset({_X.DONE}),
-    },
     _X.RUNNING: {
         _V.GRANT: frozenset({_X.RUNNING}),  # duplicate grant: re-confirm
         _V.RENEW_OK: frozenset({_X.RUNNING}),
@@ -157,7 +162,12 @@ EXEC_TRANSITIONS: dict[ExecState, dict[ExecEvent, frozenset[ExecState]]] = {
     _X.DONE: {},
 }
 
-REMOTE_EXEC_EVENTS = frozenset({_V.GRANT, _V.BID_REJECTED, _V.RENEW_OK, _V.STOP, _V.RESULT_ACKED})
+REMOTE_EXEC_EVENTS = frozenset({_V.GRANT, _V.RENEW_OK, _V.STOP, _V.RESULT_ACKED})
+
+
+def exec_accepts(state: ExecState, event: ExecEvent) -> bool:
+    """Whether ``event`` means anything in ``state`` (e.g. a result ack only while reporting)."""
+    return event in EXEC_TRANSITIONS[state]
 
 
 def check_exec_transition(state: ExecState, event: ExecEvent, new: ExecState) -> ExecState:
@@ -170,3 +180,158 @@ def check_exec_transition(state: ExecState, event: ExecEvent, new: ExecState) ->
             f"execution {state.value} --{event.value}--> {new.value} is not a legal transition"
         )
     return new
+
+
+# --- the smaller machines: state -> the states it may move to ----------------------------
+#
+# Plain-string values: records, notifications and JSON outputs carry ``.value``.
+
+
+def _check_next(
+    machine: str, table: Mapping[Any, frozenset[Any]], state: Any, new: Any
+) -> None:
+    if new != state and new not in table[state]:
+        raise LocalProtocolError(f"{machine} {state} --> {new} is not a legal transition")
+
+
+class JobState(enum.StrEnum):
+    """An owned job.  Derived from its slots (queued/running, then the kind's
+    end rule), or decided by its kind's controller (scheduled/suspended, running)."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"  # cron: waiting for its next time
+    SUSPENDED = "suspended"  # cron: times pass as skipped
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+JOB_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.STOPPED})
+_J = JobState
+_JOB_ENDS = JOB_TERMINAL
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    _J.QUEUED: frozenset({_J.RUNNING, *_JOB_ENDS}),
+    _J.RUNNING: frozenset({_J.QUEUED, *_JOB_ENDS}),  # QUEUED: every lease lost
+    _J.SCHEDULED: frozenset({_J.SUSPENDED, _J.STOPPED}),
+    _J.SUSPENDED: frozenset({_J.SCHEDULED, _J.STOPPED}),
+    _J.COMPLETED: frozenset(),
+    _J.FAILED: frozenset(),
+    _J.STOPPED: frozenset(),
+}
+
+
+def check_job_transition(state: str, new: str) -> JobState:
+    _check_next("job", JOB_TRANSITIONS, JobState(state), JobState(new))
+    return JobState(new)
+
+
+class ExecutionState(enum.StrEnum):
+    """The owner's record of one lease it granted (``owned.Execution``)."""
+
+    GRANTED = "granted"
+    RUNNING = "running"  # the holder confirmed the grant
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"  # the holder's timeout, or ours (no result in time)
+    CANCELLED = "cancelled"  # the job stopped or the slot was retired
+    EXPIRED = "expired"  # no renewal within ttl + grace
+    RELEASED = "released"  # the holder gave the lease back
+    LOST = "lost"  # the holder restarted and lost it
+    REPLACED = "replaced"  # a rolling update replaced it
+
+
+_N = ExecutionState
+_EXECUTION_ENDS = frozenset(
+    {_N.SUCCEEDED, _N.FAILED, _N.TIMEOUT, _N.CANCELLED, _N.EXPIRED, _N.RELEASED, _N.LOST,
+     _N.REPLACED}
+)
+EXECUTION_TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
+    _N.GRANTED: frozenset({_N.RUNNING, *_EXECUTION_ENDS}),
+    _N.RUNNING: _EXECUTION_ENDS,
+    **{end: frozenset() for end in _EXECUTION_ENDS},
+}
+
+
+def check_execution_transition(state: str, new: str) -> ExecutionState:
+    _check_next("execution", EXECUTION_TRANSITIONS, ExecutionState(state), ExecutionState(new))
+    return ExecutionState(new)
+
+
+class DagTaskState(enum.StrEnum):
+    """One task of a DAG job (``dag.TaskState``)."""
+
+    WAITING = "waiting"  # for its dependencies
+    READING = "reading"  # a map task: its items are being read
+    RUNNING = "running"  # its runs exist
+    SUCCEEDED = "succeeded"
+    CACHED = "cached"  # every run was a cache hit
+    FAILED = "failed"
+    SKIPPED = "skipped"  # its `when` did not hold
+    CANCELLED = "cancelled"  # another task failed, or the job stopped
+
+
+_T = DagTaskState
+_TASK_ENDS = frozenset({_T.SUCCEEDED, _T.CACHED, _T.FAILED, _T.SKIPPED, _T.CANCELLED})
+TASK_TRANSITIONS: dict[DagTaskState, frozenset[DagTaskState]] = {
+    _T.WAITING: frozenset({_T.READING, _T.RUNNING, _T.SKIPPED}),
+    _T.READING: frozenset({_T.RUNNING, _T.SUCCEEDED, _T.FAILED, _T.CANCELLED}),
+    _T.RUNNING: frozenset({_T.SUCCEEDED, _T.CACHED, _T.FAILED, _T.CANCELLED}),
+    **{end: frozenset() for end in _TASK_ENDS},
+}
+
+
+def check_task_transition(state: str, new: str) -> DagTaskState:
+    _check_next("DAG task", TASK_TRANSITIONS, DagTaskState(state), DagTaskState(new))
+    return DagTaskState(new)
+
+
+class FeedState(enum.StrEnum):
+    """A micro-batch stream partition (``stream.PartitionFeed``): at most one
+    batch in flight; the checkpoint moves only when that batch succeeded."""
+
+    IDLE = "idle"
+    IN_FLIGHT = "in_flight"
+
+
+class FeedEvent(enum.StrEnum):
+    BATCH = "batch"  # entries were read: a batch run starts
+    SUCCEEDED = "succeeded"  # the run completed: its last position is committed
+    FAILED = "failed"  # the run failed for good: position back to the checkpoint, job fails
+
+
+FEED_TRANSITIONS: dict[FeedState, dict[FeedEvent, FeedState]] = {
+    FeedState.IDLE: {FeedEvent.BATCH: FeedState.IN_FLIGHT},
+    FeedState.IN_FLIGHT: {FeedEvent.SUCCEEDED: FeedState.IDLE, FeedEvent.FAILED: FeedState.IDLE},
+}
+
+
+def check_feed_transition(state: FeedState, event: FeedEvent) -> FeedState:
+    new = FEED_TRANSITIONS[state].get(event)
+    if new is None:
+        raise LocalProtocolError(f"partition event {event} not allowed in state {state}")
+    return new
+
+
+class ChainRole(enum.StrEnum):
+    """This node's role in one chain (``chain.ChainState``)."""
+
+    OWNER = "owner"  # runs the head stage (the submitter after genesis or a takeover)
+    PENDING = "pending"  # accepted an offer; owner once the commit arrives in the window
+    FORMER = "former"  # handed over, fenced, or ended its stage (non-submitter)
+    WATCHING = "watching"  # the submitter while another node owns the chain
+
+
+_C = ChainRole
+CHAIN_ROLE_TRANSITIONS: dict[ChainRole, frozenset[ChainRole]] = {
+    _C.OWNER: frozenset({_C.WATCHING, _C.FORMER, _C.PENDING}),  # handover, fence/end, offer
+    _C.PENDING: frozenset({_C.OWNER, _C.WATCHING}),  # commit; window over (submitter)
+    _C.WATCHING: frozenset({_C.OWNER, _C.PENDING}),  # takeover; offered a stage
+    _C.FORMER: frozenset({_C.OWNER, _C.PENDING}),  # takeover; offered a stage
+}
+
+
+def check_role_transition(state: str, new: str) -> ChainRole:
+    _check_next("chain role", CHAIN_ROLE_TRANSITIONS, ChainRole(state), ChainRole(new))
+    return ChainRole(new)
+

@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from protocols.errors import LocalProtocolError
+from protocols.kinds import KindController, OwnerContext, Records
+from protocols.messages import ExecutionResult, LeaseGrant, LeaseRelease, LeaseRenew
 from protocols.owned import Execution, OwnedJob, OwnedSlot
-
-if TYPE_CHECKING:
-    from protocols.owner import Owner
+from protocols.states import FeedEvent, FeedState, check_feed_transition
 
 STREAMS_TABLE = "streams"
 _POSITION = re.compile(r"(\d+)(?:-(\d+))?")
@@ -100,15 +100,66 @@ class PartitionFeed:
     def record(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
+    @property
+    def state(self) -> FeedState:
+        return FeedState.IN_FLIGHT if self.in_flight else FeedState.IDLE
 
-class StreamController:
-    def __init__(self, owner: Owner) -> None:
-        self.owner = owner
-        self.out = owner.out
+    def move(self, event: FeedEvent, run_id: str = "") -> None:
+        """The one way a batch starts or ends (checked against the table)."""
+        new = check_feed_transition(self.state, event)
+        self.in_flight = run_id if new is FeedState.IN_FLIGHT else ""
+
+
+class StreamController(KindController):
+    describe_key = "partitions"
+
+    def __init__(self, ctx: OwnerContext) -> None:
+        super().__init__(ctx)
         self.feeds: dict[str, dict[str, PartitionFeed]] = {}  # job id -> partition -> feed
         self.refused = 0  # commits refused (zombie, backwards)
 
     # --- consume mode ------------------------------------------------------------
+
+    def slot_count(self, spec: dict[str, Any]) -> int:
+        """Consume mode: one long-running slot per partition; micro-batch: none."""
+        if spec.get("mode", "consume") == "consume":
+            return len(partition_names(spec))
+        return 0
+
+    def grant_env(self, job: OwnedJob, slot: OwnedSlot, grant: LeaseGrant) -> LeaseGrant:
+        return attrs.evolve(
+            grant, env=self.consumer_env(job, slot), run_for_ms=job.spec["run_for"]
+        )
+
+    def on_progress(
+        self,
+        job: OwnedJob,
+        slot: OwnedSlot,
+        execution: Execution,
+        msg: LeaseRenew | LeaseRelease | ExecutionResult,
+        *,
+        current: bool,
+    ) -> None:
+        """A consumer's checkpoint (and lag) with a renewal, release or result.
+        A release or a late result may still commit: the last checkpoint of a
+        consumer stopped with its job (``final_commit_allowed``)."""
+        final = 2**32  # a release or result comes after every renewal of its run
+        if isinstance(msg, LeaseRelease):
+            if msg.progress and self.final_commit_allowed(slot, execution):
+                self.commit(job, slot, execution, msg.progress, -1, final)
+            return
+        if not current:
+            late_result = isinstance(msg, ExecutionResult) and msg.progress
+            if late_result and self.final_commit_allowed(slot, execution):
+                assert isinstance(msg, ExecutionResult)
+                self.commit(job, slot, execution, msg.progress, msg.lag, final)
+                return
+            if msg.progress:
+                self.refuse(job, slot, execution, "the lease is no longer current")
+            return
+        if msg.progress or msg.lag >= 0:
+            seq = msg.seq if isinstance(msg, LeaseRenew) else final
+            self.commit(job, slot, execution, msg.progress, msg.lag, seq)
 
     def consumer_env(self, job: OwnedJob, slot: OwnedSlot) -> dict[str, str]:
         names = partition_names(job.spec)
@@ -149,7 +200,7 @@ class StreamController:
         if not checkpoint or checkpoint == slot.checkpoint:
             return
         slot.checkpoint = checkpoint
-        self.out.persist("slots", slot.key, slot.record())
+        self.ctx.persist_slot(slot)
         self.out.notify(
             "checkpoint_committed",
             job_id=job.job_id,
@@ -176,6 +227,8 @@ class StreamController:
     # --- micro_batch mode ----------------------------------------------------------
 
     def start(self, job: OwnedJob) -> None:
+        if job.slots:  # consume mode: the owner auctions its partitions
+            return
         names = partition_names(job.spec)
         streams = list((job.spec.get("source") or {}).get("streams") or [])
         feeds = {
@@ -185,29 +238,28 @@ class StreamController:
         self.feeds[job.job_id] = feeds
         for feed in feeds.values():
             self._save(job.job_id, feed)
-        job.state = "running"
-        self.out.notify("job_state", job_id=job.job_id, state="running", reason="")
+        self.ctx.set_job_state(job, "running", persist=False, notify=True)
 
-    def restore(self, records: dict[str, dict[str, Any]]) -> None:
-        for key, rec in records.items():
+    def restore(self, records: Records) -> None:
+        for key, rec in records.get(STREAMS_TABLE, {}).items():
             job_id, _, name = key.rpartition("~")
             self.feeds.setdefault(job_id, {})[name] = PartitionFeed(**rec)
         for job_id in self.feeds:
-            job = self.owner.jobs.get(job_id)
+            job = self.ctx.jobs.get(job_id)
             if job is not None and not job.terminal:
-                job.state = "running"
+                self.ctx.set_job_state(job, "running", persist=False, notify=False)
 
     def _save(self, job_id: str, feed: PartitionFeed) -> None:
         self.out.persist(STREAMS_TABLE, f"{job_id}~{feed.name}", feed.record())
 
     def on_batch(self, batch: Any) -> None:
-        job = self.owner.jobs.get(batch.job_id)
+        job = self.ctx.jobs.get(batch.job_id)
         if job is None or job.kind != "stream" or job.terminal:
             raise LocalProtocolError(f"no running micro-batch stream job {batch.job_id}")
         feed = self.feeds.get(job.job_id, {}).get(batch.partition)
         if feed is None:
             raise LocalProtocolError(f"job {job.job_id} has no partition {batch.partition!r}")
-        if feed.in_flight:
+        if feed.state is FeedState.IN_FLIGHT:  # (the table would refuse the batch)
             raise LocalProtocolError(
                 f"partition {batch.partition} already has batch {feed.in_flight} in flight"
             )
@@ -218,15 +270,16 @@ class StreamController:
             )
         feed.batches += 1
         run_id = f"{job.job_id}~{feed.name}~{feed.batches}"
-        feed.in_flight, feed.position = run_id, batch.last
+        feed.move(FeedEvent.BATCH, run_id)
+        feed.position = batch.last
         self._save(job.job_id, feed)
-        self.owner.create_job(
+        self.ctx.create_job(
             run_id,
             job.spec,
             kind="run",
             version=job.version,
             parent=job.job_id,
-            inputs=[("batch", batch.manifest_id, self.owner.config.node_id)],
+            inputs=[("batch", batch.manifest_id, self.ctx.config.node_id)],
             env={
                 "P2PNODE_PARTITION": feed.name,
                 "P2PNODE_BATCH_FIRST": batch.first,
@@ -236,12 +289,12 @@ class StreamController:
         )
 
     def on_run_finished(self, run: OwnedJob) -> None:
-        parent = self.owner.jobs.get(run.parent)
+        parent = self.ctx.jobs.get(run.parent)
         name = run.env.get("P2PNODE_PARTITION", "")
         feed = self.feeds.get(run.parent, {}).get(name)
         if parent is None or feed is None or feed.in_flight != run.job_id:
             return
-        feed.in_flight = ""
+        feed.move(FeedEvent.SUCCEEDED if run.state == "completed" else FeedEvent.FAILED)
         if run.state == "completed":
             feed.committed = run.env["P2PNODE_BATCH_LAST"]
             feed.entries += int(run.env.get("P2PNODE_BATCH_COUNT", "0"))
@@ -253,31 +306,28 @@ class StreamController:
                 run_id=run.job_id,
                 checkpoint=feed.committed,
             )
-            self.owner.forget(run.job_id)  # its record is no longer needed
+            self.ctx.forget(run.job_id)  # its record is no longer needed
             return
         # The batch failed for good (its retries are spent): fail fast and loud;
         # the checkpoint stays before it, so nothing is lost.
         feed.position = feed.committed
         self._save(parent.job_id, feed)
         if not parent.terminal:
-            self.owner.cancel(
-                parent.job_id, f"partition {name}: batch {run.job_id} {run.state}: {run.reason}"
+            self.ctx.fail(
+                parent, f"partition {name}: batch {run.job_id} {run.state}: {run.reason}"
             )
-            parent.state = "failed"  # cancel() recorded "stopped"; a failed batch is a failure
-            self.out.persist("jobs", parent.job_id, parent.record())
-            self.out.notify("job_state", job_id=parent.job_id, state="failed", reason=parent.reason)
 
     def on_stop(self, job: OwnedJob, reason: str) -> None:
         for feed in self.feeds.get(job.job_id, {}).values():
             if feed.in_flight:
-                self.owner.cancel(feed.in_flight, f"stream job stopped: {reason}")
+                self.ctx.cancel(feed.in_flight, f"stream job stopped: {reason}")
 
     def sources(self) -> list[dict[str, Any]]:
         """What the owner's connector should read: one row per partition of a
         live micro-batch job, ``busy`` while a batch is in flight."""
         rows = []
         for job_id, feeds in self.feeds.items():
-            job = self.owner.jobs.get(job_id)
+            job = self.ctx.jobs.get(job_id)
             if job is None or job.terminal:
                 continue
             source = job.spec.get("source") or {}

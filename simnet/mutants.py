@@ -84,9 +84,9 @@ class Mutation:
 CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         name="grant-without-persisting-epoch",
-        file="protocols/owner.py",
+        file="protocols/owner/leases.py",
         find="""        # Fencing: the new epoch is durable before any peer can see it.
-        self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+        self.persist_slot(slot)
 """,
         replace="",
         sweeps=("crashes", "harsh"), seeds=60,
@@ -127,7 +127,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="result-from-any-sender",
-        file="protocols/owner.py",
+        file="protocols/owner/leases.py",
         find="""        if execution.node != sender:
             raise RemoteProtocolError(f"{sender} does not hold the lease of {exec_id}")
 """,
@@ -149,7 +149,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="stale-epoch-accepted",
-        file="protocols/owner.py",
+        file="protocols/owner/leases.py",
         find="""        return execution.epoch == slot.epoch and slot.leased""",
         replace="""        return slot.leased""",
         sweeps=("tails", "harsh"), seeds=60,
@@ -194,10 +194,10 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="owner-forgets-active-jobs-on-restart",
-        file="protocols/owner.py",
-        find="""        for job_id, rec in jobs.items():
+        file="protocols/owner/__init__.py",
+        find="""        for job_id, rec in records.get(JOBS_TABLE, {}).items():
             unit = WorkUnit.for_job(rec["spec"])""",
-        replace="""        for job_id, rec in jobs.items():
+        replace="""        for job_id, rec in records.get(JOBS_TABLE, {}).items():
             if rec["state"] not in ("completed", "failed", "stopped"):
                 continue
             unit = WorkUnit.for_job(rec["spec"])""",
@@ -206,11 +206,11 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="epoch-not-incremented-on-regrant",
-        file="protocols/owner.py",
+        file="protocols/owner/leases.py",
         find="""        slot.epoch += 1
-        slot.reason = \"\"""",
+""",
         replace="""        slot.epoch = max(slot.epoch, 1)
-        slot.reason = \"\"""",
+""",
         sweeps=("harsh",), seeds=20,
         why="a re-grant reuses the fencing token of the lease it replaces",
     ),
@@ -226,13 +226,13 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="failure-budget-counts-lost-leases",
-        file="protocols/owner.py",
+        file="protocols/owner/outcomes.py",
         find="""        slot.lost += 1
-        if slot.lost > MAX_LOST_LEASES and job.kind not in LONG_RUNNING:
+        if slot.lost > MAX_LOST_LEASES and not self.policy(job).long_running:
             self._slot_failed(job, slot, event, f"{reason}; {slot.lost} leases lost")""",
         replace="""        slot.lost += 1
         slot.failures += 1
-        if slot.failures >= job.unit.attempts and job.kind not in LONG_RUNNING:
+        if slot.failures >= job.unit.attempts and not self.policy(job).long_running:
             self._slot_failed(
                 job, slot, event, f"{reason} (attempt {slot.failures} of {job.unit.attempts})"
             )""",

@@ -27,7 +27,6 @@ import pytest
 from protocols.chain import ChainController, pack, record_hash
 from protocols.config import Timings
 from protocols.events import StartExecution
-from protocols.node import CHAIN_TIMERS
 from protocols.signing import SimKeyring
 from simnet.chain_invariants import ChainInvariants, parse_stage_run, spec_digest
 from simnet.harness import Cluster
@@ -552,6 +551,6 @@ def test_tampered_record_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_submitter_that_never_takes_over_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(CHAIN_TIMERS, "chainwatch", lambda self, job_id: None)
+    monkeypatch.setattr(ChainController, "on_watch_timer", lambda self, job_id: None)
     c, _job, _done = crash_once("handover_offer", "before", None)
     assert any("has not taken over" in v for v in c.violations), c.violations

@@ -164,7 +164,7 @@ def test_the_old_cache_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         if state.state != "running":
             self._save(job.job_id, state)
             return
-        runs = [self.owner.jobs.get(r) for r in state.runs]
+        runs = [self.ctx.jobs.get(r) for r in state.runs]
         if not [r for r in runs if r is not None and not r.terminal]:
             cached = all(k and k in self.cache for k in state.cache_keys) and state.cache_keys
             self._end_task(job, state, "cached" if cached else "succeeded", "")

@@ -149,7 +149,7 @@ def test_grant_without_persisting_the_epoch_is_caught(monkeypatch: pytest.Monkey
     """The planted bug of issue 11 that 30 seeds did not notice."""
     from simnet.mutants import CATALOGUE, SWEEPS
     [mutation] = [m for m in CATALOGUE if m.name == "grant-without-persisting-epoch"]
-    original = owner_module.Owner.__dict__["_grant"]
+    original = owner_module.Owner._grant
     persist_calls: list[int] = []
 
     def grant(self: Any, job: Any, slot: Any, node: str) -> None:

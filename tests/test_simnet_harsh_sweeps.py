@@ -37,7 +37,7 @@ def test_mutant_is_killed(name: str) -> None:
 def test_a_stale_mutation_fails_the_tool(tmp_path: object) -> None:
     """A mutation whose text no longer matches is reported, and fails the run."""
     from simnet.mutants import Mutation
-    stale = Mutation(name="x", file="protocols/owner.py", find="no such text anywhere",
+    stale = Mutation(name="x", file="protocols/owner/leases.py", find="no such text anywhere",
                      replace="", sweeps=("crashes",), seeds=1, why="test")
     assert run_mutant(stale)["status"] == "stale"
 

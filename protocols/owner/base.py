@@ -1,0 +1,119 @@
+"""The owner's state and the helpers every part of it uses.
+
+``Owner`` (``__init__.py``) is assembled from one mixin per concern:
+``census.py`` (which nodes match an ops/daemon job), ``auction.py`` (asks,
+bids, requeues), ``leases.py`` (grants, renewals, results, timers) and
+``outcomes.py`` (retries, restarts, rollouts, job states).  Each part reads the
+state declared here; what it needs from another part is declared below for the
+type checker only.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from protocols.config import NodeConfig
+from protocols.directory import Directory
+from protocols.kinds import KIND_POLICY, KindPolicy, KindRegistry
+from protocols.outbox import Outbox
+from protocols.owned import OwnedJob, OwnedSlot
+from protocols.states import SlotEvent, SlotState, check_slot_transition
+
+if TYPE_CHECKING:
+    from protocols.owned import Execution
+
+JOBS_TABLE = "jobs"
+SLOTS_TABLE = "slots"
+NO_MATCH_ROUNDS = 3  # broadcast rounds without any matching node before failing fast
+DEFAULT_QUEUE_TIMEOUT = 3600.0  # matching nodes exist but are busy: wait at most this
+MAX_LOST_LEASES = 10
+OPS_QUIET_ROUNDS = 2  # an ops census repeats until this many rounds in a row find nobody new
+PINNED_SILENT_ROUNDS = 5  # an ops node silent this many rounds is gone: its slot fails
+PINNED_RETRY_MAX = 30.0  # a daemon slot waits for its node with at most this backoff
+RESTART_BACKOFF_MAX = 60.0  # daemon/service restarts back off up to this
+STABLE_RUN = 60.0  # an execution that ran this long resets the restart backoff
+KEEP_EXECUTIONS = 20  # a daemon/service slot keeps its last executions only
+
+
+class OwnerBase:
+    def __init__(
+        self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
+    ) -> None:
+        self.config = config
+        self.t = config.timings
+        self.out = out
+        self.directory = directory
+        self.rng = rng
+        self.jobs: dict[str, OwnedJob] = {}
+        # The kind controllers (``Owner.install``; the node core builds them).
+        self.kinds: KindRegistry
+
+    @staticmethod
+    def policy(job: OwnedJob) -> KindPolicy:
+        return KIND_POLICY[job.kind]
+
+    def _move(
+        self,
+        slot: OwnedSlot,
+        event: SlotEvent,
+        new: SlotState,
+        *,
+        reason: str | None = None,
+        persist: bool = True,
+    ) -> None:
+        """The one way a slot changes state: checked against the table, the
+        reason recorded, the record persisted (volatile auction moves pass
+        ``persist=False``: a restart re-queues a bidding slot anyway)."""
+        slot.state = check_slot_transition(slot.state, event, new)
+        if reason is not None:
+            slot.reason = reason
+        if persist:
+            self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+
+    def persist_slot(self, slot: OwnedSlot) -> None:
+        self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+
+    def persist_job(self, job: OwnedJob) -> None:
+        self.out.persist(JOBS_TABLE, job.job_id, job.record())
+
+    if TYPE_CHECKING:
+        # census.py
+        def _open_census(self, job: OwnedJob) -> None: ...
+        def _census_answer(self, sender: str, job_id: str, attempt: int, matches: bool) -> None: ...
+        def _close_census(self, job: OwnedJob) -> None: ...
+        def _on_census_timer(self, job: OwnedJob) -> None: ...
+
+        # auction.py
+        def _open_auction(self, job: OwnedJob, slot: OwnedSlot) -> None: ...
+        def _close_auction(self, job: OwnedJob, slot: OwnedSlot) -> None: ...
+        def _failed_nodes(self, job: OwnedJob, slot: OwnedSlot) -> list[str]: ...
+
+        # leases.py
+        def _grant(self, job: OwnedJob, slot: OwnedSlot, node: str) -> None: ...
+        def _lease_ttl(self, slot: OwnedSlot) -> float: ...
+
+        # outcomes.py
+        def _end_lease(self, job: OwnedJob, slot: OwnedSlot, cause: str) -> None: ...
+        def _notify_execution(
+            self, kind: str, slot: OwnedSlot, execution: Execution, **extra: Any
+        ) -> None: ...
+        def _cancel_holder(self, execution: Execution, reason: str) -> None: ...
+        def _lease_lost(
+            self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str
+        ) -> None: ...
+        def _execution_failed(
+            self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str
+        ) -> None: ...
+        def _stop_slot(self, job: OwnedJob, slot: OwnedSlot, reason: str) -> None: ...
+        def _roll(self, job: OwnedJob) -> None: ...
+        def _slot_failed(
+            self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str
+        ) -> None: ...
+        def _finish_job(self, job: OwnedJob, state: str, reason: str) -> None: ...
+        def _update_job_state(self, job: OwnedJob) -> None: ...
+
+
+def need(job: OwnedJob) -> str:
+    unit = job.unit
+    return f"labels {unit.labels}, executor {unit.engine!r}, cpu {unit.cpu:g}, memory {unit.memory}"

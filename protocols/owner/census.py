@@ -1,0 +1,140 @@
+"""Census (ops, daemon): which nodes match a pinned job.
+
+Ops runs one census at submit (repeated until rounds find nobody new); a
+daemon (policy ``recount``) repeats it every ``daemon_scan`` to find joiners.
+Each matching node gets one slot pinned to it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from protocols.config import ANNOUNCE_TOPIC
+from protocols.errors import RemoteProtocolError
+from protocols.kinds import SlotSource
+from protocols.messages import CENSUS_SLOT, AskForBid, BidRejected
+from protocols.owned import OwnedJob, OwnedSlot
+from protocols.owner.base import (
+    NO_MATCH_ROUNDS,
+    OPS_QUIET_ROUNDS,
+    OwnerBase,
+    need,
+)
+from protocols.states import SlotState
+from protocols.timers import CENSUS, RETRY, JobTimer, SlotTimer
+
+
+def census_attempt(job: OwnedJob) -> int:
+    return (job.census_round - 1) % 10_000 + 1
+
+
+class CensusMixin(OwnerBase):
+    def _open_census(self, job: OwnedJob) -> None:
+        """Ask every node (broadcast, plus matching peers of our view directly)
+        whether it matches; busy nodes count too."""
+        unit = job.unit
+        job.census_round += 1
+        job.census_open, job.census_found = True, set()
+        ask = AskForBid(
+            job_id=job.job_id,
+            slot=CENSUS_SLOT,
+            attempt=census_attempt(job),
+            engine=unit.engine,
+            cpu=unit.cpu,
+            memory=unit.memory,
+            labels=unit.labels,
+            bid_window_ms=int(self.t.bid_window * 1000),
+        )
+        peers, _ = self.directory.candidates(
+            key=f"{job.job_id}/census",
+            labels=unit.labels,
+            engine=unit.engine,
+            cpu=unit.cpu,
+            memory=unit.memory,
+            count=self.config.view_size + 1,
+        )
+        for node in peers:  # direct asks survive a lossy broadcast
+            self.out.send(node, ask)
+        self.out.publish(ANNOUNCE_TOPIC, attrs.evolve(ask, broadcast=True))
+        self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
+
+    def _on_census_timer(self, job: OwnedJob) -> None:
+        if job.census_open:
+            self._close_census(job)
+        elif self.policy(job).recount or job.census_quiet < OPS_QUIET_ROUNDS:
+            self._open_census(job)
+
+    def _census_answer(self, sender: str, job_id: str, attempt: int, matches: bool) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or self.policy(job).slots is not SlotSource.CENSUS:
+            raise RemoteProtocolError(f"census answer for unknown job {job_id!r}")
+        if not matches:
+            return
+        if job.census_open and attempt == census_attempt(job):
+            job.census_found.add(sender)
+            return
+        # A late answer (its round closed; holders retransmit census answers
+        # until released): still a matching node, so it gets its slot now.
+        started = self.policy(job).recount or bool(job.slots)
+        if started and not job.terminal and sender not in self._covered(job):
+            self._add_pinned_slots(job, [sender])
+
+    def _covered(self, job: OwnedJob) -> set[str]:
+        """Nodes that have their slot: a one-off census's node once for good, a
+        recounting (daemon) node while its slot is live."""
+        if not self.policy(job).recount:
+            return {s.pinned for s in job.slots}
+        return {s.pinned for s in job.slots if not s.terminal}
+
+    def _close_census(self, job: OwnedJob) -> None:
+        job.census_open = False
+        found = sorted(job.census_found)
+        job.census_found = set()
+        # Release the capacity the bidders reserved: a census never grants.
+        attempt = census_attempt(job)
+        for node in found:
+            self.out.send(node, BidRejected(job_id=job.job_id, slot=CENSUS_SLOT, attempt=attempt))
+        covered = self._covered(job)
+        new = [node for node in found if node not in covered]
+        self._add_pinned_slots(job, new)
+        if not self.policy(job).recount:  # ops
+            if not job.slots:
+                job.census_empty += 1
+                if job.census_empty >= NO_MATCH_ROUNDS:
+                    reason = f"no node matches the constraints ({need(job)})"
+                    self._finish_job(job, "failed", reason)
+                    return
+            else:
+                # Answers can be lost: count again until rounds find nobody new.
+                job.census_quiet = 0 if new else job.census_quiet + 1
+                if job.census_quiet >= OPS_QUIET_ROUNDS:
+                    return
+            self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.requeue_delay)
+            return
+        # A daemon node that answers is up: wake its slot if it waits in backoff.
+        for slot in job.slots:
+            if slot.pinned in found and slot.state is SlotState.QUEUED and slot.pinned in covered:
+                self.out.cancel_timer(SlotTimer(RETRY, job.job_id, slot.index))
+                self._open_auction(job, slot)
+        self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.daemon_scan)
+
+    def on_peer_joined(self, node: str) -> None:
+        """A peer introduced itself: a daemon job re-counts soon, not a scan later."""
+        for job in self.jobs.values():
+            waiting = self.policy(job).recount and not job.terminal and not job.census_open
+            if waiting and all(s.pinned != node or s.terminal for s in job.slots):
+                self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
+
+    def _add_pinned_slots(self, job: OwnedJob, nodes: list[str]) -> None:
+        if not nodes:
+            return
+        new = []
+        for node in nodes:
+            slot = OwnedSlot(job_id=job.job_id, index=len(job.slots), pinned=node)
+            job.slots.append(slot)
+            new.append(slot)
+            self.persist_slot(slot)
+        self.persist_job(job)
+        for slot in new:
+            slot.waiting_since = self.out.now
+            self._open_auction(job, slot)
