@@ -45,7 +45,7 @@ class Checker(Observer):
     """One set of rules over a run; subclasses add state, handlers and checks."""
 
     # Notify kind -> handler, built from the ``@handles`` marks of the class
-    # and its bases.
+    # and its bases (a method overriding a handler is marked again).
     handlers: ClassVar[dict[str, NotifyHandler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
