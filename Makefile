@@ -22,8 +22,8 @@ BENCHES := $(filter-out bench/common.py,$(wildcard bench/*.py))
 
 help:
 	@echo "make venv   - create $(VENV) (if missing) and install -e '.[dev]' when pyproject.toml changed"
-	@echo "make test   - ruff + mypy + the whole pytest suite (PYTEST_ARGS='...' to pass options)"
-	@echo "make lint   - ruff + mypy only"
+	@echo "make test   - ruff + import contracts + mypy + the whole pytest suite (PYTEST_ARGS='...')"
+	@echo "make lint   - ruff + import contracts (lint-imports) + mypy only"
 	@echo "make demo   - start 3 real peers on loopback, run sample jobs, stop them"
 	@echo "make soak   - every simnet workload in the harsh modes, 10,000 seeds each (hours)"
 	@echo "make mutants - plant each catalogued bug in a scratch copy; the sweeps must kill it"
@@ -58,8 +58,13 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# lint-imports: the layering contracts of pyproject.toml [tool.importlinter]
+# (docs/architecture.md, "Layers").
+LINT_IMPORTS := $(VENV)/bin/lint-imports --no-logo --no-cache
+
 lint: venv
 	$(PY) -m ruff check .
+	$(LINT_IMPORTS)
 	$(PY) -m mypy
 
 typecheck: venv
@@ -71,6 +76,7 @@ pytest: venv
 # All tests, slow ones included: CI runs exactly this.
 test: venv
 	$(PY) -m ruff check .
+	$(LINT_IMPORTS)
 	$(PY) -m mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -20,7 +20,7 @@ from p2pnode.executors.common import clip_error
 from p2pnode.executors.sandbox import BwrapSandbox
 from p2pnode.inputs import InputError, InputFetcher
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.spec import TaskSpec
+from protocols.spec import validate_task
 from protocols.spec.model import SimEngine
 
 MAX_OUTPUT_BYTES = 1024**3  # per execution; larger outputs fail the execution clearly
@@ -37,7 +37,7 @@ class SimExecutor:
         self._rng = rng or random.Random()
 
     async def run(self, start: StartExecution) -> ExecutionFinished:
-        engine = TaskSpec.from_canonical(start.task).engine
+        engine = validate_task(start.task).engine
         assert isinstance(engine, SimEngine)
         t0 = trio.current_time()
         if engine.hang:

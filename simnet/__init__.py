@@ -16,7 +16,9 @@
   (one owner after every event, one accepted result per ownership record,
   verifiable logs, takeover bound) and DAG (order, when-semantics, once);
 * :mod:`simnet.sources` - the simulated world around the cores: stream
-  sources and consumers, the micro-batch connector, task outputs and items;
+  sources and consumers, task outputs and items; :mod:`simnet.connector`
+  the micro-batch connector; :mod:`simnet.view` what the connector and the
+  byzantine adversary see of a cluster;
 * :mod:`simnet.runner` / :mod:`simnet.cli` - ``python -m simnet run|sweep``;
 * :mod:`simnet.triomode` - the real trio runtime over the simulated network.
 """

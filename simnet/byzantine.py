@@ -22,7 +22,7 @@ as capacity reserved for invented asks costs.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocols import codec
 from protocols.events import StartExecution
@@ -36,10 +36,8 @@ from protocols.messages import (
     RenewAck,
 )
 from simnet.engine import Observer, derive_seed
+from simnet.view import ClusterView
 from simnet.workload import sim_task
-
-if TYPE_CHECKING:
-    from simnet.harness import Cluster
 
 ATTACK_RATE = 2.0  # lies per byzantine node per virtual second
 FRESH = 8  # lies aim at the newest leases mostly (they are still running)
@@ -63,7 +61,7 @@ class Lease:
 class Adversary(Observer):
     """Speaks through ``cluster.byzantine``; an observer of honest reports."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: ClusterView) -> None:
         self.cluster = cluster
         self.rng = random.Random(derive_seed(cluster.seed, "byzantine"))
         self.nodes = sorted(cluster.byzantine)

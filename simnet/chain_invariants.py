@@ -77,7 +77,7 @@ from protocols.config import Timings
 from protocols.errors import RemoteProtocolError
 from protocols.events import StartExecution
 from protocols.signing import SimKeyring
-from simnet.engine import Observer
+from simnet.checker import Checker, handles
 from simnet.invariants import TERMINAL
 from simnet.sources import sim_manifest
 
@@ -136,7 +136,7 @@ class ChainJob:
         return max(timeouts, default=0.0) + t.timeout_grace + t.lease_ttl + t.lease_grace
 
 
-class ChainInvariants(Observer):
+class ChainInvariants(Checker):
     def __init__(
         self,
         timings: Timings,
@@ -145,10 +145,10 @@ class ChainInvariants(Observer):
         violate: Callable[[float, str], None],
         slack: float = 1.0,
     ) -> None:
+        super().__init__(violate)
         self.t = timings
         self._schedule = schedule
         self.world = world
-        self._violate = violate
         self.slack = slack
         self.jobs: dict[str, ChainJob] = {}
         self.now = 0.0
@@ -177,9 +177,6 @@ class ChainInvariants(Observer):
         self.progress_checks = 0
 
     # --- reporting -------------------------------------------------------------------
-
-    def violate(self, now: float, text: str) -> None:
-        self._violate(now, text)
 
     @property
     def takeover_bound(self) -> float:
@@ -366,12 +363,10 @@ class ChainInvariants(Observer):
 
     # --- notify stream -------------------------------------------------------------------
 
-    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            self.now = now
-            handler(self, node, data, now)
+    def noticed(self, now: float) -> None:
+        self.now = now
 
+    @handles("job_submitted")
     def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -394,6 +389,7 @@ class ChainInvariants(Observer):
         spec = core.owner.chain.specs.get(jid) if core is not None else None
         return dict(spec) if spec is not None else self.jobs[jid].spec
 
+    @handles("job_state")
     def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -427,6 +423,7 @@ class ChainInvariants(Observer):
                               f"{record['body']['seq']} ({prev}, then {what}) (CH2)")
         job.accepted[key] = what
 
+    @handles("handover_committed")
     def _handover_committed(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -459,12 +456,14 @@ class ChainInvariants(Observer):
                                   f"(named {holder})")
         self._check_node_log(jid, node, now)
 
+    @handles("handover_received")
     def _handover_received(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         if jid in self.jobs:
             self._progress(jid, now)
             self._check_node_log(jid, node, now)
 
+    @handles("chain_takeover")
     def _takeover(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -630,12 +629,3 @@ class ChainInvariants(Observer):
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(pack(dict(spec))).hexdigest()
-
-
-_HANDLERS: dict[str, Callable[[ChainInvariants, str, dict[str, Any], float], None]] = {
-    "job_submitted": ChainInvariants._job_submitted,
-    "job_state": ChainInvariants._job_state,
-    "handover_committed": ChainInvariants._handover_committed,
-    "handover_received": ChainInvariants._handover_received,
-    "chain_takeover": ChainInvariants._takeover,
-}

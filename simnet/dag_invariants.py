@@ -34,11 +34,11 @@ unfinished (the owner cancelled it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from protocols.events import ReadItems, StartExecution
-from simnet.engine import Observer
+from simnet.checker import Checker, Violate, handles
 from simnet.invariants import TERMINAL
 from simnet.sources import sim_manifest
 
@@ -86,18 +86,15 @@ def split_run(run_id: str) -> tuple[str, str, int | None] | None:
     return None
 
 
-class DagInvariants(Observer):
-    def __init__(self, violate: Callable[[float, str], None]) -> None:
-        self._violate = violate
+class DagInvariants(Checker):
+    def __init__(self, violate: Violate) -> None:
+        super().__init__(violate)
         self.jobs: dict[str, DagJob] = {}
         self.seq = 0  # notification counter: "before" within one virtual instant
         self.outputs: dict[str, str] = {}  # manifest -> run id of its succeeded execution
         self.exec_run: dict[tuple[str, str], str] = {}  # (node, eid) -> run
         self.runs_created = 0
         self.fan_out_max = 0
-
-    def violate(self, now: float, text: str) -> None:
-        self._violate(now, text)
 
     def summary(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -156,12 +153,10 @@ class DagInvariants(Observer):
 
     # --- notify stream -------------------------------------------------------------------------
 
-    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            self.seq += 1
-            handler(self, node, data, now)
+    def noticed(self, now: float) -> None:
+        self.seq += 1
 
+    @handles("job_submitted")
     def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -190,6 +185,7 @@ class DagInvariants(Observer):
                                   f"(DG1)")
                 return
 
+    @handles("job_state")
     def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         state = str(d.get("state"))
@@ -211,6 +207,7 @@ class DagInvariants(Observer):
                               f"(DG3)")
         task.runs[jid] = state
 
+    @handles("dag_task")
     def _dag_task(self, node: str, d: dict[str, Any], now: float) -> None:
         job = self.jobs.get(str(d.get("job_id")))
         task = job.tasks.get(str(d.get("task"))) if job is not None else None
@@ -325,10 +322,3 @@ class DagInvariants(Observer):
         if job.state != want:
             self.violate(now, f"dag {jid} ended {job.state}, want {want} (task outcomes "
                               f"{outcomes}) (DG2)")
-
-
-_HANDLERS: dict[str, Callable[[DagInvariants, str, dict[str, Any], float], None]] = {
-    "job_submitted": DagInvariants._job_submitted,
-    "job_state": DagInvariants._job_state,
-    "dag_task": DagInvariants._dag_task,
-}

@@ -8,7 +8,7 @@ Every cluster runs the invariant checkers (:mod:`simnet.invariants`,
 :mod:`simnet.kind_invariants`, :mod:`simnet.stream_invariants`,
 :mod:`simnet.chain_invariants`, :mod:`simnet.dag_invariants`) from its first
 event; the first violation halts the engine.  A micro-batch stream gets the
-simulated connector of :mod:`simnet.sources`; :meth:`Cluster.crash_on_frame`
+simulated connector of :mod:`simnet.connector`; :meth:`Cluster.crash_on_frame`
 crashes a node when it sends a given frame (targeted fault injection).
 
 Harsh modes: ``clock_skew`` gives every node its own clock rate,
@@ -36,13 +36,15 @@ from protocols.config import NodeConfig, Timings
 from protocols.events import CancelJob, ReadItems, StartExecution, SubmitJob
 from simnet.byzantine import Adversary
 from simnet.chain_invariants import ChainInvariants
+from simnet.checker import Checker
+from simnet.connector import SimConnector
 from simnet.dag_invariants import DagInvariants
 from simnet.engine import Core, Engine, Observer, SimNode, derive_seed
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL, Invariants
 from simnet.kind_invariants import Bounds, KindInvariants
 from simnet.liveness import Liveness
 from simnet.network import NetConfig
-from simnet.sources import Consumer, SimConnector
+from simnet.sources import Consumer
 from simnet.store import Records
 from simnet.stream_invariants import StreamInvariants
 from simnet.workload import ZONES
@@ -61,10 +63,11 @@ class Note:
 
 
 class _Fanout(Observer):
-    """Feeds the checkers and, optionally, a log of every notification."""
+    """Feeds the checkers (and the byzantine adversary, which watches honest
+    reports) and, optionally, a log of every notification."""
 
-    def __init__(self, checkers: list[Observer], log: list[Note] | None) -> None:
-        self.checkers = checkers
+    def __init__(self, observers: list[Observer], log: list[Note] | None) -> None:
+        self.observers = observers
         self.log = log
         self.ignored: frozenset[str] = frozenset()  # byzantine nodes: their reports lie
         # (node, execution id) -> the node that granted it (None: unknown)
@@ -74,8 +77,8 @@ class _Fanout(Observer):
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
         if node in self.ignored:
             return
-        for checker in self.checkers:
-            checker.on_notify(node, kind, data, now)
+        for observer in self.observers:
+            observer.on_notify(node, kind, data, now)
         if self.log is not None:
             self.log.append(Note(now, node, kind, data))
 
@@ -85,40 +88,40 @@ class _Fanout(Observer):
             # the honest one whose id it reuses.
             self.foreign.add((node, action.execution_id))
             return
-        for checker in self.checkers:
-            checker.on_exec_start(node, action, now)
+        for observer in self.observers:
+            observer.on_exec_start(node, action, now)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
         if (node, execution_id) in self.foreign:
             self.foreign.discard((node, execution_id))
             return
-        for checker in self.checkers:
-            checker.on_exec_end(node, execution_id, status, now)
+        for observer in self.observers:
+            observer.on_exec_end(node, execution_id, status, now)
 
     def on_crash(self, node: str, now: float) -> None:
         self.foreign = {k for k in self.foreign if k[0] != node}
-        for checker in self.checkers:
-            checker.on_crash(node, now)
+        for observer in self.observers:
+            observer.on_crash(node, now)
 
     def on_start(self, node: str, now: float) -> None:
-        for checker in self.checkers:
-            checker.on_start(node, now)
+        for observer in self.observers:
+            observer.on_start(node, now)
 
     def on_pause(self, node: str, now: float, until: float) -> None:
-        for checker in self.checkers:
-            checker.on_pause(node, now, until)
+        for observer in self.observers:
+            observer.on_pause(node, now, until)
 
     def on_consumed(self, node: str, execution_id: str, consumer: Consumer,
                     first: int, last: int, now: float) -> None:
         if (node, execution_id) in self.foreign:
             return
-        for checker in self.checkers:
-            checker.on_consumed(node, execution_id, consumer, first, last, now)
+        for observer in self.observers:
+            observer.on_consumed(node, execution_id, consumer, first, last, now)
 
     def on_items(self, node: str, action: ReadItems, items: int, error: str,
                  now: float) -> None:
-        for checker in self.checkers:
-            checker.on_items(node, action, items, error, now)
+        for observer in self.observers:
+            observer.on_items(node, action, items, error, now)
 
 
 @attrs.define
@@ -189,8 +192,10 @@ class Cluster:
                                          net.tail_delay[1] if net.tail else 0.0)
         self.dag = DagInvariants(self.inv.violate)
         self.liveness = Liveness(self.inv)
-        self.fanout = _Fanout([self.inv, self.kinds, self.stream, self.chain, self.dag,
-                               self.liveness], self.notes)
+        # Every checker, in the order they see each event and the harness's hooks.
+        self.checkers: list[Checker] = [self.inv, self.kinds, self.stream, self.chain,
+                                        self.dag, self.liveness]
+        self.fanout = _Fanout(list(self.checkers), self.notes)
         self.fanout.ignored = self.byzantine
         self.fanout.granted_by = self._granted_by
         self.adversary: Adversary | None = None  # set by the runner (simnet.byzantine)
@@ -348,9 +353,8 @@ class Cluster:
         self._fault("join")
 
     def _fault(self, what: str) -> None:
-        self.kinds.on_fault(self.now, what)
-        self.stream.on_fault(self.now, what)
-        self.chain.on_fault(self.now, what)
+        for checker in self.checkers:
+            checker.on_fault(self.now, what)
 
     def crash(self, node_id: str) -> None:
         node = self.engine.nodes[self.idx(node_id)]
@@ -463,11 +467,8 @@ class Cluster:
         tries again a second later, until a node accepted the job."""
         jid = job_id or self.next_job_id()
         self.submitted.append(jid)
-        self.kinds.expect(jid, spec)
-        self.stream.expect(jid, spec)
-        self.chain.expect(jid, spec)
-        self.dag.expect(jid, spec)
-        self.liveness.expect(jid, spec)
+        for checker in self.checkers:
+            checker.expect(jid, spec)
         if spec.get("type") == "chain" and self.engine.after_event is None:
             chain = self.chain
             self.engine.after_event = lambda node: chain.after_event(node.id, self.engine.now)
@@ -501,9 +502,8 @@ class Cluster:
                 self.engine.call_at(self.engine.now + 1.0, fire)
                 return
             if job_id not in self.inv.stopping:
-                self.inv.cancelled(job_id)
-                self.kinds.cancelled(job_id)
-                self.stream.cancelled(job_id)
+                for checker in self.checkers:
+                    checker.cancelled(job_id)
                 if job_id not in self.must_end:
                     self.must_end.append(job_id)
             self.engine.inject(self.idx(owner), CancelJob(job_id, reason), self.engine.now)

@@ -39,7 +39,7 @@ from typing import Any
 
 from protocols.config import Timings
 from protocols.events import StartExecution
-from simnet.engine import Observer
+from simnet.checker import Checker, handles
 
 TERMINAL = frozenset({"completed", "failed", "stopped"})
 # End only when stopped (a micro-batch stream may also fail: see kind_invariants L1).
@@ -81,7 +81,7 @@ class JobTrack:
         self.kind = kind
 
 
-class Invariants(Observer):
+class Invariants(Checker):
     def __init__(
         self,
         timings: Timings,
@@ -90,6 +90,7 @@ class Invariants(Observer):
         on_violation: Callable[[str], None] | None = None,
         slack: float = 1.0,
     ) -> None:
+        super().__init__(self._record)
         self.timings = timings
         self._schedule = schedule
         # Deadline checks about one node (the harness: not counting its frozen time).
@@ -119,7 +120,8 @@ class Invariants(Observer):
 
     # --- reporting -------------------------------------------------------------
 
-    def violate(self, now: float, text: str) -> None:
+    def _record(self, now: float, text: str) -> None:
+        """Every checker's violations end here (the others get ``violate``)."""
         msg = f"t={now:.3f}s: {text}"
         self.violations.append(msg)
         if self._on_violation is not None:
@@ -129,11 +131,10 @@ class Invariants(Observer):
 
     def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
         self.now = now
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            handler(self, node, data, now)
+        self.counts[kind] = self.counts.get(kind, 0) + 1  # every kind, handled or not
+        super().on_notify(node, kind, data, now)
 
+    @handles("job_submitted")
     def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         track = self.jobs.get(jid)
@@ -143,6 +144,7 @@ class Invariants(Observer):
         elif track.owner != node:
             self.violate(now, f"job {jid} accepted by {node} but already owned by {track.owner}")
 
+    @handles("job_state")
     def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         state = str(d.get("state"))
@@ -163,6 +165,7 @@ class Invariants(Observer):
             if state != "completed" and not track.reason:
                 self.violate(now, f"job {jid} ended {state} without a reason")
 
+    @handles("lease_granted")
     def _lease_granted(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         epoch = int(d.get("epoch", 0))
@@ -235,6 +238,7 @@ class Invariants(Observer):
                                        f"{epoch} was granted")
         self.schedule_for(deadline, check, holder)
 
+    @handles("lease_ended", "result_ignored")
     def _lease_ended(self, node: str, d: dict[str, Any], now: float) -> None:
         if d.get("cause") == "expired":
             eid = str(d.get("execution_id"))
@@ -246,6 +250,7 @@ class Invariants(Observer):
         if active:
             active.pop(eid, None)
 
+    @handles("result_accepted")
     def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
         key: SlotKey = (str(d.get("job_id")), int(d.get("slot", 0)))
         epoch = int(d.get("epoch", 0))
@@ -370,13 +375,3 @@ class Invariants(Observer):
                                for j in lost[:5])
             self.violate(now, f"{len(lost)} job(s) never reached a terminal state: {sample}")
         return lost
-
-
-_HANDLERS: dict[str, Callable[[Invariants, str, dict[str, Any], float], None]] = {
-    "job_submitted": Invariants._job_submitted,
-    "job_state": Invariants._job_state,
-    "lease_granted": Invariants._lease_granted,
-    "lease_ended": Invariants._lease_ended,
-    "result_accepted": Invariants._result_accepted,
-    "result_ignored": Invariants._lease_ended,
-}

@@ -103,7 +103,8 @@ from protocols.cron import LATE_SLACK_MS
 from protocols.events import StartExecution
 from protocols.owner import PINNED_RETRY_MAX, RESTART_BACKOFF_MAX
 from protocols.schedule import ScheduledTimes
-from simnet.engine import SIM_WALL_EPOCH, Observer
+from simnet.checker import Checker, handles
+from simnet.engine import SIM_WALL_EPOCH
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
 
 CRON_LATE_SLACK = LATE_SLACK_MS / 1000  # the smallest catch-up window (seconds)
@@ -202,7 +203,7 @@ class CronEntry:
         self.t, self.run_id, self.outcome, self.reason = t, run_id, outcome, reason
 
 
-class KindInvariants(Observer):
+class KindInvariants(Checker):
     def __init__(
         self,
         timings: Timings,
@@ -211,10 +212,10 @@ class KindInvariants(Observer):
         violate: Callable[[float, str], None],
         bounds: Bounds | None = None,
     ) -> None:
+        super().__init__(violate)
         self.t = timings
         self._schedule = schedule
         self.world = world
-        self._violate = violate
         self.bounds = bounds or default_bounds(timings)
         # The liveness bounds (D1, D2, S1) are enforced only on a network that
         # does not lose messages; else they are measured (see calm()).
@@ -256,9 +257,6 @@ class KindInvariants(Observer):
         self.cron_required = 0  # scheduled times C2 found required (and checked)
 
     # --- reporting ----------------------------------------------------------------
-
-    def violate(self, now: float, text: str) -> None:
-        self._violate(now, text)
 
     def summary(self) -> dict[str, Any]:
         """Measured numbers (virtual seconds; the worst recovery with its job and time)."""
@@ -370,11 +368,8 @@ class KindInvariants(Observer):
 
     # --- notify stream ------------------------------------------------------------------
 
-    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            handler(self, node, data, now)
 
+    @handles("job_submitted")
     def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         kind = str(d.get("job_type") or "batch")
@@ -400,6 +395,7 @@ class KindInvariants(Observer):
             elif kind == "ops" and self.up.get(node):
                 info.census = self._reachable(info)
 
+    @handles("job_state")
     def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         state = str(d.get("state"))
@@ -442,6 +438,7 @@ class KindInvariants(Observer):
                 self.violate(at, f"{n} still runs {r} {at - ended:.1f}s after job {jid} "
                                  f"ended (bound: TTL + grace)")
 
+    @handles("cron_run")
     def _cron_run(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         ms = int(d.get("scheduled_ms", 0))
@@ -513,6 +510,7 @@ class KindInvariants(Observer):
         elif "cron job was stopped" not in reason:
             self.violate(now, f"cron {jid}: time {ms} skipped for an unknown reason {reason!r}")
 
+    @handles("cron_run_started")
     def _cron_run_started(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         ms = int(d.get("scheduled_ms", 0))
@@ -544,6 +542,7 @@ class KindInvariants(Observer):
             got = entry.outcome if entry else "no history entry"
             self.violate(now, f"cron {jid}: run {run_id} started but time {ms} is {got}")
 
+    @handles("result_accepted")
     def _result_accepted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         info = self.jobs.get(jid)
@@ -831,12 +830,3 @@ class KindInvariants(Observer):
                     self.violate(now, f"cron {jid}: time {ms} (t={virtual(ms):.3f}s) was "
                                       f"never handled although its owner {info.owner} was up")
                 return
-
-
-_HANDLERS: dict[str, Callable[[KindInvariants, str, dict[str, Any], float], None]] = {
-    "job_submitted": KindInvariants._job_submitted,
-    "job_state": KindInvariants._job_state,
-    "cron_run": KindInvariants._cron_run,
-    "cron_run_started": KindInvariants._cron_run_started,
-    "result_accepted": KindInvariants._result_accepted,
-}

@@ -27,10 +27,11 @@ hiccup, passes every safety sweep.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from protocols.events import StartExecution
-from simnet.engine import Observer
+from simnet.checker import Checker, handles
 from simnet.invariants import TERMINAL, Invariants
 
 # Failure reasons a fault explains (the owner's own words, protocols/owner.py).
@@ -47,7 +48,7 @@ RESTART_LOST = "node restarted; the execution was lost"  # today's Holder.restor
 MAX_EXPIRED_LOSS_ONLY = 2  # L4
 
 
-def is_healthy(spec: dict[str, Any]) -> bool:
+def is_healthy(spec: Mapping[str, Any]) -> bool:
     """A batch job none of whose executions can fail by itself."""
     if spec.get("type", "batch") != "batch" or spec.get("queue_timeout"):
         return False
@@ -60,9 +61,10 @@ def is_healthy(spec: dict[str, Any]) -> bool:
             and int(engine.get("duration", 0)) < int(task.get("timeout", 0)))
 
 
-class Liveness(Observer):
+class Liveness(Checker):
     def __init__(self, inv: Invariants) -> None:
-        self.inv = inv
+        super().__init__(inv.violate)
+        self.inv = inv  # its job states (L3)
         self.healthy: set[str] = set()
         self.running: dict[str, set[str]] = {}  # node -> execution ids it runs
         self.lost: set[str] = set()  # executions whose holder crashed under them
@@ -75,7 +77,7 @@ class Liveness(Observer):
         self.check_expiries = False  # L4 (the runner: no node fault, loss <= 30 %)
         self.expired: dict[tuple[str, int], int] = {}  # (job, slot) -> leases expired
 
-    def expect(self, job_id: str, spec: dict[str, Any]) -> None:
+    def expect(self, job_id: str, spec: Mapping[str, Any]) -> None:
         if is_healthy(spec):
             self.healthy.add(job_id)
 
@@ -88,41 +90,48 @@ class Liveness(Observer):
     def on_crash(self, node: str, now: float) -> None:
         self.lost |= self.running.pop(node, set())
 
-    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        if (kind == "lease_ended" and data.get("cause") == "released" and not self.node_faults
+    @handles("lease_ended")
+    def _lease_ended(self, node: str, data: dict[str, Any], now: float) -> None:
+        if (data.get("cause") == "released" and not self.node_faults
                 and str(data.get("job_id")) in self.healthy):
-            self.inv.violate(now, f"{data.get('execution_id')}: its holder released the lease "
-                                  f"of a healthy job although no node fault happened (L1: "
-                                  f"only the owner stops a healthy execution)")
-        elif kind == "lease_ended" and data.get("cause") == "expired":
+            self.violate(now, f"{data.get('execution_id')}: its holder released the lease "
+                              f"of a healthy job although no node fault happened (L1: "
+                              f"only the owner stops a healthy execution)")
+        elif data.get("cause") == "expired":
             key = (str(data.get("job_id")), int(data.get("slot", 0)))
             count = self.expired[key] = self.expired.get(key, 0) + 1
             if self.check_expiries and count == MAX_EXPIRED_LOSS_ONLY + 1:
-                self.inv.violate(now, f"{key[0]}#{key[1]}: {count} leases expired on a network "
-                                      f"that only loses frames (L4: retransmission)")
-        elif kind == "execution_failed":
-            eid = str(data.get("execution_id"))
-            if not self.node_faults and str(data.get("job_id")) in self.healthy:
-                self.inv.violate(now, f"{eid} of healthy job {data.get('job_id')} reported "
-                                      f"{data.get('status')} to {node} although no node "
-                                      f"fault happened (L1)")
-            if eid in self.lost and self.check_lost_attempts:
-                self.inv.violate(now, f"{eid}: lost when its holder crashed, yet reported to "
-                                      f"{node} as {data.get('status')} (L2: a lost execution "
-                                      f"must not consume an attempt)")
-        elif kind == "job_state" and data.get("state") == "failed":
-            jid = str(data.get("job_id"))
-            if jid not in self.healthy:
-                return
-            reason = str(data.get("reason") or "")
-            excused = (any(r in reason for r in ALWAYS_EXCUSED)
-                       or (self.node_faults and any(r in reason for r in FAULT_REASONS))
-                       or (not self.check_lost_attempts and RESTART_LOST in reason))
-            if excused:
-                self.fault_failures += 1
-            else:
-                self.inv.violate(now, f"healthy job {jid} failed for a reason no fault "
-                                      f"explains: {reason} (L1)")
+                self.violate(now, f"{key[0]}#{key[1]}: {count} leases expired on a network "
+                                  f"that only loses frames (L4: retransmission)")
+
+    @handles("execution_failed")
+    def _execution_failed(self, node: str, data: dict[str, Any], now: float) -> None:
+        eid = str(data.get("execution_id"))
+        if not self.node_faults and str(data.get("job_id")) in self.healthy:
+            self.violate(now, f"{eid} of healthy job {data.get('job_id')} reported "
+                              f"{data.get('status')} to {node} although no node "
+                              f"fault happened (L1)")
+        if eid in self.lost and self.check_lost_attempts:
+            self.violate(now, f"{eid}: lost when its holder crashed, yet reported to "
+                              f"{node} as {data.get('status')} (L2: a lost execution "
+                              f"must not consume an attempt)")
+
+    @handles("job_state")
+    def _job_state(self, node: str, data: dict[str, Any], now: float) -> None:
+        if data.get("state") != "failed":
+            return
+        jid = str(data.get("job_id"))
+        if jid not in self.healthy:
+            return
+        reason = str(data.get("reason") or "")
+        excused = (any(r in reason for r in ALWAYS_EXCUSED)
+                   or (self.node_faults and any(r in reason for r in FAULT_REASONS))
+                   or (not self.check_lost_attempts and RESTART_LOST in reason))
+        if excused:
+            self.fault_failures += 1
+        else:
+            self.violate(now, f"healthy job {jid} failed for a reason no fault "
+                              f"explains: {reason} (L1)")
 
     def check_calm(self, now: float, calm_since: float) -> None:
         """L3: every healthy job that was still open when faults stopped at
@@ -131,5 +140,5 @@ class Liveness(Observer):
                       if (track := self.inv.jobs.get(j)) is None or track.state not in TERMINAL)
         if late:
             sample = ", ".join(late[:5])
-            self.inv.violate(now, f"{len(late)} healthy job(s) not completed {now - calm_since:g}s "
+            self.violate(now, f"{len(late)} healthy job(s) not completed {now - calm_since:g}s "
                                   f"after every fault stopped: {sample} (L3)")

@@ -284,7 +284,7 @@ def run_scenario(opts: RunOptions) -> dict[str, Any]:
                       byzantine=byzantine)
     if byzantine:
         cluster.adversary = Adversary(cluster)
-        cluster.fanout.checkers.append(cluster.adversary)
+        cluster.fanout.observers.append(cluster.adversary)
     bounds = cluster.kinds.bounds
     # Liveness bounds hold on a network that does not lose messages; with loss
     # the latencies are geometric: measured, and enforced once the network calms.

@@ -25,13 +25,8 @@ before it ends (SIGTERM, then a last checkpoint).  A crash reports nothing:
 entries processed since the last report are processed again by the next
 consumer (at-least-once).
 
-**Micro-batch connector** (:class:`SimConnector`): every ``POLL`` seconds it
-reads the non-busy rows of ``owner.stream.sources()`` on the nodes owning a
-micro-batch job and, when at least ``max_entries`` entries are available
-after the row's position, or some are and the oldest has waited
-``max_wait``, hands the core ``SourceBatch(first=pos+1, last=pos+count)``
-with a content id derived from (job, partition, first, last).  The connector
-lives in the owner's process: a crash resets its wait timers.
+**Micro-batch connector**: :mod:`simnet.connector` hands the cores batches
+of these sources.
 
 **Task outputs.**  Every *succeeded* sim execution produces one output
 manifest ``sim_manifest(execution id)``; its file holds
@@ -48,15 +43,11 @@ again).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
-if TYPE_CHECKING:
-    from simnet.harness import Cluster
-
-POLL = 0.25  # connector poll period, virtual seconds
 ITEMS_DELAY = 0.05  # ReadItems answer latency
 DEFAULT_CONSUME_RATE = 10.0
 
@@ -154,67 +145,3 @@ def output_lines(env: Mapping[str, str]) -> int:
 
 def item_lines(manifest: str, count: int) -> list[str]:
     return [f"{manifest[7:15]}:{i}" for i in range(count)]
-
-
-class SimConnector:
-    """The micro-batch connector of every node owning a micro-batch job."""
-
-    def __init__(self, cluster: Cluster, on_batch: Callable[..., None] | None = None) -> None:
-        self.cluster = cluster
-        self.sources: dict[str, SimSource] = {}  # micro-batch job -> its source
-        self.waiting: dict[tuple[str, str, str], float] = {}  # (node, job, part) -> since
-        self.batches = 0
-        self.on_batch = on_batch
-        self._running = False
-
-    def register(self, job_id: str, spec: Mapping[str, Any]) -> None:
-        self.sources[job_id] = source_of_spec(spec)
-        if not self._running:
-            self._running = True
-            self.cluster.at(self.cluster.now + POLL, self._poll)
-
-    def forget_node(self, node: str) -> None:
-        for key in [k for k in self.waiting if k[0] == node]:
-            del self.waiting[key]
-
-    def _poll(self) -> None:
-        c = self.cluster
-        owners = sorted({c.owner_of(j) or "" for j in self.sources} - {""})
-        for node in owners:
-            if c.is_up(node) and not c.engine.is_paused(c.idx(node)):  # frozen with its node
-                self._read(node)
-        c.at(c.now + POLL, self._poll)
-
-    def _read(self, node: str) -> None:
-        from protocols.events import SourceBatch
-
-        c = self.cluster
-        core = c.core(node)
-        now = c.now
-        for row in core.owner.stream.sources():
-            job, part = row["job_id"], row["partition"]
-            source = self.sources.get(job)
-            if source is None or row["busy"]:
-                continue
-            pos = position(row["position"])
-            if pos is None:
-                continue
-            avail = source.available(now) - pos
-            key = (node, job, part)
-            if avail <= 0:
-                self.waiting.pop(key, None)
-                continue
-            since = self.waiting.setdefault(key, now)
-            if avail < row["max_entries"] and now - since < row["max_wait_ms"] / 1000.0:
-                continue
-            count = min(avail, row["max_entries"])
-            first, last = pos + 1, pos + count
-            del self.waiting[key]
-            self.batches += 1
-            event = SourceBatch(job, part, batch_manifest(job, part, first, last),
-                                str(first), str(last), count)
-            if self.on_batch is not None:
-                self.on_batch(node, event, now)
-            c.engine.deliver_now(c.idx(node), event)
-            if not c.is_up(node) or c.engine.halted is not None:
-                return

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 from protocols.config import Timings
 from protocols.events import StartExecution
 from protocols.stream import partition_names
-from simnet.engine import Observer
+from simnet.checker import Checker, handles
 from simnet.invariants import TERMINAL, split_execution_id
 from simnet.sources import Consumer, SimSource, position, source_of_spec
 
@@ -109,7 +109,7 @@ def _merge(intervals: list[list[int]], lo: int, hi: int) -> None:
     intervals[:] = sorted(out)
 
 
-class StreamInvariants(Observer):
+class StreamInvariants(Checker):
     def __init__(
         self,
         timings: Timings,
@@ -118,10 +118,10 @@ class StreamInvariants(Observer):
         violate: Callable[[float, str], None],
         slack: float = 1.0,
     ) -> None:
+        super().__init__(violate)
         self.t = timings
         self._schedule = schedule
         self.world = world
-        self._violate = violate
         self.slack = slack
         self.lossy = False  # the network loses frames: every batch counts as touched
         self.jobs: dict[str, StreamJob] = {}
@@ -145,9 +145,6 @@ class StreamInvariants(Observer):
         self.run_created: dict[str, float] = {}  # micro-batch run -> created at
 
     # --- reporting -------------------------------------------------------------------
-
-    def violate(self, now: float, text: str) -> None:
-        self._violate(now, text)
 
     def summary(self) -> dict[str, Any]:
         consume_dups = sum(self.duplicates().values())
@@ -200,11 +197,8 @@ class StreamInvariants(Observer):
 
     # --- notify stream -------------------------------------------------------------------
 
-    def on_notify(self, node: str, kind: str, data: dict[str, Any], now: float) -> None:
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            handler(self, node, data, now)
 
+    @handles("job_submitted")
     def _job_submitted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         if "~" in jid and jid.partition("~")[0] in self.jobs:
@@ -214,11 +208,13 @@ class StreamInvariants(Observer):
         if job is not None and job.accepted_at is None:
             job.owner, job.accepted_at = node, now
 
+    @handles("job_state")
     def _job_state(self, node: str, d: dict[str, Any], now: float) -> None:
         job = self.jobs.get(str(d.get("job_id")))
         if job is not None and job.state not in TERMINAL:
             job.state = str(d.get("state"))
 
+    @handles("lease_granted")
     def _lease_granted(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         if jid not in self.jobs:
@@ -229,6 +225,7 @@ class StreamInvariants(Observer):
         if prev is None or epoch > prev[0]:
             self.newest[key] = (epoch, str(d.get("execution_id")))
 
+    @handles("checkpoint_committed")
     def _committed(self, node: str, d: dict[str, Any], now: float) -> None:
         jid = str(d.get("job_id"))
         job = self.jobs.get(jid)
@@ -294,6 +291,7 @@ class StreamInvariants(Observer):
             self.violate(now, f"stream {jid}/{part}: batch {run} committed without a "
                               f"successful execution (MB2)")
 
+    @handles("checkpoint_refused")
     def _refused(self, node: str, d: dict[str, Any], now: float) -> None:
         if str(d.get("job_id")) in self.jobs:
             self.refused += 1
@@ -462,12 +460,3 @@ class StreamInvariants(Observer):
                 break
             reached = max(reached, last)
         return f"entries {reached + 1}..{n} in no successful batch" if reached < n else ""
-
-
-_HANDLERS: dict[str, Callable[[StreamInvariants, str, dict[str, Any], float], None]] = {
-    "job_submitted": StreamInvariants._job_submitted,
-    "job_state": StreamInvariants._job_state,
-    "lease_granted": StreamInvariants._lease_granted,
-    "checkpoint_committed": StreamInvariants._committed,
-    "checkpoint_refused": StreamInvariants._refused,
-}

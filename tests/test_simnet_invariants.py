@@ -9,8 +9,10 @@ import pytest
 
 from protocols.config import Timings
 from protocols.events import StartExecution
+from simnet.checker import Checker, handles
 from simnet.cli import parse_duration
 from simnet.invariants import Invariants, split_execution_id
+from simnet.liveness import Liveness
 
 
 class Fake:
@@ -167,3 +169,61 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         parse_duration("1x")
+
+
+# --- the Checker base (simnet/checker.py) --------------------------------------------
+
+
+def test_checker_base_dispatches_marked_handlers_only() -> None:
+    seen: list[tuple[str, str, float]] = []
+    reported: list[tuple[float, str]] = []
+
+    class Counting(Checker):
+        def __init__(self) -> None:
+            super().__init__(lambda now, text: reported.append((now, text)))
+            self.noticed_at: list[float] = []
+
+        def noticed(self, now: float) -> None:
+            self.noticed_at.append(now)
+
+        @handles("lease_granted", "lease_ended")
+        def _lease(self, node: str, d: dict[str, Any], now: float) -> None:
+            seen.append((node, str(d["what"]), now))
+            if d["what"] == "bad":
+                self.violate(now, "a bad lease")
+
+    class Stricter(Counting):
+        @handles("lease_ended")
+        def _ended(self, node: str, d: dict[str, Any], now: float) -> None:
+            self.violate(now, "ended")
+
+    c = Counting()
+    c.on_notify("n1", "lease_granted", {"what": "ok"}, 1.0)
+    c.on_notify("n1", "job_state", {"what": "ignored"}, 2.0)  # not handled: not seen
+    c.on_notify("n2", "lease_ended", {"what": "bad"}, 3.0)
+    assert seen == [("n1", "ok", 1.0), ("n2", "bad", 3.0)]
+    assert c.noticed_at == [1.0, 3.0]
+    assert reported == [(3.0, "a bad lease")]
+    # A subclass inherits its base's handlers and may override one kind.
+    assert set(Stricter.handlers) == {"lease_granted", "lease_ended"}
+    Stricter().on_notify("n3", "lease_ended", {"what": "ok"}, 4.0)
+    assert reported[-1] == (4.0, "ended") and len(seen) == 2
+    # The base's hooks are no-ops; the checkers' tables are built from their marks.
+    c.expect("j1", {})
+    c.cancelled("j1")
+    c.on_fault(5.0, "crash")
+    assert len(reported) == 2  # the no-op hooks reported nothing
+    assert Invariants.handlers["result_ignored"] is Invariants.handlers["lease_ended"]
+
+
+def test_every_checker_reports_through_the_core_checker() -> None:
+    f = Fake()
+    halted: list[str] = []
+    f.inv._on_violation = halted.append
+    liveness = Liveness(f.inv)
+    liveness.expect("j1", {"type": "batch", "task": {"timeout": 60,
+                                                     "engine": {"type": "sim", "duration": 1}}})
+    liveness.node_faults = False
+    liveness.on_notify("o", "job_state", {"job_id": "j1", "state": "failed", "reason": "odd"}, 7.0)
+    assert f.inv.violations == halted
+    assert len(halted) == 1 and halted[0].startswith("t=7.000s: healthy job j1 failed")

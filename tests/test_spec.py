@@ -20,12 +20,10 @@ from p2pnode.specfile import load_spec_file
 from protocols.spec import (
     DOCUMENT,
     MAX_SPEC_BYTES,
-    JobSpec,
     ProcessEngine,
     SimEngine,
     SpecError,
     SpecValidationError,
-    TaskSpec,
     canonical_bytes,
     load_spec_text,
     parse_spec,
@@ -131,12 +129,12 @@ def test_samples_validate_and_round_trip(path: Path) -> None:
     spec = load_spec_file(path)
     canonical = spec.canonical()
     _walk(canonical)
-    again = JobSpec.from_canonical(canonical)
+    again = validate_spec(canonical, canonical=True)
     assert again == spec
     assert again.canonical() == canonical
     # The canonical form survives msgpack and JSON transport unchanged.
     assert msgpack.unpackb(canonical_bytes(spec)) == canonical
-    assert JobSpec.from_canonical(json.loads(json.dumps(canonical))) == spec
+    assert validate_spec(json.loads(json.dumps(canonical)), canonical=True) == spec
     assert spec_digest(spec).startswith("sha256:")
     assert len(spec_digest(spec)) == len("sha256:") + 64
     assert spec.describe().startswith(f"{spec.type} job '{spec.name}'")
@@ -572,7 +570,7 @@ def test_dag_valid() -> None:
     assert canonical["tasks"]["fetch"]["map"] is None
     assert canonical["tasks"]["fetch"]["when"] == "succeeded"
     assert "timeout" in canonical["tasks"]["fetch"]  # task keys are flat
-    assert JobSpec.from_canonical(canonical) == spec
+    assert validate_spec(canonical, canonical=True) == spec
 
 
 def test_dag_depends_on_order_does_not_change_the_digest() -> None:
@@ -680,7 +678,7 @@ def test_chain_valid_and_ordered() -> None:
     assert spec.stages is not None
     assert [s.name for s in spec.stages] == ["b", "a"]  # order kept
     assert spec.stages[1].task.timeout_ms == 60_000
-    assert JobSpec.from_canonical(spec.canonical()) == spec
+    assert validate_spec(spec.canonical(), canonical=True) == spec
 
 
 @pytest.mark.parametrize(
@@ -734,7 +732,7 @@ def test_stream_micro_batch() -> None:
     assert spec.stream is not None
     assert spec.stream.partition_names == ("p0", "p1")
     assert spec.canonical()["batch"] == {"max_entries": 1000, "max_wait": 5000}
-    assert JobSpec.from_canonical(spec.canonical()) == spec
+    assert validate_spec(spec.canonical(), canonical=True) == spec
 
 
 @pytest.mark.parametrize(
@@ -940,7 +938,7 @@ def test_validate_task_reads_the_canonical_form() -> None:
     assert spec.task is not None
     wire = spec.task.canonical()
     assert validate_task(wire) == spec.task
-    assert TaskSpec.from_canonical(wire) == spec.task
+    assert validate_task(wire) == spec.task
     # In canonical form an int duration is milliseconds, not seconds ...
     assert validate_task({**wire, "timeout": 30}).timeout_ms == 30
     # ... and human spellings are refused.
@@ -981,7 +979,7 @@ def test_from_canonical_rejects_bad_input() -> None:
     canonical["task"]["timeout"] = "30s"
     canonical["extra"] = 1
     with pytest.raises(SpecValidationError) as info:
-        JobSpec.from_canonical(canonical)
+        validate_spec(canonical, canonical=True)
     assert {e.path for e in info.value.errors} == {"task.timeout", "extra"}
 
 
@@ -1053,7 +1051,7 @@ def test_arbitrary_documents_never_crash(doc: Any, canonical: bool) -> None:
         assert err.errors
         assert all(isinstance(e.path, str) and e.message for e in err.errors)
     else:
-        assert JobSpec.from_canonical(spec.canonical()) == spec
+        assert validate_spec(spec.canonical(), canonical=True) == spec
 
 
 @settings(max_examples=200)
@@ -1066,7 +1064,7 @@ def test_arbitrary_text_never_crashes(text: str) -> None:
 def test_canonical_form_survives_yaml() -> None:
     # `job explain -o yaml` output read back as canonical form is the same spec.
     spec = load_spec_file(SPECS / "dag.yaml")
-    assert JobSpec.from_canonical(yaml.safe_load(yaml.safe_dump(spec.canonical()))) == spec
+    assert validate_spec(yaml.safe_load(yaml.safe_dump(spec.canonical())), canonical=True) == spec
 
 
 # --- daemon / service: rollout and the long-running timeout ----------------------

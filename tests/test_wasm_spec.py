@@ -19,7 +19,6 @@ from p2pnode.wasm_modules import (
     store_module_files,
 )
 from protocols.spec import (
-    JobSpec,
     SpecError,
     SpecValidationError,
     WasmEngine,
@@ -45,7 +44,7 @@ def test_defaults_and_canonical_round_trip() -> None:
     assert spec.task.engine == WasmEngine(module=CONTENT_ID, entrypoint="_start", args=())
     engine = spec.canonical()["task"]["engine"]
     assert engine == {"args": [], "entrypoint": "_start", "module": CONTENT_ID, "type": "wasm"}
-    assert JobSpec.from_canonical(spec.canonical()) == spec
+    assert validate_spec(spec.canonical(), canonical=True) == spec
     task = validate_task(spec.canonical()["task"])
     assert task.engine == spec.task.engine
 

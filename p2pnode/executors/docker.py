@@ -74,7 +74,7 @@ from p2pnode.executors.common import (
     task_env,
 )
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.spec import DockerEngine, TaskSpec
+from protocols.spec import DockerEngine, TaskSpec, validate_task
 
 __all__ = ["DockerExecutor", "DockerUnavailable", "ImageMissing"]
 
@@ -176,7 +176,7 @@ class DockerExecutor:
 
     async def run(self, start: StartExecution) -> ExecutionFinished:
         t0 = trio.current_time()
-        task = TaskSpec.from_canonical(start.task)
+        task = validate_task(start.task)
         engine = task.engine
         if not isinstance(engine, DockerEngine):
             raise ExecutorError(f"the docker executor cannot run a {engine.type!r} task")

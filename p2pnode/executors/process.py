@@ -117,7 +117,7 @@ from p2pnode.executors.common import (
 from p2pnode.executors.sandbox import TASK_WORKDIR, BwrapSandbox, open_sandbox, task_uid
 from p2pnode.executors.spawn import Child, spawn
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.spec import ProcessEngine, TaskSpec
+from protocols.spec import ProcessEngine, TaskSpec, validate_task
 
 __all__ = ["ProcessExecutor"]
 
@@ -178,7 +178,7 @@ class ProcessExecutor:
 
     async def run(self, start: StartExecution) -> ExecutionFinished:
         t0 = trio.current_time()
-        task = TaskSpec.from_canonical(start.task)
+        task = validate_task(start.task)
         engine = task.engine
         if not isinstance(engine, ProcessEngine):
             raise ExecutorError(f"the process executor cannot run a {engine.type!r} task")

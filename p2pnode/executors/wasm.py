@@ -71,7 +71,7 @@ from p2pnode.executors.common import (
 )
 from p2pnode.wasm_modules import MAX_MODULE_BYTES
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.spec import TaskSpec, WasmEngine
+from protocols.spec import TaskSpec, WasmEngine, validate_task
 
 __all__ = ["TRAP_EXIT_CODE", "WasmExecutor"]
 
@@ -306,7 +306,7 @@ class WasmExecutor:
 
     async def run(self, start: StartExecution) -> ExecutionFinished:
         t0 = trio.current_time()
-        task = TaskSpec.from_canonical(start.task)
+        task = validate_task(start.task)
         wasm = task.engine
         if not isinstance(wasm, WasmEngine):
             raise ExecutorError(f"the wasm executor cannot run a {wasm.type!r} task")

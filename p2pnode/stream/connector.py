@@ -15,7 +15,7 @@ Positions are strings, opaque to the feeder but comparable by the core
 Writing a connector for another source (Kafka, NATS, files, ...) means
 implementing :class:`Connector`, mapping the source's offsets onto such a map
 (an integer or a ``<ms>-<seq>`` id per key keeps the core's never-backwards
-check meaningful), and adding it to :func:`open_connector`.
+check meaningful), and adding it to :func:`p2pnode.stream.sources.open_connector`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ __all__ = [
     "ReadResult",
     "decode_position",
     "encode_position",
-    "open_connector",
 ]
 
 
@@ -110,13 +109,3 @@ def decode_position(position: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ConnectorError(f"position {position[:80]!r} is not a JSON map")
     return {str(k): str(v) for k, v in value.items()}
-
-
-def open_connector(source_type: str, url: str) -> Connector:
-    """The connector for a job's ``source``.  Raises ``ConnectorError`` for an
-    unknown type or a URL the client refuses."""
-    if source_type == "redis":
-        from p2pnode.stream.redis import RedisConnector
-
-        return RedisConnector(url)
-    raise ConnectorError(f"no connector for source type {source_type!r}")

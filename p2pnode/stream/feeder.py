@@ -35,12 +35,8 @@ import trio
 
 from p2pnode.blobs import BlobError, BlobStore, ManifestEntry
 from p2pnode.runtime import NodeStopped
-from p2pnode.stream.connector import (
-    Connector,
-    ConnectorError,
-    ReadResult,
-    open_connector,
-)
+from p2pnode.stream.connector import Connector, ConnectorError, ReadResult
+from p2pnode.stream.sources import open_connector
 from protocols.errors import LocalProtocolError
 from protocols.events import SourceBatch
 

@@ -28,8 +28,11 @@ key order, duration/size spelling, or which defaults were written out.
   with msgpack; :func:`canonical_bytes` is that packing, and
   ``sha256:<hex>`` of it is :func:`spec_digest`.
 
-:meth:`JobSpec.from_canonical` (and :func:`validate_task` for one task, as a
-peer sends it) validate the canonical form back into the same view.
+:func:`validate_spec` with ``canonical=True`` (and :func:`validate_task` for
+one task, as a peer sends it) validate the canonical form back into the same
+view.  (They live in ``validate.py``, not as methods of the views in
+``model.py``: the validator builds the views, so the views cannot call it
+without an import circle.)
 """
 
 from protocols.spec.errors import DOCUMENT, SpecError, SpecValidationError

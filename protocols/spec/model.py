@@ -193,13 +193,6 @@ class TaskSpec(_View):
     # keep their digest.
     network: str = attrs.field(default="none", metadata={"omit_default": True})
 
-    @classmethod
-    def from_canonical(cls, data: Any) -> TaskSpec:
-        """Inverse of :meth:`canonical` (validates; raises SpecValidationError)."""
-        from protocols.spec.validate import validate_task
-
-        return validate_task(data)
-
 
 # --- job -----------------------------------------------------------------------
 
@@ -325,13 +318,6 @@ class JobSpec(_View):
     stream: StreamSettings | None = attrs.field(
         default=None, metadata={"flatten": True, "omit_none": True}
     )  # stream
-
-    @classmethod
-    def from_canonical(cls, data: Any) -> JobSpec:
-        """Inverse of :meth:`canonical` (validates; raises SpecValidationError)."""
-        from protocols.spec.validate import validate_spec
-
-        return validate_spec(data, canonical=True)
 
     def describe(self) -> str:
         """A one-line plain-language summary of what this job does."""

@@ -120,7 +120,7 @@ def validate_spec(doc: Any, *, canonical: bool = False) -> JobSpec:
     """Validate a parsed spec document and return its typed view.
 
     ``canonical=True`` reads the canonical form (durations as integer ms,
-    sizes as integer bytes), as :meth:`JobSpec.from_canonical` does.
+    sizes as integer bytes): the inverse of :meth:`JobSpec.canonical`.
     Raises SpecValidationError listing every error found.
     """
     ctx = Ctx(canonical=canonical)
