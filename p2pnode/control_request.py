@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from p2pnode.blobs import BlobError
+from p2pnode.errors import P2PNodeError
 from p2pnode.outputs import FetchError
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
@@ -46,11 +47,11 @@ ERROR_CODES = frozenset(
 )
 
 
-class BadRequest(Exception):
+class BadRequest(P2PNodeError):
     """The request itself is malformed (reply code ``bad_request``)."""
 
 
-class UnknownOperation(Exception):
+class UnknownOperation(P2PNodeError):
     """The ``op`` names no operation (reply code ``unknown_op``)."""
 
 

@@ -23,6 +23,7 @@ import msgpack
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.errors import FetchError as FetchError  # re-exported
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame
 
 log = logging.getLogger("p2pnode.outputs")
@@ -32,10 +33,6 @@ CHUNK = 64 * 1024
 MAX_FETCH = 1024**3
 FETCH_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 10.0  # a client must send its request within this
-
-
-class FetchError(Exception):
-    pass
 
 
 async def _read_frames(stream: Any, decoder: FrameDecoder) -> list[bytes]:
