@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from p2pnode.blobs import BlobError
-from p2pnode.errors import P2PNodeError
+from p2pnode.errors import NodeStoppedError, P2PNodeError
 from p2pnode.outputs import FetchError
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
@@ -236,8 +236,6 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], bool]:
 
 
 def _code_of(exc: BaseException) -> str:
-    from p2pnode.runtime import NodeStopped  # runtime imports heavy parts
-
     if isinstance(exc, BadRequest):
         return BAD_REQUEST
     if isinstance(exc, RecursionError):
@@ -248,7 +246,7 @@ def _code_of(exc: BaseException) -> str:
         return REFUSED
     if isinstance(exc, (TimeoutError, trio.TooSlowError)):
         return TIMEOUT
-    if isinstance(exc, (FetchError, BlobError, NodeStopped, OSError)):
+    if isinstance(exc, (FetchError, BlobError, NodeStoppedError, OSError)):
         return UNAVAILABLE
     return INTERNAL
 
