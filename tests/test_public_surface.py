@@ -34,6 +34,7 @@ from p2pnode import (
 )
 from p2pnode.control import ControlClient, ControlError, serve_control
 from p2pnode.node import ensure_ports_free
+from p2pnode.testing import Faults
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
 
@@ -133,6 +134,14 @@ def test_old_import_paths_and_bases_still_hold() -> None:
     assert issubclass(NodeNotRunning, ControlError) and issubclass(ConnectionLost, ControlError)
 
 
+def test_settings_hold_no_test_hooks() -> None:
+    """Fault injection reaches a node through p2pnode.testing, not NodeSettings."""
+    fields = set(attrs.fields_dict(NodeSettings))
+    assert not {f for f in fields if "fault" in f or "drop" in f}, fields
+    assert set(inspect.signature(open_node).parameters) == {"settings", "_faults"}
+    assert Faults().drop == frozenset()
+
+
 def test_bad_settings_and_a_taken_port_are_p2pnode_errors(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="unknown executor"):
         NodeSettings(data_dir=tmp_path, executors=("fortran",))
@@ -157,6 +166,8 @@ task:
 async def test_node_errors_are_p2pnode_errors(tmp_path: Path) -> None:
     settings = NodeSettings(data_dir=tmp_path / "n", executors=("sim",))
     async with open_node(settings) as node:
+        # The runtime and the core are internals.
+        assert not hasattr(node, "runtime") and not hasattr(node, "core")
         # An invalid spec (text or dict): one SpecError listing every problem.
         for bad in (BAD_SPEC_YAML, {"name": "Not A Name", "count": 0, "task": {"timeout": "x"}}):
             with pytest.raises(p2pnode.SpecError) as info:
