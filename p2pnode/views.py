@@ -12,8 +12,8 @@ A view is also a read-only mapping of its JSON object (``view["state"]``,
 ``dict(view)``), so code written when these methods returned plain dicts
 keeps working.  The kind-specific parts of a job (a cron job's ``schedule``,
 a DAG's ``tasks``, a chain's ``chain``, a stream's ``partitions``) are kept
-as read-only JSON (``MappingProxyType`` and tuples); their fields are listed
-in docs/architecture.md and README.md ("Job views").
+as read-only JSON (``MappingProxyType`` and tuples); docs/library.md lists
+their fields (the ``describe`` row of the API table).
 """
 
 from __future__ import annotations
