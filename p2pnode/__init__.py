@@ -2,28 +2,129 @@
 
     from p2pnode import NodeSettings, open_node
 
+The library's public names are all here: the node (``open_node``, ``Node``,
+``NodeSettings``), the frozen views it reports (``JobView``, ``NodeStats``,
+...; ``p2pnode/views.py``) and its errors, every one a ``P2PNodeError``
+(``p2pnode/errors.py`` draws the tree).
+
 The names are imported lazily: py-libp2p takes about a second to import, and
 the CLI's client commands never need it.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from p2pnode.errors import (
+        BlobError,
+        ConnectionLost,
+        ConnectorError,
+        ControlError,
+        DataDirError,
+        DockerUnavailable,
+        ExecutorError,
+        FetchError,
+        InputError,
+        KeyFileError,
+        ListenError,
+        NodeNotRunning,
+        NodeStoppedError,
+        NotFoundError,
+        P2PNodeError,
+        RefusedError,
+        SandboxUnavailable,
+        SettingsError,
+        SpecError,
+        StoreError,
+        WaitTimeoutError,
+    )
     from p2pnode.node import Node, NodeSettings, open_node
     from p2pnode.outputs import fetch_outputs
+    from p2pnode.views import (
+        ExecutionView,
+        JobSummary,
+        JobView,
+        NodeStats,
+        PeerView,
+        RunView,
+        SlotView,
+    )
 
-__all__ = ["Node", "NodeSettings", "fetch_outputs", "open_node"]
+_ERRORS = (
+    "BlobError",
+    "ConnectionLost",
+    "ConnectorError",
+    "ControlError",
+    "DataDirError",
+    "DockerUnavailable",
+    "ExecutorError",
+    "FetchError",
+    "InputError",
+    "KeyFileError",
+    "ListenError",
+    "NodeNotRunning",
+    "NodeStoppedError",
+    "NotFoundError",
+    "P2PNodeError",
+    "RefusedError",
+    "SandboxUnavailable",
+    "SettingsError",
+    "SpecError",
+    "StoreError",
+    "WaitTimeoutError",
+)
+_VIEWS = ("ExecutionView", "JobSummary", "JobView", "NodeStats", "PeerView", "RunView", "SlotView")
+
+# public name -> the module defining it
+_HOMES: dict[str, str] = {
+    "Node": "p2pnode.node",
+    "NodeSettings": "p2pnode.node",
+    "open_node": "p2pnode.node",
+    "fetch_outputs": "p2pnode.outputs",
+    **{name: "p2pnode.errors" for name in _ERRORS},
+    **{name: "p2pnode.views" for name in _VIEWS},
+}
+
+__all__ = [  # noqa: RUF022 (grouped: the node, its views, its errors)
+    "Node",
+    "NodeSettings",
+    "fetch_outputs",
+    "open_node",
+    "ExecutionView",
+    "JobSummary",
+    "JobView",
+    "NodeStats",
+    "PeerView",
+    "RunView",
+    "SlotView",
+    "BlobError",
+    "ConnectionLost",
+    "ConnectorError",
+    "ControlError",
+    "DataDirError",
+    "DockerUnavailable",
+    "ExecutorError",
+    "FetchError",
+    "InputError",
+    "KeyFileError",
+    "ListenError",
+    "NodeNotRunning",
+    "NodeStoppedError",
+    "NotFoundError",
+    "P2PNodeError",
+    "RefusedError",
+    "SandboxUnavailable",
+    "SettingsError",
+    "SpecError",
+    "StoreError",
+    "WaitTimeoutError",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Node", "NodeSettings", "open_node"):
-        from p2pnode import node
-
-        return getattr(node, name)
-    if name == "fetch_outputs":
-        from p2pnode import outputs
-
-        return outputs.fetch_outputs
-    raise AttributeError(f"module 'p2pnode' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'p2pnode' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -41,6 +41,8 @@ from typing import Any, BinaryIO
 import attrs
 import msgpack
 
+from p2pnode.errors import BlobError as BlobError  # re-exported
+
 __all__ = [
     "DEFAULT_MAX_BLOB_BYTES",
     "DEFAULT_MAX_FILES",
@@ -71,11 +73,6 @@ tests can inject faults such as a full disk."""
 
 def _default_opener(path: Path) -> BinaryIO:
     return open(path, "xb")  # the caller closes it
-
-
-class BlobError(Exception):
-    """A blob could not be stored or read back intact (disk full, missing,
-    corrupt, over a size limit, bad manifest)."""
 
 
 class OutputRejected(BlobError):

@@ -22,12 +22,11 @@ import json
 import logging
 import os
 import select
-import signal
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -42,33 +41,18 @@ from p2pnode.control_request import (
     error_reply,
     parse_request,
 )
-from p2pnode.outputs import fetch_outputs
+from p2pnode.errors import ConnectionLost as ConnectionLost  # re-exported, as the next two
+from p2pnode.errors import ControlError as ControlError
+from p2pnode.errors import NodeNotRunning as NodeNotRunning
+from p2pnode.testing import fault_submit
 from protocols.events import Notify
+
+if TYPE_CHECKING:
+    from p2pnode.node import Node  # imports py-libp2p: only for the server's types
 
 log = logging.getLogger("p2pnode.control")
 
 SOCKET_NAME = "control.sock"
-
-
-class ControlError(Exception):
-    """The node answered with an error (``errors`` lists spec problems, if any;
-    ``code`` is one of ``control_request.ERROR_CODES``, "" if not from the node)."""
-
-    def __init__(
-        self, message: str, errors: list[dict[str, str]] | None = None, code: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.errors = errors or []
-        self.code = code
-
-
-class NodeNotRunning(ControlError):
-    pass
-
-
-class ConnectionLost(ControlError):
-    """The connection ended before the node's answer: the request may or may
-    not have taken effect (the node died or restarted meanwhile)."""
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -86,7 +70,7 @@ SEND_TIMEOUT = 30.0  # seconds a reply line may wait for a client that does not 
 HANGUP_POLL = 1.0  # seconds between checks whether a half-closed client is gone
 
 
-async def serve_control(node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control socket of ``node`` (a ``p2pnode.node.Node``) until cancelled."""
     path = socket_path(node.settings.data_dir)
     path.unlink(missing_ok=True)
@@ -273,7 +257,7 @@ async def _cancel_on_hangup(stream: trio.SocketStream, scope: trio.CancelScope) 
     scope.cancel()
 
 
-def _operations(node: Any) -> dict[str, Handler]:
+def _operations(node: Node) -> dict[str, Handler]:
     async def ping(req: dict[str, Any], emit: Any) -> Any:
         return {"node_id": node.node_id, "addrs": node.listen_addrs()}
 
@@ -282,9 +266,9 @@ def _operations(node: Any) -> dict[str, Handler]:
         if not isinstance(spec, (str, dict)):
             raise ValueError("submit needs a spec (YAML/JSON text or an object)")
         key = req.get("idempotency_key")  # the same key: the same job, created once
-        _fault_submit("kill-before-store")
+        fault_submit("kill-before-store")
         job_id = await node.submit(spec, idempotency_key=key)
-        _fault_submit("kill-before-reply")
+        fault_submit("kill-before-reply")
         return {"job_id": job_id}
 
     async def update(req: dict[str, Any], emit: Any) -> Any:
@@ -296,24 +280,24 @@ def _operations(node: Any) -> dict[str, Handler]:
 
     async def suspend(req: dict[str, Any], emit: Any) -> Any:
         await node.suspend(str(req["job_id"]))
-        return node.describe(str(req["job_id"]))
+        return node.describe(str(req["job_id"])).to_json()
 
     async def resume(req: dict[str, Any], emit: Any) -> Any:
         await node.resume(str(req["job_id"]))
-        return node.describe(str(req["job_id"]))
+        return node.describe(str(req["job_id"])).to_json()
 
     async def runs(req: dict[str, Any], emit: Any) -> Any:
-        return node.runs(str(req["job_id"]))
+        return [run.to_json() for run in node.runs(str(req["job_id"]))]
 
     async def jobs(req: dict[str, Any], emit: Any) -> Any:
-        return node.jobs()
+        return [job.to_json() for job in node.jobs()]
 
     async def describe(req: dict[str, Any], emit: Any) -> Any:
-        return node.describe(str(req["job_id"]))
+        return node.describe(str(req["job_id"])).to_json()
 
     async def cancel(req: dict[str, Any], emit: Any) -> Any:
         await node.cancel(str(req["job_id"]), str(req.get("reason") or "stopped by user"))
-        return node.describe(str(req["job_id"]))
+        return node.describe(str(req["job_id"])).to_json()
 
     async def wait(req: dict[str, Any], emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
         send, receive = trio.open_memory_channel[Notify](256)
@@ -333,17 +317,17 @@ def _operations(node: Any) -> dict[str, Handler]:
                 )
             finally:
                 send.close()
-        return view
+        return view.to_json()
 
     async def peers(req: dict[str, Any], emit: Any) -> Any:
-        return node.peers()
+        return [peer.to_json() for peer in node.peers()]
 
     async def stats(req: dict[str, Any], emit: Any) -> Any:
-        return node.stats()
+        return node.stats().to_json()
 
     async def get(req: dict[str, Any], emit: Any) -> Any:
-        files = await fetch_outputs(node, str(req["job_id"]), Path(str(req["output_dir"])))
-        return {"files": files}
+        files = await node.fetch_outputs(str(req["job_id"]), Path(str(req["output_dir"])))
+        return {"files": [str(path) for path in files]}
 
     return {
         "ping": ping,
@@ -360,18 +344,6 @@ def _operations(node: Any) -> dict[str, Handler]:
         "get": get,
         "stats": stats,
     }
-
-
-FAULT_SUBMIT_ENV = "P2PNODE_FAULT_SUBMIT"
-
-
-def _fault_submit(point: str) -> None:
-    """Fault injection for tests (hidden): SIGKILL this node at ``point`` of a
-    submit when ``P2PNODE_FAULT_SUBMIT`` names it (``kill-before-store``: the
-    request was read, nothing stored; ``kill-before-reply``: the job is stored,
-    its id never sent).  The client sees the connection drop either way."""
-    if os.environ.get(FAULT_SUBMIT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _offer(send: trio.MemorySendChannel[Notify], note: Notify) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from p2pnode.blobs import BlobError
+from p2pnode.errors import NodeStoppedError, P2PNodeError
 from p2pnode.outputs import FetchError
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
@@ -46,11 +47,11 @@ ERROR_CODES = frozenset(
 )
 
 
-class BadRequest(Exception):
+class BadRequest(P2PNodeError):
     """The request itself is malformed (reply code ``bad_request``)."""
 
 
-class UnknownOperation(Exception):
+class UnknownOperation(P2PNodeError):
     """The ``op`` names no operation (reply code ``unknown_op``)."""
 
 
@@ -235,8 +236,6 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], bool]:
 
 
 def _code_of(exc: BaseException) -> str:
-    from p2pnode.runtime import NodeStopped  # runtime imports heavy parts
-
     if isinstance(exc, BadRequest):
         return BAD_REQUEST
     if isinstance(exc, RecursionError):
@@ -247,7 +246,7 @@ def _code_of(exc: BaseException) -> str:
         return REFUSED
     if isinstance(exc, (TimeoutError, trio.TooSlowError)):
         return TIMEOUT
-    if isinstance(exc, (FetchError, BlobError, NodeStopped, OSError)):
+    if isinstance(exc, (FetchError, BlobError, NodeStoppedError, OSError)):
         return UNAVAILABLE
     return INTERNAL
 

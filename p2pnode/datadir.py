@@ -16,14 +16,12 @@ import os
 import stat
 from pathlib import Path
 
+from p2pnode.errors import DataDirError as DataDirError  # re-exported
+
 __all__ = ["DataDirError", "make_private"]
 
 PRIVATE_MODE = 0o700
 UMASK = 0o077
-
-
-class DataDirError(OSError):
-    """The data dir cannot be made private: the node does not start."""
 
 
 def make_private(data_dir: Path) -> None:

@@ -19,11 +19,9 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
+from p2pnode.errors import KeyFileError as KeyFileError  # re-exported
+
 KEY_FILE = "node.key"
-
-
-class KeyFileError(Exception):
-    """The key file exists but must not be used (permissions, corrupt, wrong type)."""
 
 
 def load_or_create_key(data_dir: Path) -> KeyPair:

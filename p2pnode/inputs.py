@@ -25,15 +25,12 @@ from typing import Any
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.errors import InputError as InputError  # re-exported
 from p2pnode.outputs import FetchError, fetch_blob
 
 log = logging.getLogger("p2pnode.inputs")
 
 InputRef = tuple[str, str, str]  # (name, manifest id, node holding it)
-
-
-class InputError(Exception):
-    """An input could not be made available locally."""
 
 
 class InputFetcher:

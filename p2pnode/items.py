@@ -15,13 +15,14 @@ from collections.abc import Sequence
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.errors import P2PNodeError
 from p2pnode.inputs import InputError, InputFetcher
 
 MAX_ITEMS = 10_000
 MAX_ITEMS_BYTES = 16 * 2**20
 
 
-class ItemsError(Exception):
+class ItemsError(P2PNodeError):
     """The items could not be read (fetch failed, too many, not text)."""
 
 

@@ -6,7 +6,7 @@
         job_id = await node.submit({"name": "hi", "task": {"engine": {
             "type": "process", "command": ["echo", "hi"]}}})
         view = await node.wait(job_id)
-        print(view["state"])
+        print(view.state)
 
 ``open_node`` wires the parts together: the node key and SQLite store in the
 data directory, the libp2p transport, the executors, and the trio runtime that
@@ -22,8 +22,8 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,17 +35,29 @@ from p2pnode.blobs import BlobStore
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY
 from p2pnode.datadir import make_private
 from p2pnode.engines import EngineRouter, build_executors
+from p2pnode.errors import (
+    ListenError,
+    NodeStoppedError,
+    NotFoundError,
+    P2PNodeError,
+    RefusedError,
+    SettingsError,
+    SpecError,
+    WaitTimeoutError,
+)
 from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
 from p2pnode.items import read_items
 from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.net.guard import GuardLimits
-from p2pnode.outputs import BLOB_PROTOCOL, blob_server
-from p2pnode.runtime import NodeRuntime, NodeStopped
+from p2pnode.outputs import BLOB_PROTOCOL, blob_server, fetch_outputs
+from p2pnode.runtime import NodeRuntime
 from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
+from p2pnode.testing import NO_FAULTS, Faults
 from p2pnode.timefmt import iso_utc
+from p2pnode.views import TERMINAL_STATES, JobSummary, JobView, NodeStats, PeerView, RunView
 from p2pnode.wasm_modules import module_problems
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
@@ -56,7 +68,6 @@ from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_sp
 
 log = logging.getLogger("p2pnode.node")
 
-TERMINAL_STATES = frozenset({"completed", "failed", "stopped"})
 KNOWN_EXECUTORS = ("process", "docker", "sim", "wasm")
 
 
@@ -90,9 +101,6 @@ class NodeSettings:
     # rejected frames before a peer is banned (p2pnode/net/guard.py).
     asks: AskLimits = attrs.field(factory=AskLimits)
     guard: GuardLimits = attrs.field(factory=GuardLimits)
-    # Fault injection for tests: incoming frames of these message types are
-    # dropped as if lost (e.g. "handover_offer": a node that never accepts).
-    fault_drop: tuple[str, ...] = ()
     # The process executor's sandbox: "bwrap" (default) or "none" (tasks run
     # as plain processes with the node's uid: only for trusted peers).
     sandbox: Literal["bwrap", "none"] = "bwrap"
@@ -101,9 +109,11 @@ class NodeSettings:
     def __attrs_post_init__(self) -> None:
         unknown = [e for e in self.executors if e not in KNOWN_EXECUTORS]
         if unknown:
-            raise ValueError(f"unknown executor(s) {unknown}; choose from {list(KNOWN_EXECUTORS)}")
+            raise SettingsError(
+                f"unknown executor(s) {unknown}; choose from {list(KNOWN_EXECUTORS)}"
+            )
         if self.p2p_mode != "stream":
-            raise ValueError(
+            raise SettingsError(
                 f"p2p mode {self.p2p_mode!r} is not supported: point-to-point frames go over"
                 " direct streams (the inbox mode was removed: any peer could read its topics)"
             )
@@ -111,9 +121,9 @@ class NodeSettings:
 
 def keyed_job_id(node_id: str, idempotency_key: str) -> str:
     """The job id of a keyed submission: the same node and key, the same id
-    (and the format of a random one).  ``ValueError`` for a bad key."""
+    (and the format of a random one).  ``SettingsError`` for a bad key."""
     if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise ValueError(
+        raise SettingsError(
             f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
             "characters"
         )
@@ -129,20 +139,25 @@ def bootstrap_peer_id(addr: str) -> str:
     """The peer id at the end of a bootstrap multiaddr (``.../p2p/<id>``)."""
     head, sep, peer = addr.rpartition("/p2p/")
     if not sep or not head or not peer or "/" in peer:
-        raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+        raise SettingsError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
     try:
         multiaddr.Multiaddr(f"/p2p/{peer}")
     except Exception:  # multiaddr raises its own error types
-        raise ValueError(f"bootstrap address {addr!r}: {peer!r} is not a peer id") from None
+        raise SettingsError(f"bootstrap address {addr!r}: {peer!r} is not a peer id") from None
     try:
         multiaddr.Multiaddr(addr)
     except Exception as exc:
-        raise ValueError(f"bad bootstrap address {addr!r}: {exc}") from None
+        raise SettingsError(f"bad bootstrap address {addr!r}: {exc}") from None
     return peer
 
 
 class Node:
-    """A running peer: submit, watch, update, cancel and fetch jobs; list peers."""
+    """A running peer: submit, watch, update, cancel and fetch jobs; list peers.
+
+    Built by ``open_node``.  Every error it raises is a ``p2pnode.P2PNodeError``
+    (``p2pnode/errors.py``); what it reports comes as frozen views
+    (``p2pnode/views.py``) whose ``to_json()`` is what the CLI prints.
+    """
 
     def __init__(
         self,
@@ -154,15 +169,17 @@ class Node:
         feeder: StreamFeeder | None = None,
     ) -> None:
         self.settings = settings
-        self.runtime = runtime
-        self.core = core
         self.transport = transport
         self.blobs = blobs
-        self.feeder = feeder  # micro-batch stream sources (p2pnode/stream/)
+        # Internals: the trio shell and the pure core it drives.  Tests look
+        # inside; a program uses the methods below.
+        self._runtime = runtime
+        self._core = core
+        self._feeder = feeder  # micro-batch stream sources (p2pnode/stream/)
 
     @property
     def node_id(self) -> str:
-        return self.core.node_id
+        return self._core.node_id
 
     def listen_addrs(self) -> list[str]:
         return self.transport.listen_addrs()
@@ -178,43 +195,46 @@ class Node:
     ) -> str:
         """Validate ``spec`` (a JobSpec, a plain spec dict, or YAML/JSON text),
         become its owner and start it.  Returns the job id.  Raises
-        ``SpecValidationError`` with every problem of an invalid spec.
+        ``SpecError`` with every problem of an invalid spec.
 
         ``idempotency_key``: a submission that may be repeated (its first try's
         outcome unknown) returns the same job id every time, and creates the job
         once.  The job id is derived from the node and the key, so the stored
         job itself records the key, atomically and across restarts.  The same
-        key with a different spec raises ``LocalProtocolError`` (unless the job
-        was updated since); an empty or over-long key, or a key together with
-        ``job_id``, raises ``ValueError``."""
+        key with a different spec raises ``RefusedError`` (unless the job was
+        updated since); an empty or over-long key, or a key together with
+        ``job_id``, raises ``SettingsError``.  ``NodeStoppedError`` once the
+        node has stopped."""
         spec = _validated(spec)
         await self._check_modules(spec)
         canonical = spec.canonical()
         if idempotency_key is None:
             job_id = job_id or f"j-{secrets.token_hex(8)}"
-            await self.runtime.submit(job_id, canonical)
+            with self._refusals():
+                await self._runtime.submit(job_id, canonical)
             return job_id
         if job_id:
-            raise ValueError("give a job id or an idempotency key, not both")
+            raise SettingsError("give a job id or an idempotency key, not both")
         job_id = keyed_job_id(self.node_id, idempotency_key)
         if not self._same_submission(job_id, idempotency_key, canonical):
             try:
-                await self.runtime.submit(job_id, canonical)
-            except LocalProtocolError:  # a concurrent submit with the same key won
+                with self._refusals():
+                    await self._runtime.submit(job_id, canonical)
+            except RefusedError:  # a concurrent submit with the same key won
                 if not self._same_submission(job_id, idempotency_key, canonical):
                     raise
         return job_id
 
     def _same_submission(self, job_id: str, key: str, canonical: dict[str, Any]) -> bool:
         """True if ``job_id`` (keyed by ``key``) exists with this spec; False if
-        it does not exist; ``LocalProtocolError`` if it has another spec."""
-        job = self.core.owner.jobs.get(job_id)
+        it does not exist; ``RefusedError`` if it has another spec."""
+        job = self._core.owner.jobs.get(job_id)
         if job is None:
             return False
         # As stored (the owner's canonical form; msgpack makes tuples lists).
         wanted = validate_spec(canonical, canonical=True).canonical()
         if job.version == 1 and _normal(job.spec) != _normal(wanted):
-            raise LocalProtocolError(
+            raise RefusedError(
                 f"idempotency key {key!r} was already used for job {job_id} with another spec"
             )
         return True
@@ -226,10 +246,33 @@ class Node:
             module_problems, spec.canonical(), self.blobs.has
         )
         if problems:
-            raise SpecValidationError(problems)
+            raise SpecError(problems)
+
+    @contextmanager
+    def _refusals(self, job_id: str = "") -> Iterator[None]:
+        """The core's refusals (``LocalProtocolError``) as the library's errors:
+        ``NotFoundError`` when ``job_id`` is unknown here, else ``RefusedError``
+        (the message unchanged)."""
+        try:
+            yield
+        except P2PNodeError:
+            raise
+        except LocalProtocolError as exc:
+            if job_id and not self._knows(job_id):
+                raise NotFoundError(str(exc)) from exc
+            raise RefusedError(str(exc)) from exc
+
+    def _knows(self, job_id: str) -> bool:
+        try:
+            self._core.describe(job_id)
+        except LocalProtocolError:
+            return False
+        return True
 
     async def cancel(self, job_id: str, reason: str = "stopped by user") -> None:
-        await self.runtime.cancel(job_id, reason)
+        """Stop a job this node owns.  ``NotFoundError`` for an unknown job."""
+        with self._refusals(job_id):
+            await self._runtime.cancel(job_id, reason)
 
     async def update(self, job_id: str, spec: JobSpec | Mapping[str, Any] | str) -> int:
         """Replace the spec of a daemon, service or cron job this node owns;
@@ -237,52 +280,72 @@ class Node:
 
         Cron: later runs use the new version, running ones finish.  Daemon and
         service: a rolling replacement, ``rollout.max_unavailable`` slots at a
-        time.  Raises ``SpecValidationError`` with every problem of an invalid
-        spec, and ``LocalProtocolError`` for a job of another kind, an unknown
-        or finished job, or a spec that changes the job's ``type``.
+        time.  Raises ``SpecError`` with every problem of an invalid spec,
+        ``NotFoundError`` for an unknown job, and ``RefusedError`` for a job
+        of another kind, a finished job, or a spec that changes the job's
+        ``type``.
         """
         spec = _validated(spec)
         await self._check_modules(spec)
-        notes = await self.runtime.update(job_id, spec.canonical())
+        with self._refusals(job_id):
+            notes = await self._runtime.update(job_id, spec.canonical())
         for note in notes:
             if note.kind == "job_updated" and note.data.get("job_id") == job_id:
                 return int(note.data["version"])
-        return int(self.describe(job_id)["version"])
+        return self.describe(job_id).version
 
     async def suspend(self, job_id: str) -> None:
         """Suspend a cron job's schedule: scheduled times that pass meanwhile are
         recorded as skipped; a run already going finishes.  Raises
-        ``LocalProtocolError`` for a job that is not a live cron job."""
-        await self.runtime.suspend(job_id, True)
+        ``NotFoundError`` for an unknown job, ``RefusedError`` for a job that
+        is not a live cron job."""
+        with self._refusals(job_id):
+            await self._runtime.suspend(job_id, True)
 
     async def resume(self, job_id: str) -> None:
         """Resume a suspended cron job from its next scheduled time (the times
         that passed while suspended are not run).  Same errors as ``suspend``."""
-        await self.runtime.suspend(job_id, False)
+        with self._refusals(job_id):
+            await self._runtime.suspend(job_id, False)
 
-    def runs(self, job_id: str) -> list[dict[str, Any]]:
+    def runs(self, job_id: str) -> list[RunView]:
         """A cron job's history, oldest first: one row per scheduled time it
         handled, with ``run_id`` ("" when it was skipped or missed),
         ``scheduled_ms`` (unix ms) and ``scheduled`` (the same as ISO-8601 UTC),
         ``version``, ``outcome`` (queued, running, completed, failed, stopped,
         skipped, missed or buffered), ``reason`` and ``executions``
-        ([{execution_id, node, state}]).  Raises ``LocalProtocolError`` if
-        ``job_id`` is not a cron job this node owns."""
+        ([{execution_id, node, state}]).  Raises ``NotFoundError`` for an
+        unknown job, ``RefusedError`` for a job that is not a cron job."""
+        with self._refusals(job_id):
+            rows = self._core.runs(job_id)
         return [
-            {"run_id": row["run_id"], "scheduled": iso_utc(row["scheduled_ms"]), **row}
-            for row in self.core.runs(job_id)
+            RunView.from_json(
+                {"run_id": row["run_id"], "scheduled": iso_utc(row["scheduled_ms"]), **row}
+            )
+            for row in rows
         ]
 
-    def describe(self, job_id: str) -> dict[str, Any]:
-        """State, owner and every execution of a job this node owns."""
-        view = self.core.describe(job_id)
-        return self.feeder.annotate(view) if self.feeder is not None else view
+    def describe(self, job_id: str) -> JobView:
+        """State, owner and every execution of a job this node owns.
+        ``NotFoundError`` for a job this node does not own."""
+        try:
+            view = self._core.describe(job_id)
+        except LocalProtocolError as exc:  # the only refusal: an unknown job
+            raise NotFoundError(str(exc)) from exc
+        if self._feeder is not None:
+            view = self._feeder.annotate(view)
+        return JobView.from_json(view)
 
-    def jobs(self) -> list[dict[str, Any]]:
+    def jobs(self) -> list[JobSummary]:
+        """Every job this node owns, in the order they were created."""
         out = []
-        for job_id in self.core.owned_jobs():
-            view = self.core.describe(job_id)
-            out.append({k: view[k] for k in ("job_id", "name", "type", "state", "reason")})
+        for job_id in self._core.owned_jobs():
+            view = self._core.describe(job_id)
+            out.append(
+                JobSummary.from_json(
+                    {k: view[k] for k in ("job_id", "name", "type", "state", "reason")}
+                )
+            )
         return out
 
     async def wait(
@@ -291,22 +354,24 @@ class Node:
         *,
         timeout: float | None = None,
         on_event: Callable[[Notify], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobView:
         """Wait until the job is terminal; returns ``describe(job_id)``.
 
         ``on_event`` sees every notification about the job meanwhile (for
-        progress display).  Raises ``TimeoutError`` after ``timeout`` seconds.
+        progress display).  Raises ``WaitTimeoutError`` (a ``TimeoutError``)
+        after ``timeout`` seconds, ``NotFoundError`` for an unknown job and
+        ``NodeStoppedError`` if the node stops meanwhile.
         """
         try:
             with trio.fail_after(math_inf_if_none(timeout)):
                 while True:
                     # A watcher that falls far behind is disconnected by the
                     # runtime: then look again and watch anew.
-                    with self.runtime.watch() as events:
-                        if self.describe(job_id)["state"] in TERMINAL_STATES:
+                    with self._runtime.watch() as events:
+                        if self.describe(job_id).terminal:
                             return self.describe(job_id)
-                        if not self.runtime.running:
-                            raise NodeStopped("the node stopped while waiting")
+                        if not self._runtime.running:
+                            raise NodeStoppedError("the node stopped while waiting")
                         async for note in events:
                             if note.data.get("job_id") != job_id:
                                 continue
@@ -315,51 +380,72 @@ class Node:
                             if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:
                                 return self.describe(job_id)
         except trio.TooSlowError:
-            raise TimeoutError(f"job {job_id} not finished after {timeout:g}s") from None
+            raise WaitTimeoutError(f"job {job_id} not finished after {timeout:g}s") from None
+
+    async def fetch_outputs(self, job_id: str, dest: str | os.PathLike[str]) -> list[Path]:
+        """Download a job's outputs into the directory ``dest`` (what ``job get``
+        does); returns the paths written.
+
+        From the nodes that hold them, verified by hash: every completed
+        slot's outputs (under ``dest/<slot>/`` when the job has several
+        slots); a chain's last stage's; a DAG's per task (``dest/<task>/``,
+        ``<task>/<i>/`` for a map task's instances).  A job with no outputs
+        (yet) writes nothing.  Raises ``NotFoundError`` for an unknown job and
+        ``FetchError`` when a holder cannot deliver.
+        """
+        written = await fetch_outputs(self, job_id, Path(dest))
+        return [Path(path) for path in written]
 
     # --- network ------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> NodeStats:
         """Counters: frames sent by message type, drops by offending peer, duplicates
         filtered, the transport's own counters, and what peers cost us: rejected
         frames, scores and bans by peer (``peers``), asks by asker (``asks``).
         Field names are documented in docs/architecture.md ("Abusive peers")."""
         now = trio.current_time()
-        return {
-            "node_id": self.node_id,
-            "sent_by_type": dict(self.core.out.sent_by_type),
-            "frames_sent": sum(self.core.out.sent_by_type.values()),
-            "dropped_by_sender": dict(self.core.dropped),
-            "duplicates": self.core.duplicates,
-            "transport": attrs.asdict(self.transport.stats),
-            "peers": self.transport.guard.stats(now),
-            "asks": self.core.holder.ask_scores.stats(now),
-        }
-
-    def peers(self) -> list[dict[str, Any]]:
-        """This node and the peers in its view, with labels and capacity."""
-        infos = [self.core.me, *self.core.known_peers()]
-        return [
+        return NodeStats.from_json(
             {
-                "node_id": i.node_id,
-                "labels": dict(i.labels),
-                "cpu": i.cpu,
-                "memory": i.memory,
-                "executors": list(i.executors),
-                "compute": i.compute,
-                "addrs": list(i.addrs),
-                "self": i.node_id == self.node_id,
+                "node_id": self.node_id,
+                "sent_by_type": dict(self._core.out.sent_by_type),
+                "frames_sent": sum(self._core.out.sent_by_type.values()),
+                "dropped_by_sender": dict(self._core.dropped),
+                "duplicates": self._core.duplicates,
+                "transport": attrs.asdict(self.transport.stats),
+                "peers": self.transport.guard.stats(now),
+                "asks": self._core.holder.ask_scores.stats(now),
             }
+        )
+
+    def peers(self) -> list[PeerView]:
+        """This node and the peers in its view, with labels and capacity."""
+        infos = [self._core.me, *self._core.known_peers()]
+        return [
+            PeerView.from_json(
+                {
+                    "node_id": i.node_id,
+                    "labels": dict(i.labels),
+                    "cpu": i.cpu,
+                    "memory": i.memory,
+                    "executors": list(i.executors),
+                    "compute": i.compute,
+                    "addrs": list(i.addrs),
+                    "self": i.node_id == self.node_id,
+                }
+            )
             for i in infos
         ]
 
 
 def _validated(spec: JobSpec | Mapping[str, Any] | str) -> JobSpec:
-    if isinstance(spec, str):
-        return parse_spec(spec)
+    """The spec, checked; ``SpecError`` (the library's ``SpecValidationError``)
+    with every problem."""
     if isinstance(spec, JobSpec):
         return spec
-    return validate_spec(dict(spec))
+    try:
+        return parse_spec(spec) if isinstance(spec, str) else validate_spec(dict(spec))
+    except SpecValidationError as exc:
+        raise SpecError(exc.errors) from None
 
 
 def math_inf_if_none(timeout: float | None) -> float:
@@ -389,15 +475,17 @@ def ensure_ports_free(listen: tuple[str, ...]) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
+                raise ListenError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
 
 
 @asynccontextmanager
-async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
+async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> AsyncIterator[Node]:
     """Start a node; stop it (cleanly, nothing left running) on exit.
 
-    Raises ``OSError`` if a listen address is taken, ``StoreError`` if another
-    node already uses the data dir.
+    Raises ``ListenError`` (an ``OSError``) if a listen address is taken,
+    ``StoreError`` if another node already uses the data dir, ``DataDirError``,
+    ``KeyFileError`` or ``SandboxUnavailable`` when the node cannot start safely.
+    ``_faults``: fault injection for p2pnode's own tests (``p2pnode/testing.py``).
     """
     ensure_ports_free(settings.listen)
     data_dir = settings.data_dir.resolve()  # tasks run elsewhere: paths must be absolute
@@ -457,7 +545,7 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
                 store,
                 router,
                 items_reader=items_reader,
-                drop_types=frozenset(settings.fault_drop),
+                drop_types=_faults.drop,
             )
             # Synchronous, so the transport knows a peer's address before the
             # core's next action (often a hello to that very peer) is sent.
@@ -495,4 +583,4 @@ def _learn_address(note: Notify, transport: Libp2pTransport) -> None:
         transport.add_addresses(note.data["node_id"], note.data["addrs"])
 
 
-__all__ = ["LocalProtocolError", "Node", "NodeSettings", "open_node"]
+__all__ = ["TERMINAL_STATES", "LocalProtocolError", "Node", "NodeSettings", "open_node"]

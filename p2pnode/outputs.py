@@ -17,13 +17,17 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.errors import FetchError as FetchError  # re-exported
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame
+
+if TYPE_CHECKING:
+    from p2pnode.node import Node
 
 log = logging.getLogger("p2pnode.outputs")
 
@@ -32,10 +36,6 @@ CHUNK = 64 * 1024
 MAX_FETCH = 1024**3
 FETCH_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 10.0  # a client must send its request within this
-
-
-class FetchError(Exception):
-    pass
 
 
 async def _read_frames(stream: Any, decoder: FrameDecoder) -> list[bytes]:
@@ -123,7 +123,7 @@ async def fetch_blob(transport: Any, blobs: BlobStore, peer: str, digest: str) -
             await stream.reset()
 
 
-async def _fetch_manifest(node: Any, manifest_id: str, holder: str, dest: Path) -> list[str]:
+async def _fetch_manifest(node: Node, manifest_id: str, holder: str, dest: Path) -> list[str]:
     try:
         if not node.blobs.has(manifest_id):
             await fetch_blob(node.transport, node.blobs, holder, manifest_id)
@@ -137,33 +137,33 @@ async def _fetch_manifest(node: Any, manifest_id: str, holder: str, dest: Path) 
         raise FetchError(str(exc)) from None
 
 
-async def fetch_outputs(node: Any, job_id: str, output_dir: Path) -> list[str]:
+async def fetch_outputs(node: Node, job_id: str, output_dir: Path) -> list[str]:
     """Download the outputs of every completed slot of ``job_id`` into ``output_dir``
     (``output_dir/<slot>/...`` when the job has several slots).  A chain: its
     last stage's outputs.  A DAG: each task's, under ``output_dir/<task>/``
-    (``<task>/<i>/`` for the instances of a map task).  Returns the paths."""
+    (``<task>/<i>/`` for the instances of a map task).  Returns the paths.
+    ``Node.fetch_outputs`` is the same as a method."""
     view = node.describe(job_id)
-    if view.get("type") == "chain":
-        final = (view.get("chain") or {}).get("final") or []
+    if view.type == "chain":
+        final: Any = (view.chain or {}).get("final") or ()  # (manifest id, holder)
         if len(final) == 2 and final[0]:
             return await _fetch_manifest(node, final[0], final[1], output_dir)
         return []
-    if view.get("type") == "dag":
+    if view.type == "dag":
         written: list[str] = []
-        for task in view.get("tasks", []):
-            for out in task.get("outputs", []):
+        for task in view.tasks:
+            for out in task.get("outputs", ()):
                 dest = output_dir / out["name"]
                 written += await _fetch_manifest(node, out["manifest_id"], out["node"], dest)
         return written
-    slots = view["slots"]
     written = []
-    for slot in slots:
-        done = [e for e in slot["executions"] if e["state"] == "succeeded"]
-        if not done or not done[-1]["manifest_id"]:
+    for slot in view.slots:
+        done = [e for e in slot.executions if e.state == "succeeded"]
+        if not done or not done[-1].manifest_id:
             continue
-        dest = output_dir if len(slots) == 1 else output_dir / str(slot["slot"])
+        dest = output_dir if len(view.slots) == 1 else output_dir / str(slot.slot)
         try:
-            written += await _fetch_manifest(node, done[-1]["manifest_id"], done[-1]["node"], dest)
+            written += await _fetch_manifest(node, done[-1].manifest_id, done[-1].node, dest)
         except FetchError as exc:
-            raise FetchError(f"outputs of slot {slot['slot']}: {exc}") from None
+            raise FetchError(f"outputs of slot {slot.slot}: {exc}") from None
     return written

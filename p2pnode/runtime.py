@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from p2pnode.errors import NodeStoppedError
 from p2pnode.executor import Executor, ProgressMailbox, install_progress
 from p2pnode.store import Store, StoreError
 from p2pnode.transport import Transport
@@ -90,8 +91,9 @@ class Core(Protocol):
     def handle(self, event: Event, now: float) -> Sequence[Action]: ...
 
 
-class NodeStopped(Exception):
-    """The node is not running (not started yet, stopped, or failed)."""
+# The node is not running (not started yet, stopped, or failed): the library's
+# ``NodeStoppedError``, under the name this module always gave it.
+NodeStopped = NodeStoppedError
 
 
 # --- queue items ---------------------------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import stat
 
+from p2pnode.errors import P2PNodeError
 from protocols.spec import MAX_SPEC_BYTES, JobSpec, parse_spec_bytes
 
 
-class SpecFileError(OSError):
+class SpecFileError(P2PNodeError, OSError):
     """SPEC is not something a spec can be read from (a device, a socket, a directory)."""
 
 

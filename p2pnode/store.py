@@ -27,18 +27,13 @@ from typing import Any, ClassVar, Protocol
 
 import msgpack
 
+from p2pnode.errors import StoreError as StoreError  # re-exported
 from protocols.events import Persist
 
 Records = dict[str, dict[str, dict[str, Any]]]
 """table -> key -> value."""
 
 SCHEMA_VERSION = 1
-
-
-class StoreError(Exception):
-    """The store could not load or persist records (disk full, read-only file,
-    corrupt database, unencodable value, store closed, file in use).  A failed
-    ``apply`` wrote nothing."""
 
 
 class Store(Protocol):

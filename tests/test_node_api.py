@@ -9,10 +9,16 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode import NodeSettings, open_node
+from p2pnode import (
+    NodeSettings,
+    NotFoundError,
+    RefusedError,
+    SettingsError,
+    SpecError,
+    WaitTimeoutError,
+    open_node,
+)
 from p2pnode.timefmt import iso_utc
-from protocols.errors import LocalProtocolError
-from protocols.spec import SpecValidationError
 
 LONG_SIM_JOB = {
     "name": "long",
@@ -23,7 +29,7 @@ LONG_SIM_JOB = {
 async def test_wait_times_out_then_cancel_stops_the_job(tmp_path: Path) -> None:
     async with open_node(NodeSettings(data_dir=tmp_path / "n", executors=("sim",))) as node:
         job_id = await node.submit(LONG_SIM_JOB)
-        with pytest.raises(TimeoutError, match=job_id):
+        with pytest.raises(WaitTimeoutError, match=job_id):
             await node.wait(job_id, timeout=0.5)
         await node.cancel(job_id)
         view = await node.wait(job_id, timeout=10)
@@ -32,7 +38,7 @@ async def test_wait_times_out_then_cancel_stops_the_job(tmp_path: Path) -> None:
 
 async def test_invalid_spec_lists_every_error(tmp_path: Path) -> None:
     async with open_node(NodeSettings(data_dir=tmp_path / "n")) as node:
-        with pytest.raises(SpecValidationError) as info:
+        with pytest.raises(SpecError) as info:
             await node.submit({"name": "Bad Name", "count": 0, "task": {"timeout": "soon"}})
         paths = {e.path for e in info.value.errors}
         assert {"name", "count", "task.timeout"} <= paths
@@ -56,31 +62,31 @@ async def test_update_suspend_resume_runs_refuse_what_they_cannot_change(tmp_pat
         daemon = await node.submit(DAEMON_JOB)
 
         # Unknown job: every call names it.
-        with pytest.raises(LocalProtocolError, match="j-unknown"):
+        with pytest.raises(NotFoundError, match="j-unknown"):
             await node.update("j-unknown", CRON_JOB)
-        with pytest.raises(LocalProtocolError, match="j-unknown"):
+        with pytest.raises(NotFoundError, match="j-unknown"):
             await node.suspend("j-unknown")
-        with pytest.raises(LocalProtocolError, match="j-unknown"):
+        with pytest.raises(NotFoundError, match="j-unknown"):
             await node.resume("j-unknown")
-        with pytest.raises(LocalProtocolError, match="j-unknown"):
+        with pytest.raises(NotFoundError, match="j-unknown"):
             node.runs("j-unknown")
 
         # A batch job has one version, no schedule and no runs.
-        with pytest.raises(LocalProtocolError, match="batch job; only daemon, service and cron"):
+        with pytest.raises(RefusedError, match="batch job; only daemon, service and cron"):
             await node.update(batch, {"name": "once", "task": SIM_TASK})
-        with pytest.raises(LocalProtocolError, match="batch job"):
+        with pytest.raises(RefusedError, match="batch job"):
             await node.suspend(batch)
-        with pytest.raises(LocalProtocolError, match="not a cron job"):
+        with pytest.raises(RefusedError, match="not a cron job"):
             node.runs(batch)
 
         # A daemon updates, but neither changes type nor suspends.
-        with pytest.raises(LocalProtocolError, match="only cron jobs suspend"):
+        with pytest.raises(RefusedError, match="only cron jobs suspend"):
             await node.suspend(daemon)
-        with pytest.raises(LocalProtocolError, match="cannot make it 'service'"):
+        with pytest.raises(RefusedError, match="cannot make it 'service'"):
             await node.update(daemon, {**DAEMON_JOB, "type": "service"})
 
         # An invalid spec: every error, before the node is asked.
-        with pytest.raises(SpecValidationError) as info:
+        with pytest.raises(SpecError) as info:
             await node.update(daemon, {"name": "Bad", "type": "daemon", "task": {"timeout": "x"}})
         assert {"name", "task.engine", "task.timeout"} <= {e.path for e in info.value.errors}
         assert node.describe(daemon)["version"] == 1
@@ -92,7 +98,7 @@ async def test_update_suspend_resume_runs_refuse_what_they_cannot_change(tmp_pat
 
         # A stopped job is terminal: no more versions.
         await node.cancel(daemon)
-        with pytest.raises(LocalProtocolError, match="stopped"):
+        with pytest.raises(RefusedError, match="stopped"):
             await node.update(daemon, new)
 
 
@@ -154,7 +160,7 @@ async def test_the_same_idempotency_key_makes_one_job_across_a_restart(tmp_path:
         assert await node.submit("name: once\ntask: {engine: {type: sim, duration: 100ms}, "
                                  "timeout: 10s}\n", idempotency_key="k1") == first
         used = r"'k1' was already used for job j-\w+ with another spec"
-        with pytest.raises(LocalProtocolError, match=used):
+        with pytest.raises(RefusedError, match=used):
             await node.submit({**ONCE, "count": 2}, idempotency_key="k1")
         assert sorted(j["job_id"] for j in node.jobs()) == sorted(
             {first, other, await node.submit(ONCE, idempotency_key="k2")}
@@ -172,8 +178,8 @@ async def test_an_updated_keyed_job_is_still_found_by_its_key(tmp_path: Path) ->
 async def test_bad_idempotency_keys_are_refused(tmp_path: Path) -> None:
     async with open_node(NodeSettings(data_dir=tmp_path / "n")) as node:
         for bad in ("", "x" * 201, 7):
-            with pytest.raises(ValueError, match="idempotency_key must be"):
+            with pytest.raises(SettingsError, match="idempotency_key must be"):
                 await node.submit(ONCE, idempotency_key=bad)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="not both"):
+        with pytest.raises(SettingsError, match="not both"):
             await node.submit(ONCE, job_id="j-mine", idempotency_key="k")
         assert node.jobs() == []

@@ -157,12 +157,13 @@ async def test_abusive_peer_is_counted_banned_and_honest_jobs_complete(tmp_path:
         reserved_peak = 0
         for i in range(200):
             await raw.send(target.node_id, abuser.frame(invented_ask(i)))
-            mine = [r for r in target.core.holder.reservations.values() if r.owner == me]
+            mine = [r for r in target._core.holder.reservations.values() if r.owner == me]
             reserved_peak = max(reserved_peak, len(mine))
-            if target.core.holder.ask_scores.stats(trio.current_time()).get(me, {}).get("backoffs"):
+            scores = target._core.holder.ask_scores.stats(trio.current_time())
+            if scores.get(me, {}).get("backoffs"):
                 break
             await trio.sleep(0.05)
-        asks = target.core.holder.ask_scores.stats(trio.current_time())[me]
+        asks = target._core.holder.ask_scores.stats(trio.current_time())[me]
         assert asks["backoffs"] == 1 and asks["over_share"] > 0, asks
         assert 1 <= reserved_peak <= 2, reserved_peak  # half of 4 executions
 
@@ -180,14 +181,14 @@ async def test_abusive_peer_is_counted_banned_and_honest_jobs_complete(tmp_path:
         )
         # While banned: its connections are closed, its streams refused, its
         # frames never reach the core.
-        drops = target.core.dropped.get(me, 0)
+        drops = target._core.dropped.get(me, 0)
         refused = target.transport.guard.refused
         with trio.move_on_after(5), suppress(ConnectionError):
             await abuser.write(encode_frame(b"\xc1"))
         await wait_for(
             lambda: target.transport.guard.refused > refused, "a refused connection or stream"
         )
-        assert target.core.dropped.get(me, 0) == drops
+        assert target._core.dropped.get(me, 0) == drops
 
         # The ban ends (3 s here): the peer is let back in, and a repeat
         # offence bans it for twice as long.
@@ -211,8 +212,8 @@ async def test_abusive_peer_is_counted_banned_and_honest_jobs_complete(tmp_path:
         view = await wait_job(owner, job_id)
         assert view["state"] == "completed", view
         assert owner.node_id not in target.transport.guard.peers
-        assert not target.core.dropped.get(owner.node_id)
-        honest_asks = target.core.holder.ask_scores.stats(trio.current_time()).get(owner.node_id)
+        assert not target._core.dropped.get(owner.node_id)
+        honest_asks = target._core.holder.ask_scores.stats(trio.current_time()).get(owner.node_id)
         assert honest_asks is None or honest_asks["backoffs"] == 0, honest_asks
 
 
@@ -226,7 +227,7 @@ async def test_without_a_threshold_the_abuser_is_never_banned(tmp_path: Path) ->
         for _ in range(40):
             await raw.send(target.node_id, b"\xc1")
         await wait_for(
-            lambda: target.core.dropped.get(raw.local_id, 0) >= 40, "40 drops against the peer"
+            lambda: target._core.dropped.get(raw.local_id, 0) >= 40, "40 drops against the peer"
         )
         assert not target.transport.banned(raw.local_id)
         assert raw.local_id in target.transport.connected_peers()

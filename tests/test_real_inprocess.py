@@ -1,7 +1,7 @@
 """Several real ``open_node`` nodes in one trio process, over loopback libp2p.
 
 Real transport, real store, real process executor; only the process boundary
-is gone, which lets the tests look inside (``node.core``, transport stats) and
+is gone, which lets the tests look inside (``node._core``, transport stats) and
 play a hostile peer with a bare ``Libp2pTransport``.  Each node's process
 executor is wrapped in a ``RecordingExecutor`` (delegating to the real one) so
 a test can tell what a holder was asked to run and whether it saw cancellation.
@@ -104,7 +104,7 @@ async def open_cluster(
             nodes.append(await stack.enter_async_context(open_node(settings)))
         recorders = {}
         for node in nodes:
-            router = node.runtime.executor
+            router = node._runtime.executor
             assert isinstance(router, EngineRouter)
             recorders[node.node_id] = RecordingExecutor(router.executors["process"])
             router.executors["process"] = recorders[node.node_id]
@@ -156,7 +156,7 @@ def process_job(name: str, script: str, *, count: int = 1, **top: Any) -> dict[s
 def collect(node: Node, kind: str) -> tuple[list[Notify], Callable[[], Awaitable[None]]]:
     """Start recording ``node``'s notifications of ``kind``; returns the list and
     the coroutine function to run (in a nursery) that fills it."""
-    events = node.runtime.watch()
+    events = node._runtime.watch()
     seen: list[Notify] = []
 
     async def pump() -> None:
@@ -221,7 +221,7 @@ async def test_rogue_peer_cannot_grant_or_cancel(tmp_path: Path) -> None:
             # by the announce topic's validator before gossipsub delivers them.
             record = holder.transport.guard.peers.get(rogue.local_id)
             published = record.rejected.get("invalid_broadcast", 0) if record else 0
-            return holder.core.dropped.get(rogue.local_id, 0) >= 4 and published >= 4
+            return holder._core.dropped.get(rogue.local_id, 0) >= 4 and published >= 4
 
         await wait_for(refused, "4 drops and 4 refused broadcasts against the rogue")
         reasons = [str(note.data["reason"]) for note in drops]
@@ -243,9 +243,9 @@ async def test_rogue_peer_cannot_grant_or_cancel(tmp_path: Path) -> None:
     # No node ran, held or reserved anything for the rogue's grant.
     assert not [e for e in cluster.all_started() if e.startswith(rogue_job)]
     for node in cluster.nodes:
-        assert not [e for e in node.core.holder.held if e.startswith(rogue_job)]
-        assert not [k for k in node.core.holder.reservations if k[0] == rogue_job]
-    assert holder.core.dropped[rogue.local_id] >= 2
+        assert not [e for e in node._core.holder.held if e.startswith(rogue_job)]
+        assert not [k for k in node._core.holder.reservations if k[0] == rogue_job]
+    assert holder._core.dropped[rogue.local_id] >= 2
 
 
 # --- 5. bad input over the wire -----------------------------------------------------------
@@ -297,7 +297,7 @@ async def test_bad_frames_are_dropped_and_counted(tmp_path: Path) -> None:
         # validator refuses the published garbage before gossipsub delivers it.
         expected = len(garbage)
         await wait_for(
-            lambda: target.core.dropped.get(me, 0) >= expected,
+            lambda: target._core.dropped.get(me, 0) >= expected,
             f"{expected} drops against the raw peer",
         )
         rejected = target.transport.guard.peers[me].rejected
@@ -308,7 +308,7 @@ async def test_bad_frames_are_dropped_and_counted(tmp_path: Path) -> None:
         )
         assert target.transport.stats.dropped_oversize_in == before + 1
         assert rejected == {"undecodable": 8, "oversized": 1, "invalid_broadcast": 1}, rejected
-        assert target.core.dropped[me] == expected, [n.data for n in drops]
+        assert target._core.dropped[me] == expected, [n.data for n in drops]
         reasons = " | ".join(str(n.data["reason"]) for n in drops)
         for part in ("undecodable frame", "must be a map", "unknown message type", "version"):
             assert part in reasons, reasons

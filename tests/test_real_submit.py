@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode.control import FAULT_SUBMIT_ENV, ControlError
+from p2pnode.control import ControlError
+from p2pnode.testing import FAULT_SUBMIT_ENV
 from tests.realnet import ServeNode, cluster, spawn_cli
 
 pytestmark = pytest.mark.slow

@@ -284,7 +284,7 @@ async def test_inputs_are_fetched_from_another_node(tmp_path: Path) -> None:
         holder, runner = cluster.nodes
         manifest = _blob_manifest(holder.blobs, {BATCH_FILE: b"entries\n" * 1000})
         assert not runner.blobs.has(manifest)
-        router = runner.runtime.executor
+        router = runner._runtime.executor
         assert isinstance(router, EngineRouter) and router.inputs is not None
         inputs = (("batch", manifest, holder.node_id),)
         start = _process_start(COPY_INPUT, eid="fetch-1", inputs=inputs)

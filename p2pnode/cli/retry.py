@@ -13,6 +13,7 @@ import trio
 
 from p2pnode.control import ConnectionLost, ControlClient, ControlError, NodeNotRunning
 from p2pnode.control_request import BUSY, UNAVAILABLE
+from p2pnode.errors import P2PNodeError
 
 FIRST_DELAY = 0.2  # seconds before the first retry; doubled up to MAX_DELAY
 MAX_DELAY = 2.0
@@ -29,7 +30,7 @@ def new_key() -> str:
 RETRYABLE_CODES = frozenset({UNAVAILABLE, BUSY})
 
 
-class OutcomeUnknown(Exception):
+class OutcomeUnknown(P2PNodeError):
     """The request was sent, the connection was lost, and the node did not
     answer again within the retry window."""
 

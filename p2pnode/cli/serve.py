@@ -18,6 +18,7 @@ from p2pnode.cli.context import (
     fail,
     pass_cli,
 )
+from p2pnode.testing import Faults
 from protocols.config import Timings
 from protocols.units import UnitError, parse_size
 
@@ -152,7 +153,6 @@ def serve(
             max_executions=max_executions,
             timings=Timings(lease_ttl=lease_ttl, lease_grace=max(0.5, lease_ttl / 5)),
             p2p_mode=p2p_mode,
-            fault_drop=fault_drop,
             sandbox="none" if sandbox == "none" else "bwrap",
             sandbox_ro_paths=sandbox_ro,
             **extra,  # type: ignore[arg-type]
@@ -176,7 +176,7 @@ def serve(
             err=True,
         )
     try:
-        trio.run(_serve, settings)
+        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -208,11 +208,11 @@ def _start_failure(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-async def _serve(settings: NodeSettings) -> None:
+async def _serve(settings: NodeSettings, faults: Faults) -> None:
     from p2pnode.control import serve_control
     from p2pnode.node import open_node
 
-    async with open_node(settings) as node, trio.open_nursery() as nursery:
+    async with open_node(settings, _faults=faults) as node, trio.open_nursery() as nursery:
         await nursery.start(serve_control, node)
         addrs = node.listen_addrs()
         _write_addrs(settings.data_dir, addrs)

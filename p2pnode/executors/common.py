@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from p2pnode.blobs import BlobError, BlobStore, OutputRejected
+from p2pnode.errors import ExecutorError as ExecutorError  # re-exported
 from p2pnode.executor import ProgressSink
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.messages import MAX_CHECKPOINT_LEN, MAX_TAIL_LEN, MAX_TEXT_LEN
@@ -52,11 +53,6 @@ __all__ = [
 
 DEFAULT_TAIL_BYTES = 16 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class ExecutorError(Exception):
-    """The node could not run the task (engine down, image missing, bad task
-    for this executor).  The runtime reports it as ``status="error"``."""
 
 
 def clip_error(text: str) -> str:

@@ -59,6 +59,7 @@ import requests.exceptions
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.errors import DockerUnavailable as DockerUnavailable  # re-exported
 from p2pnode.executor import current_progress
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
@@ -97,10 +98,6 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
 )
-
-
-class DockerUnavailable(ExecutorError):
-    """The Docker engine cannot be reached (stopped, wrong DOCKER_HOST, wedged)."""
 
 
 class ImageMissing(ExecutorError):

@@ -75,6 +75,8 @@ from pathlib import Path
 
 import attrs
 
+from p2pnode.errors import SandboxUnavailable as SandboxUnavailable  # re-exported
+
 __all__ = [
     "SANDBOX_MODES",
     "TASK_UID_BASE",
@@ -101,12 +103,6 @@ SYSTEM_RO_PATHS = (
     "/etc",
     "/opt",
 )
-
-
-class SandboxUnavailable(Exception):
-    """The sandbox was asked for but cannot work here (no bwrap, no setpriv,
-    or bwrap refuses to start).  The node refuses to start: never a silent
-    downgrade to unsandboxed tasks."""
 
 
 def task_uid(execution_id: str) -> int:

@@ -56,6 +56,7 @@ import trio
 import wasmtime
 
 from p2pnode.blobs import BlobError, BlobStore
+from p2pnode.errors import P2PNodeError
 from p2pnode.executor import current_progress
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
@@ -87,7 +88,7 @@ MAX_INSTANCES = 16
 INPUTS_WRITABLE = False  # the task must not alter its inputs (a test plants True)
 
 
-class BadModule(Exception):
+class BadModule(P2PNodeError):
     """The module cannot run (not wasm, unknown import, no such entry point):
     the task's fault, reported as a failed execution."""
 

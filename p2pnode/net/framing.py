@@ -15,8 +15,10 @@ from typing import Any
 
 import trio
 
+from p2pnode.errors import P2PNodeError
 
-class FrameError(ValueError):
+
+class FrameError(P2PNodeError, ValueError):
     """A stream that cannot carry frames any more; ``reason`` names the fault."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from p2pnode.errors import ConnectorError as ConnectorError  # re-exported
+
 __all__ = [
     "Connector",
     "ConnectorError",
@@ -34,11 +36,6 @@ __all__ = [
     "decode_position",
     "encode_position",
 ]
-
-
-class ConnectorError(Exception):
-    """The source cannot be read now (down, unreachable, refused, bad URL).
-    The feeder logs it, shows it in ``job describe``, backs off and retries."""
 
 
 @attrs.frozen

@@ -1,0 +1,44 @@
+"""Fault injection for p2pnode's own tests: not part of the library API.
+
+Real-network tests need nodes that misbehave on purpose (a holder that never
+accepts a handover, a node killed halfway through a submit).  Those hooks live
+here, out of ``NodeSettings``: a library user never sees them.  They are
+reached through hidden entry points only:
+
+- ``serve --fault-drop TYPE`` (a hidden CLI flag) becomes ``Faults(drop=...)``,
+  handed to ``open_node(settings, _faults=...)``;
+- the ``P2PNODE_FAULT_SUBMIT`` environment variable makes a serving node kill
+  itself at a named point of a control-socket submit (``fault_submit``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import attrs
+
+__all__ = ["FAULT_SUBMIT_ENV", "NO_FAULTS", "Faults", "fault_submit"]
+
+
+@attrs.frozen(kw_only=True)
+class Faults:
+    """Faults a node injects into itself."""
+
+    # Incoming frames of these message types are dropped as if lost
+    # (e.g. "handover_offer": a node that never accepts a handover).
+    drop: frozenset[str] = frozenset()
+
+
+NO_FAULTS = Faults()
+
+FAULT_SUBMIT_ENV = "P2PNODE_FAULT_SUBMIT"
+
+
+def fault_submit(point: str) -> None:
+    """SIGKILL this node at ``point`` of a submit when ``P2PNODE_FAULT_SUBMIT``
+    names it (``kill-before-store``: the request was read, nothing stored;
+    ``kill-before-reply``: the job is stored, its id never sent).  The client
+    sees the connection drop either way."""
+    if os.environ.get(FAULT_SUBMIT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
