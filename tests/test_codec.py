@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import chain, codec, docgen
+from protocols import chain, codec, docgen, docgen_constants
 from protocols.codec import (
     FREE_MAX_DEPTH,
     FREE_MAX_ITEMS,
@@ -892,14 +892,15 @@ def test_deduper_default_capacity_is_bounded() -> None:
 
 def test_protocol_md_has_the_current_message_tables() -> None:
     assert docgen.render() in docgen.DOC_PATH.read_text(encoding="utf-8"), (
-        "docs/protocol.md is stale: run `python -m protocols.docgen` and paste its output"
+        "docs/protocol.md is stale: run `python -m protocols.docgen --write`"
     )
 
 
 def test_docgen_check_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    # The constants table and docs/wire-schema.json: tests/test_protocol_doc.py.
     assert docgen.main(["--check"]) == 0
     assert docgen.main([]) == 0
-    assert capsys.readouterr().out == docgen.render()
+    assert capsys.readouterr().out == docgen.render() + "\n" + docgen_constants.render()
 
 
 # --- speed (informative; asserted loosely so a loaded CI box does not flake) --------------
