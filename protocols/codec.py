@@ -6,9 +6,9 @@ A frame is a msgpack map with exactly five keys (see ``docs/protocol.md``)::
      "body": {<every field of the message, by attribute name>}}
 
 Decoding is *strict*: any deviation from the schema of :mod:`protocols.messages`
-(unknown version or type, a missing or extra key, a wrong type, a value out of
-its declared bounds, trailing bytes, ext types, invalid UTF-8, an oversized
-frame, ...) raises :class:`~protocols.errors.RemoteProtocolError` and nothing
+(unknown version or type, a missing, extra or duplicate key, a wrong type, a
+value out of its declared bounds, trailing bytes, ext types, invalid UTF-8, an
+oversized frame, ...) raises :class:`~protocols.errors.RemoteProtocolError` and nothing
 else, so a hostile peer can at worst get its frame dropped.  Encoding applies the
 very same checks and raises :class:`~protocols.errors.LocalProtocolError`: we
 never send a frame a correct peer would have to reject.

@@ -3,18 +3,9 @@
 One ``OwnedSlot`` machine per (job, slot) (transitions in ``states.py``).  The
 rules that make outcomes exact on a lossy network:
 
-* **Fencing.** Each grant carries ``epoch = previous + 1`` for its slot, and the
-  slot record with the new epoch is persisted *before* the grant is sent.  Only a
-  result or renewal carrying the slot's current epoch, from the peer that holds
-  it, can move the slot; anything older is recorded as late and refused
-  (``ResultAck(accepted=False)``, ``RenewAck(valid=False)``), so no slot ever
-  completes twice.
-* **Time bounds.** The owner judges a lease on its own clock: dead after
-  ``ttl + grace`` without a renewal, failed after ``timeout + timeout_grace``
-  without a result.  Either way the slot is re-auctioned under a new epoch.
-  ``ttl`` is the one the grant carried (kept with the execution, across
-  restarts): the holder renews and fences itself by that ttl, not by its own
-  settings, so both sides judge one lease by one number.
+* **Fencing and leases**: the rules are docs/protocol.md, section 6 (the
+  epoch persisted before the grant, expiry at ttl + grace on our clock, the
+  grant's ttl kept with the execution); this module implements the owner side.
 * **Retries.** Failed executions count against ``retry.attempts`` (with
   exponential backoff from ``retry.backoff``); lost leases (silence, restarts)
   count against ``max_lost_leases`` so network trouble cannot burn user retries.
