@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgpack
 
+from protocols.codec import unique_map
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.kinds import Handler, KindController, OwnerContext, Records, TimerHandler
 from protocols.messages import (
@@ -84,7 +85,13 @@ def pack(obj: Any) -> bytes:
 
 def unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=len(data))
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=len(data),
+            object_pairs_hook=unique_map,  # duplicate keys: rejected (docs/protocol.md)
+        )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise RemoteProtocolError(f"undecodable chain record: {exc}") from None
 

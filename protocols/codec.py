@@ -6,9 +6,9 @@ A frame is a msgpack map with exactly five keys (see ``docs/protocol.md``)::
      "body": {<every field of the message, by attribute name>}}
 
 Decoding is *strict*: any deviation from the schema of :mod:`protocols.messages`
-(unknown version or type, a missing or extra key, a wrong type, a value out of
-its declared bounds, trailing bytes, ext types, invalid UTF-8, an oversized
-frame, ...) raises :class:`~protocols.errors.RemoteProtocolError` and nothing
+(unknown version or type, a missing, extra or duplicate key, a wrong type, a
+value out of its declared bounds, trailing bytes, ext types, invalid UTF-8, an
+oversized frame, ...) raises :class:`~protocols.errors.RemoteProtocolError` and nothing
 else, so a hostile peer can at worst get its frame dropped.  Encoding applies the
 very same checks and raises :class:`~protocols.errors.LocalProtocolError`: we
 never send a frame a correct peer would have to reject.
@@ -202,6 +202,11 @@ def _check_int(lo: float, hi: float) -> Check:
         # ``type(...) is int`` on purpose: bool is an int subclass but not an int
         # on the wire (and must not sneak in as 0/1).
         if type(v) is not int:
+            if type(v) is float:  # e.g. a JS number 2**32 or more, packed as float64
+                raise _Reject(
+                    f"expected int, got float {_short(v)} (integers of any size must be "
+                    "msgpack ints, never float64: e.g. BigInt in JS)"
+                )
             raise _Reject(f"expected int, got {_tname(v)}")
         if v < lo:
             raise _Reject(f"must be >= {format_number(lo)}, got {_short(v)}")
@@ -576,15 +581,18 @@ def _reject_ext(code: int, data: bytes) -> Any:
 def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """``object_pairs_hook`` that refuses duplicate map keys.
 
-    Not used for frames: decoding them with it cost ~5 % of the simulator's
-    time, and a frame's meaning is defined as *last copy wins* (what this
-    decoder does; our encoder never writes duplicates).  Signed records that
-    third parties verify (handover records) should be decoded with it, so that
-    every verifier reads the same fields.
+    The protocol's rule (docs/protocol.md, "Encoding rules"): a map holding a
+    key twice is rejected, in frames and in signed records alike, because
+    implementations disagree on which copy wins, so two verifiers could read
+    different fields from the same bytes.  Costs one dict build per map.
     """
     out = dict(pairs)
     if len(out) != len(pairs):
-        raise ValueError("duplicate map key")
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate map key {_short(key)}")
+            seen.add(key)
     return out
 
 
@@ -604,6 +612,7 @@ def decode(data: bytes) -> Envelope:
                 raw=False,
                 strict_map_key=True,
                 use_list=True,
+                object_pairs_hook=unique_map,
                 ext_hook=_reject_ext,
                 **_UNPACK_LIMITS,
             )

@@ -5,17 +5,10 @@ One ``HeldExecution`` machine per execution (transitions in ``states.py``).
 * **Authority.** A grant is only taken from the peer we bid to for that
   (job, slot, attempt); cancels, renewal answers and result acks only from the
   peer that granted the execution.  Anything else is a ``RemoteProtocolError``.
-* **Self-fencing.** The run starts when the owner acknowledges our accept,
-  and the lease is valid until ``send time of the last acknowledged renewal +
-  ttl`` on our own clock.  Because the owner measures from
-  the *receipt* of that renewal and adds a grace, the holder always gives up
-  first: when the owner re-grants, the old execution has already been stopped.
-* **Agreed time bounds.** Every bound the owner relies on comes from its
-  messages, never from our own ``Timings``: the grant's ``ttl_ms`` sets the
-  lease, the renewal cadence (ttl/3) and the result's retransmission window;
-  the ask's ``bid_window_ms`` sets how long a bid's reservation waits for the
-  grant.  Our own settings only pace retries (``retransmit_base``) and add
-  margins (``bid_hold``).
+* **Self-fencing and agreed time bounds**: the rules are docs/protocol.md,
+  section 6 (start on the first acknowledged renewal, lease valid until its
+  send time + the grant's ttl, every bound taken from the owner's messages);
+  this module implements the holder side.
 * **Reporting.** The result is retransmitted until acknowledged; renewals go on
   meanwhile.  A lapse does not drop a finished execution's result (there is
   nothing left to fence): it is offered for ``REPORT_AFTER_LAPSE`` more ttls, so

@@ -222,7 +222,7 @@ class LeaseGrant(Message):
 
 @attrs.frozen(kw_only=True)
 class LeaseAccept(Message):
-    """Holder -> owner: the grant arrived and the execution started (renewal 0)."""
+    """Holder -> owner: the grant arrived; renewal ``seq`` 1 (the run starts on its ack)."""
 
     TYPE: ClassVar[str] = "lease_accept"
     SENDER_ROLE: ClassVar[str] = Role.HOLDER

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import codec, docgen
+from protocols import chain, codec, docgen, docgen_constants
 from protocols.codec import (
     FREE_MAX_DEPTH,
     FREE_MAX_ITEMS,
@@ -37,7 +37,9 @@ from protocols.codec import (
     encode,
     unique_map,
 )
+from protocols.config import NodeConfig
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.events import MessageReceived, Notify, Started
 from protocols.messages import (
     ALL_MESSAGES,
     MESSAGE_TYPES,
@@ -49,6 +51,7 @@ from protocols.messages import (
     Peers,
     bounded,
 )
+from protocols.node import NodeCore
 
 SENDER = "12D3KooWQvBXLZs1bhTvYh3rdgYkbeYZtqzPVWrbd9s1d8Wgd5kG"
 MSG_ID = f"{SENDER}:1:1"
@@ -476,14 +479,68 @@ def test_non_str_map_keys_are_rejected() -> None:
         encode(attrs.evolve(GRANT, task={1: "x"}), msg_id="m", sender="s")  # type: ignore[dict-item]
 
 
-def test_duplicate_map_keys_last_copy_wins() -> None:
-    # Defined, not refused: every conforming decoder reads the last copy.
+def _with_extra_entry(data: bytes, entry: bytes) -> bytes:
+    """``data`` (a frame: fixmap of 5) with one more key/value appended."""
+    assert data[0] == 0x85
+    return b"\x86" + data[1:] + entry
+
+
+def test_duplicate_map_keys_are_rejected_everywhere() -> None:
+    # One rule (docs/protocol.md, "Encoding rules"): a key twice = rejected,
+    # since decoders disagree on which copy wins.
     data = encode(Bid(job_id="j", slot=0, attempt=1), msg_id="m", sender="s")
-    # Turn fixmap(5) into fixmap(6) and append a second "id".
-    env = decode(b"\x86" + data[1:] + b"\xa2id\xa5other")
-    assert env.msg_id == "other"
-    with pytest.raises(ValueError, match="duplicate map key"):
+    _reject(_with_extra_entry(data, b"\xa2id\xa5other"), "duplicate map key 'id'")
+    # In a body: "slot" written twice.
+    raw = msgpack.unpackb(data)
+    packed_body = msgpack.packb(raw["body"])
+    assert packed_body[0] == 0x86
+    dup_body = b"\x87" + packed_body[1:] + msgpack.packb("slot") + msgpack.packb(7)
+    frame = b"\x85" + b"".join(
+        msgpack.packb(k) + (dup_body if k == "body" else msgpack.packb(v)) for k, v in raw.items()
+    )
+    _reject(frame, "duplicate map key 'slot'")
+    # Deep inside a free-form task.
+    grant = _grant_frame(task={"x": {"k": 1}})
+    assert grant.count(b"\x81\xa1k\x01") == 1
+    _reject(grant.replace(b"\x81\xa1k\x01", b"\x82\xa1k\x01\xa1k\x02"), "duplicate map key 'k'")
+    with pytest.raises(ValueError, match="duplicate map key 'a'"):
         unique_map([("a", 1), ("a", 2)])
+
+
+def test_signed_chain_records_obey_the_same_duplicate_key_rule() -> None:
+    record = chain.pack({"body": {"seq": 1}, "sigs": {}})
+    assert chain.unpack(record) == {"body": {"seq": 1}, "sigs": {}}
+    dup = b"\x83" + record[1:] + msgpack.packb("sigs") + msgpack.packb({"x": b"forged"})
+    with pytest.raises(RemoteProtocolError, match="duplicate map key 'sigs'"):
+        chain.unpack(dup)
+
+
+def test_a_float_where_an_int_belongs_is_refused_with_the_fix_in_the_reason() -> None:
+    # A JS number >= 2**32 (4 GiB of memory) packs as float64 unless it is a
+    # BigInt: the hello is refused, and the reason says why.
+    raw = msgpack.unpackb(
+        encode(Hello(info=NodeInfo(node_id=SENDER, memory=2**32)), msg_id=MSG_ID, sender=SENDER)
+    )
+    raw["body"]["info"]["memory"] = float(2**32)
+    _reject(msgpack.packb(raw), "hello.info.memory: expected int, got float 4294967296.0")
+    with pytest.raises(RemoteProtocolError, match=r"never float64: e\.g\. BigInt in JS"):
+        decode(msgpack.packb(raw))
+
+
+def test_a_refused_hello_is_counted_and_reported_not_silent() -> None:
+    core = NodeCore(NodeConfig(node_id="me"), seed=1)
+    core.handle(Started(wall=0.0), 0.0)
+    raw = msgpack.unpackb(
+        encode(Hello(info=NodeInfo(node_id=SENDER, memory=2**32)), msg_id=MSG_ID, sender=SENDER)
+    )
+    raw["body"]["info"]["memory"] = float(2**32)
+    actions = core.handle(MessageReceived(SENDER, msgpack.packb(raw)), 1.0)
+    notes = [a for a in actions if isinstance(a, Notify) and a.kind == "dropped"]
+    assert len(notes) == 1, actions
+    assert notes[0].data["fault"] == "undecodable"
+    assert "hello.info.memory: expected int, got float" in notes[0].data["reason"]
+    assert core.dropped == {SENDER: 1}
+    assert SENDER not in core.directory.peers
 
 
 def test_free_form_limits() -> None:
@@ -835,14 +892,15 @@ def test_deduper_default_capacity_is_bounded() -> None:
 
 def test_protocol_md_has_the_current_message_tables() -> None:
     assert docgen.render() in docgen.DOC_PATH.read_text(encoding="utf-8"), (
-        "docs/protocol.md is stale: run `python -m protocols.docgen` and paste its output"
+        "docs/protocol.md is stale: run `python -m protocols.docgen --write`"
     )
 
 
 def test_docgen_check_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    # The constants table and docs/wire-schema.json: tests/test_protocol_doc.py.
     assert docgen.main(["--check"]) == 0
     assert docgen.main([]) == 0
-    assert capsys.readouterr().out == docgen.render()
+    assert capsys.readouterr().out == docgen.render() + "\n" + docgen_constants.render()
 
 
 # --- speed (informative; asserted loosely so a loaded CI box does not flake) --------------
