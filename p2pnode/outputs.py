@@ -17,7 +17,7 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import trio
@@ -27,7 +27,19 @@ from p2pnode.errors import FetchError as FetchError  # re-exported
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame
 
 if TYPE_CHECKING:
-    from p2pnode.node import Node
+    from p2pnode.transport import Transport
+    from p2pnode.views import JobView
+
+
+class Node(Protocol):
+    """What fetching outputs needs of a node (``p2pnode.node.Node`` has it;
+    a Protocol keeps this module below the node in the import graph)."""
+
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def blobs(self) -> BlobStore: ...
+    def describe(self, job_id: str) -> JobView: ...
 
 log = logging.getLogger("p2pnode.outputs")
 

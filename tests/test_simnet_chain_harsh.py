@@ -103,7 +103,7 @@ def test_stuck_submitter_owner_is_caught_by_ch5(monkeypatch: pytest.MonkeyPatch)
     run_stage = ChainController._run_stage
 
     def never_on_the_submitter(self: ChainController, chain: Any, stage: int) -> None:
-        if stage == 0 or chain.submitter != self.owner.config.node_id:
+        if stage == 0 or chain.submitter != self.ctx.config.node_id:
             run_stage(self, chain, stage)
 
     monkeypatch.setattr(ChainController, "_run_stage", never_on_the_submitter)

@@ -14,7 +14,7 @@ The parts, one concern each:
 * this module: the local API (submit, update, cancel, restore, describe).
 
 The rules that make outcomes exact on a lossy network are stated once, in
-docs/protocol.md (leases, fencing, time bounds, retries).
+docs/protocol.md, section 6 (leases, fencing, time bounds, retries).
 """
 
 from __future__ import annotations
