@@ -553,7 +553,7 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
             runtime.add_listener(lambda note: _penalize_dropped(note, transport))
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
-                feeder = StreamFeeder(core.owner.stream.sources, runtime.source_batch, blobs)
+                feeder = StreamFeeder(core.stream.sources, runtime.source_batch, blobs)
                 runtime.add_listener(lambda note: _wake_feeder(note, feeder))
                 nursery.start_soon(feeder.run, name="p2pnode stream feeder")
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())

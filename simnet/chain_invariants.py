@@ -3,7 +3,7 @@
 Fed like the other checkers (notifications, executor ground truth, node
 starts and crashes), plus :meth:`ChainInvariants.after_event`, which the
 engine calls after *every* event a core handled: it reads the node's chain
-states (``core.owner.chain.chains``: role, outcome, record log) -- the state
+states (``core.chain.chains``: role, outcome, record log) -- the state
 ``job describe`` shows.  A node *considers itself the owner* of chain ``J``
 when it is up and its state for ``J`` has ``role == "owner"`` and no
 ``outcome``; a down node considers nothing (its store is read again when it
@@ -313,7 +313,7 @@ class ChainInvariants(Checker):
     def after_event(self, node: str, now: float) -> None:
         self.now = now
         core = self.world.core(node)
-        chains = core.owner.chain.chains if core is not None else {}
+        chains = core.chain.chains if core is not None else {}
         for jid, job in self.jobs.items():
             for other in [n for n in job.owners if n != node and self._lapsed(jid, n, now)]:
                 job.owners.discard(other)  # (a paused owner: it lets go before acting again)
@@ -386,7 +386,7 @@ class ChainInvariants(Checker):
 
     def _spec(self, node: str, jid: str) -> dict[str, Any]:
         core = self.world.core(node)
-        spec = core.owner.chain.specs.get(jid) if core is not None else None
+        spec = core.chain.specs.get(jid) if core is not None else None
         return dict(spec) if spec is not None else self.jobs[jid].spec
 
     @handles("job_state")
@@ -533,7 +533,7 @@ class ChainInvariants(Checker):
 
     def _state(self, node: str, jid: str) -> Any:
         core = self.world.core(node)
-        return core.owner.chain.chains.get(jid) if core is not None else None
+        return core.chain.chains.get(jid) if core is not None else None
 
     def _verify(self, jid: str, job: ChainJob, node: str, state: Any, now: float) -> bool:
         records = state.records

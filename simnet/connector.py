@@ -1,6 +1,6 @@
 """The simulated micro-batch connector (stream jobs in micro-batch mode).
 
-Every ``POLL`` seconds it reads the non-busy rows of ``owner.stream.sources()``
+Every ``POLL`` seconds it reads the non-busy rows of ``stream.sources()``
 on the nodes owning a micro-batch job and, when at least ``max_entries``
 entries of the job's source (:mod:`simnet.sources`) are available after the
 row's position, or some are and the oldest has waited ``max_wait``, hands the
@@ -54,7 +54,7 @@ class SimConnector:
         c = self.cluster
         core = c.core(node)
         now = c.now
-        for row in core.owner.stream.sources():
+        for row in core.stream.sources():
             job, part = row["job_id"], row["partition"]
             source = self.sources.get(job)
             if source is None or row["busy"]:

@@ -37,7 +37,7 @@ def owners(net: ProtoNet, job: str) -> list[str]:
         core = net.cores[node]
         if core is None:
             continue
-        chain = core.owner.chain.chains.get(job)
+        chain = core.chain.chains.get(job)
         if chain is not None and chain.role == "owner" and not chain.outcome:
             out.append(node)
     return out
@@ -149,7 +149,7 @@ def test_forged_and_replayed_handovers_are_refused_and_counted() -> None:
     spec = chain_spec(2)
     net.feed("a", SubmitJob("c4", spec))
     drive(net, "c4", lambda: net.job_state("a", "c4") == "completed", limit=60)
-    chain = net.core("a").owner.chain.chains["c4"]
+    chain = net.core("a").chain.chains["c4"]
     records = chain.records
     # A rogue node "f" forges an offer of stage 1 to "e", signed by itself.
     rogue = SimKeyring("f")
@@ -161,25 +161,25 @@ def test_forged_and_replayed_handovers_are_refused_and_counted() -> None:
         job_id="c4",
         stage=1,
         record=pack(
-            {"spec": net.core("a").owner.chain.specs["c4"], "records": [records[0], forged]}
+            {"spec": net.core("a").chain.specs["c4"], "records": [records[0], forged]}
         ),
     )
-    before = net.core("e").owner.chain.refused
+    before = net.core("e").chain.refused
     data = codec.encode(offer, msg_id="f:1:1", sender="f")
     net.feed("e", MessageReceived("f", data))
-    assert net.core("e").owner.chain.refused == before + 1
+    assert net.core("e").chain.refused == before + 1
     assert "not signed by the current owner" in net.notes_of("handover_refused")[-1]["reason"]
     # A commit nobody offered, replayed to "e": refused too.
     commit = HandoverCommit(job_id="c4", stage=1, record_hash=record_hash(records[-1]))
     net.feed("e", MessageReceived("b", codec.encode(commit, msg_id="b:9:9", sender="b")))
-    assert net.core("e").owner.chain.refused == before + 2
+    assert net.core("e").chain.refused == before + 2
     # A record that breaks the hash chain.
     broken = dict(body, prev="sha256:" + "0" * 64)
     bad = {"body": broken, "sigs": {"b": SimKeyring("b").sign(pack(broken))}}
     offer = HandoverOffer(
         job_id="c4",
         stage=1,
-        record=pack({"spec": net.core("a").owner.chain.specs["c4"], "records": [records[0], bad]}),
+        record=pack({"spec": net.core("a").chain.specs["c4"], "records": [records[0], bad]}),
     )
     net.feed("e", MessageReceived("b", codec.encode(offer, msg_id="b:9:10", sender="b")))
     assert "hash chain" in net.notes_of("handover_refused")[-1]["reason"]

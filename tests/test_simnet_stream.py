@@ -169,7 +169,7 @@ def test_micro_batch_owner_crash_mid_batch_lands_every_entry() -> None:
     job = c.submit(micro_batch_spec("m", 2, entries=200, produce_rate=10.0, max_entries=20,
                                     batch_ms=3000), owner=OWNER, at=2.0)
     c.run_until(30.0, stop=lambda: any("~" in eid for (_, eid) in c.engine.executor.running))
-    assert any(r["busy"] for r in c.core(OWNER).owner.stream.sources())
+    assert any(r["busy"] for r in c.core(OWNER).stream.sources())
     c.crash(OWNER)  # a batch execution runs: its result will find no owner
     c.run_until(c.now + 16.0)
     c.restart(OWNER)

@@ -104,11 +104,11 @@ def test_a_zombie_consumer_stops_within_ttl_and_its_commits_are_refused() -> Non
     late = LeaseRenew(execution_id=old_exec, epoch=epoch, seq=99, progress="999")
     net.feed("a", _frame(net, zombie, late))
     assert slot.checkpoint == "10"
-    assert owner.stream.refused == 1
+    assert net.core("a").stream.refused == 1
     result = ExecutionResult(execution_id=old_exec, epoch=epoch, progress="1000")
     net.feed("a", _frame(net, zombie, result))
     assert slot.checkpoint == "10"
-    assert owner.stream.refused == 2
+    assert net.core("a").stream.refused == 2
     assert all("no longer current" in n["reason"] for n in net.notes_of("checkpoint_refused"))
 
 
@@ -176,7 +176,7 @@ def test_micro_batch_runs_one_batch_at_a_time_and_commits_on_success() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
     net.feed("a", SubmitJob("m1", micro_spec()))
-    stream = net.core("a").owner.stream
+    stream = net.core("a").stream
     rows = {r["partition"]: r for r in stream.sources()}
     assert rows["0"]["streams"] == ["s0"] and rows["1"]["streams"] == ["s1"]
     net.feed("a", SourceBatch("m1", "0", "sha256:" + "0" * 64, "1-0", "5-0", 5))
@@ -207,7 +207,7 @@ def test_micro_batch_failure_keeps_the_checkpoint_and_fails_the_job() -> None:
     ((exec_id, _),) = net.running["b"].items()
     net.finish("b", exec_id, status="failed", exit_code=2)
     net.run_until(lambda: net.job_state("a", "m2") == "failed", limit=net.now + 5)
-    stream = net.core("a").owner.stream
+    stream = net.core("a").stream
     assert stream.describe(net.core("a").owner.jobs["m2"])[1]["checkpoint"] == ""
     assert "partition 1" in net.core("a").owner.jobs["m2"].reason
 
@@ -221,7 +221,7 @@ def test_micro_batch_survives_an_owner_restart_with_a_batch_in_flight() -> None:
     net.crash("a")
     net.run_for(1.0)
     net.start("a")
-    stream = net.core("a").owner.stream
+    stream = net.core("a").stream
     row = next(r for r in stream.sources() if r["partition"] == "0")
     assert row["busy"] and row["position"] == "4-0"  # the connector reads after it
     # The old holder lapsed (no renewals answered); the batch is re-run and commits once.

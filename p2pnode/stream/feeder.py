@@ -1,7 +1,7 @@
 """The owner's micro-batch feeder: source entries -> blobs -> ``SourceBatch``.
 
 One trio task (``StreamFeeder.run``, in the node's nursery, cancelled when the
-node stops) watches the core's ``owner.stream.sources()``: one row per
+node stops) watches the core's ``stream.sources()``: one row per
 partition of each live micro-batch stream job this node owns.  For each row it
 runs a worker task that loops:
 

@@ -20,7 +20,7 @@ docs/protocol.md, section 6 (leases, fencing, time bounds, retries).
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocols.config import NodeConfig
 from protocols.directory import Directory
@@ -61,23 +61,6 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
     def install(self, kinds: KindRegistry) -> None:
         """The node core hands over the kind controllers it built."""
         self.kinds = kinds
-
-    # ``owner.cron``, ``owner.stream``, ...: the controller of that kind, kept
-    # for callers written before the registry (new code asks the node core,
-    # which holds them typed).  Hidden from the type checker, which would
-    # otherwise let ``__getattr__`` satisfy any ``OwnerContext`` member.
-    if TYPE_CHECKING:
-        cron: Any
-        stream: Any
-        dag: Any
-        chain: Any
-    else:
-
-        def __getattr__(self, name: str) -> Any:
-            kinds = self.__dict__.get("kinds")
-            if kinds is not None and name in kinds:
-                return kinds[name]
-            raise AttributeError(name)
 
     # --- local API ------------------------------------------------------------------
 
