@@ -361,7 +361,7 @@ class FakeWorld:
         if node in self.down:
             return None
         chain = SimpleNamespace(chains=self.states[node], specs=self.specs)
-        return SimpleNamespace(owner=SimpleNamespace(chain=chain),
+        return SimpleNamespace(chain=chain,
                                describe=lambda job: {"chain": {"log_verified": "ok"}})
 
 
