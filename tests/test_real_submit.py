@@ -132,9 +132,9 @@ def test_an_interrupted_submit_retried_with_its_key_makes_one_job(tmp_path: Path
         #    key: the same job) and goes on waiting for it.
         slow = tmp_path / "slow.yaml"
         slow.write_text(SPEC.replace("echo ran", "sleep 4"))
+        before = set(listed_jobs(a))  # listed before the CLI starts: its job may be quick
         cli = spawn_cli(*a.cli_args("job", "run", str(slow), "--wait", "-o", "json",
                                     "--retry-for", "80"))
-        before = set(listed_jobs(a))
         (waited,) = c.wait_until(lambda: (set(listed_jobs(a)) - before) or None, timeout=30,
                                  what="the slow job submitted")
         a.kill()
