@@ -52,6 +52,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from p2pnode.identity import peer_id_of
+from p2pnode.net.addrs import expand_unspecified, host_ips
 from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame, reset_quietly
 from p2pnode.net.guard import GuardLimits, PeerGuard
@@ -216,10 +217,14 @@ class Libp2pTransport:
     # --- addresses and connections --------------------------------------------
 
     def listen_addrs(self) -> list[str]:
-        """Our full multiaddrs (``.../p2p/<peer id>``), as given to peers."""
+        """Our full multiaddrs (``.../p2p/<peer id>``), as given to peers: a
+        listener on 0.0.0.0 (or ::) as this host's interface addresses."""
         if self._host is None:
             return []
-        return [str(a) for a in self._host.get_addrs()]
+        addrs = [str(a) for a in self._host.get_addrs()]
+        if any("/ip4/0.0.0.0/" in a or "/ip6/::/" in a for a in addrs):
+            addrs = expand_unspecified(addrs, host_ips())
+        return addrs
 
     def add_addresses(self, peer_id: str, addrs: Sequence[str]) -> None:
         """Learn where ``peer_id`` listens (from peer exchange).  Synchronous;

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import click
 import trio
+from click.core import ParameterSource
 
 from p2pnode.cli.common import BoundedFloat, data_dir_option, parse_labels
 from p2pnode.cli.context import (
@@ -18,57 +21,102 @@ from p2pnode.cli.context import (
     fail,
     pass_cli,
 )
+from p2pnode.cli.serveconfig import check_memory, config_option, env_name
 from p2pnode.testing import Faults
 from protocols.config import Timings
-from protocols.units import UnitError, parse_size
+from protocols.units import UnitError
 
 if TYPE_CHECKING:
     from p2pnode.node import NodeSettings
 
 ADDRS_FILE = "addrs"
 
+# The documented default: this host only, on a port that survives restarts
+# (bootstrap addresses of other nodes stay valid).  Tests and the tour run
+# several nodes on one host: when the port is taken, a free one is used.
+DEFAULT_PORT = 4021
+DEFAULT_LISTEN = f"/ip4/127.0.0.1/tcp/{DEFAULT_PORT}"
+FREE_PORT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+
+SERVE_EPILOG = f"""\b
+Every flag can also come from a P2PNODE_<FLAG> environment variable (shown
+above) or from --config FILE (TOML, keys = flag names, e.g. lease-ttl = 30);
+the command line wins over the environment, which wins over the file.
+Default listen address: {DEFAULT_LISTEN}.
+"""
+
 # Ranges of the capacity flags: values outside are usage errors (exit 2).
 MAX_CPU = 4096
-MIN_MEMORY = 2**20  # the smallest memory a task may ask for
-MAX_MEMORY = 2**50
 MAX_EXECUTIONS = 10_000
 MAX_LEASE_TTL = 3600.0
 
 
-@click.command()
+@click.command(epilog=SERVE_EPILOG)
+@config_option
 @data_dir_option
 @click.option(
     "--listen",
     multiple=True,
-    default=("/ip4/127.0.0.1/tcp/0",),
+    default=(DEFAULT_LISTEN,),
     show_default=True,
-    help="Multiaddr to listen on (repeatable).",
+    envvar=env_name("listen"),
+    show_envvar=True,
+    help="Multiaddr to listen on (repeatable; several in the variable: space-separated).  "
+    f"The default port {DEFAULT_PORT}, when taken (a second node on this host), "
+    "becomes a free port, with a warning.  /ip4/0.0.0.0/tcp/PORT accepts other hosts "
+    "and advertises this host's interface addresses.",
 )
 @click.option(
-    "--bootstrap", multiple=True, help="Multiaddr (…/p2p/<peer id>) of a peer to join through."
+    "--bootstrap",
+    multiple=True,
+    envvar=env_name("bootstrap"),
+    show_envvar=True,
+    help="Multiaddr (…/p2p/<peer id>) of a peer to join through (repeatable).",
 )
-@click.option("--labels", default="", help="Labels of this node: k=v,k2=v2.")
+@click.option(
+    "--labels",
+    default="",
+    envvar=env_name("labels"),
+    show_envvar=True,
+    help="Labels of this node: k=v,k2=v2.",
+)
 @click.option(
     "--executors",
     default="",
+    envvar=env_name("executors"),
+    show_envvar=True,
     help="Executors to enable (process,docker,sim,wasm); none by default, "
     "since they run commands that arrive from the network.",
 )
-@click.option("--no-compute", is_flag=True, help="Own jobs but never run any.")
+@click.option(
+    "--no-compute",
+    is_flag=True,
+    envvar=env_name("no-compute"),
+    show_envvar=True,
+    help="Own jobs but never run any.",
+)
 @click.option(
     "--cpu",
     type=BoundedFloat(0, MAX_CPU, low_open=True),
     default=None,
+    envvar=env_name("cpu"),
+    show_envvar=True,
     help=f"CPU capacity offered, above 0 and at most {MAX_CPU} [default: all cores].",
 )
 @click.option(
-    "--memory", default=None, help="Memory offered, 1MiB to 1PiB, e.g. 4GiB [default: all]."
+    "--memory",
+    default=None,
+    envvar=env_name("memory"),
+    show_envvar=True,
+    help="Memory offered, 1MiB to 1PiB, e.g. 4GiB [default: all].",
 )
 @click.option(
     "--max-executions",
     type=click.IntRange(1, MAX_EXECUTIONS),
     default=4,
     show_default=True,
+    envvar=env_name("max-executions"),
+    show_envvar=True,
     help=f"Executions run at once, 1 to {MAX_EXECUTIONS}.",
 )
 @click.option(
@@ -76,6 +124,8 @@ MAX_LEASE_TTL = 3600.0
     type=BoundedFloat(0.5, MAX_LEASE_TTL),
     default=Timings().lease_ttl,
     show_default=True,
+    envvar=env_name("lease-ttl"),
+    show_envvar=True,
     help="Seconds a lease lives without renewal (the owner re-grants after ttl + grace), "
     f"0.5 to {MAX_LEASE_TTL:g}.",
 )
@@ -84,6 +134,8 @@ MAX_LEASE_TTL = 3600.0
     type=click.Choice(["stream", "inbox"]),
     default="stream",
     show_default=True,
+    envvar=env_name("p2p-mode"),
+    show_envvar=True,
     help="Point-to-point path: direct streams (inbox was removed: any peer could read it).",
 )
 @click.option(
@@ -91,6 +143,8 @@ MAX_LEASE_TTL = 3600.0
     type=click.Choice(["bwrap", "none"]),
     default="bwrap",
     show_default=True,
+    envvar=env_name("sandbox"),
+    show_envvar=True,
     help="Process executor isolation: bubblewrap, or none (tasks can read this "
     "node's key and database: trusted peers only).",
 )
@@ -99,6 +153,8 @@ MAX_LEASE_TTL = 3600.0
     multiple=True,
     type=click.Path(exists=True),
     metavar="PATH",
+    envvar=env_name("sandbox-ro"),
+    show_envvar=True,
     help="Extra host path sandboxed tasks may read (repeatable).",
 )
 @click.option(
@@ -108,7 +164,9 @@ MAX_LEASE_TTL = 3600.0
     help="Drop incoming frames of this message type (repeatable).",
 )
 @pass_cli
+@click.pass_context
 def serve(
+    ctx: click.Context,
     cli: CliContext,
     listen: tuple[str, ...],
     bootstrap: tuple[str, ...],
@@ -140,9 +198,10 @@ def serve(
         if cpu is not None:
             extra["cpu"] = cpu
         if memory is not None:
-            extra["memory"] = parse_size(memory)
-            if not MIN_MEMORY <= extra["memory"] <= MAX_MEMORY:
-                raise ValueError(f"--memory {memory!r} is out of range: must be 1MiB to 1PiB")
+            try:
+                extra["memory"] = check_memory(memory)
+            except ValueError as exc:
+                raise ValueError(f"--memory {exc}") from None
         settings = NodeSettings(
             data_dir=cli.data_dir,
             listen=listen,
@@ -176,6 +235,8 @@ def serve(
             err=True,
         )
     try:
+        if ctx.get_parameter_source("listen") == ParameterSource.DEFAULT:
+            settings = attrs.evolve(settings, listen=_default_listen())
         trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)))
     except KeyboardInterrupt:
         pass
@@ -184,6 +245,26 @@ def serve(
         if failure is None:
             raise
         fail(*failure)
+
+
+def _default_listen() -> tuple[str, ...]:
+    """The default listen address, or a free port when another process (a
+    second node on this host) has the default one."""
+    from p2pnode.errors import ListenError
+    from p2pnode.node import ensure_ports_free
+
+    try:
+        ensure_ports_free((DEFAULT_LISTEN,))
+    except ListenError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        click.echo(
+            f"p2pnode: warning: the default port {DEFAULT_PORT} is taken; listening on a "
+            "free port (choose one with --listen)",
+            err=True,
+        )
+        return (FREE_PORT_LISTEN,)
+    return (DEFAULT_LISTEN,)
 
 
 def _start_failure(exc: BaseException) -> tuple[str, int] | None:
