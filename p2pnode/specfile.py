@@ -1,12 +1,28 @@
-"""Reading a job spec file (the I/O half; validation is pure, in protocols.spec)."""
+"""Reading a job spec file (the I/O half; validation is pure, in protocols.spec).
+
+A file may also hold a Bacalhau v1 job (``p2pnode/bacalhau.py``):
+:func:`native_spec_text` turns it into the p2pnode spec it maps to, which is
+what is validated, explained and submitted.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 
+import yaml
+
+from p2pnode.bacalhau import bacalhau_to_spec, is_bacalhau_job
 from p2pnode.errors import P2PNodeError
-from protocols.spec import MAX_SPEC_BYTES, JobSpec, parse_spec_bytes
+from protocols.spec import (
+    DOCUMENT,
+    MAX_SPEC_BYTES,
+    JobSpec,
+    SpecError,
+    SpecValidationError,
+    load_spec_text,
+    parse_spec,
+)
 
 
 class SpecFileError(P2PNodeError, OSError):
@@ -48,4 +64,30 @@ def load_spec_file(path: str | os.PathLike[str]) -> JobSpec:
     Raises OSError if the file cannot be read, SpecValidationError if it is not
     a valid spec (including too big or not UTF-8).
     """
-    return parse_spec_bytes(read_spec_bytes(path))
+    return parse_spec(native_spec_text(read_spec_bytes(path)))
+
+
+def native_spec_text(data: bytes | str) -> str:
+    """The p2pnode spec text of a spec file's content: the text itself, or,
+    for a Bacalhau job, the p2pnode spec it maps to (as YAML).
+
+    Raises SpecValidationError when the content is too big, not UTF-8, not
+    YAML, or a Bacalhau job with fields that cannot map (each listed).
+    """
+    if isinstance(data, bytes):
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecValidationError(
+                [SpecError(DOCUMENT, f"the spec is over the limit of {MAX_SPEC_BYTES // 1024} KiB")]
+            )
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise SpecValidationError(
+                [SpecError(DOCUMENT, f"not UTF-8 text (byte {err.start})")]
+            ) from None
+    else:
+        text = data
+    doc = load_spec_text(text)
+    if not is_bacalhau_job(doc):
+        return text
+    return yaml.safe_dump(bacalhau_to_spec(doc), sort_keys=False)

@@ -16,7 +16,7 @@ import click
 
 from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document, plural, to_yaml
-from p2pnode.specfile import load_spec_file
+from p2pnode.specfile import load_spec_file, native_spec_text
 from p2pnode.wasm_modules import check_module_files
 from protocols.spec import (
     MAX_SPEC_BYTES,
@@ -47,7 +47,7 @@ def read_spec(path: Path) -> JobSpec | list[SpecError]:
     try:
         if str(path) == "-":
             text = sys.stdin.read(MAX_SPEC_BYTES + 1)
-            spec = parse_spec(text)
+            spec = parse_spec(native_spec_text(text))  # a Bacalhau job too
         else:
             log.info("reading spec %s", path)
             spec = load_spec_file(path)
@@ -87,7 +87,8 @@ def _shown(path: Path) -> str:
 @SPEC_ARGUMENT
 @pass_cli
 def validate(cli: CliContext, spec_path: Path) -> None:
-    """Check the job spec SPEC (a YAML or JSON file, - for stdin).
+    """Check the job spec SPEC (a YAML or JSON file, - for stdin; a Bacalhau
+    v1 job file is mapped to a p2pnode spec first).
 
     Prints OK, or every error with the path of its field.  With --output
     json/yaml: {ok, digest, errors: [{path, message}]}.

@@ -37,7 +37,7 @@ from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_k
 from p2pnode.control import ControlClient, ControlError
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
-from p2pnode.specfile import read_spec_bytes
+from p2pnode.specfile import native_spec_text, read_spec_bytes
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
 from protocols.spec import (
@@ -45,7 +45,6 @@ from protocols.spec import (
     SpecValidationError,
     load_spec_text,
     parse_spec,
-    parse_spec_bytes,
 )
 
 JOB_ID = click.argument("job_id")
@@ -167,12 +166,11 @@ def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
     (exit 1; exit 2 for an unreadable file)."""
     try:
         if str(spec_path) == "-":
-            text = sys.stdin.read(MAX_SPEC_BYTES + 1)
-            spec = parse_spec(text)  # every error, before bothering the node
+            raw: str | bytes = sys.stdin.read(MAX_SPEC_BYTES + 1)
         else:
-            data = read_spec_bytes(spec_path)  # bounded: /dev/zero cannot pin us
-            spec = parse_spec_bytes(data)
-            text = data.decode("utf-8-sig")
+            raw = read_spec_bytes(spec_path)  # bounded: /dev/zero cannot pin us
+        text = native_spec_text(raw)  # a Bacalhau job: the p2pnode spec it maps to
+        spec = parse_spec(text)  # every error, before bothering the node
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {spec_path}: {getattr(exc, 'strerror', None) or exc}")
     except SpecValidationError as exc:
