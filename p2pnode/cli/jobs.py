@@ -23,6 +23,15 @@ from p2pnode.cli.common import (
     output_option,
 )
 from p2pnode.cli.context import CliContext, fail, pass_cli
+from p2pnode.cli.inline import (
+    INLINE_SOURCE,
+    InlineJob,
+    RunCommand,
+    given_inline_flags,
+    inline_command,
+    inline_options,
+    inline_spec_text,
+)
 from p2pnode.cli.job import SPEC_ARGUMENT, _report_invalid, job, spec_base
 from p2pnode.cli.output import (
     emit_document,
@@ -48,6 +57,12 @@ from protocols.spec import (
 )
 
 JOB_ID = click.argument("job_id")
+OPTIONAL_SPEC = click.argument(
+    "spec_path",
+    metavar="[SPEC]",
+    required=False,
+    type=click.Path(readable=False, allow_dash=True, path_type=Path),
+)
 
 
 def _emit(cli: CliContext, data: Any, table: Any) -> None:
@@ -57,15 +72,16 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
         emit_document(data if isinstance(data, dict) else {"items": data}, cli.output)
 
 
-@job.command()
-@SPEC_ARGUMENT
+@job.command(cls=RunCommand)
+@OPTIONAL_SPEC
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the job completes.")
 @click.option("--id-only", is_flag=True, help="Print only the job id.")
 @click.option(
     "--timeout",
-    type=BoundedFloat(0, MAX_WAIT_SECONDS, low_open=True),
     default=None,
-    help="With --wait: stop waiting after SECONDS (exit 4; the job goes on).",
+    metavar="SECONDS|DUR",
+    help="SPEC, with --wait: stop waiting after SECONDS (exit 4; the job goes on).  "
+    "Inline job: the task's timeout (30s, 5m, 2h; a bare number is seconds) [default: 30m].",
 )
 @click.option(
     "--idempotency-key",
@@ -83,19 +99,40 @@ def _emit(cli: CliContext, data: Any, table: Any) -> None:
     metavar="SECONDS",
     help="After a lost connection, retry (same key) this long; then exit 6.",
 )
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Wait, then download the outputs of a completed job here (like job get).",
+)
+@inline_options
 @data_dir_option
 @output_option
 @pass_cli
 def run(
     cli: CliContext,
-    spec_path: Path,
+    spec_path: Path | None,
     wait: bool,
     id_only: bool,
-    timeout: float | None,
+    timeout: str | None,
     key: str | None,
     retry_for: float,
+    output_dir: Path | None,
+    image: str | None,
+    name: str | None,
+    count: int,
+    labels: tuple[str, ...],
+    env: tuple[str, ...],
+    cpu: float,
+    memory: str,
+    network: str | None,
 ) -> None:
     """Submit SPEC to the node serving --data-dir, which becomes its owner.
+
+    SPEC is a p2pnode spec or a Bacalhau v1 job file (- for stdin).  Or an
+    inline batch job: `job run -- CMD ARGS` (process engine) or `job run
+    --image IMAGE -- CMD ARGS` (docker engine), shaped by the "Inline job"
+    flags below.
 
     If the connection to the node is lost (the node died or restarted), the
     submit is retried with the same idempotency key, so that it makes one job
@@ -103,14 +140,51 @@ def run(
     """
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         fail(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    if timeout is not None and not wait:
-        raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
-    text = _read_valid_spec(cli, spec_path)
+    ctx = click.get_current_context()
+    command = inline_command(ctx)
+    wait_timeout: float | None = None
+    if command is not None or image is not None:  # an inline job
+        if spec_path is not None:
+            raise click.UsageError(
+                f"give SPEC or an inline command (-- CMD ARGS), not both (got SPEC {spec_path})"
+            )
+        spec_path = Path(INLINE_SOURCE)
+        inline = InlineJob(
+            command=command or (),
+            image=image,
+            name=name,
+            count=count,
+            labels=labels,
+            env=env,
+            timeout=timeout,
+            cpu=cpu,
+            memory=memory,
+            network=network,
+        )
+        text = _inline_text(cli, inline)
+    else:
+        if spec_path is None:
+            raise click.UsageError(
+                "missing SPEC (a spec file, - for stdin) or an inline command (-- CMD ARGS)"
+            )
+        flags = given_inline_flags(ctx)
+        if flags:
+            raise click.UsageError(
+                f"{', '.join(flags)}: only for inline jobs (job run [OPTIONS] -- CMD ARGS)"
+            )
+        if timeout is not None and not wait:
+            raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
+        if timeout is not None:
+            param = next(p for p in ctx.command.params if p.name == "timeout")
+            wait_timeout = WAIT_TIMEOUT.convert(timeout, param, ctx)
+        text = _read_valid_spec(cli, spec_path)
+    wait = wait or output_dir is not None
     attempts = Attempts(key or new_key(), retry_for)
     shown: list[str] = []
+    source = spec_path
 
     async def submit(client: ControlClient) -> dict[str, Any]:
-        spec = await _with_module_ids(cli, spec_path, text)
+        spec = await _with_module_ids(cli, source, text)
         answer = await client.call("submit", spec=spec, idempotency_key=attempts.key)
         attempts.reached()
         job_id = str(answer["job_id"])
@@ -122,11 +196,16 @@ def run(
         progress = Progress(job_id, quiet=id_only)
         try:
             with progress:
-                async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+                async for item in client.stream("wait", job_id=job_id, timeout=wait_timeout):
                     if "event" in item:
                         progress.update(item["event"])
                     else:
-                        return dict(item["result"])
+                        view = dict(item["result"])
+                        if output_dir is not None and view["state"] == "completed":
+                            target = str(output_dir.resolve())
+                            got = await client.call("get", job_id=job_id, output_dir=target)
+                            view["outputs"] = {"output_dir": target, "files": got["files"]}
+                        return view
         except ControlError as exc:
             if exc.code != TIMEOUT:
                 raise
@@ -145,12 +224,12 @@ def run(
         return
     timed_out = bool(view.pop("wait_timed_out", False))
     if not id_only:
-        _emit(cli, view, lambda: _print_job(view))
+        _emit(cli, view, lambda: _print_run_result(view))
     if view["state"] == "completed":
         return
     if timed_out and view["state"] not in ("failed", "stopped"):
         click.echo(
-            f"p2pnode: job {view['job_id']} still {view['state']} after {timeout:g}s; "
+            f"p2pnode: job {view['job_id']} still {view['state']} after {wait_timeout:g}s; "
             f"not stopped (p2pnode job stop {view['job_id']})",
             err=True,
         )
@@ -158,6 +237,27 @@ def run(
         reason = view.get("reason") or view["state"]
         click.echo(f"p2pnode: job {view['job_id']} {view['state']}: {reason}", err=True)
     raise click.exceptions.Exit(EXIT_NOT_COMPLETED)
+
+
+WAIT_TIMEOUT = BoundedFloat(0, MAX_WAIT_SECONDS, low_open=True)
+
+
+def _inline_text(cli: CliContext, inline: InlineJob) -> str:
+    """The spec text of an inline job; else every error is printed, exit 1."""
+    try:
+        return inline_spec_text(inline)
+    except SpecValidationError as exc:
+        _report_invalid(cli, Path(INLINE_SOURCE), exc.errors)
+        raise AssertionError("unreachable") from None
+
+
+def _print_run_result(view: dict[str, Any]) -> None:
+    _print_job(view)
+    outputs = view.get("outputs")
+    if outputs is not None:
+        files = [escape_name(str(f)) for f in outputs["files"]]  # names chosen by the task
+        click.echo(f"\noutputs in {escape_text(outputs['output_dir'])}:")
+        click.echo("\n".join(f"  {f}" for f in files) if files else "  (no outputs)")
 
 
 def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
