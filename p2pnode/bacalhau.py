@@ -81,6 +81,8 @@ PUBLISHERS = ("local", "noop")
 LOCAL_SOURCES = ("local", "localdirectory")
 OUTPUTS_PATH = "/outputs"  # where the docker and wasm executors collect outputs
 DEFAULT_NAME = "bacalhau-job"
+# Stands in for an engine that is in error, so the rest is still validated.
+PLACEHOLDER_ENGINE = {"type": "process", "command": ["true"]}
 _NOT_NAME = re.compile(r"[^a-z0-9._-]+")
 _CPU = re.compile(r"(\d+(?:\.\d+)?)(m?)")
 
@@ -106,10 +108,18 @@ def bacalhau_to_spec(doc: Any) -> dict[str, Any]:
     try:
         validate_spec(spec)
     except SpecValidationError as invalid:
-        mapping.errors += [SpecError(mapping.origin_of(e.path), e.message) for e in invalid.errors]
+        mapped = [SpecError(mapping.origin_of(e.path), e.message) for e in invalid.errors]
+        reported = [e.path for e in mapping.errors]  # a field's problem is said once
+        mapping.errors += [e for e in mapped if not any(_covers(e.path, path) for path in reported)]
     if mapping.errors:
         raise SpecValidationError(_unique(mapping.errors))
     return spec
+
+
+def _covers(path: str, reported: str) -> bool:
+    """Whether an error at ``path`` would repeat one at ``reported`` (the same
+    field, or one that holds it: a module reported bad is not also missing)."""
+    return reported == path or reported.startswith((path + ".", path + "["))
 
 
 def _unique(errors: list[SpecError]) -> list[SpecError]:
@@ -206,6 +216,7 @@ class _Mapping:
         tasks = job.get("Tasks")
         if not isinstance(tasks, list) or not tasks:
             self.error("Tasks", f"must be a list of one task, got {_show(tasks)}")
+            spec["task"] = {"engine": dict(PLACEHOLDER_ENGINE)}  # the rest is still checked
             return spec
         if len(tasks) > 1:
             self.error("Tasks", f"p2pnode runs one task per job, got {len(tasks)}")
@@ -278,6 +289,7 @@ class _Mapping:
         )
         if not engine:
             self.error(_join(path, "Engine"), "required (Type docker or wasm, with Params)")
+            out["engine"] = dict(PLACEHOLDER_ENGINE)
         else:
             out["engine"] = self.engine(engine, _join(path, "Engine"), env)
         for key, value in self.table(task.get("Env"), _join(path, "Env")).items():
@@ -306,7 +318,7 @@ class _Mapping:
         params_path = _join(path, "Params")
         if not isinstance(kind, str) or kind.lower() not in ("docker", "wasm"):
             self.error(_join(path, "Type"), f"{_show(kind)} not supported (docker or wasm)")
-            return {"type": "process", "command": ["true"]}
+            return dict(PLACEHOLDER_ENGINE)
         if kind.lower() == "docker":
             params = self.mapping(engine.get("Params"), params_path, DOCKER_PARAMS, "docker engine")
             return self.docker(params, params_path, env)
