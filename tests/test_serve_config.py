@@ -6,6 +6,8 @@ listening on 0.0.0.0 advertises (its interfaces', never 0.0.0.0)."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from p2pnode.cli import cli
 from p2pnode.cli.serve import DEFAULT_PORT, serve
 from p2pnode.cli.serveconfig import config_defaults, env_name
 from p2pnode.net.addrs import expand_unspecified, host_ips
-from tests.realnet import Cluster, ServeNode, cluster, run_cli
+from tests.realnet import Cluster, ServeNode, cli_argv, cluster, run_cli
 
 GIB = 2**30
 
@@ -141,6 +143,23 @@ def test_an_unreadable_config_file_is_one_line(
     assert result.returncode == 2, result.explain()
     assert result.stderr.startswith("p2pnode: ") and message in result.stderr, result.explain()
     assert len(result.stderr.splitlines()) == 1, result.explain()
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "P2PNODE_LEASE_TTL": "soon", "P2PNODE_MAX_EXECUTIONS": "3"}
+    env.pop("P2PNODE_DATA_DIR", None)
+    done = subprocess.run(
+        cli_argv("serve", "--data-dir", tmp_path / "n"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "p2pnode: Invalid value for '--lease-ttl' (from $P2PNODE_LEASE_TTL): 'soon' is not a "
+        "number (see p2pnode serve --help)\n"
+    )
 
 
 # --- real serve processes ------------------------------------------------------------

@@ -21,7 +21,7 @@ from p2pnode.cli.context import (
     fail,
     pass_cli,
 )
-from p2pnode.cli.serveconfig import check_memory, config_option, env_name
+from p2pnode.cli.serveconfig import EnvOption, check_memory, config_option, env_name
 from p2pnode.testing import Faults
 from protocols.config import Timings
 from protocols.units import UnitError
@@ -61,6 +61,7 @@ MAX_LEASE_TTL = 3600.0
     show_default=True,
     envvar=env_name("listen"),
     show_envvar=True,
+    cls=EnvOption,
     help="Multiaddr to listen on (repeatable; several in the variable: space-separated).  "
     f"The default port {DEFAULT_PORT}, when taken (a second node on this host), "
     "becomes a free port, with a warning.  /ip4/0.0.0.0/tcp/PORT accepts other hosts "
@@ -71,6 +72,7 @@ MAX_LEASE_TTL = 3600.0
     multiple=True,
     envvar=env_name("bootstrap"),
     show_envvar=True,
+    cls=EnvOption,
     help="Multiaddr (…/p2p/<peer id>) of a peer to join through (repeatable).",
 )
 @click.option(
@@ -78,6 +80,7 @@ MAX_LEASE_TTL = 3600.0
     default="",
     envvar=env_name("labels"),
     show_envvar=True,
+    cls=EnvOption,
     help="Labels of this node: k=v,k2=v2.",
 )
 @click.option(
@@ -85,6 +88,7 @@ MAX_LEASE_TTL = 3600.0
     default="",
     envvar=env_name("executors"),
     show_envvar=True,
+    cls=EnvOption,
     help="Executors to enable (process,docker,sim,wasm); none by default, "
     "since they run commands that arrive from the network.",
 )
@@ -93,6 +97,7 @@ MAX_LEASE_TTL = 3600.0
     is_flag=True,
     envvar=env_name("no-compute"),
     show_envvar=True,
+    cls=EnvOption,
     help="Own jobs but never run any.",
 )
 @click.option(
@@ -101,6 +106,7 @@ MAX_LEASE_TTL = 3600.0
     default=None,
     envvar=env_name("cpu"),
     show_envvar=True,
+    cls=EnvOption,
     help=f"CPU capacity offered, above 0 and at most {MAX_CPU} [default: all cores].",
 )
 @click.option(
@@ -108,6 +114,7 @@ MAX_LEASE_TTL = 3600.0
     default=None,
     envvar=env_name("memory"),
     show_envvar=True,
+    cls=EnvOption,
     help="Memory offered, 1MiB to 1PiB, e.g. 4GiB [default: all].",
 )
 @click.option(
@@ -117,6 +124,7 @@ MAX_LEASE_TTL = 3600.0
     show_default=True,
     envvar=env_name("max-executions"),
     show_envvar=True,
+    cls=EnvOption,
     help=f"Executions run at once, 1 to {MAX_EXECUTIONS}.",
 )
 @click.option(
@@ -126,6 +134,7 @@ MAX_LEASE_TTL = 3600.0
     show_default=True,
     envvar=env_name("lease-ttl"),
     show_envvar=True,
+    cls=EnvOption,
     help="Seconds a lease lives without renewal (the owner re-grants after ttl + grace), "
     f"0.5 to {MAX_LEASE_TTL:g}.",
 )
@@ -136,6 +145,7 @@ MAX_LEASE_TTL = 3600.0
     show_default=True,
     envvar=env_name("p2p-mode"),
     show_envvar=True,
+    cls=EnvOption,
     help="Point-to-point path: direct streams (inbox was removed: any peer could read it).",
 )
 @click.option(
@@ -145,6 +155,7 @@ MAX_LEASE_TTL = 3600.0
     show_default=True,
     envvar=env_name("sandbox"),
     show_envvar=True,
+    cls=EnvOption,
     help="Process executor isolation: bubblewrap, or none (tasks can read this "
     "node's key and database: trusted peers only).",
 )
@@ -155,6 +166,7 @@ MAX_LEASE_TTL = 3600.0
     metavar="PATH",
     envvar=env_name("sandbox-ro"),
     show_envvar=True,
+    cls=EnvOption,
     help="Extra host path sandboxed tasks may read (repeatable).",
 )
 @click.option(

@@ -35,6 +35,18 @@ MAX_MEMORY = 2**50
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class EnvOption(click.Option):
+    """An option with an environment variable, shown in ``--help``; an error
+    about its value names the variable only when the value came from it."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = " / ".join(f"'{opt}'" for opt in self.opts)
+        source = ctx.get_parameter_source(self.name or "") if ctx is not None else None
+        if source == ParameterSource.ENVIRONMENT:
+            hint += f" (from ${self.envvar})"
+        return hint
+
+
 def env_name(flag: str) -> str:
     """``lease-ttl`` -> ``P2PNODE_LEASE_TTL``."""
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
@@ -51,6 +63,7 @@ def check_memory(text: str) -> int:
 def config_option(f: F) -> F:
     return click.option(
         "--config",
+        cls=EnvOption,
         type=click.Path(dir_okay=False, path_type=Path),
         envvar=CONFIG_ENV,
         show_envvar=True,
@@ -162,4 +175,11 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-__all__ = ["CONFIG_ENV", "check_memory", "config_defaults", "config_option", "env_name"]
+__all__ = [
+    "CONFIG_ENV",
+    "EnvOption",
+    "check_memory",
+    "config_defaults",
+    "config_option",
+    "env_name",
+]
