@@ -5,6 +5,7 @@ listening on 0.0.0.0 advertises (its interfaces', never 0.0.0.0)."""
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import subprocess
@@ -22,6 +23,8 @@ from p2pnode.net.addrs import expand_unspecified, host_ips
 from tests.realnet import Cluster, ServeNode, cli_argv, cluster, run_cli
 
 GIB = 2**30
+# The module (p2pnode.cli's attribute `serve` is the command).
+serve_module = importlib.import_module("p2pnode.cli.serve")
 
 
 # --- pure parts ----------------------------------------------------------------------
@@ -160,6 +163,39 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> 
         "p2pnode: Invalid value for '--lease-ttl' (from $P2PNODE_LEASE_TTL): 'soon' is not a "
         "number (see p2pnode serve --help)\n"
     )
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The NodeSettings `serve` would start a node with (the node is not started)."""
+    seen: list[Any] = []
+
+    async def record(settings: Any, faults: Any) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(serve_module, "_serve", record)
+    monkeypatch.delenv("P2PNODE_DATA_DIR", raising=False)
+    return seen
+
+
+def test_the_data_dir_from_the_root_option_or_its_variable_beats_the_config_file(
+    tmp_path: Path, started: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'data-dir = "{tmp_path / "from-file"}"\nlisten = "/ip4/127.0.0.1/tcp/0"\n')
+    runner = CliRunner()
+    for args, env, expected in [
+        (["serve", "--config", str(config)], {}, "from-file"),
+        (["--data-dir", str(tmp_path / "root"), "serve", "--config", str(config)], {}, "root"),
+        (["serve", "--config", str(config)], {"P2PNODE_DATA_DIR": str(tmp_path / "env")}, "env"),
+        (["serve", "--config", str(config), "--data-dir", str(tmp_path / "flag")], {}, "flag"),
+        (["serve", "--data-dir", str(tmp_path / "first"), "--config", str(config)], {}, "first"),
+    ]:
+        started.clear()
+        result = runner.invoke(cli, args, env=env)
+        assert result.exit_code == 0, (args, result.output)
+        assert [s.data_dir.name for s in started] == [expected], args
+        assert started[0].listen == ("/ip4/127.0.0.1/tcp/0",)
 
 
 # --- real serve processes ------------------------------------------------------------
