@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -261,22 +264,43 @@ def serve(
 
 def _default_listen() -> tuple[str, ...]:
     """The default listen address, or a free port when another process (a
-    second node on this host) has the default one."""
+    second node on this host) has the default one.
+
+    py-libp2p binds with SO_REUSEPORT, so two nodes of one user starting at
+    once would both pass a probe and then *share* the port.  A lock file per
+    user and port, held while this process lives, makes the choice exclusive
+    between p2pnode processes; the probe catches any other program.
+    """
     from p2pnode.errors import ListenError
     from p2pnode.node import ensure_ports_free
 
+    lock = Path(tempfile.gettempdir()) / f"p2pnode-{os.getuid()}-tcp-{DEFAULT_PORT}.lock"
     try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return _free_port_listen()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         ensure_ports_free((DEFAULT_LISTEN,))
-    except ListenError as exc:
-        if exc.errno != errno.EADDRINUSE:
+    except (BlockingIOError, ListenError) as exc:
+        os.close(fd)
+        if isinstance(exc, ListenError) and exc.errno != errno.EADDRINUSE:
             raise
-        click.echo(
-            f"p2pnode: warning: the default port {DEFAULT_PORT} is taken; listening on a "
-            "free port (choose one with --listen)",
-            err=True,
-        )
-        return (FREE_PORT_LISTEN,)
+        return _free_port_listen()
+    _HELD_LOCKS.append(fd)  # released when the process ends, however it ends
     return (DEFAULT_LISTEN,)
+
+
+_HELD_LOCKS: list[int] = []
+
+
+def _free_port_listen() -> tuple[str, ...]:
+    click.echo(
+        f"p2pnode: warning: the default port {DEFAULT_PORT} is taken; listening on a "
+        "free port (choose one with --listen)",
+        err=True,
+    )
+    return (FREE_PORT_LISTEN,)
 
 
 def _start_failure(exc: BaseException) -> tuple[str, int] | None:
