@@ -172,13 +172,13 @@ def run(
             raise click.UsageError(
                 f"{', '.join(flags)}: only for inline jobs (job run [OPTIONS] -- CMD ARGS)"
             )
-        if timeout is not None and not wait:
+        if timeout is not None and not (wait or output_dir is not None):
             raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
         if timeout is not None:
             param = next(p for p in ctx.command.params if p.name == "timeout")
             wait_timeout = WAIT_TIMEOUT.convert(timeout, param, ctx)
         text = _read_valid_spec(cli, spec_path)
-    wait = wait or output_dir is not None
+    wait = wait or output_dir is not None  # outputs exist once the job completed
     attempts = Attempts(key or new_key(), retry_for)
     shown: list[str] = []
     source = spec_path
