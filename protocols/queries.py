@@ -143,10 +143,10 @@ class QueryDesk:
     def ask(self, event: QueryJob) -> None:
         if event.query_id in self.pending or event.query_id in self.done:
             raise LocalProtocolError(f"query {event.query_id} already asked")
-        if len(self.pending) >= MAX_PENDING:
-            raise LocalProtocolError(f"{MAX_PENDING} job queries in flight already; try again")
         if event.op not in QUERY_OPS:
             raise LocalProtocolError(f"operation {event.op!r} is not forwarded to a job's owner")
+        if len(self.pending) >= MAX_PENDING:
+            raise LocalProtocolError(f"{MAX_PENDING} job queries in flight already; try again")
         if len(event.args.encode()) > MAX_QUERY_ARGS:
             raise LocalProtocolError(f"query arguments over {MAX_QUERY_ARGS} bytes")
         job_id, owner = self.owner_of(event.job)
