@@ -48,7 +48,7 @@ from p2pnode.errors import NodeNotRunning as NodeNotRunning
 from p2pnode.errors import NotFoundError, RefusedError
 from p2pnode.testing import fault_submit
 from protocols.events import Notify
-from protocols.queries import READ_ONLY_OPS
+from protocols.messages import READ_ONLY_OPS
 
 if TYPE_CHECKING:
     from p2pnode.node import Node  # imports py-libp2p: only for the server's types
@@ -385,6 +385,11 @@ def _resolving(node: Node, ops: dict[str, Handler], *, forward: bool) -> dict[st
                     raise RefusedError(
                         f"job {text} is owned by {owner}: only the node that submitted it"
                         " can stop it"
+                    ) from None
+                owner = node.owner_hint(text)
+                if owner:  # whose it is, as far as this node knows: say so
+                    raise RefusedError(
+                        f"job {text} is owned by {owner}: {op} works on that node only"
                     ) from None
                 raise
             return await handler({**req, "job_id": job_id}, emit)

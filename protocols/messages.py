@@ -427,6 +427,9 @@ class ChainReportAck(Message):
 MAX_QUERY_ARGS = 4096  # bytes of a query's JSON arguments
 MAX_ANSWER_BYTES = 192 * 1024  # bytes of an answer's JSON (< the frame limit)
 QUERY_STATUSES = ("ok", "not_found", "ambiguous", "refused", "busy", "error", "too_large")
+# The operations a job query may ask for: all but cancel only read.
+READ_ONLY_OPS = frozenset({"describe", "runs", "logs", "history"})
+QUERY_OPS = READ_ONLY_OPS | {"cancel"}
 
 
 @attrs.frozen(kw_only=True)

@@ -35,6 +35,7 @@ from protocols.events import AnswerQuery, QueryJob
 from protocols.messages import (
     MAX_ANSWER_BYTES,
     MAX_QUERY_ARGS,
+    QUERY_OPS,
     QUERY_STATUSES,
     JobAnswer,
     JobQuery,
@@ -42,9 +43,6 @@ from protocols.messages import (
 from protocols.outbox import Outbox
 from protocols.timers import QUERY, QueryTimer
 
-# Operations a peer may ask; all but cancel only read.
-READ_ONLY_OPS = frozenset({"describe", "runs", "logs", "history"})
-QUERY_OPS = READ_ONLY_OPS | {"cancel"}
 MAX_HINTS = 4096  # job id -> owner hints kept (volatile, oldest dropped)
 MAX_PENDING = 64  # queries this node waits on at once
 MAX_FANOUT = 64  # peers asked by one query that knows no owner

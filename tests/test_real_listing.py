@@ -74,6 +74,12 @@ def test_any_node_answers_for_a_job_its_owner_runs_elsewhere(tmp_path: Path) -> 
             f"job {prefix} is owned by {owner.node_id}: only the node that submitted it can stop it"
         )
         assert owner.describe(job_id)["state"] == "running"
+        # Operations that are neither read-only nor a stop name the owner.
+        elsewhere = _error(runner, "wait", job_id=prefix, timeout=1)
+        assert (elsewhere.code, str(elsewhere)) == (
+            "refused",
+            f"job {prefix} is owned by {owner.node_id}: wait works on that node only",
+        )
 
         # Unknown ids and prefixes of several jobs.
         unknown = _error(bystander, "describe", job_id="j-0000nothing")
