@@ -108,9 +108,14 @@ class JobForwarder:
                 if isinstance(exc, P2PNodeError):
                     raise
                 raise RefusedError(str(exc)) from exc
-            await closed.wait()
+            # The core's timer closes the query; this bound only guards a node
+            # that stops meanwhile (its timers no longer fire).
+            with trio.move_on_after(query.timeout + 5.0):
+                await closed.wait()
         finally:
             del self._closed[query_id]
+        if not closed.is_set():
+            raise NodeStoppedError("the node stopped while asking the job's owner")
         answers, hinted, silent = self._core.queries.take(query_id)
         answer = _decide(job, answers, hinted, silent)
         for event in answer.get("events", []):

@@ -210,7 +210,7 @@ class QueryDesk:
             raise RemoteProtocolError(f"job_query for operation {msg.op!r}: not answered")
         try:
             args = json.loads(msg.args)
-        except ValueError:
+        except (ValueError, RecursionError):  # (4 KiB of "[" nests past the recursion limit)
             args = None
         if not isinstance(args, dict):
             raise RemoteProtocolError("job_query args are not a JSON object")

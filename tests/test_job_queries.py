@@ -216,9 +216,10 @@ def test_unsolicited_forged_malformed_and_oversized_query_frames_are_counted() -
         JobQuery(query_id="q7", op="submit", job="j-6", args="{}"),  # not a query operation
         JobQuery(query_id="q8", op="describe", job="j-6", args="[1]"),  # args not an object
         JobQuery(query_id="q9", op="describe", job="j-6", args="{oops"),
+        JobQuery(query_id="q10", op="describe", job="j-6", args="[" * 4000),  # too deep
     ):
         deliver(enc(bad_query, msg_id=f"c:98:{bad_query.query_id}", sender="c"), dest="a")
-    assert faults == ["unauthorized"] * 5 + ["forged", "undecodable"] + ["unauthorized"] * 3
+    assert faults == ["unauthorized"] * 5 + ["forged", "undecodable"] + ["unauthorized"] * 4
     # None of it disturbed the query: c's and a's real answers still close it.
     net.run_for(0.05)
     _answer_queries(net, "a")
