@@ -50,9 +50,7 @@ def test_any_node_answers_for_a_job_its_owner_runs_elsewhere(tmp_path: Path) -> 
         bystander.wait_ready()
         c.wait_connected([owner, runner, bystander])
         job_id = _submit(owner, _sim("long", duration="10m"))
-        c.wait_job(
-            owner, job_id, lambda v: v["state"] == "running", timeout=WAIT, what="running"
-        )
+        c.wait_job(owner, job_id, lambda v: v["state"] == "running", timeout=WAIT, what="running")
         prefix = job_id[:7]
 
         # The runner learnt the owner from the ask and grant: it forwards a prefix.
