@@ -117,7 +117,10 @@ class JobForwarder:
             del self._closed[query_id]
         if not closed.is_set():
             raise NodeStoppedError("the node stopped while asking the job's owner")
-        answers, hinted, silent = self._core.queries.take(query_id)
+        try:
+            answers, hinted, silent = self._core.queries.take(query_id)
+        except KeyError:  # evicted: MAX_PENDING other queries closed before we looked
+            raise QueryFailed(f"the answers about job {job} were dropped; try again") from None
         answer = _decide(job, answers, hinted, silent)
         for event in answer.get("events", []):
             await emit(event)
