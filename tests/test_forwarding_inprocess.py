@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+from p2pnode import control
+from p2pnode.control_request import REQUEST_FIELDS
+from p2pnode.control_request import job_id as job_id_field
 from p2pnode.errors import FetchError, NotFoundError, RefusedError
 from p2pnode.forwarding import Emit
 from p2pnode.node import Node, NodeSettings, open_node
@@ -91,3 +94,33 @@ async def test_any_read_only_operation_rides_along_as_a_bounded_snapshot(
         owner.answer_queries_with({"runs": refuse})
         with pytest.raises(RefusedError, match="is not a cron job"):
             await asker.forward("runs", {"job_id": job_id}, collect)
+
+
+async def test_control_ops_resolve_prefixes_and_refuse_a_forwarded_follow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``logs`` as its engineer adds it: an operation on a job, with ``follow``.
+    monkeypatch.setitem(REQUEST_FIELDS, "logs", {"job_id": (True, job_id_field)})
+    calls: list[dict[str, Any]] = []
+
+    async def logs(request: dict[str, Any], emit: Emit) -> Any:
+        calls.append(request)
+        return {"job_id": request["job_id"], "state": "queued"}
+
+    async with two_nodes(tmp_path) as (owner, asker):
+        job_id = await owner.submit(QUEUED)
+        owner.answer_queries_with(control._resolving(owner, {"logs": logs}, forward=False))
+        local = control._resolving(owner, {"logs": logs}, forward=True)
+        remote = control._resolving(asker, {"logs": logs}, forward=True)
+
+        async def ignore(event: dict[str, Any]) -> None:
+            pass
+
+        # On the owner: the prefix resolves, follow goes through untouched.
+        answer = await local["logs"]({"job_id": job_id[:9], "follow": True}, ignore)
+        assert answer["job_id"] == job_id and calls[-1]["follow"] is True
+        # Elsewhere: a snapshot forwards; a follow is refused in one clear line.
+        answer = await remote["logs"]({"job_id": job_id[:9]}, ignore)
+        assert answer == {"job_id": job_id, "state": "queued"}
+        with pytest.raises(RefusedError, match="owned by another peer: follow its logs on"):
+            await remote["logs"]({"job_id": job_id[:9], "follow": True}, ignore)

@@ -151,5 +151,7 @@ def test_job_list_filters_order_across_a_restart_and_cron_runs(tmp_path: Path) -
         assert iso.returncode == 0 and iso.json()["items"] == [], iso.explain()
         bad = node.cli("job", "list", "--since", "yesterday")
         assert bad.returncode == 2 and "neither a duration" in bad.stderr, bad.explain()
+        bad = node.cli("job", "list", "--state", "done", "--limit", "0")
+        assert bad.returncode == 2 and "'done' is not one of" in bad.stderr, bad.explain()
         bad_request = _error(node, "jobs", limit=0)
         assert bad_request.code == "bad_request" and "limit" in str(bad_request)
