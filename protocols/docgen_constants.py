@@ -155,6 +155,7 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
     ("protocols.queries", "MAX_SERVED_PER_PEER", "", "... for one asker (beyond: `busy`)"),
     ("protocols.queries", "SERVE_TIMEOUT", "s", "a served job query is given up after this"),
     ("protocols.queries", "MAX_CANDIDATES", "ids", "listed for an ambiguous id prefix"),
+    ("protocols.queries", "MAX_CLOSED", "", "closed job queries whose late answers pass quietly"),
 ]
 
 

@@ -50,6 +50,7 @@ MAX_SERVED = 32  # queries this node runs for peers at once ...
 MAX_SERVED_PER_PEER = 4  # ... and for one peer
 SERVE_TIMEOUT = 30.0  # seconds a served query may stay unanswered by the driver
 MAX_CANDIDATES = 10  # ids listed for an ambiguous prefix
+MAX_CLOSED = 256  # closed queries whose late answers are still ignored quietly
 
 FOUND, AMBIGUOUS, NOT_FOUND = "found", "ambiguous", "not_found"
 
@@ -117,6 +118,9 @@ class QueryDesk:
         self.pending: dict[str, _Pending] = {}
         self.done: OrderedDict[str, tuple[_Pending, list[str]]] = OrderedDict()
         self.served: dict[tuple[str, str], float] = {}  # (peer, query id) -> give up at
+        # Peers asked by a query that closed before they answered: an honest
+        # late answer is ignored, not counted against its sender.
+        self.late: OrderedDict[str, set[str]] = OrderedDict()
 
     # --- hints ------------------------------------------------------------------
 
@@ -165,6 +169,10 @@ class QueryDesk:
 
     def on_answer(self, sender: str, msg: JobAnswer) -> None:
         pending = self.pending.get(msg.query_id)
+        late = self.late.get(msg.query_id)
+        if pending is None and late is not None and sender in late:
+            late.discard(sender)  # answered after the query closed: harmless
+            return
         if pending is None or sender not in pending.asked:
             raise RemoteProtocolError(f"job_answer {msg.query_id} was not asked of {sender}")
         if msg.status not in QUERY_STATUSES:
@@ -188,6 +196,10 @@ class QueryDesk:
         pending = self.pending.pop(query_id)
         self.out.cancel_timer(QueryTimer(QUERY, query_id))
         silent = sorted(pending.asked)
+        if silent:
+            self.late[query_id] = set(silent)
+            while len(self.late) > MAX_CLOSED:
+                self.late.popitem(last=False)
         self.done[query_id] = (pending, silent)
         while len(self.done) > MAX_PENDING:  # answers nobody took (the asker gave up)
             self.done.popitem(last=False)

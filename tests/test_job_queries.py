@@ -117,6 +117,23 @@ def test_a_query_without_a_hint_asks_the_view_and_the_owner_answers() -> None:
     assert net.core("c").queries.owner_of("j-0123") == ("j-0123abcd", "a")
 
 
+def test_an_answer_after_the_query_closed_is_ignored_not_counted() -> None:
+    net = _net()
+    net.feed("a", SubmitJob("j-late", batch_spec(labels={"zone": "nowhere"})))
+    net.partition("b", "c")  # c never hears the query
+    _ask(net, "b", "q-late", "j-late")
+    net.run_for(0.05)
+    _answer_queries(net, "a")
+    net.run_until(lambda: any(n["query_id"] == "q-late" for n in net.notes_of("job_query_done")))
+    assert net.core("b").queries.take("q-late")[2] == ["c"]  # closed on the owner's answer
+    late = JobAnswer(query_id="q-late", status="not_found")
+    net.heal()
+    net.feed("b", MessageReceived("c", codec.encode(late, msg_id="c:97:1", sender="c")))
+    assert _dropped(net, "b", "c") == 0
+    net.feed("b", MessageReceived("c", codec.encode(late, msg_id="c:97:2", sender="c")))
+    assert _dropped(net, "b", "c") == 1  # but only once per peer asked
+
+
 def test_asks_and_grants_teach_the_owner_and_a_silent_owner_is_unreachable() -> None:
     net = _net()
     net.feed("a", SubmitJob("j-1", batch_spec(count=2, duration_ms=60_000)))
