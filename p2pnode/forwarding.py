@@ -190,7 +190,15 @@ def _status_of(exc: BaseException) -> str:
 
 def _decide(job: str, answers: list[Answer], hinted: str, silent: list[str]) -> dict[str, Any]:
     """The owner's answer among the peers' answers, or the error that says why not."""
-    oks = {a.job_id: a for a in answers if a.status == "ok"}
+    oks: dict[str, Answer] = {}
+    for a in answers:
+        if a.status != "ok":
+            continue
+        if a.job_id in oks:  # two peers claim one job: one of them lies
+            raise QueryFailed(
+                f"job {a.job_id}: conflicting answers from {oks[a.job_id].peer} and {a.peer}"
+            )
+        oks[a.job_id] = a
     if len(oks) > 1:
         raise AmbiguousJobError(f"job id prefix {job!r} names several jobs: {', '.join(oks)}")
     if oks:

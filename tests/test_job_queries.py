@@ -255,3 +255,32 @@ def test_the_asker_bounds_its_open_queries() -> None:
     with pytest.raises(LocalProtocolError, match="not forwarded"):
         core.handle(QueryJob(query_id="q-op", op="submit", job="j-x"), 2.0)
     assert len(desk.pending) == 64
+
+
+# --- the asker's verdict (p2pnode/forwarding.py) ----------------------------------------
+
+
+def test_the_verdict_over_the_answers() -> None:
+    from p2pnode.errors import AmbiguousJobError, NotFoundError, UnreachableError
+    from p2pnode.forwarding import QueryFailed, _decide
+    from protocols.queries import Answer
+
+    def ok(peer: str, job_id: str) -> Answer:
+        return Answer(peer, "ok", job_id, peer, "", OK_ANSWER)
+
+    def missing(peer: str, owner: str = "") -> Answer:
+        return Answer(peer, "not_found", "", owner, "", b"")
+
+    assert _decide("j-1", [missing("b"), ok("a", "j-1")], "", [])["result"] == {"state": "running"}
+    with pytest.raises(QueryFailed, match="conflicting answers from a and z"):
+        _decide("j-1", [ok("a", "j-1"), ok("z", "j-1")], "", [])
+    with pytest.raises(AmbiguousJobError, match="j-10, j-11"):
+        _decide("j-1", [ok("a", "j-10"), ok("b", "j-11")], "", [])
+    with pytest.raises(UnreachableError, match="job j-1 is owned by a, not reachable"):
+        _decide("j-1", [], "a", ["a"])
+    with pytest.raises(UnreachableError, match="owned by d, not reachable"):
+        _decide("j-1", [missing("b", owner="d"), missing("c")], "", [])
+    with pytest.raises(NotFoundError, match="no such job: j-1"):
+        _decide("j-1", [missing("a")], "a", [])  # the owner we knew of no longer has it
+    with pytest.raises(NotFoundError, match="no such job: j-1"):
+        _decide("j-1", [missing("b")], "", ["c"])
