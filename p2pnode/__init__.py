@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from p2pnode.errors import (
+        AmbiguousJobError,
         BlobError,
         ConnectionLost,
         ConnectorError,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         SettingsError,
         SpecError,
         StoreError,
+        UnreachableError,
         WaitTimeoutError,
     )
     from p2pnode.node import Node, NodeSettings, open_node
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     )
 
 _ERRORS = (
+    "AmbiguousJobError",
     "BlobError",
     "ConnectionLost",
     "ConnectorError",
@@ -73,6 +76,7 @@ _ERRORS = (
     "SettingsError",
     "SpecError",
     "StoreError",
+    "UnreachableError",
     "WaitTimeoutError",
 )
 _VIEWS = ("ExecutionView", "JobSummary", "JobView", "NodeStats", "PeerView", "RunView", "SlotView")
@@ -99,6 +103,7 @@ __all__ = [  # noqa: RUF022 (grouped: the node, its views, its errors)
     "PeerView",
     "RunView",
     "SlotView",
+    "AmbiguousJobError",
     "BlobError",
     "ConnectionLost",
     "ConnectorError",
@@ -119,6 +124,7 @@ __all__ = [  # noqa: RUF022 (grouped: the node, its views, its errors)
     "SettingsError",
     "SpecError",
     "StoreError",
+    "UnreachableError",
     "WaitTimeoutError",
 ]
 

@@ -36,6 +36,7 @@ from p2pnode.control_request import (
     INTERNAL,
     MAX_REQUEST,
     PERMISSION_DENIED,
+    REQUEST_FIELDS,
     BadRequest,
     checked_request,
     error_reply,
@@ -44,8 +45,10 @@ from p2pnode.control_request import (
 from p2pnode.errors import ConnectionLost as ConnectionLost  # re-exported, as the next two
 from p2pnode.errors import ControlError as ControlError
 from p2pnode.errors import NodeNotRunning as NodeNotRunning
+from p2pnode.errors import NotFoundError, RefusedError
 from p2pnode.testing import fault_submit
 from protocols.events import Notify
+from protocols.messages import READ_ONLY_OPS
 
 if TYPE_CHECKING:
     from p2pnode.node import Node  # imports py-libp2p: only for the server's types
@@ -62,7 +65,8 @@ def socket_path(data_dir: Path) -> Path:
 # --- server ---------------------------------------------------------------------
 
 
-Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Emit], Awaitable[Any]]
 
 MAX_CONNECTIONS = 32  # served at once; more are answered "busy" and closed
 REQUEST_TIMEOUT = 10.0  # seconds to send the whole request line
@@ -82,7 +86,9 @@ async def serve_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
         os.umask(old_umask)
     sock.listen(64)
     listener = trio.SocketListener(sock)
-    ops = _operations(node)
+    ops = _resolving(node, _operations(node), forward=True)
+    # Peers' queries run the very same operations, but never forward again.
+    node.answer_queries_with(_resolving(node, _operations(node), forward=False))
     slots = trio.CapacityLimiter(MAX_CONNECTIONS)
     try:
         async with trio.open_nursery() as nursery:
@@ -290,7 +296,15 @@ def _operations(node: Node) -> dict[str, Handler]:
         return [run.to_json() for run in node.runs(str(req["job_id"]))]
 
     async def jobs(req: dict[str, Any], emit: Any) -> Any:
-        return [job.to_json() for job in node.jobs()]
+        listed = node.jobs(
+            state=req.get("state"),
+            type=req.get("type"),
+            name=req.get("name"),
+            limit=req.get("limit"),
+            since_ms=req.get("since"),
+            runs=bool(req.get("runs", False)),
+        )
+        return [job.to_json() for job in listed]
 
     async def describe(req: dict[str, Any], emit: Any) -> Any:
         return node.describe(str(req["job_id"])).to_json()
@@ -344,6 +358,58 @@ def _operations(node: Node) -> dict[str, Handler]:
         "get": get,
         "stats": stats,
     }
+
+
+def _resolving(node: Node, ops: dict[str, Handler], *, forward: bool) -> dict[str, Handler]:
+    """Every operation on a job takes a unique id prefix too, resolved here
+    (``Node.resolve_job_id``).  A job this node does not know: a read-only
+    operation is forwarded to the job's owner (``Node.forward``); a stop is
+    refused (only the node that submitted a job stops it, and that node owns
+    it); others say "no such job"."""
+
+    def wrap(op: str, handler: Handler) -> Handler:
+        async def run(req: dict[str, Any], emit: Emit) -> Any:
+            text = str(req["job_id"])
+            try:
+                job_id = node.resolve_job_id(text)
+            except NotFoundError:
+                if not forward:
+                    raise
+                if op in READ_ONLY_OPS:
+                    if req.get("follow"):
+                        raise RefusedError(_no_follow(node, text)) from None
+                    return await node.forward(op, req, emit)
+                if op == "cancel":
+                    await node.forward("describe", req, _ignore)  # whose is it, if anyone's?
+                    owner = node.owner_hint(text) or "another peer"
+                    raise RefusedError(
+                        f"job {text} is owned by {owner}: only the node that submitted it"
+                        " can stop it"
+                    ) from None
+                owner = node.owner_hint(text)
+                if owner:  # whose it is, as far as this node knows: say so
+                    raise RefusedError(
+                        f"job {text} is owned by {owner}: {op} works on that node only"
+                    ) from None
+                raise
+            return await handler({**req, "job_id": job_id}, emit)
+
+        return run
+
+    return {
+        op: wrap(op, handler) if "job_id" in REQUEST_FIELDS.get(op, {}) else handler
+        for op, handler in ops.items()
+    }
+
+
+def _no_follow(node: Node, text: str) -> str:
+    owner = node.owner_hint(text)
+    where = f"on its owner {owner}" if owner else "on the node that owns it"
+    return f"job {text} is owned by another peer: follow its logs {where}"
+
+
+async def _ignore(event: dict[str, Any]) -> None:
+    pass
 
 
 def _offer(send: trio.MemorySendChannel[Notify], note: Notify) -> None:

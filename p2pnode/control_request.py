@@ -21,7 +21,13 @@ from typing import Any
 import trio
 
 from p2pnode.blobs import BlobError
-from p2pnode.errors import NodeStoppedError, P2PNodeError
+from p2pnode.errors import (
+    AmbiguousJobError,
+    NodeStoppedError,
+    NotFoundError,
+    P2PNodeError,
+    UnreachableError,
+)
 from p2pnode.outputs import FetchError
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
@@ -41,9 +47,12 @@ UNAVAILABLE = "unavailable"  # outputs cannot be fetched, the node is stopping, 
 BUSY = "busy"  # too many connections at once
 PERMISSION_DENIED = "permission_denied"
 INTERNAL = "internal"  # a bug: logged with its traceback on the node
+NOT_FOUND = "not_found"  # "no such job: X" (not here, and no peer owns it)
+AMBIGUOUS = "ambiguous"  # a job id prefix names several jobs: the message lists them
+UNREACHABLE = "unreachable"  # "job X is owned by <peer>, not reachable"
 ERROR_CODES = frozenset(
     {BAD_REQUEST, UNKNOWN_OP, INVALID_SPEC, REFUSED, TIMEOUT, UNAVAILABLE, BUSY}
-    | {PERMISSION_DENIED, INTERNAL}
+    | {PERMISSION_DENIED, INTERNAL, NOT_FOUND, AMBIGUOUS, UNREACHABLE}
 )
 
 
@@ -114,6 +123,46 @@ def job_id(name: str, value: Any) -> str:
     return value
 
 
+MAX_LIST_LIMIT = 1_000_000  # jobs a listing may ask for
+MAX_STATES = 32  # states one listing may filter by
+
+
+def states(name: str, value: Any) -> list[str] | None:
+    """A job state, or a list of them (any of them matches)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list)
+        or not 0 < len(items) <= MAX_STATES
+        or not all(isinstance(i, str) and 0 < len(i) <= 32 for i in items)
+    ):
+        raise BadRequest(f"{name} must be a state or a list of at most {MAX_STATES} states")
+    return list(items)
+
+
+def positive_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LIST_LIMIT:
+        raise BadRequest(f"{name} must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return value
+
+
+def epoch_ms(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise BadRequest(f"{name} must be a time in unix milliseconds (an integer)")
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, got {_shown_type(value)}")
+    return value
+
+
 def spec(name: str, value: Any) -> str | dict[str, Any]:
     if not isinstance(value, (str, dict)):
         raise BadRequest(
@@ -164,7 +213,14 @@ def absolute_path(name: str, value: Any) -> str:
 # op -> field -> (required, check).  Handlers read only these fields.
 REQUEST_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "ping": {},
-    "jobs": {},
+    "jobs": {
+        "state": (False, states),
+        "type": (False, optional_text),
+        "name": (False, optional_text),
+        "limit": (False, positive_int),
+        "since": (False, epoch_ms),
+        "runs": (False, flag),
+    },
     "peers": {},
     "stats": {},
     "submit": {"spec": (True, spec), "idempotency_key": (False, idempotency_key)},
@@ -242,6 +298,12 @@ def _code_of(exc: BaseException) -> str:
         return BAD_REQUEST
     if isinstance(exc, UnknownOperation):
         return UNKNOWN_OP
+    if isinstance(exc, NotFoundError):
+        return NOT_FOUND
+    if isinstance(exc, AmbiguousJobError):
+        return AMBIGUOUS
+    if isinstance(exc, UnreachableError):
+        return UNREACHABLE
     if isinstance(exc, LocalProtocolError):
         return REFUSED
     if isinstance(exc, (TimeoutError, trio.TooSlowError)):

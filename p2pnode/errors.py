@@ -13,7 +13,9 @@ The tree (docs/architecture.md, "Errors", shows it with who raises what)::
     P2PNodeError
     ├── SpecError            invalid job spec; ``errors`` lists every problem
     ├── RefusedError         the node refused a request (protocols' LocalProtocolError)
-    │   └── NotFoundError    no such job on this node
+    │   ├── NotFoundError    no such job on this node (nor, asked, on its peers)
+    │   └── AmbiguousJobError  a job id prefix names several jobs
+    ├── UnreachableError     the job's owner is known but does not answer
     ├── NodeStoppedError     the node is not running (any more)
     ├── WaitTimeoutError     ``Node.wait`` timed out; the job goes on
     ├── SettingsError        bad ``NodeSettings``, bootstrap address or call arguments
@@ -53,6 +55,7 @@ from protocols.errors import LocalProtocolError
 from protocols.spec.errors import SpecValidationError
 
 __all__ = [
+    "AmbiguousJobError",
     "BlobError",
     "ConnectionLost",
     "ConnectorError",
@@ -73,6 +76,7 @@ __all__ = [
     "SettingsError",
     "SpecError",
     "StoreError",
+    "UnreachableError",
     "WaitTimeoutError",
 ]
 
@@ -96,6 +100,14 @@ class RefusedError(P2PNodeError, LocalProtocolError):
 
 class NotFoundError(RefusedError):
     """The job (or execution) is unknown to this node."""
+
+
+class AmbiguousJobError(RefusedError):
+    """A job id prefix names several jobs (the message lists them)."""
+
+
+class UnreachableError(P2PNodeError):
+    """A job another peer owns: its owner did not answer the query."""
 
 
 class NodeStoppedError(P2PNodeError):

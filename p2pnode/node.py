@@ -36,6 +36,7 @@ from p2pnode.control_request import MAX_IDEMPOTENCY_KEY
 from p2pnode.datadir import make_private
 from p2pnode.engines import EngineRouter, build_executors
 from p2pnode.errors import (
+    AmbiguousJobError,
     ListenError,
     NodeStoppedError,
     NotFoundError,
@@ -46,6 +47,7 @@ from p2pnode.errors import (
     WaitTimeoutError,
 )
 from p2pnode.executors.sandbox import open_sandbox
+from p2pnode.forwarding import Emit, Handler, JobForwarder
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
 from p2pnode.items import read_items
@@ -64,6 +66,7 @@ from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
 from protocols.node import NodeCore, broadcast_refusal
+from protocols.queries import AMBIGUOUS, FOUND
 from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
 
 log = logging.getLogger("p2pnode.node")
@@ -167,6 +170,7 @@ class Node:
         transport: Libp2pTransport,
         blobs: BlobStore,
         feeder: StreamFeeder | None = None,
+        forwarder: JobForwarder | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -176,6 +180,9 @@ class Node:
         self._runtime = runtime
         self._core = core
         self._feeder = feeder  # micro-batch stream sources (p2pnode/stream/)
+        self._forwarder = forwarder or JobForwarder(runtime, core, {})
+        if not self._forwarder.ops:  # until a control socket serves its own
+            self._forwarder.ops = self._read_only_ops()
 
     @property
     def node_id(self) -> str:
@@ -242,9 +249,7 @@ class Node:
     async def _check_modules(self, spec: JobSpec) -> None:
         """Peers fetch a wasm module from this node (the owner) by its content
         id: refuse a spec naming one this node's blob store lacks."""
-        problems = await trio.to_thread.run_sync(
-            module_problems, spec.canonical(), self.blobs.has
-        )
+        problems = await trio.to_thread.run_sync(module_problems, spec.canonical(), self.blobs.has)
         if problems:
             raise SpecError(problems)
 
@@ -336,17 +341,97 @@ class Node:
             view = self._feeder.annotate(view)
         return JobView.from_json(view)
 
-    def jobs(self) -> list[JobSummary]:
-        """Every job this node owns, in the order they were created."""
-        out = []
-        for job_id in self._core.owned_jobs():
-            view = self._core.describe(job_id)
-            out.append(
-                JobSummary.from_json(
-                    {k: view[k] for k in ("job_id", "name", "type", "state", "reason")}
-                )
+    def jobs(
+        self,
+        *,
+        state: str | list[str] | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        since_ms: int | None = None,
+        runs: bool = False,
+    ) -> list[JobSummary]:
+        """The jobs this node owns, in submit order (kept across restarts).
+
+        Filters: ``state`` (one or a list: any matches), ``type`` (the job
+        kind), ``name`` (a substring), ``since_ms`` (submitted at or after,
+        unix ms), ``limit`` (the N most recently submitted).  A cron job's runs
+        (``<cron>@<ms>``) are rows of ``runs(cron)``, not listed here unless
+        ``runs``."""
+        states = {state} if isinstance(state, str) else set(state or ())
+        owned = self._core.owner.jobs
+        picked = []
+        for job in owned.values():
+            if not runs and job.parent and _is_cron(owned.get(job.parent)):
+                continue
+            if states and job.state.value not in states:
+                continue
+            if type is not None and job.kind != type:
+                continue
+            if name is not None and name not in str(job.spec.get("name", "")):
+                continue
+            if since_ms is not None and job.submitted_ms < since_ms:
+                continue
+            picked.append(job)
+        picked.sort(key=lambda job: (job.seq, job.submitted_ms, job.job_id))
+        if limit is not None:
+            picked = picked[-limit:] if limit > 0 else []
+        return [
+            JobSummary.from_json(
+                {
+                    "job_id": job.job_id,
+                    "name": job.spec.get("name", ""),
+                    "type": job.kind,
+                    "state": job.state.value,
+                    "reason": job.reason,
+                }
             )
-        return out
+            for job in picked
+        ]
+
+    def resolve_job_id(self, text: str) -> str:
+        """The id of the job this node knows that ``text`` names: the id
+        itself, or a unique prefix of one (a cron job before its runs).
+        ``AmbiguousJobError`` lists the candidates of a prefix of several;
+        ``NotFoundError`` ("no such job: X") when this node knows none."""
+        status, found = self._core.resolve_job(text)
+        if status == FOUND:
+            return found[0]
+        if status == AMBIGUOUS:
+            raise AmbiguousJobError(
+                f"job id prefix {text!r} names several jobs: {', '.join(found)}"
+            )
+        raise NotFoundError(f"no such job: {text}")
+
+    async def forward(self, op: str, request: dict[str, Any], emit: Emit) -> Any:
+        """Run the read-only control operation ``op`` on a job another peer
+        owns, at its owner (docs/protocol.md, "Job queries").  ``request``
+        holds the operation's arguments, ``job_id`` an id or unique prefix.
+        Raises ``NotFoundError``, ``UnreachableError`` (the owner is known but
+        silent), ``AmbiguousJobError`` or the owner's own refusal."""
+        args = {k: v for k, v in request.items() if k not in ("op", "job_id")}
+        return await self._forwarder.ask(op, str(request["job_id"]), args, emit)
+
+    def owner_hint(self, text: str) -> str:
+        """The peer this node last saw acting as the owner of job ``text``
+        (asks and grants it received), or ""."""
+        return self._core.queries.owner_of(text)[1]
+
+    def answer_queries_with(self, ops: dict[str, Handler]) -> None:
+        """Answer peers' job queries with these operations (the control
+        socket's handlers, so that a forwarded operation answers as a local one)."""
+        self._forwarder.ops = ops
+
+    def _read_only_ops(self) -> dict[str, Handler]:
+        """What peers' queries run on a node that serves no control socket."""
+
+        async def describe(request: dict[str, Any], emit: Emit) -> Any:
+            return self.describe(str(request["job_id"])).to_json()
+
+        async def runs(request: dict[str, Any], emit: Emit) -> Any:
+            return [run.to_json() for run in self.runs(str(request["job_id"]))]
+
+        return {"describe": describe, "runs": runs}
 
     async def wait(
         self,
@@ -435,6 +520,10 @@ class Node:
             )
             for i in infos
         ]
+
+
+def _is_cron(job: Any) -> bool:
+    return job is not None and job.kind == "cron"
 
 
 def _validated(spec: JobSpec | Mapping[str, Any] | str) -> JobSpec:
@@ -551,14 +640,17 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
             # core's next action (often a hello to that very peer) is sent.
             runtime.add_listener(lambda note: _learn_address(note, transport))
             runtime.add_listener(lambda note: _penalize_dropped(note, transport))
+            forwarder = JobForwarder(runtime, core, {})
+            runtime.add_listener(forwarder.on_notify)
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
+                nursery.start_soon(forwarder.run, name="p2pnode job queries")
                 feeder = StreamFeeder(core.stream.sources, runtime.source_batch, blobs)
                 runtime.add_listener(lambda note: _wake_feeder(note, feeder))
                 nursery.start_soon(feeder.run, name="p2pnode stream feeder")
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
                 try:
-                    yield Node(settings, runtime, core, transport, blobs, feeder)
+                    yield Node(settings, runtime, core, transport, blobs, feeder, forwarder)
                 finally:
                     nursery.cancel_scope.cancel()
     finally:

@@ -53,6 +53,7 @@ from protocols.config import ANNOUNCE_TOPIC
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.events import (
     Action,
+    AnswerQuery,
     CancelJob,
     CancelTimer,
     Event,
@@ -62,6 +63,7 @@ from protocols.events import (
     Notify,
     Persist,
     Publish,
+    QueryJob,
     ReadItems,
     Send,
     SetTimer,
@@ -116,7 +118,7 @@ class _Reply:
 
 
 # The local API calls that go through the event queue (and may be refused).
-_LocalCall = SubmitJob | CancelJob | UpdateJob | SuspendJob | SourceBatch
+_LocalCall = SubmitJob | CancelJob | UpdateJob | SuspendJob | SourceBatch | QueryJob | AnswerQuery
 
 
 @attrs.frozen(eq=False)
@@ -296,6 +298,15 @@ class NodeRuntime:
         """Suspend (``True``) or resume (``False``) a cron job's schedule.
         Same returns and errors as ``submit``."""
         return await self._request(SuspendJob(job_id, suspended))
+
+    async def query(self, query: QueryJob) -> list[Notify]:
+        """Ask a job's owner (``job_query``); ``job_query_done`` follows.
+        Same errors as ``submit``."""
+        return await self._request(query)
+
+    async def answer_query(self, answer: AnswerQuery) -> list[Notify]:
+        """Send the answer to a peer's ``job_query``.  Same errors as ``submit``."""
+        return await self._request(answer)
 
     def watch(self, buffer: int | None = None) -> trio.MemoryReceiveChannel[Notify]:
         """Subscribe to every ``Notify`` from now on.

@@ -148,6 +148,14 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
         "hello period to bootstrap peers while the view is empty",
     ),
     ("protocols.node", "MAX_TRACKED_OFFENDERS", "peers", "senders whose drops are counted"),
+    ("protocols.queries", "MAX_HINTS", "jobs", "job owner hints kept (oldest dropped)"),
+    ("protocols.queries", "MAX_PENDING", "", "job queries one node waits on at once"),
+    ("protocols.queries", "MAX_FANOUT", "peers", "asked by a job query that knows no owner"),
+    ("protocols.queries", "MAX_SERVED", "", "peers' job queries a node runs at once"),
+    ("protocols.queries", "MAX_SERVED_PER_PEER", "", "... for one asker (beyond: `busy`)"),
+    ("protocols.queries", "SERVE_TIMEOUT", "s", "a served job query is given up after this"),
+    ("protocols.queries", "MAX_CANDIDATES", "ids", "listed for an ambiguous id prefix"),
+    ("protocols.queries", "MAX_CLOSED", "", "closed job queries whose late answers pass quietly"),
 ]
 
 
@@ -277,6 +285,8 @@ def groups() -> list[tuple[str, str, list[Row]]]:
         ("MAX_DURATION_MS", messages.MAX_DURATION_MS, "ms", "longest duration on the wire"),
         ("MAX_CHECKPOINT_LEN", messages.MAX_CHECKPOINT_LEN, "chars", "a stream checkpoint"),
         ("MAX_INPUTS", messages.MAX_INPUTS, "", "inputs of one grant"),
+        ("MAX_QUERY_ARGS", messages.MAX_QUERY_ARGS, "bytes", "`job_query.args`"),
+        ("MAX_ANSWER_BYTES", messages.MAX_ANSWER_BYTES, "bytes", "`job_answer.answer`"),
         ("FREE_MAX_DEPTH", codec.FREE_MAX_DEPTH, "levels", "free-form map nesting"),
         ("FREE_MAX_ITEMS", codec.FREE_MAX_ITEMS, "", "free-form items + entries, whole tree"),
         ("FREE_MAX_STR", codec.FREE_MAX_STR, "chars/bytes", "free-form str, bin and key"),
@@ -303,6 +313,7 @@ def groups() -> list[tuple[str, str, list[Row]]]:
     guard = _Source("p2pnode/net/guard.py").class_defaults("GuardLimits")
     outputs = _Source("p2pnode/outputs.py")
     blobs = _Source("p2pnode/blobs.py")
+    forwarding = _Source("p2pnode/forwarding.py")
     shell: list[Row] = [
         ("FRAME_PROTOCOL", transport.const("FRAME_PROTOCOL"), "", "point-to-point frame streams"),
         (
@@ -376,19 +387,37 @@ def groups() -> list[tuple[str, str, list[Row]]]:
             "all files of one manifest",
         ),
         ("MAX_PATH_LEN", blobs.const("MAX_PATH_LEN"), "chars", "a manifest path"),
+        (
+            "OWNER_TIMEOUT",
+            forwarding.const("OWNER_TIMEOUT"),
+            "s",
+            "a job query waits this long for the owner a hint names",
+        ),
+        (
+            "VIEW_TIMEOUT",
+            forwarding.const("VIEW_TIMEOUT"),
+            "s",
+            "a job query sent to the whole view waits this long",
+        ),
+        (
+            "ANSWER_TIMEOUT",
+            forwarding.const("ANSWER_TIMEOUT"),
+            "s",
+            "an operation run for a peer's job query may take this long",
+        ),
     ]
     return [
         ("Wire", "`protocols/messages.py`, `protocols/codec.py`, `protocols/config.py`", wire),
         (
             "Protocol timings and budgets (defaults)",
             "`protocols/config.py`, `protocols/askguard.py`, `protocols/holder.py`, "
-            "`protocols/owner`, `protocols/chain.py`, `protocols/node.py`",
+            "`protocols/owner`, `protocols/chain.py`, `protocols/node.py`, `protocols/queries.py`",
             core,
         ),
         (
             "Transport, peer guard and blobs (reference values)",
             "`p2pnode/libp2p_transport.py`, `p2pnode/net/`, `p2pnode/outputs.py`, "
-            "`p2pnode/blobs.py`",
+            "`p2pnode/blobs.py`, `p2pnode/forwarding.py`",
             shell,
         ),
     ]

@@ -128,6 +128,32 @@ class SuspendJob:
     suspended: bool = True
 
 
+@attrs.frozen
+class QueryJob:
+    """Local API: ask the owner of a job another peer owns (``job_query``).
+    The core picks whom to ask (the owner it knows of, else every peer of its
+    view) and notifies ``job_answer`` per answer, then ``job_query_done``."""
+
+    query_id: str
+    op: str
+    job: str  # an id or a unique id prefix
+    args: str = "{}"  # JSON object
+    timeout: float = 5.0  # seconds to wait for answers
+
+
+@attrs.frozen
+class AnswerQuery:
+    """Local API: the driver's answer to a ``job_query`` notify (it ran the
+    operation locally); the core sends it back as ``job_answer``."""
+
+    peer: str
+    query_id: str
+    status: str
+    job_id: str = ""
+    detail: str = ""
+    answer: bytes = b""
+
+
 Event = (
     Started
     | MessageReceived
@@ -140,6 +166,8 @@ Event = (
     | ExecutionProgress
     | SourceBatch
     | ItemsRead
+    | QueryJob
+    | AnswerQuery
 )
 
 # --- actions (core -> driver) --------------------------------------------------

@@ -422,6 +422,50 @@ class ChainReportAck(Message):
     valid_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
 
 
+# --- job queries (any node answers) --------------------------------------------
+
+MAX_QUERY_ARGS = 4096  # bytes of a query's JSON arguments
+MAX_ANSWER_BYTES = 192 * 1024  # bytes of an answer's JSON (< the frame limit)
+QUERY_STATUSES = ("ok", "not_found", "ambiguous", "refused", "busy", "error", "too_large")
+# The operations a job query may ask for: all but cancel only read.
+READ_ONLY_OPS = frozenset({"describe", "runs", "logs", "history"})
+QUERY_OPS = READ_ONLY_OPS | {"cancel"}
+
+
+@attrs.frozen(kw_only=True)
+class JobQuery(Message):
+    """Any node -> a job's owner (or every peer of the asker's view when it
+    knows no owner): answer control operation ``op`` on job ``job`` (an id or
+    a unique id prefix) as you would locally.  Read-only operations only, and
+    ``cancel`` from the job's submitter."""
+
+    TYPE: ClassVar[str] = "job_query"
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+    query_id: str = _id()
+    op: str = _text(32)
+    job: str = _id()
+    args: str = _text(MAX_QUERY_ARGS)  # JSON object: the operation's other arguments
+
+
+@attrs.frozen(kw_only=True)
+class JobAnswer(Message):
+    """Asked node -> asker: the answer to ``job_query`` ``query_id``.
+    ``answer`` (status ``ok``) is the JSON ``{"events": [...], "result": ...}``
+    of the operation run on the owner; ``owner`` names the job's owner when the
+    sender knows it (itself when it answers ``ok``)."""
+
+    TYPE: ClassVar[str] = "job_answer"
+    SENDER_ROLE: ClassVar[str] = Role.ANY
+
+    query_id: str = _id()
+    status: str = _text(16)  # one of QUERY_STATUSES
+    job_id: str = _text(MAX_ID_LEN)  # the id the job text resolved to
+    owner: str = _text(MAX_ID_LEN)
+    detail: str = _text()  # why not ok; for ambiguous, the candidates, comma-separated
+    answer: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_ANSWER_BYTES))
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     NodeInfo,
     Hello,
@@ -445,6 +489,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ChainReport,
     ChainReportAck,
     InputRef,
+    JobQuery,
+    JobAnswer,
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}

@@ -25,12 +25,14 @@ from protocols.directory import Directory
 from protocols.errors import RemoteProtocolError
 from protocols.events import (
     Action,
+    AnswerQuery,
     CancelJob,
     Event,
     ExecutionFinished,
     ExecutionProgress,
     ItemsRead,
     MessageReceived,
+    QueryJob,
     SourceBatch,
     Started,
     SubmitJob,
@@ -48,6 +50,8 @@ from protocols.messages import (
     Cancel,
     ExecutionResult,
     Hello,
+    JobAnswer,
+    JobQuery,
     LeaseAccept,
     LeaseGrant,
     LeaseRelease,
@@ -60,6 +64,7 @@ from protocols.messages import (
 )
 from protocols.outbox import RETX_TIMER, Outbox
 from protocols.owner import Owner
+from protocols.queries import LocalJobs, QueryDesk, resolve
 from protocols.signing import Keyring, SimKeyring
 from protocols.stream import StreamController
 from protocols.timers import (
@@ -68,6 +73,7 @@ from protocols.timers import (
     FORGET,
     GOSSIP,
     LAPSE,
+    QUERY,
     RENEW,
     RESTART,
     RUNFOR,
@@ -152,6 +158,13 @@ class NodeCore:
             )
         )
         self.holder = Holder(config, self.out, self.me)
+        # Any node answers for a job: queries to and from the owners of jobs.
+        self.queries = QueryDesk(
+            config.node_id,
+            self.out,
+            self.directory,
+            LocalJobs(self._local_job_ids, self._top_level, self._submitter),
+        )
         self.dedupe = codec.Deduper(DEDUPE_CAPACITY)
         self._view_version = 0  # bumped when the view changes; saved at gossip time
         self._view_saved = 0
@@ -197,6 +210,10 @@ class NodeCore:
             self.owner.update(event.job_id, event.spec)
         elif isinstance(event, SuspendJob):
             self.owner.suspend(event.job_id, event.suspended)
+        elif isinstance(event, QueryJob):
+            self.queries.ask(event)
+        elif isinstance(event, AnswerQuery):
+            self.queries.answer(event)
         elif isinstance(event, Started):
             self.out.wall_offset = event.wall - now
             self._on_started()
@@ -263,6 +280,8 @@ class NodeCore:
                 raise RemoteProtocolError(f"{message.TYPE} is not allowed on topic {event.topic}")
             self.directory.touch(event.sender, self.out.now)
             self._dispatch(event.sender, message)
+            if isinstance(message, (AskForBid, LeaseGrant)):  # the sender owns that job
+                self.queries.learn(message.job_id, event.sender)
         except RemoteProtocolError as exc:
             self._count_drop(event.sender, str(exc), kind)
 
@@ -295,6 +314,8 @@ class NodeCore:
             Cancel: holder.on_cancel,
             Hello: self._on_hello,
             Peers: lambda _sender, msg: self._on_peers(msg),
+            JobQuery: self.queries.on_query,
+            JobAnswer: self.queries.on_answer,
         }
         for controller in owner.kinds.all():
             routes.update(controller.routes())
@@ -368,6 +389,8 @@ class NodeCore:
             getattr(self.holder, self._exec_timers[kind])(key[1])
         elif kind == GOSSIP:
             self._on_gossip()
+        elif kind == QUERY:
+            self.queries.on_timer(key[1])
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -380,6 +403,26 @@ class NodeCore:
     def runs(self, job_id: str) -> list[dict[str, Any]]:
         """A cron job's runs, oldest first (skipped scheduled times included)."""
         return self.cron.runs(job_id)
+
+    def resolve_job(self, text: str) -> tuple[str, list[str]]:
+        """(status, ids) of ``text``, a job id or a unique id prefix, among
+        the jobs this node knows locally (``protocols.queries.resolve``)."""
+        return resolve(text, self._local_job_ids(), self._top_level)
+
+    def _local_job_ids(self) -> list[str]:
+        ids = list(self.owner.jobs)
+        ids += [c for c in self.chain.chains if c not in self.owner.jobs]  # stages owned here
+        return ids
+
+    def _top_level(self, job_id: str) -> bool:
+        job = self.owner.jobs.get(job_id)
+        return job is None or not job.parent
+
+    def _submitter(self, job_id: str) -> str:
+        """The node a job was submitted to: the owner, but for a chain's later
+        stages (whose submitter keeps the chain)."""
+        chain = self.chain.chains.get(job_id)
+        return chain.submitter if chain is not None else self.node_id
 
     def known_peers(self) -> list[NodeInfo]:
         return [e.info for e in self.directory.peers.values()]

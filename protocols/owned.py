@@ -182,6 +182,10 @@ class OwnedJob:
     # A run's extra inputs (name, manifest id, node) and environment.
     inputs: list[tuple[str, str, str]] = attrs.field(factory=list)
     env: dict[str, str] = attrs.field(factory=dict)
+    # Submit order, persisted so that listings keep it across restarts: a
+    # per-owner sequence number, and the wall time of the submit (unix ms).
+    seq: int = 0
+    submitted_ms: int = 0
     # Volatile: the open census round of an ops/daemon job.
     census_round: int = 0
     census_open: bool = False
@@ -213,4 +217,6 @@ class OwnedJob:
             "slots": len(self.slots),
             "inputs": [list(i) for i in self.inputs],
             "env": self.env,
+            "seq": self.seq,
+            "submitted_ms": self.submitted_ms,
         }

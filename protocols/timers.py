@@ -29,6 +29,7 @@ FORGET = "forget"  # stop reporting a result nobody acknowledges
 EXEC_TIMERS = (RENEW, LAPSE, XTIMEOUT, RUNFOR, RESTART, FORGET)
 # Node.
 GOSSIP = "gossip"
+QUERY = "query"  # a job query's wait for answers ends (protocols/queries.py)
 
 
 class SlotTimer(NamedTuple):
@@ -69,6 +70,14 @@ class ExecTimer(NamedTuple):
 
 class NodeTimer(NamedTuple):
     kind: str  # GOSSIP
+
+    def __repr__(self) -> str:
+        return tuple.__repr__(self)
+
+
+class QueryTimer(NamedTuple):
+    kind: str  # QUERY
+    query_id: str
 
     def __repr__(self) -> str:
         return tuple.__repr__(self)

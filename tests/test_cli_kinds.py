@@ -101,18 +101,21 @@ def test_update_suspend_resume_runs_through_the_cli(tmp_path: Path) -> None:
             timeout=120,
         )
         expected = [
-            "j-unknown is not owned by this node",
+            "no such job: j-unknown",  # (since issue 14; was "... not owned by this node")
             f"{batch} is a batch job; only daemon, service and cron jobs change",
             f"{daemon} is a daemon job; an update cannot make it 'service'",
             f"{batch} is a batch job",
             f"{daemon} is a daemon job; only cron jobs suspend",
-            "j-unknown is not owned by this node",
+            "no such job: j-unknown",
             f"{batch} is not a cron job owned by this node",
-            "j-unknown is not a cron job owned by this node",
+            "no such job: j-unknown",
         ]
         for result, message in zip(refusals, expected, strict=True):
             assert result.returncode == 5, result.explain()
-            assert result.stderr.startswith("p2pnode: job ") and message in result.stderr, (
+            assert result.stderr.startswith(("p2pnode: job ", "p2pnode: no such job: ")), (
+                result.explain()
+            )
+            assert message in result.stderr, (
                 result.explain()
             )
             assert len(result.stderr.splitlines()) == 1, result.explain()

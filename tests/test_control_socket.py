@@ -46,7 +46,7 @@ def test_requests_that_stopped_the_node_get_error_replies(tmp_path: Path) -> Non
         deep = b"[" * 200_000 + b"]" * 200_000 + b"\n"
         deep_object = b'{"a":' * 200_000 + b"1" + b"}" * 200_000 + b"\n"
         cases = [
-            (b'{"op":"wait","job_id":"nope"}\n', "refused", "job nope is not owned"),
+            (b'{"op":"wait","job_id":"nope"}\n', "not_found", "no such job: nope"),
             (b'{"op":"wait","job_id":"nope","timeout":[1]}\n', "bad_request", "timeout must be"),
             (deep, "bad_request", "nested deeper than 32 levels"),
             (deep_object, "bad_request", "request line over 1024 KiB"),
@@ -63,7 +63,7 @@ def test_requests_that_stopped_the_node_get_error_replies(tmp_path: Path) -> Non
             (b"\xff\xfe\x00\n", "bad_request", "not valid JSON"),
             (b"\n", "bad_request", "empty request"),
             (b'{"op":"ping"', "bad_request", "not ended by a newline"),
-            (b'{"op":"cancel","job_id":"nope"}\n', "refused", "nope"),
+            (b'{"op":"cancel","job_id":"nope"}\n', "not_found", "no such job: nope"),
         ]
         for payload, code, message in cases:
             reply = ask(sock, payload)

@@ -290,10 +290,10 @@ async def test_typed_views_give_the_control_sockets_json(tmp_path: Path) -> None
         assert stats.frames_sent == sum(stats.sent_by_type.values())
         assert stats.transport["received"] == stats.to_json()["transport"]["received"]
 
-        # The control socket's error replies are unchanged too.
+        # The control socket's error replies (an unknown job: "not_found" since issue 14).
         with pytest.raises(ControlError) as unknown:
             await client.call("describe", job_id="j-unknown")
-        assert unknown.value.code == "refused" and "j-unknown" in str(unknown.value)
+        assert unknown.value.code == "not_found" and str(unknown.value) == "no such job: j-unknown"
         with pytest.raises(ControlError) as invalid:
             await client.call("submit", spec=BAD_SPEC_YAML)
         assert invalid.value.code == "invalid_spec"

@@ -6,7 +6,9 @@ Each command reaches the node serving ``--data-dir`` through its control socket
 
 from __future__ import annotations
 
+import datetime
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +46,20 @@ from p2pnode.cli.output import (
 from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
 from p2pnode.control import ControlClient, ControlError
-from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
+from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, MAX_LIST_LIMIT, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
 from p2pnode.specfile import native_spec_text, read_spec_bytes
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
+from protocols.kinds import KIND_POLICY
 from protocols.spec import (
     MAX_SPEC_BYTES,
     SpecValidationError,
     load_spec_text,
     parse_spec,
 )
+from protocols.states import JobState
+from protocols.units import UnitError, parse_duration_ms
 
 JOB_ID = click.argument("job_id")
 OPTIONAL_SPEC = click.argument(
@@ -392,13 +397,92 @@ def _outcome(row: dict[str, Any]) -> str:
     return f"{row['outcome']} x{count}" if count > 1 else str(row["outcome"])
 
 
+JOB_STATES = tuple(state.value for state in JobState)
+
+
+class SinceTime(click.ParamType[int]):
+    """``--since``: a duration back from now (10m, 2h, 1d) or an ISO-8601
+    time (UTC unless it says otherwise), as unix milliseconds."""
+
+    name = "DUR|ISO"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        try:
+            return max(0, round(time.time() * 1000) - parse_duration_ms(text))
+        except UnitError:
+            pass
+        try:
+            moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(
+                f"{text!r} is neither a duration (10m, 2h, 1d) nor an ISO-8601 time"
+                " (2026-01-31T12:00:00Z)",
+                param,
+                ctx,
+            )
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return max(0, round(moment.timestamp() * 1000))
+
+
 @job.command(name="list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(JOB_STATES),
+    help="Only jobs in this state (repeat for any of several).",
+)
+@click.option(
+    "--type",
+    "job_type",
+    type=click.Choice(sorted(KIND_POLICY)),
+    default=None,
+    help="Only jobs of this type.",
+)
+@click.option("--name", default=None, help="Only jobs whose name contains this text.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_LIST_LIMIT),
+    default=None,
+    help="Only the N most recently submitted jobs.",
+)
+@click.option(
+    "--since",
+    type=SinceTime(),
+    default=None,
+    help="Only jobs submitted since then: a duration back from now (10m, 2h) or an ISO time.",
+)
 @data_dir_option
 @output_option
 @pass_cli
-def list_jobs(cli: CliContext) -> None:
-    """Jobs owned by the node serving --data-dir."""
-    jobs = call_node(cli, lambda c: c.call("jobs"))
+def list_jobs(
+    cli: CliContext,
+    states: tuple[str, ...],
+    job_type: str | None,
+    name: str | None,
+    limit: int | None,
+    since: int | None,
+) -> None:
+    """Jobs owned by the node serving --data-dir, oldest submitted first.
+
+    A cron job's runs are not rows here: `p2pnode job runs CRON` lists them.
+    """
+    filters: dict[str, Any] = {}
+    if states:
+        filters["state"] = list(states)
+    if job_type is not None:
+        filters["type"] = job_type
+    if name is not None:
+        filters["name"] = name
+    if limit is not None:
+        filters["limit"] = limit
+    if since is not None:
+        filters["since"] = since
+    jobs = call_node(cli, lambda c: c.call("jobs", **filters))
     columns = ["job_id", "name", "type", "state", "reason"]
     _emit(cli, jobs, lambda: click.echo(render_table(jobs, columns)))
 

@@ -57,6 +57,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
     ) -> None:
         super().__init__(config, out, directory, rng)
         self.kinds = KindRegistry(self, {})  # no controllers until the node core installs them
+        self.next_seq = 1  # submit order of the next job created (persisted in its record)
 
     def install(self, kinds: KindRegistry) -> None:
         """The node core hands over the kind controllers it built."""
@@ -114,7 +115,10 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             scheduled_ms=scheduled_ms,
             inputs=list(inputs or []),
             env=dict(env or {}),
+            seq=self.next_seq,
+            submitted_ms=round((self.out.now + self.out.wall_offset) * 1000),
         )
+        self.next_seq += 1
         self.jobs[job_id] = job
         self.persist_job(job)
         for slot in slots:
@@ -231,7 +235,10 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                 scheduled_ms=rec.get("scheduled_ms", 0),
                 inputs=[(i[0], i[1], i[2]) for i in rec.get("inputs", [])],
                 env=dict(rec.get("env", {})),
+                seq=rec.get("seq", 0),
+                submitted_ms=rec.get("submitted_ms", 0),
             )
+        self.next_seq = max((job.seq for job in self.jobs.values()), default=0) + 1
         for controller in self.kinds.all():
             controller.restore(records)
 
