@@ -18,11 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
-from p2pnode.blobs import BlobError
-from p2pnode.errors import NodeStoppedError, P2PNodeError
-from p2pnode.outputs import FetchError
+from p2pnode.errors import BlobError, FetchError, NodeStoppedError, P2PNodeError
 from protocols.errors import LocalProtocolError
 from protocols.spec import SpecValidationError
 
@@ -236,6 +232,8 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], bool]:
 
 
 def _code_of(exc: BaseException) -> str:
+    import trio  # loaded already where requests are served; the CLI reads only the limits
+
     if isinstance(exc, BadRequest):
         return BAD_REQUEST
     if isinstance(exc, RecursionError):

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import trio
 
-from p2pnode.blobs import BlobError
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
     EXIT_UNKNOWN,
     BoundedFloat,
+    NodeCalls,
     call_node,
     data_dir_option,
     output_option,
@@ -32,11 +31,10 @@ from p2pnode.cli.output import (
     to_json,
     to_yaml,
 )
-from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
-from p2pnode.control import ControlClient, ControlError
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
+from p2pnode.errors import BlobError, ControlError
 from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
 from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
@@ -110,7 +108,9 @@ def run(
     attempts = Attempts(key or new_key(), retry_for)
     shown: list[str] = []
 
-    async def submit(client: ControlClient) -> dict[str, Any]:
+    async def submit(client: NodeCalls) -> dict[str, Any]:
+        from p2pnode.cli.progress import Progress  # rich: only for a wait
+
         spec = await _with_module_ids(cli, spec_path, text)
         answer = await client.call("submit", spec=spec, idempotency_key=attempts.key)
         attempts.reached()
@@ -192,6 +192,8 @@ async def _with_module_ids(cli: CliContext, spec_path: Path, text: str) -> str |
     doc = load_spec_text(text)
     if not any(True for _ in wasm_engines(doc)):
         return text
+    import trio  # here: commands that only ask the node never import it
+
     try:
         stored = await trio.to_thread.run_sync(
             store_module_files, doc, spec_base(spec_path), cli.data_dir
@@ -216,7 +218,7 @@ def update(cli: CliContext, job_id: str, spec_path: Path) -> None:
     """
     text = _read_valid_spec(cli, spec_path)
 
-    async def send(client: ControlClient) -> Any:
+    async def send(client: NodeCalls) -> Any:
         spec = await _with_module_ids(cli, spec_path, text)
         return await client.call("update", job_id=job_id, spec=spec)
 
