@@ -8,14 +8,13 @@ below with ``cli.add_command``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
-
-import importlib
 
 from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, default_data_dir
 
@@ -109,12 +108,17 @@ class LazyGroup(click.Group):
     "else ~/.local/share/p2pnode]",
 )
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
+@click.option(
+    "--wide", is_flag=True, help="Tables show whole peer ids (default: their last 12 characters)."
+)
 @click.version_option(package_name="p2pnode")
 @click.pass_context
-def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int, wide: bool) -> None:
     """p2pnode: a peer-to-peer compute network without an orchestrator."""
     _setup_logging(verbose)
-    ctx.obj = CliContext(output=output, data_dir=data_dir or default_data_dir(), verbose=verbose)
+    ctx.obj = CliContext(
+        output=output, data_dir=data_dir or default_data_dir(), verbose=verbose, wide=wide
+    )
 
 
 

@@ -63,6 +63,19 @@ def output_option(f: F) -> F:
     )(f)
 
 
+def wide_option(f: F) -> F:
+    return click.option(
+        "--wide",
+        is_flag=True,
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        # Absent is False, not None: only a given --wide may override the root's.
+        callback=lambda ctx, param, value: _override("wide")(ctx, param, value or None),
+        help="Show whole peer ids in tables (same as the root option).",
+    )(f)
+
+
 class BoundedFloat(click.ParamType[float]):
     """A finite float in [low, high] (``low_open``: strictly above ``low``).
 

@@ -33,6 +33,7 @@ class CliContext:
     output: str = "table"
     data_dir: Path = attrs.field(factory=default_data_dir)
     verbose: int = 0
+    wide: bool = False  # tables show whole peer ids (else their last 12 characters)
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from p2pnode.cli.common import output_option
 from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document, plural, to_yaml
 from p2pnode.specfile import load_spec_file
@@ -85,6 +86,7 @@ def _shown(path: Path) -> str:
 
 @job.command()
 @SPEC_ARGUMENT
+@output_option
 @pass_cli
 def validate(cli: CliContext, spec_path: Path) -> None:
     """Check the job spec SPEC (a YAML or JSON file, - for stdin).
@@ -104,6 +106,7 @@ def validate(cli: CliContext, spec_path: Path) -> None:
 
 @job.command()
 @SPEC_ARGUMENT
+@output_option
 @pass_cli
 def explain(cli: CliContext, spec_path: Path) -> None:
     """Show SPEC in canonical form, with every default, and its digest.

@@ -21,7 +21,7 @@ from protocols.owner.base import (
     PINNED_RETRY_MAX,
     PINNED_SILENT_ROUNDS,
     OwnerBase,
-    need,
+    no_match_reason,
 )
 from protocols.states import SlotEvent, SlotState, slot_accepts
 from protocols.timers import AUCTION, RETRY, SlotTimer
@@ -195,7 +195,7 @@ class AuctionMixin(OwnerBase):
                 delay *= 2 ** min(slot.no_match_rounds, 5)
         if not waits and unit.queue_timeout is None and slot.no_match_rounds >= NO_MATCH_ROUNDS:
             self._slot_failed(
-                job, slot, SlotEvent.CLOSE, f"no node matches the constraints ({need(job)})"
+                job, slot, SlotEvent.CLOSE, no_match_reason(job, self.directory)
             )
             return
         limit = unit.queue_timeout if unit.queue_timeout is not None else DEFAULT_QUEUE_TIMEOUT
