@@ -20,7 +20,7 @@ from typing import Any
 
 from p2pnode.errors import BlobError, FetchError, NodeStoppedError, P2PNodeError
 from protocols.errors import LocalProtocolError
-from protocols.spec import SpecValidationError
+from protocols.spec_errors import SpecValidationError  # not protocols.spec: no validator
 
 MAX_REQUEST = 1024 * 1024  # bytes of the request line; a spec is at most 64 KiB
 MAX_DEPTH = 32  # nesting of the request's JSON (a spec object needs ~10)

@@ -54,7 +54,7 @@ This module imports nothing heavy: ``import p2pnode`` stays fast.
 from __future__ import annotations
 
 from protocols.errors import LocalProtocolError
-from protocols.spec.errors import SpecValidationError
+from protocols.spec_errors import SpecValidationError  # not protocols.spec: no validator
 
 __all__ = [
     "BlobError",

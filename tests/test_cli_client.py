@@ -112,7 +112,7 @@ def test_no_match_reason_in_human_units_hints_at_executors(
 # --- the quick path ------------------------------------------------------------------------
 
 
-HEAVY = ("trio", "libp2p", "rich", "p2pnode.node", "p2pnode.cli.serve")
+HEAVY = ("trio", "libp2p", "rich", "protocols.spec", "p2pnode.node", "p2pnode.cli.serve")
 
 # Runs the CLI in this interpreter, then prints which heavy modules it imported.
 PROBE = """\

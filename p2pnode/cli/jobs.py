@@ -35,16 +35,7 @@ from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_k
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
 from p2pnode.errors import BlobError, ControlError
-from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
-from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
-from protocols.spec import (
-    MAX_SPEC_BYTES,
-    SpecValidationError,
-    load_spec_text,
-    parse_spec,
-    parse_spec_bytes,
-)
 
 JOB_ID = click.argument("job_id")
 
@@ -165,6 +156,11 @@ def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
     """The text of SPEC (``-`` = stdin) once it validates and the wasm module
     files it names exist; else every error is printed and the command ends
     (exit 1; exit 2 for an unreadable file)."""
+    # Here, not at the top: commands that only ask the node never load the spec machinery.
+    from p2pnode.specfile import read_spec_bytes
+    from p2pnode.wasm_modules import check_module_files
+    from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec, parse_spec_bytes
+
     try:
         if str(spec_path) == "-":
             text = sys.stdin.read(MAX_SPEC_BYTES + 1)
@@ -189,11 +185,14 @@ async def _with_module_ids(cli: CliContext, spec_path: Path, text: str) -> str |
     its document with each file stored in the node's blob store and named by
     its content id (``p2pnode/wasm_modules.py``).  Called once the node
     answers, so its data dir exists."""
+    import trio  # here: commands that only ask the node never import it
+
+    from p2pnode.wasm_modules import store_module_files, wasm_engines
+    from protocols.spec import load_spec_text
+
     doc = load_spec_text(text)
     if not any(True for _ in wasm_engines(doc)):
         return text
-    import trio  # here: commands that only ask the node never import it
-
     try:
         stored = await trio.to_thread.run_sync(
             store_module_files, doc, spec_base(spec_path), cli.data_dir

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
-import yaml
 
 # Characters a terminal may act on (C0/C1 controls: escape sequences, cursor
 # moves, \r overwriting a line) or that reorder what is shown (bidi controls,
@@ -47,6 +46,8 @@ def to_json(data: Any) -> str:
 
 
 def to_yaml(data: Any) -> str:
+    import yaml  # here: json and table output never need it
+
     text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return text.rstrip("\n")
 
