@@ -68,11 +68,16 @@ def main() -> None:
                 *cli, "job", "list", "--state", "failed", "--limit", "5", "-o", "json"
             ]  # fmt: skip
         times: dict[str, list[float]] = {name: [] for name in commands}
+        in_process = "Client().call('jobs') (no interpreter start)"
+        times[in_process] = []
         for i in range(args.n + 1):
             for name, argv in commands.items():
                 elapsed = timed(argv)
                 if i:  # the first round warms the page cache
                     times[name].append(elapsed)
+            t0 = time.perf_counter()
+            client.call("jobs")
+            times[in_process].append(time.perf_counter() - t0)
     med = {name: statistics.median(values) for name, values in times.items()}
     base = med["python -c pass (baseline)"]
     print_table(

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -181,3 +182,26 @@ def test_completion_completes_commands_and_rejects_other_shells() -> None:
     assert done.returncode == 0 and "plain,job" in done.stdout.split(), done
     bad = run_cli("completion", "powershell")
     assert bad.returncode == 2 and "powershell" in bad.stderr
+
+
+def test_every_command_accepts_the_output_option() -> None:
+    ctx = click.Context(cli)
+
+    def leaves(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                yield from leaves(sub, (*path, name))
+        else:
+            options = {o for p in command.params for o in getattr(p, "opts", [])}
+            if not {"-o", "--output"} <= options:
+                yield path
+
+    assert list(leaves(cli, ())) == []
+    # The walk finds a command without it (a planted one).
+    cli.add_command(click.Command("planted", callback=lambda: None))
+    try:
+        assert list(leaves(cli, ())) == [("planted",)]
+    finally:
+        cli.commands.pop("planted")

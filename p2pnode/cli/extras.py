@@ -44,6 +44,7 @@ def version(cli: CliContext) -> None:
 
 @click.command()
 @click.argument("shell", type=click.Choice(SHELLS))
+@output_option  # accepted like everywhere; the script is shell code whatever it says
 def completion(shell: str) -> None:
     """Print the shell completion script for SHELL.
 

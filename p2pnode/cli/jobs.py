@@ -93,7 +93,9 @@ def run(
     """
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         fail(f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    if timeout is not None and not wait:
+    # A SPEC file's --timeout bounds the wait only (its task has its own timeout);
+    # an inline job (`job run -- CMD`, no SPEC) uses --timeout as the task's.
+    if spec_path is not None and timeout is not None and not wait:
         raise click.UsageError("--timeout needs --wait (it bounds the wait, not the job)")
     text = _read_valid_spec(cli, spec_path)
     attempts = Attempts(key or new_key(), retry_for)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 import trio
 
-from p2pnode.cli.common import BoundedFloat, data_dir_option, parse_labels
+from p2pnode.cli.common import BoundedFloat, data_dir_option, output_option, parse_labels
 from p2pnode.cli.context import (
     EXIT_BAD_KEY,
     EXIT_CANNOT_START,
@@ -37,6 +37,7 @@ MAX_LEASE_TTL = 3600.0
 
 @click.command()
 @data_dir_option
+@output_option  # accepted like everywhere; serve prints logs only
 @click.option(
     "--listen",
     multiple=True,
