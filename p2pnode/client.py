@@ -132,13 +132,22 @@ def not_running(data_dir: Path) -> NodeNotRunning:
 def spec_argument(spec: str | os.PathLike[str] | Mapping[str, Any]) -> str | dict[str, Any]:
     """What ``submit``/``update`` send: a mapping as is, a path's text, or YAML/JSON text.
 
-    A ``str`` is a path when it names a file and has no newline; otherwise text.
+    A ``str`` is a path when it is one line naming a file; otherwise the text.
     """
     if isinstance(spec, Mapping):
         return dict(spec)
-    if isinstance(spec, os.PathLike) or ("\n" not in spec and Path(spec).is_file()):
+    if isinstance(spec, os.PathLike) or _names_a_file(spec):
         return Path(spec).read_text(encoding="utf-8-sig")
     return spec
+
+
+def _names_a_file(text: str) -> bool:
+    if "\n" in text or text.lstrip().startswith("{"):  # YAML or JSON text
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long for a name, a NUL: text, not a path
+        return False
 
 
 def list_arguments(

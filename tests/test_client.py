@@ -366,3 +366,16 @@ def test_every_reply_code_has_a_class_or_is_a_plain_control_error() -> None:
     assert all(issubclass(cls, ControlError) for cls in ERROR_CLASSES.values())
     assert issubclass(ERROR_CLASSES["not_found"], NotFoundError)
     assert issubclass(ERROR_CLASSES["timeout"], WaitTimeoutError)
+
+
+def test_a_spec_is_a_mapping_a_path_or_text(tmp_path: Path) -> None:
+    from p2pnode.client import spec_argument
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\n")
+    assert spec_argument(path) == "name: x\n" and spec_argument(str(path)) == "name: x\n"
+    assert spec_argument({"name": "x"}) == {"name": "x"}
+    one_line_json = json.dumps({"name": "x" * 400})  # longer than a file name may be
+    assert spec_argument(one_line_json) == one_line_json
+    assert spec_argument("name: x\ntask: {}\n") == "name: x\ntask: {}\n"
+    assert spec_argument("a" * 5000) == "a" * 5000  # not a file: sent as text (the node says why)
