@@ -29,6 +29,7 @@ __all__ = [
     "UnitError",
     "format_duration_ms",
     "format_size",
+    "human_duration",
     "human_size",
     "parse_duration_ms",
     "parse_size",
@@ -228,3 +229,8 @@ def human_size(n: int) -> str:
         if n >= size:
             return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.1f}{unit}"
     return f"{n}B"
+
+
+def human_duration(seconds: float) -> str:
+    """``seconds`` for people, to the millisecond: ``300`` -> ``5m``, ``90`` -> ``1m30s``."""
+    return format_duration_ms(max(0, round(seconds * 1000)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.units import human_size
+from protocols.units import human_duration, human_size
 from tests.protonet import ProtoNet, batch_spec, sim_task
 from tests.test_machines import IDS, submitted
 
@@ -40,3 +40,11 @@ def test_no_hint_when_the_executor_runs_but_labels_do_not_match() -> None:
     reason = failed_reason(batch_spec(labels={"zone": "mars"}))
     assert "no node matches" in reason and "mars" in reason and "memory 256MiB" in reason
     assert "--executors" not in reason
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(300, "5m"), (90, "1m30s"), (0.5, "500ms"), (3600, "1h"), (0, "0s"), (86400 * 2, "2d")],
+)
+def test_human_duration(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown

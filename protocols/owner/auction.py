@@ -25,6 +25,7 @@ from protocols.owner.base import (
 )
 from protocols.states import SlotEvent, SlotState, slot_accepts
 from protocols.timers import AUCTION, RETRY, SlotTimer
+from protocols.units import human_duration
 
 
 def round_attempt(slot: OwnedSlot) -> int:
@@ -200,8 +201,9 @@ class AuctionMixin(OwnerBase):
             return
         limit = unit.queue_timeout if unit.queue_timeout is not None else DEFAULT_QUEUE_TIMEOUT
         if not waits and self.out.now - slot.waiting_since >= limit:
+            waited = human_duration(limit)
             self._slot_failed(
-                job, slot, SlotEvent.CLOSE, f"no node accepted the work within {limit:g}s"
+                job, slot, SlotEvent.CLOSE, f"no node accepted the work within {waited}"
             )
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
@@ -240,7 +242,8 @@ class AuctionMixin(OwnerBase):
             job.unit.queue_timeout if job.unit.queue_timeout is not None else DEFAULT_QUEUE_TIMEOUT
         )
         if not policy.waits_for_nodes and self.out.now - slot.waiting_since >= limit:
-            self._slot_failed(job, slot, SlotEvent.CLOSE, f"node {node} stayed busy for {limit:g}s")
+            busy = f"node {node} stayed busy for {human_duration(limit)}"
+            self._slot_failed(job, slot, SlotEvent.CLOSE, busy)
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
         jitter = 0.5 + self.rng.random()
