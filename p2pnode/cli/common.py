@@ -142,11 +142,13 @@ class OneCall:
         return AsyncClient.call(self.client, self.op, **self.args).__await__()
 
 
-def call_node(cli: CliContext, fn: Callable[[NodeCalls], Awaitable[T]]) -> T:
+def call_node(cli: CliContext, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn`` against the node serving ``cli.data_dir``; map errors to exit codes.
 
-    ``fn(client)`` is a coroutine (run under trio) or a ``client.call(...)``
-    (sent without an event loop)."""
+    ``fn(client)`` (``client`` a ``NodeCalls``; typed ``Any`` so that commands
+    annotated with ``ControlClient`` or ``AsyncClient`` type-check too) is a
+    coroutine, run under trio, or a ``client.call(...)``, sent without an
+    event loop."""
     client = NodeCalls(cli.data_dir)
     try:
         work = fn(client)
