@@ -3,7 +3,8 @@
     from p2pnode import NodeSettings, open_node
 
 The library's public names are all here: the node (``open_node``, ``Node``,
-``NodeSettings``), the frozen views it reports (``JobView``, ``NodeStats``,
+``NodeSettings``), clients of a node already running (``Client``,
+``AsyncClient``: docs/client.md), the frozen views it reports (``JobView``, ``NodeStats``,
 ...; ``p2pnode/views.py``) and its errors, every one a ``P2PNodeError``
 (``p2pnode/errors.py`` draws the tree).
 
@@ -17,14 +18,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from p2pnode.client import AsyncClient, Client
     from p2pnode.errors import (
         AmbiguousJobError,
         BlobError,
         ConnectionLost,
         ConnectorError,
         ControlError,
+        ControlNotFound,
+        ControlRefused,
+        ControlTimeout,
         DataDirError,
         DockerUnavailable,
+        EventLoopError,
         ExecutorError,
         FetchError,
         InputError,
@@ -60,8 +66,12 @@ _ERRORS = (
     "ConnectionLost",
     "ConnectorError",
     "ControlError",
+    "ControlNotFound",
+    "ControlRefused",
+    "ControlTimeout",
     "DataDirError",
     "DockerUnavailable",
+    "EventLoopError",
     "ExecutorError",
     "FetchError",
     "InputError",
@@ -87,15 +97,19 @@ _HOMES: dict[str, str] = {
     "NodeSettings": "p2pnode.node",
     "open_node": "p2pnode.node",
     "fetch_outputs": "p2pnode.outputs",
+    "Client": "p2pnode.client",
+    "AsyncClient": "p2pnode.client",
     **{name: "p2pnode.errors" for name in _ERRORS},
     **{name: "p2pnode.views" for name in _VIEWS},
 }
 
-__all__ = [  # noqa: RUF022 (grouped: the node, its views, its errors)
+__all__ = [  # noqa: RUF022 (grouped: the node, a running node's clients, views, errors)
     "Node",
     "NodeSettings",
     "fetch_outputs",
     "open_node",
+    "AsyncClient",
+    "Client",
     "ExecutionView",
     "JobSummary",
     "JobView",
@@ -108,8 +122,12 @@ __all__ = [  # noqa: RUF022 (grouped: the node, its views, its errors)
     "ConnectionLost",
     "ConnectorError",
     "ControlError",
+    "ControlNotFound",
+    "ControlRefused",
+    "ControlTimeout",
     "DataDirError",
     "DockerUnavailable",
+    "EventLoopError",
     "ExecutorError",
     "FetchError",
     "InputError",

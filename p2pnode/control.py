@@ -24,12 +24,15 @@ import os
 import select
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pnode.client import SOCKET_NAME as SOCKET_NAME  # re-exported, as the next four
+from p2pnode.client import AsyncClient
+from p2pnode.client import socket_path as socket_path
 from p2pnode.control_request import (
     BAD_REQUEST,
     BUSY,
@@ -42,11 +45,12 @@ from p2pnode.control_request import (
     error_reply,
     parse_request,
 )
-from p2pnode.errors import ConnectionLost as ConnectionLost  # re-exported, as the next two
+from p2pnode.errors import ConnectionLost as ConnectionLost
 from p2pnode.errors import ControlError as ControlError
 from p2pnode.errors import NodeNotRunning as NodeNotRunning
 from p2pnode.errors import NotFoundError, RefusedError
 from p2pnode.testing import fault_submit
+from p2pnode.version import package_version
 from protocols.events import Notify
 from protocols.messages import READ_ONLY_OPS
 
@@ -54,13 +58,6 @@ if TYPE_CHECKING:
     from p2pnode.node import Node  # imports py-libp2p: only for the server's types
 
 log = logging.getLogger("p2pnode.control")
-
-SOCKET_NAME = "control.sock"
-
-
-def socket_path(data_dir: Path) -> Path:
-    return data_dir / SOCKET_NAME
-
 
 # --- server ---------------------------------------------------------------------
 
@@ -265,7 +262,7 @@ async def _cancel_on_hangup(stream: trio.SocketStream, scope: trio.CancelScope) 
 
 def _operations(node: Node) -> dict[str, Handler]:
     async def ping(req: dict[str, Any], emit: Any) -> Any:
-        return {"node_id": node.node_id, "addrs": node.listen_addrs()}
+        return {"node_id": node.node_id, "addrs": node.listen_addrs(), "version": package_version()}
 
     async def submit(req: dict[str, Any], emit: Any) -> Any:
         spec = req.get("spec")
@@ -420,54 +417,5 @@ def _offer(send: trio.MemorySendChannel[Notify], note: Notify) -> None:
 # --- client ---------------------------------------------------------------------
 
 
-class ControlClient:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.path = socket_path(data_dir)
-
-    async def _connect(self) -> trio.SocketStream:
-        try:
-            return await trio.open_unix_socket(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise NodeNotRunning(
-                f"no node is running for data dir {self.data_dir} "
-                f"(start one with: python -m p2pnode serve --data-dir {self.data_dir})"
-            ) from None
-
-    async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
-        """Yields progress events; the final result is yielded as ``{"result": ...}``."""
-        stream = await self._connect()
-        async with stream:
-            try:
-                await stream.send_all(json.dumps({"op": op, **args}).encode() + b"\n")
-            except (trio.BrokenResourceError, ConnectionError) as exc:
-                raise ConnectionLost(f"lost the connection to the node: {exc}") from None
-            buf = b""
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, ConnectionError):
-                    chunk = b""
-                if not chunk:
-                    raise ConnectionLost("the node closed the connection without an answer")
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    msg = json.loads(line)
-                    if "event" in msg:
-                        yield {"event": msg["event"]}
-                        continue
-                    if not msg.get("ok"):
-                        raise ControlError(
-                            str(msg.get("error", "error")),
-                            msg.get("errors"),
-                            str(msg.get("code", "")),
-                        )
-                    yield {"result": msg.get("result")}
-                    return
-
-    async def call(self, op: str, **args: Any) -> Any:
-        async for item in self.stream(op, **args):
-            if "result" in item:
-                return item["result"]
-        raise ControlError("no answer")
+class ControlClient(AsyncClient):
+    """The name the CLI and the tests have used: ``p2pnode.AsyncClient``."""

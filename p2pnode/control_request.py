@@ -18,19 +18,17 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
-from p2pnode.blobs import BlobError
 from p2pnode.errors import (
     AmbiguousJobError,
+    BlobError,
+    FetchError,
     NodeStoppedError,
     NotFoundError,
     P2PNodeError,
     UnreachableError,
 )
-from p2pnode.outputs import FetchError
 from protocols.errors import LocalProtocolError
-from protocols.spec import SpecValidationError
+from protocols.spec_errors import SpecValidationError  # not protocols.spec: no validator
 
 MAX_REQUEST = 1024 * 1024  # bytes of the request line; a spec is at most 64 KiB
 MAX_DEPTH = 32  # nesting of the request's JSON (a spec object needs ~10)
@@ -292,6 +290,8 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], bool]:
 
 
 def _code_of(exc: BaseException) -> str:
+    import trio  # loaded already where requests are served; the CLI reads only the limits
+
     if isinstance(exc, BadRequest):
         return BAD_REQUEST
     if isinstance(exc, RecursionError):

@@ -18,6 +18,12 @@ from pathlib import Path
 
 from p2pnode.errors import DataDirError as DataDirError  # re-exported
 
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/p2pnode``, else ``~/.local/share/p2pnode``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join("~", ".local", "share")
+    return Path(base).expanduser() / "p2pnode"
+
 __all__ = ["DataDirError", "make_private"]
 
 PRIVATE_MODE = 0o700

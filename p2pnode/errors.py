@@ -30,9 +30,13 @@ The tree (docs/architecture.md, "Errors", shows it with who raises what)::
     ├── ExecutorError        an executor cannot run tasks here
     │   ├── SandboxUnavailable
     │   └── DockerUnavailable
+    ├── EventLoopError       ``open_node`` outside trio (asyncio: use ``AsyncClient``)
     └── ControlError         the control socket answered with an error (``code``)
         ├── NodeNotRunning
-        └── ConnectionLost
+        ├── ConnectionLost
+        ├── ControlRefused   code refused/ambiguous/permission_denied; a RefusedError
+        │   └── ControlNotFound  code not_found; also a NotFoundError
+        └── ControlTimeout   code timeout (a wait ran out); also a WaitTimeoutError
 
 Where an error always had a built-in base, it keeps it (``SpecError`` is a
 ``ValueError``, ``DataDirError`` and ``ListenError`` are ``OSError``s,
@@ -52,7 +56,7 @@ This module imports nothing heavy: ``import p2pnode`` stays fast.
 from __future__ import annotations
 
 from protocols.errors import LocalProtocolError
-from protocols.spec.errors import SpecValidationError
+from protocols.spec_errors import SpecValidationError  # not protocols.spec: no validator
 
 __all__ = [
     "AmbiguousJobError",
@@ -60,8 +64,12 @@ __all__ = [
     "ConnectionLost",
     "ConnectorError",
     "ControlError",
+    "ControlNotFound",
+    "ControlRefused",
+    "ControlTimeout",
     "DataDirError",
     "DockerUnavailable",
+    "EventLoopError",
     "ExecutorError",
     "FetchError",
     "InputError",
@@ -121,6 +129,11 @@ class WaitTimeoutError(P2PNodeError, TimeoutError):
 class SettingsError(P2PNodeError, ValueError):
     """Bad settings or arguments: an unknown executor, a bootstrap address
     without a peer id, an empty idempotency key, ..."""
+
+
+class EventLoopError(P2PNodeError, RuntimeError):
+    """``open_node`` was called outside trio (under ``asyncio.run``, say): the
+    node runs on trio; from asyncio, talk to a running node with ``AsyncClient``."""
 
 
 class ListenError(P2PNodeError, OSError):
@@ -205,3 +218,21 @@ class NodeNotRunning(ControlError):
 class ConnectionLost(ControlError):
     """The connection ended before the node's answer: the request may or may
     not have taken effect (the node died or restarted meanwhile)."""
+
+
+# Error replies, raised by p2pnode.client: ControlErrors (``code``, ``errors``) that
+# are also the library's error for what happened, so ``except NotFoundError``
+# reads the same for an in-process ``Node`` and a ``Client``.
+
+
+class ControlRefused(ControlError, RefusedError):
+    """The node refused the request (code ``refused``, ``ambiguous``: an id
+    prefix names several jobs, or ``permission_denied``)."""
+
+
+class ControlNotFound(ControlRefused, NotFoundError):
+    """No such job on the node (code ``not_found``)."""
+
+
+class ControlTimeout(ControlError, WaitTimeoutError):
+    """A wait ran out of time (code ``timeout``); the job itself goes on."""

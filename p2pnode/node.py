@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import attrs
 import multiaddr
+import sniffio
 import trio
 
 from p2pnode.blobs import BlobStore
@@ -37,6 +38,7 @@ from p2pnode.datadir import make_private
 from p2pnode.engines import EngineRouter, build_executors
 from p2pnode.errors import (
     AmbiguousJobError,
+    EventLoopError,
     ListenError,
     NodeStoppedError,
     NotFoundError,
@@ -567,6 +569,19 @@ def ensure_ports_free(listen: tuple[str, ...]) -> None:
                 raise ListenError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
 
 
+def _require_trio() -> None:
+    """One clear error instead of trio's AttributeError deep inside libp2p."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "no event loop"
+    if library != "trio":
+        raise EventLoopError(
+            f"open_node runs a node on trio, not {library}: start it with trio.run(...), "
+            "or from asyncio talk to a running node (p2pnode serve) with p2pnode.AsyncClient"
+        )
+
+
 @asynccontextmanager
 async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> AsyncIterator[Node]:
     """Start a node; stop it (cleanly, nothing left running) on exit.
@@ -575,7 +590,9 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
     ``StoreError`` if another node already uses the data dir, ``DataDirError``,
     ``KeyFileError`` or ``SandboxUnavailable`` when the node cannot start safely.
     ``_faults``: fault injection for p2pnode's own tests (``p2pnode/testing.py``).
+    Outside trio (under ``asyncio.run``) it raises ``EventLoopError``.
     """
+    _require_trio()
     ensure_ports_free(settings.listen)
     data_dir = settings.data_dir.resolve()  # tasks run elsewhere: paths must be absolute
     make_private(data_dir)

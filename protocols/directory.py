@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from protocols.messages import NodeInfo
+from protocols.units import human_size
 
 
 @attrs.define
@@ -41,7 +42,10 @@ def mismatch_reason(
     if engine not in info.executors:
         return f"executor {engine!r} not enabled"
     if cpu > info.cpu or memory > info.memory:
-        return f"needs cpu {cpu:g} / memory {memory} beyond capacity {info.cpu:g} / {info.memory}"
+        return (
+            f"needs cpu {cpu:g} / memory {human_size(memory)} beyond capacity "
+            f"{info.cpu:g} / {human_size(info.memory)}"
+        )
     return ""
 
 
@@ -64,6 +68,11 @@ class Directory:
         # Who can run what, per requirement signature: asked at every auction,
         # changed only when the view does.
         self._matching: dict[tuple[Any, ...], list[tuple[str, bytes]]] = {}
+
+    def has_executor(self, engine: str) -> bool:
+        """Whether any node in the view (this one included) enables ``engine``."""
+        infos = [self.me, *(e.info for e in self.peers.values())]
+        return any(engine in info.executors for info in infos)
 
     def upsert(self, info: NodeInfo, now: float, *, direct: bool) -> bool:
         """Record ``info``; True if the peer was new to us.

@@ -29,6 +29,8 @@ __all__ = [
     "UnitError",
     "format_duration_ms",
     "format_size",
+    "human_duration",
+    "human_size",
     "parse_duration_ms",
     "parse_size",
 ]
@@ -213,3 +215,22 @@ def format_size(n: int) -> str:
         if n and n % size == 0 and n // size < best[0]:
             best = (n // size, unit)
     return f"{best[0]}{best[1]}"
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes for people: exact when a binary unit divides it, else one
+    decimal in the largest binary unit not above it.
+
+    >>> human_size(268435456), human_size(3 * 1024**3 + 1), human_size(100)
+    ('256MiB', '3.0GiB', '100B')
+    """
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        size = _SIZE_UNITS[unit]
+        if n >= size:
+            return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def human_duration(seconds: float) -> str:
+    """``seconds`` for people, to the millisecond: ``300`` -> ``5m``, ``90`` -> ``1m30s``."""
+    return format_duration_ms(max(0, round(seconds * 1000)))

@@ -218,7 +218,7 @@ def test_update_suspend_resume_runs_through_the_cli(tmp_path: Path) -> None:
         assert header.split() == ["SCHEDULED", "VERSION", "OUTCOME", "EXECUTION", "NODE", "REASON"]
         line = next(x for x in lines if x.startswith(done[0]["scheduled"]))
         assert "completed" in line and done[0]["executions"][0]["execution_id"] in line
-        assert node.node_id in line
+        assert node.node_id[-12:] in line and node.node_id not in line  # short ids (issue 14)
 
         assert cron_table.returncode == 0, cron_table.explain()
         lines = _squeezed(cron_table.stdout)
@@ -233,4 +233,4 @@ def test_update_suspend_resume_runs_through_the_cli(tmp_path: Path) -> None:
         for text in (f"job: {daemon} (daemon 'agent')", "live: 1 of 1 desired", "version: 1"):
             assert text in lines, daemon_table.explain()
         assert "SLOT STATE NODE VERSION EPOCH REASON" in lines, daemon_table.explain()
-        assert f"0 running {node.node_id} 1 1" in lines, daemon_table.explain()
+        assert f"0 running {node.node_id[-12:]} 1 1" in lines, daemon_table.explain()

@@ -8,6 +8,7 @@ below with ``cli.add_command``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,11 +16,7 @@ from pathlib import Path
 
 import click
 
-from p2pnode.cli import jobs as _jobs  # noqa: F401  (registers job run/list/...)
 from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, default_data_dir
-from p2pnode.cli.job import job
-from p2pnode.cli.nodes import node
-from p2pnode.cli.serve import serve
 
 __all__ = ["cli", "main"]
 
@@ -65,7 +62,32 @@ def _setup_logging(verbose: int) -> None:
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
 
+# command -> (module, attribute): imported when the command is used, so that
+# `job list` does not import what `serve` needs (trio, py-libp2p).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("p2pnode.cli.serve", "serve"),
+    "job": ("p2pnode.cli.jobs", "job"),  # jobs.py adds run/list/... to job.py's group
+    "node": ("p2pnode.cli.nodes", "node"),
+    "completion": ("p2pnode.cli.extras", "completion"),
+    "version": ("p2pnode.cli.extras", "version"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands (``COMMANDS``) are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=EPILOG,
 )
@@ -86,17 +108,18 @@ def _setup_logging(verbose: int) -> None:
     "else ~/.local/share/p2pnode]",
 )
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
+@click.option(
+    "--wide", is_flag=True, help="Tables show whole peer ids (default: their last 12 characters)."
+)
 @click.version_option(package_name="p2pnode")
 @click.pass_context
-def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, output: str, data_dir: Path | None, verbose: int, wide: bool) -> None:
     """p2pnode: a peer-to-peer compute network without an orchestrator."""
     _setup_logging(verbose)
-    ctx.obj = CliContext(output=output, data_dir=data_dir or default_data_dir(), verbose=verbose)
+    ctx.obj = CliContext(
+        output=output, data_dir=data_dir or default_data_dir(), verbose=verbose, wide=wide
+    )
 
-
-cli.add_command(serve)
-cli.add_command(job)
-cli.add_command(node)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import click
-import trio
 
 from p2pnode.cli.context import OUTPUT_FORMATS, CliContext, fail
-from p2pnode.control import ControlClient, ControlError, NodeNotRunning
+from p2pnode.client import AsyncClient, Client
+from p2pnode.errors import ControlError, NodeNotRunning
 
 EXIT_NO_NODE = 3  # no node serves the data dir
 EXIT_NOT_COMPLETED = 4  # the job failed or was stopped
@@ -63,6 +63,19 @@ def output_option(f: F) -> F:
     )(f)
 
 
+def wide_option(f: F) -> F:
+    return click.option(
+        "--wide",
+        is_flag=True,
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        # Absent is False, not None: only a given --wide may override the root's.
+        callback=lambda ctx, param, value: _override("wide")(ctx, param, value or None),
+        help="Show whole peer ids in tables (same as the root option).",
+    )(f)
+
+
 class BoundedFloat(click.ParamType[float]):
     """A finite float in [low, high] (``low_open``: strictly above ``low``).
 
@@ -102,15 +115,47 @@ def parse_labels(text: str) -> dict[str, str]:
 T = TypeVar("T")
 
 
-def call_node(cli: CliContext, fn: Callable[[ControlClient], Awaitable[T]]) -> T:
-    """Run ``fn`` against the node serving ``cli.data_dir``; map errors to exit codes."""
-    client = ControlClient(cli.data_dir)
+class NodeCalls(AsyncClient):
+    """What ``call_node`` hands a command: an ``AsyncClient`` (``await
+    c.call(op, ...)``, ``async for item in c.stream(op, ...)``), whose
+    ``call`` is also understood by ``call_node`` without being awaited.
 
-    async def run() -> T:
-        return await fn(client)
+    A command that is one request, ``call_node(cli, lambda c: c.call(op,
+    ...))``, is then answered over a blocking socket, with no event loop: trio
+    takes longer to import than the whole request (``job list`` stays well
+    under half a second).  Awaiting the call instead runs it in the command's
+    event loop, as usual.
+    """
 
+    def call(self, op: str, **args: Any) -> OneCall:  # type: ignore[override]
+        return OneCall(self, op, args)
+
+
+class OneCall:
+    """A request not sent yet: awaited, it is sent on the running loop;
+    returned to ``call_node``, it is sent over a blocking socket."""
+
+    def __init__(self, client: NodeCalls, op: str, args: dict[str, Any]) -> None:
+        self.client, self.op, self.args = client, op, args
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return AsyncClient.call(self.client, self.op, **self.args).__await__()
+
+
+def call_node(cli: CliContext, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn`` against the node serving ``cli.data_dir``; map errors to exit codes.
+
+    ``fn(client)`` (``client`` a ``NodeCalls``; typed ``Any`` so that commands
+    annotated with ``ControlClient`` or ``AsyncClient`` type-check too) is a
+    coroutine, run under trio, or a ``client.call(...)``, sent without an
+    event loop."""
+    client = NodeCalls(cli.data_dir)
     try:
-        return trio.run(run)
+        work = fn(client)
+        if isinstance(work, OneCall):
+            result: T = Client(cli.data_dir).call(work.op, **work.args)
+            return result
+        return run_async(work)
     except NodeNotRunning as exc:
         fail(str(exc), code=EXIT_NO_NODE)
     except ControlError as exc:
@@ -119,3 +164,12 @@ def call_node(cli: CliContext, fn: Callable[[ControlClient], Awaitable[T]]) -> T
         fail(str(exc), code=1 if exc.errors else EXIT_REFUSED)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+
+
+def run_async(work: Awaitable[T]) -> T:
+    import trio  # here: the one-request commands never pay for its import
+
+    async def run() -> T:
+        return await work
+
+    return trio.run(run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -10,6 +9,7 @@ import attrs
 import click
 
 from p2pnode.cli.output import escape_text
+from p2pnode.datadir import default_data_dir as default_data_dir  # re-exported
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # the input (a job spec) is invalid
@@ -20,12 +20,6 @@ EXIT_BAD_KEY = 8  # node.key corrupt, empty, group/other-accessible, or not a fi
 EXIT_NO_ENGINE = 7  # an enabled executor's engine is missing (no Docker engine)
 
 OUTPUT_FORMATS = ("table", "json", "yaml")
-
-
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/p2pnode``, else ``~/.local/share/p2pnode``."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join("~", ".local", "share")
-    return Path(base).expanduser() / "p2pnode"
 
 
 @attrs.frozen
@@ -39,6 +33,7 @@ class CliContext:
     output: str = "table"
     data_dir: Path = attrs.field(factory=default_data_dir)
     verbose: int = 0
+    wide: bool = False  # tables show whole peer ids (else their last 12 characters)
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)

@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 
 import attrs
 import click
-import yaml
 from click.core import ParameterSource
 
-from protocols.spec import SpecError, SpecValidationError, validate_spec
-from protocols.spec.model import DEFAULT_CPU, DEFAULT_MEMORY
+from protocols.spec_defaults import DEFAULT_CPU, DEFAULT_MEMORY
+from protocols.spec_errors import SpecError, SpecValidationError
 
 INLINE_COMMAND = "p2pnode.inline_command"
 INLINE_SOURCE = "<inline job>"  # how errors name the job (like a spec file's path)
@@ -144,6 +143,8 @@ def inline_spec(job: InlineJob) -> dict[str, Any]:
 
     Raises SpecValidationError listing every error, named by its flag.
     """
+    from protocols.spec import validate_spec  # here: `job list` never loads the validator
+
     errors: list[SpecError] = []
     engine: dict[str, Any]
     if job.image is not None:
@@ -188,6 +189,8 @@ def inline_spec(job: InlineJob) -> dict[str, Any]:
 
 def inline_spec_text(job: InlineJob) -> str:
     """``inline_spec`` as the YAML text submitted (what ``job describe`` shows)."""
+    import yaml
+
     return yaml.safe_dump(inline_spec(job), sort_keys=False)
 
 

@@ -10,22 +10,16 @@ import logging
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from p2pnode.cli.common import output_option
 from p2pnode.cli.context import EXIT_INVALID, CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document, plural, to_yaml
-from p2pnode.specfile import load_spec_file, native_spec_text
-from p2pnode.wasm_modules import check_module_files
-from protocols.spec import (
-    MAX_SPEC_BYTES,
-    JobSpec,
-    SpecError,
-    SpecValidationError,
-    parse_spec,
-    spec_digest,
-)
+
+if TYPE_CHECKING:
+    from protocols.spec import JobSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +38,11 @@ def read_spec(path: Path) -> JobSpec | list[SpecError]:
 
     An unreadable file ends the command with exit code 2 and one line on stderr.
     """
+    # Here, not at the top: commands that only ask the node never load the spec machinery.
+    from p2pnode.specfile import load_spec_file, native_spec_text
+    from p2pnode.wasm_modules import check_module_files
+    from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
+
     try:
         if str(path) == "-":
             text = sys.stdin.read(MAX_SPEC_BYTES + 1)
@@ -85,6 +84,7 @@ def _shown(path: Path) -> str:
 
 @job.command()
 @SPEC_ARGUMENT
+@output_option
 @pass_cli
 def validate(cli: CliContext, spec_path: Path) -> None:
     """Check the job spec SPEC (a YAML or JSON file, - for stdin; a Bacalhau
@@ -97,6 +97,8 @@ def validate(cli: CliContext, spec_path: Path) -> None:
     if isinstance(result, list):
         _report_invalid(cli, spec_path, result)
         return
+    from protocols.spec import spec_digest
+
     if cli.output == "table":
         click.echo("OK")
     else:
@@ -105,6 +107,7 @@ def validate(cli: CliContext, spec_path: Path) -> None:
 
 @job.command()
 @SPEC_ARGUMENT
+@output_option
 @pass_cli
 def explain(cli: CliContext, spec_path: Path) -> None:
     """Show SPEC in canonical form, with every default, and its digest.
@@ -116,6 +119,8 @@ def explain(cli: CliContext, spec_path: Path) -> None:
     if isinstance(result, list):
         _report_invalid(cli, spec_path, result)
         return
+    from protocols.spec import spec_digest
+
     summary: dict[str, Any] = {
         "ok": True,
         "digest": spec_digest(result),

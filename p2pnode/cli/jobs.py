@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import trio
 
-from p2pnode.blobs import BlobError
 from p2pnode.cli.common import (
     EXIT_NOT_COMPLETED,
     EXIT_UNKNOWN,
     BoundedFloat,
+    NodeCalls,
     call_node,
     data_dir_option,
     output_option,
@@ -43,21 +42,13 @@ from p2pnode.cli.output import (
     to_json,
     to_yaml,
 )
-from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
-from p2pnode.control import ControlClient, ControlError
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, MAX_LIST_LIMIT, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
-from p2pnode.specfile import native_spec_text, read_spec_bytes
+from p2pnode.errors import BlobError, ControlError
 from p2pnode.timefmt import iso_utc
-from p2pnode.wasm_modules import check_module_files, store_module_files, wasm_engines
 from protocols.kinds import KIND_POLICY
-from protocols.spec import (
-    MAX_SPEC_BYTES,
-    SpecValidationError,
-    load_spec_text,
-    parse_spec,
-)
+from protocols.spec_errors import SpecValidationError
 from protocols.states import JobState
 from protocols.units import UnitError, parse_duration_ms
 
@@ -188,7 +179,9 @@ def run(
     shown: list[str] = []
     source = spec_path
 
-    async def submit(client: ControlClient) -> dict[str, Any]:
+    async def submit(client: NodeCalls) -> dict[str, Any]:
+        from p2pnode.cli.progress import Progress  # rich: only for a wait
+
         spec = await _with_module_ids(cli, source, text)
         answer = await client.call("submit", spec=spec, idempotency_key=attempts.key)
         attempts.reached()
@@ -269,6 +262,11 @@ def _read_valid_spec(cli: CliContext, spec_path: Path) -> str:
     """The text of SPEC (``-`` = stdin) once it validates and the wasm module
     files it names exist; else every error is printed and the command ends
     (exit 1; exit 2 for an unreadable file)."""
+    # Here, not at the top: commands that only ask the node never load the spec machinery.
+    from p2pnode.specfile import native_spec_text, read_spec_bytes
+    from p2pnode.wasm_modules import check_module_files
+    from protocols.spec import MAX_SPEC_BYTES, SpecValidationError, parse_spec
+
     try:
         if str(spec_path) == "-":
             raw: str | bytes = sys.stdin.read(MAX_SPEC_BYTES + 1)
@@ -292,6 +290,11 @@ async def _with_module_ids(cli: CliContext, spec_path: Path, text: str) -> str |
     its document with each file stored in the node's blob store and named by
     its content id (``p2pnode/wasm_modules.py``).  Called once the node
     answers, so its data dir exists."""
+    import trio  # here: commands that only ask the node never import it
+
+    from p2pnode.wasm_modules import store_module_files, wasm_engines
+    from protocols.spec import load_spec_text
+
     doc = load_spec_text(text)
     if not any(True for _ in wasm_engines(doc)):
         return text
@@ -319,7 +322,7 @@ def update(cli: CliContext, job_id: str, spec_path: Path) -> None:
     """
     text = _read_valid_spec(cli, spec_path)
 
-    async def send(client: ControlClient) -> Any:
+    async def send(client: NodeCalls) -> Any:
         spec = await _with_module_ids(cli, spec_path, text)
         return await client.call("update", job_id=job_id, spec=spec)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from p2pnode.cli.common import call_node, data_dir_option, output_option
+from p2pnode.cli.common import call_node, data_dir_option, output_option, wide_option
 from p2pnode.cli.context import CliContext, pass_cli
-from p2pnode.cli.output import emit_document, render_table
+from p2pnode.cli.output import emit_document, render_table, short_id
 
 
 @click.group()
@@ -17,6 +17,7 @@ def node() -> None:
 @node.command(name="list")
 @data_dir_option
 @output_option
+@wide_option
 @pass_cli
 def list_nodes(cli: CliContext) -> None:
     """This node and the peers in its view (labels, capacity, executors)."""
@@ -29,7 +30,7 @@ def list_nodes(cli: CliContext) -> None:
             **p,
             "labels": ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())),
             "executors": ",".join(p["executors"]) or "-",
-            "node_id": p["node_id"] + (" (self)" if p["self"] else ""),
+            "node_id": short_id(p["node_id"], cli.wide) + (" (self)" if p["self"] else ""),
         }
         for p in peers
     ]

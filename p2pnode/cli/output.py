@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
-import yaml
 
 # Characters a terminal may act on (C0/C1 controls: escape sequences, cursor
 # moves, \r overwriting a line) or that reorder what is shown (bidi controls,
@@ -47,6 +46,8 @@ def to_json(data: Any) -> str:
 
 
 def to_yaml(data: Any) -> str:
+    import yaml  # here: json and table output never need it
+
     text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return text.rstrip("\n")
 
@@ -65,14 +66,44 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Plain aligned columns (stable in pipes, unlike a width-dependent renderer)."""
+# Columns that hold peer ids: tables show their last SHORT_ID characters
+# (a libp2p id is 52, all starting "12D3KooW"), whole ones with --wide.
+PEER_COLUMNS = frozenset({"node", "node_id", "owner", "holder", "peer", "asker", "from", "to"})
+SHORT_ID = 12
+
+
+def short_id(peer_id: str, wide: bool = False) -> str:
+    """``peer_id`` as tables show it: its last ``SHORT_ID`` characters unless ``wide``."""
+    return peer_id if wide or len(peer_id) <= SHORT_ID else peer_id[-SHORT_ID:]
+
+
+def wide_tables() -> bool:
+    """Whether the command running asked for whole ids (``--wide``)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(getattr(ctx.obj, "wide", False)) if ctx is not None else False
+
+
+def _cell(column: str, value: Any, wide: bool) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if column in PEER_COLUMNS and " " not in text:  # "<id> (self)" is shortened by its maker
+        text = short_id(text, wide)
+    return escape_text(text)
+
+
+def render_table(
+    rows: list[dict[str, Any]], columns: list[str], *, wide: bool | None = None
+) -> str:
+    """Plain aligned columns (stable in pipes, unlike a width-dependent renderer).
+
+    Peer ids in ``PEER_COLUMNS`` are shortened unless ``wide`` (default: the
+    command's ``--wide``)."""
     if not rows:
         return "(none)"
+    whole = wide_tables() if wide is None else wide
     cells = [[str(c).upper() for c in columns]]
-    cells += [
-        ["" if r.get(c) is None else escape_text(str(r.get(c))) for c in columns] for r in rows
-    ]
+    cells += [[_cell(c, r.get(c), whole) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -9,17 +9,17 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import trio
+import anyio
 
-from p2pnode.control import ConnectionLost, ControlClient, ControlError, NodeNotRunning
-from p2pnode.control_request import BUSY, UNAVAILABLE
-from p2pnode.errors import P2PNodeError
+from p2pnode.client import AsyncClient
+from p2pnode.errors import ConnectionLost, ControlError, NodeNotRunning, P2PNodeError
 
 FIRST_DELAY = 0.2  # seconds before the first retry; doubled up to MAX_DELAY
 MAX_DELAY = 2.0
 DEFAULT_RETRY_FOR = 30.0  # a node restart takes ~3 s, ~10 s on a loaded machine
 
 T = TypeVar("T")
+C = TypeVar("C", bound=AsyncClient)
 
 
 def new_key() -> str:
@@ -27,7 +27,9 @@ def new_key() -> str:
     return f"cli-{secrets.token_hex(16)}"
 
 
-RETRYABLE_CODES = frozenset({UNAVAILABLE, BUSY})
+# A node stopping mid-request answers "unavailable"; a full one "busy"
+# (p2pnode/control_request.py): both say nothing of the outcome.
+RETRYABLE_CODES = frozenset({"unavailable", "busy"})
 
 
 class OutcomeUnknown(P2PNodeError):
@@ -57,7 +59,7 @@ class Attempts:
         """The node answered: a later outage gets a fresh window."""
         self.deadline, self.delay = None, FIRST_DELAY
 
-    async def run(self, op: Callable[[ControlClient], Awaitable[T]], client: ControlClient) -> T:
+    async def run(self, op: Callable[[C], Awaitable[T]], client: C) -> T:
         """``op(client)``, again after a lost connection (and while the node is
         not running again); ``NodeNotRunning`` before anything was sent is
         raised as is: then nothing happened."""
@@ -73,15 +75,13 @@ class Attempts:
                     raise
                 cause = exc
             except ControlError as exc:
-                # A node stopping mid-request answers "unavailable"; a full
-                # one "busy": both say nothing of the outcome, so try again.
                 if exc.code not in RETRYABLE_CODES:
                     raise
                 sent, cause = True, exc
-            now = trio.current_time()
+            now = anyio.current_time()
             if self.deadline is None:
                 self.deadline = now + self.retry_for
             if now >= self.deadline:
                 raise OutcomeUnknown(self.key, cause, self.retry_for)
-            await trio.sleep(min(self.delay, self.deadline - now))
+            await anyio.sleep(min(self.delay, self.deadline - now))
             self.delay = min(2 * self.delay, MAX_DELAY)

@@ -15,7 +15,7 @@ import click
 import trio
 from click.core import ParameterSource
 
-from p2pnode.cli.common import BoundedFloat, data_dir_option, parse_labels
+from p2pnode.cli.common import BoundedFloat, data_dir_option, output_option, parse_labels
 from p2pnode.cli.context import (
     EXIT_BAD_KEY,
     EXIT_CANNOT_START,
@@ -57,6 +57,7 @@ MAX_LEASE_TTL = 3600.0
 @click.command(epilog=SERVE_EPILOG)
 @config_option
 @data_dir_option
+@output_option  # accepted like everywhere; serve prints logs only
 @click.option(
     "--listen",
     multiple=True,

@@ -21,10 +21,11 @@ from protocols.owner.base import (
     PINNED_RETRY_MAX,
     PINNED_SILENT_ROUNDS,
     OwnerBase,
-    need,
+    no_match_reason,
 )
 from protocols.states import SlotEvent, SlotState, slot_accepts
 from protocols.timers import AUCTION, RETRY, SlotTimer
+from protocols.units import human_duration
 
 
 def round_attempt(slot: OwnedSlot) -> int:
@@ -195,13 +196,14 @@ class AuctionMixin(OwnerBase):
                 delay *= 2 ** min(slot.no_match_rounds, 5)
         if not waits and unit.queue_timeout is None and slot.no_match_rounds >= NO_MATCH_ROUNDS:
             self._slot_failed(
-                job, slot, SlotEvent.CLOSE, f"no node matches the constraints ({need(job)})"
+                job, slot, SlotEvent.CLOSE, no_match_reason(job, self.directory)
             )
             return
         limit = unit.queue_timeout if unit.queue_timeout is not None else DEFAULT_QUEUE_TIMEOUT
         if not waits and self.out.now - slot.waiting_since >= limit:
+            waited = human_duration(limit)
             self._slot_failed(
-                job, slot, SlotEvent.CLOSE, f"no node accepted the work within {limit:g}s"
+                job, slot, SlotEvent.CLOSE, f"no node accepted the work within {waited}"
             )
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
@@ -240,7 +242,8 @@ class AuctionMixin(OwnerBase):
             job.unit.queue_timeout if job.unit.queue_timeout is not None else DEFAULT_QUEUE_TIMEOUT
         )
         if not policy.waits_for_nodes and self.out.now - slot.waiting_since >= limit:
-            self._slot_failed(job, slot, SlotEvent.CLOSE, f"node {node} stayed busy for {limit:g}s")
+            busy = f"node {node} stayed busy for {human_duration(limit)}"
+            self._slot_failed(job, slot, SlotEvent.CLOSE, busy)
             return
         self._move(slot, SlotEvent.CLOSE, SlotState.QUEUED, persist=False)
         jitter = 0.5 + self.rng.random()

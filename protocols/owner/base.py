@@ -19,6 +19,7 @@ from protocols.kinds import KIND_POLICY, KindPolicy, KindRegistry
 from protocols.outbox import Outbox
 from protocols.owned import OwnedJob, OwnedSlot
 from protocols.states import SlotEvent, SlotState, check_slot_transition
+from protocols.units import human_size
 
 if TYPE_CHECKING:
     from protocols.owned import Execution
@@ -116,4 +117,20 @@ class OwnerBase:
 
 def need(job: OwnedJob) -> str:
     unit = job.unit
-    return f"labels {unit.labels}, executor {unit.engine!r}, cpu {unit.cpu:g}, memory {unit.memory}"
+    return (
+        f"labels {unit.labels}, executor {unit.engine!r}, cpu {unit.cpu:g}, "
+        f"memory {human_size(unit.memory)}"
+    )
+
+
+def no_match_reason(job: OwnedJob, directory: Directory) -> str:
+    """Why a job fails fast: what it needs, and a hint when the executor it
+    names runs nowhere in the view (a node enables executors with --executors)."""
+    reason = f"no node matches the constraints ({need(job)})"
+    engine = job.unit.engine
+    if not directory.has_executor(engine):
+        reason += (
+            f"; no node in view has the executor {engine!r} "
+            f"(a node enables it with: p2pnode serve --executors {engine})"
+        )
+    return reason

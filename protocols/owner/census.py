@@ -18,7 +18,7 @@ from protocols.owner.base import (
     NO_MATCH_ROUNDS,
     OPS_QUIET_ROUNDS,
     OwnerBase,
-    need,
+    no_match_reason,
 )
 from protocols.states import SlotState
 from protocols.timers import CENSUS, RETRY, JobTimer, SlotTimer
@@ -101,7 +101,7 @@ class CensusMixin(OwnerBase):
             if not job.slots:
                 job.census_empty += 1
                 if job.census_empty >= NO_MATCH_ROUNDS:
-                    reason = f"no node matches the constraints ({need(job)})"
+                    reason = no_match_reason(job, self.directory)
                     self._finish_job(job, "failed", reason)
                     return
             else:

@@ -29,6 +29,7 @@ from protocols.owner.auction import round_attempt
 from protocols.owner.base import KEEP_EXECUTIONS, OwnerBase
 from protocols.states import ExecutionState, SlotEvent, SlotState, slot_accepts
 from protocols.timers import DEADLINE, LEASE, SlotTimer
+from protocols.units import human_duration
 
 
 class LeaseMixin(OwnerBase):
@@ -275,6 +276,7 @@ class LeaseMixin(OwnerBase):
                 job,
                 slot,
                 SlotEvent.TIMED_OUT,
-                f"no result from {execution.node} within timeout {job.unit.timeout:g}s",
+                f"no result from {execution.node} "
+                f"within timeout {human_duration(job.unit.timeout)}",
             )
 

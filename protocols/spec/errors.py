@@ -1,36 +1,5 @@
-"""Validation errors of a job spec: each names the field it is about."""
+"""Validation errors of a job spec (defined in ``protocols/spec_errors.py``)."""
 
-from __future__ import annotations
-
-import attrs
+from protocols.spec_errors import DOCUMENT, SpecError, SpecValidationError
 
 __all__ = ["DOCUMENT", "SpecError", "SpecValidationError"]
-
-# The path of errors about the document as a whole (parse errors, wrong type
-# of the top level, size limit).
-DOCUMENT = "<document>"
-
-
-@attrs.frozen
-class SpecError:
-    """One problem in a spec.
-
-    ``path`` locates the field: dotted keys and ``[i]`` list indexes, e.g.
-    ``tasks.work.depends_on[0]``; :data:`DOCUMENT` for the whole document.
-    """
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class SpecValidationError(ValueError):
-    """A spec is invalid; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: list[SpecError]) -> None:
-        self.errors = list(errors)
-        count = len(self.errors)
-        lines = "\n".join(f"  {error}" for error in self.errors)
-        super().__init__(f"{count} error{'s' if count != 1 else ''} in spec:\n{lines}")

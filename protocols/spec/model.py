@@ -18,6 +18,10 @@ from typing import Any, Literal, cast
 import attrs
 import msgpack
 
+# re-exported: the validator's defaults live apart, for the CLI's quick path
+from protocols.spec_defaults import DEFAULT_CPU as DEFAULT_CPU
+from protocols.spec_defaults import DEFAULT_MEMORY as DEFAULT_MEMORY
+from protocols.spec_defaults import MIB as MIB
 from protocols.units import format_duration_ms, format_size
 
 __all__ = [
@@ -48,13 +52,10 @@ SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-MIB = 1024**2
 
 JOB_TYPES = ("batch", "ops", "daemon", "service", "cron", "dag", "chain", "stream")
 
 # Defaults, shared with the validator so they are written down once.
-DEFAULT_CPU = 0.1
-DEFAULT_MEMORY = 256 * MIB
 DEFAULT_TIMEOUT_MS = 30 * MINUTE_MS
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_MS = 1 * SECOND_MS

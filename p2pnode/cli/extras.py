@@ -1,0 +1,62 @@
+"""``p2pnode version`` and ``p2pnode completion bash|zsh|fish``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from p2pnode.cli.common import data_dir_option, output_option
+from p2pnode.cli.context import CliContext, pass_cli
+from p2pnode.cli.output import emit_document
+from p2pnode.client import Client
+from p2pnode.errors import ControlError
+from p2pnode.version import package_version
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@click.command()
+@data_dir_option
+@output_option
+@pass_cli
+def version(cli: CliContext) -> None:
+    """The client's version, and that of the node serving --data-dir if one runs.
+
+    With --output json/yaml: {client, node: {node_id, version} or null}.
+    """
+    node: dict[str, Any] | None = None
+    problem = ""
+    try:
+        answer = Client(cli.data_dir).ping()
+        node = {"node_id": answer["node_id"], "version": answer.get("version", "unknown")}
+    except ControlError as exc:  # NodeNotRunning included: the client's version still shows
+        problem = str(exc)
+    if cli.output != "table":
+        emit_document({"client": package_version(), "node": node}, cli.output)
+        return
+    click.echo(f"client: {package_version()}")
+    if node is not None:
+        click.echo(f"node:   {node['version']} ({node['node_id']})")
+    else:
+        click.echo(f"node:   - ({problem})")
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+@output_option  # accepted like everywhere; the script is shell code whatever it says
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash: eval "$(p2pnode completion bash)"   (e.g. in ~/.bashrc)
+    zsh:  eval "$(p2pnode completion zsh)"    (e.g. in ~/.zshrc)
+    fish: p2pnode completion fish > ~/.config/fish/completions/p2pnode.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    from p2pnode.cli import cli
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # every name in SHELLS is one of click's
+    click.echo(completer(cli, {}, "p2pnode", "_P2PNODE_COMPLETE").source())
