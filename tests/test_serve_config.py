@@ -49,8 +49,8 @@ def test_every_serve_flag_has_its_environment_variable_shown_in_help() -> None:
     flags = [p for p in serve.params if isinstance(p, click.Option) and not p.hidden]
     for param in flags:
         flag = param.opts[0]
-        if flag in ("--data-dir", "--help"):
-            continue  # P2PNODE_DATA_DIR is the root option's (`p2pnode --help`)
+        if flag in ("--data-dir", "--help", "--output"):
+            continue  # the root options' (`p2pnode --help`): P2PNODE_DATA_DIR; -o prints
         assert param.envvar == env_name(flag), flag
         assert f"env var: {env_name(flag)}" in result.output, flag
     assert f"/ip4/127.0.0.1/tcp/{DEFAULT_PORT}" in result.output

@@ -26,8 +26,9 @@ from protocols.units import UnitError, parse_size
 ENV_PREFIX = "P2PNODE_"
 CONFIG_ENV = "P2PNODE_CONFIG"
 MAX_CONFIG_BYTES = 64 * 1024
-# Flags a config file cannot set: itself, and test-only fault injection.
-NOT_CONFIGURABLE = frozenset({"config", "fault_drop", "help"})
+# Flags a config file cannot set: itself, test-only fault injection, and how
+# this one invocation prints (-o is every command's, not the node's setting).
+NOT_CONFIGURABLE = frozenset({"config", "fault_drop", "help", "output"})
 
 MIN_MEMORY = 2**20  # the smallest memory a task may ask for
 MAX_MEMORY = 2**50
