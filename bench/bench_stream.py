@@ -112,7 +112,10 @@ def consume_spec(
         "checkpoint_every": "500ms",
         "constraints": {"labels": {"role": "compute"}},  # never on the owner (node 0)
         "task": {
-            "engine": {"type": "process", "command": [sys.executable, str(script)]},
+            # Inline (a sandboxed task sees no host file but the system's and
+            # Python's), on the host network: it talks to Redis.
+            "engine": {"type": "process", "command": [sys.executable, "-c", script.read_text()]},
+            "network": "host",
             "env": {"REDIS_URL": url, "READ_COUNT": str(read_count)},
             "resources": {"cpu": 0.5, "memory": "512MiB"},
             "timeout": "10m",

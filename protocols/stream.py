@@ -149,9 +149,12 @@ class StreamController(KindController):
                 self.commit(job, slot, execution, msg.progress, -1, final)
             return
         if not current:
-            late_result = isinstance(msg, ExecutionResult) and msg.progress
-            if late_result and self.final_commit_allowed(slot, execution):
-                assert isinstance(msg, ExecutionResult)
+            # A late result, or the roll-over renewal of a run that ended at
+            # run_for: either way the run is over and its checkpoint final.
+            ended = isinstance(msg, ExecutionResult) or (
+                isinstance(msg, LeaseRenew) and msg.rollover
+            )
+            if ended and msg.progress and self.final_commit_allowed(slot, execution):
                 self.commit(job, slot, execution, msg.progress, msg.lag, final)
                 return
             if msg.progress:

@@ -66,21 +66,54 @@ def test_consumers_get_partition_and_checkpoint_and_commits_flow() -> None:
     assert net.core("a").owner.jobs["s1"].slots[0].record()["checkpoint"] == "1700-3"
 
 
-def test_run_for_end_is_graceful_sticky_and_resumes_from_the_checkpoint() -> None:
+def test_run_for_end_rolls_over_in_place_from_the_committed_checkpoint() -> None:
+    """At run_for the consumer is stopped (SIGTERM) and the next run starts on
+    the same node under the same lease (no re-auction, no new grant), once the
+    owner has committed the last run's checkpoint; its timeout starts again."""
     net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
     net.feed("a", SubmitJob("s2", stream_spec(partitions=1, run_for=6000)))
     net.run_until(lambda: len(consumers(net, "s2")) == 1, limit=10)
     node, exec_id = run_id_of(net, "s2", "0")
+    started = net.now
     net.feed(node, ExecutionProgress(exec_id, "42"))
     net.run_until(lambda: run_id_of_safe(net, "s2")[1] not in ("", exec_id), limit=net.now + 10)
-    new_node, new_exec = run_id_of(net, "s2", "0")
-    assert new_node == node  # stickiness: the same healthy node takes it back
+    new_node, new_run = run_id_of(net, "s2", "0")
+    assert new_node == node and new_run == exec_id + "#1"  # the same lease, run 2
     assert consumers(net, "s2")["0"][1]["P2PNODE_CHECKPOINT"] == "42"
     slot = net.core("a").owner.jobs["s2"].slots[0]
-    first = slot.executions[0]
-    assert first.state == "succeeded" and slot.failures == 0
-    assert new_exec.endswith("/2")
+    assert [e.execution_id for e in slot.executions] == [exec_id] and slot.epoch == 1
+    assert slot.checkpoint == "42" and slot.failures == 0
+    rolled = net.notes_of("execution_rolled_over")
+    assert [(n["run"], n["checkpoint"]) for n in rolled] == [(1, "42")]
+    # Runs go on rolling over, each from the newest commit, past the task's
+    # timeout (run_for + 10 s): the owner's deadline moves with each run.
+    net.feed(node, ExecutionProgress(new_run, "43"))
+    net.run_until(lambda: run_id_of_safe(net, "s2")[1] == exec_id + "#3", limit=net.now + 30)
+    assert net.now - started > 16.0
+    assert consumers(net, "s2")["0"][1]["P2PNODE_CHECKPOINT"] == "43"
+    assert slot.current is not None and slot.current.state == "running"
+
+
+def test_a_cancel_during_a_roll_over_still_commits_the_final_checkpoint() -> None:
+    """Between a run's end at run_for and the next run's start there is no run:
+    the job stopped then still commits the final checkpoint, and nothing starts."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s9", stream_spec(partitions=1, run_for=2000)))
+    net.run_until(lambda: len(consumers(net, "s9")) == 1, limit=10)
+    node, exec_id = run_id_of(net, "s9", "0")
+    net.feed(node, ExecutionProgress(exec_id, "7"))
+    net.run_for(1.5)  # a renewal acknowledged: the lease holds until ~4 s in
+    net.partition("a", node)  # the roll-over renewal cannot reach the owner
+    net.run_until(lambda: exec_id not in net.running[node], limit=net.now + 1)
+    assert not net.notes_of("execution_fenced")  # it ended at run_for
+    net.feed("a", CancelJob("s9"))
+    net.heal()
+    net.run_for(FAST.lease_ttl + FAST.lease_grace + 2)
+    assert not consumers(net, "s9")
+    slot = net.core("a").owner.jobs["s9"].slots[0]
+    assert slot.checkpoint == "7"
 
 
 def test_a_zombie_consumer_stops_within_ttl_and_its_commits_are_refused() -> None:
