@@ -15,9 +15,14 @@ and the owner commits it here.  Commit rules:
   Redis stream id ``<ms>-<seq>``, or a JSON map of those) never moves
   backwards: such a commit is refused and counted.
 
-A graceful end of ``run_for`` is a success: the slot is re-granted at once,
-to the same node if it bids (stickiness), from the committed checkpoint.
-Delivery is at-least-once: a new consumer starts from the last commit.
+At ``run_for`` the holder stops the consumer and rolls over in place: a
+renewal with ``rollover`` carries the run's final checkpoint, committed here
+like any other, and the next run starts on the same lease from the committed
+checkpoint the ack names (``holder.py``).  A run that rolls over while its job
+is stopped still commits (``final_commit_allowed``).  A consumer that exits by
+itself with success is re-granted at once, to the same node if it bids
+(stickiness).  Delivery is at-least-once: a new consumer starts from the last
+commit.
 
 ``mode: micro_batch`` — no consumer slots.  The owner's runtime reads the
 source through a connector (``p2pnode/stream/``), buffers entries into a blob,

@@ -23,6 +23,7 @@ from protocols.config import Timings
 from protocols.events import StartExecution
 from protocols.holder import Holder
 from protocols.messages import LeaseRenew
+from protocols.states import ExecState
 from protocols.stream import StreamController
 from simnet.harness import Cluster
 from simnet.runner import BIG_NODE
@@ -411,6 +412,40 @@ def test_consumer_started_past_the_commit_is_caught(monkeypatch: pytest.MonkeyPa
     c.submit(stream_spec("s", 1, entries=100), owner=OWNER, at=2.0)
     c.run_until(10.0)
     assert any("were never processed (ST3)" in v for v in c.violations), c.violations
+
+
+def test_roll_over_from_a_stale_checkpoint_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that rolls a consumer over from its grant's checkpoint instead
+    of the one the owner committed re-reads what the last run did (ST3)."""
+    original = Holder._roll_on
+
+    def stale(self: Holder, held: Any, checkpoint: str) -> None:
+        assert held.start is not None
+        original(self, held, held.start.env.get("P2PNODE_CHECKPOINT", ""))
+    monkeypatch.setattr(Holder, "_roll_on", stale)
+    c = cluster()
+    c.submit(stream_spec("s", 1, entries=300, produce_rate=10.0, consume_rate=20.0,
+                         run_for_ms=4000), owner=OWNER, at=2.0)
+    c.run_until(20.0)
+    assert any("(the newest epoch) starts from" in v and "(ST3)" in v
+               for v in c.violations), c.violations
+
+
+def test_roll_over_without_waiting_for_the_commit_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A holder that starts the next run at once, before the owner committed
+    the last run's checkpoint, starts past the commit (ST3)."""
+    def eager(self: Holder, held: Any, event: Any) -> None:
+        held.state = ExecState.RUNNING
+        held.run_for_reached, held.restarted = False, held.restarted + 1
+        self._roll_on(held, held.progress)
+    monkeypatch.setattr(Holder, "_roll_over", eager)
+    c = cluster()
+    c.submit(stream_spec("s", 1, entries=300, produce_rate=10.0, consume_rate=20.0,
+                         run_for_ms=4000), owner=OWNER, at=2.0)
+    c.run_until(20.0)
+    assert any("(ST3)" in v for v in c.violations), c.violations
 
 
 def test_holder_that_never_fences_itself_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
