@@ -23,7 +23,7 @@ from protocols.config import Timings
 from protocols.events import StartExecution
 from protocols.holder import Holder
 from protocols.messages import LeaseRenew
-from protocols.states import ExecState
+from protocols.states import ExecState, FeedEvent
 from protocols.stream import StreamController
 from simnet.harness import Cluster
 from simnet.runner import BIG_NODE
@@ -166,6 +166,47 @@ def test_micro_batches_cover_every_entry_exactly_once_without_faults() -> None:
     assert [r["entries"] for r in rows] == [200, 200]
     assert all(r["batches"] >= 8 for r in rows)
     stop(c, [job])
+
+
+def test_pipelined_micro_batches_commit_in_order_without_faults() -> None:
+    c = cluster()
+    job = c.submit(micro_batch_spec("m", 2, entries=200, produce_rate=0.0, max_entries=10,
+                                    max_wait_ms=500, batch_ms=2000, max_in_flight=4,
+                                    fail_rate=0.3, attempts=10),
+                   owner=OWNER, at=2.0)
+    peak = 0
+    while c.now < 40.0:
+        c.run_until(c.now + 0.5)
+        running = [eid for (_, eid) in c.engine.executor.running if eid.startswith(job + "~0~")]
+        peak = max(peak, len(running))
+    settle_and_check(c, 60.0)
+    assert peak > 1  # more than one batch of a partition ran at once
+    assert c.stream.committed[(job, "0")] == c.stream.committed[(job, "1")] == 200
+    assert c.stream.batch_duplicates == []
+    stop(c, [job])
+
+
+def test_out_of_order_micro_batch_commit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: a pipelined batch commits as soon as it succeeds, before
+    an older one in flight; MB1 (contiguous commits) fires."""
+    def eager(self: StreamController, parent: Any, feed: Any) -> None:
+        for run_id in list(feed.succeeded):
+            run = self.ctx.jobs[run_id]
+            feed.pipeline.remove(run_id)
+            feed.pipeline.insert(0, run_id)
+            feed.move(FeedEvent.SUCCEEDED, run_id)
+            feed.succeeded.remove(run_id)
+            feed.committed = run.env["P2PNODE_BATCH_LAST"]
+            self.out.notify("checkpoint_committed", job_id=parent.job_id, partition=feed.name,
+                            run_id=run_id, checkpoint=feed.committed)
+            self.ctx.forget(run_id)
+    monkeypatch.setattr(StreamController, "_commit_in_order", eager)
+    c = cluster()
+    c.submit(micro_batch_spec("m", 1, entries=200, max_entries=10, max_wait_ms=500,
+                              batch_ms=2000, max_in_flight=4, fail_rate=0.3, attempts=10),
+             owner=OWNER, at=2.0)
+    c.run_until(60.0)
+    assert any("MB1" in v for v in c.violations), c.violations
 
 
 def test_micro_batch_owner_crash_mid_batch_lands_every_entry() -> None:

@@ -229,6 +229,73 @@ def test_micro_batch_runs_one_batch_at_a_time_and_commits_on_success() -> None:
         net.feed("a", SourceBatch("m1", "0", "sha256:" + "2" * 64, "2-0", "5-0", 1))
 
 
+def pipelined_spec(max_in_flight: int) -> dict[str, Any]:
+    spec = micro_spec(partitions=1)
+    spec["batch"] = {**spec["batch"], "max_in_flight": max_in_flight}
+    return spec
+
+
+def test_micro_batches_pipeline_and_commit_in_the_order_they_were_read() -> None:
+    """batch.max_in_flight 3: three batches of one partition run at once; a
+    fourth is refused; a younger batch that succeeds first waits for the older
+    one, so the checkpoint moves over succeeded batches only, in order."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("m5", pipelined_spec(3)))
+    stream = net.core("a").stream
+    ranges = [("1-0", "5-0", 5), ("6-0", "9-0", 4), ("10-0", "12-0", 3)]
+    for i, (first, last, n) in enumerate(ranges):
+        assert not stream.sources()[0]["busy"]
+        net.feed("a", SourceBatch("m5", "0", "sha256:" + str(i) * 64, first, last, n))
+    assert stream.sources()[0]["busy"] and stream.sources()[0]["position"] == "12-0"
+    with pytest.raises(LocalProtocolError, match="3 batch"):
+        net.feed("a", SourceBatch("m5", "0", "sha256:" + "3" * 64, "13-0", "14-0", 2))
+
+    def running() -> dict[str, tuple[str, str]]:  # batch last -> (node, execution)
+        return {
+            start.env["P2PNODE_BATCH_LAST"]: (node, exec_id)
+            for node, execs in net.running.items()
+            for exec_id, start in execs.items()
+        }
+
+    net.run_until(lambda: len(running()) == 3, limit=net.now + 10)
+    job = net.core("a").owner.jobs["m5"]
+    net.finish(*running()["9-0"])  # the second batch ends first: nothing to commit yet
+    net.finish(*running()["12-0"])
+    net.run_for(1.0)
+    p0 = stream.describe(job)[0]
+    assert p0["checkpoint"] == "" and p0["in_flight"] == "m5~0~1"
+    assert net.notes_of("checkpoint_committed") == []
+    net.finish(*running()["5-0"])  # the oldest: all three commit, in order
+    net.run_until(lambda: not stream.sources()[0]["busy"], limit=net.now + 5)
+    commits = [n["checkpoint"] for n in net.notes_of("checkpoint_committed")]
+    assert commits == ["5-0", "9-0", "12-0"]
+    p0 = stream.describe(job)[0]
+    assert p0["checkpoint"] == "12-0" and p0["entries"] == 12 and p0["in_flight"] == ""
+
+
+def test_a_failed_batch_in_a_pipeline_commits_nothing_after_it() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    spec = pipelined_spec(2)
+    spec["task"] = sim_task(retry={"attempts": 1, "backoff": 1000})
+    net.feed("a", SubmitJob("m6", spec))
+    net.feed("a", SourceBatch("m6", "0", "sha256:" + "0" * 64, "1-0", "5-0", 5))
+    net.feed("a", SourceBatch("m6", "0", "sha256:" + "1" * 64, "6-0", "9-0", 4))
+    net.run_until(lambda: len(net.running_anywhere()) == 2, limit=net.now + 10)
+    by_last = {
+        start.env["P2PNODE_BATCH_LAST"]: (node, exec_id)
+        for node, execs in net.running.items()
+        for exec_id, start in execs.items()
+    }
+    net.finish(*by_last["9-0"])
+    net.finish(*by_last["5-0"], status="failed", exit_code=2)
+    net.run_until(lambda: net.job_state("a", "m6") == "failed", limit=net.now + 5)
+    stream = net.core("a").stream
+    p0 = stream.describe(net.core("a").owner.jobs["m6"])[0]
+    assert p0["checkpoint"] == "" and net.notes_of("checkpoint_committed") == []
+
+
 def test_micro_batch_failure_keeps_the_checkpoint_and_fails_the_job() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
