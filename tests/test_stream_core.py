@@ -116,6 +116,26 @@ def test_a_cancel_during_a_roll_over_still_commits_the_final_checkpoint() -> Non
     assert slot.checkpoint == "7"
 
 
+def test_a_lapse_during_a_roll_over_reports_the_ended_run() -> None:
+    """Cut off between two runs, the holder starts nothing; at its lapse it
+    offers the ended run's result (a graceful end with its final checkpoint),
+    as it did before roll-overs, and the owner, once it hears it, commits it
+    if the lease is still current."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s8", stream_spec(partitions=1, run_for=2000)))
+    net.run_until(lambda: len(consumers(net, "s8")) == 1, limit=10)
+    node, exec_id = run_id_of(net, "s8", "0")
+    net.feed(node, ExecutionProgress(exec_id, "11"))
+    net.run_for(1.5)
+    net.partition("a", node)
+    net.run_until(lambda: exec_id not in net.running[node], limit=net.now + 1)
+    held = net.core(node).holder.held[exec_id]
+    net.run_until(lambda: held.result is not None, limit=net.now + FAST.lease_ttl + 1)
+    assert held.result.status == "succeeded" and held.result.progress == "11"
+    assert not net.running[node]  # no run started without the owner's answer
+
+
 def test_a_zombie_consumer_stops_within_ttl_and_its_commits_are_refused() -> None:
     net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
