@@ -97,6 +97,9 @@ print(f"P2PNODE_CHECKPOINT {last}", flush=True)
 """
 
 
+THROUGHPUT_GOAL = 0.9  # issue 16: p2pnode consumer >= 0.9x the same consumer run directly
+
+
 def grace_of(ttl: float) -> float:
     return max(0.5, ttl / 5)  # what `serve --lease-ttl` sets
 
@@ -112,7 +115,10 @@ def consume_spec(
         "checkpoint_every": "500ms",
         "constraints": {"labels": {"role": "compute"}},  # never on the owner (node 0)
         "task": {
-            "engine": {"type": "process", "command": [sys.executable, str(script)]},
+            # Inline (a sandboxed task sees no host file but the system's and
+            # Python's), on the host network: it talks to Redis.
+            "engine": {"type": "process", "command": [sys.executable, "-c", script.read_text()]},
+            "network": "host",
             "env": {"REDIS_URL": url, "READ_COUNT": str(read_count)},
             "resources": {"cpu": 0.5, "memory": "512MiB"},
             "timeout": "10m",
@@ -350,6 +356,8 @@ def main() -> None:
         "p2pnode_entries_per_s": r["via"],
         "p2pnode_executions": r["executions"],
         "p2pnode_vs_direct": r["via"] / direct,
+        "p2pnode_vs_direct_goal": THROUGHPUT_GOAL,
+        "p2pnode_vs_direct_met": r["via"] / direct >= THROUGHPUT_GOAL,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -374,10 +382,10 @@ def main() -> None:
                 f"consumer throughput ({args.entries} entries, run_for {args.run_for})",
                 fmt(r["via"], "entries/s", 0),
                 f"direct {fmt(direct, 'entries/s', 0)}",
-                f"{r['via'] / direct:.2f}x",
+                f"{r['via'] / direct:.2f}x (goal >= {THROUGHPUT_GOAL:g}x)",
             ],
             [
-                "  executions that did it",
+                "  runs that did it (rolled over in place at run_for)",
                 str(r["executions"]),
                 "direct runs " + ", ".join(fmt(d, "", 0) for d in directs),
                 "",

@@ -116,6 +116,10 @@ class HeldExecution:
     progress: str = ""
     lag: int = -1
     run_for_reached: bool = False
+    # Roll-over: a run ended at run_for; the next starts in place once the
+    # owner acknowledges a renewal that carried its final checkpoint.
+    rolling: bool = False
+    ended: ExecutionFinished | None = None  # how the run before a roll-over ended
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
 
     @property
@@ -397,6 +401,7 @@ class Holder:
                 seq=held.seq,
                 progress=held.progress,
                 lag=held.lag,
+                rollover=held.rolling,
             )
         self.out.send(held.owner, msg)
         # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged
@@ -448,6 +453,8 @@ class Holder:
         held.valid_until = max(held.valid_until, sent + held.ttl)
         if not held.started and held.state is ExecState.RUNNING:
             self._start_run(held)
+        if held.rolling and ack.rollover and held.state is ExecState.RUNNING:
+            self._roll_on(held, ack.checkpoint)
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
         held.next_renew = self.out.now + self._renew_interval(held)
         self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
@@ -492,6 +499,12 @@ class Holder:
         if self.out.now < held.valid_until:  # renewed meanwhile
             self.out.timer(ExecTimer(LAPSE, exec_id), held.valid_until)
             return
+        if held.rolling and held.ended is not None:
+            # Lapsed between two runs (no run to fence): report the one that
+            # ended at run_for as a graceful end, as without a roll-over.
+            held.rolling = held.restart_pending = False
+            held.run_for_reached = True
+            self._report(held, held.ended)
         if held.state is ExecState.REPORTING:
             # Finished: nothing left to fence.  Keep offering the result a while
             # (an owner that restarts still holds this epoch and takes it; one
@@ -542,6 +555,9 @@ class Holder:
             return  # e.g. an execution from before a restart, already reported
         if event.execution_id != held.run_id or held.restart_pending:
             return  # an earlier run of a restarted daemon
+        if held.state is ExecState.RUNNING and held.run_for_reached and not held.timed_out:
+            self._roll_over(held, event)
+            return
         if (
             held.state is ExecState.RUNNING
             and held.restarted < held.restarts
@@ -564,6 +580,10 @@ class Holder:
                 )
             self._forget(held)
             return
+        self._report(held, event)
+
+    def _report(self, held: HeldExecution, event: ExecutionFinished) -> None:
+        """The execution is over: offer its result until the owner acknowledges it."""
         held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.REPORTING)
         self.out.cancel_timer(ExecTimer(XTIMEOUT, held.execution_id))
         status, error = ("timeout" if held.timed_out else event.status), event.error
@@ -604,6 +624,42 @@ class Holder:
             restarts=held.restarted,
             status=event.status,
             exit_code=event.exit_code,
+        )
+
+    def _roll_over(self, held: HeldExecution, event: ExecutionFinished) -> None:
+        """A consumer's run ended at ``run_for`` (a graceful end).  Rather than
+        report it and wait for the owner's re-auction and a new grant, keep
+        the lease: renew now with the run's final checkpoint and a roll-over
+        request; the next run starts in place (``_roll_on``) once the owner
+        acknowledges that renewal, from the checkpoint it committed.  Fencing
+        is the lease's as for any run: a lapse, a refused renewal or a cancel
+        meanwhile ends the execution instead (``restart_pending``: no run)."""
+        held.state = check_exec_transition(held.state, ExecEvent.FINISHED, ExecState.RUNNING)
+        held.run_for_reached, held.ended = False, event
+        held.restarted += 1
+        held.restart_pending, held.rolling = True, True
+        self.out.cancel_timer(ExecTimer(XTIMEOUT, held.execution_id))
+        held.renew_delay = 0.0  # retry from the base delay if this one is lost
+        self._renew(held)
+
+    def _roll_on(self, held: HeldExecution, checkpoint: str) -> None:
+        """The owner committed the last run's checkpoint and granted the
+        roll-over: the next run starts from the committed checkpoint."""
+        assert held.start is not None
+        held.rolling = held.restart_pending = False
+        env = {**held.start.env, "P2PNODE_CHECKPOINT": checkpoint}
+        held.start = attrs.evolve(held.start, env=env)
+        self.out.start(attrs.evolve(held.start, execution_id=held.run_id))
+        self.out.timer(ExecTimer(XTIMEOUT, held.execution_id), self.out.now + held.timeout + 1.0)
+        self.out.timer(ExecTimer(RUNFOR, held.execution_id), self.out.now + held.run_for)
+        self.out.notify(
+            "execution_rolled_over",
+            execution_id=held.execution_id,
+            job_id=held.job_id,
+            slot=held.slot,
+            epoch=held.epoch,
+            run=held.restarted,
+            checkpoint=checkpoint,
         )
 
     def on_restart_timer(self, exec_id: str) -> None:

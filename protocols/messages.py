@@ -244,6 +244,9 @@ class LeaseRenew(Message):
     seq: int = _count(2**32)
     progress: str = _text(MAX_CHECKPOINT_LEN)  # a stream consumer's latest checkpoint
     lag: int = attrs.field(default=-1, metadata=bounded(lo=-1, hi=2**62))  # -1: not reported
+    # A consumer's run ended at run_for: commit ``progress`` and let the next
+    # run start in place under this lease (stream roll-over).
+    rollover: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -258,6 +261,10 @@ class RenewAck(Message):
     seq: int = _count(2**32)
     valid: bool = True
     reason: str = _text()
+    # Answer to a roll-over renewal: start the next run from ``checkpoint``
+    # (the partition's committed one).
+    rollover: bool = False
+    checkpoint: str = _text(MAX_CHECKPOINT_LEN)
 
 
 @attrs.frozen(kw_only=True)

@@ -287,8 +287,9 @@ def check_task_transition(state: str, new: str) -> DagTaskState:
 
 
 class FeedState(enum.StrEnum):
-    """A micro-batch stream partition (``stream.PartitionFeed``): at most one
-    batch in flight; the checkpoint moves only when that batch succeeded."""
+    """A micro-batch stream partition (``stream.PartitionFeed``): up to
+    ``batch.max_in_flight`` batches in flight; the checkpoint moves only over
+    batches that succeeded, in the order they were read."""
 
     IDLE = "idle"
     IN_FLIGHT = "in_flight"
@@ -302,7 +303,14 @@ class FeedEvent(enum.StrEnum):
 
 FEED_TRANSITIONS: dict[FeedState, dict[FeedEvent, FeedState]] = {
     FeedState.IDLE: {FeedEvent.BATCH: FeedState.IN_FLIGHT},
-    FeedState.IN_FLIGHT: {FeedEvent.SUCCEEDED: FeedState.IDLE, FeedEvent.FAILED: FeedState.IDLE},
+    # Pipelined (batch.max_in_flight > 1): another batch while some are in
+    # flight; SUCCEEDED / FAILED end the oldest one (commits go in order) and
+    # leave the partition IDLE only when it was the last.
+    FeedState.IN_FLIGHT: {
+        FeedEvent.BATCH: FeedState.IN_FLIGHT,
+        FeedEvent.SUCCEEDED: FeedState.IDLE,
+        FeedEvent.FAILED: FeedState.IDLE,
+    },
 }
 
 

@@ -15,17 +15,24 @@ and the owner commits it here.  Commit rules:
   Redis stream id ``<ms>-<seq>``, or a JSON map of those) never moves
   backwards: such a commit is refused and counted.
 
-A graceful end of ``run_for`` is a success: the slot is re-granted at once,
-to the same node if it bids (stickiness), from the committed checkpoint.
-Delivery is at-least-once: a new consumer starts from the last commit.
+At ``run_for`` the holder stops the consumer and rolls over in place: a
+renewal with ``rollover`` carries the run's final checkpoint, committed here
+like any other, and the next run starts on the same lease from the committed
+checkpoint the ack names (``holder.py``).  A run that rolls over while its job
+is stopped still commits (``final_commit_allowed``).  A consumer that exits by
+itself with success is re-granted at once, to the same node if it bids
+(stickiness).  Delivery is at-least-once: a new consumer starts from the last
+commit.
 
 ``mode: micro_batch`` — no consumer slots.  The owner's runtime reads the
 source through a connector (``p2pnode/stream/``), buffers entries into a blob,
 and reports a ``SourceBatch``; the owner runs one batch job over it (a "run"
 job ``<job>~<partition>~<n>``, retried as batch jobs are).  The partition's
 checkpoint advances to the batch's ``last`` position only when that batch
-succeeds; at most one batch per partition is in flight, and the connector
-reads after the in-flight (or committed) position.
+succeeds; up to ``batch.max_in_flight`` batches per partition are in flight
+(pipelined: the connector reads after the newest one's ``last``), and their
+checkpoints are committed in the order the batches were read: a batch that
+succeeds before an older one waits for it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ from protocols.states import FeedEvent, FeedState, check_feed_transition
 
 STREAMS_TABLE = "streams"
 _POSITION = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def max_in_flight(spec: dict[str, Any]) -> int:
+    """How many batches of one partition may run at once (``batch.max_in_flight``)."""
+    return int((spec.get("batch") or {}).get("max_in_flight", 1))
 
 
 def partition_names(spec: dict[str, Any]) -> list[str]:
@@ -93,21 +105,34 @@ class PartitionFeed:
     streams: list[str]
     committed: str = ""  # position of the last batch that succeeded
     position: str = ""  # position read up to (the in-flight batch's last, else committed)
-    in_flight: str = ""  # run id of the batch in flight
+    in_flight: str = ""  # run id of the oldest batch in flight
     batches: int = 0  # batches created
     entries: int = 0  # entries committed
+    pipeline: list[str] = attrs.field(factory=list)  # runs in flight, oldest first
+    succeeded: list[str] = attrs.field(factory=list)  # of those: done, waiting for older ones
 
     def record(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
+    def __attrs_post_init__(self) -> None:
+        if self.in_flight and not self.pipeline:  # a record from before pipelining
+            self.pipeline = [self.in_flight]
+
     @property
     def state(self) -> FeedState:
-        return FeedState.IN_FLIGHT if self.in_flight else FeedState.IDLE
+        return FeedState.IN_FLIGHT if self.pipeline else FeedState.IDLE
 
-    def move(self, event: FeedEvent, run_id: str = "") -> None:
-        """The one way a batch starts or ends (checked against the table)."""
-        new = check_feed_transition(self.state, event)
-        self.in_flight = run_id if new is FeedState.IN_FLIGHT else ""
+    def move(self, event: FeedEvent, run_id: str) -> None:
+        """The one way a batch starts or ends (checked against the table): a
+        new batch joins the pipeline; the oldest one leaves it."""
+        check_feed_transition(self.state, event)
+        if event is FeedEvent.BATCH:
+            self.pipeline.append(run_id)
+        else:
+            if not self.pipeline or self.pipeline[0] != run_id:
+                raise LocalProtocolError(f"batch {run_id} is not the oldest in flight")
+            self.pipeline.pop(0)
+        self.in_flight = self.pipeline[0] if self.pipeline else ""
 
 
 class StreamController(KindController):
@@ -149,9 +174,12 @@ class StreamController(KindController):
                 self.commit(job, slot, execution, msg.progress, -1, final)
             return
         if not current:
-            late_result = isinstance(msg, ExecutionResult) and msg.progress
-            if late_result and self.final_commit_allowed(slot, execution):
-                assert isinstance(msg, ExecutionResult)
+            # A late result, or the roll-over renewal of a run that ended at
+            # run_for: either way the run is over and its checkpoint final.
+            ended = isinstance(msg, ExecutionResult) or (
+                isinstance(msg, LeaseRenew) and msg.rollover
+            )
+            if ended and msg.progress and self.final_commit_allowed(slot, execution):
                 self.commit(job, slot, execution, msg.progress, msg.lag, final)
                 return
             if msg.progress:
@@ -259,9 +287,11 @@ class StreamController(KindController):
         feed = self.feeds.get(job.job_id, {}).get(batch.partition)
         if feed is None:
             raise LocalProtocolError(f"job {job.job_id} has no partition {batch.partition!r}")
-        if feed.state is FeedState.IN_FLIGHT:  # (the table would refuse the batch)
+        limit = max_in_flight(job.spec)
+        if len(feed.pipeline) >= limit:
             raise LocalProtocolError(
-                f"partition {batch.partition} already has batch {feed.in_flight} in flight"
+                f"partition {batch.partition} already has {len(feed.pipeline)} batch(es) in "
+                f"flight (batch.max_in_flight {limit}), the oldest {feed.in_flight}"
             )
         if behind(batch.last, feed.position) or batch.last == feed.position:
             raise LocalProtocolError(
@@ -292,24 +322,19 @@ class StreamController(KindController):
         parent = self.ctx.jobs.get(run.parent)
         name = run.env.get("P2PNODE_PARTITION", "")
         feed = self.feeds.get(run.parent, {}).get(name)
-        if parent is None or feed is None or feed.in_flight != run.job_id:
+        if parent is None or feed is None or run.job_id not in feed.pipeline:
             return
-        feed.move(FeedEvent.SUCCEEDED if run.state == "completed" else FeedEvent.FAILED)
         if run.state == "completed":
-            feed.committed = run.env["P2PNODE_BATCH_LAST"]
-            feed.entries += int(run.env.get("P2PNODE_BATCH_COUNT", "0"))
-            self._save(parent.job_id, feed)
-            self.out.notify(
-                "checkpoint_committed",
-                job_id=parent.job_id,
-                partition=name,
-                run_id=run.job_id,
-                checkpoint=feed.committed,
-            )
-            self.ctx.forget(run.job_id)  # its record is no longer needed
+            if run.job_id not in feed.succeeded:
+                feed.succeeded.append(run.job_id)
+            self._commit_in_order(parent, feed)
             return
         # The batch failed for good (its retries are spent): fail fast and loud;
-        # the checkpoint stays before it, so nothing is lost.
+        # the checkpoint stays before it, so nothing is lost.  (Younger batches
+        # in flight are cancelled with the job; none of them commits.)
+        feed.pipeline.remove(run.job_id)
+        feed.pipeline.insert(0, run.job_id)
+        feed.move(FeedEvent.FAILED, run.job_id)
         feed.position = feed.committed
         self._save(parent.job_id, feed)
         if not parent.terminal:
@@ -317,10 +342,31 @@ class StreamController(KindController):
                 parent, f"partition {name}: batch {run.job_id} {run.state}: {run.reason}"
             )
 
+    def _commit_in_order(self, parent: OwnedJob, feed: PartitionFeed) -> None:
+        """Commit the batches that succeeded, oldest first, up to the first one
+        still running: a checkpoint never skips a batch that has not succeeded."""
+        while feed.pipeline and feed.pipeline[0] in feed.succeeded:
+            run_id = feed.pipeline[0]
+            run = self.ctx.jobs[run_id]
+            feed.move(FeedEvent.SUCCEEDED, run_id)
+            feed.succeeded.remove(run_id)
+            feed.committed = run.env["P2PNODE_BATCH_LAST"]
+            feed.entries += int(run.env.get("P2PNODE_BATCH_COUNT", "0"))
+            self.out.notify(
+                "checkpoint_committed",
+                job_id=parent.job_id,
+                partition=feed.name,
+                run_id=run_id,
+                checkpoint=feed.committed,
+            )
+            self.ctx.forget(run_id)  # its record is no longer needed
+        self._save(parent.job_id, feed)
+
     def on_stop(self, job: OwnedJob, reason: str) -> None:
         for feed in self.feeds.get(job.job_id, {}).values():
-            if feed.in_flight:
-                self.ctx.cancel(feed.in_flight, f"stream job stopped: {reason}")
+            for run_id in feed.pipeline:
+                if run_id not in feed.succeeded:
+                    self.ctx.cancel(run_id, f"stream job stopped: {reason}")
 
     def sources(self) -> list[dict[str, Any]]:
         """What the owner's connector should read: one row per partition of a
@@ -341,7 +387,7 @@ class StreamController(KindController):
                         "url": source.get("url", ""),
                         "streams": list(feed.streams),
                         "position": feed.position,
-                        "busy": bool(feed.in_flight),
+                        "busy": len(feed.pipeline) >= max_in_flight(job.spec),
                         "max_entries": int(batch.get("max_entries", 1000)),
                         "max_wait_ms": int(batch.get("max_wait", 5000)),
                     }

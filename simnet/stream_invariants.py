@@ -264,8 +264,9 @@ class StreamInvariants(Checker):
                               f"(epoch {epoch}) but the newest lease is "
                               f"{newest[1] if newest else 'none'} (ST1: a superseded "
                               f"execution's commit landed)")
-        reached = max((lv.reported for (n, e), lv in self.live.items() if e == eid),
-                      default=None)
+        # Its runs (``<execution>#<n>`` once rolled over at run_for) reached this far.
+        reached = max((lv.reported for (n, e), lv in self.live.items()
+                       if e.partition("#")[0] == eid), default=None)
         if reached is None:
             reached = self._reported_ended.get(eid)
         if reached is not None and pos > reached:
@@ -339,7 +340,8 @@ class StreamInvariants(Checker):
                       eid: str, now: float) -> None:
         committed = self.committed.get((jid, part), 0)
         newest = self.newest.get((jid, slot))
-        if newest is not None and newest[1] == eid and start != committed:
+        # A run rolled over in place (``<execution>#<n>``) holds its execution's epoch.
+        if newest is not None and newest[1] == eid.partition("#")[0] and start != committed:
             self.violate(now, f"stream {jid}/{part}: {eid} (the newest epoch) starts from "
                               f"{start}, the last committed checkpoint is {committed} (ST3)")
         covered = self._prefix((jid, part))
@@ -384,7 +386,8 @@ class StreamInvariants(Checker):
         live = self.live.pop(key, None)
         if live is None:
             return
-        self._reported_ended[key[1]] = live.reported
+        base = key[1].partition("#")[0]
+        self._reported_ended[base] = max(live.reported, self._reported_ended.get(base, 0))
         if live.cut_since is not None:
             self.fencing.append((round(now - live.cut_since, 3), key[1], live.cut_since))
 

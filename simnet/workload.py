@@ -192,18 +192,20 @@ def stream_spec(name: str, partitions: int | list[str] = 2, *, entries: int = 20
 def micro_batch_spec(name: str, partitions: int = 2, *, entries: int = 200,
                      produce_rate: float = 0.0, max_entries: int = 20,
                      max_wait_ms: int = 1000, batch_ms: int = 1000,
-                     attempts: int = 3) -> dict[str, Any]:
+                     attempts: int = 3, max_in_flight: int = 1,
+                     fail_rate: float = 0.0) -> dict[str, Any]:
     """A micro-batch stream: the owner's (simulated) connector cuts each
     partition's ``entries`` into batches of at most ``max_entries``."""
     streams = [f"s{i}" for i in range(partitions)]
-    task = with_env(sim_task(batch_ms, attempts=attempts),
+    task = with_env(sim_task(batch_ms, attempts=attempts, fail_rate=fail_rate),
                     SIM_STREAM_ENTRIES=entries, SIM_STREAM_RATE=produce_rate)
     return canonical({
         "name": name, "type": "stream", "constraints": {"labels": {}}, "queue_timeout": None,
         "partitions": partitions, "run_for": 60_000, "checkpoint_every": 1000,
         "mode": "micro_batch", "task": task,
         "source": {"type": "redis", "url": "redis://127.0.0.1:6379/0", "streams": streams},
-        "batch": {"max_entries": int(max_entries), "max_wait": int(max_wait_ms)},
+        "batch": {"max_entries": int(max_entries), "max_wait": int(max_wait_ms),
+                  "max_in_flight": int(max_in_flight)},
     })
 
 
@@ -231,14 +233,16 @@ def stream_mix(rng: random.Random, index: int) -> dict[str, Any]:
     """One job of the stream workload: mostly consume-mode streams of 1-4
     partitions (100-400 entries each, some produced over time, consumers of
     5-20 entries/s that run 10-30 s at a time); every third job a micro-batch
-    stream of 1-3 partitions (batches of 10-40 entries)."""
+    stream of 1-3 partitions (batches of 10-40 entries, one or three in flight
+    per partition)."""
     if index % 3 == 2:
         return micro_batch_spec(f"micro-{index}", rng.randint(1, 3),
                                 entries=rng.randint(100, 400),
                                 produce_rate=rng.choice([0.0, 5.0, 10.0]),
                                 max_entries=rng.randint(10, 40),
                                 max_wait_ms=rng.choice([500, 1000, 2000]),
-                                batch_ms=rng.randint(500, 3000))
+                                batch_ms=rng.randint(500, 3000),
+                                max_in_flight=rng.choice([1, 3]))
     run_for = rng.randint(10, 30) * 1000
     return stream_spec(f"stream-{index}", rng.randint(1, 4), entries=rng.randint(100, 400),
                        produce_rate=rng.choice([0.0, 0.0, 5.0]),

@@ -263,9 +263,13 @@ def test_consumers_survive_two_node_kills_without_losing_entries(
                             return node, held[node.node_id] | held.get("", set())
                     return None
 
-                node, partitions = c.wait_until(
-                    victim, timeout=20, what="a live non-owner node holding a partition"
-                )
+                try:
+                    node, partitions = c.wait_until(
+                        victim, timeout=20, what="a live non-owner node holding a partition"
+                    )
+                except AssertionError:
+                    print("DEBUG", poll(), kills, b.node_id, cc.node_id, owner.node_id)
+                    raise
                 node.kill()
                 kills.append((node.name, partitions, producer.produced))
 
@@ -333,11 +337,15 @@ def test_consumers_survive_two_node_kills_without_losing_entries(
     )
     assert any(p["lag"] is not None for p in final.values()), final
     grants = {s["slot"]: len(s["executions"]) for s in view["slots"]}
-    assert all(n >= 3 for n in grants.values()), grants  # re-granted at each run_for
+    # A new run at each run_for (rolled over in place: `<execution>#<n>`).
+    runs = {key: {v.split("|")[1] for v in redis.lrange(f"done:{key}", 0, -1)} for key in KEYS}
+    assert all(len(r) >= 3 for r in runs.values()), runs
+    assert any("#" in run for r in runs.values() for run in r), runs
     print(
         f"\nconsume: {TOTAL} entries consumed in {consumed_at:.1f} s; kills {kills}; "
         f"duplicates per partition {duplicates} (total {sum(duplicates.values())}); "
-        f"executions per partition {grants}; commits seen {sum(map(len, commits.values()))}"
+        f"executions per partition {grants}; runs {[len(r) for r in runs.values()]}; "
+        f"commits seen {sum(map(len, commits.values()))}"
     )
 
 

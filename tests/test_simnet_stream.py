@@ -23,6 +23,7 @@ from protocols.config import Timings
 from protocols.events import StartExecution
 from protocols.holder import Holder
 from protocols.messages import LeaseRenew
+from protocols.states import ExecState, FeedEvent
 from protocols.stream import StreamController
 from simnet.harness import Cluster
 from simnet.runner import BIG_NODE
@@ -87,8 +88,11 @@ def test_consumers_process_every_entry_once_without_faults() -> None:
     assert sum(c.stream.duplicates().values()) == 0  # graceful run_for ends lose nothing
     rows = c.core(OWNER).describe(job)["partitions"]
     assert [r["checkpoint"] for r in rows] == ["300"] * 3 and all(r["lag"] == 0 for r in rows)
+    # Each run_for end rolls over in place: one grant, the runs on its holder.
     grants = [n.data for n in c.notes_of("lease_granted") if n.data["slot"] == 0]
-    assert len(grants) >= 5 and len({g["holder"] for g in grants}) == 1  # sticky
+    rolled = [n.data for n in c.notes_of("execution_rolled_over") if n.data["slot"] == 0]
+    assert len(grants) == 1 and len(rolled) >= 4
+    assert {r["execution_id"] for r in rolled} == {grants[0]["execution_id"]}
     stop(c, [job])
 
 
@@ -162,6 +166,47 @@ def test_micro_batches_cover_every_entry_exactly_once_without_faults() -> None:
     assert [r["entries"] for r in rows] == [200, 200]
     assert all(r["batches"] >= 8 for r in rows)
     stop(c, [job])
+
+
+def test_pipelined_micro_batches_commit_in_order_without_faults() -> None:
+    c = cluster()
+    job = c.submit(micro_batch_spec("m", 2, entries=200, produce_rate=0.0, max_entries=10,
+                                    max_wait_ms=500, batch_ms=2000, max_in_flight=4,
+                                    fail_rate=0.3, attempts=10),
+                   owner=OWNER, at=2.0)
+    peak = 0
+    while c.now < 40.0:
+        c.run_until(c.now + 0.5)
+        running = [eid for (_, eid) in c.engine.executor.running if eid.startswith(job + "~0~")]
+        peak = max(peak, len(running))
+    settle_and_check(c, 60.0)
+    assert peak > 1  # more than one batch of a partition ran at once
+    assert c.stream.committed[(job, "0")] == c.stream.committed[(job, "1")] == 200
+    assert c.stream.batch_duplicates == []
+    stop(c, [job])
+
+
+def test_out_of_order_micro_batch_commit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: a pipelined batch commits as soon as it succeeds, before
+    an older one in flight; MB1 (contiguous commits) fires."""
+    def eager(self: StreamController, parent: Any, feed: Any) -> None:
+        for run_id in list(feed.succeeded):
+            run = self.ctx.jobs[run_id]
+            feed.pipeline.remove(run_id)
+            feed.pipeline.insert(0, run_id)
+            feed.move(FeedEvent.SUCCEEDED, run_id)
+            feed.succeeded.remove(run_id)
+            feed.committed = run.env["P2PNODE_BATCH_LAST"]
+            self.out.notify("checkpoint_committed", job_id=parent.job_id, partition=feed.name,
+                            run_id=run_id, checkpoint=feed.committed)
+            self.ctx.forget(run_id)
+    monkeypatch.setattr(StreamController, "_commit_in_order", eager)
+    c = cluster()
+    c.submit(micro_batch_spec("m", 1, entries=200, max_entries=10, max_wait_ms=500,
+                              batch_ms=2000, max_in_flight=4, fail_rate=0.3, attempts=10),
+             owner=OWNER, at=2.0)
+    c.run_until(60.0)
+    assert any("MB1" in v for v in c.violations), c.violations
 
 
 def test_micro_batch_owner_crash_mid_batch_lands_every_entry() -> None:
@@ -408,6 +453,40 @@ def test_consumer_started_past_the_commit_is_caught(monkeypatch: pytest.MonkeyPa
     c.submit(stream_spec("s", 1, entries=100), owner=OWNER, at=2.0)
     c.run_until(10.0)
     assert any("were never processed (ST3)" in v for v in c.violations), c.violations
+
+
+def test_roll_over_from_a_stale_checkpoint_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that rolls a consumer over from its grant's checkpoint instead
+    of the one the owner committed re-reads what the last run did (ST3)."""
+    original = Holder._roll_on
+
+    def stale(self: Holder, held: Any, checkpoint: str) -> None:
+        assert held.start is not None
+        original(self, held, held.start.env.get("P2PNODE_CHECKPOINT", ""))
+    monkeypatch.setattr(Holder, "_roll_on", stale)
+    c = cluster()
+    c.submit(stream_spec("s", 1, entries=300, produce_rate=10.0, consume_rate=20.0,
+                         run_for_ms=4000), owner=OWNER, at=2.0)
+    c.run_until(20.0)
+    assert any("(the newest epoch) starts from" in v and "(ST3)" in v
+               for v in c.violations), c.violations
+
+
+def test_roll_over_without_waiting_for_the_commit_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A holder that starts the next run at once, before the owner committed
+    the last run's checkpoint, starts past the commit (ST3)."""
+    def eager(self: Holder, held: Any, event: Any) -> None:
+        held.state = ExecState.RUNNING
+        held.run_for_reached, held.restarted = False, held.restarted + 1
+        self._roll_on(held, held.progress)
+    monkeypatch.setattr(Holder, "_roll_over", eager)
+    c = cluster()
+    c.submit(stream_spec("s", 1, entries=300, produce_rate=10.0, consume_rate=20.0,
+                         run_for_ms=4000), owner=OWNER, at=2.0)
+    c.run_until(20.0)
+    assert any("(ST3)" in v for v in c.violations), c.violations
 
 
 def test_holder_that_never_fences_itself_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -731,7 +731,7 @@ def test_stream_micro_batch() -> None:
     spec = validate_spec(stream(mode="micro_batch", source=SOURCE, partitions=["p0", "p1"]))
     assert spec.stream is not None
     assert spec.stream.partition_names == ("p0", "p1")
-    assert spec.canonical()["batch"] == {"max_entries": 1000, "max_wait": 5000}
+    assert spec.canonical()["batch"] == {"max_entries": 1000, "max_wait": 5000, "max_in_flight": 1}
     assert validate_spec(spec.canonical(), canonical=True) == spec
 
 
@@ -746,6 +746,11 @@ def test_stream_micro_batch() -> None:
         (stream(mode="micro_batch"), "source", "required when mode is micro_batch"),
         (stream(batch={"max_entries": 10}), "batch", "only allowed when mode is micro_batch"),
         (stream(mode="batchy"), "mode", "unknown value"),
+        (
+            stream(mode="micro_batch", source=SOURCE, batch={"max_in_flight": 0}),
+            "batch.max_in_flight",
+            "between 1 and 16",
+        ),
         (stream(run_for="10m"), "task.timeout", "at least run_for (10m)"),
         (
             stream(run_for="1h", task={"engine": {"type": "sim"}}),

@@ -66,21 +66,74 @@ def test_consumers_get_partition_and_checkpoint_and_commits_flow() -> None:
     assert net.core("a").owner.jobs["s1"].slots[0].record()["checkpoint"] == "1700-3"
 
 
-def test_run_for_end_is_graceful_sticky_and_resumes_from_the_checkpoint() -> None:
+def test_run_for_end_rolls_over_in_place_from_the_committed_checkpoint() -> None:
+    """At run_for the consumer is stopped (SIGTERM) and the next run starts on
+    the same node under the same lease (no re-auction, no new grant), once the
+    owner has committed the last run's checkpoint; its timeout starts again."""
     net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
     net.feed("a", SubmitJob("s2", stream_spec(partitions=1, run_for=6000)))
     net.run_until(lambda: len(consumers(net, "s2")) == 1, limit=10)
     node, exec_id = run_id_of(net, "s2", "0")
+    started = net.now
     net.feed(node, ExecutionProgress(exec_id, "42"))
     net.run_until(lambda: run_id_of_safe(net, "s2")[1] not in ("", exec_id), limit=net.now + 10)
-    new_node, new_exec = run_id_of(net, "s2", "0")
-    assert new_node == node  # stickiness: the same healthy node takes it back
+    new_node, new_run = run_id_of(net, "s2", "0")
+    assert new_node == node and new_run == exec_id + "#1"  # the same lease, run 2
     assert consumers(net, "s2")["0"][1]["P2PNODE_CHECKPOINT"] == "42"
     slot = net.core("a").owner.jobs["s2"].slots[0]
-    first = slot.executions[0]
-    assert first.state == "succeeded" and slot.failures == 0
-    assert new_exec.endswith("/2")
+    assert [e.execution_id for e in slot.executions] == [exec_id] and slot.epoch == 1
+    assert slot.checkpoint == "42" and slot.failures == 0
+    rolled = net.notes_of("execution_rolled_over")
+    assert [(n["run"], n["checkpoint"]) for n in rolled] == [(1, "42")]
+    # Runs go on rolling over, each from the newest commit, past the task's
+    # timeout (run_for + 10 s): the owner's deadline moves with each run.
+    net.feed(node, ExecutionProgress(new_run, "43"))
+    net.run_until(lambda: run_id_of_safe(net, "s2")[1] == exec_id + "#3", limit=net.now + 30)
+    assert net.now - started > 16.0
+    assert consumers(net, "s2")["0"][1]["P2PNODE_CHECKPOINT"] == "43"
+    assert slot.current is not None and slot.current.state == "running"
+
+
+def test_a_cancel_during_a_roll_over_still_commits_the_final_checkpoint() -> None:
+    """Between a run's end at run_for and the next run's start there is no run:
+    the job stopped then still commits the final checkpoint, and nothing starts."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s9", stream_spec(partitions=1, run_for=2000)))
+    net.run_until(lambda: len(consumers(net, "s9")) == 1, limit=10)
+    node, exec_id = run_id_of(net, "s9", "0")
+    net.feed(node, ExecutionProgress(exec_id, "7"))
+    net.run_for(1.5)  # a renewal acknowledged: the lease holds until ~4 s in
+    net.partition("a", node)  # the roll-over renewal cannot reach the owner
+    net.run_until(lambda: exec_id not in net.running[node], limit=net.now + 1)
+    assert not net.notes_of("execution_fenced")  # it ended at run_for
+    net.feed("a", CancelJob("s9"))
+    net.heal()
+    net.run_for(FAST.lease_ttl + FAST.lease_grace + 2)
+    assert not consumers(net, "s9")
+    slot = net.core("a").owner.jobs["s9"].slots[0]
+    assert slot.checkpoint == "7"
+
+
+def test_a_lapse_during_a_roll_over_reports_the_ended_run() -> None:
+    """Cut off between two runs, the holder starts nothing; at its lapse it
+    offers the ended run's result (a graceful end with its final checkpoint),
+    as it did before roll-overs, and the owner, once it hears it, commits it
+    if the lease is still current."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s8", stream_spec(partitions=1, run_for=2000)))
+    net.run_until(lambda: len(consumers(net, "s8")) == 1, limit=10)
+    node, exec_id = run_id_of(net, "s8", "0")
+    net.feed(node, ExecutionProgress(exec_id, "11"))
+    net.run_for(1.5)
+    net.partition("a", node)
+    net.run_until(lambda: exec_id not in net.running[node], limit=net.now + 1)
+    held = net.core(node).holder.held[exec_id]
+    net.run_until(lambda: held.result is not None, limit=net.now + FAST.lease_ttl + 1)
+    assert held.result.status == "succeeded" and held.result.progress == "11"
+    assert not net.running[node]  # no run started without the owner's answer
 
 
 def test_a_zombie_consumer_stops_within_ttl_and_its_commits_are_refused() -> None:
@@ -194,6 +247,73 @@ def test_micro_batch_runs_one_batch_at_a_time_and_commits_on_success() -> None:
     assert p0["checkpoint"] == "5-0" and p0["entries"] == 5
     with pytest.raises(LocalProtocolError, match="not after"):
         net.feed("a", SourceBatch("m1", "0", "sha256:" + "2" * 64, "2-0", "5-0", 1))
+
+
+def pipelined_spec(max_in_flight: int) -> dict[str, Any]:
+    spec = micro_spec(partitions=1)
+    spec["batch"] = {**spec["batch"], "max_in_flight": max_in_flight}
+    return spec
+
+
+def test_micro_batches_pipeline_and_commit_in_the_order_they_were_read() -> None:
+    """batch.max_in_flight 3: three batches of one partition run at once; a
+    fourth is refused; a younger batch that succeeds first waits for the older
+    one, so the checkpoint moves over succeeded batches only, in order."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("m5", pipelined_spec(3)))
+    stream = net.core("a").stream
+    ranges = [("1-0", "5-0", 5), ("6-0", "9-0", 4), ("10-0", "12-0", 3)]
+    for i, (first, last, n) in enumerate(ranges):
+        assert not stream.sources()[0]["busy"]
+        net.feed("a", SourceBatch("m5", "0", "sha256:" + str(i) * 64, first, last, n))
+    assert stream.sources()[0]["busy"] and stream.sources()[0]["position"] == "12-0"
+    with pytest.raises(LocalProtocolError, match="3 batch"):
+        net.feed("a", SourceBatch("m5", "0", "sha256:" + "3" * 64, "13-0", "14-0", 2))
+
+    def running() -> dict[str, tuple[str, str]]:  # batch last -> (node, execution)
+        return {
+            start.env["P2PNODE_BATCH_LAST"]: (node, exec_id)
+            for node, execs in net.running.items()
+            for exec_id, start in execs.items()
+        }
+
+    net.run_until(lambda: len(running()) == 3, limit=net.now + 10)
+    job = net.core("a").owner.jobs["m5"]
+    net.finish(*running()["9-0"])  # the second batch ends first: nothing to commit yet
+    net.finish(*running()["12-0"])
+    net.run_for(1.0)
+    p0 = stream.describe(job)[0]
+    assert p0["checkpoint"] == "" and p0["in_flight"] == "m5~0~1"
+    assert net.notes_of("checkpoint_committed") == []
+    net.finish(*running()["5-0"])  # the oldest: all three commit, in order
+    net.run_until(lambda: not stream.sources()[0]["busy"], limit=net.now + 5)
+    commits = [n["checkpoint"] for n in net.notes_of("checkpoint_committed")]
+    assert commits == ["5-0", "9-0", "12-0"]
+    p0 = stream.describe(job)[0]
+    assert p0["checkpoint"] == "12-0" and p0["entries"] == 12 and p0["in_flight"] == ""
+
+
+def test_a_failed_batch_in_a_pipeline_commits_nothing_after_it() -> None:
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    spec = pipelined_spec(2)
+    spec["task"] = sim_task(retry={"attempts": 1, "backoff": 1000})
+    net.feed("a", SubmitJob("m6", spec))
+    net.feed("a", SourceBatch("m6", "0", "sha256:" + "0" * 64, "1-0", "5-0", 5))
+    net.feed("a", SourceBatch("m6", "0", "sha256:" + "1" * 64, "6-0", "9-0", 4))
+    net.run_until(lambda: len(net.running_anywhere()) == 2, limit=net.now + 10)
+    by_last = {
+        start.env["P2PNODE_BATCH_LAST"]: (node, exec_id)
+        for node, execs in net.running.items()
+        for exec_id, start in execs.items()
+    }
+    net.finish(*by_last["9-0"])
+    net.finish(*by_last["5-0"], status="failed", exit_code=2)
+    net.run_until(lambda: net.job_state("a", "m6") == "failed", limit=net.now + 5)
+    stream = net.core("a").stream
+    p0 = stream.describe(net.core("a").owner.jobs["m6"])[0]
+    assert p0["checkpoint"] == "" and net.notes_of("checkpoint_committed") == []
 
 
 def test_micro_batch_failure_keeps_the_checkpoint_and_fails_the_job() -> None:

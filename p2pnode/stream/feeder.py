@@ -5,9 +5,10 @@ node stops) watches the core's ``stream.sources()``: one row per
 partition of each live micro-batch stream job this node owns.  For each row it
 runs a worker task that loops:
 
-1. wait while the partition has a batch in flight (``busy``);
+1. wait while the partition has ``batch.max_in_flight`` batches in flight
+   (``busy``);
 2. ``connector.read(streams, position, max_entries, max_wait)`` — entries after
-   the position the core gives (the in-flight batch's ``last``, else the
+   the position the core gives (the newest in-flight batch's ``last``, else the
    committed checkpoint);
 3. store them as a blob manifest with one file ``entries.jsonl`` (one JSON
    object per line: ``{"stream", "id", "fields"}``), fsynced;

@@ -163,7 +163,26 @@ class LeaseMixin(OwnerBase):
             self.persist_slot(slot)
         if isinstance(msg, LeaseRenew):
             kind.on_progress(job, slot, execution, msg, current=True)
-        self.out.send(sender, RenewAck(execution_id=msg.execution_id, epoch=msg.epoch, seq=msg.seq))
+        rollover = isinstance(msg, LeaseRenew) and msg.rollover
+        rollover = rollover and self.policy(job).regrant_on_success
+        if rollover:
+            # A consumer's run ended at run_for and its final checkpoint is
+            # committed (above): the next run starts in place, from it, under
+            # this lease, with a timeout of its own (stream.py, "roll-over").
+            self.out.timer(
+                SlotTimer(DEADLINE, job.job_id, slot.index),
+                self.out.now + job.unit.timeout + self.t.timeout_grace,
+            )
+        self.out.send(
+            sender,
+            RenewAck(
+                execution_id=msg.execution_id,
+                epoch=msg.epoch,
+                seq=msg.seq,
+                rollover=rollover,
+                checkpoint=slot.checkpoint if rollover else "",
+            ),
+        )
         if was is SlotState.GRANTED and slot.rolling and execution.version == job.version:
             slot.rolling = False
             self._roll(job)  # this node runs the new version: replace the next one

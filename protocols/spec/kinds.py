@@ -55,6 +55,7 @@ MAX_STAGES = 100
 MAX_PARTITIONS = 1024
 MAX_STREAMS = 1024
 MAX_BATCH_ENTRIES = 100_000
+MAX_BATCHES_IN_FLIGHT = 16  # per partition (batch.max_in_flight)
 MAX_BATCH_WAIT_MS = 1 * HOUR_MS
 REDIS_URL = re.compile(r"(redis|rediss|unix)://\S+")
 
@@ -380,7 +381,7 @@ def _source(ctx: Ctx, value: Any, path: str) -> StreamSource | None:
 
 
 def _batch(ctx: Ctx, value: Any, path: str) -> StreamBatch:
-    fields = ctx.mapping(value, path, ("max_entries", "max_wait"))
+    fields = ctx.mapping(value, path, ("max_entries", "max_wait", "max_in_flight"))
     if fields is None:
         return StreamBatch()
     return StreamBatch(
@@ -388,4 +389,5 @@ def _batch(ctx: Ctx, value: Any, path: str) -> StreamBatch:
             "max_entries", DEFAULT_BATCH_ENTRIES, lo=1, hi=MAX_BATCH_ENTRIES
         ),
         max_wait_ms=fields.duration("max_wait", DEFAULT_BATCH_WAIT_MS, lo=1, hi=MAX_BATCH_WAIT_MS),
+        max_in_flight=fields.integer("max_in_flight", 1, lo=1, hi=MAX_BATCHES_IN_FLIGHT),
     )

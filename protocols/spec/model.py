@@ -274,6 +274,7 @@ class StreamSource(_View):
 class StreamBatch(_View):
     max_entries: int = DEFAULT_BATCH_ENTRIES
     max_wait_ms: int = attrs.field(default=DEFAULT_BATCH_WAIT_MS, metadata=_key("max_wait"))
+    max_in_flight: int = 1  # batches of one partition running at once (committed in order)
 
 
 @attrs.frozen(kw_only=True)
