@@ -45,6 +45,7 @@ from p2pnode.errors import (
     SpecError,
     WaitTimeoutError,
 )
+from p2pnode.executors.common import store_outputs
 from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
 from p2pnode.inputs import InputFetcher
@@ -57,13 +58,24 @@ from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.testing import NO_FAULTS, Faults
 from p2pnode.timefmt import iso_utc
-from p2pnode.views import TERMINAL_STATES, JobSummary, JobView, NodeStats, PeerView, RunView
+from p2pnode.views import (
+    TERMINAL_STATES,
+    TIME_FIELDS,
+    JobSummary,
+    JobView,
+    NodeStats,
+    PeerView,
+    RunView,
+    with_times,
+)
 from p2pnode.wasm_modules import module_problems
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
+from protocols.logs import ExecutionLog
 from protocols.node import NodeCore, broadcast_refusal
+from protocols.owner import job_history
 from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
 
 log = logging.getLogger("p2pnode.node")
@@ -320,10 +332,52 @@ class Node:
             rows = self._core.runs(job_id)
         return [
             RunView.from_json(
-                {"run_id": row["run_id"], "scheduled": iso_utc(row["scheduled_ms"]), **row}
+                {
+                    "run_id": row["run_id"],
+                    "scheduled": iso_utc(row["scheduled_ms"]),
+                    **row,
+                    **self._run_times(row["run_id"]),
+                }
             )
             for row in rows
         ]
+
+    def _run_times(self, run_id: str) -> dict[str, Any]:
+        """A cron run's ``TIME_FIELDS`` (all None for a skipped or forgotten run)."""
+        try:
+            view = with_times(self._core.describe(run_id)) if run_id else {}
+        except LocalProtocolError:
+            view = {}
+        return {key: view.get(key) for key in TIME_FIELDS}
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's event timeline, oldest first: ``{"at", "at_ms", "event",
+        "node", "slot", "detail"}`` (events: docs/library.md).  Bounded per job.
+        ``NotFoundError`` for a job this node does not own."""
+        try:
+            events = job_history(self._core.owner, job_id)
+        except LocalProtocolError as exc:
+            raise NotFoundError(str(exc)) from exc
+        return [
+            {
+                "at": iso_utc(e["at_ms"]),
+                "at_ms": e["at_ms"],
+                "event": e["event"],
+                "node": e["node"],
+                "slot": e["slot"],
+                "detail": e["detail"],
+            }
+            for e in events
+        ]
+
+    def live_output(self, execution_id: str) -> ExecutionLog | None:
+        """The output an execution's holder streamed to us so far, if any
+        (``protocols/logs.py``; ``job logs`` reads it through ``p2pnode/joblogs.py``)."""
+        return self._core.owner.execution_log(execution_id)
+
+    def watch(self) -> trio.MemoryReceiveChannel[Notify]:
+        """Every notification of the node core from now on (close it when done)."""
+        return self._runtime.watch()
 
     def describe(self, job_id: str) -> JobView:
         """State, owner and every execution of a job this node owns.
@@ -334,16 +388,17 @@ class Node:
             raise NotFoundError(str(exc)) from exc
         if self._feeder is not None:
             view = self._feeder.annotate(view)
-        return JobView.from_json(view)
+        return JobView.from_json(with_times(view))
 
     def jobs(self) -> list[JobSummary]:
         """Every job this node owns, in the order they were created."""
         out = []
         for job_id in self._core.owned_jobs():
-            view = self._core.describe(job_id)
+            view = with_times(self._core.describe(job_id))
             out.append(
                 JobSummary.from_json(
-                    {k: view[k] for k in ("job_id", "name", "type", "state", "reason")}
+                    {k: view.get(k) for k in ("job_id", "name", "type", "state", "reason")}
+                    | {k: view.get(k) for k in TIME_FIELDS}
                 )
             )
         return out
@@ -546,6 +601,8 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 router,
                 items_reader=items_reader,
                 drop_types=_faults.drop,
+                log_dir=data_dir / "logs",
+                store_log=lambda directory: store_outputs(blobs, directory, None),
             )
             # Synchronous, so the transport knows a peer's address before the
             # core's next action (often a hello to that very peer) is sent.

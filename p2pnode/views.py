@@ -25,8 +25,11 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from p2pnode.timefmt import iso_utc
+
 __all__ = [
     "TERMINAL_STATES",
+    "TIME_FIELDS",
     "ExecutionView",
     "JobSummary",
     "JobView",
@@ -34,6 +37,7 @@ __all__ = [
     "PeerView",
     "RunView",
     "SlotView",
+    "with_times",
 ]
 
 TERMINAL_STATES = frozenset({"completed", "failed", "stopped"})
@@ -87,6 +91,44 @@ class JsonView(Mapping[str, Any]):
         return len(self._json)
 
 
+# --- times ------------------------------------------------------------------------------
+
+# What every job, slot and execution view says about time: ISO-8601 UTC strings
+# (or null) and the run's length in seconds (null until it finished).
+TIME_FIELDS = ("submitted_at", "started_at", "finished_at", "duration_s")
+
+
+def _times(data: Mapping[str, Any], *, start_key: str = "started_ms") -> dict[str, Any]:
+    def iso(key: str) -> str | None:
+        value = data.get(key)
+        return iso_utc(int(value)) if value else None
+
+    started, finished = data.get(start_key) or 0, data.get("finished_ms") or 0
+    return {
+        "submitted_at": iso("submitted_ms"),
+        "started_at": iso(start_key),
+        "finished_at": iso("finished_ms"),
+        "duration_s": round((finished - started) / 1000, 3) if started and finished else None,
+    }
+
+
+def with_times(view: dict[str, Any]) -> dict[str, Any]:
+    """A job's JSON (as the core describes it) with ``TIME_FIELDS`` on the
+    job, each slot and each execution (an execution's ``submitted_at`` is
+    when its lease was granted).  Changes and returns ``view``."""
+    if "submitted_ms" in view:
+        view.update(_times(view))
+    for slot in view.get("slots", ()):
+        if "submitted_ms" in slot:
+            slot.update(_times(slot))
+        for execution in slot.get("executions", ()):
+            if "granted_ms" in execution:
+                execution.update(
+                    _times({**execution, "submitted_ms": execution.get("granted_ms")})
+                )
+    return view
+
+
 # --- jobs -------------------------------------------------------------------------------
 
 
@@ -104,6 +146,10 @@ class ExecutionView(JsonView):
     stdout_tail: str
     stderr_tail: str
     version: int  # the job spec version it ran
+    started_at: str | None  # ISO-8601 UTC, or None (also finished_at)
+    finished_at: str | None
+    duration_s: float | None  # None until it finished
+    log_manifest: str  # the complete stdout/stderr on ``node``, "" if none (yet)
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("execution_id", "node", "state")
 
@@ -120,6 +166,10 @@ class ExecutionView(JsonView):
             "stdout_tail": data.get("stdout_tail", ""),
             "stderr_tail": data.get("stderr_tail", ""),
             "version": data.get("version", 1),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
+            "log_manifest": data.get("log_manifest", ""),
         }
 
 
@@ -136,6 +186,9 @@ class SlotView(JsonView):
     node: str  # the node running it (or pinned to it), "" if none
     version: int
     executions: tuple[ExecutionView, ...]
+    started_at: str | None  # ISO-8601 UTC, or None (also finished_at)
+    finished_at: str | None
+    duration_s: float | None
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("slot", "state")
 
@@ -151,6 +204,9 @@ class SlotView(JsonView):
             "node": data.get("node", ""),
             "version": data.get("version", 0),
             "executions": tuple(ExecutionView.from_json(e) for e in data.get("executions", ())),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
         }
 
 
@@ -178,6 +234,10 @@ class JobView(JsonView):
     tasks: tuple[Mapping[str, Any], ...]  # dag
     partitions: tuple[Mapping[str, Any], ...]  # stream
     chain: Mapping[str, Any] | None  # chain
+    submitted_at: str | None  # ISO-8601 UTC, or None (also started_at, finished_at)
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None  # None until it finished
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("job_id", "type")
 
@@ -207,6 +267,10 @@ class JobView(JsonView):
             "tasks": section("tasks") or (),
             "partitions": section("partitions") or (),
             "chain": section("chain"),
+            "submitted_at": data.get("submitted_at"),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
         }
 
 
@@ -219,12 +283,19 @@ class JobSummary(JsonView):
     type: str
     state: str
     reason: str
+    submitted_at: str | None  # ISO-8601 UTC, or None (also started_at, finished_at)
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("job_id", "name", "type", "state", "reason")
 
     @classmethod
     def _fields(cls, data: dict[str, Any]) -> dict[str, Any]:
-        return {key: data[key] for key in cls.required}
+        return {
+            **{key: data[key] for key in cls.required},
+            **{key: data.get(key) for key in TIME_FIELDS},
+        }
 
 
 @attrs.frozen(eq=False)

@@ -1,4 +1,4 @@
-"""``p2pnode job run|update|suspend|resume|runs|list|describe|executions|logs|stop|get``.
+"""``p2pnode job run|update|suspend|resume|runs|list|describe|executions|logs|history|stop|get``.
 
 Each command reaches the node serving ``--data-dir`` through its control socket
 (``p2pnode/control.py``); that node is the owner of the jobs submitted to it.
@@ -6,6 +6,7 @@ Each command reaches the node serving ``--data-dir`` through its control socket
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from p2pnode.cli.output import (
 from p2pnode.cli.progress import Progress
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
 from p2pnode.control import ControlClient, ControlError
-from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, TIMEOUT
+from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, MAX_TAIL_LINES, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
 from p2pnode.specfile import read_spec_bytes
 from p2pnode.timefmt import iso_utc
@@ -462,31 +463,114 @@ def executions(cli: CliContext, job_id: str) -> None:
 
 @job.command()
 @JOB_ID
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Print output as it happens; exit when the job ends (0 completed, 4 otherwise).",
+)
+@click.option(
+    "--tail",
+    type=click.IntRange(0, MAX_TAIL_LINES),
+    default=None,
+    metavar="N",
+    help="Only the last N lines of each stream (then, with --follow, what comes next).",
+)
 @data_dir_option
 @output_option
 @pass_cli
-def logs(cli: CliContext, job_id: str) -> None:
-    """The captured stdout/stderr tails of each slot's latest execution."""
-    view = call_node(cli, lambda c: c.call("describe", job_id=job_id))
-    latest = [(s["slot"], s["executions"][-1]) for s in view["slots"] if s["executions"]]
+def logs(cli: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
+    """Each slot's output (its latest execution): live while the job runs,
+    complete once it ended."""
+    args: dict[str, Any] = {"job_id": job_id, "follow": follow, "tail": tail}
+    if follow:
+        final = call_node(cli, lambda c: _follow_logs(cli, c, args))
+        if final.get("state") != "completed":
+            sys.exit(EXIT_NOT_COMPLETED)
+        return
+    pieces: list[dict[str, Any]] = []
+
+    async def collect(client: ControlClient) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        async for item in client.stream("logs", **args):
+            if "event" in item:
+                pieces.append(item["event"])
+            else:
+                final = item["result"]
+        return final
+
+    call_node(cli, collect)
+    slots: dict[int, dict[str, Any]] = {}
+    for piece in pieces:
+        row = slots.setdefault(
+            piece["slot"],
+            {"slot": piece["slot"], "execution_id": piece["execution"], "stdout": "", "stderr": ""},
+        )
+        row[piece["stream"]] += piece["data"]
+    rows = [slots[k] for k in sorted(slots)]
     if cli.output != "table":
-        rows = [
-            {
-                "slot": slot,
-                "execution_id": e["execution_id"],
-                "stdout": e.get("stdout_tail", ""),
-                "stderr": e.get("stderr_tail", ""),
-            }
-            for slot, e in latest
-        ]
         emit_document({"items": rows}, cli.output)
         return
-    for slot, e in latest:
-        if len(latest) > 1:
-            click.echo(f"==> slot {slot} ({e['execution_id']} on {e['node']}) <==")
-        _echo_output(e.get("stdout_tail", ""), sys.stdout)
-        if e.get("stderr_tail"):
-            _echo_output(e["stderr_tail"], sys.stderr)
+    for row in rows:
+        if len(rows) > 1:
+            click.echo(f"==> slot {row['slot']} ({row['execution_id']}) <==")
+        _echo_output(row["stdout"], sys.stdout)
+        if row["stderr"]:
+            _echo_output(row["stderr"], sys.stderr)
+
+
+async def _follow_logs(
+    cli: CliContext, client: ControlClient, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Print each piece of output as it comes (json/yaml: one document per
+    piece); the final answer."""
+    view = await client.call("describe", job_id=args["job_id"])
+    several = len(view.get("slots") or ()) > 1
+    shown: tuple[int, str] | None = None  # (slot, execution) of the last piece printed
+    async for item in client.stream("logs", **args):
+        if "result" in item:
+            return dict(item["result"] or {})
+        piece = item["event"]
+        if cli.output != "table":
+            # One document per piece: JSON lines, or a YAML stream.
+            if cli.output == "json":
+                click.echo(json.dumps(piece, ensure_ascii=False))
+            else:
+                click.echo("---\n" + to_yaml(piece), nl=False)
+            continue
+        where = (piece["slot"], piece["execution"])
+        if (shown is not None and where != shown) or (shown is None and several):
+            click.echo(f"==> slot {piece['slot']} ({piece['execution']}) <==")
+        shown = where
+        out = sys.stderr if piece["stream"] == "stderr" else sys.stdout
+        _echo_output(piece["data"], out)
+        out.flush()
+    return {}
+
+
+HISTORY_COLUMNS = ["time", "event", "node", "slot", "detail"]
+
+
+@job.command()
+@JOB_ID
+@data_dir_option
+@output_option
+@pass_cli
+def history(cli: CliContext, job_id: str) -> None:
+    """The job's timeline: submitted, auctioned, leased, started, lost, retried,
+    result, completed/failed/stopped, ..."""
+    events = call_node(cli, lambda c: c.call("history", job_id=job_id))
+    rows = [
+        {
+            "time": e["at"],
+            "event": e["event"],
+            "node": (e["node"] or "")[-12:],
+            "slot": "" if e["slot"] is None else e["slot"],
+            "detail": e["detail"],
+        }
+        for e in events
+    ]
+    _emit(cli, events, lambda: click.echo(render_table(rows, HISTORY_COLUMNS)))
 
 
 def _echo_output(text: str, stream: Any) -> None:

@@ -70,6 +70,7 @@ from p2pnode.executors.common import (
     p2pnode_env,
     task_env,
 )
+from p2pnode.logcapture import current_output
 from p2pnode.wasm_modules import MAX_MODULE_BYTES
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import TaskSpec, WasmEngine, validate_task
@@ -187,9 +188,11 @@ class _InterruptibleClocks:
         if memory is None:
             return _EFAULT
         size = memory.data_len(caller)
-        if not (0 <= subs <= size - count * _SUBSCRIPTION
-                and 0 <= events_at <= size - count * _EVENT.size
-                and 0 <= nevents_at <= size - 4):
+        if not (
+            0 <= subs <= size - count * _SUBSCRIPTION
+            and 0 <= events_at <= size - count * _EVENT.size
+            and 0 <= nevents_at <= size - 4
+        ):
             return _EFAULT
         raw = bytes(memory.read(caller, subs, subs + count * _SUBSCRIPTION))
         ready: list[tuple[int, int, int]] = []  # (userdata, errno, type)
@@ -265,19 +268,26 @@ def _execute(run: _Run) -> Outcome:
     except wasmtime.Trap as trap:
         return Outcome(TRAP_EXIT_CODE, clip_error(_trap_reason(trap)))
     except wasmtime.WasmtimeError as err:
-        return Outcome(NOT_RUN_EXIT_CODE, clip_error(f"cannot instantiate the module: "
-                                                     f"{_first_line(err)}"))
+        return Outcome(
+            NOT_RUN_EXIT_CODE, clip_error(f"cannot instantiate the module: {_first_line(err)}")
+        )
     exports = instance.exports(store)
     entry = exports.get(run.entrypoint)
     if not isinstance(entry, wasmtime.Func):
         names = sorted(name for name, item in exports.items() if isinstance(item, wasmtime.Func))
         what = "no exported function" if entry is None else "an export that is not a function"
-        return Outcome(NOT_RUN_EXIT_CODE, clip_error(
-            f"entrypoint {run.entrypoint!r}: the module has {what} by that name "
-            f"(exported functions: {', '.join(names) or 'none'})"))
+        return Outcome(
+            NOT_RUN_EXIT_CODE,
+            clip_error(
+                f"entrypoint {run.entrypoint!r}: the module has {what} by that name "
+                f"(exported functions: {', '.join(names) or 'none'})"
+            ),
+        )
     if entry.type(store).params:
-        return Outcome(NOT_RUN_EXIT_CODE, clip_error(
-            f"entrypoint {run.entrypoint!r} takes parameters; it must take none"))
+        return Outcome(
+            NOT_RUN_EXIT_CODE,
+            clip_error(f"entrypoint {run.entrypoint!r} takes parameters; it must take none"),
+        )
     try:
         entry(store)
     except wasmtime.ExitTrap as exited:
@@ -372,6 +382,19 @@ class WasmExecutor:
             if parser is not None:
                 with contextlib.suppress(trio.RunFinishedError):  # the node is shutting down
                     trio.from_thread.run_sync(parser.feed, chunk, trio_token=token)
+            live("stdout", chunk)
+
+        output = current_output()
+
+        def live(stream: str, chunk: bytes) -> None:
+            # Live logs (p2pnode/logcapture.py): handed over on the trio thread.
+            if output is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(output.write, stream, chunk, trio_token=token)
+
+        def on_stderr(chunk: bytes) -> None:
+            err.feed(chunk)
+            live("stderr", chunk)
 
         run = _Run(
             engine=engine,
@@ -387,7 +410,7 @@ class WasmExecutor:
             memory_bytes=task.resources.memory_bytes,
             stop=stop,
             on_stdout=on_stdout,
-            on_stderr=err.feed,
+            on_stderr=on_stderr,
         )
         outcome: list[Outcome] = []
 

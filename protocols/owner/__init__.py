@@ -31,6 +31,7 @@ from protocols.owned import OwnedJob, OwnedSlot, parse_execution_id
 from protocols.owner.auction import AuctionMixin
 from protocols.owner.base import (
     DEFAULT_QUEUE_TIMEOUT,
+    HISTORY_TABLE,
     JOBS_TABLE,
     KEEP_EXECUTIONS,
     MAX_LOST_LEASES,
@@ -44,6 +45,7 @@ from protocols.owner.base import (
 )
 from protocols.owner.census import CensusMixin
 from protocols.owner.leases import LeaseMixin
+from protocols.owner.logs import LogMixin
 from protocols.owner.outcomes import OutcomeMixin
 from protocols.spec import SpecValidationError, validate_spec
 from protocols.states import SlotEvent, SlotState
@@ -51,7 +53,7 @@ from protocols.timers import DEADLINE, LEASE, SlotTimer
 from protocols.unit import WorkUnit
 
 
-class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
+class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
     def __init__(
         self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
     ) -> None:
@@ -114,8 +116,11 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             scheduled_ms=scheduled_ms,
             inputs=list(inputs or []),
             env=dict(env or {}),
+            submitted_ms=self.out.wall_ms(),
         )
         self.jobs[job_id] = job
+        detail = f"{kind} job, {count} slot(s)" + (f", run of {parent}" if parent else "")
+        self.note(job_id, "submitted", node=self.config.node_id, detail=detail)
         self.persist_job(job)
         for slot in slots:
             self.persist_slot(slot)
@@ -231,7 +236,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                 scheduled_ms=rec.get("scheduled_ms", 0),
                 inputs=[(i[0], i[1], i[2]) for i in rec.get("inputs", [])],
                 env=dict(rec.get("env", {})),
+                submitted_ms=rec.get("submitted_ms", 0),
+                started_ms=rec.get("started_ms", 0),
+                finished_ms=rec.get("finished_ms", 0),
             )
+        for job_id, rec in records.get(HISTORY_TABLE, {}).items():
+            self.history[job_id] = list(rec.get("events", []))
         for controller in self.kinds.all():
             controller.restore(records)
 
@@ -287,8 +297,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             "owner": self.config.node_id,
             "state": job.state.value,
             "reason": job.reason,
+            "submitted_ms": job.submitted_ms or None,
+            "started_ms": job.started_ms or None,
+            "finished_ms": job.finished_ms or None,
             "slots": [
                 {
+                    **_slot_times(job, s),
                     "slot": s.index,
                     "state": s.state.value,
                     "epoch": s.epoch,
@@ -316,8 +330,31 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
         return described
 
 
+def _slot_times(job: OwnedJob, slot: OwnedSlot) -> dict[str, int | None]:
+    """A slot's times: waiting since the job's submission, started with its
+    first execution, finished with its last one once the slot is terminal."""
+    started = next((e.started_ms for e in slot.executions if e.started_ms), 0)
+    finished = 0
+    if slot.terminal:
+        last = slot.current
+        finished = (last.finished_ms if last is not None else 0) or job.finished_ms
+    return {
+        "submitted_ms": job.submitted_ms or None,
+        "started_ms": started or None,
+        "finished_ms": finished or None,
+    }
+
+
+def job_history(owner: Owner, job_id: str) -> list[dict[str, Any]]:
+    """The job's timeline, oldest first (``LocalProtocolError`` if unknown)."""
+    if job_id not in owner.jobs and job_id not in owner.history:
+        raise LocalProtocolError(f"job {job_id} is not owned by this node")
+    return [dict(e) for e in owner.history.get(job_id, [])]
+
+
 __all__ = [
     "DEFAULT_QUEUE_TIMEOUT",
+    "HISTORY_TABLE",
     "JOBS_TABLE",
     "KEEP_EXECUTIONS",
     "MAX_LOST_LEASES",
@@ -329,5 +366,6 @@ __all__ = [
     "SLOTS_TABLE",
     "STABLE_RUN",
     "Owner",
+    "job_history",
     "parse_execution_id",
 ]
