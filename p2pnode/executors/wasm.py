@@ -188,11 +188,9 @@ class _InterruptibleClocks:
         if memory is None:
             return _EFAULT
         size = memory.data_len(caller)
-        if not (
-            0 <= subs <= size - count * _SUBSCRIPTION
-            and 0 <= events_at <= size - count * _EVENT.size
-            and 0 <= nevents_at <= size - 4
-        ):
+        if not (0 <= subs <= size - count * _SUBSCRIPTION
+                and 0 <= events_at <= size - count * _EVENT.size
+                and 0 <= nevents_at <= size - 4):
             return _EFAULT
         raw = bytes(memory.read(caller, subs, subs + count * _SUBSCRIPTION))
         ready: list[tuple[int, int, int]] = []  # (userdata, errno, type)
@@ -268,26 +266,19 @@ def _execute(run: _Run) -> Outcome:
     except wasmtime.Trap as trap:
         return Outcome(TRAP_EXIT_CODE, clip_error(_trap_reason(trap)))
     except wasmtime.WasmtimeError as err:
-        return Outcome(
-            NOT_RUN_EXIT_CODE, clip_error(f"cannot instantiate the module: {_first_line(err)}")
-        )
+        return Outcome(NOT_RUN_EXIT_CODE, clip_error(f"cannot instantiate the module: "
+                                                     f"{_first_line(err)}"))
     exports = instance.exports(store)
     entry = exports.get(run.entrypoint)
     if not isinstance(entry, wasmtime.Func):
         names = sorted(name for name, item in exports.items() if isinstance(item, wasmtime.Func))
         what = "no exported function" if entry is None else "an export that is not a function"
-        return Outcome(
-            NOT_RUN_EXIT_CODE,
-            clip_error(
-                f"entrypoint {run.entrypoint!r}: the module has {what} by that name "
-                f"(exported functions: {', '.join(names) or 'none'})"
-            ),
-        )
+        return Outcome(NOT_RUN_EXIT_CODE, clip_error(
+            f"entrypoint {run.entrypoint!r}: the module has {what} by that name "
+            f"(exported functions: {', '.join(names) or 'none'})"))
     if entry.type(store).params:
-        return Outcome(
-            NOT_RUN_EXIT_CODE,
-            clip_error(f"entrypoint {run.entrypoint!r} takes parameters; it must take none"),
-        )
+        return Outcome(NOT_RUN_EXIT_CODE, clip_error(
+            f"entrypoint {run.entrypoint!r} takes parameters; it must take none"))
     try:
         entry(store)
     except wasmtime.ExitTrap as exited:
