@@ -66,7 +66,6 @@ from p2pnode.views import (
     NodeStats,
     PeerView,
     RunView,
-    with_times,
 )
 from p2pnode.wasm_modules import module_problems
 from protocols.askguard import AskLimits
@@ -345,7 +344,7 @@ class Node:
     def _run_times(self, run_id: str) -> dict[str, Any]:
         """A cron run's ``TIME_FIELDS`` (all None for a skipped or forgotten run)."""
         try:
-            view = with_times(self._core.describe(run_id)) if run_id else {}
+            view = self._core.describe(run_id) if run_id else {}
         except LocalProtocolError:
             view = {}
         return {key: view.get(key) for key in TIME_FIELDS}
@@ -388,13 +387,13 @@ class Node:
             raise NotFoundError(str(exc)) from exc
         if self._feeder is not None:
             view = self._feeder.annotate(view)
-        return JobView.from_json(with_times(view))
+        return JobView.from_json(view)
 
     def jobs(self) -> list[JobSummary]:
         """Every job this node owns, in the order they were created."""
         out = []
         for job_id in self._core.owned_jobs():
-            view = with_times(self._core.describe(job_id))
+            view = self._core.describe(job_id)
             out.append(
                 JobSummary.from_json(
                     {k: view.get(k) for k in ("job_id", "name", "type", "state", "reason")}

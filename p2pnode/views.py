@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from p2pnode.timefmt import iso_utc
+from protocols.times import TIME_FIELDS
 
 __all__ = [
     "TERMINAL_STATES",
@@ -37,7 +37,6 @@ __all__ = [
     "PeerView",
     "RunView",
     "SlotView",
-    "with_times",
 ]
 
 TERMINAL_STATES = frozenset({"completed", "failed", "stopped"})
@@ -89,44 +88,6 @@ class JsonView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._json)
-
-
-# --- times ------------------------------------------------------------------------------
-
-# What every job, slot and execution view says about time: ISO-8601 UTC strings
-# (or null) and the run's length in seconds (null until it finished).
-TIME_FIELDS = ("submitted_at", "started_at", "finished_at", "duration_s")
-
-
-def _times(data: Mapping[str, Any], *, start_key: str = "started_ms") -> dict[str, Any]:
-    def iso(key: str) -> str | None:
-        value = data.get(key)
-        return iso_utc(int(value)) if value else None
-
-    started, finished = data.get(start_key) or 0, data.get("finished_ms") or 0
-    return {
-        "submitted_at": iso("submitted_ms"),
-        "started_at": iso(start_key),
-        "finished_at": iso("finished_ms"),
-        "duration_s": round((finished - started) / 1000, 3) if started and finished else None,
-    }
-
-
-def with_times(view: dict[str, Any]) -> dict[str, Any]:
-    """A job's JSON (as the core describes it) with ``TIME_FIELDS`` on the
-    job, each slot and each execution (an execution's ``submitted_at`` is
-    when its lease was granted).  Changes and returns ``view``."""
-    if "submitted_ms" in view:
-        view.update(_times(view))
-    for slot in view.get("slots", ()):
-        if "submitted_ms" in slot:
-            slot.update(_times(slot))
-        for execution in slot.get("executions", ()):
-            if "granted_ms" in execution:
-                execution.update(
-                    _times({**execution, "submitted_ms": execution.get("granted_ms")})
-                )
-    return view
 
 
 # --- jobs -------------------------------------------------------------------------------

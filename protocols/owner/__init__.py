@@ -27,7 +27,7 @@ from protocols.directory import Directory
 from protocols.errors import LocalProtocolError
 from protocols.kinds import KIND_POLICY, KindRegistry, Records, SlotSource, kinds_where
 from protocols.outbox import Outbox
-from protocols.owned import OwnedJob, OwnedSlot, parse_execution_id
+from protocols.owned import Execution, OwnedJob, OwnedSlot, parse_execution_id
 from protocols.owner.auction import AuctionMixin
 from protocols.owner.base import (
     DEFAULT_QUEUE_TIMEOUT,
@@ -50,6 +50,7 @@ from protocols.owner.outcomes import OutcomeMixin
 from protocols.spec import SpecValidationError, validate_spec
 from protocols.states import SlotEvent, SlotState
 from protocols.timers import DEADLINE, LEASE, SlotTimer
+from protocols.times import time_fields
 from protocols.unit import WorkUnit
 
 
@@ -297,9 +298,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
             "owner": self.config.node_id,
             "state": job.state.value,
             "reason": job.reason,
-            "submitted_ms": job.submitted_ms or None,
-            "started_ms": job.started_ms or None,
-            "finished_ms": job.finished_ms or None,
+            **time_fields(job.submitted_ms, job.started_ms, job.finished_ms),
             "slots": [
                 {
                     **_slot_times(job, s),
@@ -311,7 +310,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
                     "reason": s.reason,
                     "node": s.pinned or (s.current.node if s.current else ""),
                     "version": s.current.version if s.current else 0,
-                    "executions": [e.record() for e in s.executions],
+                    "executions": [_execution_view(e) for e in s.executions],
                 }
                 for s in job.slots
             ],
@@ -330,7 +329,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
         return described
 
 
-def _slot_times(job: OwnedJob, slot: OwnedSlot) -> dict[str, int | None]:
+def _slot_times(job: OwnedJob, slot: OwnedSlot) -> dict[str, object]:
     """A slot's times: waiting since the job's submission, started with its
     first execution, finished with its last one once the slot is terminal."""
     started = next((e.started_ms for e in slot.executions if e.started_ms), 0)
@@ -338,11 +337,14 @@ def _slot_times(job: OwnedJob, slot: OwnedSlot) -> dict[str, int | None]:
     if slot.terminal:
         last = slot.current
         finished = (last.finished_ms if last is not None else 0) or job.finished_ms
-    return {
-        "submitted_ms": job.submitted_ms or None,
-        "started_ms": started or None,
-        "finished_ms": finished or None,
-    }
+    return time_fields(job.submitted_ms, started, finished)
+
+
+def _execution_view(execution: Execution) -> dict[str, Any]:
+    """An execution's record with its times (``submitted_at``: its grant)."""
+    times = time_fields(execution.granted_ms, execution.started_ms, execution.finished_ms)
+    del times["submitted_ms"], times["started_ms"], times["finished_ms"]  # (in the record)
+    return {**execution.record(), **times}
 
 
 def job_history(owner: Owner, job_id: str) -> list[dict[str, Any]]:
