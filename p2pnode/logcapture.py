@@ -137,8 +137,9 @@ class OutputCapture:
             for event in events:
                 await deliver(event)
             if self._closed.is_set():
-                if not any(self._pending.values()):
+                if not any(self._pending.values()) and not any(self._skipped.values()):
                     return
+                self._wake.set()  # the rest, round after round, without pauses
                 continue
             if any(self._pending.values()):
                 self._wake.set()  # more than one round's budget: go on after the pause
