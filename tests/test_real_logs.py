@@ -121,6 +121,12 @@ def test_logs_follow_tail_complete_times_and_history(tmp_path: Path) -> None:
             assert part["started_at"] and part["finished_at"], part
             assert part["duration_s"] is not None and part["duration_s"] >= 0, part
         assert view["submitted_at"] <= view["started_at"] <= view["finished_at"]
+        described = owner.cli("job", "describe", job_id)
+        assert f"finished:  {view['finished_at']}" in described.stdout, described.explain()
+        rows = owner.cli("-o", "json", "job", "executions", job_id).json()["items"]
+        assert [(r["started_at"], r["finished_at"]) for r in rows] == [
+            (view["slots"][0]["executions"][0]["started_at"], view["finished_at"])
+        ], rows  # (the result ends the execution and the job in one step)
         listed = owner.cli("-o", "json", "job", "list").json()["items"]
         assert [j["finished_at"] for j in listed if j["job_id"] == job_id] == [view["finished_at"]]
 
@@ -137,8 +143,9 @@ def test_logs_follow_tail_complete_times_and_history(tmp_path: Path) -> None:
         assert table.stdout.split()[:5] == ["TIME", "EVENT", "NODE", "SLOT", "DETAIL"]
         assert holder.node_id[-12:] in table.stdout and holder.node_id not in table.stdout
 
-        unknown = owner.cli("job", "history", "j-0000000000000000")
-        assert unknown.returncode == 5 and "j-0000000000000000" in unknown.stderr
+        for command in ("history", "logs"):
+            unknown = owner.cli("job", command, "j-0000000000000000")
+            assert unknown.returncode == 5 and "j-0000000000000000" in unknown.stderr, command
 
 
 def test_follow_exits_4_for_a_failed_job_and_history_shows_a_lost_holder(

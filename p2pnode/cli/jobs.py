@@ -319,7 +319,7 @@ def describe(cli: CliContext, job_id: str) -> None:
 
 def _executions(view: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"slot": s["slot"], **{k: e[k] for k in EXECUTION_COLUMNS[1:] if k in e}}
+        {"slot": s["slot"], **{k: e[k] for k in EXECUTION_FIELDS if k in e}}
         for s in view.get("slots", [])
         for e in s["executions"]
     ]
@@ -333,11 +333,25 @@ EXECUTION_COLUMNS = [
     "version",
     "state",
     "exit_code",
+    "started_at",
+    "duration_s",
     "manifest_id",
 ]
 
 
-SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "reason"]
+SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "started_at", "duration_s", "reason"]
+# ``job executions -o json``: the table's columns and every time field.
+EXECUTION_FIELDS = [*EXECUTION_COLUMNS[1:], "submitted_at", "finished_at"]
+
+
+def _time_lines(view: dict[str, Any]) -> list[tuple[str, str]]:
+    """submitted / started / finished (duration) lines of a job's description."""
+    if not view.get("submitted_at"):
+        return []
+    lines = [("submitted", view["submitted_at"]), ("started", view.get("started_at") or "-")]
+    if view.get("finished_at"):
+        lines.append(("finished", f"{view['finished_at']}  ({view.get('duration_s') or 0:g}s)"))
+    return lines
 
 
 def _print_job(view: dict[str, Any]) -> None:
@@ -350,6 +364,7 @@ def _print_job(view: dict[str, Any]) -> None:
         ("version", str(view.get("version", 1))),
         ("owner", view["owner"]),
         ("state", view["state"] + (f"  ({view['reason']})" if view.get("reason") else "")),
+        *_time_lines(view),
     ]
     if "desired" in view:
         lines.append(("live", f"{view['live']} of {view['desired']} desired"))
