@@ -12,6 +12,7 @@ import trio
 
 from p2pnode import NodeSettings, NotFoundError, open_node
 from p2pnode.cli import log_formatter
+from p2pnode.control_request import BadRequest, checked_request
 from p2pnode.joblogs import job_logs
 from p2pnode.logcapture import MAX_PENDING, OutputCapture
 from protocols.events import ExecutionOutput
@@ -91,3 +92,20 @@ async def test_the_holder_logs_what_it_runs(
     assert f"execution {execution.execution_id} of job {job_id} slot 0 ended: succeeded" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"tail": -1}, "tail must be a number of lines"),
+        ({"tail": "10"}, "tail must be a number of lines"),
+        ({"tail": True}, "tail must be a number of lines"),
+        ({"follow": "yes"}, "follow must be true or false"),
+    ],
+)
+def test_logs_requests_are_checked(args: dict[str, object], message: str) -> None:
+    ops = frozenset({"logs", "history"})
+    with pytest.raises(BadRequest, match=message):
+        checked_request({"op": "logs", "job_id": "j-1", **args}, ops)
+    op, request = checked_request({"op": "logs", "job_id": "j-1", "tail": 5}, ops)
+    assert (op, request["tail"], request.get("follow")) == ("logs", 5, None)
