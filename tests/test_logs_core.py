@@ -24,7 +24,7 @@ from protocols.logs import (
     StreamReceiver,
     lost_marker,
 )
-from protocols.messages import MAX_LOG_CHUNK, LogAck, LogChunk
+from protocols.messages import MAX_LOG_CHUNK, LeaseRenew, LogAck, LogChunk
 from protocols.owner.base import MAX_HISTORY
 from tests.protonet import WALL_EPOCH, Frame, ProtoNet, batch_spec
 
@@ -254,3 +254,28 @@ def test_history_is_bounded_and_keeps_its_first_event() -> None:
     events = owner.history["j1"]
     assert len(events) == MAX_HISTORY
     assert events[0]["event"] == "submitted" and events[-1]["detail"] == str(MAX_HISTORY * 2 - 1)
+
+
+def test_a_renewal_inside_the_grace_is_noted_late() -> None:
+    net = ProtoNet(IDS, owners_only=REMOTE)
+    holder, _ = _running(net)
+    net.run_for(1.0)
+    held_back: list[Frame] = []
+
+    def hold(frame: Frame) -> bool:
+        if isinstance(frame.message, LeaseRenew) and frame.sender == holder:
+            held_back.append(frame)
+            return True
+        return False
+
+    net.drop = hold
+    slot = net.core("a").owner.jobs["j1"].slots[0]
+    # Past the ttl since the last renewal the owner got, inside the grace.
+    net.run_for(slot.lease_expires - net.timings.lease_grace / 2 - net.now)
+    net.drop = lambda frame: False
+    assert held_back
+    net.inject(held_back[-1])  # a renewal the network delayed
+    events = net.core("a").owner.history["j1"]
+    late = [e for e in events if e["event"] == "renewed_late"]
+    assert len(late) == 1 and late[0]["node"] == holder, events
+    assert "past the lease ttl" in late[0]["detail"]
