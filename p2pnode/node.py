@@ -412,9 +412,10 @@ class Node:
         """Wait until the job is terminal; returns ``describe(job_id)``.
 
         ``on_event`` sees every notification about the job meanwhile (for
-        progress display).  Raises ``WaitTimeoutError`` (a ``TimeoutError``)
-        after ``timeout`` seconds, ``NotFoundError`` for an unknown job and
-        ``NodeStoppedError`` if the node stops meanwhile.
+        progress display), but the many ``log_output`` ones of live logs.
+        Raises ``WaitTimeoutError`` (a ``TimeoutError``) after ``timeout``
+        seconds, ``NotFoundError`` for an unknown job and ``NodeStoppedError``
+        if the node stops meanwhile.
         """
         try:
             with trio.fail_after(math_inf_if_none(timeout)):
@@ -427,8 +428,8 @@ class Node:
                         if not self._runtime.running:
                             raise NodeStoppedError("the node stopped while waiting")
                         async for note in events:
-                            if note.data.get("job_id") != job_id:
-                                continue
+                            if note.data.get("job_id") != job_id or note.kind == "log_output":
+                                continue  # (live output is for ``job logs``, not progress)
                             if on_event is not None:
                                 on_event(note)
                             if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:

@@ -571,7 +571,11 @@ class NodeRuntime:
         mailbox = ProgressMailbox(start.execution_id, self.progress_interval)
         install_progress(mailbox)  # this task's context: the executor's tasks inherit it
         log_dir = self._log_dir / safe_name(start.execution_id) if self._log_dir else None
-        capture = OutputCapture(start.execution_id, log_dir)
+        try:
+            capture = OutputCapture(start.execution_id, log_dir)
+        except OSError as exc:  # (a full disk, say): live output only, the run goes on
+            log.warning("cannot keep the output of %s: %s", start.execution_id, exc)
+            capture = OutputCapture(start.execution_id, None)
         install_output(capture)
         engine = (start.task.get("engine") or {}).get("type", "?")
         log.info(

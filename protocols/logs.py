@@ -34,7 +34,7 @@ from protocols.messages import LOG_STREAMS, MAX_LOG_CHUNK, LogChunk
 MAX_UNACKED = 64 * 1024  # holder: unacknowledged bytes kept per stream for retransmission
 MAX_PENDING = 64  # owner: out-of-order chunks held per stream while waiting for a gap
 MAX_KEPT = 1024 * 1024  # owner: bytes of output kept per execution for readers
-MAX_LOGGED_EXECUTIONS = 256  # owner: executions whose live output is kept
+MAX_LOGGED_EXECUTIONS = 64  # owner: executions whose live output is kept
 
 
 def lost_marker(count: int) -> bytes:
