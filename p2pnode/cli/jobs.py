@@ -504,15 +504,16 @@ def logs(cli: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
             sys.exit(EXIT_NOT_COMPLETED)
         return
     pieces: list[dict[str, Any]] = []
+    nodes: dict[str, str] = {}  # execution -> its node (for the per-slot headers)
 
-    async def collect(client: ControlClient) -> dict[str, Any]:
-        final: dict[str, Any] = {}
+    async def collect(client: ControlClient) -> None:
         async for item in client.stream("logs", **args):
             if "event" in item:
                 pieces.append(item["event"])
-            else:
-                final = item["result"]
-        return final
+        if cli.output == "table" and len({p["slot"] for p in pieces}) > 1:
+            view = await client.call("describe", job_id=job_id)
+            for slot in view.get("slots", ()):
+                nodes.update({e["execution_id"]: e["node"] for e in slot["executions"]})
 
     call_node(cli, collect)
     slots: dict[int, dict[str, Any]] = {}
@@ -528,7 +529,8 @@ def logs(cli: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
         return
     for row in rows:
         if len(rows) > 1:
-            click.echo(f"==> slot {row['slot']} ({row['execution_id']}) <==")
+            node = nodes.get(row["execution_id"], "?")
+            click.echo(f"==> slot {row['slot']} ({row['execution_id']} on {node}) <==")
         _echo_output(row["stdout"], sys.stdout)
         if row["stderr"]:
             _echo_output(row["stderr"], sys.stderr)
