@@ -504,25 +504,31 @@ def logs(cli: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
             sys.exit(EXIT_NOT_COMPLETED)
         return
     pieces: list[dict[str, Any]] = []
-    nodes: dict[str, str] = {}  # execution -> its node (for the per-slot headers)
+    latest: list[tuple[int, dict[str, Any]]] = []  # (slot, its latest execution)
 
     async def collect(client: ControlClient) -> None:
         async for item in client.stream("logs", **args):
             if "event" in item:
                 pieces.append(item["event"])
-        if cli.output == "table" and len({p["slot"] for p in pieces}) > 1:
-            view = await client.call("describe", job_id=job_id)
-            for slot in view.get("slots", ()):
-                nodes.update({e["execution_id"]: e["node"] for e in slot["executions"]})
+        view = await client.call("describe", job_id=job_id)
+        latest.extend((s["slot"], s["executions"][-1]) for s in view["slots"] if s["executions"])
 
     call_node(cli, collect)
-    slots: dict[int, dict[str, Any]] = {}
+    # One row per slot's latest execution (as before), output or not.
+    slots = {
+        slot: {"slot": slot, "execution_id": e["execution_id"], "stdout": "", "stderr": ""}
+        for slot, e in latest
+    }
+    nodes = {e["execution_id"]: e["node"] for _, e in latest}
     for piece in pieces:
         row = slots.setdefault(
             piece["slot"],
             {"slot": piece["slot"], "execution_id": piece["execution"], "stdout": "", "stderr": ""},
         )
-        row[piece["stream"]] += piece["data"]
+        if row["execution_id"] != piece["execution"] and not (row["stdout"] or row["stderr"]):
+            row["execution_id"] = piece["execution"]  # (a retry started after the pieces)
+        if row["execution_id"] == piece["execution"]:
+            row[piece["stream"]] += piece["data"]
     rows = [slots[k] for k in sorted(slots)]
     if cli.output != "table":
         emit_document({"items": rows}, cli.output)
