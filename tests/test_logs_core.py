@@ -279,3 +279,18 @@ def test_a_renewal_inside_the_grace_is_noted_late() -> None:
     late = [e for e in events if e["event"] == "renewed_late"]
     assert len(late) == 1 and late[0]["node"] == holder, events
     assert "past the lease ttl" in late[0]["detail"]
+
+
+def test_output_trailing_a_forgotten_job_is_refused_not_counted() -> None:
+    net = ProtoNet(IDS, owners_only=REMOTE)
+    holder, exec_id = _running(net)
+    owner = net.core("a")
+    owner.owner.forget("j1")  # (a finished micro-batch or cron run)
+    chunk = LogChunk(
+        execution_id=exec_id, epoch=1, stream="stdout", seq=1, first_seq=1, offset=0, data=b"x"
+    )
+    frame = codec.encode(chunk, msg_id=f"{holder}:9:1", sender=holder)
+    actions = net.feed("a", MessageReceived(holder, frame))
+    acks = [codec.decode(a.data).message for a in actions if hasattr(a, "data")]
+    assert [(type(m), m.valid) for m in acks] == [(LogAck, False)]
+    assert holder not in owner.dropped

@@ -339,7 +339,7 @@ EXECUTION_COLUMNS = [
 ]
 
 
-SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "started_at", "duration_s", "reason"]
+SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "reason"]
 # ``job executions -o json``: the table's columns and every time field.
 EXECUTION_FIELDS = [*EXECUTION_COLUMNS[1:], "submitted_at", "finished_at"]
 
