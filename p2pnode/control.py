@@ -49,6 +49,7 @@ from p2pnode.errors import ConnectionLost as ConnectionLost
 from p2pnode.errors import ControlError as ControlError
 from p2pnode.errors import NodeNotRunning as NodeNotRunning
 from p2pnode.errors import NotFoundError, RefusedError
+from p2pnode.joblogs import job_logs
 from p2pnode.testing import fault_submit
 from p2pnode.version import package_version
 from protocols.events import Notify
@@ -336,6 +337,18 @@ def _operations(node: Node) -> dict[str, Handler]:
     async def stats(req: dict[str, Any], emit: Any) -> Any:
         return node.stats().to_json()
 
+    async def logs(req: dict[str, Any], emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+        return await job_logs(
+            node,
+            str(req["job_id"]),
+            follow=bool(req.get("follow")),
+            tail=req.get("tail"),
+            emit=emit,
+        )
+
+    async def history(req: dict[str, Any], emit: Any) -> Any:
+        return node.history(str(req["job_id"]))
+
     async def get(req: dict[str, Any], emit: Any) -> Any:
         files = await node.fetch_outputs(str(req["job_id"]), Path(str(req["output_dir"])))
         return {"files": [str(path) for path in files]}
@@ -354,6 +367,8 @@ def _operations(node: Node) -> dict[str, Handler]:
         "peers": peers,
         "get": get,
         "stats": stats,
+        "logs": logs,
+        "history": history,
     }
 
 

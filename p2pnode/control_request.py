@@ -155,12 +155,6 @@ def epoch_ms(name: str, value: Any) -> int | None:
     return value
 
 
-def flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise BadRequest(f"{name} must be true or false, got {_shown_type(value)}")
-    return value
-
-
 def spec(name: str, value: Any) -> str | dict[str, Any]:
     if not isinstance(value, (str, dict)):
         raise BadRequest(
@@ -208,6 +202,25 @@ def absolute_path(name: str, value: Any) -> str:
     return value
 
 
+def flag(name: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, got {_shown_type(value)}")
+    return value
+
+
+MAX_TAIL_LINES = 1_000_000
+
+
+def line_count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TAIL_LINES:
+        raise BadRequest(f"{name} must be a number of lines from 0 to {MAX_TAIL_LINES} or null")
+    return value
+
+
 # op -> field -> (required, check).  Handlers read only these fields.
 REQUEST_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "ping": {},
@@ -230,6 +243,8 @@ REQUEST_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "cancel": {"job_id": (True, job_id), "reason": (False, optional_text)},
     "wait": {"job_id": (True, job_id), "timeout": (False, timeout)},
     "get": {"job_id": (True, job_id), "output_dir": (True, absolute_path)},
+    "logs": {"job_id": (True, job_id), "follow": (False, flag), "tail": (False, line_count)},
+    "history": {"job_id": (True, job_id)},
 }
 
 

@@ -48,6 +48,7 @@ from p2pnode.errors import (
     SpecError,
     WaitTimeoutError,
 )
+from p2pnode.executors.common import store_outputs
 from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.forwarding import Emit, Handler, JobForwarder
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
@@ -61,15 +62,26 @@ from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.testing import NO_FAULTS, Faults
 from p2pnode.timefmt import iso_utc
-from p2pnode.views import TERMINAL_STATES, JobSummary, JobView, NodeStats, PeerView, RunView
+from p2pnode.views import (
+    TERMINAL_STATES,
+    TIME_FIELDS,
+    JobSummary,
+    JobView,
+    NodeStats,
+    PeerView,
+    RunView,
+)
 from p2pnode.wasm_modules import module_problems
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
 from protocols.events import Notify, ReadItems
+from protocols.logs import ExecutionLog
 from protocols.node import NodeCore, broadcast_refusal
+from protocols.owner import job_history
 from protocols.queries import AMBIGUOUS, FOUND
 from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
+from protocols.times import time_fields
 
 log = logging.getLogger("p2pnode.node")
 
@@ -327,10 +339,52 @@ class Node:
             rows = self._core.runs(job_id)
         return [
             RunView.from_json(
-                {"run_id": row["run_id"], "scheduled": iso_utc(row["scheduled_ms"]), **row}
+                {
+                    "run_id": row["run_id"],
+                    "scheduled": iso_utc(row["scheduled_ms"]),
+                    **row,
+                    **self._run_times(row["run_id"]),
+                }
             )
             for row in rows
         ]
+
+    def _run_times(self, run_id: str) -> dict[str, Any]:
+        """A cron run's ``TIME_FIELDS`` (all None for a skipped or forgotten run)."""
+        try:
+            view = self._core.describe(run_id) if run_id else {}
+        except LocalProtocolError:
+            view = {}
+        return {key: view.get(key) for key in TIME_FIELDS}
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's event timeline, oldest first: ``{"at", "at_ms", "event",
+        "node", "slot", "detail"}`` (events: docs/library.md).  Bounded per job.
+        ``NotFoundError`` for a job this node does not own."""
+        try:
+            events = job_history(self._core.owner, job_id)
+        except LocalProtocolError as exc:
+            raise NotFoundError(str(exc)) from exc
+        return [
+            {
+                "at": iso_utc(e["at_ms"]),
+                "at_ms": e["at_ms"],
+                "event": e["event"],
+                "node": e["node"],
+                "slot": e["slot"],
+                "detail": e["detail"],
+            }
+            for e in events
+        ]
+
+    def live_output(self, execution_id: str) -> ExecutionLog | None:
+        """The output an execution's holder streamed to us so far, if any
+        (``protocols/logs.py``; ``job logs`` reads it through ``p2pnode/joblogs.py``)."""
+        return self._core.owner.execution_log(execution_id)
+
+    def watch(self) -> trio.MemoryReceiveChannel[Notify]:
+        """Every notification of the node core from now on (close it when done)."""
+        return self._runtime.watch()
 
     def describe(self, job_id: str) -> JobView:
         """State, owner and every execution of a job this node owns.
@@ -387,6 +441,7 @@ class Node:
                     "state": job.state.value,
                     "reason": job.reason,
                 }
+                | _job_times(job)
             )
             for job in picked
         ]
@@ -445,9 +500,10 @@ class Node:
         """Wait until the job is terminal; returns ``describe(job_id)``.
 
         ``on_event`` sees every notification about the job meanwhile (for
-        progress display).  Raises ``WaitTimeoutError`` (a ``TimeoutError``)
-        after ``timeout`` seconds, ``NotFoundError`` for an unknown job and
-        ``NodeStoppedError`` if the node stops meanwhile.
+        progress display), but the many ``log_output`` ones of live logs.
+        Raises ``WaitTimeoutError`` (a ``TimeoutError``) after ``timeout``
+        seconds, ``NotFoundError`` for an unknown job and ``NodeStoppedError``
+        if the node stops meanwhile.
         """
         try:
             with trio.fail_after(math_inf_if_none(timeout)):
@@ -460,8 +516,8 @@ class Node:
                         if not self._runtime.running:
                             raise NodeStoppedError("the node stopped while waiting")
                         async for note in events:
-                            if note.data.get("job_id") != job_id:
-                                continue
+                            if note.data.get("job_id") != job_id or note.kind == "log_output":
+                                continue  # (live output is for ``job logs``, not progress)
                             if on_event is not None:
                                 on_event(note)
                             if note.kind == "job_state" and note.data["state"] in TERMINAL_STATES:
@@ -652,6 +708,8 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 router,
                 items_reader=items_reader,
                 drop_types=_faults.drop,
+                log_dir=data_dir / "logs",
+                store_log=lambda directory: store_outputs(blobs, directory, None),
             )
             # Synchronous, so the transport knows a peer's address before the
             # core's next action (often a hello to that very peer) is sent.
@@ -693,3 +751,9 @@ def _learn_address(note: Notify, transport: Libp2pTransport) -> None:
 
 
 __all__ = ["TERMINAL_STATES", "LocalProtocolError", "Node", "NodeSettings", "open_node"]
+
+
+def _job_times(job: Any) -> dict[str, object]:
+    """A listed job's ``TIME_FIELDS``, as its ``describe`` shows them."""
+    times = time_fields(job.submitted_ms, job.started_ms, job.finished_ms)
+    return {key: times[key] for key in TIME_FIELDS}

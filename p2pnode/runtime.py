@@ -37,8 +37,10 @@ import heapq
 import itertools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -46,6 +48,8 @@ import trio
 
 from p2pnode.errors import NodeStoppedError
 from p2pnode.executor import Executor, ProgressMailbox, install_progress
+from p2pnode.executors.common import safe_name
+from p2pnode.logcapture import OutputCapture, install_output
 from p2pnode.store import Store, StoreError
 from p2pnode.transport import Transport
 from protocols import codec
@@ -85,6 +89,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pnode.runtime")
 # Notify actions, one line each: what an operator tails to follow a node.
 events_log = logging.getLogger("p2pnode.events")
+# Frequent notifies logged at DEBUG only (-vv): one per piece of live output.
+QUIET_NOTIFIES = frozenset({"log_output"})
 
 
 class Core(Protocol):
@@ -182,6 +188,8 @@ class NodeRuntime:
         offload_store: bool | None = None,
         items_reader: Callable[[ReadItems], Awaitable[tuple[str, ...]]] | None = None,
         drop_types: frozenset[str] = frozenset(),
+        log_dir: Path | None = None,
+        store_log: Callable[[Path], Awaitable[str]] | None = None,
     ) -> None:
         self.core = core
         self.transport = transport
@@ -192,6 +200,10 @@ class NodeRuntime:
         # Fault injection for tests (`serve --fault-drop TYPE`): incoming frames
         # of these message types are dropped as if lost.
         self._drop_types = drop_types
+        # Executions' complete output: written under ``log_dir``, then stored
+        # by ``store_log`` (a blob manifest id) when the execution ends.
+        self._log_dir = log_dir
+        self._store_log = store_log
         self._clock = clock
         self._queue_size = queue_size
         self._send_timeout = math.inf if send_timeout is None else send_timeout
@@ -428,7 +440,8 @@ class NodeRuntime:
         self._listeners.append(listener)
 
     def _notify(self, action: Notify) -> None:
-        events_log.info("%s %s %s", self._local_id(), action.kind, action.data)
+        level = logging.DEBUG if action.kind in QUIET_NOTIFIES else logging.INFO
+        events_log.log(level, "%s %s %s", self._local_id(), action.kind, action.data)
         for listener in self._listeners:
             listener(action)
         for watcher in list(self._watchers):
@@ -568,11 +581,60 @@ class NodeRuntime:
         queue = self._queue
         mailbox = ProgressMailbox(start.execution_id, self.progress_interval)
         install_progress(mailbox)  # this task's context: the executor's tasks inherit it
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mailbox.pump, queue.send)
-            result = await self._execution_result(start, running)
-            mailbox.close()
+        log_dir = self._log_dir / safe_name(start.execution_id) if self._log_dir else None
+        try:
+            capture = OutputCapture(start.execution_id, log_dir)
+        except OSError as exc:  # (a full disk, say): live output only, the run goes on
+            log.warning("cannot keep the output of %s: %s", start.execution_id, exc)
+            capture = OutputCapture(start.execution_id, None)
+        install_output(capture)
+        engine = (start.task.get("engine") or {}).get("type", "?")
+        log.info(
+            "running job %s slot %d execution %s (engine %s, owner %s)",
+            start.job_id,
+            start.slot,
+            start.execution_id,
+            engine,
+            start.owner[:12] or "?",
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mailbox.pump, queue.send)
+                nursery.start_soon(capture.pump, queue.send)
+                result = await self._execution_result(start, running)
+                mailbox.close()
+                capture.close()
+            result = await self._with_log(result, capture)
+        finally:
+            capture.finish()
+        log.info(
+            "execution %s of job %s slot %d ended: %s (exit code %d, %.1fs, %d+%d output bytes)",
+            start.execution_id,
+            start.job_id,
+            start.slot,
+            result.status,
+            result.exit_code,
+            result.duration_ms / 1000,
+            capture.written["stdout"],
+            capture.written["stderr"],
+        )
         await queue.send(result)
+
+    async def _with_log(
+        self, result: ExecutionFinished, capture: OutputCapture
+    ) -> ExecutionFinished:
+        """The result with its complete output stored as a blob manifest."""
+        directory = capture.finish()
+        if directory is None or self._store_log is None:
+            return result
+        try:
+            manifest = await self._store_log(directory)
+        except Exception as exc:  # the run's outcome stands; only its full log is missing
+            log.warning("could not store the output of %s: %s", result.execution_id, exc)
+            return result
+        finally:
+            await trio.to_thread.run_sync(_remove_tree, directory)
+        return attrs.evolve(result, log_manifest=manifest)
 
     async def _execution_result(
         self, start: StartExecution, running: _Running
@@ -634,6 +696,10 @@ class NodeRuntime:
         self._heap.clear()
         self._armed.clear()
         self._due.clear()
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

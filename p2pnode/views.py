@@ -25,8 +25,11 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from protocols.times import TIME_FIELDS
+
 __all__ = [
     "TERMINAL_STATES",
+    "TIME_FIELDS",
     "ExecutionView",
     "JobSummary",
     "JobView",
@@ -104,6 +107,10 @@ class ExecutionView(JsonView):
     stdout_tail: str
     stderr_tail: str
     version: int  # the job spec version it ran
+    started_at: str | None  # ISO-8601 UTC, or None (also finished_at)
+    finished_at: str | None
+    duration_s: float | None  # None until it finished
+    log_manifest: str  # the complete stdout/stderr on ``node``, "" if none (yet)
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("execution_id", "node", "state")
 
@@ -120,6 +127,10 @@ class ExecutionView(JsonView):
             "stdout_tail": data.get("stdout_tail", ""),
             "stderr_tail": data.get("stderr_tail", ""),
             "version": data.get("version", 1),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
+            "log_manifest": data.get("log_manifest", ""),
         }
 
 
@@ -136,6 +147,9 @@ class SlotView(JsonView):
     node: str  # the node running it (or pinned to it), "" if none
     version: int
     executions: tuple[ExecutionView, ...]
+    started_at: str | None  # ISO-8601 UTC, or None (also finished_at)
+    finished_at: str | None
+    duration_s: float | None
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("slot", "state")
 
@@ -151,6 +165,9 @@ class SlotView(JsonView):
             "node": data.get("node", ""),
             "version": data.get("version", 0),
             "executions": tuple(ExecutionView.from_json(e) for e in data.get("executions", ())),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
         }
 
 
@@ -178,6 +195,10 @@ class JobView(JsonView):
     tasks: tuple[Mapping[str, Any], ...]  # dag
     partitions: tuple[Mapping[str, Any], ...]  # stream
     chain: Mapping[str, Any] | None  # chain
+    submitted_at: str | None  # ISO-8601 UTC, or None (also started_at, finished_at)
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None  # None until it finished
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("job_id", "type")
 
@@ -207,6 +228,10 @@ class JobView(JsonView):
             "tasks": section("tasks") or (),
             "partitions": section("partitions") or (),
             "chain": section("chain"),
+            "submitted_at": data.get("submitted_at"),
+            "started_at": data.get("started_at"),
+            "finished_at": data.get("finished_at"),
+            "duration_s": data.get("duration_s"),
         }
 
 
@@ -219,12 +244,19 @@ class JobSummary(JsonView):
     type: str
     state: str
     reason: str
+    submitted_at: str | None  # ISO-8601 UTC, or None (also started_at, finished_at)
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("job_id", "name", "type", "state", "reason")
 
     @classmethod
     def _fields(cls, data: dict[str, Any]) -> dict[str, Any]:
-        return {key: data[key] for key in cls.required}
+        return {
+            **{key: data[key] for key in cls.required},
+            **{key: data.get(key) for key in TIME_FIELDS},
+        }
 
 
 @attrs.frozen(eq=False)

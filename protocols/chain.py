@@ -488,6 +488,8 @@ class ChainController(KindController):
         self.out.notify(
             "handover_committed", job_id=chain.job_id, stage=full["body"]["stage"], to=to
         )
+        stage = full["body"]["stage"]
+        self.ctx.note(chain.job_id, "handed_over", node=to, detail=f"stage {stage} to {to}")
         if to == self.me:
             self._save(chain)
             self._run_stage(chain, full["body"]["stage"])
@@ -637,6 +639,8 @@ class ChainController(KindController):
         self.out.notify(
             "handover_received", job_id=msg.job_id, stage=head["body"]["stage"], by=sender
         )
+        stage = head["body"]["stage"]
+        self.ctx.note(msg.job_id, "handed_over", node=sender, detail=f"stage {stage} from {sender}")
         # The runtime writes this step's records together, before the ack
         # leaves: the owner role and the stage run are on disk together.  (A
         # restarted submitter still picks the stage up if it is missing:

@@ -140,6 +140,15 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
         "backoff cap of a daemon slot waiting for its node",
     ),
     ("protocols.chain", "MAX_OFFERS", "", "timed-out offers of one stage before the chain fails"),
+    (
+        "protocols.logs",
+        "MAX_UNACKED",
+        "bytes",
+        "unacknowledged live output a holder keeps per stream",
+    ),
+    ("protocols.logs", "MAX_PENDING", "chunks", "out-of-order chunks an owner holds per stream"),
+    ("protocols.logs", "MAX_KEPT", "bytes", "live output an owner keeps per execution"),
+    ("protocols.owner", "MAX_HISTORY", "events", "history events an owner keeps per job"),
     ("protocols.node", "DEDUPE_CAPACITY", "ids", "seen-set of (sender, message id)"),
     (
         "protocols.node",
@@ -287,6 +296,7 @@ def groups() -> list[tuple[str, str, list[Row]]]:
         ("MAX_INPUTS", messages.MAX_INPUTS, "", "inputs of one grant"),
         ("MAX_QUERY_ARGS", messages.MAX_QUERY_ARGS, "bytes", "`job_query.args`"),
         ("MAX_ANSWER_BYTES", messages.MAX_ANSWER_BYTES, "bytes", "`job_answer.answer`"),
+        ("MAX_LOG_CHUNK", messages.MAX_LOG_CHUNK, "bytes", "`data` of one `log_chunk`"),
         ("FREE_MAX_DEPTH", codec.FREE_MAX_DEPTH, "levels", "free-form map nesting"),
         ("FREE_MAX_ITEMS", codec.FREE_MAX_ITEMS, "", "free-form items + entries, whole tree"),
         ("FREE_MAX_STR", codec.FREE_MAX_STR, "chars/bytes", "free-form str, bin and key"),

@@ -58,6 +58,21 @@ class ExecutionFinished:
     stdout_tail: str = ""
     stderr_tail: str = ""
     duration_ms: int = 0
+    log_manifest: str = ""  # the complete stdout/stderr, stored as a blob manifest
+
+
+@attrs.frozen
+class ExecutionOutput:
+    """A running execution wrote to ``stream`` ("stdout" or "stderr").
+
+    ``skipped``: bytes the driver dropped before ``data`` (over its rate or
+    buffer limit), so the core's offsets stay true and the owner can say how
+    much is missing.  ``execution_id`` is the executor's run id."""
+
+    execution_id: str
+    stream: str
+    data: bytes
+    skipped: int = 0
 
 
 @attrs.frozen
@@ -164,6 +179,7 @@ Event = (
     | UpdateJob
     | SuspendJob
     | ExecutionProgress
+    | ExecutionOutput
     | SourceBatch
     | ItemsRead
     | QueryJob

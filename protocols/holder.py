@@ -31,9 +31,16 @@ from protocols.askguard import AskScores
 from protocols.config import NodeConfig
 from protocols.directory import mismatch_reason
 from protocols.errors import RemoteProtocolError
-from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
+from protocols.events import (
+    ExecutionFinished,
+    ExecutionOutput,
+    ExecutionProgress,
+    StartExecution,
+)
+from protocols.logs import LogSender
 from protocols.messages import (
     CENSUS_SLOT,
+    LOG_STREAMS,
     LOST,
     MAX_CHECKPOINT_LEN,
     AskForBid,
@@ -46,6 +53,7 @@ from protocols.messages import (
     LeaseGrant,
     LeaseRelease,
     LeaseRenew,
+    LogAck,
     NodeInfo,
     RenewAck,
     ResultAck,
@@ -121,6 +129,9 @@ class HeldExecution:
     rolling: bool = False
     ended: ExecutionFinished | None = None  # how the run before a roll-over ended
     timed_out: bool = False  # we stopped it at its timeout: report "timeout", not "cancelled"
+    # Live output to the owner, per stream (volatile: protocols/logs.py).
+    logs: dict[str, LogSender] = attrs.field(factory=dict)
+    logs_refused: bool = False  # the owner said our epoch is stale: send no more output
 
     @property
     def run_id(self) -> str:
@@ -404,6 +415,9 @@ class Holder:
                 rollover=held.rolling,
             )
         self.out.send(held.owner, msg)
+        for sender in held.logs.values():  # unacknowledged output goes again with each renewal
+            for chunk in sender.retransmit():
+                self.out.send(held.owner, chunk)
         # Retry quickly while unacknowledged, settle into ttl/3 once acknowledged
         # (the grant's ttl: the owner's clock of this lease, not our own setting).
         held.renew_delay = min(
@@ -482,6 +496,32 @@ class Holder:
             held.progress = event.checkpoint
         if event.lag >= 0:
             held.lag = event.lag
+
+    def on_output(self, event: ExecutionOutput) -> None:
+        """The task wrote output: numbered chunks go to the owner now, and again
+        with each renewal until acknowledged (bounded: protocols/logs.py)."""
+        held = self.held.get(event.execution_id.partition("#")[0])
+        if held is None or held.logs_refused or event.stream not in LOG_STREAMS:
+            return
+        if held.state not in (ExecState.RUNNING, ExecState.STOPPING):
+            return
+        log = held.logs.get(event.stream)
+        if log is None:
+            log = held.logs[event.stream] = LogSender(held.execution_id, held.epoch, event.stream)
+        for chunk in log.write(event.data, event.skipped):
+            self.out.send(held.owner, chunk)
+
+    def on_log_ack(self, sender: str, ack: LogAck) -> None:
+        held = self._owned_by(sender, ack.execution_id)
+        if held is None or ack.epoch != held.epoch:
+            return
+        if not ack.valid:
+            held.logs_refused = True
+            held.logs.clear()
+            return
+        log_sender = held.logs.get(ack.stream)
+        if log_sender is not None:
+            log_sender.acked(ack.seq)
 
     def on_run_for_timer(self, exec_id: str) -> None:
         """``run_for`` is over: stop the consumer gracefully (SIGTERM first, so it
@@ -601,6 +641,7 @@ class Holder:
             duration_ms=event.duration_ms,
             progress=held.progress,
             lag=held.lag,
+            log_manifest=event.log_manifest,
         )
         self.out.send_reliably(
             ("result", held.execution_id), held.owner, held.result, give_up_after=held.ttl * 10

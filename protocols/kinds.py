@@ -143,6 +143,11 @@ class OwnerContext(Protocol):
 
     def persist_slot(self, slot: OwnedSlot) -> None: ...
 
+    def note(
+        self, job_id: str, event: str, *, node: str = "", slot: int | None = None, detail: str = ""
+    ) -> None:
+        """Add an event to the job's timeline (``job history``)."""
+
     def forget(self, job_id: str) -> None:
         """Drop a finished job and its records."""
 

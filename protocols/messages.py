@@ -30,6 +30,8 @@ CENSUS_SLOT = MAX_SLOT  # asks for this slot count matching nodes (ops, daemon);
 MAX_DURATION_MS = 30 * 24 * 3600 * 1000  # 30 days
 MAX_CHECKPOINT_LEN = 4096  # a stream consumer's progress token
 MAX_INPUTS = 1024
+MAX_LOG_CHUNK = 8 * 1024  # bytes of task output in one log_chunk
+LOG_STREAMS = ("stdout", "stderr")
 
 
 def bounded(
@@ -304,6 +306,44 @@ class ExecutionResult(Message):
     duration_ms: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_DURATION_MS))
     progress: str = _text(MAX_CHECKPOINT_LEN)  # a consumer's final checkpoint
     lag: int = attrs.field(default=-1, metadata=bounded(lo=-1, hi=2**62))
+    # The complete stdout/stderr as a blob manifest on the holder ("" if none).
+    log_manifest: str = _text(MAX_ID_LEN)
+
+
+@attrs.frozen(kw_only=True)
+class LogChunk(Message):
+    """Holder -> owner: a piece of a running execution's output (best effort).
+
+    ``seq`` numbers the chunks of one (execution, stream) from 1; ``offset`` is
+    the position of ``data`` in the stream (bytes), so a gap is measured in
+    bytes.  ``first_seq``: the oldest chunk the holder still keeps for
+    retransmission; older ones that never arrived are lost for good."""
+
+    TYPE: ClassVar[str] = "log_chunk"
+    SENDER_ROLE: ClassVar[str] = Role.HOLDER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    stream: str = attrs.field(default="stdout", metadata=bounded(max_len=8))
+    seq: int = _count(2**53, lo=1)
+    first_seq: int = _count(2**53, lo=1)
+    offset: int = _count(2**62)
+    data: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_LOG_CHUNK))
+
+
+@attrs.frozen(kw_only=True)
+class LogAck(Message):
+    """Owner -> holder: every chunk of ``stream`` up to ``seq`` is delivered
+    (or given up as lost); ``valid`` false = stale epoch, send no more."""
+
+    TYPE: ClassVar[str] = "log_ack"
+    SENDER_ROLE: ClassVar[str] = Role.OWNER
+
+    execution_id: str = _id()
+    epoch: int = _count(MAX_EPOCH, lo=1)
+    stream: str = attrs.field(default="stdout", metadata=bounded(max_len=8))
+    seq: int = _count(2**53)
+    valid: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -489,6 +529,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ExecutionResult,
     ResultAck,
     Cancel,
+    LogChunk,
+    LogAck,
     HandoverOffer,
     HandoverAccept,
     HandoverCommit,

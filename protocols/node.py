@@ -29,6 +29,7 @@ from protocols.events import (
     CancelJob,
     Event,
     ExecutionFinished,
+    ExecutionOutput,
     ExecutionProgress,
     ItemsRead,
     MessageReceived,
@@ -56,6 +57,8 @@ from protocols.messages import (
     LeaseGrant,
     LeaseRelease,
     LeaseRenew,
+    LogAck,
+    LogChunk,
     Message,
     NodeInfo,
     Peers,
@@ -198,6 +201,8 @@ class NodeCore:
             self.holder.on_finished(event)
         elif isinstance(event, ExecutionProgress):
             self.holder.on_progress(event)
+        elif isinstance(event, ExecutionOutput):
+            self.holder.on_output(event)
         elif isinstance(event, SourceBatch):
             self.stream.on_batch(event)
         elif isinstance(event, ItemsRead):
@@ -312,6 +317,8 @@ class NodeCore:
             ExecutionResult: owner.on_result,
             ResultAck: holder.on_result_ack,
             Cancel: holder.on_cancel,
+            LogChunk: owner.on_log_chunk,
+            LogAck: holder.on_log_ack,
             Hello: self._on_hello,
             Peers: lambda _sender, msg: self._on_peers(msg),
             JobQuery: self.queries.on_query,

@@ -61,6 +61,10 @@ class Outbox:
 
     # --- the batch of one handle() call -------------------------------------
 
+    def wall_ms(self) -> int:
+        """Wall-clock unix ms of ``now`` (from the offset ``Started.wall`` gave)."""
+        return round((self.now + self.wall_offset) * 1000)
+
     def begin(self, now: float) -> None:
         self.now = now
         self.actions = []

@@ -55,6 +55,11 @@ class Execution:
     # it, so the owner judges the lease by it too, even after a restart with a
     # different ``--lease-ttl``.  0: a record from before it was kept.
     ttl_ms: int = 0
+    # Wall-clock unix ms (0: not yet, or a record from before they were kept).
+    granted_ms: int = 0
+    started_ms: int = 0  # the holder's lease was confirmed: the run started
+    finished_ms: int = 0  # the lease ended (result, loss, timeout, cancel)
+    log_manifest: str = ""  # the complete stdout/stderr, a blob manifest on ``node``
 
     def record(self) -> dict[str, Any]:
         # Spelled out: attrs.asdict is ~10x slower, and records are built on every persist.
@@ -72,6 +77,10 @@ class Execution:
             "late": self.late,
             "version": self.version,
             "ttl_ms": self.ttl_ms,
+            "granted_ms": self.granted_ms,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "log_manifest": self.log_manifest,
         }
 
     def move(self, new: ExecutionState) -> None:
@@ -114,6 +123,7 @@ class OwnedSlot:
     progress_seq: int = 0  # volatile: renewal seq of the last commit (reordering guard) ...
     progress_epoch: int = 0  # ... within this epoch
     prefer: str = ""  # volatile: ask this node first (a consumer's graceful end: stickiness)
+    auction_noted: bool = False  # volatile: this wait's "auctioned" is in the history
 
     @property
     def key(self) -> str:
@@ -183,7 +193,8 @@ class OwnedJob:
     inputs: list[tuple[str, str, str]] = attrs.field(factory=list)
     env: dict[str, str] = attrs.field(factory=dict)
     # Submit order, persisted so that listings keep it across restarts: a
-    # per-owner sequence number, and the wall time of the submit (unix ms).
+    # per-owner sequence number, and the wall time of the submit (unix ms; 0
+    # in a record from before it was kept).
     seq: int = 0
     submitted_ms: int = 0
     # Volatile: the open census round of an ops/daemon job.
@@ -192,6 +203,9 @@ class OwnedJob:
     census_found: set[str] = attrs.field(factory=set)
     census_empty: int = 0  # census rounds in a row that found no matching node
     census_quiet: int = 0  # ops: rounds in a row that found no new node (after the first)
+    # Wall-clock unix ms (0: not yet, or a record from before they were kept).
+    started_ms: int = 0  # its first execution started
+    finished_ms: int = 0  # it became terminal
 
     @property
     def terminal(self) -> bool:
@@ -219,4 +233,6 @@ class OwnedJob:
             "env": self.env,
             "seq": self.seq,
             "submitted_ms": self.submitted_ms,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
         }

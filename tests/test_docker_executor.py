@@ -367,3 +367,23 @@ async def test_progress_lines_and_the_last_words_after_sigterm(
     assert time.monotonic() - t0 < 10
     assert sink.checkpoints == ["9-1", "9-final"] and sink.lags == [3]
     assert _ours(docker_client, node_id) == []
+
+
+async def test_live_output_of_both_streams_reaches_the_capture(
+    executor: DockerExecutor, busybox_image: str, tmp_path: Path
+) -> None:
+    """Live logs: what the container writes reaches the execution's output
+    capture while it runs (stdout and stderr apart), and all of it."""
+    from p2pnode.logcapture import OutputCapture, install_output
+
+    capture = OutputCapture("exec-live", tmp_path / "live")
+    install_output(capture)
+    script = "echo out-1; echo err-1 >&2; seq 1 2000; echo out-end"
+    result = await executor.run(_start(_task(busybox_image, ["sh", "-c", script])))
+    assert result.status == "succeeded", result
+    capture.finish()
+    expected = "out-1\n" + "".join(f"{i}\n" for i in range(1, 2001)) + "out-end\n"
+    assert (tmp_path / "live" / "stdout").read_text() == expected
+    assert (tmp_path / "live" / "stderr").read_text() == "err-1\n"
+    events = capture.take()
+    assert {e.stream for e in events} == {"stdout", "stderr"}

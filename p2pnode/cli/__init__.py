@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +47,17 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+def log_formatter() -> logging.Formatter:
+    """Every ``-v`` line starts with its UTC time to the millisecond:
+    ``2026-12-03T05:50:00.123Z INFO p2pnode.runtime: ...``."""
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    formatter.converter = time.gmtime
+    return formatter
+
+
 def _setup_logging(verbose: int) -> None:
     """-v: INFO, -vv: DEBUG, on stderr.  Without -v nothing is installed and
     Python's last-resort handler still prints warnings and errors."""
@@ -57,7 +69,7 @@ def _setup_logging(verbose: int) -> None:
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(log_formatter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 

@@ -1,4 +1,4 @@
-"""``p2pnode job run|update|suspend|resume|runs|list|describe|executions|logs|stop|get``.
+"""``p2pnode job run|update|suspend|resume|runs|list|describe|executions|logs|history|stop|get``.
 
 Each command reaches the node serving ``--data-dir`` through its control socket
 (``p2pnode/control.py``); that node is the owner of the jobs submitted to it.
@@ -7,6 +7,7 @@ Each command reaches the node serving ``--data-dir`` through its control socket
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from p2pnode.cli.output import (
     to_yaml,
 )
 from p2pnode.cli.retry import DEFAULT_RETRY_FOR, Attempts, OutcomeUnknown, new_key
-from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, MAX_LIST_LIMIT, TIMEOUT
+from p2pnode.control_request import MAX_IDEMPOTENCY_KEY, MAX_LIST_LIMIT, MAX_TAIL_LINES, TIMEOUT
 from p2pnode.control_request import MAX_TIMEOUT as MAX_WAIT_SECONDS
 from p2pnode.errors import BlobError, ControlError
 from p2pnode.timefmt import iso_utc
@@ -503,7 +504,7 @@ def describe(cli: CliContext, job_id: str) -> None:
 
 def _executions(view: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"slot": s["slot"], **{k: e[k] for k in EXECUTION_COLUMNS[1:] if k in e}}
+        {"slot": s["slot"], **{k: e[k] for k in EXECUTION_FIELDS if k in e}}
         for s in view.get("slots", [])
         for e in s["executions"]
     ]
@@ -517,11 +518,25 @@ EXECUTION_COLUMNS = [
     "version",
     "state",
     "exit_code",
+    "started_at",
+    "duration_s",
     "manifest_id",
 ]
 
 
 SLOT_COLUMNS = ["slot", "state", "node", "version", "epoch", "reason"]
+# ``job executions -o json``: the table's columns and every time field.
+EXECUTION_FIELDS = [*EXECUTION_COLUMNS[1:], "submitted_at", "finished_at"]
+
+
+def _time_lines(view: dict[str, Any]) -> list[tuple[str, str]]:
+    """submitted / started / finished (duration) lines of a job's description."""
+    if not view.get("submitted_at"):
+        return []
+    lines = [("submitted", view["submitted_at"]), ("started", view.get("started_at") or "-")]
+    if view.get("finished_at"):
+        lines.append(("finished", f"{view['finished_at']}  ({view.get('duration_s') or 0:g}s)"))
+    return lines
 
 
 def _print_job(view: dict[str, Any]) -> None:
@@ -534,6 +549,7 @@ def _print_job(view: dict[str, Any]) -> None:
         ("version", str(view.get("version", 1))),
         ("owner", view["owner"]),
         ("state", view["state"] + (f"  ({view['reason']})" if view.get("reason") else "")),
+        *_time_lines(view),
     ]
     if "desired" in view:
         lines.append(("live", f"{view['live']} of {view['desired']} desired"))
@@ -647,31 +663,122 @@ def executions(cli: CliContext, job_id: str) -> None:
 
 @job.command()
 @JOB_ID
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Print output as it happens; exit when the job ends (0 completed, 4 otherwise).",
+)
+@click.option(
+    "--tail",
+    type=click.IntRange(0, MAX_TAIL_LINES),
+    default=None,
+    metavar="N",
+    help="Only the last N lines of each stream (then, with --follow, what comes next).",
+)
 @data_dir_option
 @output_option
 @pass_cli
-def logs(cli: CliContext, job_id: str) -> None:
-    """The captured stdout/stderr tails of each slot's latest execution."""
-    view = call_node(cli, lambda c: c.call("describe", job_id=job_id))
-    latest = [(s["slot"], s["executions"][-1]) for s in view["slots"] if s["executions"]]
+def logs(cli: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
+    """Each slot's output (its latest execution): live while the job runs,
+    complete once it ended."""
+    args: dict[str, Any] = {"job_id": job_id, "follow": follow, "tail": tail}
+    if follow:
+        final = call_node(cli, lambda c: _follow_logs(cli, c, args))
+        if final.get("state") != "completed":
+            sys.exit(EXIT_NOT_COMPLETED)
+        return
+    pieces: list[dict[str, Any]] = []
+    latest: list[tuple[int, dict[str, Any]]] = []  # (slot, its latest execution)
+
+    async def collect(client: NodeCalls) -> None:
+        async for item in client.stream("logs", **args):
+            if "event" in item:
+                pieces.append(item["event"])
+        view = await client.call("describe", job_id=job_id)
+        latest.extend((s["slot"], s["executions"][-1]) for s in view["slots"] if s["executions"])
+
+    call_node(cli, collect)
+    # One row per slot's latest execution (as before), output or not.
+    slots = {
+        slot: {"slot": slot, "execution_id": e["execution_id"], "stdout": "", "stderr": ""}
+        for slot, e in latest
+    }
+    nodes = {e["execution_id"]: e["node"] for _, e in latest}
+    for piece in pieces:
+        row = slots.setdefault(
+            piece["slot"],
+            {"slot": piece["slot"], "execution_id": piece["execution"], "stdout": "", "stderr": ""},
+        )
+        if row["execution_id"] != piece["execution"] and not (row["stdout"] or row["stderr"]):
+            row["execution_id"] = piece["execution"]  # (a retry started after the pieces)
+        if row["execution_id"] == piece["execution"]:
+            row[piece["stream"]] += piece["data"]
+    rows = [slots[k] for k in sorted(slots)]
     if cli.output != "table":
-        rows = [
-            {
-                "slot": slot,
-                "execution_id": e["execution_id"],
-                "stdout": e.get("stdout_tail", ""),
-                "stderr": e.get("stderr_tail", ""),
-            }
-            for slot, e in latest
-        ]
         emit_document({"items": rows}, cli.output)
         return
-    for slot, e in latest:
-        if len(latest) > 1:
-            click.echo(f"==> slot {slot} ({e['execution_id']} on {e['node']}) <==")
-        _echo_output(e.get("stdout_tail", ""), sys.stdout)
-        if e.get("stderr_tail"):
-            _echo_output(e["stderr_tail"], sys.stderr)
+    for row in rows:
+        if len(rows) > 1:
+            node = nodes.get(row["execution_id"], "?")
+            click.echo(f"==> slot {row['slot']} ({row['execution_id']} on {node}) <==")
+        _echo_output(row["stdout"], sys.stdout)
+        if row["stderr"]:
+            _echo_output(row["stderr"], sys.stderr)
+
+
+async def _follow_logs(
+    cli: CliContext, client: NodeCalls, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Print each piece of output as it comes (json/yaml: one document per
+    piece); the final answer."""
+    view = await client.call("describe", job_id=args["job_id"])
+    several = len(view.get("slots") or ()) > 1
+    shown: tuple[int, str] | None = None  # (slot, execution) of the last piece printed
+    async for item in client.stream("logs", **args):
+        if "result" in item:
+            return dict(item["result"] or {})
+        piece = item["event"]
+        if cli.output != "table":
+            # One document per piece: JSON lines, or a YAML stream.
+            if cli.output == "json":
+                click.echo(json.dumps(piece, ensure_ascii=False))
+            else:
+                click.echo("---\n" + to_yaml(piece), nl=False)
+            continue
+        where = (piece["slot"], piece["execution"])
+        if (shown is not None and where != shown) or (shown is None and several):
+            click.echo(f"==> slot {piece['slot']} ({piece['execution']}) <==")
+        shown = where
+        out = sys.stderr if piece["stream"] == "stderr" else sys.stdout
+        _echo_output(piece["data"], out)
+        out.flush()
+    return {}
+
+
+HISTORY_COLUMNS = ["time", "event", "node", "slot", "detail"]
+
+
+@job.command()
+@JOB_ID
+@data_dir_option
+@output_option
+@pass_cli
+def history(cli: CliContext, job_id: str) -> None:
+    """The job's timeline: submitted, auctioned, leased, started, lost, retried,
+    result, completed/failed/stopped, ..."""
+    events = call_node(cli, lambda c: c.call("history", job_id=job_id))
+    rows = [
+        {
+            "time": e["at"],
+            "event": e["event"],
+            "node": (e["node"] or "")[-12:],
+            "slot": "" if e["slot"] is None else e["slot"],
+            "detail": e["detail"],
+        }
+        for e in events
+    ]
+    _emit(cli, events, lambda: click.echo(render_table(rows, HISTORY_COLUMNS)))
 
 
 def _echo_output(text: str, stream: Any) -> None:

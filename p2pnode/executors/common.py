@@ -31,6 +31,7 @@ import trio
 from p2pnode.blobs import BlobError, BlobStore, OutputRejected
 from p2pnode.errors import ExecutorError as ExecutorError  # re-exported
 from p2pnode.executor import ProgressSink
+from p2pnode.logcapture import current_output
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.messages import MAX_CHECKPOINT_LEN, MAX_TAIL_LEN, MAX_TEXT_LEN
 
@@ -168,9 +169,15 @@ class ProgressParser:
 
 
 async def drain(
-    stream: trio.abc.ReceiveStream, tail: TailBuffer, parser: ProgressParser | None = None
+    stream: trio.abc.ReceiveStream,
+    tail: TailBuffer,
+    parser: ProgressParser | None = None,
+    name: str = "",
 ) -> None:
-    """Read a pipe to EOF into a bounded tail (and a progress parser, if any)."""
+    """Read a pipe to EOF into a bounded tail (and a progress parser, if any).
+    ``name`` ("stdout"/"stderr"): also hand it to the execution's output
+    capture (``p2pnode/logcapture.py``): live logs and the complete log."""
+    sink = current_output() if name else None
     while True:
         chunk = await stream.receive_some(65536)
         if not chunk:
@@ -178,6 +185,8 @@ async def drain(
                 parser.close()
             return
         tail.feed(chunk)
+        if sink is not None:
+            sink.write(name, chunk)
         if parser is not None:
             parser.feed(chunk)
 

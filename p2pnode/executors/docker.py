@@ -74,6 +74,7 @@ from p2pnode.executors.common import (
     safe_name,
     task_env,
 )
+from p2pnode.logcapture import OutputSink, current_output
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import DockerEngine, TaskSpec, validate_task
 
@@ -199,16 +200,20 @@ class DockerExecutor:
                 await self._call(container.start)
             except docker.errors.APIError as err:
                 raise ExecutorError(clip_error(f"cannot start container: {err}")) from err
-            sink = current_progress()
-            follower = None
-            if sink is not None:
-                token = trio.lowlevel.current_trio_token()
-                follower = _LogFollower(container, ProgressParser(sink), token)
+            sink, output = current_progress(), current_output()
+            token = trio.lowlevel.current_trio_token()
+            followers = []
+            if sink is not None or output is not None:
+                parser = ProgressParser(sink) if sink is not None else None
+                followers.append(_LogFollower(container, "stdout", parser, output, token))
+            if output is not None:  # live logs (p2pnode/logcapture.py)
+                followers.append(_LogFollower(container, "stderr", None, output, token))
+            for follower in followers:
                 follower.start()
             try:
                 status_code = await self._wait(container)
             finally:
-                if follower is not None:
+                for follower in followers:
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(follower.join, self.drain_grace)
 
@@ -392,21 +397,41 @@ def _missing(image: str) -> str:
 
 
 class _LogFollower(threading.Thread):
-    """Follows a container's stdout log and feeds it to a progress parser (in
-    the trio thread).  Ends with the log stream (the container exits or is
+    """Follows one of a container's log streams ("stdout"/"stderr") and feeds
+    it, in the trio thread, to a progress parser and/or the execution's output
+    capture (live logs).  Ends with the log stream (the container exits or is
     removed) or when the engine fails; never raises."""
 
-    def __init__(self, container: Any, parser: ProgressParser, token: Any) -> None:
-        super().__init__(name=f"p2pnode logs {container.short_id}", daemon=True)
+    def __init__(
+        self,
+        container: Any,
+        stream: str,
+        parser: ProgressParser | None,
+        output: OutputSink | None,
+        token: Any,
+    ) -> None:
+        super().__init__(name=f"p2pnode logs {container.short_id} {stream}", daemon=True)
         self.container = container
+        self.stream = stream
         self.parser = parser
+        self.output = output
         self.token = token
 
+    def _feed(self, chunk: bytes) -> None:
+        if self.parser is not None:
+            self.parser.feed(chunk)
+        if self.output is not None:
+            self.output.write(self.stream, chunk)
+
     def run(self) -> None:
+        stdout = self.stream == "stdout"
         try:
-            for chunk in self.container.logs(stdout=True, stderr=False, stream=True, follow=True):
-                trio.from_thread.run_sync(self.parser.feed, chunk, trio_token=self.token)
-            trio.from_thread.run_sync(self.parser.close, trio_token=self.token)
+            for chunk in self.container.logs(
+                stdout=stdout, stderr=not stdout, stream=True, follow=True
+            ):
+                trio.from_thread.run_sync(self._feed, chunk, trio_token=self.token)
+            if self.parser is not None:
+                trio.from_thread.run_sync(self.parser.close, trio_token=self.token)
         except Exception as err:  # engine gone, trio run over: progress is best effort
             log.debug("following the logs of %s: %r", self.container.short_id, err)
 

@@ -295,8 +295,8 @@ class ProcessExecutor:
             _write_pidfile(pidfile, pgid, execution_id)
             assert proc.stdout is not None and proc.stderr is not None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain, proc.stdout, out, parser)
-                nursery.start_soon(drain, proc.stderr, err)
+                nursery.start_soon(drain, proc.stdout, out, parser, "stdout")
+                nursery.start_soon(drain, proc.stderr, err, None, "stderr")
                 await proc.wait()
                 # The task is over: stragglers in its group would keep the
                 # pipes open, and must not outlive it anyway.
@@ -310,8 +310,8 @@ class ProcessExecutor:
                     # while it gets SIGTERM and its grace, so what it prints
                     # then (a last checkpoint) still counts.
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(drain, proc.stdout, out, parser)
-                        nursery.start_soon(drain, proc.stderr, err)
+                        nursery.start_soon(drain, proc.stdout, out, parser, "stdout")
+                        nursery.start_soon(drain, proc.stderr, err, None, "stderr")
                         await self._stop_group(proc, pgid)
                         nursery.cancel_scope.deadline = trio.current_time() + self.drain_grace
                 else:

@@ -70,6 +70,7 @@ from p2pnode.executors.common import (
     p2pnode_env,
     task_env,
 )
+from p2pnode.logcapture import current_output
 from p2pnode.wasm_modules import MAX_MODULE_BYTES
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import TaskSpec, WasmEngine, validate_task
@@ -372,6 +373,19 @@ class WasmExecutor:
             if parser is not None:
                 with contextlib.suppress(trio.RunFinishedError):  # the node is shutting down
                     trio.from_thread.run_sync(parser.feed, chunk, trio_token=token)
+            live("stdout", chunk)
+
+        output = current_output()
+
+        def live(stream: str, chunk: bytes) -> None:
+            # Live logs (p2pnode/logcapture.py): handed over on the trio thread.
+            if output is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(output.write, stream, chunk, trio_token=token)
+
+        def on_stderr(chunk: bytes) -> None:
+            err.feed(chunk)
+            live("stderr", chunk)
 
         run = _Run(
             engine=engine,
@@ -387,7 +401,7 @@ class WasmExecutor:
             memory_bytes=task.resources.memory_bytes,
             stop=stop,
             on_stdout=on_stdout,
-            on_stderr=err.feed,
+            on_stderr=on_stderr,
         )
         outcome: list[Outcome] = []
 

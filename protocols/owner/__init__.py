@@ -27,10 +27,11 @@ from protocols.directory import Directory
 from protocols.errors import LocalProtocolError
 from protocols.kinds import KIND_POLICY, KindRegistry, Records, SlotSource, kinds_where
 from protocols.outbox import Outbox
-from protocols.owned import OwnedJob, OwnedSlot, parse_execution_id
+from protocols.owned import Execution, OwnedJob, OwnedSlot, parse_execution_id
 from protocols.owner.auction import AuctionMixin
 from protocols.owner.base import (
     DEFAULT_QUEUE_TIMEOUT,
+    HISTORY_TABLE,
     JOBS_TABLE,
     KEEP_EXECUTIONS,
     MAX_LOST_LEASES,
@@ -44,14 +45,16 @@ from protocols.owner.base import (
 )
 from protocols.owner.census import CensusMixin
 from protocols.owner.leases import LeaseMixin
+from protocols.owner.logs import LogMixin
 from protocols.owner.outcomes import OutcomeMixin
 from protocols.spec import SpecValidationError, validate_spec
 from protocols.states import SlotEvent, SlotState
 from protocols.timers import DEADLINE, LEASE, SlotTimer
+from protocols.times import time_fields
 from protocols.unit import WorkUnit
 
 
-class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
+class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
     def __init__(
         self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
     ) -> None:
@@ -116,10 +119,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             inputs=list(inputs or []),
             env=dict(env or {}),
             seq=self.next_seq,
-            submitted_ms=round((self.out.now + self.out.wall_offset) * 1000),
+            submitted_ms=self.out.wall_ms(),
         )
         self.next_seq += 1
         self.jobs[job_id] = job
+        detail = f"{kind} job, {count} slot(s)" + (f", run of {parent}" if parent else "")
+        self.note(job_id, "submitted", node=self.config.node_id, detail=detail)
         self.persist_job(job)
         for slot in slots:
             self.persist_slot(slot)
@@ -237,8 +242,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                 env=dict(rec.get("env", {})),
                 seq=rec.get("seq", 0),
                 submitted_ms=rec.get("submitted_ms", 0),
+                started_ms=rec.get("started_ms", 0),
+                finished_ms=rec.get("finished_ms", 0),
             )
         self.next_seq = max((job.seq for job in self.jobs.values()), default=0) + 1
+        for job_id, rec in records.get(HISTORY_TABLE, {}).items():
+            self.history[job_id] = list(rec.get("events", []))
         for controller in self.kinds.all():
             controller.restore(records)
 
@@ -294,8 +303,10 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             "owner": self.config.node_id,
             "state": job.state.value,
             "reason": job.reason,
+            **time_fields(job.submitted_ms, job.started_ms, job.finished_ms),
             "slots": [
                 {
+                    **_slot_times(job, s),
                     "slot": s.index,
                     "state": s.state.value,
                     "epoch": s.epoch,
@@ -304,7 +315,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                     "reason": s.reason,
                     "node": s.pinned or (s.current.node if s.current else ""),
                     "version": s.current.version if s.current else 0,
-                    "executions": [e.record() for e in s.executions],
+                    "executions": [_execution_view(e) for e in s.executions],
                 }
                 for s in job.slots
             ],
@@ -323,8 +334,34 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
         return described
 
 
+def _slot_times(job: OwnedJob, slot: OwnedSlot) -> dict[str, object]:
+    """A slot's times: waiting since the job's submission, started with its
+    first execution, finished with its last one once the slot is terminal."""
+    started = next((e.started_ms for e in slot.executions if e.started_ms), 0)
+    finished = 0
+    if slot.terminal:
+        last = slot.current
+        finished = (last.finished_ms if last is not None else 0) or job.finished_ms
+    return time_fields(job.submitted_ms, started, finished)
+
+
+def _execution_view(execution: Execution) -> dict[str, Any]:
+    """An execution's record with its times (``submitted_at``: its grant)."""
+    times = time_fields(execution.granted_ms, execution.started_ms, execution.finished_ms)
+    del times["submitted_ms"], times["started_ms"], times["finished_ms"]  # (in the record)
+    return {**execution.record(), **times}
+
+
+def job_history(owner: Owner, job_id: str) -> list[dict[str, Any]]:
+    """The job's timeline, oldest first (``LocalProtocolError`` if unknown)."""
+    if job_id not in owner.jobs and job_id not in owner.history:
+        raise LocalProtocolError(f"job {job_id} is not owned by this node")
+    return [dict(e) for e in owner.history.get(job_id, [])]
+
+
 __all__ = [
     "DEFAULT_QUEUE_TIMEOUT",
+    "HISTORY_TABLE",
     "JOBS_TABLE",
     "KEEP_EXECUTIONS",
     "MAX_LOST_LEASES",
@@ -336,5 +373,6 @@ __all__ = [
     "SLOTS_TABLE",
     "STABLE_RUN",
     "Owner",
+    "job_history",
     "parse_execution_id",
 ]

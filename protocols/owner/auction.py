@@ -58,6 +58,11 @@ class AuctionMixin(OwnerBase):
             self.out.send(node, ask)
             window = SlotTimer(AUCTION, job.job_id, slot.index)
             self.out.timer(window, self.out.now + self.t.bid_window)
+            if not slot.auction_noted:
+                slot.auction_noted = True
+                self.note(
+                    job.job_id, "auctioned", node=node, slot=slot.index, detail="asked 1 node"
+                )
             return
         count = self.config.candidates * 2 ** min(slot.widen, 8)
         picked, slot.view_matches = self.directory.candidates(
@@ -81,6 +86,10 @@ class AuctionMixin(OwnerBase):
             if self.directory.me.compute:  # publishes are not delivered to ourselves
                 self.out.send(self.config.node_id, attrs.evolve(ask, broadcast=True))
         self.out.timer(SlotTimer(AUCTION, job.job_id, slot.index), self.out.now + self.t.bid_window)
+        if not slot.auction_noted:  # once per wait, not per round
+            slot.auction_noted = True
+            asked = "broadcast" if slot.asked is None else f"asked {len(slot.asked)} node(s)"
+            self.note(job.job_id, "auctioned", slot=slot.index, detail=asked)
 
     def _failed_nodes(self, job: OwnedJob, slot: OwnedSlot) -> list[str]:
         """Nodes to ask last.  Retried kinds: any node that failed the slot.  A

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from protocols.config import NodeConfig
 from protocols.directory import Directory
 from protocols.kinds import KIND_POLICY, KindPolicy, KindRegistry
+from protocols.logs import LogBook
 from protocols.outbox import Outbox
 from protocols.owned import OwnedJob, OwnedSlot
 from protocols.states import SlotEvent, SlotState, check_slot_transition
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 JOBS_TABLE = "jobs"
 SLOTS_TABLE = "slots"
+HISTORY_TABLE = "history"  # job id -> {"events": [...]}: the job's timeline
+MAX_HISTORY = 200  # events kept per job (the first, "submitted", always stays)
+MAX_HISTORY_DETAIL = 300  # characters of one event's detail
 NO_MATCH_ROUNDS = 3  # broadcast rounds without any matching node before failing fast
 DEFAULT_QUEUE_TIMEOUT = 3600.0  # matching nodes exist but are busy: wait at most this
 MAX_LOST_LEASES = 10
@@ -47,6 +51,8 @@ class OwnerBase:
         self.directory = directory
         self.rng = rng
         self.jobs: dict[str, OwnedJob] = {}
+        self.history: dict[str, list[dict[str, Any]]] = {}  # job id -> events, oldest first
+        self.logbook = LogBook()  # live output of owned executions (volatile, bounded)
         # The kind controllers (``Owner.install``; the node core builds them).
         self.kinds: KindRegistry
 
@@ -78,6 +84,26 @@ class OwnerBase:
     def persist_job(self, job: OwnedJob) -> None:
         self.out.persist(JOBS_TABLE, job.job_id, job.record())
 
+    def note(
+        self, job_id: str, event: str, *, node: str = "", slot: int | None = None, detail: str = ""
+    ) -> None:
+        """Add an event to the job's timeline (``job history``), persisted with
+        the step that caused it; bounded to ``MAX_HISTORY`` (the oldest after
+        the first go)."""
+        events = self.history.setdefault(job_id, [])
+        events.append(
+            {
+                "at_ms": self.out.wall_ms(),
+                "event": event,
+                "node": node or None,
+                "slot": slot,
+                "detail": detail[:MAX_HISTORY_DETAIL],
+            }
+        )
+        if len(events) > MAX_HISTORY:
+            del events[1]
+        self.out.persist(HISTORY_TABLE, job_id, {"events": list(events)})
+
     if TYPE_CHECKING:
         # census.py
         def _open_census(self, job: OwnedJob) -> None: ...
@@ -92,6 +118,9 @@ class OwnerBase:
 
         # leases.py
         def _grant(self, job: OwnedJob, slot: OwnedSlot, node: str) -> None: ...
+        def _lookup(
+            self, sender: str, exec_id: str
+        ) -> tuple[OwnedJob, OwnedSlot, Execution]: ...
         def _lease_ttl(self, slot: OwnedSlot) -> float: ...
 
         # outcomes.py

@@ -46,7 +46,16 @@ class LeaseMixin(OwnerBase):
                 node=node,
                 version=job.version,
                 ttl_ms=ttl_ms,
+                granted_ms=self.out.wall_ms(),
             )
+        )
+        slot.auction_noted = False
+        self.note(
+            job.job_id,
+            "leased",
+            node=node,
+            slot=slot.index,
+            detail=f"epoch {slot.epoch}, {exec_id}",
         )
         if policy.long_running and len(slot.executions) > KEEP_EXECUTIONS:
             del slot.executions[:-KEEP_EXECUTIONS]
@@ -153,14 +162,29 @@ class LeaseMixin(OwnerBase):
             return
         event = SlotEvent.ACCEPTED if isinstance(msg, LeaseAccept) else SlotEvent.RENEWED
         was = slot.state
+        late = was is SlotState.RUNNING and self.out.now > slot.lease_expires - self.t.lease_grace
         self._move(slot, event, SlotState.RUNNING, persist=False)
         self.out.settle(("grant", execution.execution_id))
+        if late:  # past its ttl, within the grace: the lease nearly lapsed
+            overdue = self.out.now - (slot.lease_expires - self.t.lease_grace)
+            self.note(
+                job.job_id,
+                "renewed_late",
+                node=sender,
+                slot=slot.index,
+                detail=f"{overdue:.1f}s past the lease ttl",
+            )
         # Only the deadline moves: the armed timer re-arms itself when it fires
         # early (one timer per lease period, not one per renewal).
         slot.lease_expires = self.out.now + self._lease_ttl(slot) + self.t.lease_grace
         if was is SlotState.GRANTED:
             execution.move(ExecutionState.RUNNING)
+            execution.started_ms = self.out.wall_ms()
             self.persist_slot(slot)
+            if not job.started_ms:
+                job.started_ms = execution.started_ms
+                self.persist_job(job)
+            self.note(job.job_id, "started", node=sender, slot=slot.index, detail=msg.execution_id)
         if isinstance(msg, LeaseRenew):
             kind.on_progress(job, slot, execution, msg, current=True)
         rollover = isinstance(msg, LeaseRenew) and msg.rollover
@@ -230,9 +254,18 @@ class LeaseMixin(OwnerBase):
             self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch))
             return
         self._end_lease(job, slot, "result")
+        self.note(
+            job.job_id,
+            "result",
+            node=sender,
+            slot=slot.index,
+            detail=f"{msg.status}, exit code {msg.exit_code}"
+            + (f": {msg.error}" if msg.error else ""),
+        )
         execution.reported = True
         execution.exit_code, execution.error = msg.exit_code, msg.error
         execution.manifest_id = msg.manifest_id
+        execution.log_manifest = msg.log_manifest
         execution.stdout_tail, execution.stderr_tail = msg.stdout_tail, msg.stderr_tail
         if msg.status == "succeeded" and not self.policy(job).long_running:
             execution.move(ExecutionState.SUCCEEDED)
@@ -298,4 +331,3 @@ class LeaseMixin(OwnerBase):
                 f"no result from {execution.node} "
                 f"within timeout {human_duration(job.unit.timeout)}",
             )
-

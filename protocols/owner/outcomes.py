@@ -20,6 +20,7 @@ from protocols.kinds import EndRule, SlotSource
 from protocols.messages import Cancel
 from protocols.owned import Execution, OwnedJob, OwnedSlot
 from protocols.owner.base import (
+    HISTORY_TABLE,
     JOBS_TABLE,
     MAX_LOST_LEASES,
     RESTART_BACKOFF_MAX,
@@ -40,6 +41,7 @@ class OutcomeMixin(OwnerBase):
         self.out.settle(("grant", execution.execution_id))
         self.out.cancel_timer(SlotTimer(LEASE, job.job_id, slot.index))
         self.out.cancel_timer(SlotTimer(DEADLINE, job.job_id, slot.index))
+        execution.finished_ms = self.out.wall_ms()
         self._notify_execution("lease_ended", slot, execution, cause=cause)
 
     def _notify_execution(
@@ -74,6 +76,8 @@ class OutcomeMixin(OwnerBase):
         (``backoff`` None) or when the retry timer fires."""
         self._move(slot, event, SlotState.QUEUED, reason=reason)
         slot.waiting_since = self.out.now
+        when = "at once" if backoff is None else f"in {backoff:g}s"
+        self.note(job.job_id, "retried", slot=slot.index, detail=f"re-auctioned {when}: {reason}")
         if backoff is None:
             self._open_auction(job, slot)
         else:
@@ -82,6 +86,8 @@ class OutcomeMixin(OwnerBase):
 
     def _lease_lost(self, job: OwnedJob, slot: OwnedSlot, event: SlotEvent, reason: str) -> None:
         self._end_lease(job, slot, event.value)
+        holder = slot.current.node if slot.current is not None else ""
+        self.note(job.job_id, "lost", node=holder, slot=slot.index, detail=reason)
         slot.lost += 1
         if slot.lost > MAX_LOST_LEASES and not self.policy(job).long_running:
             self._slot_failed(job, slot, event, f"{reason}; {slot.lost} leases lost")
@@ -197,6 +203,8 @@ class OutcomeMixin(OwnerBase):
     def _set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
         job.move(state)
         job.reason = reason
+        job.finished_ms = self.out.wall_ms()
+        self.note(job.job_id, state, detail=reason)
         self.persist_job(job)
         self.out.notify("job_state", job_id=job.job_id, state=state, reason=reason)
         if not job.parent:
@@ -247,5 +255,7 @@ class OutcomeMixin(OwnerBase):
         if job is None:
             return
         self.out.persist(JOBS_TABLE, job_id, None)
+        if self.history.pop(job_id, None) is not None:
+            self.out.persist(HISTORY_TABLE, job_id, None)
         for slot in job.slots:
             self.out.persist(SLOTS_TABLE, slot.key, None)
