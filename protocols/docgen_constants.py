@@ -67,6 +67,10 @@ TIMINGS = {
     "retransmit_max": ("s", "retransmission delays double up to this"),
     "gossip_interval": ("s", "peer-exchange period (`peers` to a sample of the view)"),
     "peer_expiry": ("s", "a directory entry not heard from for this long is dropped"),
+    "peer_heartbeat": (
+        "s",
+        "each view member gets a `hello` at least this often; silent 1.5x this: suspect",
+    ),
     "requeue_delay": ("s", "re-auction delay while matching nodes are busy; ops census cadence"),
     "daemon_scan": ("s", "a daemon job repeats its census this often"),
 }
@@ -277,6 +281,15 @@ def groups() -> list[tuple[str, str, list[Row]]]:
         ("MAX_DURATION_MS", messages.MAX_DURATION_MS, "ms", "longest duration on the wire"),
         ("MAX_CHECKPOINT_LEN", messages.MAX_CHECKPOINT_LEN, "chars", "a stream checkpoint"),
         ("MAX_INPUTS", messages.MAX_INPUTS, "", "inputs of one grant"),
+        ("MAX_PEERS_SAMPLE", messages.MAX_PEERS_SAMPLE, "", "entries of one `peers`"),
+        (
+            "MAX_EXECUTIONS",
+            messages.MAX_EXECUTIONS,
+            "",
+            "`node_info.max_executions`, `hello.running`",
+        ),
+        ("MAX_VERSION_LEN", messages.MAX_VERSION_LEN, "chars", "`node_info.version`"),
+        ("MAX_GOODBYE_LEN", messages.MAX_GOODBYE_LEN, "chars", "`goodbye.reason`"),
         ("FREE_MAX_DEPTH", codec.FREE_MAX_DEPTH, "levels", "free-form map nesting"),
         ("FREE_MAX_ITEMS", codec.FREE_MAX_ITEMS, "", "free-form items + entries, whole tree"),
         ("FREE_MAX_STR", codec.FREE_MAX_STR, "chars/bytes", "free-form str, bin and key"),
