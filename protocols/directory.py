@@ -11,10 +11,11 @@ retry, and needing no coordination.  When the view has no (more) matching peer,
 the owner falls back to a broadcast ask on the announce topic.
 
 Health: an entry's age (since we last heard from the peer directly) makes its
-status, "alive" or, past ``SUSPECT_AFTER`` heartbeats of silence, "suspect";
-past ``Timings.peer_expiry`` it is dropped.  A peer that says goodbye is
-dropped at once and remembered as *departed* ("gone") for a while, so that
-hearsay cannot bring it back and ``node list`` can still say what became of it.
+status, "alive" or, past ``SUSPECT_AFTER`` heartbeats of silence, "suspect".
+A peer that says goodbye is dropped at once, one silent past
+``Timings.peer_expiry`` at the next gossip round; both are remembered as
+*departed* ("gone") for as long again, so that hearsay cannot bring them back
+(only the peer's own hello does) and ``node list`` can say what became of them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PeerEntry:
 
 @attrs.frozen
 class Departed:
-    """A peer that said goodbye: out of the view, shown as "gone"."""
+    """A peer out of the view (goodbye, or silence), shown as "gone"."""
 
     info: NodeInfo
     last_seen: float
@@ -125,22 +126,23 @@ class Directory:
             entry.last_seen = now
 
     def expire(self, now: float, max_age: float, keep: Iterable[str] = ()) -> list[str]:
-        """Drop entries silent for more than ``max_age`` (but those in ``keep``),
-        and departed records older than that; returns the dropped peer ids."""
+        """Drop entries silent for more than ``max_age`` (but those in ``keep``):
+        they become departed ("gone"), so that hearsay from peers that have
+        not dropped them yet cannot bring them back.  Departed records are
+        forgotten after ``max_age`` too.  Returns the dropped peer ids."""
+        for node_id in [n for n, d in self.departed.items() if now - d.left_at > max_age]:
+            del self.departed[node_id]
         keep_set = set(keep)
         dropped = []
         for node_id in [n for n, e in self.peers.items() if now - e.last_seen > max_age]:
             if node_id not in keep_set:
-                del self.peers[node_id]
-                self._matching.clear()
+                self.remove(node_id, now, f"silent for {max_age:g}s")
                 dropped.append(node_id)
-        for node_id in [n for n, d in self.departed.items() if now - d.left_at > max_age]:
-            del self.departed[node_id]
         return dropped
 
     def remove(self, node_id: str, now: float, reason: str) -> bool:
-        """The peer said goodbye: out of the view (candidates included) now.
-        True if it was in the view."""
+        """Out of the view (candidates included) now, and departed: it said
+        goodbye, or was silent too long.  True if it was in the view."""
         entry = self.peers.pop(node_id, None)
         if entry is None:
             return False

@@ -345,7 +345,7 @@ class NodeCore:
                 self._say_hello(info.node_id, want_peers=False)
 
     def _on_goodbye(self, sender: str, msg: Goodbye) -> None:
-        if self.directory.remove(sender, self.out.now, msg.reason):
+        if self.directory.remove(sender, self.out.now, msg.reason or "said goodbye"):
             self._view_version += 1
             self._hello_at.pop(sender, None)
             self.out.notify("peer_left", node_id=sender, reason=msg.reason)
@@ -386,7 +386,7 @@ class NodeCore:
 
     def _on_gossip(self) -> None:
         t = self.config.timings
-        dropped = self.directory.expire(self.out.now, t.peer_expiry, keep=self.config.bootstrap)
+        dropped = self.directory.expire(self.out.now, t.peer_expiry)
         if dropped:
             self._view_version += 1
         peer = self.directory.random_peer()
@@ -464,7 +464,7 @@ class NodeCore:
                 "status": GONE,
                 "last_seen_s": max(0.0, now - d.last_seen),
                 "running": 0,
-                "left": d.reason or "said goodbye",
+                "left": d.reason,
             }
             for d in self.directory.departed.values()
         ]

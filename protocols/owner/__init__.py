@@ -41,6 +41,7 @@ from protocols.owner.base import (
     RESTART_BACKOFF_MAX,
     SLOTS_TABLE,
     STABLE_RUN,
+    waiting_reason,
 )
 from protocols.owner.census import CensusMixin
 from protocols.owner.leases import LeaseMixin
@@ -279,6 +280,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                 if unowned is not None:
                     return unowned
             raise LocalProtocolError(f"job {job_id} is not owned by this node")
+        waiting = [waiting_reason(job, s) for s in job.slots]
         described: dict[str, Any] = {
             "job_id": job.job_id,
             "name": job.spec.get("name", ""),
@@ -286,7 +288,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
             "version": job.version,
             "owner": self.config.node_id,
             "state": job.state.value,
-            "reason": job.reason,
+            "reason": job.reason or next(filter(None, waiting), ""),
             "slots": [
                 {
                     "slot": s.index,
@@ -294,12 +296,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin):
                     "epoch": s.epoch,
                     "failures": s.failures,
                     "lost": s.lost,
-                    "reason": s.reason,
+                    "reason": s.reason or reason,
                     "node": s.pinned or (s.current.node if s.current else ""),
                     "version": s.current.version if s.current else 0,
                     "executions": [e.record() for e in s.executions],
                 }
-                for s in job.slots
+                for s, reason in zip(job.slots, waiting, strict=True)
             ],
         }
         if job.parent:

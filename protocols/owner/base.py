@@ -117,3 +117,16 @@ class OwnerBase:
 def need(job: OwnedJob) -> str:
     unit = job.unit
     return f"labels {unit.labels}, executor {unit.engine!r}, cpu {unit.cpu:g}, memory {unit.memory}"
+
+
+def waiting_reason(job: OwnedJob, slot: OwnedSlot) -> str:
+    """Why a slot still waits for a node, for ``describe`` when its own reason
+    is empty ("" while it is not waiting between auction rounds).  Names the
+    constraints, so a job pinned by labels to a peer that left says so."""
+    if slot.reason or job.terminal or slot.state is not SlotState.QUEUED or slot.attempt < 1:
+        return ""
+    if slot.busy_rounds:
+        return f"waiting: matching nodes are busy ({need(job)})"
+    if slot.view_matches == 0:
+        return f"waiting: no node in view matches the constraints ({need(job)})"
+    return f"waiting: no matching node answered ({need(job)})"
