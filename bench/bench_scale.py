@@ -111,7 +111,7 @@ def summary(values: list[float]) -> dict[str, float]:
 # --- 1. bare py-libp2p hosts -----------------------------------------------------
 
 
-def bare_host_main(index: int, root: Path, peers: int) -> None:
+def bare_host_main(index: int, root: Path, peers: int, heartbeat: int) -> None:
     """One bare host (``--bare-host``): listen, subscribe, write its address,
     connect to ``peers`` hosts of lower index, then idle until killed."""
     from p2pnode.identity import load_or_create_key, peer_id_of
@@ -126,7 +126,7 @@ def bare_host_main(index: int, root: Path, peers: int) -> None:
 
         listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
         host = build_host(key, listen)
-        pubsub, router = build_pubsub(host, 1)
+        pubsub, router = build_pubsub(host, heartbeat)
         async with running_stack(host, pubsub, router, listen):
             await pubsub.subscribe(ANNOUNCE_TOPIC)
             addr = f"{host.get_addrs()[0]}"
@@ -148,7 +148,7 @@ def bare_host_main(index: int, root: Path, peers: int) -> None:
     trio.run(main)
 
 
-def bench_bare_hosts(n: int, window: float) -> dict[str, Any]:
+def bench_bare_hosts(n: int, window: float, heartbeat: int = 1) -> dict[str, Any]:
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="p2pnode-bare-"))
@@ -158,6 +158,7 @@ def bench_bare_hosts(n: int, window: float) -> dict[str, Any]:
         for i in range(n):
             (root / f"bare{i}").mkdir(mode=0o700)
             cmd = [sys.executable, __file__, "--bare-host", str(i), str(root), str(peers)]
+            cmd.append(str(heartbeat))
             procs.append(
                 subprocess.Popen(
                     cmd,
@@ -339,6 +340,15 @@ def report(r: dict[str, Any]) -> None:
         ],
         ["  of which py-libp2p (bare host)", fmt(lib, "% core", 3), "(baseline)", ""],
         ["  p2pnode / bare host", fmt(idle / lib if lib else math.nan, "x", 2), "", ""],
+        *[
+            [
+                f"  bare host, gossipsub heartbeat {hb} s",
+                fmt(b["cpu_pct"]["mean"], "% core", 3),
+                "(informative)",
+                "",
+            ]
+            for hb, b in r["bare_hosts_by_heartbeat"].items()
+        ],
         ["RSS per serve process", fmt(c["rss_mb"]["mean"], "MB"), "(informative)", ""],
         [
             f"jobs lost of {2 * r['jobs']}",
@@ -361,8 +371,8 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--bare-host":
-        bare_host_main(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare-host":
+        bare_host_main(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10)
@@ -375,6 +385,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--converge-timeout", type=float, default=240.0)
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-host baseline")
+    parser.add_argument(
+        "--bare-heartbeat",
+        type=int,
+        action="append",
+        default=[],
+        help="also measure bare hosts with this gossipsub heartbeat (s; p2pnode uses 1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON result only")
     args = parser.parse_args()
     exit_on_sigterm()
@@ -388,6 +405,9 @@ def main() -> None:
     if not args.json:
         print(f"bare py-libp2p hosts: {args.nodes}", flush=True)
     result["bare_hosts"] = None if args.no_bare else bench_bare_hosts(args.nodes, args.idle_window)
+    result["bare_hosts_by_heartbeat"] = {
+        str(hb): bench_bare_hosts(args.nodes, args.idle_window, hb) for hb in args.bare_heartbeat
+    }
     if not args.json:
         print(f"cluster: {args.nodes} x `p2pnode serve --executors process`", flush=True)
     result["cluster"] = bench_cluster(args)

@@ -527,7 +527,15 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
     try:
         blobs = BlobStore(data_dir)
         records = store.load()
-        transport = Libp2pTransport(key, settings.listen, guard_limits=settings.guard)
+        transport = Libp2pTransport(
+            key,
+            settings.listen,
+            guard_limits=settings.guard,
+            # Heartbeat hellos reach each peer every peer_heartbeat: keep the
+            # frame stream to it open across two of them, rather than paying
+            # a new stream's negotiation for nearly every heartbeat.
+            idle_sender_timeout=max(60.0, 2 * settings.timings.peer_heartbeat),
+        )
         transport.set_stream_handler(BLOB_PROTOCOL, blob_server(blobs))
         transport.set_topic_validator(ANNOUNCE_TOPIC, broadcast_refusal)
         async with transport:

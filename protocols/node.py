@@ -165,6 +165,7 @@ class NodeCore:
         self._view_saved_at = 0.0
         self._hello_at: dict[str, float] = {}  # peer -> when we last said hello to it
         self._learnt = 0  # peers learnt since the last gossip round (fast fill while > 0)
+        self._gossip_at = 0.0  # when the gossip timer fires next
         self._handlers = self._routes()
         self._kind_timers: dict[str, TimerHandler] = {}
         for controller in self.owner.kinds.all():
@@ -338,11 +339,20 @@ class NodeCore:
             self.out.send(sender, Peers(peers=sample))
 
     def _on_peers(self, msg: Peers) -> None:
+        learnt = 0
         for info in msg.peers:
             if self._learn(info, direct=False):
-                self._learnt += 1
+                learnt += 1
                 # Tell the new peer about us, so views grow in both directions.
                 self._say_hello(info.node_id, want_peers=False)
+        self._learnt += learnt
+        if learnt and len(self.directory.peers) < self.config.view_size:
+            # Filling the view (nodes that joined at the same time missed each
+            # other): exchange again soon rather than a gossip interval later.
+            soon = self.out.now + JOIN_RETRY * (0.8 + 0.4 * self.rng.random())
+            if soon < self._gossip_at:
+                self._gossip_at = soon
+                self.out.timer(NodeTimer(GOSSIP), soon)
 
     def _on_goodbye(self, sender: str, msg: Goodbye) -> None:
         if self.directory.remove(sender, self.out.now, msg.reason or "said goodbye"):
@@ -382,7 +392,8 @@ class NodeCore:
             # again soon.  A round that teaches nothing ends this.
             interval = min(interval, JOIN_RETRY)
         self._learnt = 0
-        self.out.timer(NodeTimer(GOSSIP), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
+        self._gossip_at = self.out.now + interval * (0.8 + 0.4 * self.rng.random())
+        self.out.timer(NodeTimer(GOSSIP), self._gossip_at)
 
     def _on_gossip(self) -> None:
         t = self.config.timings
