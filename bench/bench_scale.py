@@ -3,10 +3,11 @@ through several owners (issue 16, "Scale on one host").
 
 Measured, in this order, all in one run:
 
-1. baseline (measured last, alone): ``--nodes`` bare py-libp2p hosts (the node's own host + gossipsub
-   stack, ``p2pnode/net/stack.py``, subscribed to the announce topic and each
-   connected to ``min(view_size, N-1)`` others, as a node's view is): their idle
-   CPU per process is what the library costs before p2pnode does anything;
+1. baseline (measured last, alone): ``--nodes`` bare py-libp2p hosts (the
+   node's own host + gossipsub stack, ``p2pnode/net/stack.py``, subscribed to
+   the announce topic and each connected to ``min(view_size, N-1)`` others, as
+   a node's view is): their idle CPU per process is what the library costs
+   before p2pnode does anything;
 2. ``--nodes`` ``p2pnode serve --executors process`` processes on 127.0.0.1,
    node 0 first, the others bootstrapped from it all at once; *convergence*:
    seconds until every node's view holds ``min(view_size, N-1)`` peers;
