@@ -17,6 +17,7 @@ stops the node and leaves nothing running.  The CLI is built on this API.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -75,7 +76,7 @@ from p2pnode.wasm_modules import module_problems
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
-from protocols.events import Notify, ReadItems
+from protocols.events import Notify, ReadItems, Send, Stopping
 from protocols.logs import ExecutionLog
 from protocols.node import NodeCore, broadcast_refusal
 from protocols.owner import job_history
@@ -86,6 +87,15 @@ from protocols.times import time_fields
 log = logging.getLogger("p2pnode.node")
 
 KNOWN_EXECUTORS = ("process", "docker", "sim", "wasm")
+GOODBYE_TIMEOUT = 2.0  # seconds a clean stop waits for its goodbyes to leave
+
+
+def software_version() -> str:
+    """p2pnode's version as installed (told to peers in ``node_info.version``)."""
+    try:
+        return importlib.metadata.version("p2pnode")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _total_memory() -> int:
@@ -561,8 +571,20 @@ class Node:
         )
 
     def peers(self) -> list[PeerView]:
-        """This node and the peers in its view, with labels and capacity."""
-        infos = [self._core.me, *self._core.known_peers()]
+        """This node and the peers in its view, with labels, capacity and
+        health: ``status`` ("alive", "suspect" past 1.5 heartbeats of silence,
+        "gone" for a peer that said goodbye lately: no longer in the view),
+        ``last_seen_s``, ``running`` / ``max_executions`` and ``version``."""
+        me = self._core.me
+        rows = [
+            {
+                "info": me,
+                "status": "alive",
+                "last_seen_s": 0.0,
+                "running": len(self._core.holder.held),
+            },
+            *self._core.peer_health(trio.current_time()),
+        ]
         return [
             PeerView.from_json(
                 {
@@ -574,9 +596,15 @@ class Node:
                     "compute": i.compute,
                     "addrs": list(i.addrs),
                     "self": i.node_id == self.node_id,
+                    "status": row["status"],
+                    "last_seen_s": round(row["last_seen_s"], 1),
+                    "running": row["running"],
+                    "max_executions": i.max_executions,
+                    "version": i.version,
                 }
             )
-            for i in infos
+            for row in rows
+            for i in [row["info"]]
         ]
 
 
@@ -663,7 +691,15 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
     try:
         blobs = BlobStore(data_dir)
         records = store.load()
-        transport = Libp2pTransport(key, settings.listen, guard_limits=settings.guard)
+        transport = Libp2pTransport(
+            key,
+            settings.listen,
+            guard_limits=settings.guard,
+            # Heartbeat hellos reach each peer every peer_heartbeat: keep the
+            # frame stream to it open across two of them, rather than paying
+            # a new stream's negotiation for nearly every heartbeat.
+            idle_sender_timeout=max(60.0, 2 * settings.timings.peer_heartbeat),
+        )
         transport.set_stream_handler(BLOB_PROTOCOL, blob_server(blobs))
         transport.set_topic_validator(ANNOUNCE_TOPIC, broadcast_refusal)
         async with transport:
@@ -682,6 +718,7 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 compute=settings.compute and bool(settings.executors),
                 bootstrap=tuple(bootstrap_ids),
                 addrs=tuple(transport.listen_addrs()[:16]),
+                version=software_version(),
                 timings=settings.timings,
                 asks=settings.asks,
             )
@@ -726,10 +763,30 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
                 try:
                     yield Node(settings, runtime, core, transport, blobs, feeder, forwarder)
+                    await _say_goodbye(runtime, core, transport)
                 finally:
                     nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+async def _say_goodbye(runtime: NodeRuntime, core: NodeCore, transport: Libp2pTransport) -> None:
+    """A clean stop: tell the view we leave (``goodbye``), so peers drop us at
+    once; waits at most ``GOODBYE_TIMEOUT`` for the frames to leave."""
+    if not runtime.running:
+        return
+    sends = [a for a in core.handle(Stopping(), trio.current_time()) if isinstance(a, Send)]
+    stats = transport.stats
+
+    def settled() -> int:
+        return stats.sent + stats.dropped_unreachable + stats.dropped_send_full
+
+    before = settled()
+    with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_TIMEOUT):
+        for send in sends:
+            await transport.send(send.to, send.data)
+        while settled() - before < len(sends):
+            await trio.sleep(0.02)
 
 
 def _wake_feeder(note: Notify, feeder: StreamFeeder) -> None:

@@ -301,6 +301,11 @@ class PeerView(JsonView):
     compute: bool
     addrs: tuple[str, ...]
     is_self: bool
+    status: str  # "alive", "suspect" (silent a while) or "gone" (said goodbye)
+    last_seen_s: float  # seconds since the peer was last heard from directly
+    running: int  # executions it ran at its last hello
+    max_executions: int
+    version: str
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("node_id",)
 
@@ -315,6 +320,11 @@ class PeerView(JsonView):
             "compute": data.get("compute", False),
             "addrs": tuple(data.get("addrs", ())),
             "is_self": data.get("self", False),
+            "status": data.get("status", "alive"),
+            "last_seen_s": data.get("last_seen_s", 0.0),
+            "running": data.get("running", 0),
+            "max_executions": data.get("max_executions", 0),
+            "version": data.get("version", ""),
         }
 
 

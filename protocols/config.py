@@ -30,6 +30,10 @@ class Timings:
     # Peer-exchange period (directory refresh) and entry age-out.
     gossip_interval: float = 30.0
     peer_expiry: float = 300.0
+    # Every peer of the view hears a hello from us at least this often (sent on
+    # gossip ticks, so at most gossip_interval late): it keeps us alive in their
+    # views.  A peer silent for 1.5 of these is shown "suspect".
+    peer_heartbeat: float = 90.0
     # Retry cadence of an auction with no bids while matching nodes are busy.
     requeue_delay: float = 1.0
     # A daemon job re-counts matching nodes this often (joiners get one by then).
@@ -51,6 +55,7 @@ class NodeConfig:
     compute: bool = True  # False: owns jobs, never bids
     bootstrap: tuple[str, ...] = ()  # peer ids to introduce ourselves to
     addrs: tuple[str, ...] = ()  # our listen addresses, told to peers
+    version: str = ""  # our software version, told to peers (display only)
     # Auction fan-out: candidates asked on the first round, doubled per retry.
     candidates: int = 2  # "power of two choices": most of the balance of asking all
     view_size: int = 64  # peers kept in the directory (partial view)

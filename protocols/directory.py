@@ -9,6 +9,13 @@ Auctions pick candidates from the view by rendezvous hashing over
 (job, slot, attempt, peer): deterministic, spread evenly, different on every
 retry, and needing no coordination.  When the view has no (more) matching peer,
 the owner falls back to a broadcast ask on the announce topic.
+
+Health: an entry's age (since we last heard from the peer directly) makes its
+status, "alive" or, past ``SUSPECT_AFTER`` heartbeats of silence, "suspect".
+A peer that says goodbye is dropped at once, one silent past
+``Timings.peer_expiry`` at the next gossip round; both are remembered as
+*departed* ("gone") for as long again, so that hearsay cannot bring them back
+(only the peer's own hello does) and ``node list`` can say what became of them.
 """
 
 from __future__ import annotations
@@ -23,11 +30,30 @@ import attrs
 from protocols.messages import NodeInfo
 from protocols.units import human_size
 
+SUSPECT_AFTER = 1.5  # heartbeats (Timings.peer_heartbeat) of silence: "suspect"
+ALIVE, SUSPECT, GONE = "alive", "suspect", "gone"
+
 
 @attrs.define
 class PeerEntry:
     info: NodeInfo
     last_seen: float
+    running: int = 0  # executions running at the peer, from its last hello
+
+
+@attrs.frozen
+class Departed:
+    """A peer out of the view (goodbye, or silence), shown as "gone"."""
+
+    info: NodeInfo
+    last_seen: float
+    left_at: float
+    reason: str
+
+
+def peer_status(age: float, heartbeat: float) -> str:
+    """The status of a view entry last heard from ``age`` seconds ago."""
+    return ALIVE if age <= SUSPECT_AFTER * heartbeat else SUSPECT
 
 
 def mismatch_reason(
@@ -65,6 +91,7 @@ class Directory:
         self.view_size = view_size
         self._rng = rng
         self.peers: dict[str, PeerEntry] = {}
+        self.departed: dict[str, Departed] = {}  # said goodbye (at most view_size kept)
         # Who can run what, per requirement signature: asked at every auction,
         # changed only when the view does.
         self._matching: dict[tuple[Any, ...], list[tuple[str, bytes]]] = {}
@@ -82,6 +109,10 @@ class Directory:
         """
         if info.node_id == self.me.node_id:
             return False
+        if info.node_id in self.departed:
+            if not direct:
+                return False  # hearsay of a peer that said goodbye: stale
+            del self.departed[info.node_id]  # it is back
         entry = self.peers.get(info.node_id)
         if entry is not None:
             if direct:
@@ -103,12 +134,33 @@ class Directory:
         if entry is not None:
             entry.last_seen = now
 
-    def expire(self, now: float, max_age: float, keep: Iterable[str]) -> None:
+    def expire(self, now: float, max_age: float, keep: Iterable[str] = ()) -> list[str]:
+        """Drop entries silent for more than ``max_age`` (but those in ``keep``):
+        they become departed ("gone"), so that hearsay from peers that have
+        not dropped them yet cannot bring them back.  Departed records are
+        forgotten after ``max_age`` too.  Returns the dropped peer ids."""
+        for node_id in [n for n, d in self.departed.items() if now - d.left_at > max_age]:
+            del self.departed[node_id]
         keep_set = set(keep)
+        dropped = []
         for node_id in [n for n, e in self.peers.items() if now - e.last_seen > max_age]:
             if node_id not in keep_set:
-                del self.peers[node_id]
-                self._matching.clear()
+                self.remove(node_id, now, f"silent for {max_age:g}s")
+                dropped.append(node_id)
+        return dropped
+
+    def remove(self, node_id: str, now: float, reason: str) -> bool:
+        """Out of the view (candidates included) now, and departed: it said
+        goodbye, or was silent too long.  True if it was in the view."""
+        entry = self.peers.pop(node_id, None)
+        if entry is None:
+            return False
+        self._matching.clear()
+        self.departed[node_id] = Departed(entry.info, entry.last_seen, now, reason)
+        if len(self.departed) > self.view_size:
+            oldest = min(self.departed.values(), key=lambda d: (d.left_at, d.info.node_id))
+            del self.departed[oldest.info.node_id]
+        return True
 
     def _evict_oldest(self, keep: str) -> None:
         oldest = min(

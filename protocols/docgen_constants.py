@@ -67,6 +67,10 @@ TIMINGS = {
     "retransmit_max": ("s", "retransmission delays double up to this"),
     "gossip_interval": ("s", "peer-exchange period (`peers` to a sample of the view)"),
     "peer_expiry": ("s", "a directory entry not heard from for this long is dropped"),
+    "peer_heartbeat": (
+        "s",
+        "each view member gets a `hello` at least this often; silent 1.5x this: suspect",
+    ),
     "requeue_delay": ("s", "re-auction delay while matching nodes are busy; ops census cadence"),
     "daemon_scan": ("s", "a daemon job repeats its census this often"),
 }
@@ -297,6 +301,15 @@ def groups() -> list[tuple[str, str, list[Row]]]:
         ("MAX_QUERY_ARGS", messages.MAX_QUERY_ARGS, "bytes", "`job_query.args`"),
         ("MAX_ANSWER_BYTES", messages.MAX_ANSWER_BYTES, "bytes", "`job_answer.answer`"),
         ("MAX_LOG_CHUNK", messages.MAX_LOG_CHUNK, "bytes", "`data` of one `log_chunk`"),
+        ("MAX_PEERS_SAMPLE", messages.MAX_PEERS_SAMPLE, "", "entries of one `peers`"),
+        (
+            "MAX_EXECUTIONS",
+            messages.MAX_EXECUTIONS,
+            "",
+            "`node_info.max_executions`, `hello.running`",
+        ),
+        ("MAX_VERSION_LEN", messages.MAX_VERSION_LEN, "chars", "`node_info.version`"),
+        ("MAX_GOODBYE_LEN", messages.MAX_GOODBYE_LEN, "chars", "`goodbye.reason`"),
         ("FREE_MAX_DEPTH", codec.FREE_MAX_DEPTH, "levels", "free-form map nesting"),
         ("FREE_MAX_ITEMS", codec.FREE_MAX_ITEMS, "", "free-form items + entries, whole tree"),
         ("FREE_MAX_STR", codec.FREE_MAX_STR, "chars/bytes", "free-form str, bin and key"),

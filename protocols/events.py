@@ -31,6 +31,14 @@ class Started:
 
 
 @attrs.frozen
+class Stopping:
+    """The node is stopping cleanly: the core says goodbye to its view (sends
+    only; the driver transmits them, bounded, before it closes the network)."""
+
+    reason: str = "stopped"
+
+
+@attrs.frozen
 class MessageReceived:
     """A frame arrived.  ``sender`` is the *authenticated* peer id (from the
     transport: the pubsub signature or the secure channel), which the core
@@ -171,6 +179,7 @@ class AnswerQuery:
 
 Event = (
     Started
+    | Stopping
     | MessageReceived
     | TimerFired
     | ExecutionFinished

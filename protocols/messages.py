@@ -32,6 +32,10 @@ MAX_CHECKPOINT_LEN = 4096  # a stream consumer's progress token
 MAX_INPUTS = 1024
 MAX_LOG_CHUNK = 8 * 1024  # bytes of task output in one log_chunk
 LOG_STREAMS = ("stdout", "stderr")
+MAX_PEERS_SAMPLE = 64  # entries of one Peers message
+MAX_EXECUTIONS = 100_000  # node_info.max_executions, hello.running
+MAX_VERSION_LEN = 64
+MAX_GOODBYE_LEN = 256
 
 
 def bounded(
@@ -94,15 +98,33 @@ class NodeInfo(Message):
     executors: list[str] = attrs.field(factory=list, metadata=bounded(max_len=8))
     addrs: list[str] = attrs.field(factory=list, metadata=bounded(max_len=16))
     compute: bool = True
+    # Executions the node runs at once, and its software version (shown by
+    # `node list`; neither is used to choose candidates).
+    max_executions: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_EXECUTIONS))
+    version: str = attrs.field(default="", metadata=bounded(max_len=MAX_VERSION_LEN))
 
 
 @attrs.frozen(kw_only=True)
 class Hello(Message):
-    """Introduce oneself to a peer; the peer answers with Peers."""
+    """Introduce oneself to a peer; the peer answers with Peers.  Also the
+    heartbeat that keeps the sender alive in the receiver's view."""
 
     TYPE: ClassVar[str] = "hello"
     info: NodeInfo = attrs.field(factory=lambda: NodeInfo(node_id=""))
     want_peers: bool = True
+    # Entries wanted in the Peers answer (0: the answerer's default sample); a
+    # joining node asks for a whole view at once.
+    sample: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_PEERS_SAMPLE))
+    # Executions running at the sender when it said hello (load, for display).
+    running: int = attrs.field(default=0, metadata=bounded(lo=0, hi=MAX_EXECUTIONS))
+
+
+@attrs.frozen(kw_only=True)
+class Goodbye(Message):
+    """The sender is stopping cleanly: drop it from your view now."""
+
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str = attrs.field(default="", metadata=bounded(max_len=MAX_GOODBYE_LEN))
 
 
 @attrs.frozen(kw_only=True)
@@ -110,7 +132,7 @@ class Peers(Message):
     """A sample of the sender's view of the network (peer exchange)."""
 
     TYPE: ClassVar[str] = "peers"
-    peers: list[NodeInfo] = attrs.field(factory=list, metadata=bounded(max_len=64))
+    peers: list[NodeInfo] = attrs.field(factory=list, metadata=bounded(max_len=MAX_PEERS_SAMPLE))
 
 
 # --- auction -----------------------------------------------------------------
@@ -517,6 +539,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     NodeInfo,
     Hello,
     Peers,
+    Goodbye,
     AskForBid,
     Bid,
     BidDeclined,

@@ -21,7 +21,7 @@ from protocols.chain import ChainController
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig
 from protocols.cron import CronController
 from protocols.dag import DagController
-from protocols.directory import Directory
+from protocols.directory import GONE, Directory, peer_status
 from protocols.errors import RemoteProtocolError
 from protocols.events import (
     Action,
@@ -36,6 +36,7 @@ from protocols.events import (
     QueryJob,
     SourceBatch,
     Started,
+    Stopping,
     SubmitJob,
     SuspendJob,
     TimerFired,
@@ -44,12 +45,16 @@ from protocols.events import (
 from protocols.holder import HELD_TABLE, Holder
 from protocols.kinds import KindRegistry, Records, TimerHandler
 from protocols.messages import (
+    MAX_EXECUTIONS,
+    MAX_GOODBYE_LEN,
+    MAX_PEERS_SAMPLE,
     AskForBid,
     Bid,
     BidDeclined,
     BidRejected,
     Cancel,
     ExecutionResult,
+    Goodbye,
     Hello,
     JobAnswer,
     JobQuery,
@@ -145,6 +150,8 @@ class NodeCore:
             executors=list(config.executors),
             addrs=list(config.addrs),
             compute=config.compute,
+            max_executions=min(config.max_executions, MAX_EXECUTIONS),
+            version=config.version,
         )
         self.directory = Directory(self.me, config.view_size, self.rng)
         self.owner = Owner(config, self.out, self.directory, self.rng)
@@ -172,6 +179,9 @@ class NodeCore:
         self._view_version = 0  # bumped when the view changes; saved at gossip time
         self._view_saved = 0
         self._view_saved_at = 0.0
+        self._hello_at: dict[str, float] = {}  # peer -> when we last said hello to it
+        self._learnt = 0  # peers learnt since the last gossip round (fast fill while > 0)
+        self._gossip_at = 0.0  # when the gossip timer fires next
         self._handlers = self._routes()
         self._kind_timers: dict[str, TimerHandler] = {}
         for controller in self.owner.kinds.all():
@@ -222,6 +232,8 @@ class NodeCore:
         elif isinstance(event, Started):
             self.out.wall_offset = event.wall - now
             self._on_started()
+        elif isinstance(event, Stopping):
+            self._on_stopping(event.reason)
         return self.out.drain()
 
     # --- start / restart ------------------------------------------------------------------
@@ -238,9 +250,16 @@ class NodeCore:
         targets = [p for p in self.config.bootstrap if p != self.node_id]
         targets += [p for p in remembered if p not in targets][: self.config.peer_sample]
         for peer in targets:
-            self.out.send(peer, Hello(info=self.me, want_peers=True))
+            self._say_hello(peer, want_peers=True, sample=self._sample_wanted())
         self._schedule_gossip()
         self.owner.resume()
+
+    def _on_stopping(self, reason: str) -> None:
+        """A clean stop: every peer of the view drops us now instead of after
+        ``peer_expiry`` of silence (best effort: a lost goodbye costs that)."""
+        goodbye = Goodbye(reason=reason[:MAX_GOODBYE_LEN])
+        for peer in sorted(self.directory.peers):
+            self.out.send(peer, goodbye)
 
     def _restore_view(self, record: dict[str, Any]) -> list[str]:
         restored = []
@@ -323,6 +342,7 @@ class NodeCore:
             Peers: lambda _sender, msg: self._on_peers(msg),
             JobQuery: self.queries.on_query,
             JobAnswer: self.queries.on_answer,
+            Goodbye: self._on_goodbye,
         }
         for controller in owner.kinds.all():
             routes.update(controller.routes())
@@ -336,17 +356,49 @@ class NodeCore:
         known = self.directory.peers.get(sender)
         changed = known is None or known.info != msg.info  # a joiner, or new labels
         self._learn(msg.info, direct=True)
+        entry = self.directory.peers.get(sender)
+        if entry is not None:
+            entry.running = msg.running
         if changed:
             self.owner.on_peer_joined(sender)
         if msg.want_peers:
-            sample = self.directory.sample(self.config.peer_sample, exclude=sender)
+            wanted = min(msg.sample or self.config.peer_sample, MAX_PEERS_SAMPLE)
+            sample = self.directory.sample(wanted, exclude=sender)
             self.out.send(sender, Peers(peers=sample))
 
     def _on_peers(self, msg: Peers) -> None:
+        learnt = 0
         for info in msg.peers:
             if self._learn(info, direct=False):
+                learnt += 1
                 # Tell the new peer about us, so views grow in both directions.
-                self.out.send(info.node_id, Hello(info=self.me, want_peers=False))
+                self._say_hello(info.node_id, want_peers=False)
+        self._learnt += learnt
+        if learnt and len(self.directory.peers) < self.config.view_size:
+            # Filling the view (nodes that joined at the same time missed each
+            # other): exchange again soon rather than a gossip interval later.
+            soon = self.out.now + JOIN_RETRY * (0.8 + 0.4 * self.rng.random())
+            if soon < self._gossip_at:
+                self._gossip_at = soon
+                self.out.timer(NodeTimer(GOSSIP), soon)
+
+    def _on_goodbye(self, sender: str, msg: Goodbye) -> None:
+        if self.directory.remove(sender, self.out.now, msg.reason or "said goodbye"):
+            self._view_version += 1
+            self._hello_at.pop(sender, None)
+            self.out.notify("peer_left", node_id=sender, reason=msg.reason)
+
+    def _say_hello(self, peer: str, *, want_peers: bool, sample: int = 0) -> None:
+        running = min(len(self.holder.held), MAX_EXECUTIONS)
+        hello = Hello(info=self.me, want_peers=want_peers, sample=sample, running=running)
+        self.out.send(peer, hello)
+        self._hello_at[peer] = self.out.now
+
+    def _sample_wanted(self) -> int:
+        """Entries to ask for in a peer exchange: a whole view while ours has
+        room (joining: one answer fills it), the usual sample once it is full."""
+        room = self.config.view_size - len(self.directory.peers)
+        return min(MAX_PEERS_SAMPLE, max(self.config.peer_sample, room + 1))
 
     def _learn(self, info: NodeInfo, *, direct: bool) -> bool:
         """Add a peer to the view; the driver learns its addresses (to dial it)."""
@@ -363,20 +415,39 @@ class NodeCore:
         interval = self.config.timings.gossip_interval
         if not self.directory.peers:  # not joined yet (bootstrap down, hello lost): retry soon
             interval = min(interval, JOIN_RETRY)
-        self.out.timer(NodeTimer(GOSSIP), self.out.now + interval * (0.8 + 0.4 * self.rng.random()))
+        elif self._learnt and len(self.directory.peers) < self.config.view_size:
+            # Still filling the view and the last round taught us peers: ask
+            # again soon.  A round that teaches nothing ends this.
+            interval = min(interval, JOIN_RETRY)
+        self._learnt = 0
+        self._gossip_at = self.out.now + interval * (0.8 + 0.4 * self.rng.random())
+        self.out.timer(NodeTimer(GOSSIP), self._gossip_at)
 
     def _on_gossip(self) -> None:
         t = self.config.timings
-        before = len(self.directory.peers)
-        self.directory.expire(self.out.now, t.peer_expiry, keep=self.config.bootstrap)
-        if len(self.directory.peers) != before:
+        dropped = self.directory.expire(self.out.now, t.peer_expiry)
+        if dropped:
             self._view_version += 1
         peer = self.directory.random_peer()
         targets = [peer] if peer else [p for p in self.config.bootstrap if p != self.node_id]
         for target in targets:
-            self.out.send(target, Hello(info=self.me, want_peers=True))
+            self._say_hello(target, want_peers=True, sample=self._sample_wanted())
+        self._heartbeat()
         self._save_view()
         self._schedule_gossip()
+
+    def _heartbeat(self) -> None:
+        """Say hello to every view member that has not heard one from us for
+        ``peer_heartbeat`` less a gossip interval (the next round would be late),
+        so each keeps us alive in its view.  Cost: view_size / peer_heartbeat
+        small frames per second, whatever the network's size."""
+        t = self.config.timings
+        due = self.out.now - (t.peer_heartbeat - 1.2 * t.gossip_interval)
+        for peer in [p for p in self._hello_at if p not in self.directory.peers]:
+            del self._hello_at[peer]
+        for peer in sorted(self.directory.peers):
+            if self._hello_at.get(peer, -float("inf")) <= due:
+                self._say_hello(peer, want_peers=False)
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -433,6 +504,32 @@ class NodeCore:
 
     def known_peers(self) -> list[NodeInfo]:
         return [e.info for e in self.directory.peers.values()]
+
+    def peer_health(self, now: float) -> list[dict[str, Any]]:
+        """Every peer of the view, and those that said goodbye lately, with
+        status (alive / suspect / gone), seconds since last heard (at ``now``,
+        the driver's clock) and load."""
+        heartbeat = self.config.timings.peer_heartbeat
+        rows = [
+            {
+                "info": e.info,
+                "status": peer_status(now - e.last_seen, heartbeat),
+                "last_seen_s": max(0.0, now - e.last_seen),
+                "running": e.running,
+            }
+            for e in self.directory.peers.values()
+        ]
+        rows += [
+            {
+                "info": d.info,
+                "status": GONE,
+                "last_seen_s": max(0.0, now - d.last_seen),
+                "running": 0,
+                "left": d.reason,
+            }
+            for d in self.directory.departed.values()
+        ]
+        return rows
 
 
 __all__ = ["ANNOUNCE_TOPIC", "NodeCore", "broadcast_refusal"]

@@ -29,7 +29,7 @@ import attrs
 import msgpack
 
 # Directory (membership) traffic, counted apart from job traffic.
-DIRECTORY_TYPES = frozenset({"hello", "peers", "node_info"})
+DIRECTORY_TYPES = frozenset({"hello", "peers", "goodbye", "node_info"})
 
 
 @attrs.frozen(kw_only=True)

@@ -20,7 +20,10 @@ def node() -> None:
 @wide_option
 @pass_cli
 def list_nodes(cli: CliContext) -> None:
-    """This node and the peers in its view (labels, capacity, executors)."""
+    """This node and the peers in its view: health (STATUS alive / suspect /
+    gone, LAST_SEEN ago), load (RUNNING of max executions), capacity, version,
+    first address, labels and executors.  A peer that said goodbye shows
+    "gone" for a while; it is no longer in the view (never asked to run work)."""
     peers = call_node(cli, lambda c: c.call("peers"))
     if cli.output != "table":
         emit_document({"items": peers}, cli.output)
@@ -28,13 +31,40 @@ def list_nodes(cli: CliContext) -> None:
     rows = [
         {
             **p,
-            "labels": ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())),
+            "labels": ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())) or "-",
             "executors": ",".join(p["executors"]) or "-",
             "node_id": short_id(p["node_id"], cli.wide) + (" (self)" if p["self"] else ""),
+            "status": p.get("status", "alive"),
+            "last_seen": "-" if p["self"] else _age(p.get("last_seen_s", 0.0)),
+            "running": f"{p.get('running', 0)}/{p.get('max_executions', 0)}",
+            "memory": _human_bytes(int(p.get("memory", 0))),
+            "version": p.get("version") or "-",
+            "addr": (p.get("addrs") or ["-"])[0],
         }
         for p in peers
     ]
-    click.echo(render_table(rows, ["node_id", "labels", "cpu", "executors", "compute"]))
+    columns = ["node_id", "status", "last_seen", "running", "cpu", "memory", "version"]
+    click.echo(render_table(rows, [*columns, "addr", "labels", "executors"]))
+
+
+def _age(seconds: float) -> str:
+    """``12s ago``, ``3m ago``, ``2h ago``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def _human_bytes(n: int) -> str:
+    """``23.4GiB``: three significant digits are enough to compare capacity."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
+        value /= 1024
+    return f"{n}B"
 
 
 @node.command(name="stats")

@@ -73,6 +73,7 @@ class StreamFeeder:
         *,
         connector_factory: ConnectorFactory = open_connector,
         poll_interval: float = 0.2,
+        idle_poll_interval: float = 5.0,
         min_backoff: float = 0.5,
         max_backoff: float = 10.0,
     ) -> None:
@@ -81,6 +82,7 @@ class StreamFeeder:
         self.blobs = blobs
         self.connector_factory = connector_factory
         self.poll_interval = poll_interval
+        self.idle_poll_interval = idle_poll_interval
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.status: dict[Key, PartitionStatus] = {}
@@ -123,7 +125,11 @@ class StreamFeeder:
         return {(r["job_id"], r["partition"]): r for r in self.sources()}
 
     async def _wait_tick(self) -> None:
-        with trio.move_on_after(self.poll_interval):
+        # No source to feed (most nodes, most of the time): a poke (a job
+        # changed state) is what brings one, so look only rarely; waking five
+        # times a second cost every idle node measurable CPU (bench_scale.py).
+        interval = self.poll_interval if self._workers else self.idle_poll_interval
+        with trio.move_on_after(interval):
             await self._tick.wait()
 
     async def _worker(self, key: Key, scope: trio.CancelScope) -> None:

@@ -42,6 +42,7 @@ from protocols.owner.base import (
     RESTART_BACKOFF_MAX,
     SLOTS_TABLE,
     STABLE_RUN,
+    waiting_reason,
 )
 from protocols.owner.census import CensusMixin
 from protocols.owner.leases import LeaseMixin
@@ -295,6 +296,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
                 if unowned is not None:
                     return unowned
             raise LocalProtocolError(f"job {job_id} is not owned by this node")
+        waiting = [waiting_reason(job, s) for s in job.slots]
         described: dict[str, Any] = {
             "job_id": job.job_id,
             "name": job.spec.get("name", ""),
@@ -302,7 +304,7 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
             "version": job.version,
             "owner": self.config.node_id,
             "state": job.state.value,
-            "reason": job.reason,
+            "reason": job.reason or next(filter(None, waiting), ""),
             **time_fields(job.submitted_ms, job.started_ms, job.finished_ms),
             "slots": [
                 {
@@ -312,12 +314,12 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
                     "epoch": s.epoch,
                     "failures": s.failures,
                     "lost": s.lost,
-                    "reason": s.reason,
+                    "reason": s.reason or reason,
                     "node": s.pinned or (s.current.node if s.current else ""),
                     "version": s.current.version if s.current else 0,
                     "executions": [_execution_view(e) for e in s.executions],
                 }
-                for s in job.slots
+                for s, reason in zip(job.slots, waiting, strict=True)
             ],
         }
         if job.parent:

@@ -163,3 +163,16 @@ def no_match_reason(job: OwnedJob, directory: Directory) -> str:
             f"(a node enables it with: p2pnode serve --executors {engine})"
         )
     return reason
+
+
+def waiting_reason(job: OwnedJob, slot: OwnedSlot) -> str:
+    """Why a slot still waits for a node, for ``describe`` when its own reason
+    is empty ("" while it is not waiting between auction rounds).  Names the
+    constraints, so a job pinned by labels to a peer that left says so."""
+    if slot.reason or job.terminal or slot.state is not SlotState.QUEUED or slot.attempt < 1:
+        return ""
+    if slot.busy_rounds:
+        return f"waiting: matching nodes are busy ({need(job)})"
+    if slot.view_matches == 0:
+        return f"waiting: no node in view matches the constraints ({need(job)})"
+    return f"waiting: no matching node answered ({need(job)})"

@@ -1,0 +1,426 @@
+"""Many peers on one host: view convergence, idle CPU and RSS, and 1,000 jobs
+through several owners (issue 16, "Scale on one host").
+
+Measured, in this order, all in one run:
+
+1. baseline (measured last, alone): ``--nodes`` bare py-libp2p hosts (the
+   node's own host + gossipsub stack, ``p2pnode/net/stack.py``, subscribed to
+   the announce topic and each connected to ``min(view_size, N-1)`` others, as
+   a node's view is): their idle CPU per process is what the library costs
+   before p2pnode does anything;
+2. ``--nodes`` ``p2pnode serve --executors process`` processes on 127.0.0.1,
+   node 0 first, the others bootstrapped from it all at once; *convergence*:
+   seconds until every node's view holds ``min(view_size, N-1)`` peers;
+3. idle CPU per process (utime + stime from ``/proc/<pid>/stat`` over
+   ``--idle-window`` seconds, as a percentage of one core) and RSS
+   (``/proc/<pid>/status``), after the views converged;
+4. a *joiner*: one more node bootstrapped from a random node; seconds until its
+   view holds ``min(view_size, N)`` peers (goal: within 10 s);
+5. ``--jobs`` (1,000) trivial jobs through one owner, then the same number
+   spread over ``--owners`` (4) owners, ``--in-flight`` (24) at a time in both
+   runs (one node serves at most 32 control connections at once); jobs that
+   end in any state but ``completed`` (or never end) are *lost* (goal: 0);
+   jobs/s several owners vs one (goal: at least 1.0x).
+
+Usage: ``python bench/bench_scale.py [--nodes N] [--jobs J] [--json]``.  The
+default (10 nodes, 200 jobs) is what ``make bench`` runs; issue 16's numbers
+come from ``--nodes 100 --jobs 1000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+
+from common import (
+    REPO,
+    ClusterError,
+    LoopbackCluster,
+    ServeNode,
+    child_env,
+    exit_on_sigterm,
+    fmt,
+    print_table,
+    stop_process,
+)
+
+from protocols.config import NodeConfig
+
+VIEW_SIZE = NodeConfig(node_id="x").view_size
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TERMINAL = frozenset({"completed", "failed", "stopped"})
+JOIN_GOAL_S = 10.0
+IDLE_GOAL_PCT = 0.3
+TRIVIAL_JOB: dict[str, Any] = {
+    "name": "scale-true",
+    "type": "batch",
+    "count": 1,
+    "task": {"engine": {"type": "process", "command": ["true"]}, "timeout": "60s"},
+}
+
+
+# --- /proc ---------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its threads included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def idle_cpu(pids: list[int], window: float) -> list[float]:
+    """Percent of one core each process used over ``window`` seconds."""
+    before = [cpu_seconds(p) for p in pids]
+    t0 = time.monotonic()
+    time.sleep(window)
+    elapsed = time.monotonic() - t0
+    return [100 * (cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"mean": math.nan, "median": math.nan, "max": math.nan}
+    return {
+        "mean": sum(ordered) / len(ordered),
+        "median": ordered[len(ordered) // 2],
+        "max": ordered[-1],
+    }
+
+
+# --- 1. bare py-libp2p hosts -----------------------------------------------------
+
+
+def bare_host_main(index: int, root: Path, peers: int, heartbeat: int) -> None:
+    """One bare host (``--bare-host``): listen, subscribe, write its address,
+    connect to ``peers`` hosts of lower index, then idle until killed."""
+    from p2pnode.identity import load_or_create_key, peer_id_of
+    from p2pnode.net.stack import build_host, build_pubsub, running_stack
+    from protocols.config import ANNOUNCE_TOPIC
+
+    key = load_or_create_key(root / f"bare{index}")
+
+    async def main() -> None:
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+        host = build_host(key, listen)
+        pubsub, router = build_pubsub(host, heartbeat)
+        async with running_stack(host, pubsub, router, listen):
+            await pubsub.subscribe(ANNOUNCE_TOPIC)
+            addr = f"{host.get_addrs()[0]}"
+            if "/p2p/" not in addr:
+                addr += f"/p2p/{peer_id_of(key)}"
+            tmp = root / f".bare{index}.tmp"
+            tmp.write_text(addr)
+            tmp.replace(root / f"bare{index}.addr")
+            for other in range(max(0, index - peers), index):
+                path = root / f"bare{other}.addr"
+                while not path.exists():
+                    await trio.sleep(0.05)
+                info = info_from_p2p_addr(multiaddr.Multiaddr(path.read_text()))
+                with trio.move_on_after(30), contextlib.suppress(Exception):
+                    await host.connect(info)  # a failed dial: one peer fewer
+            (root / f"bare{index}.ready").touch()
+            await trio.sleep_forever()
+
+    trio.run(main)
+
+
+def bench_bare_hosts(n: int, window: float, heartbeat: int = 1) -> dict[str, Any]:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="p2pnode-bare-"))
+    peers = min(VIEW_SIZE, n - 1)
+    procs = []
+    try:
+        for i in range(n):
+            (root / f"bare{i}").mkdir(mode=0o700)
+            cmd = [sys.executable, __file__, "--bare-host", str(i), str(root), str(peers)]
+            cmd.append(str(heartbeat))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=child_env(),
+                    cwd=str(REPO),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 120 + 5 * n
+        while not all((root / f"bare{i}.ready").exists() for i in range(n)):
+            died = [i for i, p in enumerate(procs) if p.poll() is not None]
+            if time.monotonic() > deadline or died:
+                raise ClusterError(f"bare hosts did not start (exited: {died})")
+            time.sleep(0.5)
+        time.sleep(min(10.0, window))  # let start-up work settle
+        cpu = idle_cpu([p.pid for p in procs], window)
+        rss = [rss_bytes(p.pid) for p in procs]
+        return {"cpu_pct": summary(cpu), "rss_mb": summary([r / 2**20 for r in rss])}
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc in procs:
+            stop_process(proc, grace=5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- 2-4. the cluster ---------------------------------------------------------------
+
+
+async def view_sizes(nodes: list[ServeNode]) -> list[int]:
+    sizes = []
+    for node in nodes:
+        try:
+            peers = await node.client.call("peers")
+        except Exception:
+            peers = [{"self": True}]
+        sizes.append(sum(1 for p in peers if not p.get("self") and p.get("status") != "gone"))
+    return sizes
+
+
+def wait_views(nodes: list[ServeNode], want: int, timeout: float) -> tuple[float, list[int]]:
+    """Seconds until every node's view holds ``want`` peers (inf on timeout)."""
+    t0 = time.monotonic()
+    sizes: list[int] = []
+    while time.monotonic() - t0 < timeout:
+        sizes = trio.run(view_sizes, nodes)
+        if all(s >= want for s in sizes):
+            return time.monotonic() - t0, sizes
+        time.sleep(0.2)
+    return math.inf, sizes
+
+
+def start_cluster(cluster: LoopbackCluster) -> None:
+    """Like ``LoopbackCluster.start`` without waiting for full views."""
+    first, *rest = cluster.nodes
+    cluster._spawn(first, ())
+    cluster._await_addrs([first])
+    for node in rest:
+        cluster._spawn(node, first.addrs[:1])
+    cluster._await_addrs(rest)
+
+
+# --- 5. jobs ----------------------------------------------------------------------------
+
+
+async def run_jobs(owners: list[ServeNode], jobs: int, in_flight: int) -> dict[str, Any]:
+    """``jobs`` trivial jobs round-robin over ``owners``, at most ``in_flight`` at once."""
+    clients = [n.client for n in owners]
+    states: dict[str, int] = {}
+    limiter = trio.CapacityLimiter(in_flight)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            client = clients[i % len(clients)]
+            state = "lost"
+            try:
+                job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
+                with trio.move_on_after(600):
+                    async for item in client.stream("wait", job_id=job_id, timeout=600):
+                        if "result" in item:
+                            state = str(item["result"]["state"])
+            except Exception as exc:  # a refused submit or a dropped socket: lost
+                state = f"error: {type(exc).__name__}"
+            states[state] = states.get(state, 0) + 1
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(jobs):
+            nursery.start_soon(one, i)
+    elapsed = time.perf_counter() - t0
+    completed = states.get("completed", 0)
+    return {
+        "owners": len(owners),
+        "jobs": jobs,
+        "elapsed_s": elapsed,
+        "jobs_per_s": jobs / elapsed,
+        "states": states,
+        "lost": jobs - completed,
+    }
+
+
+def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.nodes
+    want = min(VIEW_SIZE, n - 1)
+    out: dict[str, Any] = {"view_size": VIEW_SIZE, "want_view": want}
+    cluster = LoopbackCluster(n + 1, executors="process", start_timeout=120 + 2 * n)
+    joiner = cluster.nodes.pop()  # started later, from a random node
+    try:
+        t0 = time.monotonic()
+        start_cluster(cluster)
+        out["start_s"] = time.monotonic() - t0
+        print(f"  {n} nodes up in {out['start_s']:.1f} s", flush=True)
+        converged, sizes = wait_views(cluster.nodes, want, args.converge_timeout)
+        out["converge_s"] = converged
+        out["view_sizes_min"] = min(sizes)
+        print(f"  views of {want}: {fmt(converged, 's')} (smallest {min(sizes)})", flush=True)
+        time.sleep(args.settle)
+        pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+        cpu = idle_cpu(pids, args.idle_window)
+        out["idle_cpu_pct"] = summary(cpu)
+        out["rss_mb"] = summary([rss_bytes(p) / 2**20 for p in pids])
+        print(f"  idle CPU per process: {out['idle_cpu_pct']['mean']:.3f} % of a core", flush=True)
+
+        bootstrap = random.Random(n).choice(cluster.nodes)
+        t0 = time.monotonic()
+        cluster.nodes.append(joiner)
+        cluster._spawn(joiner, bootstrap.addrs[:1])
+        cluster._await_addrs([joiner])
+        started = time.monotonic() - t0
+        joined, jsizes = wait_views([joiner], min(VIEW_SIZE, n), 60.0)
+        out["join_s"] = joined
+        out["join_start_s"] = started
+        out["join_view"] = jsizes[0] if jsizes else 0
+        print(f"  joiner knows {min(VIEW_SIZE, n)} peers after {fmt(joined, 's')}", flush=True)
+
+        nodes = cluster.nodes[:n]
+        one = trio.run(run_jobs, nodes[:1], args.jobs, args.in_flight)
+        print(f"  1 owner: {one['jobs_per_s']:.1f} jobs/s, lost {one['lost']}", flush=True)
+        owners = nodes[1 : 1 + args.owners]
+        several = trio.run(run_jobs, owners, args.jobs, args.in_flight)
+        print(
+            f"  {len(owners)} owners: {several['jobs_per_s']:.1f} jobs/s, lost {several['lost']}",
+            flush=True,
+        )
+        out["one_owner"], out["several_owners"] = one, several
+    finally:
+        cluster.stop()
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    c = r["cluster"]
+    bare = r["bare_hosts"]
+    idle = c["idle_cpu_pct"]["mean"]
+    lib = bare["cpu_pct"]["mean"] if bare else math.nan
+    lost = c["one_owner"]["lost"] + c["several_owners"]["lost"]
+    speedup = c["several_owners"]["jobs_per_s"] / c["one_owner"]["jobs_per_s"]
+    rows = [
+        [
+            "joiner knows min(view_size, N) peers",
+            fmt(c["join_s"], "s", 2),
+            f"<= {JOIN_GOAL_S:g} s",
+            "ok" if c["join_s"] <= JOIN_GOAL_S else "OVER",
+        ],
+        [
+            "all views hold min(view_size, N-1)",
+            fmt(c["converge_s"], "s", 2),
+            "(informative)",
+            "",
+        ],
+        [
+            "idle CPU per serve process",
+            fmt(idle, "% core", 3),
+            f"<= {IDLE_GOAL_PCT} % (at 100 peers)",
+            "ok" if idle <= IDLE_GOAL_PCT else "OVER",
+        ],
+        ["  of which py-libp2p (bare host)", fmt(lib, "% core", 3), "(baseline)", ""],
+        ["  p2pnode / bare host", fmt(idle / lib if lib else math.nan, "x", 2), "", ""],
+        *[
+            [
+                f"  bare host, gossipsub heartbeat {hb} s",
+                fmt(b["cpu_pct"]["mean"], "% core", 3),
+                "(informative)",
+                "",
+            ]
+            for hb, b in r["bare_hosts_by_heartbeat"].items()
+        ],
+        ["RSS per serve process", fmt(c["rss_mb"]["mean"], "MB"), "(informative)", ""],
+        [
+            f"jobs lost of {2 * r['jobs']}",
+            str(lost),
+            "= 0",
+            "ok" if lost == 0 else "LOST",
+        ],
+        [
+            f"{c['several_owners']['owners']} owners / 1 owner jobs/s",
+            fmt(speedup, "x", 2),
+            ">= 1.0x",
+            "ok" if speedup >= 1.0 else "UNDER",
+        ],
+    ]
+    print_table(
+        f"scale: {r['nodes']} serve processes on one host ({r['cpus']} CPUs)",
+        ["measure", "value", "goal", ""],
+        rows,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare-host":
+        bare_host_main(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--owners", type=int, default=4)
+    # The same total in flight for one owner and for several (at most 32 per
+    # owner: a node serves that many control connections at once).
+    parser.add_argument("--in-flight", type=int, default=24)
+    parser.add_argument("--idle-window", type=float, default=20.0)
+    parser.add_argument("--settle", type=float, default=10.0)
+    parser.add_argument("--converge-timeout", type=float, default=240.0)
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-host baseline")
+    parser.add_argument(
+        "--bare-heartbeat",
+        type=int,
+        action="append",
+        default=[],
+        help="also measure bare hosts with this gossipsub heartbeat (s; p2pnode uses 1)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON result only")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    result: dict[str, Any] = {
+        "nodes": args.nodes,
+        "jobs": args.jobs,
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg()[0],
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    # The cluster first: it is what the goals are about; the baselines after
+    # it (alone on the machine, too) cannot lose its numbers.
+    if not args.json:
+        print(f"cluster: {args.nodes} x `p2pnode serve --executors process`", flush=True)
+    result["cluster"] = bench_cluster(args)
+    if not args.json:
+        print(f"bare py-libp2p hosts: {args.nodes}", flush=True)
+    result["bare_hosts"] = None if args.no_bare else bench_bare_hosts(args.nodes, args.idle_window)
+    result["bare_hosts_by_heartbeat"] = {
+        str(hb): bench_bare_hosts(args.nodes, args.idle_window, hb) for hb in args.bare_heartbeat
+    }
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        report(result)
+        print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
