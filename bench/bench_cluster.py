@@ -12,7 +12,10 @@ Measured, in this order:
 1. raw baselines, with no cluster running (so they do not compete for CPU):
    gossipsub hop latency and burst msgs/s between ``--nodes`` processes and
    the point-to-point frame round trip (``bench/bench_gossip.py``'s own
-   functions), and a bare ``trio.run_process(["true"])`` spawn + wait;
+   functions), the raw stream throughput (frames/s echoed between two
+   processes over the same ``Libp2pTransport`` stack, 64 in flight, both
+   directions counted: ``raw_frames_per_s``), and a bare
+   ``trio.run_process(["true"])`` spawn + wait;
 2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
    nodes, timed from just before ``submit`` to the terminal ``job_state``
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
@@ -28,6 +31,12 @@ The raw gossip hop is paced ``--gossip-interval`` (0.2 s) apart, not
 bench_gossip's default 0.05 s: on a small machine 5 py-libp2p hosts deliver
 only some 5-20 msgs/s, so 20 msgs/s measures queueing behind a backlog
 (seconds, with losses), not a hop.  The burst figure gives the capacity.
+
+Goals (issue 16), each printed as a ratio against its same-run baseline:
+p50 <= 6x (raw frame round trip + bare spawn); p99 <= 2x p50; jobs/s x frames
+per job (all frames the cores sent during the burst) >= 50 % of
+``raw_frames_per_s`` with ``--concurrent`` in flight; frames per job under
+load <= 1.1x sequential (both without the peer-exchange background).
 
 Usage: ``python bench/bench_cluster.py [--quick] [--json]``.
 """
@@ -62,6 +71,11 @@ from common import (
 from p2pnode.control import ControlClient
 
 FLOOR_P50_MS = 150.0
+# Issue 16's goals, as ratios against baselines measured in the same run.
+GOAL_P50_OVER_FLOOR = 6.0  # job p50 / (raw frame RTT p50 + bare spawn p50)
+GOAL_P99_OVER_P50 = 2.0
+GOAL_FRAME_RATE_SHARE = 0.5  # jobs/s x frames per job / raw_frames_per_s
+GOAL_LOAD_FRAMES = 1.1  # frames per job under load / sequential
 TERMINAL = frozenset({"completed", "failed", "stopped"})
 BACKGROUND_TYPES = frozenset({"hello", "peers"})  # peer exchange, sent whatever the load
 TRIVIAL_JOB: dict[str, Any] = {
@@ -187,11 +201,16 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} before the run")
     print(f"raw baselines: {args.nodes} separate processes, loopback", flush=True)
     gossip_args = argparse.Namespace(
-        size=256, count=args.gossip_count, interval=args.gossip_interval, burst=args.burst
+        size=256,
+        count=args.gossip_count,
+        interval=args.gossip_interval,
+        burst=args.burst,
+        frames=args.raw_frames,
     )
     out["gossip_interval"] = args.gossip_interval
     out["gossip"] = bench_gossip.bench_gossip(args.nodes, gossip_args)
     out["p2p_stream"] = bench_gossip.bench_p2p(gossip_args)
+    out["raw_frames_per_s"] = out["p2p_stream"]["frames_per_s"]
     spawn = trio.run(spawn_baseline, args.spawns)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)
@@ -230,7 +249,45 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         ),
         failed=[attrs.asdict(t) for t in failed],
     )
+    out["goals"] = goals(out)
     return out
+
+
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's latency and throughput goals: measured ratio vs its bound."""
+    floor = r["p2p_stream"]["rtt_p50_ms"] + r["spawn_p50_ms"]
+    frame_rate = r["throughput_jobs_per_s"] * r["burst_msgs_per_job"]
+    seq_net = r["seq_msgs_per_job_net"]
+    rows = [
+        (
+            "job p50 / (raw frame RTT p50 + bare spawn p50)",
+            r["job_p50_ms"] / floor,
+            "<=",
+            GOAL_P50_OVER_FLOOR,
+        ),
+        ("job p99 / job p50", r["job_p99_ms"] / r["job_p50_ms"], "<=", GOAL_P99_OVER_P50),
+        (
+            f"jobs/s x frames per job / raw_frames_per_s ({r['concurrent']} in flight)",
+            frame_rate / r["raw_frames_per_s"],
+            ">=",
+            GOAL_FRAME_RATE_SHARE,
+        ),
+        (
+            "frames per job under load / sequential (net)",
+            r["burst_msgs_per_job_net"] / seq_net if seq_net else math.nan,
+            "<=",
+            GOAL_LOAD_FRAMES,
+        ),
+    ]
+    return [
+        {
+            "goal": name,
+            "ratio": ratio,
+            "bound": f"{op} {bound}",
+            "met": ratio <= bound if op == "<=" else ratio >= bound,
+        }
+        for name, ratio, op, bound in rows
+    ]
 
 
 def report(r: dict[str, Any]) -> None:
@@ -312,6 +369,19 @@ def report(r: dict[str, Any]) -> None:
     print(f"\nframes per sequential job by type: {by_type}")
     by_type = ", ".join(f"{k} {v:.2f}" for k, v in r["burst_sent_by_type"].items())
     print(f"frames per concurrent job by type: {by_type}")
+    print(
+        f"\nraw stream throughput: {r['raw_frames_per_s']:.0f} frames/s; cluster under load: "
+        f"{r['throughput_jobs_per_s'] * r['burst_msgs_per_job']:.0f} frames/s"
+    )
+    print()
+    print_table(
+        "issue 16 goals (ratios against this run's baselines)",
+        ["goal", "ratio", "bound", "met"],
+        [
+            [g["goal"], f"{g['ratio']:.2f}", g["bound"], "yes" if g["met"] else "NO"]
+            for g in r["goals"]
+        ],
+    )
     if r["failed"]:
         print(f"\n{len(r['failed'])} job(s) did not complete, e.g. {r['failed'][0]}")
 
@@ -326,12 +396,13 @@ def main() -> None:
     parser.add_argument("--spawns", type=int, default=200, help="bare spawn samples")
     parser.add_argument("--gossip-count", type=int, default=300, help="raw hop samples")
     parser.add_argument("--burst", type=int, default=2000, help="raw gossip burst size")
+    parser.add_argument("--raw-frames", type=int, default=3000, help="raw stream flood size")
     parser.add_argument("--gossip-interval", type=float, default=0.2, help="raw hop pacing (s)")
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.warmup, args.concurrent, args.spawns = 20, 5, 20, 30
-        args.gossip_count, args.burst = 30, 300
+        args.gossip_count, args.burst, args.raw_frames = 30, 300, 500
     exit_on_sigterm()
     try:
         results = summarize(args)
