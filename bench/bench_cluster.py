@@ -21,6 +21,9 @@ Measured, in this order:
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
 3. throughput: ``--concurrent`` (200) jobs submitted at once, spread evenly
    over the owners; jobs/s = jobs / (last terminal notification - first submit).
+   A node's control socket serves 32 connections at once, so at most 24
+   submits or waits per node are open together (a job waited for after it
+   ended counts as ending when its wait began: an upper bound).
 
 Messages per job come from the ``stats`` control op of every node (frames the
 protocol core sent, by type): the delta over each phase, divided by its jobs.
@@ -68,7 +71,7 @@ from common import (
     print_table,
 )
 
-from p2pnode.control import ControlClient
+from p2pnode.control import MAX_CONNECTIONS, ControlClient
 
 FLOOR_P50_MS = 150.0
 # Issue 16's goals, as ratios against baselines measured in the same run.
@@ -94,27 +97,37 @@ class JobTiming:
     reason: str
 
 
-async def run_job(client: ControlClient, timeout: float = 60.0) -> JobTiming:
-    """Submit the trivial job to ``client``'s node and wait for its end."""
+async def run_job(
+    client: ControlClient, timeout: float = 60.0, slots: trio.CapacityLimiter | None = None
+) -> JobTiming:
+    """Submit the trivial job to ``client``'s node and wait for its end.
+
+    ``slots`` bounds this node's control connections (the socket serves
+    ``MAX_CONNECTIONS`` at once and answers more with "busy"): the submit and
+    the wait each hold one while open.  A wait that begins after the job ended
+    sees it terminal at once, so its time is an upper bound."""
     granted = math.nan
     end: float | None = None
     state, reason = "unknown", ""
+    slots = slots or trio.CapacityLimiter(1)
     with trio.fail_after(timeout):
         t0 = time.perf_counter()
-        job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
-        async for item in client.stream("wait", job_id=job_id, timeout=timeout):
-            now = time.perf_counter()
-            if "event" in item:
-                event = item["event"]
-                if event.get("kind") == "lease_granted" and math.isnan(granted):
-                    granted = (now - t0) * 1000
-                elif event.get("kind") == "job_state" and event.get("state") in TERMINAL:
-                    end = now  # the notification itself; the describe answer follows
-            else:
-                view = item["result"]
-                state, reason = str(view["state"]), str(view.get("reason") or "")
-                if end is None:  # already terminal when the wait began
-                    end = now
+        async with slots:
+            job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
+        async with slots:
+            async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+                now = time.perf_counter()
+                if "event" in item:
+                    event = item["event"]
+                    if event.get("kind") == "lease_granted" and math.isnan(granted):
+                        granted = (now - t0) * 1000
+                    elif event.get("kind") == "job_state" and event.get("state") in TERMINAL:
+                        end = now  # the notification itself; the describe answer follows
+                else:
+                    view = item["result"]
+                    state, reason = str(view["state"]), str(view.get("reason") or "")
+                    if end is None:  # already terminal when the wait began
+                        end = now
     assert end is not None
     return JobTiming((end - t0) * 1000, granted, state, reason)
 
@@ -173,10 +186,13 @@ async def throughput_phase(
     nodes: list[ServeNode], jobs: int
 ) -> tuple[float, list[JobTiming], dict[str, float]]:
     clients = [n.client for n in nodes]
+    # Below the control socket's MAX_CONNECTIONS (32), with room for `stats`.
+    slots = [trio.CapacityLimiter(min(24, MAX_CONNECTIONS - 4)) for _ in nodes]
     results: list[JobTiming] = []
 
     async def one(i: int) -> None:
-        results.append(await run_job(clients[i % len(clients)], timeout=300))
+        node = i % len(clients)
+        results.append(await run_job(clients[node], timeout=300, slots=slots[node]))
 
     before = await cluster_stats(nodes)
     t0 = time.perf_counter()
