@@ -58,7 +58,7 @@ from p2pnode.stream.feeder import StreamFeeder
 from p2pnode.testing import NO_FAULTS, Faults
 from p2pnode.timefmt import iso_utc
 from p2pnode.views import TERMINAL_STATES, JobSummary, JobView, NodeStats, PeerView, RunView
-from p2pnode.wasm_modules import module_problems
+from p2pnode.wasm_modules import module_problems, wasm_engines
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -242,9 +242,10 @@ class Node:
     async def _check_modules(self, spec: JobSpec) -> None:
         """Peers fetch a wasm module from this node (the owner) by its content
         id: refuse a spec naming one this node's blob store lacks."""
-        problems = await trio.to_thread.run_sync(
-            module_problems, spec.canonical(), self.blobs.has
-        )
+        doc = spec.canonical()
+        if not any(True for _ in wasm_engines(doc)):
+            return  # nothing to look up: no worker thread per submit
+        problems = await trio.to_thread.run_sync(module_problems, doc, self.blobs.has)
         if problems:
             raise SpecError(problems)
 

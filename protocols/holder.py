@@ -34,6 +34,7 @@ from protocols.errors import RemoteProtocolError
 from protocols.events import ExecutionFinished, ExecutionProgress, StartExecution
 from protocols.messages import (
     CENSUS_SLOT,
+    DECLINED_RUNNING_SLOT,
     LOST,
     MAX_CHECKPOINT_LEN,
     AskForBid,
@@ -225,7 +226,7 @@ class Holder:
                 self.ask_scores.over_share(sender, self.out.now)
             if running_same_slot or over_share or not self._fits(ask.cpu, ask.memory):
                 why = (
-                    "already running this slot"
+                    DECLINED_RUNNING_SLOT
                     if running_same_slot
                     else "asker's share of capacity reserved"
                     if over_share
