@@ -15,7 +15,9 @@ Measured, in this order:
    functions), the raw stream throughput (frames/s echoed between two
    processes over the same ``Libp2pTransport`` stack, 64 in flight, both
    directions counted: ``raw_frames_per_s``), and a bare
-   ``trio.run_process(["true"])`` spawn + wait;
+   ``trio.run_process(["true"])`` spawn + wait, and the node's own process
+   executor running the same task in-process (``--sandbox``, default bwrap as
+   ``serve``): what of a job's latency is the executor, not the protocol;
 2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
    nodes, timed from just before ``submit`` to the terminal ``job_state``
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
@@ -52,6 +54,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -171,6 +174,31 @@ async def spawn_baseline(count: int) -> list[float]:
     return samples
 
 
+async def executor_baseline(sandbox: str, count: int) -> list[float]:
+    """The node's own process executor running the trivial task in-process
+    (work dir, limits wrapper, sandbox if any, outputs, cleanup): the part of
+    a job's latency that is not the protocol."""
+    from p2pnode.blobs import BlobStore
+    from p2pnode.executors.process import ProcessExecutor
+    from protocols.events import StartExecution
+
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as root:
+        executor = ProcessExecutor(root, BlobStore(root), max_output_bytes=1 << 20, sandbox=sandbox)
+        task = {"engine": {"type": "process", "command": ["true"]}, "timeout": 30_000}
+        samples = []
+        for i in range(count + 3):  # the first few warm the caches
+            start = StartExecution(
+                f"bench/0/{i}", job_id="bench", slot=0, task=task, env={}, timeout=30
+            )
+            t0 = time.perf_counter()
+            result = await executor.run(start)
+            if result.status != "succeeded":
+                raise RuntimeError(f"executor baseline failed: {result.error}")
+            if i >= 3:
+                samples.append((time.perf_counter() - t0) * 1000)
+        return samples
+
+
 async def latency_phase(
     nodes: list[ServeNode], jobs: int, warmup: int
 ) -> tuple[list[JobTiming], dict[str, float]]:
@@ -228,11 +256,15 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     out["p2p_stream"] = bench_gossip.bench_p2p(gossip_args)
     out["raw_frames_per_s"] = out["p2p_stream"]["frames_per_s"]
     spawn = trio.run(spawn_baseline, args.spawns)
+    executor = trio.run(executor_baseline, args.sandbox, max(10, args.spawns // 4))
+    out["sandbox"] = args.sandbox
+    out["executor_p50_ms"] = statistics.median(executor)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)
 
     print(f"cluster: {args.nodes} x `p2pnode serve --executors process`", flush=True)
-    with LoopbackCluster(args.nodes, executors="process") as cluster:
+    sandbox_args = ["--sandbox", args.sandbox] if args.sandbox != "bwrap" else []
+    with LoopbackCluster(args.nodes, executors="process", extra_args=sandbox_args) as cluster:
         nodes = cluster.nodes
         timings, seq_frames = trio.run(latency_phase, nodes, args.jobs, args.warmup)
         elapsed, burst, burst_frames = trio.run(throughput_phase, nodes, args.concurrent)
@@ -352,6 +384,11 @@ def report(r: dict[str, Any]) -> None:
         ["job p50 / raw hop p50", f"{p50 / hop:.1f} x" if hop else "n/a"],
         ["job p50 / raw p2p round trip p50", f"{p50 / p2p['rtt_p50_ms']:.1f} x"],
         ["protocol overhead: job p50 - spawn p50", fmt(p50 - spawn, "ms")],
+        [
+            f"executor alone p50 (in-process, sandbox {r['sandbox']})",
+            fmt(r["executor_p50_ms"], "ms"),
+        ],
+        ["protocol path: job p50 - executor p50", fmt(p50 - r["executor_p50_ms"], "ms")],
     ]
     print_table("ratios", ["derived", "value"], derived)
     print()
@@ -414,6 +451,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2000, help="raw gossip burst size")
     parser.add_argument("--raw-frames", type=int, default=3000, help="raw stream flood size")
     parser.add_argument("--gossip-interval", type=float, default=0.2, help="raw hop pacing (s)")
+    parser.add_argument(
+        "--sandbox", choices=["bwrap", "none"], default="bwrap", help="the nodes' sandbox"
+    )
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
     args = parser.parse_args()
     if args.quick:
