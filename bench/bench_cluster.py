@@ -12,12 +12,20 @@ Measured, in this order:
 1. raw baselines, with no cluster running (so they do not compete for CPU):
    gossipsub hop latency and burst msgs/s between ``--nodes`` processes and
    the point-to-point frame round trip (``bench/bench_gossip.py``'s own
-   functions), and a bare ``trio.run_process(["true"])`` spawn + wait;
+   functions), the raw stream throughput (frames/s echoed between two
+   processes over the same ``Libp2pTransport`` stack, 64 in flight, both
+   directions counted: ``raw_frames_per_s``), and a bare
+   ``trio.run_process(["true"])`` spawn + wait, and the node's own process
+   executor running the same task in-process (``--sandbox``, default bwrap as
+   ``serve``): what of a job's latency is the executor, not the protocol;
 2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
    nodes, timed from just before ``submit`` to the terminal ``job_state``
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
 3. throughput: ``--concurrent`` (200) jobs submitted at once, spread evenly
    over the owners; jobs/s = jobs / (last terminal notification - first submit).
+   A node's control socket serves 32 connections at once, so at most 24
+   submits or waits per node are open together (a job waited for after it
+   ended counts as ending when its wait began: an upper bound).
 
 Messages per job come from the ``stats`` control op of every node (frames the
 protocol core sent, by type): the delta over each phase, divided by its jobs.
@@ -28,6 +36,12 @@ The raw gossip hop is paced ``--gossip-interval`` (0.2 s) apart, not
 bench_gossip's default 0.05 s: on a small machine 5 py-libp2p hosts deliver
 only some 5-20 msgs/s, so 20 msgs/s measures queueing behind a backlog
 (seconds, with losses), not a hop.  The burst figure gives the capacity.
+
+Goals (issue 16), each printed as a ratio against its same-run baseline:
+p50 <= 6x (raw frame round trip + bare spawn); p99 <= 2x p50; jobs/s x frames
+per job (all frames the cores sent during the burst) >= 50 % of
+``raw_frames_per_s`` with ``--concurrent`` in flight; frames per job under
+load <= 1.1x sequential (both without the peer-exchange background).
 
 Usage: ``python bench/bench_cluster.py [--quick] [--json]``.
 """
@@ -40,6 +54,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,9 +74,14 @@ from common import (
     print_table,
 )
 
-from p2pnode.control import ControlClient
+from p2pnode.control import MAX_CONNECTIONS, ControlClient
 
 FLOOR_P50_MS = 150.0
+# Issue 16's goals, as ratios against baselines measured in the same run.
+GOAL_P50_OVER_FLOOR = 6.0  # job p50 / (raw frame RTT p50 + bare spawn p50)
+GOAL_P99_OVER_P50 = 2.0
+GOAL_FRAME_RATE_SHARE = 0.5  # jobs/s x frames per job / raw_frames_per_s
+GOAL_LOAD_FRAMES = 1.1  # frames per job under load / sequential
 TERMINAL = frozenset({"completed", "failed", "stopped"})
 BACKGROUND_TYPES = frozenset({"hello", "peers"})  # peer exchange, sent whatever the load
 TRIVIAL_JOB: dict[str, Any] = {
@@ -80,27 +100,37 @@ class JobTiming:
     reason: str
 
 
-async def run_job(client: ControlClient, timeout: float = 60.0) -> JobTiming:
-    """Submit the trivial job to ``client``'s node and wait for its end."""
+async def run_job(
+    client: ControlClient, timeout: float = 60.0, slots: trio.CapacityLimiter | None = None
+) -> JobTiming:
+    """Submit the trivial job to ``client``'s node and wait for its end.
+
+    ``slots`` bounds this node's control connections (the socket serves
+    ``MAX_CONNECTIONS`` at once and answers more with "busy"): the submit and
+    the wait each hold one while open.  A wait that begins after the job ended
+    sees it terminal at once, so its time is an upper bound."""
     granted = math.nan
     end: float | None = None
     state, reason = "unknown", ""
+    slots = slots or trio.CapacityLimiter(1)
     with trio.fail_after(timeout):
         t0 = time.perf_counter()
-        job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
-        async for item in client.stream("wait", job_id=job_id, timeout=timeout):
-            now = time.perf_counter()
-            if "event" in item:
-                event = item["event"]
-                if event.get("kind") == "lease_granted" and math.isnan(granted):
-                    granted = (now - t0) * 1000
-                elif event.get("kind") == "job_state" and event.get("state") in TERMINAL:
-                    end = now  # the notification itself; the describe answer follows
-            else:
-                view = item["result"]
-                state, reason = str(view["state"]), str(view.get("reason") or "")
-                if end is None:  # already terminal when the wait began
-                    end = now
+        async with slots:
+            job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
+        async with slots:
+            async for item in client.stream("wait", job_id=job_id, timeout=timeout):
+                now = time.perf_counter()
+                if "event" in item:
+                    event = item["event"]
+                    if event.get("kind") == "lease_granted" and math.isnan(granted):
+                        granted = (now - t0) * 1000
+                    elif event.get("kind") == "job_state" and event.get("state") in TERMINAL:
+                        end = now  # the notification itself; the describe answer follows
+                else:
+                    view = item["result"]
+                    state, reason = str(view["state"]), str(view.get("reason") or "")
+                    if end is None:  # already terminal when the wait began
+                        end = now
     assert end is not None
     return JobTiming((end - t0) * 1000, granted, state, reason)
 
@@ -144,6 +174,31 @@ async def spawn_baseline(count: int) -> list[float]:
     return samples
 
 
+async def executor_baseline(sandbox: str, count: int) -> list[float]:
+    """The node's own process executor running the trivial task in-process
+    (work dir, limits wrapper, sandbox if any, outputs, cleanup): the part of
+    a job's latency that is not the protocol."""
+    from p2pnode.blobs import BlobStore
+    from p2pnode.executors.process import ProcessExecutor
+    from protocols.events import StartExecution
+
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as root:
+        executor = ProcessExecutor(root, BlobStore(root), max_output_bytes=1 << 20, sandbox=sandbox)
+        task = {"engine": {"type": "process", "command": ["true"]}, "timeout": 30_000}
+        samples = []
+        for i in range(count + 3):  # the first few warm the caches
+            start = StartExecution(
+                f"bench/0/{i}", job_id="bench", slot=0, task=task, env={}, timeout=30
+            )
+            t0 = time.perf_counter()
+            result = await executor.run(start)
+            if result.status != "succeeded":
+                raise RuntimeError(f"executor baseline failed: {result.error}")
+            if i >= 3:
+                samples.append((time.perf_counter() - t0) * 1000)
+        return samples
+
+
 async def latency_phase(
     nodes: list[ServeNode], jobs: int, warmup: int
 ) -> tuple[list[JobTiming], dict[str, float]]:
@@ -159,10 +214,13 @@ async def throughput_phase(
     nodes: list[ServeNode], jobs: int
 ) -> tuple[float, list[JobTiming], dict[str, float]]:
     clients = [n.client for n in nodes]
+    # Below the control socket's MAX_CONNECTIONS (32), with room for `stats`.
+    slots = [trio.CapacityLimiter(min(24, MAX_CONNECTIONS - 4)) for _ in nodes]
     results: list[JobTiming] = []
 
     async def one(i: int) -> None:
-        results.append(await run_job(clients[i % len(clients)], timeout=300))
+        node = i % len(clients)
+        results.append(await run_job(clients[node], timeout=300, slots=slots[node]))
 
     before = await cluster_stats(nodes)
     t0 = time.perf_counter()
@@ -187,17 +245,26 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} before the run")
     print(f"raw baselines: {args.nodes} separate processes, loopback", flush=True)
     gossip_args = argparse.Namespace(
-        size=256, count=args.gossip_count, interval=args.gossip_interval, burst=args.burst
+        size=256,
+        count=args.gossip_count,
+        interval=args.gossip_interval,
+        burst=args.burst,
+        frames=args.raw_frames,
     )
     out["gossip_interval"] = args.gossip_interval
     out["gossip"] = bench_gossip.bench_gossip(args.nodes, gossip_args)
     out["p2p_stream"] = bench_gossip.bench_p2p(gossip_args)
+    out["raw_frames_per_s"] = out["p2p_stream"]["frames_per_s"]
     spawn = trio.run(spawn_baseline, args.spawns)
+    executor = trio.run(executor_baseline, args.sandbox, max(10, args.spawns // 4))
+    out["sandbox"] = args.sandbox
+    out["executor_p50_ms"] = statistics.median(executor)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)
 
     print(f"cluster: {args.nodes} x `p2pnode serve --executors process`", flush=True)
-    with LoopbackCluster(args.nodes, executors="process") as cluster:
+    sandbox_args = ["--sandbox", args.sandbox] if args.sandbox != "bwrap" else []
+    with LoopbackCluster(args.nodes, executors="process", extra_args=sandbox_args) as cluster:
         nodes = cluster.nodes
         timings, seq_frames = trio.run(latency_phase, nodes, args.jobs, args.warmup)
         elapsed, burst, burst_frames = trio.run(throughput_phase, nodes, args.concurrent)
@@ -230,7 +297,45 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         ),
         failed=[attrs.asdict(t) for t in failed],
     )
+    out["goals"] = goals(out)
     return out
+
+
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's latency and throughput goals: measured ratio vs its bound."""
+    floor = r["p2p_stream"]["rtt_p50_ms"] + r["spawn_p50_ms"]
+    frame_rate = r["throughput_jobs_per_s"] * r["burst_msgs_per_job"]
+    seq_net = r["seq_msgs_per_job_net"]
+    rows = [
+        (
+            "job p50 / (raw frame RTT p50 + bare spawn p50)",
+            r["job_p50_ms"] / floor,
+            "<=",
+            GOAL_P50_OVER_FLOOR,
+        ),
+        ("job p99 / job p50", r["job_p99_ms"] / r["job_p50_ms"], "<=", GOAL_P99_OVER_P50),
+        (
+            f"jobs/s x frames per job / raw_frames_per_s ({r['concurrent']} in flight)",
+            frame_rate / r["raw_frames_per_s"],
+            ">=",
+            GOAL_FRAME_RATE_SHARE,
+        ),
+        (
+            "frames per job under load / sequential (net)",
+            r["burst_msgs_per_job_net"] / seq_net if seq_net else math.nan,
+            "<=",
+            GOAL_LOAD_FRAMES,
+        ),
+    ]
+    return [
+        {
+            "goal": name,
+            "ratio": ratio,
+            "bound": f"{op} {bound}",
+            "met": ratio <= bound if op == "<=" else ratio >= bound,
+        }
+        for name, ratio, op, bound in rows
+    ]
 
 
 def report(r: dict[str, Any]) -> None:
@@ -279,6 +384,11 @@ def report(r: dict[str, Any]) -> None:
         ["job p50 / raw hop p50", f"{p50 / hop:.1f} x" if hop else "n/a"],
         ["job p50 / raw p2p round trip p50", f"{p50 / p2p['rtt_p50_ms']:.1f} x"],
         ["protocol overhead: job p50 - spawn p50", fmt(p50 - spawn, "ms")],
+        [
+            f"executor alone p50 (in-process, sandbox {r['sandbox']})",
+            fmt(r["executor_p50_ms"], "ms"),
+        ],
+        ["protocol path: job p50 - executor p50", fmt(p50 - r["executor_p50_ms"], "ms")],
     ]
     print_table("ratios", ["derived", "value"], derived)
     print()
@@ -312,6 +422,19 @@ def report(r: dict[str, Any]) -> None:
     print(f"\nframes per sequential job by type: {by_type}")
     by_type = ", ".join(f"{k} {v:.2f}" for k, v in r["burst_sent_by_type"].items())
     print(f"frames per concurrent job by type: {by_type}")
+    print(
+        f"\nraw stream throughput: {r['raw_frames_per_s']:.0f} frames/s; cluster under load: "
+        f"{r['throughput_jobs_per_s'] * r['burst_msgs_per_job']:.0f} frames/s"
+    )
+    print()
+    print_table(
+        "issue 16 goals (ratios against this run's baselines)",
+        ["goal", "ratio", "bound", "met"],
+        [
+            [g["goal"], f"{g['ratio']:.2f}", g["bound"], "yes" if g["met"] else "NO"]
+            for g in r["goals"]
+        ],
+    )
     if r["failed"]:
         print(f"\n{len(r['failed'])} job(s) did not complete, e.g. {r['failed'][0]}")
 
@@ -326,12 +449,16 @@ def main() -> None:
     parser.add_argument("--spawns", type=int, default=200, help="bare spawn samples")
     parser.add_argument("--gossip-count", type=int, default=300, help="raw hop samples")
     parser.add_argument("--burst", type=int, default=2000, help="raw gossip burst size")
+    parser.add_argument("--raw-frames", type=int, default=3000, help="raw stream flood size")
     parser.add_argument("--gossip-interval", type=float, default=0.2, help="raw hop pacing (s)")
+    parser.add_argument(
+        "--sandbox", choices=["bwrap", "none"], default="bwrap", help="the nodes' sandbox"
+    )
     parser.add_argument("--json", action="store_true", help="also print results as JSON")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.warmup, args.concurrent, args.spawns = 20, 5, 20, 30
-        args.gossip_count, args.burst = 30, 300
+        args.gossip_count, args.burst, args.raw_frames = 30, 300, 500
     exit_on_sigterm()
     try:
         results = summarize(args)

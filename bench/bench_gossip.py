@@ -12,9 +12,11 @@ numbers.
 * gossip throughput: host 0 publishes ``--burst`` messages back to back;
   msgs/s = messages delivered to a receiver / (its last delivery - first publish).
 * p2p round trip: ``Libp2pTransport.send`` ping -> echo -> pong between two
-  processes over direct streams.  (The removed per-peer gossipsub "inbox"
-  mode measured p50 4.7-5.0 ms / p99 66-86 ms against the streams' 1.15 /
-  1.8 ms, 200 rounds of 256 B, before it went.)
+  processes over direct streams.  p2p throughput: ``--frames`` pings echoed
+  back with 64 in flight; frames/s counts both directions (median of 3).
+  (The removed per-peer gossipsub "inbox" mode measured p50 4.7-5.0 ms /
+  p99 66-86 ms against the streams' 1.15 / 1.8 ms, 200 rounds of 256 B,
+  before it went.)
 
 Usage: ``python bench/bench_gossip.py [--hosts 2 5] [--count 300] [--burst 2000]``
 """
@@ -114,7 +116,29 @@ def pad(seq: int, size: int) -> bytes:
     return head + b"\0" * max(0, size - len(head))
 
 
-async def worker_p2p(index: int, rounds: int, size: int) -> None:
+async def flood(t: Any, other: str, frames: int, window: int, size: int) -> float:
+    """Frames/s between two processes: ``frames`` pings echoed back, at most
+    ``window`` in flight (below the transport's 256-frame peer queue, so none
+    is dropped); both directions count, as a cluster's frames do."""
+    import trio
+
+    payload = b"f" * size
+    sent = received = 0
+    t0 = time.perf_counter()
+    while sent < min(window, frames):
+        await t.send(other, payload)
+        sent += 1
+    while received < frames:
+        with trio.fail_after(30):
+            await t.receive()
+        received += 1
+        if sent < frames:
+            await t.send(other, payload)
+            sent += 1
+    return 2 * frames / (time.perf_counter() - t0)
+
+
+async def worker_p2p(index: int, rounds: int, size: int, frames: int = 0) -> None:
     import trio
     from libp2p.crypto.ed25519 import create_new_key_pair
 
@@ -139,7 +163,8 @@ async def worker_p2p(index: int, rounds: int, size: int) -> None:
                 await t.receive()
             if i >= 20:  # warm-up: first dial, stream setup
                 rtts.append((time.perf_counter() - t0) * 1000)
-        emit({"rtts": rtts})
+        rates = [await flood(t, other, frames, 64, size) for _ in range(3 if frames else 0)]
+        emit({"rtts": rtts, "frames_per_s": statistics.median(rates) if rates else None})
 
 
 # --- coordinator ------------------------------------------------------------
@@ -235,15 +260,21 @@ def bench_gossip(n: int, args: argparse.Namespace) -> dict[str, float]:
 
 
 def bench_p2p(args: argparse.Namespace) -> dict[str, float]:
-    cluster = Cluster(
-        2, ["--kind", "p2p", "--rounds", str(args.count), "--size", str(args.size)]
-    )
+    """Frame round trip; with ``args.frames`` > 0 also ``frames_per_s`` (the
+    median of 3 floods of that many echoed frames, 64 in flight)."""
+    frames = getattr(args, "frames", 0)
+    sizes = ["--rounds", str(args.count), "--size", str(args.size), "--frames", str(frames)]
+    cluster = Cluster(2, ["--kind", "p2p", *sizes])
     try:
         cluster.read(1)  # echo ready
-        rtts = cluster.read(0)["rtts"]
+        report = cluster.read(0)
     finally:
         cluster.close()
-    return {"rtt_p50_ms": statistics.median(rtts), "rtt_p99_ms": pct(rtts, 0.99)}
+    rtts = report["rtts"]
+    out = {"rtt_p50_ms": statistics.median(rtts), "rtt_p99_ms": pct(rtts, 0.99)}
+    if report["frames_per_s"] is not None:
+        out["frames_per_s"] = report["frames_per_s"]
+    return out
 
 
 def main() -> None:
@@ -257,6 +288,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.05, help="latency pacing (s)")
     parser.add_argument("--burst", type=int, default=2000, help="throughput messages")
     parser.add_argument("--size", type=int, default=256, help="payload bytes")
+    parser.add_argument("--frames", type=int, default=2000, help="p2p flood frames (0: none)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args()
 
@@ -269,7 +301,7 @@ def main() -> None:
         if args.kind == "gossip":
             trio.run(worker_gossip, args.worker, args.n, args.size)
         else:
-            trio.run(worker_p2p, args.worker, args.rounds, args.size)
+            trio.run(worker_p2p, args.worker, args.rounds, args.size, args.frames)
         return
 
     results: dict[str, dict[str, float]] = {}
@@ -285,6 +317,8 @@ def main() -> None:
     print("p2p frame round trip (Libp2pTransport.send, 2 processes)")
     r = results["p2p_stream"] = bench_p2p(args)
     print(f"  stream: p50 {r['rtt_p50_ms']:.2f} ms  p99 {r['rtt_p99_ms']:.2f} ms")
+    if "frames_per_s" in r:
+        print(f"  stream throughput: {r['frames_per_s']:.0f} frames/s (64 in flight, echoed)")
     if args.json:
         print(json.dumps(results, indent=2))
 

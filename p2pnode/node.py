@@ -72,7 +72,7 @@ from p2pnode.views import (
     PeerView,
     RunView,
 )
-from p2pnode.wasm_modules import module_problems
+from p2pnode.wasm_modules import module_problems, wasm_engines
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -273,7 +273,10 @@ class Node:
     async def _check_modules(self, spec: JobSpec) -> None:
         """Peers fetch a wasm module from this node (the owner) by its content
         id: refuse a spec naming one this node's blob store lacks."""
-        problems = await trio.to_thread.run_sync(module_problems, spec.canonical(), self.blobs.has)
+        doc = spec.canonical()
+        if not any(True for _ in wasm_engines(doc)):
+            return  # nothing to look up: no worker thread per submit
+        problems = await trio.to_thread.run_sync(module_problems, doc, self.blobs.has)
         if problems:
             raise SpecError(problems)
 

@@ -51,6 +51,7 @@ from p2pnode.executor import Executor, ProgressMailbox, install_progress
 from p2pnode.executors.common import safe_name
 from p2pnode.logcapture import OutputCapture, install_output
 from p2pnode.store import Store, StoreError
+from p2pnode.store_writer import StoreWriter
 from p2pnode.transport import Transport
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC
@@ -163,7 +164,8 @@ class NodeRuntime:
     ``offload_store``: run ``store.apply`` in a worker thread so an fsync does
     not block the event loop; by default only for stores that say they block
     (``SqliteStore.blocking``), keeping in-memory stores deterministic under a
-    mock clock.
+    mock clock.  The thread is one long-lived ``StoreWriter`` per run, not a
+    ``trio.to_thread`` call per write (``store_writer.py``).
 
     The runtime does not own the store or the transport: whoever built them
     closes them after ``run`` returns.
@@ -211,6 +213,7 @@ class NodeRuntime:
         self._offload_store = (
             bool(getattr(store, "blocking", False)) if offload_store is None else offload_store
         )
+        self._writer: StoreWriter | None = None
 
         self._running = False
         self._stopped = False
@@ -250,6 +253,9 @@ class NodeRuntime:
             raise RuntimeError("a NodeRuntime runs once")
         send, receive = trio.open_memory_channel[_Item](self._queue_size)
         self._queue = send
+        if self._offload_store:
+            self._writer = StoreWriter(self.store.apply)
+            self._writer.start()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -276,6 +282,8 @@ class NodeRuntime:
             raise
         finally:
             self._shutdown(send)
+            if self._writer is not None:
+                self._writer.close()
 
     def stop(self) -> None:
         """Stop a running node (same as cancelling the scope ``run`` is in)."""
@@ -401,10 +409,10 @@ class NodeRuntime:
 
     async def _persist(self, batch: Sequence[Persist]) -> None:
         try:
-            if self._offload_store:
+            if self._writer is not None:
                 # Not abandoned on cancel: a batch is either fully written or
                 # not at all, never left running behind a stopped node.
-                await trio.to_thread.run_sync(self.store.apply, batch)
+                await self._writer.apply(batch)
             else:
                 self.store.apply(batch)
         except StoreError as exc:

@@ -40,6 +40,7 @@ from protocols.events import (
 from protocols.logs import LogSender
 from protocols.messages import (
     CENSUS_SLOT,
+    DECLINED_RUNNING_SLOT,
     LOG_STREAMS,
     LOST,
     MAX_CHECKPOINT_LEN,
@@ -240,7 +241,7 @@ class Holder:
                 self.ask_scores.over_share(sender, self.out.now)
             if running_same_slot or over_share or not self._fits(ask.cpu, ask.memory):
                 why = (
-                    "already running this slot"
+                    DECLINED_RUNNING_SLOT
                     if running_same_slot
                     else "asker's share of capacity reserved"
                     if over_share

@@ -174,6 +174,10 @@ class Bid(Message):
     running: int = attrs.field(default=0, metadata=bounded(lo=0, hi=1_000_000))
 
 
+# A matching node's decline that is about the slot, not its capacity.
+DECLINED_RUNNING_SLOT = "already running this slot"
+
+
 @attrs.frozen(kw_only=True)
 class BidDeclined(Message):
     """Compute node -> owner: I will not bid (reason: constraints, busy, ...)."""

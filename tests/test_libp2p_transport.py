@@ -69,6 +69,28 @@ async def test_two_hosts_exchange_frames_both_ways() -> None:
         )
 
 
+async def test_queued_frames_share_stream_writes_in_order() -> None:
+    """Frames queued for a peer while its sender is busy (here: dialling) go
+    out together, several per stream write, and arrive whole and in order."""
+    async with started(2) as (a, b):
+        a.add_addresses(b.local_id, b.listen_addrs())
+        batches: list[int] = []
+        transmit = a._transmit
+
+        async def counting(peer: str, frames: list[bytes]) -> bool:
+            batches.append(len(frames))
+            return await transmit(peer, frames)
+
+        a._transmit = counting  # type: ignore[method-assign]
+        sent = [b"frame %d " % i + b"x" * (i * 37 % 500) for i in range(60)]
+        for data in sent:
+            await a.send(b.local_id, data)
+        assert [(await recv(b)).data for _ in sent] == sent
+        assert sum(batches) == len(sent) == a.stats.sent
+        assert len(batches) < len(sent)  # not one write per frame
+        assert_empty(b)
+
+
 async def test_sparse_line_reaches_unconnected_peer() -> None:
     # A - B - C: A and C only know B; then they are told each other's addresses
     # (as the protocol's peer exchange would) and must reach each other.

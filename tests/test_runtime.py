@@ -9,6 +9,7 @@ MockClock with autojump (pytest-trio's ``autojump_clock`` fixture), so waiting
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -691,3 +692,65 @@ async def test_sqlite_store_in_worker_thread(tmp_path: Path) -> None:
         assert transport.sent == [("p", b"x")]
     with SqliteStore(tmp_path / "node.db") as reopened:
         assert reopened.load() == {"t": {"k": {"v": 1}}}
+
+
+class ThreadRecordingStore(SqliteStore):
+    """A real SQLite store that notes which thread applied each batch."""
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.threads: list[int] = []
+
+    def apply(self, batch: Sequence[Persist]) -> None:
+        self.threads.append(threading.get_ident())
+        super().apply(batch)
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.endswith("store writer")]
+
+
+async def test_sqlite_writes_share_one_writer_thread_that_ends_with_the_run(
+    tmp_path: Path,
+) -> None:
+    """Every batch goes through the same long-lived thread (not the event loop,
+    not a thread per write), each written before its step's send, and the
+    thread is gone once ``run`` returns."""
+    log: list[Any] = []
+
+    def script(event: Event, now: float) -> Sequence[Action]:
+        if isinstance(event, MessageReceived):
+            return [Persist("t", event.data.decode(), {"v": 1}), Send("p", event.data)]
+        return []
+
+    transport = FakeTransport(log)
+    with ThreadRecordingStore(tmp_path / "node.db") as store:
+        runtime = NodeRuntime(ScriptedCore(log, script), transport, store, SleepExecutor())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            assert len(_writer_threads()) == 1
+            for name in ("a", "b", "c"):
+                transport.deliver(name.encode())
+            await wait_until(lambda: len(transport.sent) == 3, timeout=30)
+            nursery.cancel_scope.cancel()
+        assert len(store.threads) == 3 and len(set(store.threads)) == 1
+        assert store.threads[0] != threading.get_ident()
+        assert store.load() == {"t": {"a": {"v": 1}, "b": {"v": 1}, "c": {"v": 1}}}
+    assert _writer_threads() == []
+
+
+async def test_a_failed_write_in_the_writer_thread_stops_the_node_before_send(
+    tmp_path: Path,
+) -> None:
+    """A real SQLite failure (database full) raised in the writer thread comes
+    back to the consumer: the node stops with StoreError, nothing sent."""
+    log: list[Any] = []
+    big = {"blob": "x" * 200_000}
+    core = ScriptedCore(log, on(Started, lambda e, t: [Persist("t", "k", big), Send("p", b"x")]))
+    transport = FakeTransport(log)
+    with SqliteStore(tmp_path / "node.db", max_pages=16) as store:
+        runtime = NodeRuntime(core, transport, store, SleepExecutor())
+        with pytest.raises(StoreError, match="not written"):
+            await runtime.run()
+    assert transport.sent == []
+    assert _writer_threads() == []

@@ -53,6 +53,15 @@ class OwnerBase:
         self.jobs: dict[str, OwnedJob] = {}
         self.history: dict[str, list[dict[str, Any]]] = {}  # job id -> events, oldest first
         self.logbook = LogBook()  # live output of owned executions (volatile, bounded)
+        # Room (auction.py, volatile): peers that declined for want of capacity,
+        # until when they count as full; per peer, our slots with an open ask
+        # to it or a lease on it (checked lazily against the slots); slots
+        # requeued busy, oldest first, woken as our claims end.
+        self.full_until: dict[str, float] = {}
+        self.full_streak: dict[str, int] = {}  # capacity declines in a row
+        self.claims: dict[str, dict[tuple[str, int], None]] = {}
+        self.waiting_room: dict[tuple[str, int], None] = {}
+        self.woken_for: dict[tuple[str, int], str] = {}  # slot -> peer whose room woke it
         # The kind controllers (``Owner.install``; the node core builds them).
         self.kinds: KindRegistry
 
@@ -113,6 +122,7 @@ class OwnerBase:
 
         # auction.py
         def _open_auction(self, job: OwnedJob, slot: OwnedSlot) -> None: ...
+        def _room_freed(self, node: str) -> None: ...
         def _close_auction(self, job: OwnedJob, slot: OwnedSlot) -> None: ...
         def _failed_nodes(self, job: OwnedJob, slot: OwnedSlot) -> list[str]: ...
 

@@ -43,6 +43,7 @@ class OutcomeMixin(OwnerBase):
         self.out.cancel_timer(SlotTimer(DEADLINE, job.job_id, slot.index))
         execution.finished_ms = self.out.wall_ms()
         self._notify_execution("lease_ended", slot, execution, cause=cause)
+        self._room_freed(execution.node)
 
     def _notify_execution(
         self, kind: str, slot: OwnedSlot, execution: Execution, **extra: Any
