@@ -15,8 +15,9 @@ never send a frame a correct peer would have to reject.
 
 Speed: the simulator decodes ~300k frames per run, so every class gets its
 validators built once, at import, from ``attrs.fields`` and the resolved type
-hints.  The hot path does no reflection: one ``msgpack.unpackb`` call, then a
-flat loop of prebuilt closures per message.
+hints.  The hot path does no reflection: one ``msgpack.unpackb`` call, then one
+function per message class, generated from the same field table, that tests
+every scalar field inline (see "generated fast paths" below).
 
 Also here: :class:`MessageIds` (clock-free unique message ids) and
 :class:`Deduper` (bounded seen-set that drops duplicated frames).
@@ -375,6 +376,10 @@ class _ClassCodec:
         # messages (map <-> instance); filled in by _build_codec.
         self.checks: list[tuple[str, Check, Check]] = []
         self.decoders: list[tuple[str, Check]] = []
+        # The generated straight-line versions of decode_body / encode_body
+        # (see _compile): the reference methods stay the one source of errors.
+        self.decode: Check = self.decode_body
+        self.encode: Check = self.encode_body
 
     def decode_body(self, body: Any) -> Message:
         if type(body) is not dict:
@@ -486,6 +491,7 @@ def _build_codec(cls: type[Message]) -> _ClassCodec:
         dec, enc = _field_checks(fs)
         codec.checks.append((fs.name, dec, enc))
         codec.decoders.append((fs.name, dec))
+    codec.decode, codec.encode = _compile(codec)
     _BY_CLASS[cls] = codec
     return codec
 
@@ -537,6 +543,100 @@ def _list_of(item_check: Check, max_len: int) -> Check:
         return out
 
     return check
+
+
+# --- generated fast paths -------------------------------------------------------
+#
+# The per-field closures above are the *reference* validators: they are simple
+# to read and they name the culprit of a rejection.  The hot path does not
+# call them one by one: from the same FieldSpec table, _compile generates, per
+# message class, one straight-line function that tests every scalar field
+# inline (exactly the reference's conditions) and calls a closure only for
+# containers, nested messages and free-form maps.  It only ever *accepts*: on
+# any doubt it hands the whole body to the reference method, which rejects it
+# with the usual message (or accepts it, should the inline test be stricter).
+# A new message type needs nothing here: it gets its function from its fields.
+
+
+def _inline_test(fs: FieldSpec, var: str) -> str | None:
+    """A Python expression true when ``var`` passes ``fs``'s reference check
+    unchanged (None: no inline form, call the field's closure)."""
+    kind = fs.kind
+    if kind == "str":
+        return f"type({var}) is str and len({var}) <= {fs.max_len!r}"
+    if kind == "bin":
+        return f"type({var}) is bytes and len({var}) <= {fs.max_len!r}"
+    if kind == "bool":
+        return f"({var} is True or {var} is False)"
+    finite = fs.lo is not None and fs.hi is not None and math.isfinite(fs.lo) \
+        and math.isfinite(fs.hi)
+    if kind == "int" and finite:
+        return f"type({var}) is int and {fs.lo!r} <= {var} <= {fs.hi!r}"
+    if kind == "float" and finite:
+        # Finite bounds: NaN and the infinities fail the range test.  An int is
+        # accepted by the reference too, converted (handled by the caller).
+        return f"type({var}) is float and {fs.lo!r} <= {var} <= {fs.hi!r}"
+    return None
+
+
+def _compile(codec: _ClassCodec) -> tuple[Check, Check]:
+    """Generate the fast decode and encode functions of one class."""
+    env: dict[str, Any] = {"_Reject": _Reject, "cls": codec.cls, "NAMES": codec.names,
+                           "slow_decode": codec.decode_body, "slow_encode": codec.encode_body}
+    dec_lines: list[str] = []
+    enc_lines: list[str] = []
+    for i, (fs, (name, dec, enc)) in enumerate(zip(codec.fields, codec.checks, strict=True)):
+        var = f"v{i}"
+        key = repr(name)
+        dec_lines.append(f"{var} = body[{key}]")
+        enc_lines.append(f"{var} = message.{name}")
+        test = _inline_test(fs, var)
+        if fs.kind == "float" and test is not None:
+            for lines in (dec_lines, enc_lines):
+                lines.append(f"if not ({test}):")
+                lines.append(f"    if type({var}) is int and {fs.lo!r} <= {var} <= {fs.hi!r}:")
+                lines.append(f"        {var} = float({var})")
+                lines.append("    else:")
+                lines.append("        return SLOW")
+        elif test is not None:
+            for lines in (dec_lines, enc_lines):
+                lines.append(f"if not ({test}):")
+                lines.append("    return SLOW")
+        else:
+            if fs.kind == "message":
+                assert fs.nested is not None
+                dec, enc = _BY_CLASS[fs.nested].decode, _BY_CLASS[fs.nested].encode
+            elif fs.kind == "list[message]":
+                assert fs.nested is not None and fs.max_len is not None
+                inner = _BY_CLASS[fs.nested]
+                dec, enc = _list_of(inner.decode, fs.max_len), _list_of(inner.encode, fs.max_len)
+            env[f"dec{i}"], env[f"enc{i}"] = dec, enc
+            dec_lines.append(f"{var} = dec{i}({var})")
+            enc_lines.append(f"{var} = enc{i}({var})")
+    args = ", ".join(f"{fs.name}=v{i}" for i, fs in enumerate(codec.fields))
+    entries = ", ".join(f"{fs.name!r}: v{i}" for i, fs in enumerate(codec.fields))
+    indent = "\n        "
+    src = f"""
+def fast_decode(body):
+    if type(body) is not dict or body.keys() != NAMES:
+        return slow_decode(body)
+    try:
+        {indent.join(dec_lines).replace("SLOW", "slow_decode(body)") or "pass"}
+    except _Reject:
+        return slow_decode(body)
+    return cls({args})
+
+def fast_encode(message):
+    if type(message) is not cls:
+        return slow_encode(message)
+    try:
+        {indent.join(enc_lines).replace("SLOW", "slow_encode(message)") or "pass"}
+    except _Reject:
+        return slow_encode(message)
+    return {{{entries}}}
+"""
+    exec(compile(src, f"<codec {codec.cls.__name__}>", "exec"), env)
+    return env["fast_decode"], env["fast_encode"]
 
 
 for _cls in ALL_MESSAGES:
@@ -642,7 +742,7 @@ def _decode_envelope(obj: Any) -> Envelope:
     msg_id = _check_id(obj["id"], "envelope.id")
     sender = _check_id(obj["from"], "envelope.from")
     try:
-        message = codec.decode_body(obj["body"])
+        message = codec.decode(obj["body"])
     except _Reject as rej:
         rej.path.append(codec.tag)
         raise
@@ -666,7 +766,7 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             "t": codec.tag,
             "id": _check_id(msg_id, "msg_id"),
             "from": _check_id(sender, "sender"),
-            "body": codec.encode_body(message),
+            "body": codec.encode(message),
         }
     except _Reject as rej:
         if rej.path:

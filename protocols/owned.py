@@ -35,7 +35,11 @@ def parse_execution_id(exec_id: str) -> tuple[str, int, int]:
     return job_id, int(slot), int(epoch)
 
 
-@attrs.define
+# on_setattr=NO_OP: the state converter runs at construction (records hold
+# plain strings) but not on each assignment: every assignment goes through
+# move(), which already yields the enum, and attrs' per-assignment hook made
+# each field write of these hot records several Python calls.
+@attrs.define(on_setattr=attrs.setters.NO_OP)
 class Execution:
     """The owner's record of one lease it granted."""
 
@@ -177,7 +181,7 @@ class OwnedSlot:
         )
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # (see Execution)
 class OwnedJob:
     job_id: str
     spec: dict[str, Any]

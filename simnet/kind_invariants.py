@@ -223,6 +223,11 @@ class KindInvariants(Checker):
         self.clock_skew = 0.0  # the nodes' clock rates are within 1 +- this (cron timing slack)
         self.jobs: dict[str, JobInfo] = {}
         self._long: list[str] = []  # accepted daemons and services, in acceptance order
+        # Every job ever said to be a daemon, and each job's place in self.jobs:
+        # a node's first start looks at these only, not at every job (which
+        # made starting N nodes with J jobs cost N x J).
+        self._daemons: set[str] = set()
+        self._position: dict[str, int] = {}
         # ground truth: job -> {(node, run id): started at}
         self.live: dict[str, dict[tuple[str, str], float]] = {}
         self.live_runs: dict[str, set[str]] = {}  # cron job -> its runs executing now
@@ -285,8 +290,10 @@ class KindInvariants(Checker):
 
     def expect(self, job_id: str, spec: Mapping[str, Any]) -> None:
         """A job the harness submits (its spec: kind, labels, schedule, count)."""
-        info = self.jobs.setdefault(job_id, JobInfo(str(spec.get("type", "batch"))))
+        info = self._job(job_id, str(spec.get("type", "batch")))
         info.kind = str(spec.get("type", "batch"))
+        if info.kind == "daemon":
+            self._daemons.add(job_id)
         info.labels = dict((spec.get("constraints") or {}).get("labels") or {})
         info.schedule = dict(spec.get("schedule") or {})
         info.count = int(spec.get("count") or 1)
@@ -344,8 +351,19 @@ class KindInvariants(Checker):
                 self._live_remove(jid, key)
         self._recount(now)
 
+    def _job(self, jid: str, kind: str) -> JobInfo:
+        """The job's record, made (and placed) on first sight."""
+        info = self.jobs.get(jid)
+        if info is None:
+            info = self.jobs[jid] = JobInfo(kind)
+            self._position[jid] = len(self._position)
+            if kind == "daemon":
+                self._daemons.add(jid)
+        return info
+
     def _joined(self, node: str, now: float) -> None:
-        for jid, info in self.jobs.items():
+        for jid in sorted(self._daemons, key=self._position.__getitem__):
+            info = self.jobs[jid]
             if (info.kind == "daemon" and info.accepted_at is not None
                     and info.state not in TERMINAL and not info.cancelled
                     and self.world.matches(node, info.labels)):
@@ -375,7 +393,7 @@ class KindInvariants(Checker):
         kind = str(d.get("job_type") or "batch")
         info = self.jobs.get(jid)
         if info is None:
-            info = self.jobs[jid] = JobInfo(kind)
+            info = self._job(jid, kind)
             parent = run_parent(jid) if kind == "run" else None
             if parent is not None and parent[0] in self.jobs:
                 info.labels = dict(self.jobs[parent[0]].labels)
@@ -389,6 +407,8 @@ class KindInvariants(Checker):
             info.accepted_at = now
             info.owner = node
             info.kind = kind
+            if kind == "daemon":
+                self._daemons.add(jid)
             if kind in ("daemon", "service"):
                 self._long.append(jid)
                 self._count_changed(jid, now)

@@ -912,3 +912,54 @@ def test_decode_is_fast_enough() -> None:
     data = encode(GRANT, msg_id=MSG_ID, sender=SENDER)
     per_call = min(timeit.repeat(lambda: decode(data), number=2000, repeat=5)) / 2000
     assert per_call < 200e-6, f"decode of a LeaseGrant took {per_call * 1e6:.1f} us"
+
+
+# --- the generated fast paths agree with the reference validators ---------------------------
+
+
+def _outcome(fn: Any, value: Any) -> tuple[str, Any]:
+    """What one body/message check does with ``value``: accept (and return what)
+    or reject (and say why, with the field path)."""
+    try:
+        return "ok", fn(value)
+    except codec._Reject as rej:
+        return "rejected", rej.describe()
+
+
+def _disagreements(cls: type[Message]) -> list[str]:
+    """Edge values of every field of ``cls`` on which the generated decode or
+    encode of its class does not do exactly what the reference method does."""
+    cc = codec._BY_CLASS[cls]
+    out = []
+    for name, hint, meta in _fields(cls):
+        for value, _valid in edge_values(hint, meta):
+            message = attrs.evolve(minimal(cls), **{name: value})
+            body = _to_wire(message)
+            if _outcome(cc.decode, body) != _outcome(cc.decode_body, body):
+                out.append(f"decode {cls.TYPE}.{name}={value!r:.40}")
+            if _outcome(cc.encode, message) != _outcome(cc.encode_body, message):
+                out.append(f"encode {cls.TYPE}.{name}={value!r:.40}")
+    return out
+
+
+@pytest.mark.parametrize("cls", ALL_MESSAGES, ids=lambda c: c.TYPE)
+def test_fast_paths_agree_with_the_reference(cls: type[Message]) -> None:
+    assert codec._BY_CLASS[cls].decode is not codec._BY_CLASS[cls].decode_body  # generated
+    assert _disagreements(cls) == []
+
+
+def test_fast_path_agreement_check_catches_a_lenient_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Planted bug: the generated str test forgets the length bound.  The
+    # agreement check must see the fast path accept what the reference rejects.
+    real = codec._inline_test
+
+    def lenient(fs: codec.FieldSpec, var: str) -> str | None:
+        return f"type({var}) is str" if fs.kind == "str" else real(fs, var)
+
+    monkeypatch.setattr(codec, "_inline_test", lenient)
+    cc = codec._BY_CLASS[Bid]
+    monkeypatch.setattr(cc, "decode", codec._compile(cc)[0])
+    monkeypatch.setattr(cc, "encode", codec._compile(cc)[1])
+    assert any(d.startswith("decode bid.") for d in _disagreements(Bid))

@@ -135,6 +135,20 @@ def _retry(ctx: Ctx, task: Fields) -> Retry:
     )
 
 
+def _misplaced(kind: str) -> dict[str, str]:
+    """Keys of the other engines get a precise message instead of "unknown key"."""
+    misplaced: dict[str, str] = {}
+    for key in {key for keys in ENGINE_KEYS.values() for key in keys} - set(ENGINE_KEYS[kind]):
+        owners = [name for name, keys in ENGINE_KEYS.items() if key in keys]
+        plural = "s" if len(owners) > 1 else ""
+        misplaced[key] = f"only allowed for the {' and '.join(owners)} engine{plural}"
+    return misplaced
+
+
+# Built once: every task of every grant is checked (a hot path in simnet).
+_MISPLACED: dict[str, dict[str, str]] = {kind: _misplaced(kind) for kind in ENGINE_KEYS}
+
+
 def check_engine(ctx: Ctx, value: Any, path: str) -> Engine:
     placeholder = ProcessEngine(command=())
     if not isinstance(value, dict):
@@ -146,13 +160,7 @@ def check_engine(ctx: Ctx, value: Any, path: str) -> Engine:
     kind = ctx.choice(value["type"], join(path, "type"), ENGINE_KEYS)
     if kind is None:
         return placeholder
-    # Keys of the other engines get a precise message instead of "unknown key".
-    misplaced: dict[str, str] = {}
-    for key in {key for keys in ENGINE_KEYS.values() for key in keys} - set(ENGINE_KEYS[kind]):
-        owners = [name for name, keys in ENGINE_KEYS.items() if key in keys]
-        plural = "s" if len(owners) > 1 else ""
-        misplaced[key] = f"only allowed for the {' and '.join(owners)} engine{plural}"
-    fields = ctx.mapping(value, path, ENGINE_KEYS[kind], misplaced)
+    fields = ctx.mapping(value, path, ENGINE_KEYS[kind], _MISPLACED[kind])
     assert fields is not None  # value is a dict
     if kind == "process":
         return ProcessEngine(command=_command(ctx, fields, required=True) or ())
