@@ -170,7 +170,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The NodeSettings `serve` would start a node with (the node is not started)."""
     seen: list[Any] = []
 
-    async def record(settings: Any, faults: Any) -> None:
+    async def record(settings: Any, faults: Any, notice: str = "") -> None:
         seen.append(settings)
 
     monkeypatch.setattr(serve_module, "_serve", record)

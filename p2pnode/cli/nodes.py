@@ -39,7 +39,7 @@ def list_nodes(cli: CliContext) -> None:
             "running": f"{p.get('running', 0)}/{p.get('max_executions', 0)}",
             "memory": _human_bytes(int(p.get("memory", 0))),
             "version": p.get("version") or "-",
-            "addr": (p.get("addrs") or ["-"])[0],
+            "addr": _table_addr((p.get("addrs") or ["-"])[0], cli.wide),
         }
         for p in peers
     ]
@@ -101,3 +101,11 @@ def node_stats(cli: CliContext) -> None:
     ]
     columns = ["asker", "expired", "closed", "over_share", "ignored", "backoffs", "ignored_for_s"]
     click.echo(render_table(asks, columns))
+
+
+def _table_addr(addr: str, wide: bool) -> str:
+    """A peer's first address for the table: without its ``/p2p/<peer id>``
+    tail (the NODE_ID column names the peer) unless ``--wide``."""
+    if wide:
+        return addr
+    return addr.split("/p2p/", 1)[0]

@@ -251,9 +251,11 @@ def serve(
             err=True,
         )
     try:
+        notice = ""
         if ctx.get_parameter_source("listen") == ParameterSource.DEFAULT:
-            settings = attrs.evolve(settings, listen=_default_listen())
-        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)))
+            listen_default, notice = _default_listen()
+            settings = attrs.evolve(settings, listen=listen_default)
+        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)), notice)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -263,9 +265,10 @@ def serve(
         fail(*failure)
 
 
-def _default_listen() -> tuple[str, ...]:
+def _default_listen() -> tuple[tuple[str, ...], str]:
     """The default listen address, or a free port when another process (a
-    second node on this host) has the default one.
+    second node on this host) has the default one; and the warning to print
+    once the node has started (a node that cannot start says one line only).
 
     py-libp2p binds with SO_REUSEPORT, so two nodes of one user starting at
     once would both pass a probe and then *share* the port.  A lock file per
@@ -289,19 +292,18 @@ def _default_listen() -> tuple[str, ...]:
             raise
         return _free_port_listen()
     _HELD_LOCKS.append(fd)  # released when the process ends, however it ends
-    return (DEFAULT_LISTEN,)
+    return (DEFAULT_LISTEN,), ""
 
 
 _HELD_LOCKS: list[int] = []
 
 
-def _free_port_listen() -> tuple[str, ...]:
-    click.echo(
+def _free_port_listen() -> tuple[tuple[str, ...], str]:
+    warning = (
         f"p2pnode: warning: the default port {DEFAULT_PORT} is taken; listening on a "
-        "free port (choose one with --listen)",
-        err=True,
+        "free port (choose one with --listen)"
     )
-    return (FREE_PORT_LISTEN,)
+    return (FREE_PORT_LISTEN,), warning
 
 
 def _start_failure(exc: BaseException) -> tuple[str, int] | None:
@@ -326,12 +328,14 @@ def _start_failure(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-async def _serve(settings: NodeSettings, faults: Faults) -> None:
+async def _serve(settings: NodeSettings, faults: Faults, notice: str = "") -> None:
     from p2pnode.control import serve_control
     from p2pnode.node import open_node
 
     async with open_node(settings, _faults=faults) as node, trio.open_nursery() as nursery:
         await nursery.start(serve_control, node)
+        if notice:
+            click.echo(notice, err=True)
         addrs = node.listen_addrs()
         _write_addrs(settings.data_dir, addrs)
         for addr in addrs:
