@@ -173,6 +173,10 @@ class ChainState:
     outcome: str = ""  # completed | failed (the submitter's view)
     reason: str = ""
     final: list[str] = attrs.field(factory=list)  # [manifest, node] of the last stage
+    # The offered record whose accept window lapsed (or was cut by a restart)
+    # before its commit came: kept so that a late copy of that offer cannot
+    # open a second window, nor a late commit make us its owner (non-submitter).
+    lapsed: str = ""
     # Volatile.
     report_seq: int = 0
     acked_seq: int = 0
@@ -207,6 +211,7 @@ class ChainState:
             "outcome": self.outcome,
             "reason": self.reason,
             "final": self.final,
+            "lapsed": self.lapsed,
         }
 
 
@@ -304,8 +309,7 @@ class ChainController(KindController):
             chain.heard_at = now
             mine = chain.submitter == self.me
             if chain.role == "pending" and not mine:
-                del self.chains[job_id]
-                self.out.persist(CHAINS_TABLE, job_id, None)
+                self._lapse_pending(chain)
                 continue
             if chain.role == "pending":
                 self._drop_pending(chain)
@@ -560,6 +564,10 @@ class ChainController(KindController):
             "body": offer,
             "sigs": {**records[-1]["sigs"], self.me: self.keys.sign(body_bytes(offer))},
         }
+        if known is not None and known.lapsed == record_hash(signed):
+            self._refuse(sender, msg.job_id, f"offer of record {offer['seq']} after our "
+                         "accept window for it lapsed")
+            return
         if known is not None:  # e.g. the submitter, offered a stage: keep what it knows
             if known.role == "owner" and not known.outcome:
                 # A later stage offered to a stale owner: the submitter took
@@ -602,8 +610,20 @@ class ChainController(KindController):
                 self._drop_pending(chain)
                 self._save(chain)
                 return
-            del self.chains[job_id]
-            self.out.persist(CHAINS_TABLE, job_id, None)
+            self._lapse_pending(chain)
+
+    def _lapse_pending(self, chain: ChainState) -> None:
+        """Our acceptance lapsed (window over, or a restart) and we are not the
+        submitter: we never became the owner, and must never become it by this
+        offer.  A late copy of the offer (delayed, duplicated) would otherwise
+        open a fresh window after the offering owner's commit, which the
+        submitter's takeover does not wait for; so we remember the record (a
+        replayed offer is refused, its commit too) instead of forgetting it.
+        The record itself leaves our log, which holds committed records only."""
+        chain.lapsed = record_hash(chain.records[-1])
+        chain.records = chain.records[:-1]
+        chain.move("former")
+        self._save(chain)
 
     def on_commit(self, sender: str, msg: HandoverCommit) -> None:
         chain = self.chains.get(msg.job_id)
@@ -611,6 +631,9 @@ class ChainController(KindController):
             self._refuse(sender, msg.job_id, "commit for no pending handover")
             return
         head = chain.records[-1]
+        if chain.lapsed and chain.lapsed == msg.record_hash:
+            self._refuse(sender, msg.job_id, "commit after the accept window")
+            return
         if chain.role != "pending" and any(
             r["body"]["from"] == sender and record_hash(r) == msg.record_hash for r in chain.records
         ):  # a retransmission of a commit we took (our ack was lost): ack again

@@ -333,7 +333,7 @@ class ChainRole(enum.StrEnum):
 _C = ChainRole
 CHAIN_ROLE_TRANSITIONS: dict[ChainRole, frozenset[ChainRole]] = {
     _C.OWNER: frozenset({_C.WATCHING, _C.FORMER, _C.PENDING}),  # handover, fence/end, offer
-    _C.PENDING: frozenset({_C.OWNER, _C.WATCHING}),  # commit; window over (submitter)
+    _C.PENDING: frozenset({_C.OWNER, _C.WATCHING, _C.FORMER}),  # commit; window over
     _C.WATCHING: frozenset({_C.OWNER, _C.PENDING}),  # takeover; offered a stage
     _C.FORMER: frozenset({_C.OWNER, _C.PENDING}),  # takeover; offered a stage
 }

@@ -228,3 +228,44 @@ def test_stopping_the_chain_at_the_submitter_stops_the_remote_owner() -> None:
     assert owners(net, "c6") == []
     assert any(n["job_id"] == "c6" for n in net.notes_of("chain_fenced"))
     assert stage_runs(net, "c6") == {}, remote
+
+
+def test_a_late_offer_copy_after_the_accept_window_lapsed_makes_no_second_owner() -> None:
+    """simnet seed 123 of the harsh chain sweep: the next owner's accept
+    window lapses (the commit is late); a delayed copy of the offer then
+    arrives.  Accepting it again would open a fresh window after the commit
+    left, and a late commit copy would make it the owner beside the
+    submitter, which takes over on silence: two owners (CH1)."""
+    net = ProtoNet(NODES, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c6", chain_spec(3)))
+    offers: list[Any] = []
+    commits: list[Any] = []
+
+    def delay(frame: Any) -> bool:
+        if frame.sender != "a" or getattr(frame.message, "job_id", "") != "c6":
+            return False
+        if isinstance(frame.message, HandoverOffer) and frame.message.stage == 1:
+            offers.append(frame)
+        if isinstance(frame.message, HandoverCommit) and frame.message.stage == 1:
+            commits.append(frame)
+            return True  # every copy of the commit comes too late
+        return False
+
+    net.drop = delay
+    drive(net, "c6", lambda: bool(net.notes_of("handover_expired")), limit=60)
+    nxt = offers[0].dest
+    assert net.notes_of("handover_expired") and commits
+    # A late retransmission of the offer (a fresh frame id: not a duplicate).
+    late_offer = codec.encode(offers[-1].message, msg_id="a:99:1", sender="a")
+    refused = net.core(nxt).chain.refused
+    net.feed(nxt, MessageReceived("a", late_offer))
+    assert net.core(nxt).chain.refused == refused + 1  # a replayed offer
+    late_commit = codec.encode(commits[-1].message, msg_id="a:99:2", sender="a")
+    net.feed(nxt, MessageReceived("a", late_commit))  # and of the commit
+    assert "accept window" in net.notes_of("handover_refused")[-1]["reason"]
+    assert net.core(nxt).chain.chains["c6"].role not in ("owner", "pending")
+    net.drop = lambda f: False
+    drive(net, "c6", lambda: net.job_state("a", "c6") == "completed", limit=net.now + 200)
+    assert net.notes_of("chain_takeover")
+    assert net.core("a").describe("c6")["chain"]["log_verified"] == "ok"

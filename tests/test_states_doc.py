@@ -40,8 +40,8 @@ def test_an_illegal_move_is_refused() -> None:
 
     with pytest.raises(LocalProtocolError, match="job completed --> running"):
         states.check_job_transition("completed", "running")
-    with pytest.raises(LocalProtocolError, match="chain role pending --> former"):
-        states.check_role_transition("pending", "former")
+    with pytest.raises(LocalProtocolError, match="chain role watching --> former"):
+        states.check_role_transition("watching", "former")
     assert states.check_task_transition("waiting", "skipped") is states.DagTaskState.SKIPPED
     assert states.slot_accepts(states.SlotState.BIDDING, states.SlotEvent.BID)
     assert not states.slot_accepts(states.SlotState.QUEUED, states.SlotEvent.BID)
