@@ -309,7 +309,10 @@ class ChainController(KindController):
             chain.heard_at = now
             mine = chain.submitter == self.me
             if chain.role == "pending" and not mine:
-                self._lapse_pending(chain)
+                # Forgotten, not remembered as lapsed: the offering owner's
+                # resend must find us (a refusal would cost it the whole offer).
+                del self.chains[job_id]
+                self.out.persist(CHAINS_TABLE, job_id, None)
                 continue
             if chain.role == "pending":
                 self._drop_pending(chain)
@@ -414,6 +417,11 @@ class ChainController(KindController):
             "prev": record_hash(head),
             "inputs": inputs,
             "spec": head["body"]["spec"],
+            # Which run of the stage this offer hands on: a re-run's offer is a
+            # new record, which an acceptor that let an earlier one lapse takes
+            # (a lapsed record itself is refused for good: a late copy of it
+            # must not open a second accept window).
+            "attempt": chain.runs,
         }
         chain.offer = self._sign(body)
         self._save(chain)
