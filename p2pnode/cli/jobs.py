@@ -475,17 +475,11 @@ def list_jobs(
 
     A cron job's runs are not rows here: `p2pnode job runs CRON` lists them.
     """
-    filters: dict[str, Any] = {}
-    if states:
-        filters["state"] = list(states)
-    if job_type is not None:
-        filters["type"] = job_type
-    if name is not None:
-        filters["name"] = name
-    if limit is not None:
-        filters["limit"] = limit
-    if since is not None:
-        filters["since"] = since
+    from p2pnode.client import list_arguments  # the client's request, built once
+
+    filters = list_arguments(
+        state=list(states) or None, type=job_type, name=name, limit=limit, since=since, runs=False
+    )
     jobs = call_node(cli, lambda c: c.call("jobs", **filters))
     columns = ["job_id", "name", "type", "state", "reason"]
     _emit(cli, jobs, lambda: click.echo(render_table(jobs, columns)))
