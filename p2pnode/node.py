@@ -557,7 +557,10 @@ class Node:
     def stats(self) -> NodeStats:
         """Counters: frames sent by message type, drops by offending peer, duplicates
         filtered, the transport's own counters, and what peers cost us: rejected
-        frames, scores and bans by peer (``peers``), asks by asker (``asks``).
+        frames, scores and bans by peer (``peers``), asks by asker (``asks``);
+        frames received by type, rejected frames by reason, lease renewals and
+        lapses (as owner), chain handovers, executions by executor and outcome
+        with durations (what ``/metrics`` exposes, docs/metrics.md).
         Field names are documented in docs/architecture.md ("Abusive peers")."""
         now = trio.current_time()
         return NodeStats.from_json(
@@ -570,8 +573,31 @@ class Node:
                 "transport": attrs.asdict(self.transport.stats),
                 "peers": self.transport.guard.stats(now),
                 "asks": self._core.holder.ask_scores.stats(now),
+                # Since issue 15 (the counters behind /metrics):
+                "jobs_by_kind": self._owned_job_counts(),
+                "received_by_type": dict(self._core.received_by_type),
+                "frames_received": sum(self._core.received_by_type.values()),
+                "rejected_by_reason": dict(self.transport.guard.rejected_by_reason),
+                "leases": {
+                    "renewals": self._core.owner.lease_renewals,
+                    "lapses": self._core.owner.lease_lapses,
+                },
+                "handovers": dict(self._core.chain.handovers),
+                "executions": {
+                    "running": self._runtime.executions_running,
+                    **self._runtime.execution_stats.to_json(),
+                },
             }
         )
+
+    def _owned_job_counts(self) -> dict[str, dict[str, int]]:
+        """The jobs this node owns: kind -> state -> count (cron runs, DAG
+        tasks and chain stages count as kind "run")."""
+        counts: dict[str, dict[str, int]] = {}
+        for job in self._core.owner.jobs.values():
+            by_state = counts.setdefault(job.kind, {})
+            by_state[job.state.value] = by_state.get(job.state.value, 0) + 1
+        return counts
 
     def peers(self) -> list[PeerView]:
         """This node and the peers in its view, with labels, capacity and

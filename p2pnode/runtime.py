@@ -47,6 +47,7 @@ import attrs
 import trio
 
 from p2pnode.errors import NodeStoppedError
+from p2pnode.execstats import ExecutionStats
 from p2pnode.executor import Executor, ProgressMailbox, install_progress
 from p2pnode.executors.common import safe_name
 from p2pnode.logcapture import OutputCapture, install_output
@@ -223,6 +224,8 @@ class NodeRuntime:
         self._watchers: list[trio.MemorySendChannel[Notify]] = []
         self._listeners: list[Callable[[Notify], None]] = []
         self._executions: dict[str, _Running] = {}
+        # Finished executions by executor and outcome, with durations (metrics).
+        self.execution_stats = ExecutionStats()
 
         # Timers: one heap with lazy deletion.  ``_armed`` is the truth (key ->
         # version of its live SetTimer); heap entries whose version is no longer
@@ -240,6 +243,11 @@ class NodeRuntime:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def executions_running(self) -> int:
+        """Executions started here and not yet ended."""
+        return len(self._executions)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until cancelled (or ``stop()``).  Reports started once
@@ -615,6 +623,7 @@ class NodeRuntime:
             result = await self._with_log(result, capture)
         finally:
             capture.finish()
+        self.execution_stats.record(engine, result.status, result.duration_ms / 1000)
         log.info(
             "execution %s of job %s slot %d ended: %s (exit code %d, %.1fs, %d+%d output bytes)",
             start.execution_id,

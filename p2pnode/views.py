@@ -341,6 +341,13 @@ class NodeStats(JsonView):
     transport: Mapping[str, int]  # the transport's own counters
     peers: Mapping[str, Any]  # rejected frames, scores and bans by peer
     asks: Mapping[str, Mapping[str, Any]]  # what each asker cost us
+    jobs_by_kind: Mapping[str, Mapping[str, int]]  # owned jobs: kind -> state -> count
+    received_by_type: Mapping[str, int]  # frames accepted (decoded, not duplicates), by type
+    frames_received: int
+    rejected_by_reason: Mapping[str, int]  # rejected frames (transport's and core's), by reason
+    leases: Mapping[str, int]  # renewals / lapses of the leases this node granted as owner
+    handovers: Mapping[str, int]  # chain handovers: offered / accepted
+    executions: Mapping[str, Any]  # running, finished by executor and outcome, durations
     _json: dict[str, Any] = attrs.field(repr=False, alias="json")
     required = ("node_id",)
 
@@ -355,4 +362,11 @@ class NodeStats(JsonView):
             "transport": frozen_json(data.get("transport", {})),
             "peers": frozen_json(data.get("peers", {})),
             "asks": frozen_json(data.get("asks", {})),
+            "jobs_by_kind": frozen_json(data.get("jobs_by_kind", {})),
+            "received_by_type": frozen_json(data.get("received_by_type", {})),
+            "frames_received": data.get("frames_received", 0),
+            "rejected_by_reason": frozen_json(data.get("rejected_by_reason", {})),
+            "leases": frozen_json(data.get("leases", {})),
+            "handovers": frozen_json(data.get("handovers", {})),
+            "executions": frozen_json(data.get("executions", {})),
         }

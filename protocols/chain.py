@@ -226,6 +226,9 @@ class ChainController(KindController):
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.refused = 0
+        # Handovers this node took part in (metrics): offers it made to
+        # another node as the stage's owner, offers it accepted as the next one.
+        self.handovers: dict[str, int] = {"offered": 0, "accepted": 0}
         self._next_lapse = float("inf")  # earliest validity end of a stage we own
 
     # --- helpers -----------------------------------------------------------------
@@ -428,6 +431,7 @@ class ChainController(KindController):
         if to == self.me:  # we ran the stage ourselves: sign both parts at once
             self._committed(chain, chain.offer)
             return
+        self.handovers["offered"] += 1
         self._send_offer(chain)
         self.out.timer(
             JobTimer("chainoffer", chain.job_id),
@@ -600,6 +604,7 @@ class ChainController(KindController):
         chain.report_every = window / 3
         self._save(chain)
         self.out.timer(JobTimer("chainpending", msg.job_id), chain.valid_until)
+        self.handovers["accepted"] += 1
         self._accept(chain)
 
     def _accept(self, chain: ChainState) -> None:

@@ -197,6 +197,9 @@ class NodeCore:
         }
         self.dropped: dict[str, int] = {}  # offending sender -> frames dropped
         self.duplicates = 0
+        # Frames that passed decoding and the duplicate filter, by message
+        # type (the received side of ``out.sent_by_type``; metrics).
+        self.received_by_type: dict[str, int] = {}
 
     # --- the one entry point ----------------------------------------------------------
 
@@ -300,6 +303,7 @@ class NodeCore:
                 self.duplicates += 1
                 return
             message = envelope.message
+            self.received_by_type[message.TYPE] = self.received_by_type.get(message.TYPE, 0) + 1
             if event.topic and not (isinstance(message, AskForBid) and message.broadcast):
                 raise RemoteProtocolError(f"{message.TYPE} is not allowed on topic {event.topic}")
             self.directory.touch(event.sender, self.out.now)

@@ -56,6 +56,9 @@ class PeerGuard:
         self._weights = dict(self.limits.weights)
         self.peers: dict[str, PeerRecord] = {}
         self.refused = 0  # streams, connections, dials and messages refused while banned
+        # Every rejected frame by reason, whoever sent it (never evicted, unlike
+        # ``peers``; the reasons are the few the module docstring lists).
+        self.rejected_by_reason: dict[str, int] = {}
 
     def _leaked(self, rec: PeerRecord, now: float) -> float:
         return max(0.0, rec.score - (now - rec.updated) * self.limits.leak_per_s)
@@ -63,6 +66,7 @@ class PeerGuard:
     def penalize(self, peer: str, reason: str, now: float) -> float:
         """Count one rejected frame of ``peer``.  Returns the ban (seconds) it
         starts now, or 0."""
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         rec = self.peers.get(peer)
         if rec is None:
             rec = self.peers[peer] = PeerRecord(updated=now)

@@ -62,6 +62,10 @@ class OwnerBase:
         self.claims: dict[str, dict[tuple[str, int], None]] = {}
         self.waiting_room: dict[tuple[str, int], None] = {}
         self.woken_for: dict[tuple[str, int], str] = {}  # slot -> peer whose room woke it
+        # Lease counters (metrics; volatile): renewals of current leases this
+        # owner acknowledged, and leases it saw expire without one.
+        self.lease_renewals = 0
+        self.lease_lapses = 0
         # The kind controllers (``Owner.install``; the node core builds them).
         self.kinds: KindRegistry
 

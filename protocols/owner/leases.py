@@ -165,6 +165,8 @@ class LeaseMixin(OwnerBase):
         late = was is SlotState.RUNNING and self.out.now > slot.lease_expires - self.t.lease_grace
         self._move(slot, event, SlotState.RUNNING, persist=False)
         self.out.settle(("grant", execution.execution_id))
+        if event is SlotEvent.RENEWED:
+            self.lease_renewals += 1
         if late:  # past its ttl, within the grace: the lease nearly lapsed
             overdue = self.out.now - (slot.lease_expires - self.t.lease_grace)
             self.note(
@@ -317,6 +319,7 @@ class LeaseMixin(OwnerBase):
                 execution = slot.current
                 assert execution is not None
                 execution.move(ExecutionState.EXPIRED)
+                self.lease_lapses += 1
                 self._cancel_holder(execution, "lease expired")
                 self._lease_lost(job, slot, SlotEvent.EXPIRED, f"lease on {execution.node} expired")
         elif kind == "deadline" and slot_accepts(slot.state, SlotEvent.TIMED_OUT):
