@@ -5,6 +5,8 @@ chain handed over), separately for each node of the process."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,8 +21,10 @@ from p2pnode.libp2p_transport import FRAME_PROTOCOL, Libp2pTransport
 from p2pnode.net.framing import encode_frame
 from p2pnode.net.guard import PeerGuard
 from p2pnode.node import Node, NodeSettings, open_node
+from p2pnode.version import package_version as _version
 from p2pnode.web.metrics import render_metrics
 from protocols.config import Timings
+from tests.realnet import cluster, is_terminal
 from tests.test_real_chain import chain_spec
 from tests.test_real_inprocess import process_job, wait_for, wait_job
 
@@ -35,6 +39,10 @@ def scrape(node: Node) -> Samples:
     """The node's metrics page, parsed by prometheus_client's parser."""
     body, content_type = render_metrics(node)
     assert content_type.startswith("text/plain; version=")
+    return parse(body)
+
+
+def parse(body: bytes) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -51,6 +59,16 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def undocumented(body: bytes) -> list[str]:
+    """Metric names on a page that docs/metrics.md does not list."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    names = [
+        f.name + ("_total" if f.type == "counter" else "")
+        for f in text_string_to_metric_families(body.decode())
+    ]
+    return [name for name in names if f"`{name}`" not in doc]
 
 
 @asynccontextmanager
@@ -138,6 +156,8 @@ async def test_a_job_moves_jobs_executions_durations_leases_and_messages(tmp_pat
         assert value(mine, "p2pnode_peers", status="alive") == 2
         info = [ls for (n, ls), _ in mine.items() if n == "p2pnode_info"]
         assert len(info) == 1 and ("node_id", owner.node_id) in info[0]
+        # Every metric on the page is documented (docs/metrics.md).
+        assert undocumented(render_metrics(owner)[0]) == []
         # The same counters in `node stats` (the stats op answer).
         stats = worker.stats()
         assert stats.executions["finished"] == {"process": {"succeeded": 1}}
@@ -236,3 +256,39 @@ async def test_a_chain_counts_its_handovers(tmp_path: Path) -> None:
                 "offered": _handovers(page, "offered"),
                 "accepted": _handovers(page, "accepted"),
             }
+
+
+def _get(url: str, token: str | None) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers["Content-Type"], refused.read()
+
+
+def test_metrics_over_http_from_a_serve_process(tmp_path: Path) -> None:
+    """``GET /metrics`` of a real ``serve --http-listen``: refused without the
+    token, with it the page parses and shows the job the node just ran."""
+    with cluster(tmp_path) as c:
+        node = c.add("a", extra=["--http-listen", "127.0.0.1:0"])
+        node.wait_ready()
+        url = node.control("ping")["http"]
+        assert url and url.startswith("http://127.0.0.1:"), url
+        token = (node.data_dir / "http-token").read_text().strip()
+        job_id = node.control("submit", spec=process_job("m", "echo hi"))["job_id"]
+        view = c.wait_job(node, job_id, is_terminal, timeout=60, what="the job to end")
+        assert view["state"] == "completed", view
+
+        status, _, body = _get(f"{url.rstrip('/')}/metrics", None)
+        assert status == 401 and b"unauthorized" in body
+        status, content_type, body = _get(f"{url.rstrip('/')}/metrics", token)
+        assert status == 200, body[:300]
+        assert content_type.startswith("text/plain"), content_type
+        samples = parse(body)
+        assert value(samples, "p2pnode_jobs", kind="batch", state="completed") == 1
+        done = {"executor": "process", "outcome": "succeeded"}
+        assert value(samples, "p2pnode_executions_total", **done) == 1
+        assert value(samples, "p2pnode_info", node_id=node.node_id, version=_version()) == 1
