@@ -292,3 +292,8 @@ def test_metrics_over_http_from_a_serve_process(tmp_path: Path) -> None:
         done = {"executor": "process", "outcome": "succeeded"}
         assert value(samples, "p2pnode_executions_total", **done) == 1
         assert value(samples, "p2pnode_info", node_id=node.node_id, version=_version()) == 1
+        # `node stats` (table) shows the same counters.
+        table = node.cli("node", "stats")
+        assert table.returncode == 0, table.explain()
+        assert "ended: process/succeeded=1" in table.stdout, table.stdout
+        assert "handovers: accepted=0,offered=0" in table.stdout, table.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from p2pnode.cli.common import call_node, data_dir_option, output_option, wide_option
@@ -76,7 +78,8 @@ def node_stats(cli: CliContext) -> None:
 
     The table shows the peers with rejected frames (by reason), their score
     and ban, and the askers whose asks expired unused; -o json or yaml prints
-    every counter (field names in docs/architecture.md, "Abusive peers")."""
+    every counter (field names in docs/architecture.md, "Abusive peers", and
+    docs/metrics.md)."""
     stats = call_node(cli, lambda c: c.call("stats"))
     if cli.output != "table":
         emit_document(stats, cli.output)
@@ -93,6 +96,7 @@ def node_stats(cli: CliContext) -> None:
         for peer, rejected in sorted(peers.get("rejected_by_peer", {}).items())
     ]
     click.echo(f"node {stats['node_id']}: {stats['frames_sent']} frames sent")
+    click.echo(_activity_line(stats))
     click.echo("\npeers with rejected frames:")
     click.echo(render_table(rows, ["peer", "rejected", "score", "banned_for_s", "bans"]))
     click.echo("\naskers (their reservations: expired unused, closed, declined over share):")
@@ -101,6 +105,29 @@ def node_stats(cli: CliContext) -> None:
     ]
     columns = ["asker", "expired", "closed", "over_share", "ignored", "backoffs", "ignored_for_s"]
     click.echo(render_table(asks, columns))
+
+
+def _activity_line(stats: dict[str, Any]) -> str:
+    """Frames received, rejections by reason, leases, handovers and executions
+    in one line (the counters behind ``/metrics``, docs/metrics.md)."""
+
+    def pairs(counts: dict[str, int]) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+
+    executions = stats.get("executions", {})
+    finished = {
+        f"{executor}/{outcome}": n
+        for executor, by_outcome in executions.get("finished", {}).items()
+        for outcome, n in by_outcome.items()
+    }
+    leases = stats.get("leases", {})
+    return (
+        f"{stats.get('frames_received', 0)} frames received; "
+        f"rejected: {pairs(stats.get('rejected_by_reason', {}))}; "
+        f"lease renewals {leases.get('renewals', 0)}, lapses {leases.get('lapses', 0)}; "
+        f"handovers: {pairs(stats.get('handovers', {}))}; "
+        f"executions running {executions.get('running', 0)}, ended: {pairs(finished)}"
+    )
 
 
 def _table_addr(addr: str, wide: bool) -> str:
