@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from protocols.directory import ALIVE, GONE, SUSPECT
 from protocols.states import JobState
 
-__all__ = ["NodeCollector", "render_metrics"]
+__all__ = ["MetricsSource", "NodeCollector", "render_metrics"]
 
 # Reasons a frame is rejected (p2pnode/net/guard.py): always exposed, at 0
 # until one happens, so a rate over them starts from a known zero.
@@ -53,7 +53,7 @@ class _Peer(Protocol):
     def status(self) -> str: ...
 
 
-class Node(Protocol):
+class MetricsSource(Protocol):
     """What the metrics read of a node (``p2pnode.Node``; not imported, so
     that the node's modules may import this one)."""
 
@@ -61,7 +61,7 @@ class Node(Protocol):
     def peers(self) -> Sequence[_Peer]: ...
 
 
-def render_metrics(node: Node) -> tuple[bytes, str]:
+def render_metrics(node: MetricsSource) -> tuple[bytes, str]:
     """The node's metrics page: (body, content type)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
@@ -71,7 +71,7 @@ def render_metrics(node: Node) -> tuple[bytes, str]:
 class NodeCollector(Collector):
     """One node's metric families, built from its state at each ``collect``."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: MetricsSource) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
