@@ -1,0 +1,104 @@
+"""Take the README's dashboard screenshots (docs/screenshots/*.png).
+
+Starts three ``p2pnode serve --http-listen`` nodes on loopback (sim executor),
+submits a few jobs of each kind through the HTTP API, waits for them to
+settle and photographs the main pages in headless Chromium:
+
+    PYTHONPATH=. python docs/screenshots.py [--out docs/screenshots]
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and ``selenium`` (the dev
+extra), like the dashboard tests (tests/test_dashboard.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.browser import (
+    CHAIN_SPEC,
+    DAG_SPEC,
+    HttpNode,
+    chromium,
+    http_cluster,
+    sim_job,
+    sim_task,
+)
+from tests.realnet import wait_until
+
+WAIT = 180.0  # bound of every wait: the machine may be loaded
+
+
+def settled(node: HttpNode, job_id: str) -> dict[str, Any] | None:
+    status, view = node.request("GET", f"/api/v1/jobs/{job_id}")
+    return view if status == 200 and view["state"] in ("completed", "failed", "stopped") else None
+
+
+def shoot(driver: Any, url: str, ready_css: str, path: Path, width: int = 1360) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    wait_until(
+        lambda: driver.find_elements(By.CSS_SELECTOR, ready_css),
+        timeout=WAIT,
+        what=f"{ready_css} on {url}",
+    )
+    time.sleep(1.0)  # let the flash highlight of fresh rows fade
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, max(600, min(int(height) + 20, 2000)))
+    time.sleep(0.3)
+    driver.save_screenshot(str(path))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "screenshots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="p2pnode-shots-") as tmp,
+        http_cluster(Path(tmp), ["alpha", "beta", "gamma"]) as nodes,
+    ):
+        owner = nodes[0]
+        dag = owner.submit(DAG_SPEC)
+        chain = owner.submit(CHAIN_SPEC)
+        cron = owner.submit(
+            {
+                "name": "nightly-report",
+                "type": "cron",
+                "schedule": {"every": "2s"},
+                "task": sim_task("300ms"),
+            }
+        )
+        batch = [owner.submit(sim_job(f"render-{n}", "800ms")) for n in range(3)]
+        batch.append(owner.submit(sim_job("flaky-upload", "500ms", exit_code=3)))
+        owner.submit(sim_job("train-model", "30m"))
+        for job_id in (dag, chain, *batch):
+            wait_until(lambda j=job_id: settled(owner, j), timeout=WAIT, what=f"{job_id} ends")
+        wait_until(
+            lambda: len(owner.request("GET", f"/api/v1/jobs/{cron}/runs")[1]) >= 4,
+            timeout=WAIT,
+            what="cron runs",
+        )
+        pages = [
+            ("jobs", "#/jobs", "tr.job-row"),
+            ("dag", f"#/jobs/{dag}", "g.dag-task"),
+            ("chain", f"#/jobs/{chain}", "tr.chain-record"),
+            ("cron", f"#/jobs/{cron}", "table#cron-runs"),
+            ("peers", "#/peers", "tr.peer-row"),
+        ]
+        with chromium() as driver:
+            driver.get(owner.login_url())
+            for name, route, ready in pages:
+                shoot(driver, f"{owner.url}/{route}", ready, args.out / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()
