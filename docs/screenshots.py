@@ -32,6 +32,7 @@ from tests.browser import (
 )
 from tests.realnet import wait_until
 
+LABELS = ["region=eu,tier=edge", "region=eu,gpu=yes", "region=us"]
 WAIT = 180.0  # bound of every wait: the machine may be loaded
 
 
@@ -51,7 +52,7 @@ def shoot(driver: Any, url: str, ready_css: str, path: Path, width: int = 1360) 
     )
     time.sleep(1.0)  # let the flash highlight of fresh rows fade
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, max(600, min(int(height) + 20, 2000)))
+    driver.set_window_size(width, max(420, min(int(height) + 20, 2000)))
     time.sleep(0.3)
     driver.save_screenshot(str(path))
     print(f"wrote {path}")
@@ -64,7 +65,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="p2pnode-shots-") as tmp,
-        http_cluster(Path(tmp), ["alpha", "beta", "gamma"]) as nodes,
+        http_cluster(Path(tmp), ["alpha", "beta", "gamma"], LABELS) as nodes,
     ):
         owner = nodes[0]
         dag = owner.submit(DAG_SPEC)

@@ -147,15 +147,22 @@ def http_node(node: ServeNode) -> HttpNode:
     return HttpNode(node, match.group(1), token)
 
 
-def start_http_cluster(c: Cluster, names: Sequence[str], executors: str = "sim") -> list[HttpNode]:
-    """Nodes ``names`` (the first bootstraps the others), each with HTTP on a
-    free loopback port; waits until every node knows every other."""
-    http = ["--http-listen", "127.0.0.1:0"]
-    first = c.add(names[0], executors=executors, extra=http)
+def start_http_cluster(
+    c: Cluster, names: Sequence[str], executors: str = "sim", labels: Sequence[str] = ()
+) -> list[HttpNode]:
+    """Nodes ``names`` (the first bootstraps the others; ``labels[i]`` the
+    ``--labels`` of node i), each with HTTP on a free loopback port; waits
+    until every node knows every other."""
+
+    def extra(i: int) -> list[str]:
+        label = ["--labels", labels[i]] if i < len(labels) and labels[i] else []
+        return ["--http-listen", "127.0.0.1:0", *label]
+
+    first = c.add(names[0], executors=executors, extra=extra(0))
     first.wait_ready(READY)
     rest = [
-        c.add(name, executors=executors, bootstrap=[first.addrs[0]], extra=http)
-        for name in names[1:]
+        c.add(name, executors=executors, bootstrap=[first.addrs[0]], extra=extra(i))
+        for i, name in enumerate(names[1:], 1)
     ]
     for node in rest:
         node.wait_ready(READY)
@@ -200,9 +207,11 @@ CHAIN_SPEC: dict[str, Any] = {
 
 
 @contextlib.contextmanager
-def http_cluster(root: Path, names: Sequence[str]) -> Iterator[list[HttpNode]]:
+def http_cluster(
+    root: Path, names: Sequence[str], labels: Sequence[str] = ()
+) -> Iterator[list[HttpNode]]:
     with cluster(root) as c:
-        yield start_http_cluster(c, names)
+        yield start_http_cluster(c, names, labels=labels)
 
 
 __all__ = [

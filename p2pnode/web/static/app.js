@@ -16,11 +16,12 @@ const state = {
   live: "connecting",
   job: null, // the job page's data: {id, view, history, runs, error}
   changed: new Set(), // job ids updated since the last jobs render (flash)
+  selfId: null, // this node's id (from /healthz)
 };
 
 const TERMINAL = new Set(["completed", "failed", "stopped"]);
 const JOB_STATES = ["queued", "scheduled", "running", "suspended", "completed", "failed", "stopped"];
-const KINDS = ["batch", "service", "daemon", "ops", "dag", "chain", "cron", "stream"];
+const KINDS = ["batch", "service", "daemon", "ops", "dag", "chain", "cron", "stream", "run"];
 
 // --- small helpers ------------------------------------------------------------------
 
@@ -97,6 +98,20 @@ function fmtBytes(n) {
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// Peer ids (12D3KooW + 44 chars) make reasons unreadable: shorten them in text.
+const PEER_ID = /\b(12D3KooW[1-9A-HJ-NP-Za-km-z]{44}|Qm[1-9A-HJ-NP-Za-km-z]{44})\b/g;
+function prose(text, cls) {
+  const str = String(text || "");
+  const parts = [];
+  let last = 0;
+  for (const m of str.matchAll(PEER_ID)) {
+    parts.push(str.slice(last, m.index), h("span", { class: "mono", title: m[0] }, shortId(m[0], 12)));
+    last = m.index + m[0].length;
+  }
+  parts.push(str.slice(last));
+  return h("span", { class: cls || null, title: str }, parts);
 }
 
 function jobLink(id, text) {
@@ -186,7 +201,12 @@ async function loadOnce() {
     const [jobs, nodes, health] = await Promise.all([api("/api/v1/jobs"), api("/api/v1/nodes"), api("/healthz")]);
     if (state.jobs.size === 0) state.jobs = new Map(jobs.map((j) => [j.job_id, j]));
     if (state.nodes.length === 0) state.nodes = nodes;
-    document.getElementById("node-id").textContent = health && health.node_id ? `node ${shortId(health.node_id, 16)}` : "";
+    if (health && health.node_id) {
+      state.selfId = health.node_id;
+      const el = document.getElementById("node-id");
+      el.textContent = `node ${shortId(health.node_id, 16)}`;
+      el.title = health.node_id;
+    }
     refresh({ all: true });
   } catch (err) {
     if (err.status !== 401) console.warn("initial load:", err);
@@ -263,7 +283,11 @@ function setFilter(key, value) {
 
 function renderJobs() {
   const f = jobFilters();
-  const all = [...state.jobs.values()].filter((j) => !j.parent);
+  // A DAG's or chain's task runs are listed as jobs of kind "run": the job's
+  // own page shows them; the list keeps them out unless that kind is asked for.
+  const listed = [...state.jobs.values()].filter((j) => !j.parent);
+  const all = f.kind === "run" ? listed : listed.filter((j) => j.type !== "run");
+  const hiddenRuns = listed.length - all.length;
   const shown = all.filter((j) =>
     (!f.state || j.state === f.state) &&
     (!f.kind || j.type === f.kind) &&
@@ -285,17 +309,18 @@ function renderJobs() {
   h("td", null, j.name || h("span", { class: "muted" }, "(unnamed)")),
   h("td", null, j.type),
   h("td", null, badge(j.state)),
-  h("td", { class: "mono", title: j.owner }, shortId(j.owner, 14)),
+  h("td", { class: "mono", title: j.owner || selfId() }, shortId(j.owner || selfId(), 14)),
   h("td", null, fmtTime(j.submitted_at)),
   h("td", null, fmtTime(j.started_at)),
   h("td", null, fmtTime(j.finished_at)),
   h("td", { class: "num" }, fmtDuration(j.duration_s)),
-  h("td", { class: "muted" }, j.reason || "")));
+  h("td", { class: "muted reason-cell" }, prose(j.reason))));
 
   return h("section", { id: "jobs-page" },
     h("div", { class: "page-head" },
       h("div", { class: "grow" }, h("h1", null, "Jobs"),
-        h("div", { class: "sub" }, `${all.length} jobs · ${counts.running || 0} running · ${counts.completed || 0} completed · ${counts.failed || 0} failed`)),
+        h("div", { class: "sub" }, `${all.length} jobs · ${counts.running || 0} running · ${counts.completed || 0} completed · ${counts.failed || 0} failed` +
+          (hiddenRuns ? ` · ${hiddenRuns} task runs (kind “run”)` : ""))),
       h("div", { class: "filters" },
         select("state", JOB_STATES, "State"),
         select("kind", KINDS, "Kind"),
@@ -413,19 +438,26 @@ function renderJob() {
         ["Started", fmtTime(v.started_at)],
         ["Finished", fmtTime(v.finished_at)],
         ["Duration", fmtDuration(v.duration_s)],
-        v.parent ? ["Parent", jobLink(v.parent)] : ["Slots", (v.slots || []).length],
+        v.parent ? ["Parent", jobLink(v.parent)] : null,
+        (v.slots || []).length ? ["Slots", v.slots.length] : null,
+        v.tasks && v.tasks.length ? ["Tasks", v.tasks.length] : null,
         v.desired !== undefined && v.desired !== null ? ["Live / desired", `${v.live} / ${v.desired}`] : null,
       ].filter(Boolean)),
-      v.reason ? h("div", { class: "reason" }, v.reason) : null),
+      v.reason ? h("div", { class: "reason" }, prose(v.reason)) : null),
     sections,
-    h("div", { class: "grid2" },
-      h("div", null, renderSlots(v), renderExecutions(v)),
-      renderHistory(current.history || [])));
+    (v.slots || []).length
+      ? h("div", { class: "grid2" }, h("div", null, renderSlots(v), renderExecutions(v)), renderHistory(current.history || []))
+      : renderHistory(current.history || []));
 }
 
 function ownNodeId() {
   const self = state.nodes.find((n) => n.self);
-  return self ? self.node_id : null;
+  return self ? self.node_id : state.selfId;
+}
+
+// The jobs this node lists are the jobs it owns: an empty owner is this node.
+function selfId() {
+  return ownNodeId() || "";
 }
 
 function renderSlots(v) {
@@ -435,7 +467,7 @@ function renderSlots(v) {
     h("td", { class: "mono", title: sl.node }, shortId(sl.node, 14) || "—"),
     h("td", { class: "num" }, sl.epoch),
     h("td", { class: "num" }, sl.failures),
-    h("td", { class: "muted" }, sl.reason || "")));
+    h("td", { class: "muted" }, prose(sl.reason))));
   return h("div", { class: "panel flush" }, h("h2", null, "Slots"),
     table("slots", ["#", "State", "Node", "Epoch#", "Failures#", "Reason"], rows, "no slots"));
 }
@@ -451,7 +483,7 @@ function renderExecutions(v) {
         h("td", { class: "num" }, e.exit_code ?? "—"),
         h("td", null, fmtTime(e.started_at)),
         h("td", { class: "num" }, fmtDuration(e.duration_s)),
-        h("td", { class: "muted" }, e.error || "")));
+        h("td", { class: "muted" }, prose(e.error))));
     }
   }
   return h("div", { class: "panel flush" }, h("h2", null, "Executions"),
@@ -472,7 +504,7 @@ function renderHistory(events) {
     h("span", { class: "what" }, e.event),
     e.slot !== null && e.slot !== undefined ? h("span", { class: "muted" }, ` · slot ${e.slot}`) : null,
     e.node ? h("span", { class: "muted mono", title: e.node }, ` · ${shortId(e.node, 10)}`) : null,
-    e.detail ? h("div", { class: "detail" }, typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : null));
+    e.detail ? h("div", { class: "detail" }, prose(typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail))) : null));
   return h("div", { class: "panel" }, h("h2", null, "History"),
     items.length ? h("div", { class: "scroll" }, h("ol", { id: "history", class: "timeline" }, items))
       : h("p", { class: "muted", id: "history" }, "no events yet"));
@@ -514,23 +546,30 @@ function renderDag(tasks) {
   const W = 170, H = 58, GX = 70, GY = 22, PAD = 12;
   const { layers, layer, row } = layoutDag(tasks);
   const tallest = Math.max(1, ...layers.map((l) => l.length));
+  const edges = tasks.flatMap((t) => (t.depends_on || []).filter((d) => layer.has(d)).map((d) => [d, t.task]));
+  // An edge that skips layers runs in its own lane above the boxes, not through them.
+  const long = edges.filter(([a, b]) => layer.get(b) - layer.get(a) > 1);
+  const LANE = long.length ? 10 + long.length * 8 : 0;
   const width = PAD * 2 + layers.length * W + (layers.length - 1) * GX;
-  const height = PAD * 2 + tallest * H + (tallest - 1) * GY;
+  const height = PAD * 2 + LANE + tallest * H + (tallest - 1) * GY;
   const pos = (name) => {
     const count = layers[layer.get(name)].length;
     const offset = ((tallest - count) * (H + GY)) / 2; // centre short layers
-    return { x: PAD + layer.get(name) * (W + GX), y: PAD + offset + row.get(name) * (H + GY) };
+    return { x: PAD + layer.get(name) * (W + GX), y: PAD + LANE + offset + row.get(name) * (H + GY) };
   };
   const svg = s("svg", { id: "dag", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "task graph" });
   svg.append(s("defs", null, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" },
     s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#b4bfd0" }))));
-  for (const t of tasks) {
-    for (const dep of t.depends_on || []) {
-      if (!layer.has(dep)) continue;
-      const a = pos(dep), b = pos(t.task);
-      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x - 2, y2 = b.y + H / 2, mid = (x1 + x2) / 2;
-      svg.append(s("path", { class: "edge", d: `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`, "marker-end": "url(#arrow)", dataset: { from: dep, to: t.task } }));
+  for (const [dep, name] of edges) {
+    const a = pos(dep), b = pos(name);
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x - 2, y2 = b.y + H / 2, mid = (x1 + x2) / 2;
+    const lane = long.indexOf(long.find(([p, q]) => p === dep && q === name));
+    let d = `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`;
+    if (lane >= 0) {
+      const y = PAD + 4 + lane * 8, h1 = x1 + GX / 2, h2 = x2 - GX / 2;
+      d = `M ${x1} ${y1} C ${h1} ${y1}, ${h1} ${y}, ${x1 + GX} ${y} L ${x2 - GX} ${y} C ${h2} ${y}, ${h2} ${y2}, ${x2} ${y2}`;
     }
+    svg.append(s("path", { class: "edge", d, "marker-end": "url(#arrow)", dataset: { from: dep, to: name } }));
   }
   for (const t of tasks) {
     const p = pos(t.task);
@@ -587,7 +626,7 @@ function renderCron(v, runs) {
     h("td", null, r.run_id ? jobLink(r.run_id) : h("span", { class: "muted" }, "—")),
     h("td", null, badge(r.outcome)),
     h("td", { class: "num" }, (r.executions || []).length),
-    h("td", { class: "muted" }, r.reason || "")));
+    h("td", { class: "muted" }, prose(r.reason))));
   return h("div", { class: "panel flush" }, h("h2", null, "Cron runs"),
     h("div", { style: "padding: 0 18px 12px" }, facts([
       ["Next", fmtMs(sched.next_ms)],
