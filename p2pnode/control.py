@@ -84,9 +84,9 @@ async def serve_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
         os.umask(old_umask)
     sock.listen(64)
     listener = trio.SocketListener(sock)
-    ops = _resolving(node, _operations(node), forward=True)
+    ops = operations(node)
     # Peers' queries run the very same operations, but never forward again.
-    node.answer_queries_with(_resolving(node, _operations(node), forward=False))
+    node.answer_queries_with(operations(node, forward=False))
     slots = trio.CapacityLimiter(MAX_CONNECTIONS)
     try:
         async with trio.open_nursery() as nursery:
@@ -261,9 +261,23 @@ async def _cancel_on_hangup(stream: trio.SocketStream, scope: trio.CancelScope) 
     scope.cancel()
 
 
+def operations(node: Node, *, forward: bool = True) -> dict[str, Handler]:
+    """The control operations of ``node``, op name -> handler: what the control
+    socket serves, and the HTTP API (``p2pnode/web``) too, so that both answer
+    alike.  Each takes a request checked by ``checked_request`` and an ``emit``
+    for progress events.  ``forward``: a job another peer owns is asked of its
+    owner (``_resolving``)."""
+    return _resolving(node, _operations(node), forward=forward)
+
+
 def _operations(node: Node) -> dict[str, Handler]:
     async def ping(req: dict[str, Any], emit: Any) -> Any:
-        return {"node_id": node.node_id, "addrs": node.listen_addrs(), "version": package_version()}
+        return {
+            "node_id": node.node_id,
+            "addrs": node.listen_addrs(),
+            "version": package_version(),
+            "http": node.http_url,  # the HTTP API's address, or None (p2pnode/web)
+        }
 
     async def submit(req: dict[str, Any], emit: Any) -> Any:
         spec = req.get("spec")

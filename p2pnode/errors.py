@@ -55,6 +55,8 @@ This module imports nothing heavy: ``import p2pnode`` stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from protocols.errors import LocalProtocolError
 from protocols.spec_errors import SpecValidationError  # not protocols.spec: no validator
 
@@ -111,7 +113,12 @@ class NotFoundError(RefusedError):
 
 
 class AmbiguousJobError(RefusedError):
-    """A job id prefix names several jobs (the message lists them)."""
+    """A job id prefix names several jobs (the message lists them, and
+    ``candidates`` holds their ids when known)."""
+
+    def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
 
 
 class UnreachableError(P2PNodeError):

@@ -205,6 +205,8 @@ class Node:
         self._core = core
         self._feeder = feeder  # micro-batch stream sources (p2pnode/stream/)
         self._forwarder = forwarder or JobForwarder(runtime, core, {})
+        # The HTTP API's base address ("http://HOST:PORT") while p2pnode.web serves it.
+        self.http_url: str | None = None
         if not self._forwarder.ops:  # until a control socket serves its own
             self._forwarder.ops = self._read_only_ops()
 
@@ -469,7 +471,8 @@ class Node:
             return found[0]
         if status == AMBIGUOUS:
             raise AmbiguousJobError(
-                f"job id prefix {text!r} names several jobs: {', '.join(found)}"
+                f"job id prefix {text!r} names several jobs: {', '.join(found)}",
+                candidates=found,
             )
         raise NotFoundError(f"no such job: {text}")
 

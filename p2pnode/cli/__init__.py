@@ -82,6 +82,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("p2pnode.cli.nodes", "node"),
     "completion": ("p2pnode.cli.extras", "completion"),
     "version": ("p2pnode.cli.extras", "version"),
+    "http-token": ("p2pnode.cli.extras", "http_token"),
 }
 
 

@@ -1,4 +1,4 @@
-"""``p2pnode version`` and ``p2pnode completion bash|zsh|fish``."""
+"""``p2pnode version``, ``p2pnode completion bash|zsh|fish`` and ``p2pnode http-token``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from p2pnode.cli.common import data_dir_option, output_option
-from p2pnode.cli.context import CliContext, pass_cli
+from p2pnode.cli.common import EXIT_NO_NODE, data_dir_option, output_option
+from p2pnode.cli.context import CliContext, fail, pass_cli
 from p2pnode.cli.output import emit_document
 from p2pnode.client import Client
 from p2pnode.errors import ControlError
@@ -60,3 +60,47 @@ def completion(shell: str) -> None:
     completer = get_completion_class(shell)
     assert completer is not None  # every name in SHELLS is one of click's
     click.echo(completer(cli, {}, "p2pnode", "_P2PNODE_COMPLETE").source())
+
+
+@click.command(name="http-token")
+@data_dir_option
+@output_option
+@click.option(
+    "--url", "show_url", is_flag=True,
+    help="Print the dashboard's login address instead (needs the node running with --http-listen).",
+)  # fmt: skip
+@pass_cli
+def http_token(cli: CliContext, show_url: bool) -> None:
+    """Print the token of the HTTP API of the node serving --data-dir.
+
+    It is created (0600, in the data dir) if there is none yet.  Send it as
+    `Authorization: Bearer TOKEN`; a browser logs in once at the address
+    --url prints (http://HOST:PORT/?token=TOKEN).  With --output json/yaml:
+    {token, url: the login address or null}.
+    """
+    from p2pnode.web.auth import load_or_create_token, login_url
+
+    try:
+        token = load_or_create_token(cli.data_dir)
+    except OSError as exc:  # TokenFileError included: one line, the file's problem
+        fail(f"cannot use the HTTP token: {exc}")
+    url: str | None = None
+    if show_url or cli.output != "table":
+        try:
+            base = Client(cli.data_dir).ping().get("http")
+        except ControlError as exc:
+            if show_url:
+                fail(f"no login address: {exc}", code=EXIT_NO_NODE)
+            base = None
+        if base:
+            url = login_url(base, token)
+        elif show_url:
+            fail(
+                "no login address: the node serving this data dir has no HTTP API"
+                " (start it with serve --http-listen HOST:PORT)",
+                code=EXIT_NO_NODE,
+            )
+    if cli.output != "table":
+        emit_document({"token": token, "url": url}, cli.output)
+        return
+    click.echo(url if show_url else token)

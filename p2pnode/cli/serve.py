@@ -26,6 +26,7 @@ from p2pnode.cli.context import (
 )
 from p2pnode.cli.serveconfig import EnvOption, check_memory, config_option, env_name
 from p2pnode.testing import Faults
+from p2pnode.web.address import parse_listen
 from protocols.config import Timings
 from protocols.units import UnitError
 
@@ -174,6 +175,16 @@ MAX_LEASE_TTL = 3600.0
     help="Extra host path sandboxed tasks may read (repeatable).",
 )
 @click.option(
+    "--http-listen",
+    default=None,
+    metavar="HOST:PORT",
+    envvar=env_name("http-listen"),
+    show_envvar=True,
+    cls=EnvOption,
+    help="Serve the HTTP API and dashboard on this address (off by default; port 0: a "
+    "free port).  Every request needs the token of `p2pnode http-token`.",
+)
+@click.option(
     "--fault-drop",
     multiple=True,
     hidden=True,  # fault injection for the real-network tests, not for users
@@ -196,6 +207,7 @@ def serve(
     p2p_mode: str,
     sandbox: str,
     sandbox_ro: tuple[str, ...],
+    http_listen: str | None,
     fault_drop: tuple[str, ...],
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
@@ -242,6 +254,8 @@ def serve(
             if not addr.startswith(("/ip4/", "/ip6/")):
                 # py-libp2p 0.8.1 listens on every interface for a /dns address.
                 raise ValueError(f"bad --listen address {addr!r}: must start with /ip4/ or /ip6/")
+        if http_listen is not None:
+            parse_listen(http_listen)
     except (ValueError, UnitError) as exc:
         fail(str(exc))
     if sandbox == "none":
@@ -255,7 +269,7 @@ def serve(
         if ctx.get_parameter_source("listen") == ParameterSource.DEFAULT:
             listen_default, notice = _default_listen()
             settings = attrs.evolve(settings, listen=listen_default)
-        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)), notice)
+        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)), notice, http_listen)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -328,12 +342,18 @@ def _start_failure(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-async def _serve(settings: NodeSettings, faults: Faults, notice: str = "") -> None:
+async def _serve(
+    settings: NodeSettings, faults: Faults, notice: str = "", http_listen: str | None = None
+) -> None:
     from p2pnode.control import serve_control
     from p2pnode.node import open_node
+    from p2pnode.web import serve_http
 
     async with open_node(settings, _faults=faults) as node, trio.open_nursery() as nursery:
         await nursery.start(serve_control, node)
+        if http_listen is not None:
+            url = await nursery.start(serve_http, node, http_listen)
+            click.echo(f"http: {url}/", err=True)
         if notice:
             click.echo(notice, err=True)
         addrs = node.listen_addrs()
