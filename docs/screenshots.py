@@ -51,8 +51,12 @@ def shoot(driver: Any, url: str, ready_css: str, path: Path, width: int = 1360) 
         what=f"{ready_css} on {url}",
     )
     time.sleep(1.0)  # let the flash highlight of fresh rows fade
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, max(420, min(int(height) + 20, 2000)))
+    # The whole page: the window is its height plus the browser's own frame.
+    page, inner = driver.execute_script(
+        "return [document.documentElement.scrollHeight, window.innerHeight]"
+    )
+    frame = driver.get_window_size()["height"] - int(inner)
+    driver.set_window_size(width, max(420, min(int(page), 2000)) + frame)
     time.sleep(0.3)
     driver.save_screenshot(str(path))
     print(f"wrote {path}")

@@ -292,7 +292,8 @@ function renderJobs() {
     (!f.state || j.state === f.state) &&
     (!f.kind || j.type === f.kind) &&
     (!f.name || (j.name || "").toLowerCase().includes(f.name.toLowerCase())));
-  shown.sort((a, b) => (b.submitted_ms || 0) - (a.submitted_ms || 0));
+  const submitted = (j) => j.submitted_ms || Date.parse(j.submitted_at || "") || 0;
+  shown.reverse().sort((a, b) => submitted(b) - submitted(a)); // newest first, ties too
   const counts = {};
   for (const j of all) counts[j.state] = (counts[j.state] || 0) + 1;
 
@@ -603,7 +604,7 @@ function renderChain(chain) {
       h("td", { class: "num" }, r.seq),
       h("td", null, r.kind),
       h("td", null, r.stage),
-      h("td", { class: "mono", title: r.from }, shortId(r.from, 12)),
+      h("td", { class: "mono", title: r.from }, shortId(r.from, 12) || "—"),
       h("td", { class: "mono", title: r.to }, shortId(r.to, 12)),
       h("td", { class: "mono", title: r.hash }, shortId(r.hash, 12)),
       h("td", null, (r.signed_by || []).length),
