@@ -33,6 +33,11 @@ pytestmark = pytest.mark.slow
 
 WAIT = 90.0  # bound of every wait: a guard against hangs, not a performance claim
 LOADED = "return window.P2P_DASHBOARD_LOADED_AT"
+READ_ELEMENTS = """
+return [...document.querySelectorAll(arguments[0])].map((el) => ({
+  data: {...el.dataset}, text: el.textContent, x: el.getBoundingClientRect().x,
+}));
+"""
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -52,12 +57,14 @@ class Dashboard:
     def owner(self) -> HttpNode:
         return self.nodes[0]
 
-    def css(self, selector: str) -> list[Any]:
-        from selenium.webdriver.common.by import By
+    def css(self, selector: str) -> list[dict[str, Any]]:
+        """Every element matching ``selector``: its data attributes, text and
+        left edge, read in one script (the page re-renders live, so element
+        handles kept across calls would go stale)."""
+        found = self.driver.execute_script(READ_ELEMENTS, selector)
+        return list(found)
 
-        return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
-
-    def wait_css(self, selector: str, what: str, count: int = 1) -> list[Any]:
+    def wait_css(self, selector: str, what: str, count: int = 1) -> list[dict[str, Any]]:
         return wait_until(
             lambda: (found := self.css(selector)) and len(found) >= count and found,
             timeout=WAIT,
@@ -121,12 +128,23 @@ def test_without_the_token_everything_is_401(dashboard: Dashboard) -> None:
     with chromium() as stranger:
         stranger.get(owner.url + "/#/jobs")
         text = stranger.find_element("tag name", "body").text
-        assert "401" in text or "nauthorized" in text, text
         assert "http-token --url" in text, text
         assert not stranger.find_elements("css selector", "tr.job-row")
         # A wrong token in the login URL does not let it in either.
         stranger.get(f"{owner.url}/?token=wrong")
         assert "http-token --url" in stranger.find_element("tag name", "body").text
+    # A loaded page whose cookie is gone says 401 at its next request.
+    driver = dashboard.driver
+    dashboard.open("#/jobs")
+    dashboard.wait_css("table#jobs", "the jobs table")
+    driver.delete_all_cookies()
+    try:
+        dashboard.open(f"#/jobs/{dashboard.dag}")
+        shown = dashboard.wait_css("#unauthorized:not([hidden])", "the page's 401 message")
+        assert "401" in shown[0]["text"] and "http-token --url" in shown[0]["text"]
+    finally:
+        driver.get(owner.login_url())
+    dashboard.wait_css("table#jobs", "the jobs table after logging in again")
 
 
 def test_a_submitted_job_appears_and_completes_live(dashboard: Dashboard) -> None:
@@ -143,10 +161,10 @@ def test_a_submitted_job_appears_and_completes_live(dashboard: Dashboard) -> Non
     # The kind filter keeps only that kind's rows (and they are there).
     dashboard.open("#/jobs?kind=dag")
     dashboard.wait_css(f'tr.job-row[data-job-id="{dashboard.dag}"]', "the DAG row under kind=dag")
-    assert {r.get_attribute("data-job-id") for r in dashboard.css("tr.job-row")} == {dashboard.dag}
+    assert {r["data"]["jobId"] for r in dashboard.css("tr.job-row")} == {dashboard.dag}
     dashboard.open("#/jobs?name=live-row")
     dashboard.wait_css(row, "the filtered row")
-    assert [r.get_attribute("data-job-id") for r in dashboard.css("tr.job-row")] == [job_id]
+    assert [r["data"]["jobId"] for r in dashboard.css("tr.job-row")] == [job_id]
 
 
 def test_the_no_reload_marker_sees_a_reload(dashboard: Dashboard) -> None:
@@ -168,16 +186,13 @@ def test_a_dag_page_draws_every_task(dashboard: Dashboard) -> None:
     dashboard.open(f"#/jobs/{dashboard.dag}")
     tasks = DAG_SPEC["tasks"]
     drawn = dashboard.wait_css("svg#dag g.dag-task", "the DAG's tasks", count=len(tasks))
-    states = {g.get_attribute("data-task"): g.get_attribute("data-state") for g in drawn}
+    states = {g["data"]["task"]: g["data"]["state"] for g in drawn}
     assert states == {t["task"]: t["state"] for t in view["tasks"]}
     assert set(states) == set(tasks) and set(states.values()) == {"succeeded"}
     # One edge per dependency, and every dependency left of its dependant.
-    edges = {
-        (e.get_attribute("data-from"), e.get_attribute("data-to"))
-        for e in dashboard.css("svg#dag path.edge")
-    }
+    edges = {(e["data"]["from"], e["data"]["to"]) for e in dashboard.css("svg#dag path.edge")}
     assert edges == {(dep, name) for name, t in tasks.items() for dep in t.get("depends_on", [])}
-    x = {g.get_attribute("data-task"): g.rect["x"] for g in drawn}
+    x = {g["data"]["task"]: g["x"] for g in drawn}
     assert all(x[dep] < x[name] for dep, name in edges)
 
 
@@ -191,16 +206,16 @@ def test_a_chain_page_lists_verified_records(dashboard: Dashboard) -> None:
         "table#chain-records tr.chain-record", "the chain's records", count=len(records)
     )
     assert len(rows) == len(records)
-    assert {r.get_attribute("data-verified") for r in rows} == {"ok"}
-    assert [r.get_attribute("data-seq") for r in rows] == [str(r["seq"]) for r in records]
+    assert {r["data"]["verified"] for r in rows} == {"ok"}
+    assert [r["data"]["seq"] for r in rows] == [str(r["seq"]) for r in records]
 
 
 def test_the_peers_page_lists_the_nodes(dashboard: Dashboard) -> None:
     dashboard.open("#/peers")
     wanted = {n.node.node_id for n in dashboard.nodes}
     rows = dashboard.wait_css("tr.peer-row", "the peer rows", count=len(wanted))
-    assert {r.get_attribute("data-node-id") for r in rows} == wanted
-    assert {r.get_attribute("data-status") for r in rows} == {"alive"}
+    assert {r["data"]["nodeId"] for r in rows} == wanted
+    assert {r["data"]["status"] for r in rows} == {"alive"}
 
 
 def test_a_job_page_shows_slots_executions_and_history(dashboard: Dashboard) -> None:
@@ -210,8 +225,8 @@ def test_a_job_page_shows_slots_executions_and_history(dashboard: Dashboard) -> 
     dashboard.wait_css('tr.slot-row[data-state="completed"]', "the completed slot")
     dashboard.wait_css('tr.execution-row[data-state="succeeded"]', "the execution")
     events = dashboard.wait_css("ol#history li.history-event", "the history timeline")
-    assert events[0].get_attribute("data-event")
+    assert events[0]["data"]["event"] == "submitted", events
     # An unknown job says so instead of an empty page.
     dashboard.open("#/jobs/j-0000nothing")
     error = dashboard.wait_css("#job-error", "the not-found message")[0]
-    assert "j-0000nothing" in error.text
+    assert "j-0000nothing" in error["text"]

@@ -241,13 +241,17 @@ function onRoute() {
 
 let pendingRender = false;
 function refresh(what) {
-  if (route.page === "job" && state.job) {
+  if (route.page === "job") {
+    // The job page renders from its own requests: reload them when the event
+    // touches this job or one of its runs, and leave the page alone otherwise.
     const job = what.job;
-    if (what.all || (job && (job.job_id === state.job.id || job.parent === state.job.id ||
-        (state.job.view && job.job_id === state.job.view.job_id)))) {
+    const id = state.job && state.job.view ? state.job.view.job_id : state.job && state.job.id;
+    if (what.all || (job && (job.job_id === id || job.parent === id || job.job_id.startsWith(`${id}`)))) {
       scheduleJobReload();
     }
+    return;
   }
+  if (route.page === "peers" && what.job) return; // nothing of a job is on it
   if (pendingRender) return;
   pendingRender = true;
   requestAnimationFrame(() => { pendingRender = false; render(); });
