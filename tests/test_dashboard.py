@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import attrs
 import pytest
 
+from tests import browser
 from tests.browser import (
     CHAIN_SPEC,
     DAG_SPEC,
@@ -230,3 +231,17 @@ def test_a_job_page_shows_slots_executions_and_history(dashboard: Dashboard) -> 
     dashboard.open("#/jobs/j-0000nothing")
     error = dashboard.wait_css("#job-error", "the not-found message")[0]
     assert "j-0000nothing" in error["text"]
+
+
+def test_a_missing_browser_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard the module fixture uses: no chromium is a skip, but a failure in CI."""
+    monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    with pytest.raises(BrowserUnavailable, match="chromium is not installed") as missing:
+        find_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but chromium is not installed"):
+        _unavailable(str(missing.value))
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        _unavailable(str(missing.value))
