@@ -13,6 +13,7 @@ extra), like the dashboard tests (tests/test_dashboard.py).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -41,6 +42,11 @@ def settled(node: HttpNode, job_id: str) -> dict[str, Any] | None:
     return view if status == 200 and view["state"] in ("completed", "failed", "stopped") else None
 
 
+def dag_task_state(node: HttpNode, job_id: str, task: str) -> str:
+    view = node.request("GET", f"/api/v1/jobs/{job_id}")[1]
+    return next((t["state"] for t in view.get("tasks") or [] if t["task"] == task), "")
+
+
 def shoot(driver: Any, url: str, ready_css: str, path: Path, width: int = 1360) -> None:
     from selenium.webdriver.common.by import By
 
@@ -53,7 +59,8 @@ def shoot(driver: Any, url: str, ready_css: str, path: Path, width: int = 1360) 
     time.sleep(1.0)  # let the flash highlight of fresh rows fade
     # The whole page: the window is its height plus the browser's own frame.
     page, inner = driver.execute_script(
-        "return [document.documentElement.scrollHeight, window.innerHeight]"
+        "return [document.querySelector('main').getBoundingClientRect().bottom + 8,"
+        " window.innerHeight]"
     )
     frame = driver.get_window_size()["height"] - int(inner)
     driver.set_window_size(width, max(420, min(int(page), 2000)) + frame)
@@ -72,7 +79,10 @@ def main() -> None:
         http_cluster(Path(tmp), ["alpha", "beta", "gamma"], LABELS) as nodes,
     ):
         owner = nodes[0]
-        dag = owner.submit(DAG_SPEC)
+        # A DAG caught mid-run (its train task lasts long): every state at once.
+        running = copy.deepcopy(DAG_SPEC)
+        running["tasks"]["train"]["engine"]["duration"] = "30m"
+        dag = owner.submit(running)
         chain = owner.submit(CHAIN_SPEC)
         cron = owner.submit(
             {
@@ -85,7 +95,12 @@ def main() -> None:
         batch = [owner.submit(sim_job(f"render-{n}", "800ms")) for n in range(3)]
         batch.append(owner.submit(sim_job("flaky-upload", "500ms", exit_code=3)))
         owner.submit(sim_job("train-model", "30m"))
-        for job_id in (dag, chain, *batch):
+        wait_until(
+            lambda: dag_task_state(owner, dag, "train") == "running",
+            timeout=WAIT,
+            what="the DAG's train task running",
+        )
+        for job_id in (chain, *batch):
             wait_until(lambda j=job_id: settled(owner, j), timeout=WAIT, what=f"{job_id} ends")
         wait_until(
             lambda: len(owner.request("GET", f"/api/v1/jobs/{cron}/runs")[1]) >= 4,

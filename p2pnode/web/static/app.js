@@ -628,7 +628,7 @@ function renderCron(v, runs) {
   const sched = v.schedule || {};
   const rows = [...runs].reverse().map((r) => h("tr", { class: "cron-run", dataset: { outcome: r.outcome, runId: r.run_id || "" } },
     h("td", null, fmtTime(r.scheduled)),
-    h("td", null, r.run_id ? jobLink(r.run_id) : h("span", { class: "muted" }, "—")),
+    h("td", null, r.run_id ? jobLink(r.run_id, r.run_id) : h("span", { class: "muted" }, "—")),
     h("td", null, badge(r.outcome)),
     h("td", { class: "num" }, (r.executions || []).length),
     h("td", { class: "muted" }, prose(r.reason))));
