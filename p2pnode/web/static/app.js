@@ -589,9 +589,17 @@ function renderDag(tasks) {
     svg.append(g);
   }
   const seen = [...new Set(tasks.map((t) => t.state))];
-  return h("div", { class: "panel" }, h("h2", null, `Tasks (${tasks.length})`),
-    h("div", { class: "dag-wrap" }, svg),
-    h("div", { class: "legend" }, seen.map((st) => h("span", { class: `st-${cssName(st)}` }, st))));
+  // The same tasks as rows: their runs (a mapped task has one per item) and why.
+  const rows = tasks.map((t) => h("tr", { class: "dag-task-row", dataset: { task: t.task, state: t.state } },
+    h("td", null, t.task),
+    h("td", null, badge(t.state)),
+    h("td", null, (t.depends_on || []).join(", ") || h("span", { class: "muted" }, "—")),
+    h("td", null, (t.runs || []).map((r) => r.run_id ? h("span", { class: "chip" }, jobLink(r.run_id, r.state)) : null)),
+    h("td", { class: "muted" }, prose(t.reason))));
+  return h("div", { class: "panel flush" }, h("h2", null, `Tasks (${tasks.length})`),
+    h("div", { class: "dag-wrap", style: "padding: 0 18px" }, svg),
+    h("div", { class: "legend", style: "padding: 0 18px 12px" }, seen.map((st) => h("span", { class: `st-${cssName(st)}` }, st))),
+    table("dag-tasks", ["Task", "State", "After", "Runs", "Reason"], rows));
 }
 
 // --- kinds: chain, cron, stream ----------------------------------------------------------
