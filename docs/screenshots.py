@@ -17,6 +17,7 @@ import copy
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def main() -> None:
             what="the DAG's train task running",
         )
         for job_id in (chain, *batch):
-            wait_until(lambda j=job_id: settled(owner, j), timeout=WAIT, what=f"{job_id} ends")
+            wait_until(partial(settled, owner, job_id), timeout=WAIT, what=f"{job_id} ends")
         wait_until(
             lambda: len(owner.request("GET", f"/api/v1/jobs/{cron}/runs")[1]) >= 4,
             timeout=WAIT,

@@ -11,6 +11,7 @@ Under ``CI=true`` a missing chromium, chromedriver or selenium fails the suite
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -66,8 +67,12 @@ class Dashboard:
         return list(found)
 
     def wait_css(self, selector: str, what: str, count: int = 1) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            found = self.css(selector)
+            return found if len(found) >= max(1, count) else None
+
         return wait_until(
-            lambda: (found := self.css(selector)) and len(found) >= count and found,
+            enough,
             timeout=WAIT,
             what=what,
             explain=self.page_text,
@@ -236,7 +241,7 @@ def test_a_job_page_shows_slots_executions_and_history(dashboard: Dashboard) -> 
 def test_a_missing_browser_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard the module fixture uses: no chromium is a skip, but a failure in CI."""
     monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
-    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(BrowserUnavailable, match="chromium is not installed") as missing:
         find_browser()
     monkeypatch.setenv("CI", "true")
