@@ -31,7 +31,8 @@ from tests.browser import (
 )
 from tests.realnet import cluster, wait_until
 
-pytestmark = pytest.mark.slow
+# Two serve processes and a browser start in the module fixture: slow on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 WAIT = 90.0  # bound of every wait: a guard against hangs, not a performance claim
 LOADED = "return window.P2P_DASHBOARD_LOADED_AT"
