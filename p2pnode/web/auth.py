@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from p2pnode.control_request import BadRequest
+from p2pnode.errors import P2PNodeError
 
 TOKEN_FILE = "http-token"
 COOKIE = "p2pnode_token"
@@ -46,7 +47,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-class TokenFileError(OSError):
+class TokenFileError(P2PNodeError, OSError):
     """The token file cannot be used (readable by others, corrupt, not a file)."""
 
 
