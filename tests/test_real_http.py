@@ -232,9 +232,14 @@ def test_an_invalid_spec_is_a_400_listing_every_error(served: Served) -> None:
     assert body["code"] == "invalid_spec" == control.value.code
     assert [e["path"] for e in body["errors"]] == ["task.engine.duration", "bogus"]
     # Not JSON, not an object, bad query values: bad_request, one clear line.
-    for content in (b"{nope", b"[1, 2]", b""):
+    for content, says in (
+        (b"{nope", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "the body must be the job spec"),
+    ):
         refused = served.http.post("/api/v1/jobs", content=content)
         assert refused.status_code == 400 and refused.json()["code"] == "bad_request", content
+        assert says in refused.json()["error"], refused.text
     for query in ("limit=abc", "limit=0", "runs=maybe", "since=yesterday"):
         refused = served.http.get(f"/api/v1/jobs?{query}")
         assert refused.status_code == 400 and refused.json()["code"] == "bad_request", query
