@@ -365,6 +365,8 @@ class DagController(KindController):
                 {
                     "task": state.name,
                     "state": state.state,
+                    # The graph's edges, so a reader (the dashboard) can draw it.
+                    "depends_on": list(job.spec["tasks"][state.name].get("depends_on", [])),
                     "reason": state.reason,
                     "runs": runs,
                     "outputs": [

@@ -117,8 +117,8 @@ def test_a_bad_config_file_is_every_error_then_exit_2(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"{config}: lease-ttl: 'soon' is not a number",
         f"{config}: bogus: unknown key (serve's flags: bootstrap, cpu, data-dir, executors, "
-        "labels, lease-ttl, listen, max-executions, memory, no-compute, p2p-mode, sandbox, "
-        "sandbox-ro)",
+        "http-listen, labels, lease-ttl, listen, max-executions, memory, no-compute, p2p-mode, "
+        "sandbox, sandbox-ro)",
         f"{config}: memory: must be a size like 256MiB, 1GiB, 512M or a whole number of "
         "bytes, got 'lots'",
         f"p2pnode: 3 errors in config file {config}",
@@ -170,7 +170,9 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The NodeSettings `serve` would start a node with (the node is not started)."""
     seen: list[Any] = []
 
-    async def record(settings: Any, faults: Any, notice: str = "") -> None:
+    async def record(
+        settings: Any, faults: Any, notice: str = "", http_listen: str | None = None
+    ) -> None:
         seen.append(settings)
 
     monkeypatch.setattr(serve_module, "_serve", record)

@@ -181,8 +181,8 @@ MAX_LEASE_TTL = 3600.0
     envvar=env_name("http-listen"),
     show_envvar=True,
     cls=EnvOption,
-    help="Serve the HTTP API and dashboard on this address (off by default; port 0: a "
-    "free port).  Every request needs the token of `p2pnode http-token`.",
+    help="Serve the HTTP API and dashboard here (off by default; port 0: any free "
+    "port); requests need the token `p2pnode http-token` prints.",
 )
 @click.option(
     "--fault-drop",

@@ -95,6 +95,11 @@ class Api:
                     spec = body.decode("utf-8")
                 except UnicodeDecodeError:
                     raise BadRequest("the YAML spec is not UTF-8 text") from None
+            elif not body.strip():
+                raise BadRequest(
+                    "the body must be the job spec: a JSON object, or YAML text sent as"
+                    " Content-Type: application/yaml"
+                )
             else:
                 spec = parse_request(body)  # the control socket's JSON checks
             args: dict[str, Any] = {"spec": spec}

@@ -17,6 +17,7 @@ bodies are capped at ``MAX_BODY`` (413).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -27,6 +28,9 @@ from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+
+from p2pnode.control_request import BadRequest
+from p2pnode.errors import P2PNodeError
 
 TOKEN_FILE = "http-token"
 COOKIE = "p2pnode_token"
@@ -43,7 +47,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _URL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-class TokenFileError(OSError):
+class TokenFileError(P2PNodeError, OSError):
     """The token file cannot be used (readable by others, corrupt, not a file)."""
 
 
@@ -155,32 +159,34 @@ class TokenAuth:
     async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, with a body over the cap (chunked, no length) refused."""
         received = 0
-        started = False
+        started = refused = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, started, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _BodyTooLarge
+                    if not started:  # answered here, whatever the app makes of the error
+                        started = refused = True
+                        await _too_large(send, self.max_body)
+                    raise BodyTooLarge(f"request body over {self.max_body} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 was sent: the app's own answer to the error is dropped
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, self.max_body)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(BadRequest):
+    """Raised to the app reading a body over the cap (already answered 413)."""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

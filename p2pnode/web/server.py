@@ -50,8 +50,9 @@ async def serve_http(
         failed = _bind_error(exc) if node.http_url is None else None
         if failed is None:
             raise
-        message = f"cannot serve HTTP on {listen}: {failed.strerror or failed}"
-        raise ListenError(failed.errno, message) from None
+        refused = ListenError(f"cannot serve HTTP on {listen}: {failed.strerror or failed}")
+        refused.errno = failed.errno
+        raise refused from None
     finally:
         node.http_url = None
 
