@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from simnet.runner import RunOptions, run_scenario
+from simnet import report as html_report
+from simnet.runner import RunOptions, run_recorded, run_scenario
 from simnet.timings import TIMINGS_MODES
 from simnet.workload import WORKLOADS
 
@@ -244,14 +245,35 @@ def main() -> None:
 
 @main.command()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything.")
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Also write a self-contained HTML page with plots of the run (jobs by "
+                   "state over time, latency, messages per job by type, faults). A path "
+                   "that cannot be written exits 2 before the run.")
 @_run_options
-def run(seed: int, output: str, **kw: Any) -> None:
-    """Run a batch workload once; exit 1 on a violation or a lost job."""
-    report = run_scenario(_options(seed, kw))
+def run(seed: int, output: str, report_path: str | None, **kw: Any) -> None:
+    """Run a batch workload once; exit 1 on a violation or a lost job (2: bad usage,
+    or the --report page could not be written)."""
+    if report_path is not None:
+        why = html_report.check_writable(report_path)
+        if why is not None:
+            click.echo(f"simnet: cannot write --report {report_path}: {why}", err=True)
+            sys.exit(2)
+        report, recorder = run_recorded(_options(seed, kw))
+    else:
+        report = run_scenario(_options(seed, kw))
     if output == "json":
         click.echo(json.dumps(report, sort_keys=False))
     else:
         _print_table(report)
+    if report_path is not None:
+        command = reproduce_command(seed, kw)
+        page = html_report.render(report, recorder, command, passed(report))
+        try:
+            html_report.write(report_path, page)
+        except OSError as exc:  # the run's output above stands; the page is missing
+            click.echo(f"simnet: cannot write --report {report_path}: {exc.strerror or exc} "
+                       f"(run {'passed' if passed(report) else 'failed'})", err=True)
+            sys.exit(2)
     sys.exit(0 if passed(report) else 1)
 
 
