@@ -353,6 +353,19 @@ def check_writable(path: str) -> str | None:
     return None
 
 
+def check_folder(path: str) -> str | None:
+    """Why report pages cannot be written into folder ``path`` (None: they
+    can; a missing folder is created, if its parent exists)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is not a directory"
+    probe = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(probe):
+        return f"directory {probe} does not exist"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"directory {probe} is not writable"
+    return None
+
+
 def write(path: str, page: str) -> None:
     """Write ``page`` whole or not at all (a temporary file, then a rename)."""
     tmp = f"{path}.tmp"

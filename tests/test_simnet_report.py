@@ -366,3 +366,40 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path, browser: Any) -
     assert {state for state, _ in areas} >= {"completed", "failed"}
     assert all(width > 0 for _, width in areas)
     assert summary["seed"] == 5 and "seed 5" in browser.title
+
+
+# --- sweep --report DIR: a page per failing seed ------------------------------------------
+
+
+def test_a_sweep_writes_the_page_of_each_failing_seed(tmp_path: Path) -> None:
+    """A tiny event budget fails every seed; each page is the failing run's
+    own (byte-identical to ``run --seed N --report``) and says FAIL."""
+    budget = ("--nodes", "3", "--jobs", "2", "--max-events", "50")
+    folder = tmp_path / "pages"
+    proc = _simnet("sweep", "--seeds", "1..2", *budget, "--output", "json",
+                   "--report", str(folder))
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout)
+    assert [f["report"] for f in summary["failures"]] == [
+        str(folder / "seed-1.html"), str(folder / "seed-2.html")]
+    alone = tmp_path / "seed-1.html"
+    ran = _simnet("run", "--seed", "1", *budget, "--output", "json", "--report", str(alone))
+    assert ran.returncode == 1
+    assert (folder / "seed-1.html").read_bytes() == alone.read_bytes()
+    page = Page(alone.read_text(encoding="utf-8"))
+    check_page(page)
+    text = " ".join(page.text)
+    assert "FAIL" in text and "event budget of 50 events exhausted" in text
+
+
+def test_a_sweep_report_folder_that_cannot_be_made_exits_2_before_the_sweep(
+        tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for folder in (tmp_path / "no" / "such", tmp_path / "file"):
+        proc = _simnet("sweep", "--seeds", "1..2", "--nodes", "3", "--jobs", "2",
+                       "--report", str(folder))
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.strip().splitlines() == [
+            f"simnet: cannot write --report {folder}: "
+            + (f"directory {tmp_path / 'no'} does not exist" if folder.name == "such"
+               else f"{folder} is not a directory")]
