@@ -45,7 +45,7 @@ STATE_COLOURS = {
 }
 OTHER_COLOUR = "#555555"
 SAMPLES = 240  # points of the jobs-over-time plot
-LATENCY_BINS = 24
+LATENCY_BINS = 30  # about this many histogram bins
 PERCENTILES = (50, 90, 99)
 FAULT_ROWS = ("network", "partition", "oneway", "crash", "restart", "join", "pause")
 FAULT_COLOURS = {"network": "#cfd8e3", "partition": "#8e44ad", "oneway": "#16a085",
@@ -95,7 +95,7 @@ def jobs_plot(recorder: RunRecorder) -> str:
     times, series = state_counts(recorder)
     total = max((sum(v[i] for v in series.values()) for i in range(len(times))), default=0)
     c = Canvas("jobs", 300, times[-1], max(1, total), "Jobs over virtual time by state")
-    c.y_axis(nice_ticks(max(1, total), 5), "jobs")
+    c.y_axis(nice_ticks(max(1, total), 5, integer=True), "jobs")
     c.x_axis(time_ticks(times[-1]), "virtual time", seconds=True)
     below = [0] * len(times)
     for state, values in series.items():
@@ -129,17 +129,19 @@ def latency_plot(recorder: RunRecorder) -> str:
         c.add(f'<text class="empty" x="{WIDTH / 2}" y="60" text-anchor="middle">'
               f'no batch job ended</text>')
         return c.svg()
-    hi = nice_ticks(everything[-1] * 1.0001 or 1.0, 8)[-1]
-    width = hi / LATENCY_BINS
-    bins = {s: [0] * LATENCY_BINS for s in by_state}
+    # Bins of a round width (about LATENCY_BINS of them), the last one holding the slowest.
+    width = nice_ticks(everything[-1] or 1.0, LATENCY_BINS)[1]
+    count = int(everything[-1] / width) + 1
+    hi = count * width
+    bins = {s: [0] * count for s in by_state}
     for state, values in by_state.items():
         for v in values:
-            bins[state][min(LATENCY_BINS - 1, int(v / width))] += 1
-    tallest = max(sum(b[i] for b in bins.values()) for i in range(LATENCY_BINS))
+            bins[state][min(count - 1, int(v / width))] += 1
+    tallest = max(sum(b[i] for b in bins.values()) for i in range(count))
     c = Canvas("latency", 300, hi, tallest, "Job latency: client submit to terminal state")
-    c.y_axis(nice_ticks(tallest, 5), "jobs")
-    c.x_axis(nice_ticks(hi, 8), "latency (virtual time)", seconds=True)
-    for i in range(LATENCY_BINS):
+    c.y_axis(nice_ticks(tallest, 5, integer=True), "jobs")
+    c.x_axis(time_ticks(hi), "latency (virtual time)", seconds=True)
+    for i in range(count):
         lo_v, hi_v = i * width, (i + 1) * width
         stacked = 0
         for state in _state_order(set(bins)):
@@ -159,10 +161,12 @@ def latency_plot(recorder: RunRecorder) -> str:
     for pct in PERCENTILES:
         at = percentile(everything, pct)
         x = num(c.x(at))
+        near_right = c.x(at) > WIDTH - RIGHT - 110
+        anchor = 'text-anchor="end" dx="-3"' if near_right else 'dx="3"'
         c.add(f'<line class="pct" data-pct="p{pct}" data-value="{value(round(at, 3))}" '
               f'x1="{x}" y1="{TOP}" x2="{x}" y2="{300 - BOTTOM}"/>'
               f'<text class="pctl" x="{x}" y="{TOP + 10 + 12 * PERCENTILES.index(pct)}" '
-              f'dx="3">p{pct} {esc(value(round(at, 3)))}s</text>')
+              f'{anchor}>p{pct} {esc(value(round(at, 3)))}s</text>')
         marks.append(f"p{pct} {value(round(at, 3))} s")
     keys = legend((STATE_COLOURS.get(s, OTHER_COLOUR), s, f"({len(v)})")
                   for s, v in by_state.items())

@@ -34,13 +34,17 @@ def value(x: float) -> str:
     return f"{x:.3f}"
 
 
-def nice_ticks(hi: float, count: int = 6) -> list[float]:
-    """Round tick values from 0 to at least ``hi``."""
+def nice_ticks(hi: float, count: int = 6, integer: bool = False) -> list[float]:
+    """Round tick values from 0 to at least ``hi`` (``integer``: whole steps,
+    for counts)."""
     if hi <= 0:
         return [0.0, 1.0]
     raw = hi / count
     mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10)
+                if m * mag >= raw and not (integer and not float(m * mag).is_integer()))
+    if integer:
+        step = max(1.0, step)
     ticks = [0.0]
     while ticks[-1] < hi - 1e-9:
         ticks.append(round(ticks[-1] + step, 10))
