@@ -403,3 +403,23 @@ def test_a_sweep_report_folder_that_cannot_be_made_exits_2_before_the_sweep(
             f"simnet: cannot write --report {folder}: "
             + (f"directory {tmp_path / 'no'} does not exist" if folder.name == "such"
                else f"{folder} is not a directory")]
+
+
+def test_long_running_kinds_and_joiners_are_recorded_without_changing_the_run() -> None:
+    """The kinds workload: daemons and services end stopped (left out of the
+    latency), joiners start late (one join mark each), the trace is unchanged."""
+    opts = RunOptions(nodes=6, jobs=8, seed=2, workload="kinds", duration=90.0,
+                      crash_rate=0.1)
+    plain = run_scenario(opts)
+    summary, recorder = run_recorded(opts)
+    assert summary["trace_hash"] == plain["trace_hash"]
+    page = _render(summary, recorder, seed=2)
+    check_page(page)
+    check_jobs(page, summary)
+    joins = [m for m in page.drawn("faults", "fault") if m["data-kind"] == "join"]
+    assert len(joins) == summary["joiners"] > 0
+    long_running = {"daemon", "service", "cron", "stream"}
+    ended_batch = sum(1 for job, kind in recorder.kind_of.items()
+                      if kind not in long_running
+                      and recorder.cluster.state_of(job) in ("completed", "failed", "stopped"))
+    assert sum(int(b["data-count"]) for b in page.drawn("latency", "bin")) == ended_batch
