@@ -423,3 +423,16 @@ def test_long_running_kinds_and_joiners_are_recorded_without_changing_the_run() 
                       if kind not in long_running
                       and recorder.cluster.state_of(job) in ("completed", "failed", "stopped"))
     assert sum(int(b["data-count"]) for b in page.drawn("latency", "bin")) == ended_batch
+
+
+def test_without_chromium_the_browser_test_fails_under_ci_and_skips_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p: False if str(p).startswith("/usr/bin/chrom") else real_exists(p))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but headless Chromium needs"):
+        _chromium_or_skip()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        _chromium_or_skip()
