@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import shlex
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 
 import click
 
-from simnet.runner import RunOptions, run_scenario
+from simnet import report as html_report
+from simnet.recorder import RunRecorder
+from simnet.runner import RunOptions, run_recorded, run_scenario
 from simnet.timings import TIMINGS_MODES
 from simnet.workload import WORKLOADS
 
@@ -244,15 +247,57 @@ def main() -> None:
 
 @main.command()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything.")
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Also write a self-contained HTML page with plots of the run (jobs by "
+                   "state over time, latency, messages per job by type, faults). A path "
+                   "that cannot be written exits 2 before the run.")
 @_run_options
-def run(seed: int, output: str, **kw: Any) -> None:
-    """Run a batch workload once; exit 1 on a violation or a lost job."""
-    report = run_scenario(_options(seed, kw))
+def run(seed: int, output: str, report_path: str | None, **kw: Any) -> None:
+    """Run a batch workload once; exit 1 on a violation or a lost job (2: bad usage,
+    or the --report page could not be written)."""
+    if report_path is not None:
+        why = html_report.check_writable(report_path)
+        if why is not None:
+            click.echo(f"simnet: cannot write --report {report_path}: {why}", err=True)
+            sys.exit(2)
+        report, recorder = run_recorded(_options(seed, kw))
+    else:
+        report = run_scenario(_options(seed, kw))
     if output == "json":
         click.echo(json.dumps(report, sort_keys=False))
     else:
         _print_table(report)
+    if report_path is not None:
+        # The run's output above stands even when its page cannot be written.
+        failed_write = _write_report(report_path, report, recorder, seed, kw)
+        if failed_write is not None:
+            click.echo(f"simnet: cannot write --report {report_path}: {failed_write} "
+                       f"(run {'passed' if passed(report) else 'failed'})", err=True)
+            sys.exit(2)
     sys.exit(0 if passed(report) else 1)
+
+
+def _write_report(path: str, report: dict[str, Any], recorder: RunRecorder, seed: int,
+                  kw: dict[str, Any]) -> str | None:
+    """Write the run's page; the reason it could not be written, or None."""
+    page = html_report.render(report, recorder, reproduce_command(seed, kw), passed(report))
+    try:
+        html_report.write(path, page)
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
+
+
+def _sweep_report(folder: str, seed: int, kw: dict[str, Any]) -> str:
+    """Run a failing seed again, recorded (the same run: it is a function of
+    its seed), and write its page into ``folder``: the page's path, or why not."""
+    path = os.path.join(folder, f"seed-{seed}.html")
+    try:
+        report, recorder = run_recorded(_options(seed, kw))
+    except Exception as exc:
+        return f"no report: simnet raised {exc!r}"
+    failed_write = _write_report(path, report, recorder, seed, kw)
+    return path if failed_write is None else f"no report: {failed_write}"
 
 
 def _sweep_one(args: tuple[int, dict[str, Any]]) -> dict[str, Any]:
@@ -290,9 +335,19 @@ def _keep_worst(worst: dict[str, list[Any]], res: dict[str, Any]) -> None:
               help="Seed range A..B (inclusive) or a comma list.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="Worker processes (each seed runs alone in one worker).")
+@click.option("--report", "report_dir", type=click.Path(), default=None,
+              help="Write the HTML page of every failing seed into this directory "
+                   "(seed-N.html; created if its parent exists).")
 @_run_options
-def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
+def sweep(seeds: list[int], workers: int, output: str, report_dir: str | None,
+          **kw: Any) -> None:
     """Run many seeds; print each failing seed with the command reproducing it."""
+    if report_dir is not None:
+        why = html_report.check_folder(report_dir)
+        if why is not None:
+            click.echo(f"simnet: cannot write --report {report_dir}: {why}", err=True)
+            sys.exit(2)
+        os.makedirs(report_dir, exist_ok=True)
     t0 = time.perf_counter()
     failures: list[dict[str, Any]] = []
     done = 0
@@ -315,12 +370,19 @@ def sweep(seeds: list[int], workers: int, output: str, **kw: Any) -> None:
                 last = now
                 click.echo(f"[{done}/{len(tasks)}] failed={len(failures)} "
                            f"elapsed={now - t0:.1f}s", err=True)
+    pages: dict[int, str] = {}  # failing seed -> its page (or why there is none)
+    for res in failures if report_dir is not None else []:
+        assert report_dir is not None
+        pages[res["seed"]] = _sweep_report(report_dir, res["seed"], kw)
+        if output == "table":
+            click.echo(f"report seed {res['seed']}: {pages[res['seed']]}")
     wall = time.perf_counter() - t0
     if output == "json":
         summary: dict[str, Any] = {
             "seeds": len(seeds), "failed": len(failures), "wall_seconds": round(wall, 2),
             "failures": [{"seed": f["seed"], "violations": f["violations"][:3],
-                          "lost": f["lost"], "reproduce": reproduce_command(f["seed"], kw)}
+                          "lost": f["lost"], "reproduce": reproduce_command(f["seed"], kw),
+                          **({"report": pages[f["seed"]]} if f["seed"] in pages else {})}
                          for f in failures],
         }
         if worst:

@@ -93,6 +93,7 @@ from simnet.harness import Cluster
 from simnet.invariants import LONG_RUNNING_KINDS, TERMINAL
 from simnet.kind_invariants import default_bounds
 from simnet.network import DIRECTORY_TYPES, NetConfig
+from simnet.recorder import RunRecorder, attach
 from simnet.timings import draw_timings, envelope, every_draw
 from simnet.workload import WORKLOADS
 
@@ -157,6 +158,7 @@ class FaultInjector:
         self.pauses = 0
         self.pause_rng = random.Random(derive_seed(opts.seed, "pauses"))
         self.horizon = opts.duration if opts.calm_after is None else opts.calm_after
+        self.stopped_at: float | None = None  # when stop() ended the fault phase
 
     def start(self) -> None:
         if self.crash_per_s > 0:
@@ -247,6 +249,7 @@ class FaultInjector:
         """Drain: no more faults, heal, bring every crashed node back (joiners
         that did not join yet still join at their time)."""
         self.active = False
+        self.stopped_at = self.cluster.now
         self.cluster.stop_frame_crashes()
         if self.cluster.adversary is not None:
             self.cluster.adversary.stop()
@@ -287,10 +290,19 @@ def _quiet_gc() -> Iterator[None]:
 
 def run_scenario(opts: RunOptions) -> dict[str, Any]:
     with _quiet_gc():
-        return _run_scenario(opts)
+        return _run_scenario(opts, None)
 
 
-def _run_scenario(opts: RunOptions) -> dict[str, Any]:
+def run_recorded(opts: RunOptions) -> tuple[dict[str, Any], RunRecorder]:
+    """``run_scenario`` with a :class:`simnet.recorder.RunRecorder` watching
+    (for ``--report``): the same run, the same report, plus what it recorded."""
+    recorded: list[RunRecorder] = []
+    with _quiet_gc():
+        report = _run_scenario(opts, recorded)
+    return report, recorded[0]
+
+
+def _run_scenario(opts: RunOptions, recorded: list[RunRecorder] | None) -> dict[str, Any]:
     wall0 = time.perf_counter()
     net = NetConfig(loss=opts.loss, duplicate=opts.duplicate, reorder=opts.reorder,
                     reorder_delay=opts.reorder_delay, tail=opts.latency_tail)
@@ -328,8 +340,11 @@ def _run_scenario(opts: RunOptions) -> dict[str, Any]:
         horizon = opts.duration + 2 * max(bounds.daemon, bounds.service) + opts.drain
         budget += int(EVENTS_PER_NODE_SECOND * opts.nodes * horizon)
     cluster.engine.max_events = opts.max_events if opts.max_events is not None else budget
+    recorder = attach(cluster) if recorded is not None else None
     for spec, at in zip(specs, times, strict=True):
-        cluster.submit(spec, at=at)
+        jid = cluster.submit(spec, at=at)
+        if recorder is not None:
+            recorder.note_submit(jid, at)
     late = cluster.ids[len(cluster.ids) - joiners:] if joiners else []
     cluster.start([nid for nid in cluster.ids if nid not in late])
     join_rng = random.Random(derive_seed(opts.seed, "joiners"))
@@ -355,6 +370,10 @@ def _run_scenario(opts: RunOptions) -> dict[str, Any]:
         drain_end = cluster.now + opts.drain
         cluster.run_until_done(drain_end)
         cluster.run_until(min(drain_end, cluster.now + opts.settle))
+    if recorder is not None and recorded is not None:
+        calm = faults.stopped_at if long or opts.calm_after is not None else None
+        recorder.finish(cluster.now, faults.stopped_at, calm)
+        recorded.append(recorder)
     if cluster.engine.halted is None:
         lost = cluster.inv.finish(cluster.owned(), cluster.now, cluster.submitted,
                                    cluster.down())
@@ -496,4 +515,4 @@ def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,
     }
 
 
-__all__ = ["DIRECTORY_TYPES", "RunOptions", "run_scenario"]
+__all__ = ["DIRECTORY_TYPES", "RunOptions", "run_recorded", "run_scenario"]
