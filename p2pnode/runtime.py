@@ -212,6 +212,9 @@ class NodeRuntime:
         # by ``store_log`` (a blob manifest id) when the execution ends.
         self._log_dir = log_dir
         self._store_log = store_log
+        # The manifest of a log with no output at all: the same for every
+        # execution (content-addressed), so stored once, then reused.
+        self._empty_log_manifest: str | None = None
         self._clock = clock
         self._queue_size = queue_size
         self._send_timeout = math.inf if send_timeout is None else send_timeout
@@ -670,11 +673,16 @@ class NodeRuntime:
             await trio.to_thread.run_sync(_remove_tree, directory)
 
         afterwards.append(remove)
+        silent = not any(capture.written.values()) and not any(capture.skipped_total.values())
+        if silent and self._empty_log_manifest is not None:
+            return attrs.evolve(result, log_manifest=self._empty_log_manifest)
         try:
             manifest = await self._store_log(directory)
         except Exception as exc:  # the run's outcome stands; only its full log is missing
             log.warning("could not store the output of %s: %s", result.execution_id, exc)
             return result
+        if silent:
+            self._empty_log_manifest = manifest
         return attrs.evolve(result, log_manifest=manifest)
 
     async def _execution_result(
