@@ -20,6 +20,8 @@ Measured, in this order:
    ``serve``): what of a job's latency is the executor, not the protocol; and
    the sandbox floor, ``bwrap`` with the executor's mounts running
    ``/bin/true`` (``sandbox_floor_p50_ms``): what of the executor is bwrap's;
+   and one durable commit of the node's store (``commit_p50_ms``): a job's
+   critical path holds several (owner: submit, grant, result; holder: accept);
 2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
    nodes, timed from just before ``submit`` to the terminal ``job_state``
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
@@ -207,6 +209,28 @@ async def executor_baseline(sandbox: str, count: int) -> list[float]:
         return samples
 
 
+def commit_baseline(count: int) -> list[float]:
+    """One durable write of the node's own store (``SqliteStore.apply``: WAL,
+    ``synchronous=FULL``, a fsync per batch) in a data dir beside the nodes':
+    a job's critical path holds several (persist before send)."""
+    from p2pnode.store import SqliteStore
+    from protocols.events import Persist
+
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as root:
+        store = SqliteStore(Path(root) / "node.db")
+        try:
+            samples = []
+            for i in range(count + 3):
+                record = Persist("jobs", f"bench-{i % 8}", {"state": "running", "n": i})
+                t0 = time.perf_counter()
+                store.apply([record])
+                if i >= 3:
+                    samples.append((time.perf_counter() - t0) * 1000)
+            return samples
+        finally:
+            store.close()
+
+
 async def sandbox_floor(sandbox: str, count: int) -> list[float]:
     """bubblewrap's own floor: ``bwrap <the executor's mounts> /bin/true``,
     spawned and awaited the executor's way (no workdir, limits wrapper,
@@ -304,6 +328,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     floor = trio.run(sandbox_floor, args.sandbox, max(10, args.spawns // 4))
     out["sandbox"] = args.sandbox
     out["sandbox_floor_p50_ms"] = statistics.median(floor) if floor else math.nan
+    out["commit_p50_ms"] = statistics.median(commit_baseline(max(20, args.spawns // 2)))
     out["executor_p50_ms"] = statistics.median(executor)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)
@@ -436,6 +461,9 @@ def report(r: dict[str, Any]) -> None:
         ],
         ["protocol path: job p50 - executor p50", fmt(p50 - r["executor_p50_ms"], "ms")],
     ]
+    derived.append(
+        ["durable store commit p50 (SqliteStore.apply, fsync)", fmt(r["commit_p50_ms"], "ms", 2)]
+    )
     if not math.isnan(r["sandbox_floor_p50_ms"]):
         floor = r["sandbox_floor_p50_ms"]
         derived += [
