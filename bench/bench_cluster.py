@@ -17,7 +17,11 @@ Measured, in this order:
    directions counted: ``raw_frames_per_s``), and a bare
    ``trio.run_process(["true"])`` spawn + wait, and the node's own process
    executor running the same task in-process (``--sandbox``, default bwrap as
-   ``serve``): what of a job's latency is the executor, not the protocol;
+   ``serve``): what of a job's latency is the executor, not the protocol; and
+   the sandbox floor, ``bwrap`` with the executor's mounts running
+   ``/bin/true`` (``sandbox_floor_p50_ms``): what of the executor is bwrap's;
+   and one durable commit of the node's store (``commit_p50_ms``): a job's
+   critical path holds several (owner: submit, grant, result; holder: accept);
 2. latency: ``--jobs`` (200) jobs one at a time, the owner rotating over the
    nodes, timed from just before ``submit`` to the terminal ``job_state``
    notification; after ``--warmup`` untimed jobs (first dials, stream setup);
@@ -176,9 +180,11 @@ async def spawn_baseline(count: int) -> list[float]:
 
 async def executor_baseline(sandbox: str, count: int) -> list[float]:
     """The node's own process executor running the trivial task in-process
-    (work dir, limits wrapper, sandbox if any, outputs, cleanup): the part of
-    a job's latency that is not the protocol."""
+    (work dir, limits wrapper, sandbox if any, outputs), timed to its result
+    as the runtime sees it (the cleanup it defers runs after): the part of a
+    job's latency that is not the protocol."""
     from p2pnode.blobs import BlobStore
+    from p2pnode.executor import Cleanup, install_afterwards
     from p2pnode.executors.process import ProcessExecutor
     from protocols.events import StartExecution
 
@@ -190,10 +196,72 @@ async def executor_baseline(sandbox: str, count: int) -> list[float]:
             start = StartExecution(
                 f"bench/0/{i}", job_id="bench", slot=0, task=task, env={}, timeout=30
             )
+            afterwards: list[Cleanup] = []  # as the runtime: cleanup after the result
+            install_afterwards(afterwards)
             t0 = time.perf_counter()
             result = await executor.run(start)
+            if i >= 3:
+                samples.append((time.perf_counter() - t0) * 1000)
+            for cleanup in afterwards:
+                await cleanup()
             if result.status != "succeeded":
                 raise RuntimeError(f"executor baseline failed: {result.error}")
+        return samples
+
+
+def commit_baseline(count: int) -> list[float]:
+    """One durable write of the node's own store (``SqliteStore.apply``: WAL,
+    ``synchronous=FULL``, a fsync per batch) in a data dir beside the nodes':
+    a job's critical path holds several (persist before send)."""
+    from p2pnode.store import SqliteStore
+    from protocols.events import Persist
+
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as root:
+        store = SqliteStore(Path(root) / "node.db")
+        try:
+            samples = []
+            for i in range(count + 3):
+                record = Persist("jobs", f"bench-{i % 8}", {"state": "running", "n": i})
+                t0 = time.perf_counter()
+                store.apply([record])
+                if i >= 3:
+                    samples.append((time.perf_counter() - t0) * 1000)
+            return samples
+        finally:
+            store.close()
+
+
+async def sandbox_floor(sandbox: str, count: int) -> list[float]:
+    """bubblewrap's own floor: ``bwrap <the executor's mounts> /bin/true``,
+    spawned and awaited the executor's way (no workdir, limits wrapper,
+    cgroup, outputs or cleanup).  Empty with ``--sandbox none``."""
+    from p2pnode.executors.sandbox import TASK_UID_BASE, open_sandbox
+    from p2pnode.executors.spawn import spawn
+
+    if sandbox == "none":
+        return []
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as root:
+        box = open_sandbox(sandbox, Path(root))
+        assert box is not None
+        work = Path(root) / "work" / "floor"
+        (work / "inputs").mkdir(parents=True)
+        box.prepare(work, TASK_UID_BASE)
+        argv = box.argv(
+            workdir=work, inputs=work / "inputs", network="none", uid=TASK_UID_BASE,
+            command=["/bin/true"],
+        )
+        samples = []
+        for i in range(count + 3):  # the first few warm the caches
+            t0 = time.perf_counter()
+            child = spawn(argv, cwd=work, env={"PATH": "/usr/bin:/bin"})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child.stdout.receive_some)
+                nursery.start_soon(child.stderr.receive_some)
+                returncode = await child.wait()
+            await child.stdout.aclose()
+            await child.stderr.aclose()
+            if returncode != 0:
+                raise RuntimeError(f"sandbox floor: bwrap exited {returncode}")
             if i >= 3:
                 samples.append((time.perf_counter() - t0) * 1000)
         return samples
@@ -257,7 +325,10 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     out["raw_frames_per_s"] = out["p2p_stream"]["frames_per_s"]
     spawn = trio.run(spawn_baseline, args.spawns)
     executor = trio.run(executor_baseline, args.sandbox, max(10, args.spawns // 4))
+    floor = trio.run(sandbox_floor, args.sandbox, max(10, args.spawns // 4))
     out["sandbox"] = args.sandbox
+    out["sandbox_floor_p50_ms"] = statistics.median(floor) if floor else math.nan
+    out["commit_p50_ms"] = statistics.median(commit_baseline(max(20, args.spawns // 2)))
     out["executor_p50_ms"] = statistics.median(executor)
     out["spawn_p50_ms"] = statistics.median(spawn)
     out["spawn_p99_ms"] = percentile(spawn, 0.99)
@@ -390,6 +461,18 @@ def report(r: dict[str, Any]) -> None:
         ],
         ["protocol path: job p50 - executor p50", fmt(p50 - r["executor_p50_ms"], "ms")],
     ]
+    derived.append(
+        ["durable store commit p50 (SqliteStore.apply, fsync)", fmt(r["commit_p50_ms"], "ms", 2)]
+    )
+    if not math.isnan(r["sandbox_floor_p50_ms"]):
+        floor = r["sandbox_floor_p50_ms"]
+        derived += [
+            ["sandbox floor p50 (`bwrap <same mounts> /bin/true`)", fmt(floor, "ms")],
+            [
+                "executor p50 above the sandbox floor",
+                f"{fmt(r['executor_p50_ms'] - floor, 'ms')} ({r['executor_p50_ms'] / floor:.2f} x)",
+            ],
+        ]
     print_table("ratios", ["derived", "value"], derived)
     print()
     tsent, tpub = r["burst_transport"]

@@ -57,6 +57,32 @@ def install_progress(sink: ProgressSink | None) -> None:
     _PROGRESS.set(sink)
 
 
+# Cleanup an executor may leave until its result has been handed on (see
+# ``defer_cleanup``): the runtime's list for the execution running in this task.
+Cleanup = Callable[[], Awaitable[None]]
+_AFTERWARDS: ContextVar[list[Cleanup] | None] = ContextVar("p2pnode_afterwards", default=None)
+
+
+def defer_cleanup(cleanup: Cleanup) -> bool:
+    """Ask the runtime to run ``cleanup`` right after this execution's result
+    has gone to the core (still in the execution's own task, shielded, before
+    the execution's task ends): work that does not change the result (removing
+    a workdir, a drained cgroup) then adds nothing to the job's latency.
+    False when no runtime collects it (an executor driven directly): the
+    caller runs it itself, before returning."""
+    pending = _AFTERWARDS.get()
+    if pending is None:
+        return False
+    pending.append(cleanup)
+    return True
+
+
+def install_afterwards(pending: list[Cleanup] | None) -> None:
+    """Collect this task's deferred cleanups in ``pending`` (the runtime runs
+    them after the result; ``None``: executors clean up before returning)."""
+    _AFTERWARDS.set(pending)
+
+
 class Executor(Protocol):
     async def run(self, start: StartExecution) -> ExecutionFinished:
         """Run ``start.task`` to completion and report it.

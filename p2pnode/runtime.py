@@ -48,7 +48,13 @@ import trio
 
 from p2pnode.errors import NodeStoppedError
 from p2pnode.execstats import ExecutionStats
-from p2pnode.executor import Executor, ProgressMailbox, install_progress
+from p2pnode.executor import (
+    Cleanup,
+    Executor,
+    ProgressMailbox,
+    install_afterwards,
+    install_progress,
+)
 from p2pnode.executors.common import safe_name
 from p2pnode.logcapture import OutputCapture, install_output
 from p2pnode.store import Store, StoreError
@@ -207,6 +213,9 @@ class NodeRuntime:
         # by ``store_log`` (a blob manifest id) when the execution ends.
         self._log_dir = log_dir
         self._store_log = store_log
+        # The manifest of a log with no output at all: the same for every
+        # execution (content-addressed), so stored once, then reused.
+        self._empty_log_manifest: str | None = None
         self._clock = clock
         self._queue_size = queue_size
         self._send_timeout = math.inf if send_timeout is None else send_timeout
@@ -613,6 +622,29 @@ class NodeRuntime:
             engine,
             start.owner[:12] or "?",
         )
+        # What the executor (and the log below) leave to clean up once the
+        # result is on its way: run at the end of this task whatever happens.
+        afterwards: list[Cleanup] = []
+        install_afterwards(afterwards)
+        try:
+            await self._report_execution(start, running, queue, mailbox, capture, afterwards)
+        finally:
+            with trio.CancelScope(shield=True):
+                for cleanup in afterwards:
+                    try:
+                        await cleanup()
+                    except Exception as exc:  # cleanup never changes the reported result
+                        log.warning("cleanup after %s failed: %r", start.execution_id, exc)
+
+    async def _report_execution(
+        self,
+        start: StartExecution,
+        running: _Running,
+        queue: trio.MemorySendChannel[_Item],
+        mailbox: ProgressMailbox,
+        capture: OutputCapture,
+        afterwards: list[Cleanup],
+    ) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(mailbox.pump, queue.send)
@@ -620,9 +652,10 @@ class NodeRuntime:
                 result = await self._execution_result(start, running)
                 mailbox.close()
                 capture.close()
-            result = await self._with_log(result, capture)
+            result = await self._with_log(result, capture, afterwards)
         finally:
             capture.finish()
+        engine = (start.task.get("engine") or {}).get("type", "?")
         self.execution_stats.record(engine, result.status, result.duration_ms / 1000)
         log.info(
             "execution %s of job %s slot %d ended: %s (exit code %d, %.1fs, %d+%d output bytes)",
@@ -638,19 +671,28 @@ class NodeRuntime:
         await queue.send(result)
 
     async def _with_log(
-        self, result: ExecutionFinished, capture: OutputCapture
+        self, result: ExecutionFinished, capture: OutputCapture, afterwards: list[Cleanup]
     ) -> ExecutionFinished:
-        """The result with its complete output stored as a blob manifest."""
+        """The result with its complete output stored as a blob manifest (its
+        directory is removed after the result has gone out)."""
         directory = capture.finish()
         if directory is None or self._store_log is None:
             return result
+
+        async def remove() -> None:
+            await trio.to_thread.run_sync(_remove_tree, directory)
+
+        afterwards.append(remove)
+        silent = not any(capture.written.values()) and not any(capture.skipped_total.values())
+        if silent and self._empty_log_manifest is not None:
+            return attrs.evolve(result, log_manifest=self._empty_log_manifest)
         try:
             manifest = await self._store_log(directory)
         except Exception as exc:  # the run's outcome stands; only its full log is missing
             log.warning("could not store the output of %s: %s", result.execution_id, exc)
             return result
-        finally:
-            await trio.to_thread.run_sync(_remove_tree, directory)
+        if silent:
+            self._empty_log_manifest = manifest
         return attrs.evolve(result, log_manifest=manifest)
 
     async def _execution_result(

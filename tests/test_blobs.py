@@ -336,3 +336,31 @@ def test_outputs_names_must_be_utf8(tmp_path: Path) -> None:
         file.write(b"x")
     with pytest.raises(OutputRejected, match="UTF-8"):
         store.store_outputs(outputs)
+
+
+def test_content_already_stored_is_not_written_or_fsynced_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every trivial job stores the same empty outputs and logs: a small blob
+    that exists is recognised by its hash before any temp file or fsync."""
+    store = BlobStore(tmp_path / "data")
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    first = store.put_file(empty)
+    assert fsyncs  # new content: written and fsynced (file and directory)
+    fsyncs.clear()
+    assert store.put_file(empty) == first
+    assert store.put_bytes(b"") == first
+    assert store.put_manifest([]) == store.put_manifest([])
+    fsyncs.clear()
+    assert store.put_manifest([]) and fsyncs == []
+    assert list(store.tmp.iterdir()) == []
+    # New content, large or small, is still written durably.
+    assert store.put_bytes(b"new") == f"sha256:{hashlib.sha256(b'new').hexdigest()}"
+    assert fsyncs
+    big = os.urandom(2 * 1024 * 1024 + 5)
+    (tmp_path / "big").write_bytes(big)
+    assert store.read_bytes(store.put_file(tmp_path / "big")) == big

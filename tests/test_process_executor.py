@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from p2pnode.blobs import BlobStore
+from p2pnode.executor import Cleanup, install_afterwards
 from p2pnode.executors import ExecutorError, ProcessExecutor
 from p2pnode.executors.common import TailBuffer, safe_name
 from protocols.events import ExecutionFinished, StartExecution
@@ -347,3 +348,42 @@ async def test_result_types(executor: ProcessExecutor) -> None:
     result = await executor.run(_start(_task(["true"])))
     assert isinstance(result, ExecutionFinished)
     assert result.execution_id == "exec-1"
+
+
+async def test_under_a_runtime_cleanup_comes_after_the_result(
+    executor: ProcessExecutor,
+) -> None:
+    """With a runtime collecting (``install_afterwards``), the workdir, pidfile
+    and cgroup are left to the deferred cleanup, which removes them all; the
+    task's processes are already gone when the result is returned."""
+    afterwards: list[Cleanup] = []
+    install_afterwards(afterwards)
+    try:
+        script = 'echo $$ > "$P2PNODE_OUTPUTS/pid"; (sleep 600 &); echo ok'
+        result = await executor.run(_start(_task(["sh", "-c", script])))
+    finally:
+        install_afterwards(None)
+    assert result.status == "succeeded", result
+    work = _workdir(executor, "exec-1")
+    pidfile = executor.data_dir / "work" / f"{safe_name('exec-1')}.pid"
+    assert len(afterwards) == 1 and work.is_dir() and pidfile.exists()
+    # Nothing of the task outlives its result (the sandbox's pid namespace is gone).
+    assert not any(
+        b"P2PNODE_EXECUTION_ID=exec-1" in _environ(pid) for pid in _pids() if pid != os.getpid()
+    )
+    await afterwards[0]()
+    assert not work.exists() and not pidfile.exists()
+    if executor.cgroups is not None:
+        for _controller, base in executor.cgroups.bases:
+            assert [p for p in base.iterdir() if p.is_dir()] == []
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""

@@ -20,7 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from p2pnode.executor import SleepExecutor
+from p2pnode.blobs import BlobStore
+from p2pnode.executor import SleepExecutor, defer_cleanup, install_afterwards
+from p2pnode.logcapture import current_output
 from p2pnode.runtime import NodeRuntime, NodeStopped
 from p2pnode.store import MemoryStore, SqliteStore, StoreError
 from p2pnode.transport import Incoming
@@ -754,3 +756,100 @@ async def test_a_failed_write_in_the_writer_thread_stops_the_node_before_send(
             await runtime.run()
     assert transport.sent == []
     assert _writer_threads() == []
+
+
+# --- cleanup deferred until the result has gone out ----------------------------------
+
+
+class DeferringExecutor:
+    """Defers a cleanup (``defer_cleanup``) that takes 5 s, and records when it
+    ran; ``seconds`` is how long the execution itself runs."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self.deferred: list[bool] = []
+        self.cleaned_at: dict[str, float] = {}
+
+    async def run(self, s: StartExecution) -> ExecutionFinished:
+        async def cleanup() -> None:
+            await trio.sleep(5)
+            self.cleaned_at[s.execution_id] = trio.current_time()
+
+        self.deferred.append(defer_cleanup(cleanup))
+        await trio.sleep(self.seconds)
+        return ExecutionFinished(s.execution_id, "succeeded")
+
+
+async def test_deferred_cleanup_runs_after_the_result_reached_the_core(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    t0 = trio.current_time()
+    executor = DeferringExecutor()
+    node = Node(on(Started, lambda e, t: [start("e1")]), executor=executor)
+    async with running(node):
+        await wait_until(lambda: "e1" in executor.cleaned_at)
+    result, at = finished(node.core)["e1"]
+    # The result is not held back by the 5 s cleanup, which still runs.
+    assert executor.deferred == [True]
+    assert (result.status, at) == ("succeeded", t0 + 1.0)
+    assert executor.cleaned_at["e1"] == t0 + 6.0
+
+
+async def test_deferred_cleanup_still_runs_when_the_node_stops(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    executor = DeferringExecutor(seconds=1e6)
+    node = Node(on(Started, lambda e, t: [start("e1")]), executor=executor)
+    async with running(node):
+        await wait_until(lambda: executor.deferred == [True])
+    assert "e1" in executor.cleaned_at  # shielded: run before the node's task ended
+
+
+async def test_without_a_runtime_an_executor_cleans_up_itself() -> None:
+    # Driven directly (no runtime collecting), defer_cleanup says so.
+    executor = DeferringExecutor(seconds=0)
+    install_afterwards(None)
+    await executor.run(start("e1"))
+    assert executor.deferred == [False]
+
+
+class PrintingExecutor:
+    """Writes ``text`` to the execution's captured output (as the process
+    executor does with what a task prints)."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+    async def run(self, s: StartExecution) -> ExecutionFinished:
+        sink = current_output()
+        if sink is not None and self.text:
+            sink.write("stdout", self.text)
+        await trio.sleep(0.2 * int(s.execution_id[1:]))  # e1, e2, e3 end in turn
+        return ExecutionFinished(s.execution_id, "succeeded")
+
+
+@pytest.mark.parametrize("text", [b"", b"hello\n"])
+async def test_a_silent_executions_log_is_stored_once_then_reused(
+    tmp_path: Path, text: bytes
+) -> None:
+    """Every execution that printed nothing has the same (content-addressed)
+    log: stored once; one that printed is stored every time."""
+    blobs = BlobStore(tmp_path / "blobs")
+    stored: list[Path] = []
+
+    async def store_log(directory: Path) -> str:
+        stored.append(directory)
+        return await trio.to_thread.run_sync(blobs.store_outputs, directory)
+
+    script = on(Started, lambda e, t: [start("e1"), start("e2"), start("e3")])
+    node = Node(
+        script, executor=PrintingExecutor(text), log_dir=tmp_path / "logs", store_log=store_log
+    )
+    async with running(node):
+        await wait_until(lambda: len(finished(node.core)) == 3, timeout=60)
+    manifests = {r.log_manifest for r, _ in finished(node.core).values()}
+    assert len(manifests) == 1 and "" not in manifests
+    entries = blobs.read_manifest(manifests.pop())
+    assert [(e.path, e.size) for e in entries] == [("stderr", 0), ("stdout", len(text))]
+    assert len(stored) == (1 if not text else 3)
+    await wait_until(lambda: not any((tmp_path / "logs").iterdir()), timeout=60)

@@ -99,8 +99,9 @@ from pathlib import Path
 import trio
 
 from p2pnode.blobs import BlobStore
-from p2pnode.executor import current_progress
+from p2pnode.executor import current_progress, defer_cleanup
 from p2pnode.executors import cgroups
+from p2pnode.executors.cgroups import TaskCgroup
 from p2pnode.executors.common import (
     DEFAULT_TAIL_BYTES,
     ExecutorError,
@@ -117,7 +118,7 @@ from p2pnode.executors.common import (
 from p2pnode.executors.sandbox import TASK_WORKDIR, BwrapSandbox, open_sandbox, task_uid
 from p2pnode.executors.spawn import Child, spawn
 from protocols.events import ExecutionFinished, StartExecution
-from protocols.spec import ProcessEngine, TaskSpec, validate_task
+from protocols.spec import ProcessEngine, Resources, TaskSpec, validate_task
 
 __all__ = ["ProcessExecutor"]
 
@@ -182,11 +183,11 @@ class ProcessExecutor:
         engine = task.engine
         if not isinstance(engine, ProcessEngine):
             raise ExecutorError(f"the process executor cannot run a {engine.type!r} task")
-        work = await trio.to_thread.run_sync(Workdir.create, self.data_dir, start.execution_id)
+        # One worker-thread round trip for everything that blocks before the
+        # spawn: workdir, inputs, handing it to the task's uid, the cgroup.
+        work, cgroup = await trio.to_thread.run_sync(self._prepare, start, task.resources)
         succeeded = False
         try:
-            if start.inputs:
-                await trio.to_thread.run_sync(lay_out_inputs, self.blobs, start, work.inputs)
             # Sandboxed, the task sees its workdir at TASK_WORKDIR, not in the data dir.
             seen = Path(TASK_WORKDIR) if self.sandbox is not None else work.root
             env = {
@@ -198,41 +199,23 @@ class ProcessExecutor:
             }
             argv = self._limits_wrapper(task, start) + list(engine.command)
             if self.sandbox is not None:
-                uid = task_uid(start.execution_id)
-                await trio.to_thread.run_sync(self.sandbox.prepare, work.root, uid)
                 argv = self.sandbox.argv(
                     workdir=work.root,
                     inputs=work.inputs,
                     network=task.network,
-                    uid=uid,
+                    uid=task_uid(start.execution_id),
                     command=argv,
                     tmp_bytes=task.resources.memory_bytes,
                 )
-            cgroup = None
-            if self.cgroups is not None:
-                try:
-                    cgroup = self.cgroups.create(
-                        safe_name(start.execution_id),
-                        pids=self.pids_limit,
-                        memory=task.resources.memory_bytes,
-                    )
-                    argv = cgroup.join_prefix() + argv
-                except OSError as cgroup_error:  # the rlimits still hold
-                    log.warning(
-                        "no cgroup for %s (%s): rlimits only", start.execution_id, cgroup_error
-                    )
+            if cgroup is not None:
+                argv = cgroup.join_prefix() + argv
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
-            try:
-                returncode = await self._run_process(
-                    start.execution_id, argv, env, work, out, err, parser
-                )
-                oom = cgroup is not None and cgroup.out_of_memory()
-            finally:
-                if cgroup is not None:
-                    with trio.CancelScope(shield=True):
-                        await _remove_cgroup(cgroup)
+            returncode = await self._run_process(
+                start.execution_id, argv, env, work, out, err, parser
+            )
+            oom = cgroup is not None and cgroup.out_of_memory()
 
             exit_code, error = _describe_exit(returncode, sandboxed=self.sandbox is not None)
             if oom and exit_code != 0:
@@ -251,9 +234,47 @@ class ProcessExecutor:
             succeeded = finished.status == "succeeded"
             return finished
         finally:
-            if succeeded or not self.keep_failed_workdirs:
+            # The task's processes are dead (``_run_process`` waited for
+            # them); what is left changes nothing in the result, so under a
+            # runtime it runs after the result has gone out (``defer_cleanup``).
+            pidfile = self._pidfile(start.execution_id)
+            remove = succeeded or not self.keep_failed_workdirs
+
+            async def cleanup() -> None:
+                if cgroup is not None:
+                    await _remove_cgroup(cgroup)
+                await trio.to_thread.run_sync(_remove_leftovers, work if remove else None, pidfile)
+
+            if not defer_cleanup(cleanup):
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(work.remove)
+                    await cleanup()
+
+    def _prepare(
+        self, start: StartExecution, resources: Resources
+    ) -> tuple[Workdir, TaskCgroup | None]:
+        """The execution's workdir (inputs laid out, owned by the task's uid)
+        and its cgroup, if any; blocking.  Nothing is left on failure."""
+        work = Workdir.create(self.data_dir, start.execution_id)
+        try:
+            if start.inputs:
+                lay_out_inputs(self.blobs, start, work.inputs)
+            if self.sandbox is not None:
+                self.sandbox.prepare(work.root, task_uid(start.execution_id))
+        except BaseException:
+            if not self.keep_failed_workdirs:
+                work.remove()
+            raise
+        cgroup = None
+        if self.cgroups is not None:
+            try:
+                cgroup = self.cgroups.create(
+                    safe_name(start.execution_id),
+                    pids=self.pids_limit,
+                    memory=resources.memory_bytes,
+                )
+            except OSError as cgroup_error:  # the rlimits still hold
+                log.warning("no cgroup for %s (%s): rlimits only", start.execution_id, cgroup_error)
+        return work, cgroup
 
     def _limits_wrapper(self, task: TaskSpec, start: StartExecution) -> list[str]:
         """``sh -c 'ulimit ...; exec "$@"' NAME argv...`` (see the module doc)."""
@@ -320,7 +341,8 @@ class ProcessExecutor:
                     if stream is not None:
                         await stream.aclose()
                 proc.close_pidfd()
-                pidfile.unlink(missing_ok=True)
+                # The pidfile goes with the workdir, in the cleanup after the
+                # result (a crash before then: ``reap_stale`` removes both).
         assert proc.returncode is not None
         return proc.returncode
 
@@ -423,13 +445,24 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 async def _remove_cgroup(cgroup: cgroups.TaskCgroup) -> None:
-    """rmdir once the kernel has finished killing the namespace's processes."""
-    for _ in range(100):
+    """rmdir once the kernel has finished killing the namespace's processes
+    (within 2 s; polled, first briefly: it is usually a matter of a few ms)."""
+    delay, deadline = 0.002, trio.current_time() + 2.0
+    while trio.current_time() < deadline:
         if all(not (d / "cgroup.procs").exists() or not (d / "cgroup.procs").read_text().strip()
                for d in cgroup.dirs):
             break
-        await trio.sleep(0.02)
+        await trio.sleep(delay)
+        delay = min(0.02, delay * 2)
     cgroup.remove()
+
+
+def _remove_leftovers(work: Workdir | None, pidfile: Path) -> None:
+    """The workdir (unless kept), then the pidfile: a crash in between leaves
+    the pidfile, from which ``reap_stale`` finds the workdir."""
+    if work is not None:
+        work.remove()
+    pidfile.unlink(missing_ok=True)
 
 
 def _kill_pid(pid: int, sig: int) -> None:

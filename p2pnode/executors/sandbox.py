@@ -65,6 +65,7 @@ included).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -165,17 +166,7 @@ class BwrapSandbox:
         args += ["--proc", "/proc", "--dev", "/dev"]
         for scratch in ("/tmp", "/dev/shm"):
             args += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", scratch]
-        # bwrap creates missing parents 0700, which the task's uid could not
-        # cross: make them 0755 (they are empty, on bwrap's own tmpfs).
-        for parent in _parents_to_create(self.ro_paths):
-            args += ["--perms", "0755", "--dir", parent]
-        for path in self.ro_paths:
-            if os.path.islink(path):
-                args += ["--symlink", os.readlink(path), path]
-            else:
-                args += ["--ro-bind", path, path]
-        if any(Path(p) == self.data_dir or Path(p) in self.data_dir.parents for p in self.ro_paths):
-            args += ["--tmpfs", str(self.data_dir)]  # under a bound path: cover it
+        args += _read_only_args(self.ro_paths, self.data_dir)
         inside = f"{TASK_WORKDIR}/{inputs.relative_to(workdir)}"
         args += ["--bind", str(workdir), TASK_WORKDIR, "--ro-bind", str(inputs), inside]
         args += ["--chdir", TASK_WORKDIR, "--"]
@@ -189,6 +180,26 @@ class BwrapSandbox:
                 "--",
             ]
         return args + list(command)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_only_args(ro_paths: tuple[str, ...], data_dir: Path) -> list[str]:
+    """The read-only part of the mounts: the same for every task of a node, so
+    worked out once (pathlib and a stat per path cost more than bwrap's flags
+    are worth on every spawn).  Callers copy it (``args += ...``)."""
+    args: list[str] = []
+    # bwrap creates missing parents 0700, which the task's uid could not
+    # cross: make them 0755 (they are empty, on bwrap's own tmpfs).
+    for parent in _parents_to_create(ro_paths):
+        args += ["--perms", "0755", "--dir", parent]
+    for path in ro_paths:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        else:
+            args += ["--ro-bind", path, path]
+    if any(Path(p) == data_dir or Path(p) in data_dir.parents for p in ro_paths):
+        args += ["--tmpfs", str(data_dir)]  # under a bound path: cover it
+    return args
 
 
 def _parents_to_create(ro_paths: Sequence[str]) -> list[str]:
