@@ -180,7 +180,11 @@ def bench_bare_hosts(n: int, window: float, heartbeat: int = 1) -> dict[str, Any
         time.sleep(min(10.0, window))  # let start-up work settle
         cpu = idle_cpu([p.pid for p in procs], window)
         rss = [rss_bytes(p.pid) for p in procs]
-        return {"cpu_pct": summary(cpu), "rss_mb": summary([r / 2**20 for r in rss])}
+        return {
+            "cpu_pct": summary(cpu),
+            "rss_mb": summary([r / 2**20 for r in rss]),
+            "load_idle": os.getloadavg()[0],
+        }
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -193,27 +197,68 @@ def bench_bare_hosts(n: int, window: float, heartbeat: int = 1) -> dict[str, Any
 # --- 2-4. the cluster ---------------------------------------------------------------
 
 
-async def view_sizes(nodes: list[ServeNode]) -> list[int]:
-    sizes = []
-    for node in nodes:
-        try:
-            peers = await node.client.call("peers")
-        except Exception:
-            peers = [{"self": True}]
-        sizes.append(sum(1 for p in peers if not p.get("self") and p.get("status") != "gone"))
+CALL_TIMEOUT_S = 10.0  # one control call; a node that cannot answer in time is "unanswered"
+CALL_TRIES = 3
+
+
+async def view_size_of(node: ServeNode) -> int | None:
+    """Peers in ``node``'s view (``peers`` op: not ``self``, not ``gone``), or
+    None if its control socket did not answer in ``CALL_TRIES`` tries: a busy
+    node under load is not an empty view, so it is reported apart."""
+    for attempt in range(CALL_TRIES):
+        with trio.move_on_after(CALL_TIMEOUT_S):
+            try:
+                peers = await node.client.call("peers")
+            except Exception:  # refused / dropped socket: retry after a pause
+                await trio.sleep(0.2 * (attempt + 1))
+                continue
+            return sum(1 for p in peers if not p["self"] and p["status"] != "gone")
+    return None
+
+
+async def view_sizes(nodes: list[ServeNode]) -> list[int | None]:
+    """Each node's view size (None: it did not answer), asked 8 at a time."""
+    sizes: list[int | None] = [None] * len(nodes)
+    limiter = trio.CapacityLimiter(8)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            sizes[i] = await view_size_of(nodes[i])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(nodes)):
+            nursery.start_soon(one, i)
     return sizes
 
 
-def wait_views(nodes: list[ServeNode], want: int, timeout: float) -> tuple[float, list[int]]:
-    """Seconds until every node's view holds ``want`` peers (inf on timeout)."""
+def view_stats(sizes: list[int | None]) -> dict[str, Any]:
+    answered = [s for s in sizes if s is not None]
+    return {
+        "smallest": min(answered) if answered else None,
+        "median": sorted(answered)[len(answered) // 2] if answered else None,
+        "unanswered": len(sizes) - len(answered),
+    }
+
+
+def wait_views(nodes: list[ServeNode], want: int, timeout: float) -> tuple[float, list[int | None]]:
+    """Seconds until every node's view holds ``want`` peers (inf on timeout).
+    A node that did not answer is not converged (nor counted as empty)."""
     t0 = time.monotonic()
-    sizes: list[int] = []
+    sizes: list[int | None] = []
     while time.monotonic() - t0 < timeout:
         sizes = trio.run(view_sizes, nodes)
-        if all(s >= want for s in sizes):
+        if all(s is not None and s >= want for s in sizes):
             return time.monotonic() - t0, sizes
         time.sleep(0.2)
     return math.inf, sizes
+
+
+def views_line(sizes: list[int | None]) -> str:
+    st = view_stats(sizes)
+    line = f"smallest {st['smallest']}, median {st['median']}"
+    if st["unanswered"]:
+        line += f", {st['unanswered']} node(s) did not answer `peers` ({CALL_TRIES} tries)"
+    return line
 
 
 def start_cluster(cluster: LoopbackCluster) -> None:
@@ -278,14 +323,21 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {n} nodes up in {out['start_s']:.1f} s", flush=True)
         converged, sizes = wait_views(cluster.nodes, want, args.converge_timeout)
         out["converge_s"] = converged
-        out["view_sizes_min"] = min(sizes)
-        print(f"  views of {want}: {fmt(converged, 's')} (smallest {min(sizes)})", flush=True)
+        out["views"] = view_stats(sizes)
+        out["view_sizes_min"] = out["views"]["smallest"]
+        out["load_converged"] = os.getloadavg()[0]
+        print(f"  views of {want}: {fmt(converged, 's')} ({views_line(sizes)})", flush=True)
         time.sleep(args.settle)
         pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
         cpu = idle_cpu(pids, args.idle_window)
+        out["load_idle"] = os.getloadavg()[0]  # the host's 1-min load while measuring
         out["idle_cpu_pct"] = summary(cpu)
         out["rss_mb"] = summary([rss_bytes(p) / 2**20 for p in pids])
-        print(f"  idle CPU per process: {out['idle_cpu_pct']['mean']:.3f} % of a core", flush=True)
+        print(
+            f"  idle CPU per process: {out['idle_cpu_pct']['mean']:.3f} % of a core"
+            f" (host load {out['load_idle']:.1f})",
+            flush=True,
+        )
 
         bootstrap = random.Random(n).choice(cluster.nodes)
         t0 = time.monotonic()
@@ -296,8 +348,12 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         joined, jsizes = wait_views([joiner], min(VIEW_SIZE, n), 60.0)
         out["join_s"] = joined
         out["join_start_s"] = started
-        out["join_view"] = jsizes[0] if jsizes else 0
-        print(f"  joiner knows {min(VIEW_SIZE, n)} peers after {fmt(joined, 's')}", flush=True)
+        out["join_view"] = jsizes[0] if jsizes else None
+        print(
+            f"  joiner knows {min(VIEW_SIZE, n)} peers after {fmt(joined, 's')}"
+            f" (view {out['join_view']}; None: it did not answer)",
+            flush=True,
+        )
 
         nodes = cluster.nodes[:n]
         one = trio.run(run_jobs, nodes[:1], args.jobs, args.in_flight)

@@ -98,6 +98,7 @@ class TransportStats:
     publish_congested: int = 0  # published although a peer's libp2p queue was full
     dropped_banned: int = 0  # frames to a banned peer, not sent
     bans: int = 0  # bans started (PeerGuard)
+    stale_connections_closed: int = 0  # no stream could be opened on them: redial next time
 
 
 # A broadcast validator: the reason to refuse a message (from ``sender``), or None.
@@ -544,7 +545,23 @@ class Libp2pTransport:
                 return await self._host.new_stream(ID.from_base58(peer), [FRAME_PROTOCOL])
         except Exception as exc:
             log.info("cannot open frame stream to %s: %s", peer, flat_message(exc))
+            await self._drop_connection(peer)
             return None
+
+    async def _drop_connection(self, peer: str) -> None:
+        """Close our connection to ``peer`` after a stream could not be opened
+        on it, so that the next send dials a fresh one.  Seen with py-libp2p
+        0.8.1 on a busy host (100 nodes on 2 cores): a connection on which the
+        peer never answers a new stream's negotiation again (identify, meshsub
+        and frame streams all time out) while its own streams to us still
+        work; kept, it silenced us towards that peer for good (a node stayed
+        with an empty view for minutes: every answer to its hellos was lost)."""
+        self.stats.stale_connections_closed += 1
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._host.disconnect(ID.from_base58(peer))
+            except Exception as exc:
+                log.debug("closing the connection to %s: %s", peer, flat_message(exc))
 
     async def _handle_frame_stream(self, stream: Any) -> None:
         """Reads frames from one inbound stream (runs in a py-libp2p task).

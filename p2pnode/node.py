@@ -88,6 +88,7 @@ log = logging.getLogger("p2pnode.node")
 
 KNOWN_EXECUTORS = ("process", "docker", "sim", "wasm")
 GOODBYE_TIMEOUT = 2.0  # seconds a clean stop waits for its goodbyes to leave
+DIAL_TIMEOUT = 20.0  # seconds a dial (connect + secure + mux) may take; see open_node
 
 
 def software_version() -> str:
@@ -731,6 +732,14 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
             # frame stream to it open across two of them, rather than paying
             # a new stream's negotiation for nearly every heartbeat.
             idle_sender_timeout=max(60.0, 2 * settings.timings.peer_heartbeat),
+            # A dial to a live peer is a Noise handshake plus yamux and
+            # multistream round trips; on a busy host (issue 16: 40-100 nodes
+            # on 2 cores) it often took more than the transport's 5 s, and the
+            # cancelled half-made connection was redialled later from scratch
+            # while every hello to that peer was dropped meanwhile.  A dead
+            # peer on a reachable host refuses at once, so this costs nothing
+            # there; a silent address holds only that peer's sender task.
+            dial_timeout=DIAL_TIMEOUT,
         )
         transport.set_stream_handler(BLOB_PROTOCOL, blob_server(blobs))
         transport.set_topic_validator(ANNOUNCE_TOPIC, broadcast_refusal)

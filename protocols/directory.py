@@ -39,6 +39,11 @@ class PeerEntry:
     info: NodeInfo
     last_seen: float
     running: int = 0  # executions running at the peer, from its last hello
+    # Heard from the peer itself at least once.  A hearsay entry is not yet:
+    # our hello to it may have been lost (a dial timing out under load), and
+    # until it hears from us it does not know us; the gossip round says hello
+    # again to such entries instead of waiting for the next heartbeat.
+    confirmed: bool = True
 
 
 @attrs.frozen
@@ -120,14 +125,19 @@ class Directory:
                     entry.info = info
                     self._matching.clear()
                 entry.last_seen = max(entry.last_seen, now)
+                entry.confirmed = True
             return False
         if not direct and len(self.peers) >= self.view_size:
             return False  # a full view takes newcomers only first-hand: no churn by hearsay
-        self.peers[info.node_id] = PeerEntry(info=info, last_seen=now)
+        self.peers[info.node_id] = PeerEntry(info=info, last_seen=now, confirmed=direct)
         self._matching.clear()
         if len(self.peers) > self.view_size:
             self._evict_oldest(keep=info.node_id)
         return True
+
+    def unconfirmed(self) -> list[str]:
+        """Peers of the view never heard from directly (learnt by hearsay)."""
+        return sorted(n for n, e in self.peers.items() if not e.confirmed)
 
     def touch(self, node_id: str, now: float) -> None:
         entry = self.peers.get(node_id)

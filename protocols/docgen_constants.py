@@ -158,7 +158,7 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
         "protocols.node",
         "JOIN_RETRY",
         "s",
-        "hello period to bootstrap peers while the view is empty",
+        "hello period to bootstrap peers while the view is empty; round delay while it fills",
     ),
     ("protocols.node", "MAX_TRACKED_OFFENDERS", "peers", "senders whose drops are counted"),
     ("protocols.queries", "MAX_HINTS", "jobs", "job owner hints kept (oldest dropped)"),

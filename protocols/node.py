@@ -181,6 +181,7 @@ class NodeCore:
         self._view_saved_at = 0.0
         self._hello_at: dict[str, float] = {}  # peer -> when we last said hello to it
         self._learnt = 0  # peers learnt since the last gossip round (fast fill while > 0)
+        self._fill_delay = JOIN_RETRY  # next round's delay while the view has room
         self._gossip_at = 0.0  # when the gossip timer fires next
         self._handlers = self._routes()
         self._kind_timers: dict[str, TimerHandler] = {}
@@ -343,7 +344,7 @@ class NodeCore:
             LogChunk: owner.on_log_chunk,
             LogAck: holder.on_log_ack,
             Hello: self._on_hello,
-            Peers: lambda _sender, msg: self._on_peers(msg),
+            Peers: self._on_peers,
             JobQuery: self.queries.on_query,
             JobAnswer: self.queries.on_answer,
             Goodbye: self._on_goodbye,
@@ -365,15 +366,21 @@ class NodeCore:
             entry.running = msg.running
         if changed:
             self.owner.on_peer_joined(sender)
+        if known is None and not msg.want_peers and self._hello_due(sender, JOIN_RETRY):
+            # First contact (it learnt us by hearsay): answer, so that it hears
+            # from us first-hand now, not at our next heartbeat.  Only a peer
+            # new to us gets this, so two hellos never ping-pong.
+            self._say_hello(sender, want_peers=False)
         if msg.want_peers:
             wanted = min(msg.sample or self.config.peer_sample, MAX_PEERS_SAMPLE)
             sample = self.directory.sample(wanted, exclude=sender)
             self.out.send(sender, Peers(peers=sample))
 
-    def _on_peers(self, msg: Peers) -> None:
+    def _on_peers(self, sender: str, msg: Peers) -> None:
         learnt = 0
         for info in msg.peers:
-            if self._learn(info, direct=False):
+            # The answering peer's own entry is first-hand news of it.
+            if self._learn(info, direct=info.node_id == sender):
                 learnt += 1
                 # Tell the new peer about us, so views grow in both directions.
                 self._say_hello(info.node_id, want_peers=False)
@@ -398,6 +405,10 @@ class NodeCore:
         self.out.send(peer, hello)
         self._hello_at[peer] = self.out.now
 
+    def _hello_due(self, peer: str, spacing: float) -> bool:
+        """Whether our last hello to ``peer`` is ``spacing`` seconds old (or none)."""
+        return self._hello_at.get(peer, -float("inf")) <= self.out.now - spacing
+
     def _sample_wanted(self) -> int:
         """Entries to ask for in a peer exchange: a whole view while ours has
         room (joining: one answer fills it), the usual sample once it is full."""
@@ -419,13 +430,25 @@ class NodeCore:
         interval = self.config.timings.gossip_interval
         if not self.directory.peers:  # not joined yet (bootstrap down, hello lost): retry soon
             interval = min(interval, JOIN_RETRY)
-        elif self._learnt and len(self.directory.peers) < self.config.view_size:
-            # Still filling the view and the last round taught us peers: ask
-            # again soon.  A round that teaches nothing ends this.
-            interval = min(interval, JOIN_RETRY)
+        elif len(self.directory.peers) < self.config.view_size:
+            # Still filling the view: ask again soon while rounds teach us
+            # peers.  A round that teaches nothing doubles the delay up to the
+            # gossip interval rather than jumping to it: its answer may just
+            # have been lost (a busy host), and a network smaller than a view
+            # (no view ever fills) soon settles at the usual interval.
+            interval = min(interval, self._next_fill_delay())
+        else:
+            self._fill_delay = JOIN_RETRY
         self._learnt = 0
         self._gossip_at = self.out.now + interval * (0.8 + 0.4 * self.rng.random())
         self.out.timer(NodeTimer(GOSSIP), self._gossip_at)
+
+    def _next_fill_delay(self) -> float:
+        if self._learnt:
+            self._fill_delay = JOIN_RETRY
+        else:
+            self._fill_delay = min(2 * self._fill_delay, self.config.timings.gossip_interval)
+        return self._fill_delay
 
     def _on_gossip(self) -> None:
         t = self.config.timings
@@ -451,6 +474,12 @@ class NodeCore:
             del self._hello_at[peer]
         for peer in sorted(self.directory.peers):
             if self._hello_at.get(peer, -float("inf")) <= due:
+                self._say_hello(peer, want_peers=False)
+        # Hearsay entries that never answered: our hello (or its answer) may
+        # have been lost; say it again each round (at most view_size frames)
+        # rather than one heartbeat period later.
+        for peer in self.directory.unconfirmed():
+            if self._hello_due(peer, JOIN_RETRY):
                 self._say_hello(peer, want_peers=False)
 
     # --- timers -----------------------------------------------------------------------------

@@ -270,3 +270,47 @@ async def test_no_per_peer_topic_exists() -> None:
 def test_inbox_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="inbox mode was removed"):
         NodeSettings(data_dir=Path("unused"), p2p_mode="inbox")
+
+
+async def test_a_connection_that_opens_no_stream_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection on which a frame stream cannot be opened (py-libp2p left
+    it half-dead on a saturated host) is closed, and the next send dials a
+    fresh one instead of failing on the same connection for good."""
+    async with started(2) as (a, b):
+        await a.connect(b.listen_addrs()[0])
+        peer_b = ID.from_base58(b.local_id)
+        (stuck,) = a._host.get_network().connections[peer_b]  # one per peer
+        real_new_stream = a._host.new_stream
+        calls = 0
+
+        async def new_stream_once_stuck(peer_id: ID, protocols: list[Any]) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise trio.TooSlowError  # negotiation never answered
+            return await real_new_stream(peer_id, protocols)
+
+        monkeypatch.setattr(a._host, "new_stream", new_stream_once_stuck)
+        await a.send(b.local_id, b"lost")  # the stream cannot be opened: dropped
+        with trio.fail_after(10):
+            while a.stats.dropped_unreachable == 0:
+                await trio.sleep(0.01)
+        assert a.stats.stale_connections_closed == 1
+        a._backoff.clear()  # skip the retry delay
+        await a.send(b.local_id, b"again")
+        assert (await recv(b)).data == b"again"
+        fresh = a._host.get_network().connections.get(peer_b, [])
+        assert fresh and all(conn is not stuck for conn in fresh), "no fresh connection"
+
+
+async def test_keeping_a_stuck_connection_would_reuse_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted: without the close, the same (here: recovered) connection stays."""
+
+    async def keep(self: Libp2pTransport, peer: str) -> None:
+        self.stats.stale_connections_closed += 1  # counted, but the connection kept
+
+    monkeypatch.setattr(Libp2pTransport, "_drop_connection", keep)
+    with pytest.raises(AssertionError, match="no fresh connection"):
+        await test_a_connection_that_opens_no_stream_is_replaced(monkeypatch)
