@@ -418,3 +418,14 @@ def test_http_listen_from_the_environment_and_bad_addresses(tmp_path: Path) -> N
         )
     assert busy.returncode == 1, busy.explain()
     assert f"cannot start the node: cannot serve HTTP on 127.0.0.1:{port}" in busy.stderr
+    # A token file others may read stops the start: it may have leaked.
+    leaky = tmp_path / "d"
+    leaky.mkdir(mode=0o700)
+    (leaky / "http-token").write_text("t" * 43 + "\n")
+    os.chmod(leaky / "http-token", 0o644)
+    refused = run_cli(
+        "serve", "--data-dir", leaky, "--listen", FREE, "--http-listen", "127.0.0.1:0"
+    )
+    assert refused.returncode == 1, refused.explain()
+    assert "cannot start the node:" in refused.stderr
+    assert "readable or writable by others" in refused.stderr
