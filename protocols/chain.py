@@ -48,7 +48,7 @@ learns of a dead owner within ttl + grace.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import msgpack
@@ -66,12 +66,10 @@ from protocols.messages import (
     Message,
 )
 from protocols.owned import OwnedJob
+from protocols.signing import Keyring, VerifiedCache
 from protocols.spec.task import TASK_KEYS
 from protocols.states import ChainRole, check_role_transition
 from protocols.timers import JobTimer
-
-if TYPE_CHECKING:
-    from protocols.signing import Keyring
 
 CHAINS_TABLE = "chains"
 MAX_OFFERS = 3  # offers of one stage that time out before the chain fails
@@ -252,7 +250,7 @@ class ChainController(KindController):
         super().__init__(ctx)
         self.t = ctx.t
         self.me = ctx.config.node_id
-        self.keys = keys
+        self.keys = VerifiedCache(keys)  # logs are re-verified whole: each signature once
         self.chains: dict[str, ChainState] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.refused = 0
@@ -639,7 +637,12 @@ class ChainController(KindController):
         window = msg.valid_ms / 1000
         chain.valid_until = self.out.now + window
         chain.report_every = window / 3
-        self._save(chain)
+        # Not persisted before the accept: a pending acceptance never survives
+        # a restart (``resume`` forgets it, or drops it back to watching at the
+        # submitter), so what is on disk (the state before this offer, or
+        # nothing) restores to the same thing, and a store commit here would
+        # only sit on every handover's critical path.  The commit persists the
+        # ownership before its ack; a lapse persists what it remembers.
         self.out.timer(JobTimer("chainpending", msg.job_id), chain.valid_until)
         self.handovers["accepted"] += 1
         self._accept(chain)

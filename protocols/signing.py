@@ -44,3 +44,35 @@ class SimKeyring:
         except InvalidSignature:
             return False
         return True
+
+
+class VerifiedCache:
+    """A keyring that remembers the signatures it has verified.
+
+    A chain node checks the same signatures again and again: every offer,
+    report and ``describe`` verifies the whole log from its genesis, so the
+    submitter of an n-stage chain re-checks O(n) signatures per report and per
+    status poll, and an ed25519 verification is about as costly as a store
+    commit on a loaded host.  A valid signature stays valid, so a verified
+    ``(node, data, signature)`` is remembered (by the data's digest) and not
+    checked again; failures are not remembered (they are rare and refused).
+    Bounded: the oldest entries go first.  Pure, like the keyring it wraps."""
+
+    def __init__(self, keys: Keyring, limit: int = 4096) -> None:
+        self._keys = keys
+        self._limit = limit
+        self._verified: dict[tuple[str, bytes, bytes], None] = {}
+
+    def sign(self, data: bytes) -> bytes:
+        return self._keys.sign(data)
+
+    def verify(self, node_id: str, data: bytes, signature: bytes) -> bool:
+        key = (node_id, hashlib.sha256(data).digest(), signature)
+        if key in self._verified:
+            return True
+        if not self._keys.verify(node_id, data, signature):
+            return False
+        if len(self._verified) >= self._limit:
+            del self._verified[next(iter(self._verified))]
+        self._verified[key] = None
+        return True

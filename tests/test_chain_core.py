@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from protocols import codec
-from protocols.chain import pack, record_hash
+from protocols.chain import ChainController, pack, record_hash
 from protocols.config import Timings
-from protocols.events import ExecutionFinished, MessageReceived, SubmitJob
-from protocols.messages import HandoverCommit, HandoverOffer
-from protocols.signing import SimKeyring
+from protocols.events import ExecutionFinished, MessageReceived, Persist, Send, SubmitJob
+from protocols.messages import HandoverAccept, HandoverCommit, HandoverOffer
+from protocols.signing import SimKeyring, VerifiedCache
 from tests.protonet import ProtoNet, sim_task
 
 FAST = Timings(lease_ttl=3.0, lease_grace=1.0, bid_window=0.2)
@@ -269,3 +269,92 @@ def test_a_late_offer_copy_after_the_accept_window_lapsed_makes_no_second_owner(
     drive(net, "c6", lambda: net.job_state("a", "c6") == "completed", limit=net.now + 200)
     assert net.notes_of("chain_takeover")
     assert net.core("a").describe("c6")["chain"]["log_verified"] == "ok"
+
+
+# --- issue 16: what a handover costs ---------------------------------------------------
+
+
+def accepts_behind_a_write(net: ProtoNet) -> tuple[int, int]:
+    """(accepts sent, those whose step also wrote to the store): a store write
+    in the step holds the accept back until it is on disk (runtime.py)."""
+    sent = behind = 0
+    for _node, actions in net.actions:
+        accepts = [
+            a
+            for a in actions
+            if isinstance(a, Send) and isinstance(codec.decode(a.data).message, HandoverAccept)
+        ]
+        sent += len(accepts)
+        if accepts and any(isinstance(a, Persist) for a in actions):
+            behind += 1
+    return sent, behind
+
+
+def run_five_stages(job: str) -> ProtoNet:
+    net = ProtoNet(NODES, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob(job, chain_spec(5)))
+    drive(net, job, lambda: net.job_state("a", job) == "completed", limit=120)
+    return net
+
+
+def test_an_accept_leaves_without_waiting_for_a_store_write() -> None:
+    """A pending acceptance is forgotten by a restart anyway (``resume``), so
+    the acceptor's step writes nothing: the accept is not held behind a commit."""
+    net = run_five_stages("c7")
+    sent, behind = accepts_behind_a_write(net)
+    assert sent >= 2 and behind == 0
+
+
+def test_an_acceptor_writing_before_its_accept_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above fires on the old acceptor, which wrote its pending state first."""
+    original = ChainController.on_offer
+
+    def on_offer(self: ChainController, sender: str, msg: Any) -> None:
+        original(self, sender, msg)
+        chain = self.chains.get(msg.job_id)
+        if chain is not None and chain.role == "pending":
+            self._save(chain)
+
+    monkeypatch.setattr(ChainController, "on_offer", on_offer)
+    sent, behind = accepts_behind_a_write(run_five_stages("c8"))
+    assert sent >= 2 and behind == sent
+
+
+class CountingKeyring(SimKeyring):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.verified = 0
+
+    def verify(self, node_id: str, data: bytes, signature: bytes) -> bool:
+        self.verified += 1
+        return super().verify(node_id, data, signature)
+
+
+def test_a_signature_is_verified_once_and_a_bad_one_never_passes() -> None:
+    inner = CountingKeyring("b")
+    keys = VerifiedCache(inner, limit=2)
+    data, sig = b"record", SimKeyring("a").sign(b"record")
+    assert keys.verify("a", data, sig) and keys.verify("a", data, sig)
+    assert inner.verified == 1
+    # Tampered data, a wrong signer, a forged signature: each still refused.
+    assert not keys.verify("a", b"recorD", sig)
+    assert not keys.verify("c", data, sig)
+    assert not keys.verify("a", data, SimKeyring("c").sign(data))
+    assert not keys.verify("a", data, b"\0" * 64)
+    # Bounded: the oldest entry goes and is checked again when it comes back.
+    for other in (b"x", b"y"):
+        assert keys.verify("a", other, SimKeyring("a").sign(other))
+    before = inner.verified
+    assert keys.verify("a", data, sig) and inner.verified == before + 1
+
+
+def test_a_chain_log_is_not_reverified_on_every_describe() -> None:
+    net = run_five_stages("c9")
+    core = net.core("a")
+    counting = CountingKeyring("a")
+    core.chain.keys = VerifiedCache(counting)
+    for _ in range(3):
+        assert core.describe("c9")["chain"]["log_verified"] == "ok"
+    records = len(core.describe("c9")["chain"]["records"])
+    assert 0 < counting.verified <= 2 * records  # once per signature, not once per call

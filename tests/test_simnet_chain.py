@@ -104,8 +104,19 @@ def old_core(mp: pytest.MonkeyPatch) -> None:
         if pending and chain is not None and chain.role == "owner":
             chain.valid_until = self.out.now + self.t.lease_ttl
             self.out.timer(("chainlapse", chain.job_id, 0), chain.valid_until)
+
+    orig_offer = ChainController.on_offer
+
+    def on_offer(self: ChainController, sender: str, msg: Any) -> None:
+        # The old core also wrote a pending acceptance to disk (bug B's
+        # restart brings it back); the core no longer does (issue 16).
+        orig_offer(self, sender, msg)
+        chain = self.chains.get(msg.job_id)
+        if chain is not None and chain.role == "pending":
+            self._save(chain)
     mp.setattr(ChainController, "resume", _old_resume)
     mp.setattr(ChainController, "on_commit", on_commit)
+    mp.setattr(ChainController, "on_offer", on_offer)
 
 
 # --- a clean run ---------------------------------------------------------------------------
