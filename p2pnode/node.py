@@ -456,6 +456,7 @@ class Node:
                     "type": job.kind,
                     "state": job.state.value,
                     "reason": job.reason,
+                    "owner": self.node_id,  # the jobs listed are the ones this node owns
                 }
                 | _job_times(job)
             )

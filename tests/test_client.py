@@ -85,6 +85,7 @@ def test_client_runs_a_job_from_submit_to_its_outputs(node: ServeNode, tmp_path:
     assert job_id in [j.job_id for j in listed] and all(
         isinstance(j, p2pnode.JobSummary) for j in listed
     )
+    assert {j["owner"] for j in listed} == {node.node_id}  # the rows name their owner
     files = client.get_outputs(job_id, tmp_path / "out")
     assert [f.name for f in files] == ["hi.txt"] and files[0].read_text() == "hi\n"
 

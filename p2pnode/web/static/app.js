@@ -460,7 +460,7 @@ function ownNodeId() {
   return self ? self.node_id : state.selfId;
 }
 
-// The jobs this node lists are the jobs it owns: an empty owner is this node.
+// The jobs this node lists are the jobs it owns (rows carry owner; older nodes left it out).
 function selfId() {
   return ownNodeId() || "";
 }
