@@ -494,7 +494,11 @@ class ChainController(KindController):
         self.out.settle(("offer", job_id))
         self.out.notify("handover_failed", job_id=job_id, to=to, reason="no accept in time")
         if chain.offers >= MAX_OFFERS:
-            self._end(chain, "failed", f"stage {chain.head['stage'] + 1}: no next owner accepted")
+            # Named like every stage failure (CH5 reads the stage's name): the
+            # stage that found no owner is the one the offer hands over.
+            stages = self.specs[job_id]["stages"]
+            name = stages[min(chain.head["stage"] + 1, len(stages) - 1)]["name"]
+            self._end(chain, "failed", f"stage {name}: no next owner accepted")
             return
         # The next owner held the only copy of our stage's outputs: run it again.
         self._run_stage(chain, chain.head["stage"])
