@@ -429,3 +429,22 @@ def test_http_listen_from_the_environment_and_bad_addresses(tmp_path: Path) -> N
     assert refused.returncode == 1, refused.explain()
     assert "cannot start the node:" in refused.stderr
     assert "readable or writable by others" in refused.stderr
+
+
+def test_a_filtered_event_stream_says_when_a_job_leaves_the_filter(served: Served) -> None:
+    with served.http.stream("GET", "/api/v1/events?state=running") as answer:
+        assert answer.status_code == 200
+        events = sse_events(_drain(_lines_of(answer)))
+        assert next(events)[0] == "snapshot"
+        job_id = served.node.control("submit", spec=_sim("leaver", "500ms"))["job_id"]
+        seen = []
+        for name, data in events:
+            body = json.loads(data) if name in ("job", "left") else {}
+            if body.get("job_id") == job_id:
+                seen.append((name, body.get("state")))
+                if name == "left":
+                    break
+        # Shown while running, then said to have left once it completed (it is
+        # no longer a running job), never shown in a state outside the filter.
+        assert seen[0] == ("job", "running") and seen[-1] == ("left", None), seen
+        assert all(state == "running" for name, state in seen if name == "job"), seen
