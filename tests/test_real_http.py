@@ -142,6 +142,44 @@ def test_token_file_is_private_and_http_token_prints_it(served: Served) -> None:
     assert f"http: {served.url}/" in served.node.stderr_path.read_text()
 
 
+def test_a_rotated_token_replaces_the_old_one_on_the_running_node(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        node = c.add("r", executors="sim", extra=["--http-listen", "127.0.0.1:0"])
+        node.wait_ready()
+        served = Served(c, node)
+        old_token = served.token
+        login = served.anonymous.get(f"/?token={old_token}", follow_redirects=False)
+        cookie = {"p2pnode_token": login.cookies["p2pnode_token"]}
+        assert served.anonymous.get("/api/v1/nodes", cookies=cookie).status_code == 200
+        rotated = node.cli("-o", "json", "http-token", "--rotate")
+        assert rotated.returncode == 0, rotated.explain()
+        new_token = rotated.json()["token"]
+        assert new_token != old_token
+        assert rotated.json()["url"] == f"{served.url}/?token={new_token}"
+        path = node.data_dir / "http-token"
+        assert path.read_text().strip() == new_token
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # The running node refuses the old token and its cookie at once, and
+        # takes the new one without a restart.
+        assert served.http.get("/api/v1/nodes").status_code == 401
+        assert served.anonymous.get("/api/v1/nodes", cookies=cookie).status_code == 401
+        fresh = {"authorization": f"Bearer {new_token}"}
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 200
+        assert node.cli("http-token").stdout.strip() == new_token  # plain reads do not rotate
+        # A token file that may no longer be used (gone, or leaked) refuses everything.
+        os.chmod(path, 0o644)
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 401
+        path.unlink()
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 401
+        again = node.cli("http-token").stdout.strip()  # made anew: taken at once
+        assert again != new_token
+        ok = served.anonymous.get("/api/v1/nodes", headers={"authorization": f"Bearer {again}"})
+        assert ok.status_code == 200
+        assert node.running
+        served.http.close()
+        served.anonymous.close()
+
+
 def test_http_token_is_quick_and_made_once_without_a_node(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     first = run_cli("--data-dir", data_dir, "http-token")
