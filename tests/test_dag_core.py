@@ -195,3 +195,27 @@ def test_an_owner_restart_resumes_the_dag_where_it_stood() -> None:
     assert state(net, "g7") == {"one": "succeeded", "two": "running"}
     finish(net, "g7~two")
     net.run_until(lambda: net.job_state("a", "g7") == "completed", limit=net.now + 20)
+
+
+def test_a_dag_job_starts_with_its_first_task_and_keeps_its_times_across_a_restart() -> None:
+    # The job itself has no lease: its started_at is its first task's, so its
+    # listing and describe show a start and a duration like any job's.
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("g1", dag_spec({"fetch": {}, "load": {"depends_on": ["fetch"]}})))
+    assert net.core("a").describe("g1")["started_at"] is None
+    net.run_until(lambda: "g1~fetch" in running(net, "g1"), limit=10)
+    net.run_until(lambda: net.core("a").describe("g1~fetch")["started_at"], limit=net.now + 10)
+    fetch_started = net.core("a").describe("g1~fetch")["started_ms"]
+    assert net.core("a").describe("g1")["started_ms"] == fetch_started
+    net.run_for(2.0)
+    finish(net, "g1~fetch")
+    net.run_until(lambda: "g1~load" in running(net, "g1"), limit=net.now + 10)
+    net.run_for(1.0)
+    finish(net, "g1~load")
+    net.run_until(lambda: net.job_state("a", "g1") == "completed", limit=net.now + 10)
+    net.crash("a")
+    net.start("a")
+    view = net.core("a").describe("g1")
+    assert view["started_ms"] == fetch_started  # the first task's, not the second's
+    assert view["duration_s"] is not None and view["duration_s"] >= 3.0, view

@@ -27,9 +27,11 @@ from tests.browser import (
     chromium,
     find_browser,
     sim_job,
+    sim_task,
     start_http_cluster,
 )
 from tests.realnet import cluster, wait_until
+from tests.redisserver import RedisServer
 
 # Two serve processes and a browser start in the module fixture: slow on a loaded machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -215,6 +217,42 @@ def test_a_chain_page_lists_verified_records(dashboard: Dashboard) -> None:
     assert len(rows) == len(records)
     assert {r["data"]["verified"] for r in rows} == {"ok"}
     assert [r["data"]["seq"] for r in rows] == [str(r["seq"]) for r in records]
+
+
+def test_a_stream_page_shows_its_partitions_and_their_checkpoints(
+    dashboard: Dashboard, redis_server: RedisServer
+) -> None:
+    redis = redis_server.client()
+    keys = ["dash0", "dash1"]
+    for key in keys:
+        for i in range(5):
+            redis.xadd(key, {"n": str(i)})
+    spec = {
+        "name": "dash-stream",
+        "type": "stream",
+        "mode": "micro_batch",
+        "partitions": 2,
+        "source": {"type": "redis", "url": redis_server.url, "streams": keys},
+        "batch": {"max_entries": 100, "max_wait": "200ms"},
+        "task": sim_task("100ms"),
+    }
+    job_id = dashboard.owner.submit(spec)
+
+    def checkpointed() -> list[dict[str, Any]] | None:
+        status, view = dashboard.owner.request("GET", f"/api/v1/jobs/{job_id}")
+        assert status == 200, (status, view)
+        parts = view.get("partitions") or []
+        return parts if len(parts) == 2 and all(p.get("checkpoint") for p in parts) else None
+
+    partitions = wait_until(checkpointed, timeout=WAIT, what="both partitions checkpointed")
+    dashboard.open(f"#/jobs/{job_id}")
+    rows = dashboard.wait_css("table#partitions tr.partition-row", "the partitions", count=2)
+    assert {r["data"]["partition"] for r in rows} == {str(p["partition"]) for p in partitions}
+    # Each row shows its partition's committed checkpoint (the newest entry id).
+    shown = {r["data"]["partition"]: r["text"] for r in rows}
+    for part in partitions:
+        assert part["checkpoint"] in shown[str(part["partition"])], (part, shown)
+    dashboard.owner.request("POST", f"/api/v1/jobs/{job_id}/stop")
 
 
 def test_the_peers_page_lists_the_nodes(dashboard: Dashboard) -> None:

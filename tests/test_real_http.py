@@ -142,6 +142,44 @@ def test_token_file_is_private_and_http_token_prints_it(served: Served) -> None:
     assert f"http: {served.url}/" in served.node.stderr_path.read_text()
 
 
+def test_a_rotated_token_replaces_the_old_one_on_the_running_node(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        node = c.add("r", executors="sim", extra=["--http-listen", "127.0.0.1:0"])
+        node.wait_ready()
+        served = Served(c, node)
+        old_token = served.token
+        login = served.anonymous.get(f"/?token={old_token}", follow_redirects=False)
+        cookie = {"p2pnode_token": login.cookies["p2pnode_token"]}
+        assert served.anonymous.get("/api/v1/nodes", cookies=cookie).status_code == 200
+        rotated = node.cli("-o", "json", "http-token", "--rotate")
+        assert rotated.returncode == 0, rotated.explain()
+        new_token = rotated.json()["token"]
+        assert new_token != old_token
+        assert rotated.json()["url"] == f"{served.url}/?token={new_token}"
+        path = node.data_dir / "http-token"
+        assert path.read_text().strip() == new_token
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # The running node refuses the old token and its cookie at once, and
+        # takes the new one without a restart.
+        assert served.http.get("/api/v1/nodes").status_code == 401
+        assert served.anonymous.get("/api/v1/nodes", cookies=cookie).status_code == 401
+        fresh = {"authorization": f"Bearer {new_token}"}
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 200
+        assert node.cli("http-token").stdout.strip() == new_token  # plain reads do not rotate
+        # A token file that may no longer be used (gone, or leaked) refuses everything.
+        os.chmod(path, 0o644)
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 401
+        path.unlink()
+        assert served.anonymous.get("/api/v1/nodes", headers=fresh).status_code == 401
+        again = node.cli("http-token").stdout.strip()  # made anew: taken at once
+        assert again != new_token
+        ok = served.anonymous.get("/api/v1/nodes", headers={"authorization": f"Bearer {again}"})
+        assert ok.status_code == 200
+        assert node.running
+        served.http.close()
+        served.anonymous.close()
+
+
 def test_http_token_is_quick_and_made_once_without_a_node(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     first = run_cli("--data-dir", data_dir, "http-token")
@@ -429,3 +467,22 @@ def test_http_listen_from_the_environment_and_bad_addresses(tmp_path: Path) -> N
     assert refused.returncode == 1, refused.explain()
     assert "cannot start the node:" in refused.stderr
     assert "readable or writable by others" in refused.stderr
+
+
+def test_a_filtered_event_stream_says_when_a_job_leaves_the_filter(served: Served) -> None:
+    with served.http.stream("GET", "/api/v1/events?state=running") as answer:
+        assert answer.status_code == 200
+        events = sse_events(_drain(_lines_of(answer)))
+        assert next(events)[0] == "snapshot"
+        job_id = served.node.control("submit", spec=_sim("leaver", "500ms"))["job_id"]
+        seen = []
+        for name, data in events:
+            body = json.loads(data) if name in ("job", "left") else {}
+            if body.get("job_id") == job_id:
+                seen.append((name, body.get("state")))
+                if name == "left":
+                    break
+        # Shown while running, then said to have left once it completed (it is
+        # no longer a running job), never shown in a state outside the filter.
+        assert seen[0] == ("job", "running") and seen[-1] == ("left", None), seen
+        assert all(state == "running" for name, state in seen if name == "job"), seen

@@ -69,19 +69,25 @@ def completion(shell: str) -> None:
     "--url", "show_url", is_flag=True,
     help="Print the dashboard's login address instead (needs the node running with --http-listen).",
 )  # fmt: skip
+@click.option(
+    "--rotate", is_flag=True,
+    help="Replace the token with a new one first: the running node refuses the old one "
+    "(and the browser cookies holding it) from its next request.",
+)  # fmt: skip
 @pass_cli
-def http_token(cli: CliContext, show_url: bool) -> None:
+def http_token(cli: CliContext, show_url: bool, rotate: bool) -> None:
     """Print the token of the HTTP API of the node serving --data-dir.
 
     It is created (0600, in the data dir) if there is none yet.  Send it as
     `Authorization: Bearer TOKEN`; a browser logs in once at the address
     --url prints (http://HOST:PORT/?token=TOKEN).  With --output json/yaml:
-    {token, url: the login address or null}.
+    {token, url: the login address or null}.  --rotate makes a new token (the
+    running node takes it at once; log in again with the new --url).
     """
-    from p2pnode.web.auth import load_or_create_token, login_url
+    from p2pnode.web.auth import load_or_create_token, login_url, rotate_token
 
     try:
-        token = load_or_create_token(cli.data_dir)
+        token = rotate_token(cli.data_dir) if rotate else load_or_create_token(cli.data_dir)
     except OSError as exc:  # TokenFileError included: one line, the file's problem
         fail(f"cannot use the HTTP token: {exc}")
     url: str | None = None

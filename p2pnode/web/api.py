@@ -219,10 +219,17 @@ class Api:
                         with trio.move_on_after(NODES_EVERY):
                             await wake.receive()
                             await trio.sleep(COALESCE)
-                        for job in await self.call("jobs", filters):
+                        listed = await self.call("jobs", filters)
+                        for job in listed:
                             if seen.get(job["job_id"]) != job:
                                 seen[job["job_id"]] = job
                                 await sink.event("job", job)
+                        # Out of the filter now (a state filter, a limit's
+                        # window) or forgotten: said once, so a client
+                        # drops the row instead of showing a stale state.
+                        for job_id in seen.keys() - {job["job_id"] for job in listed}:
+                            del seen[job_id]
+                            await sink.event("left", {"job_id": job_id})
                         nodes = await self.call("peers", {})
                         if _nodes_key(nodes) != seen_nodes:
                             seen_nodes = _nodes_key(nodes)

@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from p2pnode.web.api import Api, json_response
-from p2pnode.web.auth import TokenAuth
+from p2pnode.web.auth import TokenAuth, TokenFile
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def build_app(node: Node, token: str) -> Starlette:
+def build_app(node: Node, token: str | TokenFile) -> Starlette:
     api = Api(node)
     job = "/api/v1/jobs/{job_id:str}"
 

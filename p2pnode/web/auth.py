@@ -2,9 +2,13 @@
 
 The token is 43 url-safe random characters (256 bits), created on first need
 (``serve --http-listen`` or ``p2pnode http-token``) in a 0600 file, and never
-rotated silently.  A token file that group or others may read is refused, as
-``node.key`` is: it may have leaked, and quietly tightening the mode would
-hide that.
+rotated silently: ``p2pnode http-token --rotate`` replaces it, and a running
+node takes the file's current token at the next request (``TokenFile``: a
+``stat`` per request, a read when the file changed), so the old token and the
+cookies holding it stop working at once.  A token file that is gone or may
+not be used while the node runs refuses every request (it fails closed).
+A token file that group or others may read is refused, as ``node.key`` is:
+it may have leaked, and quietly tightening the mode would hide that.
 
 ``TokenAuth`` is a plain ASGI middleware (no starlette import: the CLI's
 ``http-token`` reads the file through this module and must stay quick).  A
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
@@ -31,6 +36,8 @@ from urllib.parse import parse_qs
 
 from p2pnode.control_request import BadRequest
 from p2pnode.errors import P2PNodeError
+
+log = logging.getLogger("p2pnode.web")
 
 TOKEN_FILE = "http-token"
 COOKIE = "p2pnode_token"
@@ -84,6 +91,58 @@ def load_or_create_token(data_dir: Path) -> str:
     return token
 
 
+def rotate_token(data_dir: Path) -> str:
+    """Replace the token of ``data_dir`` with a new one (0600, atomically: a
+    reader sees the old token or the new one, never a part)."""
+    path = token_path(data_dir)
+    Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"{token}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
+
+
+class TokenFile:
+    """The token a running node accepts: the one in its token file now.
+
+    ``current()`` costs a ``stat`` and re-reads the file only when its inode,
+    size or mtime changed.  ``None`` (every request refused) while the file is
+    missing or must not be used; the reason is logged once per change."""
+
+    def __init__(self, path: Path, token: str) -> None:
+        self.path = path
+        self._token: bytes | None = token.encode()
+        self._signature = self._stat()
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+    def current(self) -> bytes | None:
+        signature = self._stat()
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self._token = read_token(self.path).encode()
+            except OSError as exc:  # gone, or refused (TokenFileError)
+                self._token = None
+                log.warning("HTTP API refuses every request: cannot use its token: %s", exc)
+        return self._token
+
+
 def read_token(path: Path) -> str:
     """The token in ``path``; ``FileNotFoundError`` if absent, ``TokenFileError``
     if it must not be used."""
@@ -127,9 +186,13 @@ UNAUTHORIZED_HTML = (
 class TokenAuth:
     """ASGI middleware: 401 without the token, the cookie login, the body cap."""
 
-    def __init__(self, app: ASGIApp, token: str, *, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str | TokenFile, *, max_body: int = MAX_BODY
+    ) -> None:
         self.app = app
-        self._token = token.encode()
+        # A fixed token (tests), or the node's token file, followed as it rotates.
+        self._tokens = token if isinstance(token, TokenFile) else None
+        self._token: bytes | None = token.encode() if isinstance(token, str) else None
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,7 +217,10 @@ class TokenAuth:
         await self._capped(scope, receive, send)
 
     def allows(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self._token)
+        token = self._tokens.current() if self._tokens is not None else self._token
+        return (
+            given is not None and token is not None and hmac.compare_digest(given.encode(), token)
+        )
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, with a body over the cap (chunked, no length) refused."""
@@ -260,9 +326,11 @@ __all__ = [
     "MAX_BODY",
     "TOKEN_FILE",
     "TokenAuth",
+    "TokenFile",
     "TokenFileError",
     "load_or_create_token",
     "login_url",
     "read_token",
+    "rotate_token",
     "token_path",
 ]

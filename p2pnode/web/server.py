@@ -17,7 +17,7 @@ from hypercorn.trio import serve
 from p2pnode.errors import ListenError
 from p2pnode.web.address import parse_listen
 from p2pnode.web.app import build_app
-from p2pnode.web.auth import load_or_create_token
+from p2pnode.web.auth import TokenFile, load_or_create_token, token_path
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
@@ -39,7 +39,8 @@ async def serve_http(
     config.errorlog = log
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 30.0
-    app = build_app(node, token)
+    # Followed as it rotates (http-token --rotate): no restart needed.
+    app = build_app(node, TokenFile(token_path(node.settings.data_dir), token))
     try:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve, app, config)

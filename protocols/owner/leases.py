@@ -186,6 +186,12 @@ class LeaseMixin(OwnerBase):
             if not job.started_ms:
                 job.started_ms = execution.started_ms
                 self.persist_job(job)
+            # A DAG's task, a chain's stage or a cron run: the job it is part
+            # of started with its first run (its own describe and listing times).
+            parent = self.jobs.get(job.parent) if job.parent else None
+            if parent is not None and not parent.started_ms:
+                parent.started_ms = execution.started_ms
+                self.persist_job(parent)
             self.note(job.job_id, "started", node=sender, slot=slot.index, detail=msg.execution_id)
         if isinstance(msg, LeaseRenew):
             kind.on_progress(job, slot, execution, msg, current=True)

@@ -182,6 +182,11 @@ function connect() {
     if (!before || before.state !== job.state) state.changed.add(job.job_id);
     refresh({ job });
   });
+  events.addEventListener("left", (e) => {
+    // Forgotten by the node (this stream takes no filter): drop its row.
+    state.jobs.delete(JSON.parse(e.data).job_id);
+    refresh({ left: true });
+  });
   events.addEventListener("nodes", (e) => {
     state.nodes = JSON.parse(e.data);
     refresh({ nodes: true });
