@@ -49,7 +49,7 @@ from p2pnode.errors import ConnectionLost as ConnectionLost
 from p2pnode.errors import ControlError as ControlError
 from p2pnode.errors import NodeNotRunning as NodeNotRunning
 from p2pnode.errors import NotFoundError, RefusedError
-from p2pnode.joblogs import job_logs
+from p2pnode.joblogs import follow_forwarded, job_logs
 from p2pnode.testing import fault_submit
 from p2pnode.version import package_version
 from protocols.events import Notify
@@ -402,8 +402,13 @@ def _resolving(node: Node, ops: dict[str, Handler], *, forward: bool) -> dict[st
                 if not forward:
                     raise
                 if op in READ_ONLY_OPS:
-                    if req.get("follow"):
-                        raise RefusedError(_no_follow(node, text)) from None
+                    if req.get("follow"):  # (logs): the owner is asked again and again
+                        return await follow_forwarded(
+                            lambda args, emit: node.forward(op, args, emit),
+                            req,
+                            tail=req.get("tail"),
+                            emit=emit,
+                        )
                     return await node.forward(op, req, emit)
                 if op == "cancel":
                     await node.forward("describe", req, _ignore)  # whose is it, if anyone's?
@@ -426,12 +431,6 @@ def _resolving(node: Node, ops: dict[str, Handler], *, forward: bool) -> dict[st
         op: wrap(op, handler) if "job_id" in REQUEST_FIELDS.get(op, {}) else handler
         for op, handler in ops.items()
     }
-
-
-def _no_follow(node: Node, text: str) -> str:
-    owner = node.owner_hint(text)
-    where = f"on its owner {owner}" if owner else "on the node that owns it"
-    return f"job {text} is owned by another peer: follow its logs {where}"
 
 
 async def _ignore(event: dict[str, Any]) -> None:

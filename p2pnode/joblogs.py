@@ -12,7 +12,12 @@ execution as it starts).  Where it comes from:
 * failing both (an older holder, a lost execution): the result's tails.
 
 ``tail`` keeps the last N lines of each stream of the first look; with
-``follow`` everything after it is shown.  Each piece is handed to ``emit``
+``follow`` everything after it is shown.
+
+A job another peer owns is followed through its owner
+(``follow_forwarded``): a forwarded operation answers a snapshot, so the
+owner is asked again every ``FORWARD_RECHECK`` seconds and each stream's text
+past what was already shown is emitted, until the job has ended.  Each piece is handed to ``emit``
 as ``{"kind": "log", "slot", "execution", "stream", "data"}``.
 """
 
@@ -31,11 +36,15 @@ from p2pnode.views import ExecutionView, JobView
 from protocols.events import Notify
 from protocols.logs import ExecutionLog
 from protocols.messages import LOG_STREAMS
+from protocols.states import JOB_TERMINAL
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 PIECE = 64 * 1024  # characters per emitted event
 RECHECK = 1.0  # seconds between looks while following, notifications aside
+FORWARD_RECHECK = 1.0  # seconds between snapshots asked of another peer's job
+ENDED = frozenset(state.value for state in JOB_TERMINAL)
+Ask = Callable[[dict[str, Any], Emit], Awaitable[Any]]
 
 
 class LogSource(Protocol):
@@ -87,6 +96,53 @@ async def job_logs(
                 return {"job_id": view.job_id, "state": view.state}
             await _next_change(events, job_id)
             view = node.describe(job_id)
+
+
+async def follow_forwarded(
+    ask: Ask, request: dict[str, Any], *, tail: int | None, emit: Emit
+) -> dict[str, Any]:
+    """``logs --follow`` of a job another peer owns: ``ask`` runs ``logs``
+    (without follow) at its owner.  Each answer holds the whole output so far
+    of every slot's latest execution; what is new is what lies past the
+    characters already shown of that execution's stream."""
+    shown: dict[tuple[Any, Any, Any], int] = {}
+    first = True
+    while True:
+        got: list[dict[str, Any]] = []
+        snapshot = {k: v for k, v in request.items() if k not in ("follow", "tail")}
+        result = await ask(snapshot, _appender(got))
+        texts: dict[tuple[Any, Any, Any], str] = {}
+        for event in got:
+            if event.get("kind") == "log":
+                key = (event.get("slot"), event.get("execution"), event.get("stream"))
+                texts[key] = texts.get(key, "") + str(event.get("data", ""))
+        for key, text in texts.items():
+            slot, execution, stream = key
+            new = text[shown.get(key, 0) :]
+            shown[key] = max(len(text), shown.get(key, 0))
+            if first and tail is not None:
+                new = "".join(t for _s, t in _last_lines([(str(stream), new)], tail))
+            for start in range(0, len(new), PIECE):
+                await emit(
+                    {
+                        "kind": "log",
+                        "slot": slot,
+                        "execution": execution,
+                        "stream": stream,
+                        "data": new[start : start + PIECE],
+                    }
+                )
+        first = False
+        if not isinstance(result, dict) or result.get("state") in ENDED:
+            return result if isinstance(result, dict) else {"state": None}
+        await trio.sleep(FORWARD_RECHECK)
+
+
+def _appender(into: list[dict[str, Any]]) -> Emit:
+    async def append(event: dict[str, Any]) -> None:
+        into.append(event)
+
+    return append
 
 
 async def _next_change(events: trio.MemoryReceiveChannel[Notify], job_id: str) -> None:
@@ -186,4 +242,4 @@ async def _complete_log(node: LogSource, execution: ExecutionView) -> dict[str, 
         return None
 
 
-__all__ = ["LogSource", "job_logs"]
+__all__ = ["LogSource", "follow_forwarded", "job_logs"]

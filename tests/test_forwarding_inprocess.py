@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode import control
+from p2pnode import control, joblogs
 from p2pnode.control_request import REQUEST_FIELDS
 from p2pnode.control_request import job_id as job_id_field
 from p2pnode.errors import FetchError, NotFoundError, RefusedError
@@ -96,31 +96,53 @@ async def test_any_read_only_operation_rides_along_as_a_bounded_snapshot(
             await asker.forward("runs", {"job_id": job_id}, collect)
 
 
-async def test_control_ops_resolve_prefixes_and_refuse_a_forwarded_follow(
+async def test_control_ops_resolve_prefixes_and_follow_a_forwarded_job_by_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # ``logs`` as its engineer adds it: an operation on a job, with ``follow``.
+    # ``logs`` as its engineer adds it: an operation on a job, with ``follow``
+    # (a forwarded request may carry only the job: anything else is refused).
     monkeypatch.setitem(REQUEST_FIELDS, "logs", {"job_id": (True, job_id_field)})
+    monkeypatch.setattr(joblogs, "FORWARD_RECHECK", 0.01)
     calls: list[dict[str, Any]] = []
+    # What the owner shows at each look: its whole output so far, then the end.
+    looks = [
+        ("running", "a\n"),
+        ("running", "a\nb"),
+        ("running", "a\nb\n"),
+        ("completed", "a\nb\nc\n"),
+    ]
 
     async def logs(request: dict[str, Any], emit: Emit) -> Any:
         calls.append(request)
-        return {"job_id": request["job_id"], "state": "queued"}
+        state, text = looks[min(len(calls), len(looks)) - 1]
+        for start in range(0, len(text), 2):  # in pieces, as job_logs emits them
+            event = {"kind": "log", "slot": 0, "execution": "e1", "stream": "stdout"}
+            await emit({**event, "data": text[start : start + 2]})
+        return {"job_id": request["job_id"], "state": state}
 
     async with two_nodes(tmp_path) as (owner, asker):
         job_id = await owner.submit(QUEUED)
         owner.answer_queries_with(control._resolving(owner, {"logs": logs}, forward=False))
         local = control._resolving(owner, {"logs": logs}, forward=True)
         remote = control._resolving(asker, {"logs": logs}, forward=True)
+        shown: list[str] = []
 
-        async def ignore(event: dict[str, Any]) -> None:
-            pass
+        async def collect(event: dict[str, Any]) -> None:
+            shown.append(event["data"])
 
         # On the owner: the prefix resolves, follow goes through untouched.
-        answer = await local["logs"]({"job_id": job_id[:9], "follow": True}, ignore)
+        answer = await local["logs"]({"job_id": job_id[:9], "follow": True}, collect)
         assert answer["job_id"] == job_id and calls[-1]["follow"] is True
-        # Elsewhere: a snapshot forwards; a follow is refused in one clear line.
-        answer = await remote["logs"]({"job_id": job_id[:9]}, ignore)
-        assert answer == {"job_id": job_id, "state": "queued"}
-        with pytest.raises(RefusedError, match="owned by another peer: follow its logs on"):
-            await remote["logs"]({"job_id": job_id[:9], "follow": True}, ignore)
+        calls.clear()
+        shown.clear()
+        # Elsewhere: a follow asks the owner for snapshots until the job ended,
+        # and shows each character once, in order.
+        answer = await remote["logs"]({"job_id": job_id[:9], "follow": True}, collect)
+        assert answer == {"job_id": job_id, "state": "completed"}
+        assert "".join(shown) == "a\nb\nc\n"
+        assert len(calls) == len(looks) and all("follow" not in c for c in calls), calls
+        # A snapshot forwards once.
+        calls.clear()
+        shown.clear()
+        answer = await remote["logs"]({"job_id": job_id[:9]}, collect)
+        assert len(calls) == 1 and "".join(shown) == looks[0][1]

@@ -362,14 +362,14 @@ def test_following_a_jobs_logs_streams_them_and_ends_with_end(served: Served) ->
     assert out == "first\nsecond\n"
     assert "".join(c["data"] for c in chunks if c["stream"] == "stderr") == "oops\n"
     assert {c["kind"] for c in chunks} == {"log"}
-    # Accept: text/event-stream asks for the same stream; following a job this
-    # node does not own is refused before the stream starts (as job logs -f is).
+    # Accept: text/event-stream asks for the same stream; following a job no
+    # node owns is a plain 404 before the stream starts (as job logs -f says).
     accepted = served.http.get(
         f"/api/v1/jobs/{job_id}/logs", headers={"accept": "text/event-stream"}
     )
     assert list(sse_events(iter(accepted.text.splitlines())))[-1][0] == "end"
     unknown = served.http.get("/api/v1/jobs/j-ffffffffffffffff/logs?follow=true")
-    assert unknown.status_code == 409 and unknown.json()["code"] == "refused"
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     assert unknown.headers["content-type"] == "application/json"
 
 

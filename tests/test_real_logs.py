@@ -206,3 +206,29 @@ def test_follow_exits_4_for_a_failed_job_and_history_shows_a_lost_holder(
         assert events[names.index("leased", lost)]["node"] == survivor, events
         logs = owner.cli("job", "logs", job_id)
         assert logs.stdout == "survived\n", logs.explain()
+
+
+def test_follow_from_a_node_that_does_not_own_the_job(tmp_path: Path) -> None:
+    # The holder's CLI follows a job the other node owns: the owner is asked
+    # for snapshots over the network, and every byte shows once, in order.
+    gate = tmp_path / "gate"
+    expected = "first-line\n" + "".join(_line(i) for i in range(LINES)) + "last-line\n"
+    with cluster(tmp_path) as c:
+        owner, other = _two_nodes(c)
+        ran = owner.cli("job", "run", _spec(tmp_path, gate), "--id-only")
+        assert ran.returncode == 0, ran.explain()
+        job_id = ran.stdout.strip()
+        follow = spawn_cli("--data-dir", other.data_dir, "job", "logs", job_id[:10], "--follow")
+        assert follow.stdout is not None and follow.stderr is not None
+        lines = _reader(follow.stdout)
+        first = lines.get(timeout=FOLLOW_WAIT)
+        assert first == "first-line\n", (first, c.explain())
+        assert follow.poll() is None  # held at the gate: the job cannot have ended
+        gate.touch()
+        rest = []
+        while (line := lines.get(timeout=FOLLOW_WAIT)) is not None:
+            rest.append(line)
+        err = follow.stderr.read()
+        assert follow.wait(timeout=FOLLOW_WAIT) == 0, ("".join(rest), err, c.explain())
+        assert first + "".join(rest) == expected
+        assert "err-line" in err
