@@ -69,19 +69,10 @@ def load_or_create_token(data_dir: Path) -> str:
         return read_token(path)
     except FileNotFoundError:
         pass
-    Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(32)
     # Written aside, then linked into place: a reader never sees a half-written
     # token, and of two processes creating it at once one wins (link fails if
     # the name exists) and the other reads the winner's.
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, f"{token}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    token, tmp = _new_token_aside(data_dir)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -94,22 +85,31 @@ def load_or_create_token(data_dir: Path) -> str:
 def rotate_token(data_dir: Path) -> str:
     """Replace the token of ``data_dir`` with a new one (0600, atomically: a
     reader sees the old token or the new one, never a part)."""
-    path = token_path(data_dir)
+    token, tmp = _new_token_aside(data_dir)
+    try:
+        os.replace(tmp, token_path(data_dir))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
+
+
+def _new_token_aside(data_dir: Path) -> tuple[str, Path]:
+    """A new token, durably written (0600, whatever the umask) to a private
+    temporary name beside the token file: the caller moves it into place."""
     Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp = token_path(data_dir).with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, f"{token}\n".encode())
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    try:
-        os.replace(tmp, path)
-    finally:
         tmp.unlink(missing_ok=True)
-    return token
+        raise
+    os.close(fd)
+    return token, tmp
 
 
 class TokenFile:
