@@ -35,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cluster import executor_baseline, run_job  # noqa: E402
 from common import LoopbackCluster, exit_on_sigterm  # noqa: E402
 
-# (label of the step ending here, whose event: "owner"/"holder"/"any", event, detail prefix)
+# (label of the step ending here, whose event: "owner"/"holder", event, detail prefix);
+# a detail ending in "*": the last such event before the next milestone (the
+# owner's own bid comes back at once, the remote one later)
 MILESTONES: list[tuple[str, str, str, str]] = [
     ("owner: validate, persist, asks out", "owner", "send", "ask"),
-    ("bids in (remote bid's round trip)", "owner", "item", "recv:bid"),
+    ("bids in (the last one: remote round trip)", "owner", "item", "recv:bid*"),
     ("owner: persist, grant out", "owner", "send", "lease_grant"),
     ("grant frame to holder", "holder", "item", "recv:lease_grant"),
     ("holder: persist, accept out", "holder", "send", "lease_accept"),
@@ -47,7 +49,7 @@ MILESTONES: list[tuple[str, str, str, str]] = [
     ("renew_ack to holder, execution starts", "holder", "exec-start", ""),
     ("executor: workdir + cgroup (thread trip)", "holder", "x-prep>", ""),
     ("executor: fork/exec of the wrapper", "holder", "x-spawned", ""),
-    ("child chain runs (sh, bwrap, sh, true)", "holder", "x-waited", ""),
+    ("child runs: sh (cgroup), bwrap, setpriv, sh, true", "holder", "x-waited", ""),
     ("executor: pipes closed, outputs", "holder", "x-outputs", ""),
     ("runtime: log manifest, stats", "holder", "exec-end", ""),
     ("holder: result frame out", "holder", "send", "execution_result"),
@@ -78,15 +80,34 @@ def job_steps(window: list[Event], owner: int) -> dict[str, tuple[float, float]]
         return None
     steps: dict[str, tuple[float, float]] = {}
     i, last = 0, t0
-    for label, role, what, detail in MILESTONES:
-        want = {"owner": owner, "holder": holder}.get(role)
-        for j in range(i, len(window)):
-            ns, pid, ev, det = window[j]
-            if ev == what and det.startswith(detail) and (want is None or pid == want):
-                steps[label] = ((ns - last) / 1e6, (ns - t0) / 1e6)
-                i, last = j + 1, ns
-                break
+    for n, (label, role, what, detail) in enumerate(MILESTONES):
+        found = _find(window, i, {"owner": owner, "holder": holder}[role], what, detail)
+        if found is not None and detail.endswith("*") and n + 1 < len(MILESTONES):
+            _l, next_role, next_what, next_detail = MILESTONES[n + 1]
+            pid = {"owner": owner, "holder": holder}[next_role]
+            end = _find(window, found + 1, pid, next_what, next_detail)
+            while end is not None:
+                later = _find(window[:end], found + 1, owner if role == "owner" else holder,
+                              what, detail)
+                if later is None:
+                    break
+                found = later
+        if found is not None:
+            ns = window[found][0]
+            steps[label] = ((ns - last) / 1e6, (ns - t0) / 1e6)
+            i, last = found + 1, ns
     return steps
+
+
+def _find(window: list[Event], start: int, pid: int, what: str, detail: str) -> int | None:
+    """Index of the first event ``what`` of ``pid`` from ``start`` whose detail
+    starts with ``detail`` (without its "*")."""
+    prefix = detail.rstrip("*")
+    for j in range(start, len(window)):
+        _ns, p, ev, det = window[j]
+        if p == pid and ev == what and det.startswith(prefix):
+            return j
+    return None
 
 
 def breakdown(events: list[Event], owner: int) -> tuple[list[dict[str, tuple[float, float]]], int]:
