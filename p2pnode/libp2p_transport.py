@@ -52,6 +52,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
+from p2pnode import tracing
 from p2pnode.identity import peer_id_of
 from p2pnode.net.addrs import expand_unspecified, host_ips
 from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
@@ -528,8 +529,12 @@ class Libp2pTransport:
                     return False
                 self._streams[peer] = stream
             try:
+                if tracing.ON:
+                    tracing.event("wire<", str(len(frames)))
                 with trio.fail_after(self._dial_timeout):
                     await stream.write(frame)
+                if tracing.ON:
+                    tracing.event("wire>", str(len(frames)))
                 return True
             except Exception as exc:
                 log.debug("frame stream to %s broke: %s", peer, flat_message(exc))
@@ -609,6 +614,8 @@ class Libp2pTransport:
                 return
             if not chunk:
                 return
+            if tracing.ON:
+                tracing.event("read", str(len(chunk)))
             was_partial = decoder.partial
             frames, dropped = decoder.feed(chunk)
             for length in dropped:

@@ -33,6 +33,7 @@ import multiaddr
 import sniffio
 import trio
 
+from p2pnode import tracing
 from p2pnode.blobs import BlobStore
 from p2pnode.control_request import MAX_IDEMPOTENCY_KEY
 from p2pnode.datadir import make_private
@@ -239,6 +240,8 @@ class Node:
         updated since); an empty or over-long key, or a key together with
         ``job_id``, raises ``SettingsError``.  ``NodeStoppedError`` once the
         node has stopped."""
+        if tracing.ON:
+            tracing.event("submit")
         spec = _validated(spec)
         await self._check_modules(spec)
         canonical = spec.canonical()

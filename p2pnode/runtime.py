@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from p2pnode import tracing
 from p2pnode.errors import NodeStoppedError
 from p2pnode.execstats import ExecutionStats
 from p2pnode.executor import (
@@ -363,6 +364,8 @@ class NodeRuntime:
     # --- the consumer ----------------------------------------------------------
 
     async def _process(self, item: _Item) -> None:
+        if tracing.ON:
+            tracing.event("item", _traced(item))
         if isinstance(item, _TimerDue):
             if self._due.get(item.key) != item.version:
                 return  # re-set or cancelled after it fired
@@ -393,12 +396,18 @@ class NodeRuntime:
         notifies: list[Notify] = []
         records = [action for action in actions if isinstance(action, Persist)]
         if records:  # the whole step on disk before any of its effects
+            if tracing.ON:
+                tracing.event("persist<", str(len(records)))
             await self._persist(records)
+            if tracing.ON:
+                tracing.event("persist>", str(len(records)))
         for action in actions:
             match action:
                 case Persist():
                     pass  # written above
                 case Send(to=peer, data=data):
+                    if tracing.ON:
+                        tracing.event("send", codec.message_type(data))
                     await self._transmit(f"send to {peer}", self.transport.send, peer, data)
                 case Publish(topic=topic, data=data):
                     await self._transmit(f"publish on {topic}", self.transport.publish, topic, data)
@@ -668,6 +677,8 @@ class NodeRuntime:
             capture.written["stdout"],
             capture.written["stderr"],
         )
+        if tracing.ON:
+            tracing.event("exec-end", start.execution_id)
         await queue.send(result)
 
     async def _with_log(
@@ -700,6 +711,8 @@ class NodeRuntime:
     ) -> ExecutionFinished:
         eid = start.execution_id
         t0 = self._clock()
+        if tracing.ON:
+            tracing.event("exec-start", eid)
         result: ExecutionFinished | None = None
         try:
             with running.scope, trio.move_on_after(start.timeout) as deadline:
@@ -769,3 +782,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def _describe(exc: BaseException) -> str:
     return "; ".join(str(leaf) or type(leaf).__name__ for leaf in _leaves(exc))
+
+
+def _traced(item: object) -> str:
+    """What a consumed item is, for ``P2PNODE_TRACE``."""
+    if isinstance(item, MessageReceived):
+        return "recv:" + codec.message_type(item.data)
+    return type(item).__name__

@@ -25,6 +25,7 @@ from typing import Any
 import outcome
 import trio
 
+from p2pnode import tracing
 from protocols.events import Persist
 
 _Job = tuple[Sequence[Persist], Callable[[outcome.Outcome[None]], None]]
@@ -79,7 +80,11 @@ class StoreWriter:
             if job is None:
                 return
             batch, deliver = job
+            if tracing.ON:
+                tracing.event("w-apply<", str(len(batch)))
             written: Any = outcome.capture(self._apply, batch)
+            if tracing.ON:
+                tracing.event("w-apply>", str(len(batch)))
             try:
                 deliver(written)
             except trio.RunFinishedError:  # the run ended meanwhile: nobody waits

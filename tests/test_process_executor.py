@@ -387,3 +387,51 @@ def _environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return b""
+
+
+async def _empty_then_removed(executor: ProcessExecutor, blobs: BlobStore) -> list[str]:
+    """Manifest ids of: an empty outputs dir, again, again after its blob was
+    removed, and a task that leaves a file."""
+    ids = []
+    for n in range(3):
+        result = await executor.run(_start(_task(["true"]), eid=f"empty-{n}"))
+        assert result.status == "succeeded", result
+        ids.append(result.manifest_id)
+        if n == 1:
+            blobs.path_of(result.manifest_id).unlink()  # e.g. a blob store cleaned by hand
+    wrote = await executor.run(
+        _start(_task(["sh", "-c", 'echo x > "$P2PNODE_OUTPUTS/f"']), eid="full")
+    )
+    return [*ids, wrote.manifest_id]
+
+
+async def test_an_empty_outputs_dir_always_gets_a_stored_empty_manifest(
+    tmp_path: Path, plain_executor: ProcessExecutor, blobs: BlobStore
+) -> None:
+    """The empty manifest is recognised without a worker thread once stored,
+    but never handed out after its blob is gone; other outputs are unaffected."""
+    first, again, after_removal, full = await _empty_then_removed(plain_executor, blobs)
+    assert first == again == after_removal
+    assert blobs.has(after_removal)
+    assert blobs.materialize(after_removal, tmp_path / "empty") == []
+    assert blobs.materialize(full, tmp_path / "full") == ["f"]
+
+
+async def test_a_removed_empty_manifest_handed_out_is_seen(
+    plain_executor: ProcessExecutor, blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: without the presence check the cached
+    id of a removed manifest comes back, and ``has`` says so."""
+    stale = {"id": ""}
+    real_has = BlobStore.has
+
+    def has_planted(self: BlobStore, digest: str) -> bool:
+        return digest == stale["id"] or real_has(self, digest)
+
+    monkeypatch.setattr(BlobStore, "has", has_planted)
+    result = await plain_executor.run(_start(_task(["true"]), eid="e-0"))
+    stale["id"] = result.manifest_id
+    blobs.path_of(result.manifest_id).unlink()
+    again = await plain_executor.run(_start(_task(["true"]), eid="e-1"))
+    assert again.manifest_id == stale["id"]
+    assert not real_has(blobs, again.manifest_id)

@@ -276,3 +276,59 @@ async def test_the_limits_are_written_and_the_cgroup_removed(
     assert seen.get("memory.limit_in_bytes", seen.get("memory.max")) == str(96 * MIB)
     for _controller, base in executor.cgroups.bases:
         assert [p for p in base.iterdir() if p.is_dir()] == []  # removed after the task
+
+
+async def _members_while_running(executor: ProcessExecutor) -> list[set[str]]:
+    """The pids in each of the task's cgroups (one per hierarchy), as last
+    seen while it ran."""
+    assert executor.cgroups is not None
+    members: dict[Path, set[str]] = {}
+    done = trio.Event()
+
+    async def run() -> None:
+        await _sh(executor, "sleep 1 & sleep 1; wait")
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        # bwrap x2, sh, 2 x sleep: all started (or the task is over)
+        while not done.is_set() and not (members and all(len(m) >= 5 for m in members.values())):
+            await trio.sleep(0.05)
+            for _controller, base in executor.cgroups.bases:
+                for leaf in base.glob("e-1-*"):
+                    with contextlib.suppress(OSError):
+                        members[leaf] = set((leaf / "cgroup.procs").read_text().split())
+    return list(members.values())
+
+
+@needs_cgroups
+async def test_the_whole_task_joins_its_cgroup_in_every_hierarchy(tmp_path: Path) -> None:
+    """bwrap, its init and the task's processes are all in each of the
+    execution's cgroups (v1 joins through ``tasks``, v2 through
+    ``cgroup.procs``: either way the moved shell becomes bwrap)."""
+    executor = _executor(tmp_path)
+    assert executor.cgroups is not None
+    members = await _members_while_running(executor)
+    assert len(members) == len({d for _c, d in executor.cgroups.bases}), members
+    assert all(len(pids) >= 5 for pids in members), members  # bwrap x2, sh, 2 x sleep
+    assert all(pids == members[0] for pids in members), members
+
+
+@needs_cgroups
+async def test_a_join_that_misses_a_hierarchy_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: a shell that joins only its first
+    cgroup leaves the task out of the others, and the membership check sees it."""
+    executor = _executor(tmp_path)
+    assert executor.cgroups is not None
+    if len({d for _c, d in executor.cgroups.bases}) < 2:
+        pytest.skip("one hierarchy (v2): nothing to miss")
+    real = cgroups.TaskCgroup.join_prefix
+    monkeypatch.setattr(
+        cgroups.TaskCgroup,
+        "join_prefix",
+        lambda self: real(attrs.evolve(self, dirs=self.dirs[:1])),
+    )
+    members = await _members_while_running(executor)
+    assert len(members) == 2 and not all(members), members

@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shutil
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -255,10 +256,35 @@ async def store_outputs(blobs: BlobStore, outputs: Path, max_total_bytes: int | 
 
     Not abandoned on cancel: the thread finishes its (bounded) work, so no
     half-written temp file is left behind by a cancelled caller.
+
+    An empty outputs dir (most tasks) always has the same manifest: once it is
+    stored, it is recognised here with a directory read and a stat, without the
+    worker-thread round trip (issue 16: one of three per trivial execution).
     """
+    if _is_empty_dir(outputs):  # read once, as store_outputs reads it once
+        known = _EMPTY_OUTPUTS_MANIFEST.get(blobs)
+        if known is not None and blobs.has(known):  # the blob may have been removed
+            return known
+        # What store_outputs stores for an empty dir, so the cached id is that by construction.
+        known = await trio.to_thread.run_sync(blobs.put_manifest, [])
+        _EMPTY_OUTPUTS_MANIFEST[blobs] = known
+        return known
     return await trio.to_thread.run_sync(
         lambda: blobs.store_outputs(outputs, max_total_bytes=max_total_bytes)
     )
+
+
+# BlobStore -> the manifest id of an empty outputs dir, once stored there.
+_EMPTY_OUTPUTS_MANIFEST: weakref.WeakKeyDictionary[BlobStore, str] = weakref.WeakKeyDictionary()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    """True only for a readable directory without entries (else: the full path)."""
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 async def finish_with_outputs(

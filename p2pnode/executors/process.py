@@ -98,6 +98,7 @@ from pathlib import Path
 
 import trio
 
+from p2pnode import tracing
 from p2pnode.blobs import BlobStore
 from p2pnode.executor import current_progress, defer_cleanup
 from p2pnode.executors import cgroups
@@ -185,7 +186,11 @@ class ProcessExecutor:
             raise ExecutorError(f"the process executor cannot run a {engine.type!r} task")
         # One worker-thread round trip for everything that blocks before the
         # spawn: workdir, inputs, handing it to the task's uid, the cgroup.
+        if tracing.ON:
+            tracing.event("x-prep<")
         work, cgroup = await trio.to_thread.run_sync(self._prepare, start, task.resources)
+        if tracing.ON:
+            tracing.event("x-prep>")
         succeeded = False
         try:
             # Sandboxed, the task sees its workdir at TASK_WORKDIR, not in the data dir.
@@ -215,6 +220,8 @@ class ProcessExecutor:
             returncode = await self._run_process(
                 start.execution_id, argv, env, work, out, err, parser
             )
+            if tracing.ON:
+                tracing.event("x-exit")
             oom = cgroup is not None and cgroup.out_of_memory()
 
             exit_code, error = _describe_exit(returncode, sandboxed=self.sandbox is not None)
@@ -232,6 +239,8 @@ class ProcessExecutor:
                 started_at=t0,
             )
             succeeded = finished.status == "succeeded"
+            if tracing.ON:
+                tracing.event("x-outputs")
             return finished
         finally:
             # The task's processes are dead (``_run_process`` waited for
@@ -307,7 +316,11 @@ class ProcessExecutor:
         parser: ProgressParser | None = None,
     ) -> int:
         # From the trio thread (see spawn.py); own session and group: pgid == pid.
+        if tracing.ON:
+            tracing.event("x-spawn<")
         proc = spawn(argv, cwd=work.root, env=env)
+        if tracing.ON:
+            tracing.event("x-spawned", str(proc.pid))
         pgid = proc.pid
         pidfile = self._pidfile(execution_id)
         try:
@@ -319,6 +332,9 @@ class ProcessExecutor:
                 nursery.start_soon(drain, proc.stdout, out, parser, "stdout")
                 nursery.start_soon(drain, proc.stderr, err, None, "stderr")
                 await proc.wait()
+                if tracing.ON:  # children's CPU so far: the step's delta is this task's
+                    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    tracing.event("x-waited", f"{(ru.ru_utime + ru.ru_stime) * 1000:.2f}")
                 # The task is over: stragglers in its group would keep the
                 # pipes open, and must not outlive it anyway.
                 _killpg(pgid, signal.SIGKILL)
