@@ -118,6 +118,12 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
         "forgotten executions remembered (late grants ignored)",
     ),
     (
+        "protocols.holder",
+        "MAX_LAPSED_BIDS",
+        "",
+        "bids whose reservation ran out remembered (a late grant is taken)",
+    ),
+    (
         "protocols.owner",
         "NO_MATCH_ROUNDS",
         "",
