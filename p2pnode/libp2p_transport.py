@@ -596,7 +596,9 @@ class Libp2pTransport:
         16: ~54 ms for both ends against ~0.15 ms per second held), so the
         timeout must exceed the interval of the frames a peer still exchanges
         (the node's heartbeat hellos)."""
-        period = max(0.05, self.idle_connection_timeout / 4)
+        # Duplicates go within 15 s; an idle connection at most a quarter of
+        # the timeout late.
+        period = max(0.05, min(15.0, self.idle_connection_timeout / 4))
         while True:
             await trio.sleep(period)
             for conn in self._duplicate_connections():
