@@ -286,9 +286,7 @@ class Libp2pTransport:
         if self.banned(peer):
             self.guard.refused += 1
             return False
-        closing = self._closing.get(peer)
-        if closing is not None:  # closing as idle: dial afresh once it is closed
-            await closing.wait()
+        await self._await_close(peer)
         host = self._host
         peer_id = ID.from_base58(peer)
         if host.get_network().connections.get(peer_id):
@@ -305,6 +303,13 @@ class Libp2pTransport:
             self.stats.dial_failures += 1
             log.info("dial %s failed: %s", peer, flat_message(exc))
             return False
+
+    async def _await_close(self, peer: str) -> None:
+        """If our connection to ``peer`` is being closed as idle, wait until it
+        is: a stream opened on it now could lose what is written to it."""
+        closing = self._closing.get(peer)
+        if closing is not None:
+            await closing.wait()
 
     # --- other stream protocols (e.g. blob transfer) ---------------------------
 

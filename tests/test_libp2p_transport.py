@@ -355,29 +355,48 @@ async def test_idle_connection_is_closed_and_next_send_redials() -> None:
         assert await recv(a) == Incoming(b.local_id, b"back", "")
 
 
-async def test_frames_sent_while_an_idle_connection_closes_are_delivered() -> None:
+async def frames_during_a_close(a: Libp2pTransport, b: Libp2pTransport) -> bool:
+    """Close a's connection to b as idle (slowly) and send 5 frames meanwhile;
+    True if the first arrived only after the close.  All 5 must arrive."""
+    await a.connect(b.listen_addrs()[0])
+    a.add_addresses(b.local_id, b.listen_addrs())
+    await a.send(b.local_id, b"warm")  # a frame stream exists: the close resets it
+    assert (await recv(b)).data == b"warm"
+    disconnect = a._host.disconnect
+    closed = trio.Event()
+
+    async def slow_disconnect(peer_id: Any) -> None:  # a close that takes a while
+        await trio.sleep(0.3)
+        await disconnect(peer_id)
+        closed.set()
+
+    a._host.disconnect = slow_disconnect
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a._close_idle, b.local_id)
+        await wait_until(lambda: b.local_id in a._closing, "the close to begin")
+        received = b.stats.received
+        for i in range(5):
+            await a.send(b.local_id, b"in flight %d" % i)
+        await wait_until(lambda: b.stats.received > received, "the first frame")
+        after_close = closed.is_set()
+    assert [(await recv(b)).data for _ in range(5)] == [b"in flight %d" % i for i in range(5)]
+    assert a.stats.idle_connections_closed == 1
+    assert a.stats.dropped_unreachable == 0
+    return after_close
+
+
+async def test_frames_sent_while_an_idle_connection_closes_are_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A send that starts while the connection is being closed as idle waits
-    for the close and redials: the frames in flight arrive, in order."""
+    for the close and redials: the frames arrive, in order, over the new one."""
     async with started(2) as (a, b):
-        await a.connect(b.listen_addrs()[0])
-        a.add_addresses(b.local_id, b.listen_addrs())
-        await a.send(b.local_id, b"warm")  # a frame stream exists: the close resets it
-        assert (await recv(b)).data == b"warm"
-        disconnect = a._host.disconnect
-
-        async def slow_disconnect(peer_id: Any) -> None:  # a close that takes a while
-            await trio.sleep(0.3)
-            await disconnect(peer_id)
-
-        a._host.disconnect = slow_disconnect
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a._close_idle, b.local_id)
-            await wait_until(lambda: b.local_id in a._closing, "the close to begin")
-            for i in range(5):
-                await a.send(b.local_id, b"in flight %d" % i)
-        assert [(await recv(b)).data for _ in range(5)] == [b"in flight %d" % i for i in range(5)]
-        assert a.stats.idle_connections_closed == 1
-        assert a.stats.dropped_unreachable == 0
+        assert await frames_during_a_close(a, b)
+    # Planted bug: no wait for the close: the frames are written on the
+    # connection being closed (here they happen to arrive before it closes).
+    monkeypatch.setattr(Libp2pTransport, "_await_close", lambda self, peer: trio.sleep(0))
+    async with started(2) as (a, b):
+        assert not await frames_during_a_close(a, b)
 
 
 async def test_mesh_peers_and_busy_streams_keep_their_connection(
@@ -404,9 +423,9 @@ async def test_mesh_peers_and_busy_streams_keep_their_connection(
         assert a.stats.idle_connections_closed == b.stats.idle_connections_closed == 0
 
         # Planted bug 1: the mesh guard removed (an empty mesh), a busy stream open.
+        stream = await a.open_stream(b.local_id, "/test/hold/1")
         monkeypatch.setattr(a._router, "mesh", {})
         monkeypatch.setattr(b._router, "mesh", {})
-        stream = await a.open_stream(b.local_id, "/test/hold/1")
         await trio.sleep(1.5)
         assert b.local_id in a.connected_peers()  # the open stream keeps it
         assert a.stats.idle_connections_closed == b.stats.idle_connections_closed == 0
