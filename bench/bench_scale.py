@@ -12,8 +12,9 @@ Measured, in this order, all in one run:
    node 0 first, the others bootstrapped from it all at once; *convergence*:
    seconds until every node's view holds ``min(view_size, N-1)`` peers;
 3. idle CPU per process (utime + stime from ``/proc/<pid>/stat`` over
-   ``--idle-window`` seconds, as a percentage of one core) and RSS
-   (``/proc/<pid>/status``), after the views converged;
+   ``--idle-window`` seconds, as a percentage of one core), RSS
+   (``/proc/<pid>/status``) and the TCP connections each process holds (what
+   the idle CPU grows with), after the views converged;
 4. a *joiner*: one more node bootstrapped from a random node; seconds until its
    view holds ``min(view_size, N)`` peers (goal: within 10 s);
 5. ``--jobs`` (1,000) trivial jobs through one owner, then the same number
@@ -21,6 +22,8 @@ Measured, in this order, all in one run:
    runs (one node serves at most 32 control connections at once); jobs that
    end in any state but ``completed`` (or never end) are *lost* (goal: 0);
    jobs/s several owners vs one (goal: at least 1.0x).
+
+The JSON's ``goals`` holds each goal as its value, bound and whether it is met.
 
 Usage: ``python bench/bench_scale.py [--nodes N] [--jobs J] [--json]``.  The
 default (10 nodes, 200 jobs) is what ``make bench`` runs; issue 16's numbers
@@ -87,6 +90,26 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def tcp_connections(pid: int) -> int:
+    """ESTABLISHED TCP sockets ``pid`` holds (its libp2p connections: the
+    control socket is a Unix socket)."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01":  # TCP_ESTABLISHED
+                    established.add(fields[9])  # inode
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in established:
+                    count += 1
+    return count
 
 
 def idle_cpu(pids: list[int], window: float) -> list[float]:
@@ -182,6 +205,7 @@ def bench_bare_hosts(n: int, window: float, heartbeat: int = 1) -> dict[str, Any
         rss = [rss_bytes(p.pid) for p in procs]
         return {
             "cpu_pct": summary(cpu),
+            "connections": summary([float(tcp_connections(p.pid)) for p in procs]),
             "rss_mb": summary([r / 2**20 for r in rss]),
             "load_idle": os.getloadavg()[0],
         }
@@ -330,12 +354,15 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.settle)
         pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
         cpu = idle_cpu(pids, args.idle_window)
+        # Connections held per process: idle CPU grows with them (issue 16).
+        out["connections"] = summary([float(tcp_connections(p)) for p in pids])
         out["load_idle"] = os.getloadavg()[0]  # the host's 1-min load while measuring
         out["idle_cpu_pct"] = summary(cpu)
         out["rss_mb"] = summary([rss_bytes(p) / 2**20 for p in pids])
         print(
             f"  idle CPU per process: {out['idle_cpu_pct']['mean']:.3f} % of a core"
-            f" (host load {out['load_idle']:.1f})",
+            f" (host load {out['load_idle']:.1f}),"
+            f" {out['connections']['mean']:.1f} connections per process",
             flush=True,
         )
 
@@ -368,6 +395,43 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         cluster.stop()
     return out
+
+
+def goals(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 16's scale goals as values against their bounds (JSON ``goals``)."""
+    c = r["cluster"]
+    bare = r["bare_hosts"]
+    idle = c["idle_cpu_pct"]["mean"]
+    lib = bare["cpu_pct"]["mean"] if bare else math.nan
+    lost = c["one_owner"]["lost"] + c["several_owners"]["lost"]
+    speedup = c["several_owners"]["jobs_per_s"] / c["one_owner"]["jobs_per_s"]
+    return {
+        "jobs_lost": {"value": lost, "bound": "== 0", "met": lost == 0},
+        "join_s": {
+            "value": c["join_s"],
+            "bound": f"<= {JOIN_GOAL_S:g}",
+            "met": c["join_s"] <= JOIN_GOAL_S,
+        },
+        "idle_cpu_pct_per_process": {
+            "value": idle,
+            "bound": f"<= {IDLE_GOAL_PCT} (at 100 peers)",
+            "met": idle <= IDLE_GOAL_PCT,
+            "nodes": r["nodes"],
+            "load": c["load_idle"],
+        },
+        "several_owners_vs_one_jobs_per_s": {
+            "value": speedup,
+            "bound": ">= 1.0",
+            "met": speedup >= 1.0,
+        },
+        # Informative: what the goals above depend on.
+        "idle_cpu_vs_bare_host": {"value": idle / lib if lib else math.nan, "bound": None},
+        "connections_per_process": {
+            "value": c.get("connections", {}).get("mean", math.nan),
+            "bound": None,
+            "bare_host": bare["connections"]["mean"] if bare else None,
+        },
+    }
 
 
 def report(r: dict[str, Any]) -> None:
@@ -406,6 +470,12 @@ def report(r: dict[str, Any]) -> None:
                 "",
             ]
             for hb, b in r["bare_hosts_by_heartbeat"].items()
+        ],
+        [
+            "connections per serve process",
+            fmt(c["connections"]["mean"], "", 1),
+            "(informative)",
+            "",
         ],
         ["RSS per serve process", fmt(c["rss_mb"]["mean"], "MB"), "(informative)", ""],
         [
@@ -471,6 +541,7 @@ def main() -> None:
     result["bare_hosts_by_heartbeat"] = {
         str(hb): bench_bare_hosts(args.nodes, args.idle_window, hb) for hb in args.bare_heartbeat
     }
+    result["goals"] = goals(result)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -59,6 +59,7 @@ from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame, reset_quietly
 from p2pnode.net.guard import GuardLimits, PeerGuard
 from p2pnode.net.stack import (
+    GOSSIP_PROTOCOLS,
     build_host,
     build_pubsub,
     flat_message,
@@ -100,6 +101,8 @@ class TransportStats:
     dropped_banned: int = 0  # frames to a banned peer, not sent
     bans: int = 0  # bans started (PeerGuard)
     stale_connections_closed: int = 0  # no stream could be opened on them: redial next time
+    idle_connections_closed: int = 0  # no frame either way for idle_connection_timeout
+    duplicate_connections_closed: int = 0  # a second connection to one peer (crossed dials)
 
 
 # A broadcast validator: the reason to refuse a message (from ``sender``), or None.
@@ -125,6 +128,7 @@ class Libp2pTransport:
         frame_timeout: float = 10.0,
         stream_idle_timeout: float = 300.0,
         max_inbound_streams: int = 8,
+        idle_connection_timeout: float = 300.0,
         guard_limits: GuardLimits | None = None,
     ) -> None:
         self._key_pair = key_pair
@@ -144,6 +148,11 @@ class Libp2pTransport:
         # replaces a broken one).
         self.max_inbound_streams = max_inbound_streams
         self._inbound: dict[str, int] = {}  # peer -> inbound frame streams open
+        # A connection with no frame either way for this long is closed (0:
+        # never); the next send redials.  See _close_idle_connections.
+        self.idle_connection_timeout = idle_connection_timeout
+        self._last_frame: dict[str, float] = {}  # peer -> last frame sent to / read from it
+        self._closing: dict[str, trio.Event] = {}  # peer -> set once its idle close is done
         self.stats = TransportStats()
         self.guard = PeerGuard(guard_limits)
         self._bans: BanEnforcer | None = None
@@ -203,6 +212,8 @@ class Libp2pTransport:
             ):
                 self._nursery = nursery
                 self._bans = BanEnforcer(self.guard, self._host, self._pubsub, nursery)
+                if self.idle_connection_timeout > 0:
+                    nursery.start_soon(self._close_idle_connections)
                 try:
                     yield self
                 except BaseException as exc:
@@ -276,6 +287,7 @@ class Libp2pTransport:
         if self.banned(peer):
             self.guard.refused += 1
             return False
+        await self._await_close(peer)
         host = self._host
         peer_id = ID.from_base58(peer)
         if host.get_network().connections.get(peer_id):
@@ -293,6 +305,13 @@ class Libp2pTransport:
             log.info("dial %s failed: %s", peer, flat_message(exc))
             return False
 
+    async def _await_close(self, peer: str) -> None:
+        """If our connection to ``peer`` is being closed as idle, wait until it
+        is: a stream opened on it now could lose what is written to it."""
+        closing = self._closing.get(peer)
+        if closing is not None:
+            await closing.wait()
+
     # --- other stream protocols (e.g. blob transfer) ---------------------------
 
     def set_stream_handler(
@@ -309,6 +328,7 @@ class Libp2pTransport:
                 if self.banned(sender):
                     self.guard.refused += 1
                     return
+                self._last_frame[sender] = trio.current_time()
                 await handler(sender, stream)
             except FrameError as exc:  # garbage or a stalled request: the sender's fault
                 self.penalize(sender, exc.reason)
@@ -326,6 +346,7 @@ class Libp2pTransport:
         """A new stream to ``peer`` speaking ``protocol``; raises ``ConnectionError``."""
         if not await self._ensure_connected(peer):
             raise ConnectionError(f"cannot reach {peer}")
+        self._last_frame[peer] = trio.current_time()
         try:
             with trio.fail_after(self._dial_timeout):
                 return await self._host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
@@ -505,7 +526,11 @@ class Libp2pTransport:
                         break
                     frames.append(data)
                     size += len(data)
+                # Before any checkpoint: the idle-connection closer sees a
+                # frame on its way and leaves the connection alone.
+                self._last_frame[peer] = trio.current_time()
                 if await self._transmit(peer, frames):
+                    self._last_frame[peer] = trio.current_time()
                     self.stats.sent += len(frames)
                     self._backoff.pop(peer, None)
                     continue
@@ -568,6 +593,114 @@ class Libp2pTransport:
             except Exception as exc:
                 log.debug("closing the connection to %s: %s", peer, flat_message(exc))
 
+    # --- idle connections ---------------------------------------------------------
+
+    async def _close_idle_connections(self) -> None:
+        """Close connections that carried no frame either way for
+        ``idle_connection_timeout`` seconds (and no other stream but
+        gossipsub's), unless the peer is in our gossipsub mesh.  Each connection
+        costs both ends CPU while idle (yamux pings, gossipsub's per-peer
+        heartbeat work); a peer no longer in either side's view otherwise keeps
+        one for good.  The next send redials (``_ensure_connected``).  A dial
+        costs far more CPU than holding a connection for a few minutes (issue
+        16: ~54 ms for both ends against ~0.15 ms per second held), so the
+        timeout must exceed the interval of the frames a peer still exchanges
+        (the node's heartbeat hellos)."""
+        # Duplicates go within 15 s; an idle connection at most a quarter of
+        # the timeout late.
+        period = max(0.05, min(15.0, self.idle_connection_timeout / 4))
+        while True:
+            await trio.sleep(period)
+            for conn in self._duplicate_connections():
+                await self._close_duplicate(conn)
+            now = trio.current_time()
+            for peer in self._idle_peers(now):
+                await self._close_idle(peer)
+
+    def _duplicate_connections(self) -> list[Any]:
+        """Connections beyond one per peer.  Two nodes that dial each other at
+        once (a hello and its answer) each keep both connections: py-libp2p
+        trims extras only when one is added, and spares those younger than its
+        grace period, i.e. these.  At 20 nodes that was 27 connections per
+        process for 19 peers, each costing idle CPU.  Both ends keep the same
+        one, the connection dialled by the smaller peer id, so they never close
+        both; a connection carrying another protocol's stream is left alone."""
+        extra = []
+        for peer_id, conns in list(self._host.get_network().connections.items()):
+            if len(conns) < 2 or self._other_streams(conns):
+                continue
+            kept_direction = self._kept_direction(peer_id.to_base58())
+            kept = next((c for c in conns if c.direction.name == kept_direction), conns[0])
+            extra += [c for c in conns if c is not kept]
+        return extra
+
+    def _kept_direction(self, peer: str) -> str:
+        """Of two connections to ``peer``, the one both ends keep: the one
+        the smaller peer id dialled (our OUTBOUND if that is us)."""
+        return "OUTBOUND" if self._local_id < peer else "INBOUND"
+
+    async def _close_duplicate(self, conn: Any) -> None:
+        # Our frame stream may run on it: the next write fails and _transmit
+        # retries once on a new stream, over the connection kept.
+        self.stats.duplicate_connections_closed += 1
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await conn.close()
+            except Exception as exc:
+                log.debug("closing a duplicate connection: %s", flat_message(exc))
+
+    def _idle_peers(self, now: float) -> list[str]:
+        network = self._host.get_network()
+        mesh = set().union(*self._router.mesh.values()) if self._router.mesh else set()
+        idle = []
+        for peer_id, conns in list(network.connections.items()):
+            peer = peer_id.to_base58()
+            last = self._last_frame.setdefault(peer, now)  # first seen: count from now
+            if now - last < self.idle_connection_timeout or peer_id in mesh:
+                continue
+            if peer in self._closing or self._queued(peer) or self._other_streams(conns):
+                continue
+            idle.append(peer)
+        for peer in [p for p in self._last_frame if ID.from_base58(p) not in network.connections]:
+            del self._last_frame[peer]  # closed (by either side): forget
+        return idle
+
+    def _queued(self, peer: str) -> bool:
+        outbox = self._outboxes.get(peer)
+        return outbox is not None and outbox.statistics().current_buffer_used > 0
+
+    @staticmethod
+    def _other_streams(conns: Sequence[Any]) -> bool:
+        """Whether a stream other than gossipsub's and our frame streams is
+        open (a blob transfer, say): its own protocol is busy, let it finish."""
+        idle_protocols = {FRAME_PROTOCOL, *GOSSIP_PROTOCOLS}
+        for conn in conns:
+            for stream in getattr(conn, "get_streams", tuple)():
+                if stream.get_protocol() not in idle_protocols:
+                    return True
+        return False
+
+    async def _close_idle(self, peer: str) -> None:
+        # No checkpoint between the checks in _idle_peers and here: a send
+        # that starts now waits in _ensure_connected for the close, then
+        # redials; none can pick up the frame stream being closed.
+        done = self._closing[peer] = trio.Event()
+        stream = self._streams.pop(peer, None)
+        self._last_frame.pop(peer, None)
+        self.stats.idle_connections_closed += 1
+        log.debug("closing the idle connection to %s", peer)
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                if stream is not None:
+                    await reset_quietly(stream)
+                try:
+                    await self._host.disconnect(ID.from_base58(peer))
+                except Exception as exc:
+                    log.debug("closing the connection to %s: %s", peer, flat_message(exc))
+        finally:
+            del self._closing[peer]
+            done.set()
+
     async def _handle_frame_stream(self, stream: Any) -> None:
         """Reads frames from one inbound stream (runs in a py-libp2p task).
         Garbage, a frame left partial for ``frame_timeout`` and streams beyond
@@ -616,6 +749,7 @@ class Libp2pTransport:
                 return
             if tracing.ON:
                 tracing.event("read", str(len(chunk)))
+            self._last_frame[sender] = trio.current_time()
             was_partial = decoder.partial
             frames, dropped = decoder.feed(chunk)
             for length in dropped:

@@ -376,6 +376,12 @@ def groups() -> list[tuple[str, str, list[Row]]]:
             "a sender closes its own stream after this idle",
         ),
         (
+            "idle_connection_timeout",
+            init["idle_connection_timeout"],
+            "s",
+            "a connection with no frame either way this long (not a mesh peer) may be closed",
+        ),
+        (
             "max_inbound_streams",
             init["max_inbound_streams"],
             "per peer",

@@ -314,3 +314,176 @@ async def test_keeping_a_stuck_connection_would_reuse_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(Libp2pTransport, "_drop_connection", keep)
     with pytest.raises(AssertionError, match="no fresh connection"):
         await test_a_connection_that_opens_no_stream_is_replaced(monkeypatch)
+
+
+# --- idle connections (issue 16: fewer connections per node) -------------------------
+
+
+@asynccontextmanager
+async def idle_closing(n: int, timeout: float = 0.3) -> AsyncIterator[list[Libp2pTransport]]:
+    """``n`` transports that close a connection idle for ``timeout`` seconds."""
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                Libp2pTransport(create_new_key_pair(), idle_connection_timeout=timeout)
+            )
+            for _ in range(n)
+        ]
+
+
+async def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_idle_connection_is_closed_and_next_send_redials() -> None:
+    async with idle_closing(2) as (a, b):
+        a.add_addresses(b.local_id, b.listen_addrs())
+        await a.send(b.local_id, b"first")
+        assert (await recv(b)).data == b"first"
+        await wait_until(lambda: b.local_id not in a.connected_peers(), "the idle close")
+        assert a.stats.idle_connections_closed + b.stats.idle_connections_closed >= 1
+        # Both directions redial on demand and deliver.
+        await a.send(b.local_id, b"second")
+        assert await recv(b) == Incoming(a.local_id, b"second", "")
+        b.add_addresses(a.local_id, a.listen_addrs())
+        await wait_until(lambda: a.local_id not in b.connected_peers(), "the second idle close")
+        await b.send(a.local_id, b"back")
+        assert await recv(a) == Incoming(b.local_id, b"back", "")
+
+
+async def frames_during_a_close(a: Libp2pTransport, b: Libp2pTransport) -> bool:
+    """Close a's connection to b as idle (slowly) and send 5 frames meanwhile;
+    True if the first arrived only after the close.  All 5 must arrive."""
+    await a.connect(b.listen_addrs()[0])
+    a.add_addresses(b.local_id, b.listen_addrs())
+    await a.send(b.local_id, b"warm")  # a frame stream exists: the close resets it
+    assert (await recv(b)).data == b"warm"
+    disconnect = a._host.disconnect
+    closed = trio.Event()
+
+    async def slow_disconnect(peer_id: Any) -> None:  # a close that takes a while
+        await trio.sleep(0.3)
+        await disconnect(peer_id)
+        closed.set()
+
+    a._host.disconnect = slow_disconnect
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a._close_idle, b.local_id)
+        await wait_until(lambda: b.local_id in a._closing, "the close to begin")
+        received = b.stats.received
+        for i in range(5):
+            await a.send(b.local_id, b"in flight %d" % i)
+        await wait_until(lambda: b.stats.received > received, "the first frame")
+        after_close = closed.is_set()
+    assert [(await recv(b)).data for _ in range(5)] == [b"in flight %d" % i for i in range(5)]
+    assert a.stats.idle_connections_closed == 1
+    assert a.stats.dropped_unreachable == 0
+    return after_close
+
+
+async def test_frames_sent_while_an_idle_connection_closes_are_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send that starts while the connection is being closed as idle waits
+    for the close and redials: the frames arrive, in order, over the new one."""
+    async with started(2) as (a, b):
+        assert await frames_during_a_close(a, b)
+    # Planted bug: no wait for the close: the frames are written on the
+    # connection being closed (here they happen to arrive before it closes).
+    monkeypatch.setattr(Libp2pTransport, "_await_close", lambda self, peer: trio.sleep(0))
+    async with started(2) as (a, b):
+        assert not await frames_during_a_close(a, b)
+
+
+async def test_mesh_peers_and_busy_streams_keep_their_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle by frames, yet kept: a gossipsub mesh peer (broadcasts need it),
+    and a connection carrying another protocol's stream (a blob transfer).
+    Planted bugs: without either guard the connection is closed."""
+    async with idle_closing(2) as (a, b):
+        release = trio.Event()
+
+        async def hold(sender: str, stream: Any) -> None:
+            await release.wait()
+
+        b.set_stream_handler("/test/hold/1", hold)
+        for t in (a, b):
+            await t.subscribe(ANNOUNCE_TOPIC)
+        await a.connect(b.listen_addrs()[0])
+        with trio.fail_after(10):
+            await a.wait_for_mesh(b.local_id, ANNOUNCE_TOPIC)
+            await b.wait_for_mesh(a.local_id, ANNOUNCE_TOPIC)
+        await trio.sleep(1.5)  # five idle timeouts
+        assert b.local_id in a.connected_peers()
+        assert a.stats.idle_connections_closed == b.stats.idle_connections_closed == 0
+
+        # Planted bug 1: the mesh guard removed (an empty mesh), a busy stream open.
+        stream = await a.open_stream(b.local_id, "/test/hold/1")
+        monkeypatch.setattr(a._router, "mesh", {})
+        monkeypatch.setattr(b._router, "mesh", {})
+        await trio.sleep(1.5)
+        assert b.local_id in a.connected_peers()  # the open stream keeps it
+        assert a.stats.idle_connections_closed == b.stats.idle_connections_closed == 0
+
+        # Planted bug 2: the busy-stream guard removed too: now it closes.
+        monkeypatch.setattr(Libp2pTransport, "_other_streams", staticmethod(lambda conns: False))
+        await wait_until(lambda: b.local_id not in a.connected_peers(), "the (planted) close")
+        assert a.stats.idle_connections_closed + b.stats.idle_connections_closed >= 1
+        release.set()
+        await stream.reset()
+
+
+async def crossed_dials(a: Libp2pTransport, b: Libp2pTransport) -> None:
+    """Two transports dialling each other at once: each ends with two connections."""
+    a.add_addresses(b.local_id, b.listen_addrs())
+    b.add_addresses(a.local_id, a.listen_addrs())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a._ensure_connected, b.local_id)
+        nursery.start_soon(b._ensure_connected, a.local_id)
+
+
+async def close_duplicates_at_once(a: Libp2pTransport, b: Libp2pTransport) -> None:
+    """Both ends pick their extra connection before either closes one (their
+    closers run at the same time), then close it."""
+    extra = [(a, conn) for conn in a._duplicate_connections()]
+    extra += [(b, conn) for conn in b._duplicate_connections()]
+    assert len(extra) == 2
+    async with trio.open_nursery() as nursery:
+        for transport, conn in extra:
+            nursery.start_soon(transport._close_duplicate, conn)
+
+
+def connections(x: Libp2pTransport, y: Libp2pTransport) -> int:
+    return len(x._host.get_network().connections.get(ID.from_base58(y.local_id), []))
+
+
+async def test_crossed_dials_keep_one_connection_both_ends_agree_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with idle_closing(2, timeout=60) as (a, b):  # the closer runs every 15 s
+        await crossed_dials(a, b)
+        if connections(a, b) < 2:
+            pytest.skip("the dials did not cross this time")  # not seen on loopback
+        await close_duplicates_at_once(a, b)
+        await wait_until(lambda: connections(a, b) == connections(b, a) == 1, "one each")
+        assert a.stats.duplicate_connections_closed == b.stats.duplicate_connections_closed == 1
+        await trio.sleep(0.5)  # and it stays so
+        assert connections(a, b) == connections(b, a) == 1
+        await a.send(b.local_id, b"over the one kept")
+        assert (await recv(b)).data == b"over the one kept"
+        assert a.stats.dial_failures == b.stats.dial_failures == 0
+
+    # Planted bug: each end keeps the connection it dialled itself, so each
+    # closes the other's: no connection is left.
+    monkeypatch.setattr(Libp2pTransport, "_kept_direction", lambda self, peer: "OUTBOUND")
+    async with idle_closing(2, timeout=60) as (a, b):
+        await crossed_dials(a, b)
+        if connections(a, b) < 2:
+            pytest.skip("the dials did not cross this time")
+        await close_duplicates_at_once(a, b)
+        await wait_until(lambda: connections(a, b) == connections(b, a) == 0, "none left")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import libp2p.stream_muxer.yamux.yamux as yamux_module
 import multiaddr
 import trio
 from libp2p import new_host
@@ -43,11 +44,24 @@ GOSSIP_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
 # operator's own setting wins.
 YAMUX_TUNING = {"PY_YAMUX_RELEASE_ON_READ": "0"}
 
+# py-libp2p 0.8.1's yamux pings every connection every 30 s (both ends) only to
+# measure the RTT its window tuning reads; the ping neither detects nor closes a
+# dead connection.  At 40-100 idle peers those pings (each a Noise-encrypted
+# write and read at both ends, plus trio wake-ups) were a large part of a
+# node's idle CPU (issue 16, py-spy).  The first ping, 0.5 s after the
+# connection opens, still gives the estimate; later ones refresh it rarely.
+YAMUX_RTT_INTERVAL = 600  # seconds (py-libp2p: 30)
+
+
+def _tune_yamux_rtt() -> None:
+    yamux_module.RTT_MEASURE_INTERVAL = YAMUX_RTT_INTERVAL  # read at each loop turn
+
 
 def build_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> Any:
     for name, value in YAMUX_TUNING.items():
         os.environ.setdefault(name, value)
-    return new_host(
+    _tune_yamux_rtt()
+    host = new_host(
         key_pair=key_pair,
         # 0.8.1 offers Noise, TLS, SECIO *and plaintext* by default, with Mplex
         # as muxer fallback: allow only the standard Noise + Yamux, so no peer
@@ -68,6 +82,24 @@ def build_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> Any:
             min_connections=0,
         ),
     )
+    _disable_auto_connect(host)
+    return host
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+def _disable_auto_connect(host: Any) -> None:
+    """Turn off py-libp2p 0.8.1's auto-connector.  While a host holds fewer
+    than (low + high watermark) / 2 = 200 connections it dials every peer of
+    its peerstore (each peer it ever connected to, learnt by identify or by
+    gossipsub's peer exchange) every 30 s and after every disconnect.  So every
+    node ended up connected to every node it had heard of, and a connection
+    closed as idle came back at once, for a dial that costs both ends ~54 ms
+    of CPU (issue 16).  p2pnode dials on demand: a send to a peer whose
+    connection is gone redials it (``Libp2pTransport._ensure_connected``)."""
+    host.get_network().auto_connector.maybe_connect = _no_auto_connect
 
 
 def build_pubsub(
