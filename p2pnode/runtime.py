@@ -14,7 +14,11 @@ Shape of a running node (one nursery, fixed number of long-lived tasks)::
 
 Only the consumer calls ``core.handle``, and it finishes executing one batch of
 actions before taking the next event, so the core is never re-entered and a
-batch's effects are never interleaved with the next event's.
+batch's effects are never interleaved with the next event's.  Group commit:
+items already waiting in the queue when the consumer takes one are handed to
+the core together, in order, and their records written as one batch before the
+effects of any of them run, in order (``_process_group``); a lone item goes
+alone, without waiting for company.
 
 Durability rule: all ``Persist`` actions of one batch are applied first, as one
 atomic ``store.apply``, and must succeed before any other action of the batch
