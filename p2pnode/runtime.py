@@ -429,6 +429,11 @@ class NodeRuntime:
             step = self._handle(item)
             if step is None:
                 continue
+            if not steps and not any(isinstance(a, Persist) for a in step.actions):
+                # Nothing before it waits for a commit and it writes nothing:
+                # it runs at once, exactly as item by item (no added latency).
+                await self._finish([step])
+                continue
             if index < last and step.actions:
                 step = attrs.evolve(step, actions=self._apply_timers(step.actions))
             steps.append(step)

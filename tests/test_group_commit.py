@@ -58,10 +58,12 @@ class GatedStore(SqliteStore):
 
 
 def _script(event: Event, now: float) -> Sequence[Action]:
-    """A frame or a submit writes a record named after it, then sends it and
-    notifies; a submit of job "refused" is refused by the core."""
+    """A frame or a submit writes a record named after it (frames "free...":
+    none), then sends it and notifies; a submit of job "refused" is refused."""
     if isinstance(event, MessageReceived):
         name = event.data.decode()
+        if name.startswith("free"):  # writes nothing
+            return [Send("p", event.data), Notify("seen", {"n": name})]
         return [Persist("t", name, {"v": 1}), Send("p", event.data), Notify("seen", {"n": name})]
     if isinstance(event, SubmitJob):
         if event.job_id == "refused":
@@ -115,6 +117,9 @@ async def _run_group(
     return log, runtime, store, replies
 
 
+_COMMIT_OR_SEND = ("commit", "send-start")
+
+
 def _commits(log: list[Any]) -> list[list[str]]:
     return [entry[1] for entry in log if entry[0] == "commit"]
 
@@ -138,6 +143,18 @@ async def test_queued_items_share_one_commit_before_any_of_their_effects(
     assert [n.data for n in replies["j1"]] == [{"n": "j1"}]
     with SqliteStore(store.path) as reopened:
         assert set(reopened.load()["t"]) == {"gate", *frames, "j1"}
+
+
+async def test_record_less_items_at_the_head_of_a_group_go_out_before_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Items that write nothing, with nothing before them waiting for a
+    commit, run at once as item by item; from the first item with records on,
+    the rest of the group waits for the group's one commit."""
+    log, _, _, _ = await _run_group(tmp_path, ["free1", "free2", "a", "free3", "b"])
+    assert _commits(log) == [["gate"], ["a", "b"]]
+    order = [e[0] if e[0] == "commit" else e[2].decode() for e in log if e[0] in _COMMIT_OR_SEND]
+    assert order == ["commit", "gate", "free1", "free2", "commit", "a", "free3", "b"]
 
 
 async def test_a_group_is_at_most_group_limit_items(tmp_path: Path) -> None:
