@@ -139,11 +139,24 @@ async def run_job(
     return JobTiming((end - t0) * 1000, granted, state, reason)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (its children not
+    included: a job's own process is not the node's cost)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def cluster_stats(nodes: list[ServeNode]) -> dict[str, float]:
-    """Frames sent by all nodes' protocol cores, by type, plus transport counters."""
+    """Frames sent by all nodes' protocol cores, by type, plus transport
+    counters, store commits (``_store_commits``; 0 from a node that predates
+    the counter) and the serve processes' CPU seconds (``_cpu_s``)."""
     totals: dict[str, float] = {}
     for node in nodes:
+        if node.proc is not None:
+            totals["_cpu_s"] = totals.get("_cpu_s", 0) + process_cpu_s(node.proc.pid)
         stats = await node.client.call("stats")
+        commits = stats.get("store", {}).get("commits", 0)
+        totals["_store_commits"] = totals.get("_store_commits", 0) + commits
         for kind, count in stats["sent_by_type"].items():
             totals[kind] = totals.get(kind, 0) + count
         totals["_frames"] = totals.get("_frames", 0) + stats["frames_sent"]
@@ -367,6 +380,13 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             burst_frames.get("_transport_published", 0),
         ),
         failed=[attrs.asdict(t) for t in failed],
+        # Store commits and serve-process CPU per job (all nodes, over each
+        # phase): what group commit saves under load.
+        seq_commits_per_job=seq_frames.get("_store_commits", 0) / max(1, args.jobs),
+        burst_commits_per_job=burst_frames.get("_store_commits", 0) / max(1, args.concurrent),
+        seq_node_cpu_ms_per_job=seq_frames.get("_cpu_s", 0) * 1000 / max(1, args.jobs),
+        burst_node_cpu_ms_per_job=burst_frames.get("_cpu_s", 0) * 1000 / max(1, args.concurrent),
+        load_after=os.getloadavg()[0],
     )
     out["goals"] = goals(out)
     return out
@@ -481,6 +501,16 @@ def report(r: dict[str, Any]) -> None:
             "cluster throughput",
             f"{r['throughput_jobs_per_s']:.1f} jobs/s",
             f"{r['concurrent']} jobs in {r['throughput_elapsed_s']:.1f} s over {r['nodes']} owners",
+        ],
+        [
+            "store commits per job",
+            f"{r['burst_commits_per_job']:.1f} concurrent",
+            f"sequential: {r['seq_commits_per_job']:.1f} (all nodes; group commit under load)",
+        ],
+        [
+            "node CPU per job (serve processes)",
+            f"{r['burst_node_cpu_ms_per_job']:.1f} ms concurrent",
+            f"sequential: {r['seq_node_cpu_ms_per_job']:.1f} ms (utime + stime, all nodes)",
         ],
         [
             "messages per job (sequential)",

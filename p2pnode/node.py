@@ -595,6 +595,8 @@ class Node:
                     "running": self._runtime.executions_running,
                     **self._runtime.execution_stats.to_json(),
                 },
+                # Since issue 16: store batches committed (group commit).
+                "store": {"commits": self._runtime.commits},
             }
         )
 

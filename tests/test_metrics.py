@@ -164,6 +164,8 @@ async def test_a_job_moves_jobs_executions_durations_leases_and_messages(tmp_pat
         assert stats.frames_received == sum(stats.received_by_type.values()) > 0
         assert owner.stats().jobs_by_kind == {"batch": {"completed": 1}}
         assert owner.stats().leases["renewals"] == value(mine, "p2pnode_lease_renewals_total")
+        # Since issue 16: the store's commits (the owner wrote its job).
+        assert owner.stats().to_json()["store"]["commits"] >= 1
 
 
 async def write_garbage(node: Node) -> str:

@@ -731,9 +731,11 @@ async def test_sqlite_writes_share_one_writer_thread_that_ends_with_the_run(
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             assert len(_writer_threads()) == 1
-            for name in ("a", "b", "c"):
+            # One at a time: frames queued together would share one commit
+            # (group commit, tests/test_group_commit.py).
+            for count, name in enumerate(("a", "b", "c"), start=1):
                 transport.deliver(name.encode())
-            await wait_until(lambda: len(transport.sent) == 3, timeout=30)
+                await wait_until(lambda n=count: len(transport.sent) == n, timeout=30)
             nursery.cancel_scope.cancel()
         assert len(store.threads) == 3 and len(set(store.threads)) == 1
         assert store.threads[0] != threading.get_ident()
