@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import math
-import threading
 import typing
 from collections.abc import Callable, Hashable
 from typing import Any, Final
@@ -774,7 +773,7 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             rej.path.append(codec.tag)
         raise LocalProtocolError(f"cannot encode: {rej.describe()}") from None
     try:
-        data: bytes = _packer().pack(frame)
+        data: bytes = msgpack.packb(frame, use_bin_type=True)
     except Exception as exc:  # e.g. a lone surrogate in a str (not UTF-8 encodable)
         raise LocalProtocolError(f"cannot encode {codec.tag}: {exc}") from exc
     if len(data) > MAX_FRAME:
@@ -782,20 +781,6 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             f"cannot encode {codec.tag}: frame of {len(data)} bytes > {MAX_FRAME}"
         )
     return data
-
-
-_local = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's Packer: ``msgpack.packb`` builds (and allocates the
-    buffer of) a new one per call, a third of packing a small frame.  A Packer
-    resets its buffer after each ``pack``, failed ones included."""
-    try:
-        packer: msgpack.Packer = _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer
 
 
 # --- message ids and dedupe -----------------------------------------------------

@@ -108,6 +108,12 @@ class Directory:
         # that changed (a full view churns with each newcomer's hello, so
         # rebuilding every signature's list made each auction scan the view).
         self._matching: dict[tuple[Any, ...], _Matching] = {}
+        # The view's ids in order of last_seen (oldest first), so that evicting
+        # the oldest looks at the first entries only, not the whole view: each
+        # entry moves to the end when heard.  ``now`` never goes back in a
+        # core; if it ever did, the order is abandoned for a full scan.
+        self._recent: dict[str, None] = {}
+        self._recent_sorted = True
 
     def has_executor(self, engine: str) -> bool:
         """Whether any node in the view (this one included) enables ``engine``."""
@@ -132,12 +138,15 @@ class Directory:
                 if entry.info != info:
                     entry.info = info
                     self._rematch(info.node_id, info)
-                entry.last_seen = max(entry.last_seen, now)
+                if now > entry.last_seen:
+                    self._heard(info.node_id, entry, now)
                 entry.confirmed = True
             return False
         if not direct and len(self.peers) >= self.view_size:
             return False  # a full view takes newcomers only first-hand: no churn by hearsay
-        self.peers[info.node_id] = PeerEntry(info=info, last_seen=now, confirmed=direct)
+        entry = PeerEntry(info=info, last_seen=now, confirmed=direct)
+        self.peers[info.node_id] = entry
+        self._heard(info.node_id, entry, now)
         self._rematch(info.node_id, info)
         if len(self.peers) > self.view_size:
             self._evict_oldest(keep=info.node_id)
@@ -149,8 +158,18 @@ class Directory:
 
     def touch(self, node_id: str, now: float) -> None:
         entry = self.peers.get(node_id)
-        if entry is not None:
-            entry.last_seen = now
+        if entry is not None and entry.last_seen != now:
+            self._heard(node_id, entry, now)
+
+    def _heard(self, node_id: str, entry: PeerEntry, now: float) -> None:
+        """``entry`` was heard at ``now``: its last_seen and its place in
+        the recency order (the end)."""
+        entry.last_seen = now
+        recent = self._recent
+        recent.pop(node_id, None)
+        if recent and now < self.peers[next(reversed(recent))].last_seen:
+            self._recent_sorted = False  # time went back: no order to trust
+        recent[node_id] = None
 
     def expire(self, now: float, max_age: float, keep: Iterable[str] = ()) -> list[str]:
         """Drop entries silent for more than ``max_age`` (but those in ``keep``):
@@ -173,6 +192,7 @@ class Directory:
         entry = self.peers.pop(node_id, None)
         if entry is None:
             return False
+        del self._recent[node_id]
         self._rematch(node_id, None)
         self.departed[node_id] = Departed(entry.info, entry.last_seen, now, reason)
         if len(self.departed) > self.view_size:
@@ -181,13 +201,29 @@ class Directory:
         return True
 
     def _evict_oldest(self, keep: str) -> None:
-        # The oldest entry but ``keep`` (the newcomer).  One C-level pass; the
-        # newcomer is the oldest only if every entry was heard at this instant.
-        oldest = min(self.peers.values(), key=_AGE)
-        if oldest.info.node_id == keep:
-            oldest = min((e for n, e in self.peers.items() if n != keep), key=_AGE)
-        del self.peers[oldest.info.node_id]
-        self._rematch(oldest.info.node_id, None)
+        """Drop the least recently heard entry but ``keep`` (the newcomer);
+        ties by id."""
+        peers = self.peers
+        victim: str | None = None
+        if self._recent_sorted:
+            # The recency order holds the oldest first: the first entry's
+            # last_seen is the oldest, and its ties follow it.
+            oldest_seen = 0.0
+            for node_id in self._recent:
+                if node_id == keep:
+                    continue
+                seen = peers[node_id].last_seen
+                if victim is None:
+                    oldest_seen, victim = seen, node_id
+                elif seen != oldest_seen:
+                    break
+                elif node_id < victim:
+                    victim = node_id
+        if victim is None:  # (time went back once: scan the view)
+            victim = min((e for n, e in peers.items() if n != keep), key=_AGE).info.node_id
+        del peers[victim]
+        del self._recent[victim]
+        self._rematch(victim, None)
 
     def _rematch(self, node_id: str, info: NodeInfo | None) -> None:
         """Peer ``node_id`` joined the view, changed (``info``) or left it

@@ -146,3 +146,33 @@ def test_a_task_that_cannot_be_keyed_exactly_is_validated_each_time(counted: lis
         with contextlib.suppress(SpecValidationError):
             spec_memo.check_task(task)
     assert len(counted) == 2
+
+
+@pytest.mark.parametrize(("seed", "backwards"), [(s, b) for s in range(4) for b in (False, True)])
+def test_a_full_view_evicts_what_a_from_scratch_scan_evicts(seed: int, backwards: bool) -> None:
+    """Oldest last_seen first, ties by id, never the newcomer; also if the
+    clock ever went back (the recency order is then abandoned for a scan)."""
+    rng = random.Random(seed)
+    d = Directory(_info(rng, "me"), view_size=6, rng=random.Random(seed))
+    ids = [f"p{i:02d}" for i in range(20)]
+    now = 0.0
+    for step in range(500):
+        step_back = backwards and rng.random() < 0.05
+        now = max(0.0, now - 2.0) if step_back else now + rng.choice([0.0, 0.0, 0.5, 2.0])
+        peer = rng.choice(ids)
+        op = rng.random()
+        if op < 0.5:
+            full_newcomer = peer not in d.peers and len(d.peers) >= d.view_size \
+                and peer not in d.departed
+            before = {n: e.last_seen for n, e in d.peers.items()}
+            d.upsert(NodeInfo(node_id=peer), now, direct=True)
+            if full_newcomer:
+                victim = min(before, key=lambda n: (before[n], n))
+                assert victim not in d.peers and peer in d.peers, f"step {step}"
+                assert set(d.peers) == (set(before) - {victim}) | {peer}
+        elif op < 0.8:
+            d.touch(peer, now)
+        elif op < 0.9:
+            d.upsert(NodeInfo(node_id=peer), now, direct=False)
+        else:
+            d.remove(peer, now, "said goodbye")
