@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -35,11 +37,24 @@ sys.path.insert(0, str(REPO))  # run as a script: make the repo's packages impor
 def run_size(nodes: int, jobs: int, seed: int, loss: float, workload: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "simnet", "run", "--nodes", str(nodes), "--jobs", str(jobs),
            "--seed", str(seed), "--loss", str(loss), "--workload", workload, "--output", "json"]
+    before = _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode not in (0, 1) or not proc.stdout.strip():
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
     report: dict[str, Any] = json.loads(proc.stdout)
+    # CPU seconds of the whole subprocess (imports and setup included): on a
+    # shared machine a steadier measure than wall time (printed beside it).
+    report["bench_cpu_seconds"] = _children_cpu() - before
     return report
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f}"
 
 
 def _relay_factory(cls: Any, i: int) -> Any:
@@ -48,6 +63,11 @@ def _relay_factory(cls: Any, i: int) -> Any:
 
 def raw_engine_baseline(messages: int = 300_000) -> float:
     """Microseconds per delivered message through engine + network alone."""
+    return raw_engine_baseline_cpu(messages)[0]
+
+
+def raw_engine_baseline_cpu(messages: int = 300_000) -> tuple[float, float]:
+    """(wall, CPU) microseconds per delivered message through engine + network alone."""
     from protocols.events import Action, Event, MessageReceived, Send, Started
     from simnet.engine import Engine
     from simnet.network import NetConfig
@@ -71,10 +91,11 @@ def raw_engine_baseline(messages: int = 300_000) -> float:
         eng.add_node(f"r{i}", _relay_factory(Relay, i))
     for i in range(n):
         eng.start_node(i)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     eng.run(stop=lambda: eng.stats.delivered >= messages)
-    wall = time.perf_counter() - t0
-    return wall / max(1, eng.stats.delivered) * 1e6
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    delivered = max(1, eng.stats.delivered)
+    return wall / delivered * 1e6, cpu / delivered * 1e6
 
 
 def main() -> None:
@@ -95,8 +116,9 @@ def main() -> None:
 
 
 def bench_workload(args: argparse.Namespace, workload: str) -> None:
-    raw_us = raw_engine_baseline()
-    print(f"raw engine baseline: {raw_us:.2f} us per delivered message (null core)")
+    raw_us, raw_cpu_us = raw_engine_baseline_cpu()
+    print(f"raw engine baseline: {raw_us:.2f} us per delivered message (null core; "
+          f"CPU {raw_cpu_us:.2f} us; {_load()})")
     header = (f"{'nodes':>6} {'jobs':>6} {'wall s':>8} {'jobs/s':>8} {'msg/job':>8} "
               f"{'job-path':>8} {'us/msg':>7} {'x raw':>6} {'peak MB':>8} {'lost':>5} "
               f"{'viol':>5}")
@@ -119,6 +141,7 @@ def bench_workload(args: argparse.Namespace, workload: str) -> None:
         print(f"messages/job N=1000 / N=100: {ratio:.2f}x total, {ratio_job:.2f}x job path "
               f"(goal <= 2x: {verdict})")
     print_core_goals(rows, raw_us, workload)
+    print_cpu_ratios(rows, raw_cpu_us)
     if 1000 in rows:
         r = rows[1000]
         ok = r["wall_seconds"] <= 60 and r["peak_memory_mb"] <= 1024
@@ -158,6 +181,16 @@ def print_core_goals(rows: dict[int, dict[str, Any]], raw_us: float, workload: s
     if goal is not None and r["jobs"] == 10_000:
         print(f"1,000 nodes x 10,000 jobs {workload}: {r['wall_seconds']:.1f} s "
               f"(goal <= {goal:g} s: {_verdict(r['wall_seconds'] <= goal)})")
+
+
+def print_cpu_ratios(rows: dict[int, dict[str, Any]], raw_cpu_us: float) -> None:
+    """The same per-message ratio in CPU time (the subprocess's whole CPU,
+    imports included, over the null core's): steadier than wall time when
+    other work shares the machine."""
+    for n, r in rows.items():
+        cpu_us = r["bench_cpu_seconds"] / max(1, int(r["messages_delivered"])) * 1e6
+        print(f"N={n}: {r['bench_cpu_seconds']:.1f} s CPU, {cpu_us:.1f} us CPU per message, "
+              f"{cpu_us / raw_cpu_us:.1f}x the null core's CPU ({_load()})")
 
 
 if __name__ == "__main__":

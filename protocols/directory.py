@@ -20,6 +20,7 @@ A peer that says goodbye is dropped at once, one silent past
 
 from __future__ import annotations
 
+import operator
 import random
 import zlib
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,11 @@ from protocols.units import human_size
 
 SUSPECT_AFTER = 1.5  # heartbeats (Timings.peer_heartbeat) of silence: "suspect"
 ALIVE, SUSPECT, GONE = "alive", "suspect", "gone"
+# Requirement signatures whose matching peers are kept up to date (beyond
+# this, the cache starts over: a view change updates every kept signature).
+MAX_SIGNATURES = 64
+# The eviction order: least recently heard first, ties by id.
+_AGE = operator.attrgetter("last_seen", "info.node_id")
 
 
 @attrs.define
@@ -98,8 +104,16 @@ class Directory:
         self.peers: dict[str, PeerEntry] = {}
         self.departed: dict[str, Departed] = {}  # said goodbye (at most view_size kept)
         # Who can run what, per requirement signature: asked at every auction,
-        # changed only when the view does.
-        self._matching: dict[tuple[Any, ...], list[tuple[str, bytes]]] = {}
+        # changed only when the view does, and then updated for the one entry
+        # that changed (a full view churns with each newcomer's hello, so
+        # rebuilding every signature's list made each auction scan the view).
+        self._matching: dict[tuple[Any, ...], _Matching] = {}
+        # The view's ids in order of last_seen (oldest first), so that evicting
+        # the oldest looks at the first entries only, not the whole view: each
+        # entry moves to the end when heard.  ``now`` never goes back in a
+        # core; if it ever did, the order is abandoned for a full scan.
+        self._recent: dict[str, None] = {}
+        self._recent_sorted = True
 
     def has_executor(self, engine: str) -> bool:
         """Whether any node in the view (this one included) enables ``engine``."""
@@ -123,14 +137,17 @@ class Directory:
             if direct:
                 if entry.info != info:
                     entry.info = info
-                    self._matching.clear()
-                entry.last_seen = max(entry.last_seen, now)
+                    self._rematch(info.node_id, info)
+                if now > entry.last_seen:
+                    self._heard(info.node_id, entry, now)
                 entry.confirmed = True
             return False
         if not direct and len(self.peers) >= self.view_size:
             return False  # a full view takes newcomers only first-hand: no churn by hearsay
-        self.peers[info.node_id] = PeerEntry(info=info, last_seen=now, confirmed=direct)
-        self._matching.clear()
+        entry = PeerEntry(info=info, last_seen=now, confirmed=direct)
+        self.peers[info.node_id] = entry
+        self._heard(info.node_id, entry, now)
+        self._rematch(info.node_id, info)
         if len(self.peers) > self.view_size:
             self._evict_oldest(keep=info.node_id)
         return True
@@ -141,8 +158,18 @@ class Directory:
 
     def touch(self, node_id: str, now: float) -> None:
         entry = self.peers.get(node_id)
-        if entry is not None:
-            entry.last_seen = now
+        if entry is not None and entry.last_seen != now:
+            self._heard(node_id, entry, now)
+
+    def _heard(self, node_id: str, entry: PeerEntry, now: float) -> None:
+        """``entry`` was heard at ``now``: its last_seen and its place in
+        the recency order (the end)."""
+        entry.last_seen = now
+        recent = self._recent
+        recent.pop(node_id, None)
+        if recent and now < self.peers[next(reversed(recent))].last_seen:
+            self._recent_sorted = False  # time went back: no order to trust
+        recent[node_id] = None
 
     def expire(self, now: float, max_age: float, keep: Iterable[str] = ()) -> list[str]:
         """Drop entries silent for more than ``max_age`` (but those in ``keep``):
@@ -165,7 +192,8 @@ class Directory:
         entry = self.peers.pop(node_id, None)
         if entry is None:
             return False
-        self._matching.clear()
+        del self._recent[node_id]
+        self._rematch(node_id, None)
         self.departed[node_id] = Departed(entry.info, entry.last_seen, now, reason)
         if len(self.departed) > self.view_size:
             oldest = min(self.departed.values(), key=lambda d: (d.left_at, d.info.node_id))
@@ -173,12 +201,40 @@ class Directory:
         return True
 
     def _evict_oldest(self, keep: str) -> None:
-        oldest = min(
-            (e for n, e in self.peers.items() if n != keep),
-            key=lambda e: (e.last_seen, e.info.node_id),
-        )
-        del self.peers[oldest.info.node_id]
-        self._matching.clear()
+        """Drop the least recently heard entry but ``keep`` (the newcomer);
+        ties by id."""
+        peers = self.peers
+        victim: str | None = None
+        if self._recent_sorted:
+            # The recency order holds the oldest first: the first entry's
+            # last_seen is the oldest, and its ties follow it.
+            oldest_seen = 0.0
+            for node_id in self._recent:
+                if node_id == keep:
+                    continue
+                seen = peers[node_id].last_seen
+                if victim is None:
+                    oldest_seen, victim = seen, node_id
+                elif seen != oldest_seen:
+                    break
+                elif node_id < victim:
+                    victim = node_id
+        if victim is None:  # (time went back once: scan the view)
+            victim = min((e for n, e in peers.items() if n != keep), key=_AGE).info.node_id
+        del peers[victim]
+        del self._recent[victim]
+        self._rematch(victim, None)
+
+    def _rematch(self, node_id: str, info: NodeInfo | None) -> None:
+        """Peer ``node_id`` joined the view, changed (``info``) or left it
+        (None): update its place in every cached matching list."""
+        if len(self._matching) > MAX_SIGNATURES:
+            self._matching.clear()
+        for m in self._matching.values():
+            if info is not None and can_run(info, m.labels, m.engine, m.cpu, m.memory):
+                m.nodes[node_id] = node_id.encode()
+            else:
+                m.nodes.pop(node_id, None)
 
     def sample(self, k: int, exclude: str = "") -> list[NodeInfo]:
         """Up to ``k`` random entries (ourselves included) for a Peers answer."""
@@ -208,22 +264,38 @@ class Directory:
         the picked ids and how many matching peers the view holds in total.
         """
         signature = (tuple(sorted(labels.items())), engine, cpu, memory)
-        matching = self._matching.get(signature)
-        if matching is None:
+        cached = self._matching.get(signature)
+        if cached is None:
             infos = [self.me, *(e.info for e in self.peers.values())]
-            matching = [
-                (i.node_id, i.node_id.encode())
+            cached = _Matching(dict(labels), engine, cpu, memory, {
+                i.node_id: i.node_id.encode()
                 for i in infos
                 if can_run(i, labels, engine, cpu, memory)
-            ]
-            self._matching[signature] = matching
+            })
+            self._matching[signature] = cached
+        matching = cached.nodes
         if count <= 0:
             return [], len(matching)
-        prefix = key.encode() + b"|"
+        # Rendezvous order, peers to avoid last; ties (never in practice) by
+        # id.  crc32(prefix + id) == crc32(id, crc32(prefix)).
+        crc32 = zlib.crc32
+        start = crc32(key.encode() + b"|")
         avoid_set = set(avoid)
-        # Rendezvous order, peers to avoid last; ties (never in practice) by id.
-        ranked = sorted(
-            matching,
-            key=lambda m: (m[0] in avoid_set, zlib.crc32(prefix + m[1]), m[0]),
-        )
-        return [node_id for node_id, _ in ranked[:count]], len(matching)
+        if avoid_set:
+            ranked = sorted(
+                [(n in avoid_set, crc32(b, start), n) for n, b in matching.items()]
+            )
+            return [r[2] for r in ranked[:count]], len(matching)
+        plain = sorted([(crc32(b, start), n) for n, b in matching.items()])
+        return [r[1] for r in plain[:count]], len(matching)
+
+
+@attrs.define
+class _Matching:
+    """The peers (and maybe this node) that can run tasks of one signature."""
+
+    labels: dict[str, str]
+    engine: str
+    cpu: float
+    memory: int
+    nodes: dict[str, bytes]  # node id -> its encoded id (the rendezvous hash input)

@@ -60,7 +60,8 @@ from protocols.messages import (
     ResultAck,
 )
 from protocols.outbox import Outbox
-from protocols.spec import SpecValidationError, validate_task
+from protocols.spec import SpecValidationError
+from protocols.spec.memo import check_task
 from protocols.states import ExecEvent, ExecState, check_exec_transition, exec_accepts
 from protocols.timers import (
     BID,
@@ -173,9 +174,10 @@ class Holder:
     def _checked_unit(self, sender: str, task: dict[str, Any]) -> WorkUnit:
         """The task of a grant, validated as strictly as a local spec before it
         may run.  (Asks are only read: validation costs ~60 us and most asks
-        never turn into a grant.)"""
+        never turn into a grant.  A task validated before is not validated
+        again: protocols/spec/memo.py.)"""
         try:
-            validate_task(task, canonical=True)
+            check_task(task)
         except SpecValidationError as exc:
             errors = "; ".join(str(e) for e in exc.errors[:5])
             raise RemoteProtocolError(f"invalid task from {sender}: {errors}") from None

@@ -422,7 +422,8 @@ class NodeCore:
         new = self.directory.upsert(info, self.out.now, direct=direct)
         if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
             self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
-        if new or (known is not None and known.info != info):
+        # (After a direct upsert the entry holds ``info`` or its equal: no compare.)
+        if new or (not direct and known is not None and known.info != info):
             self._view_version += 1
         return new
 
