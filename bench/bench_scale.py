@@ -376,9 +376,10 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         out["join_s"] = joined
         out["join_start_s"] = started
         out["join_view"] = jsizes[0] if jsizes else None
+        answered = out["join_view"] is not None
+        view = f"view {out['join_view']}" if answered else "its control socket did not answer"
         print(
-            f"  joiner knows {min(VIEW_SIZE, n)} peers after {fmt(joined, 's')}"
-            f" (view {out['join_view']}; None: it did not answer)",
+            f"  joiner knows {min(VIEW_SIZE, n)} peers after {fmt(joined, 's')} ({view})",
             flush=True,
         )
 
@@ -437,10 +438,11 @@ def goals(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def report(r: dict[str, Any]) -> None:
     c = r["cluster"]
     bare = r["bare_hosts"]
-    idle = c["idle_cpu_pct"]["mean"]
+    goal = r.get("goals") or goals(r)  # the same values the JSON carries
+    idle = goal["idle_cpu_pct_per_process"]["value"]
     lib = bare["cpu_pct"]["mean"] if bare else math.nan
-    lost = c["one_owner"]["lost"] + c["several_owners"]["lost"]
-    speedup = c["several_owners"]["jobs_per_s"] / c["one_owner"]["jobs_per_s"]
+    lost = goal["jobs_lost"]["value"]
+    speedup = goal["several_owners_vs_one_jobs_per_s"]["value"]
     rows = [
         [
             "joiner knows min(view_size, N) peers",
