@@ -20,12 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocols import codec
-from protocols.events import ExecutionFinished, Persist, Send, SubmitJob
-from protocols.messages import HandoverAccept
+from protocols.events import ExecutionFinished, SubmitJob
 from protocols.signing import SimKeyring
 from tests.protonet import ProtoNet
-from tests.test_chain_core import FAST, NODES, chain_spec, stage_runs
+from tests.test_chain_core import FAST, NODES, accepts_behind_a_write, chain_spec, stage_runs
 
 
 def main() -> None:
@@ -57,15 +55,7 @@ def main() -> None:
     cpu = time.process_time() - cpu0
     log = net.core("a").describe("cz")["chain"]
     handovers = sum(1 for r in log["records"][1:] if r["from"] != r["to"])
-    accepts = behind = 0
-    for _node, actions in net.actions:
-        sent = [
-            a
-            for a in actions
-            if isinstance(a, Send) and isinstance(codec.decode(a.data).message, HandoverAccept)
-        ]
-        accepts += len(sent)
-        behind += bool(sent) and any(isinstance(a, Persist) for a in actions)
+    accepts, behind = accepts_behind_a_write(net)
     print(
         f"{args.stages} stages, {handovers} remote handovers{' (polled)' if args.poll else ''}: "
         f"{verified[0] / max(handovers, 1):.1f} verifications per handover; "
