@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import struct
 import subprocess
@@ -156,15 +157,38 @@ async def worker_p2p(index: int, rounds: int, size: int, frames: int = 0) -> Non
         other = await t.connect(peers[1])
         payload = b"p" * size
         rtts = []
+        cpu_rounds = 0.0
         for i in range(rounds + 20):
+            if i == 20:
+                cpu_rounds = _cpu_s()
             t0 = time.perf_counter()
             await t.send(other, payload)
             with trio.fail_after(10):
                 await t.receive()
             if i >= 20:  # warm-up: first dial, stream setup
                 rtts.append((time.perf_counter() - t0) * 1000)
+        # One frame in flight: every frame pays a whole wake-up, read and
+        # decrypt of its own, as a sparse cluster's frames do.
+        cpu_rounds = (_cpu_s() - cpu_rounds) * 1000 / max(1, rounds)
+        cpu0 = _cpu_s()
         rates = [await flood(t, other, frames, 64, size) for _ in range(3 if frames else 0)]
-        emit({"rtts": rtts, "frames_per_s": statistics.median(rates) if rates else None})
+        # Per echoed frame this process sends one and receives one, as the
+        # echo server does: its CPU per frame is what one frame costs both
+        # ends of the stack together (send + receive), with no p2pnode core.
+        cpu_per_frame = (_cpu_s() - cpu0) * 1000 / (3 * frames) if rates else None
+        emit(
+            {
+                "rtts": rtts,
+                "frames_per_s": statistics.median(rates) if rates else None,
+                "cpu_ms_per_frame": cpu_per_frame,
+                "cpu_ms_per_frame_alone": cpu_rounds,
+            }
+        )
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- coordinator ------------------------------------------------------------
@@ -271,9 +295,14 @@ def bench_p2p(args: argparse.Namespace) -> dict[str, float]:
     finally:
         cluster.close()
     rtts = report["rtts"]
-    out = {"rtt_p50_ms": statistics.median(rtts), "rtt_p99_ms": pct(rtts, 0.99)}
+    out = {
+        "rtt_p50_ms": statistics.median(rtts),
+        "rtt_p99_ms": pct(rtts, 0.99),
+        "cpu_ms_per_frame_alone": report["cpu_ms_per_frame_alone"],
+    }
     if report["frames_per_s"] is not None:
         out["frames_per_s"] = report["frames_per_s"]
+        out["cpu_ms_per_frame"] = report["cpu_ms_per_frame"]
     return out
 
 
@@ -316,9 +345,15 @@ def main() -> None:
         )
     print("p2p frame round trip (Libp2pTransport.send, 2 processes)")
     r = results["p2p_stream"] = bench_p2p(args)
-    print(f"  stream: p50 {r['rtt_p50_ms']:.2f} ms  p99 {r['rtt_p99_ms']:.2f} ms")
+    print(
+        f"  stream: p50 {r['rtt_p50_ms']:.2f} ms  p99 {r['rtt_p99_ms']:.2f} ms,"
+        f" {r['cpu_ms_per_frame_alone']:.3f} ms CPU per frame (send + receive, one in flight)"
+    )
     if "frames_per_s" in r:
-        print(f"  stream throughput: {r['frames_per_s']:.0f} frames/s (64 in flight, echoed)")
+        print(
+            f"  stream throughput: {r['frames_per_s']:.0f} frames/s (64 in flight, echoed),"
+            f" {r['cpu_ms_per_frame']:.3f} ms CPU per frame (send + receive)"
+        )
     if args.json:
         print(json.dumps(results, indent=2))
 
