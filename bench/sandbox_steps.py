@@ -71,7 +71,9 @@ class Parts:
 
     def __init__(self, argv: list[str], bwrap: str) -> None:
         b = argv.index(bwrap)
-        self.cgroup = argv[:b]  # /bin/sh -c 'join; exec "$@"' NAME (may be empty)
+        # The shell before bwrap (cgroup join; since the wrappers were merged,
+        # also the rlimits) and, in older trees, a second one inside (rlimits).
+        self.cgroup = argv[:b]
         end = argv.index("--", b)
         self.bwrap = argv[b]
         self.ops = _ops(argv[b + 1 : end])
@@ -110,23 +112,19 @@ def _variants(p: Parts, env: dict[str, str]) -> dict[str, tuple[list[str], dict[
 
     true = ["/usr/bin/true"]
     sh = ["/bin/sh", "-c", 'exec "$@"', "x", "/usr/bin/true"]
-    usr_only = {"--ro-bind", "--symlink", "--bind"}
 
     def minimal(op: list[str]) -> bool:  # /usr and the merged-/usr symlinks only
         return (op[-2:] == ["/usr", "/usr"] or "--symlink" in op
                 or op[0].startswith("--unshare") or op[0] in ("--die-with-parent",
                 "--new-session", "--cap-drop", "--cap-add")) and "--bind" not in op
-    del usr_only
     v: dict[str, tuple[list[str], dict[str, str]]] = {
         "full": (p.build(), env),
         "bare true": (true, env),
         "one sh + true": (sh, env),
-        "cgroup sh + true": (p.cgroup + true, env),
-        "limits sh + true": (p.limits + true, env),
+        "sh before bwrap + true": (p.cgroup + true, env),
         "setpriv + true": (p.setpriv + true, env),
         "setpriv + true, LC_ALL=C": (p.setpriv + true, {**env, "LC_ALL": "C"}),
-        "full - cgroup sh": (p.build(cgroup=False), env),
-        "full - limits sh": (p.build(limits=False), env),
+        "full - sh before bwrap": (p.build(cgroup=False), env),
         "full - setpriv": (p.build(setpriv=False), env),
         "full, LC_ALL=C": (p.build(), {**env, "LC_ALL": "C"}),
         "bwrap only": (p.build(cgroup=False, limits=False, setpriv=False, command=true), env),
@@ -134,6 +132,9 @@ def _variants(p: Parts, env: dict[str, str]) -> dict[str, tuple[list[str], dict[
                                         command=true, keep=without("--unshare-net")), env),
         "bwrap - unshare-pid": (p.build(cgroup=False, limits=False, setpriv=False,
                                         command=true, keep=without("--unshare-pid")), env),
+        "bwrap - unshare ipc, uts, cgroup": (p.build(
+            cgroup=False, limits=False, setpriv=False, command=true,
+            keep=without("--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")), env),
         "bwrap - proc": (p.build(cgroup=False, limits=False, setpriv=False, command=true,
                                  keep=without("--proc")), env),
         "bwrap - dev": (p.build(cgroup=False, limits=False, setpriv=False, command=true,
@@ -153,7 +154,14 @@ def _variants(p: Parts, env: dict[str, str]) -> dict[str, tuple[list[str], dict[
     }
     v["bwrap, no namespaces, --bind / /"] = (
         [p.bwrap, "--bind", "/", "/", "--", "/usr/bin/true"], env)
-    v["one sh (limits+cgroup) + bwrap + setpriv"] = (p.build(limits=False), env)
+    if p.setpriv:  # the same uid switch by util-linux unshare (no NSS lookup)
+        uid = next(a for a in p.setpriv if a.startswith("--reuid=")).split("=")[1]
+        unshare = ["/usr/bin/unshare", "--setgid", uid, "--setuid", uid, "--"]
+        v["unshare -S -G instead of setpriv"] = (
+            p.build(setpriv=False, command=unshare + p.limits + p.command), env)
+    if p.limits:  # the older chain: a second shell inside, after setpriv
+        v["sh in the sandbox + true"] = (p.limits + true, env)
+        v["full - sh in the sandbox"] = (p.build(limits=False), env)
     return v
 
 

@@ -25,6 +25,7 @@ from p2pnode.executors import process as process_mod
 from p2pnode.executors.sandbox import (
     TASK_UID_BASE,
     TASK_UID_SPAN,
+    BwrapSandbox,
     SandboxUnavailable,
     open_sandbox,
 )
@@ -410,3 +411,35 @@ async def test_a_task_run_despite_a_failed_join_is_seen(
     )
     result = await _run_with_a_failing_join(tmp_path, monkeypatch)
     assert result.stdout_tail == "ran\n", result
+
+
+async def _capabilities(executor: ProcessExecutor) -> dict[str, str]:
+    result = await _sh(executor, "grep -E '^(Cap|NoNewPrivs)' /proc/self/status")
+    assert result.status == "succeeded", result
+    return dict(line.split(":\t") for line in result.stdout_tail.splitlines())
+
+
+async def test_a_sandboxed_task_has_no_capability_and_cannot_gain_one(tmp_path: Path) -> None:
+    """Not even an inheritable one (a root node's bwrap keeps CAP_SETUID and
+    CAP_SETGID for setpriv, inheritable included), and no_new_privs is set."""
+    status = await _capabilities(_executor(tmp_path))
+    for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[name], 16) == 0, status
+    assert status["NoNewPrivs"] == "1", status
+
+
+async def test_an_inheritable_capability_left_to_the_task_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: setpriv without ``--inh-caps=-all``."""
+    executor = _executor(tmp_path)
+    if executor.sandbox is None or executor.sandbox.setpriv is None:
+        pytest.skip("only a root node's bwrap holds capabilities for the task")
+    real = BwrapSandbox.argv
+
+    def argv(self: BwrapSandbox, **kwargs: Any) -> list[str]:
+        return [a for a in real(self, **kwargs) if a != "--inh-caps=-all"]
+
+    monkeypatch.setattr(BwrapSandbox, "argv", argv)
+    status = await _capabilities(executor)
+    assert int(status["CapInh"], 16) != 0, status
