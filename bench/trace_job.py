@@ -49,7 +49,7 @@ MILESTONES: list[tuple[str, str, str, str]] = [
     ("renew_ack to holder, execution starts", "holder", "exec-start", ""),
     ("executor: workdir + cgroup (thread trip)", "holder", "x-prep>", ""),
     ("executor: fork/exec of the wrapper", "holder", "x-spawned", ""),
-    ("child runs: sh (cgroup), bwrap, setpriv, sh, true", "holder", "x-waited", ""),
+    ("child runs: sh (cgroup, rlimits), bwrap, setpriv, true", "holder", "x-waited", ""),
     ("executor: pipes closed, outputs", "holder", "x-outputs", ""),
     ("runtime: log manifest, stats", "holder", "exec-end", ""),
     ("holder: result frame out", "holder", "send", "execution_result"),

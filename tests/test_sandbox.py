@@ -21,9 +21,11 @@ import trio
 from p2pnode.blobs import BlobStore
 from p2pnode.datadir import DataDirError, make_private
 from p2pnode.executors import ProcessExecutor, cgroups
+from p2pnode.executors import process as process_mod
 from p2pnode.executors.sandbox import (
     TASK_UID_BASE,
     TASK_UID_SPAN,
+    BwrapSandbox,
     SandboxUnavailable,
     open_sandbox,
 )
@@ -324,11 +326,120 @@ async def test_a_join_that_misses_a_hierarchy_is_seen(
     assert executor.cgroups is not None
     if len({d for _c, d in executor.cgroups.bases}) < 2:
         pytest.skip("one hierarchy (v2): nothing to miss")
-    real = cgroups.TaskCgroup.join_prefix
+    real = cgroups.TaskCgroup.join_commands
     monkeypatch.setattr(
         cgroups.TaskCgroup,
-        "join_prefix",
+        "join_commands",
         lambda self: real(attrs.evolve(self, dirs=self.dirs[:1])),
     )
     members = await _members_while_running(executor)
     assert len(members) == 2 and not all(members), members
+
+
+LIMITS_SCRIPT = "cat /proc/self/limits"
+
+
+def _limits(text: str) -> dict[str, tuple[str, str]]:
+    """/proc/self/limits: name -> (soft, hard)."""
+    limits = {}
+    for line in text.splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), *line[26:].split()[:2]
+        limits[name] = (soft, hard)
+    return limits
+
+
+async def _task_limits(executor: ProcessExecutor) -> dict[str, tuple[str, str]]:
+    result = await _sh(executor, LIMITS_SCRIPT, resources={"cpu": 0.5, "memory": 96 * MIB})
+    assert result.status == "succeeded", result
+    return _limits(result.stdout_tail)
+
+
+async def test_a_sandboxed_task_has_exactly_its_limits(tmp_path: Path) -> None:
+    """The wrapper sets the rlimits before it execs bwrap: they reach the task
+    through bwrap and setpriv, soft and hard (so it cannot raise them)."""
+    limits = await _task_limits(_executor(tmp_path, pids_limit=77, min_cpu_seconds=20))
+    assert limits["Max address space"] == (str(96 * MIB), str(96 * MIB)), limits
+    assert limits["Max cpu time"] == ("20", "25"), limits  # the floor; + the hard extra
+    assert limits["Max core file size"] == ("0", "0"), limits
+    if os.geteuid() == 0:  # a uid of its own: RLIMIT_NPROC is a per-task limit
+        assert limits["Max processes"] == ("77", "77"), limits
+
+
+async def test_limits_that_do_not_reach_the_task_are_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: a wrapper that runs no ``ulimit``."""
+    real = process_mod._wrapper_script
+    monkeypatch.setattr(process_mod, "_wrapper_script", lambda limits, join: real([":"], join))
+    limits = await _task_limits(_executor(tmp_path, pids_limit=77, min_cpu_seconds=20))
+    assert limits["Max address space"] != (str(96 * MIB), str(96 * MIB)), limits
+    assert limits["Max cpu time"] != ("20", "25"), limits
+
+
+async def _run_with_a_failing_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ExecutionFinished:
+    executor = _executor(tmp_path)
+    real = cgroups.TaskCgroup.join_commands
+
+    def failing(self: cgroups.TaskCgroup) -> str:  # a hierarchy that is gone
+        gone = self.dirs[-1].with_name("gone")
+        return real(attrs.evolve(self, dirs=(*self.dirs, gone)))
+
+    monkeypatch.setattr(cgroups.TaskCgroup, "join_commands", failing)
+    return await _sh(executor, "echo ran")
+
+
+@needs_cgroups
+async def test_a_task_whose_cgroup_join_fails_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = await _run_with_a_failing_join(tmp_path, monkeypatch)
+    assert result.status == "failed" and "gone" in result.stderr_tail, result
+    assert result.stdout_tail == "", result
+
+
+@needs_cgroups
+async def test_a_task_run_despite_a_failed_join_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: the join's failure ignored (``;``)."""
+    monkeypatch.setattr(
+        process_mod,
+        "_wrapper_script",
+        lambda limits, join: "; ".join([join, *limits]) + '; exec "$@"',
+    )
+    result = await _run_with_a_failing_join(tmp_path, monkeypatch)
+    assert result.stdout_tail == "ran\n", result
+
+
+async def _capabilities(executor: ProcessExecutor) -> dict[str, str]:
+    result = await _sh(executor, "grep -E '^(Cap|NoNewPrivs)' /proc/self/status")
+    assert result.status == "succeeded", result
+    return dict(line.split(":\t") for line in result.stdout_tail.splitlines())
+
+
+async def test_a_sandboxed_task_has_no_capability_and_cannot_gain_one(tmp_path: Path) -> None:
+    """Not even an inheritable one (a root node's bwrap keeps CAP_SETUID and
+    CAP_SETGID for setpriv, inheritable included), and no_new_privs is set."""
+    status = await _capabilities(_executor(tmp_path))
+    for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[name], 16) == 0, status
+    assert status["NoNewPrivs"] == "1", status
+
+
+async def test_an_inheritable_capability_left_to_the_task_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted bug for the test above: setpriv without ``--inh-caps=-all``."""
+    executor = _executor(tmp_path)
+    if executor.sandbox is None or executor.sandbox.setpriv is None:
+        pytest.skip("only a root node's bwrap holds capabilities for the task")
+    real = BwrapSandbox.argv
+
+    def argv(self: BwrapSandbox, **kwargs: Any) -> list[str]:
+        return [a for a in real(self, **kwargs) if a != "--inh-caps=-all"]
+
+    monkeypatch.setattr(BwrapSandbox, "argv", argv)
+    status = await _capabilities(executor)
+    assert int(status["CapInh"], 16) != 0, status

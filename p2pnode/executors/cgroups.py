@@ -19,9 +19,10 @@ children, so unless the node runs in the root cgroup (as in many containers)
 or was given a delegated subtree it has no say: :func:`detect` then returns
 ``None`` and the rlimits alone apply.  The rlimits apply in every case.
 
-A task joins its cgroup before bwrap starts: the spawned command is a
-``/bin/sh`` that moves itself into each cgroup and then execs bwrap (race-free:
-nothing is forked before it has moved).  On v1 it writes ``0`` (the writing
+A task joins its cgroup before bwrap starts: the spawned command is the
+executor's ``/bin/sh`` wrapper, which moves itself into each cgroup
+(:meth:`TaskCgroup.join_commands`), sets the rlimits and then execs bwrap
+(race-free: nothing is forked before it has moved).  On v1 it writes ``0`` (the writing
 thread itself) to ``tasks``, not its pid to ``cgroup.procs``: the kernel moves
 a whole thread group under a global lock whose write side waits for an RCU
 grace period (measured 11-12 ms per task on a 2-core host, about half of a
@@ -56,11 +57,11 @@ class TaskCgroup:
     dirs: tuple[Path, ...]
     version: int = 2  # 1: join through ``tasks`` (see the module doc)
 
-    def join_prefix(self) -> list[str]:
-        """argv prefix: move this shell into the cgroups, then exec the rest."""
+    def join_commands(self) -> str:
+        """Shell commands that move the shell running them into the cgroups
+        (``a && b``: false as soon as one move fails)."""
         join = "echo 0 > {}/tasks" if self.version == 1 else "echo $$ > {}/cgroup.procs"
-        moves = " && ".join(join.format(shlex.quote(str(d))) for d in self.dirs)
-        return ["/bin/sh", "-c", f'{moves} && exec "$@"', "p2pnode-cgroup"]
+        return " && ".join(join.format(shlex.quote(str(d))) for d in self.dirs)
 
     def out_of_memory(self) -> bool:
         for d in self.dirs:

@@ -45,6 +45,24 @@ argv (passed as ``"$@"``, never parsed by the shell).  A wrapper rather than
 ``preexec_fn`` because the node runs worker threads, and Python code between
 fork and exec can deadlock in their presence.
 
+Sandboxed, it is the one shell of the chain ``sh -> bwrap -> [setpriv ->]
+task``: it first moves itself into the execution's cgroup (``cgroups.py``; a
+failed move runs nothing), sets the limits, and execs bwrap.  rlimits are
+inherited through every exec, so the task has exactly these limits, and it
+cannot raise them (no capabilities).  bwrap and setpriv run under them too:
+
+* ``RLIMIT_NPROC`` is not checked for forks by uid 0 (bwrap, as root), and
+  ``setpriv``'s switch to the task's uid is where the count starts to apply:
+  an ``execve`` by a uid already over it fails, as any later fork does.
+* ``RLIMIT_AS`` also bounds bwrap and setpriv, which need about 4 MiB of
+  address space (a dynamically linked task needs about 3): a sandboxed task
+  with ``memory`` below that fails to start (exit 127, "error while loading
+  shared libraries" in its stderr), as any task below its own needs does.
+* ``RLIMIT_CPU`` counts per process: bwrap's two processes only wait.
+
+(It used to be a second shell inside the sandbox, after setpriv: one more
+``exec`` of ``/bin/sh`` per task, about 0.6-1 ms of CPU.)
+
 * ``RLIMIT_AS`` = ``resources.memory``.  It bounds virtual address space, which
   is stricter than resident memory: runtimes that reserve big arenas up front
   (Go, the JVM) need a larger ``memory`` than they actually touch.
@@ -202,7 +220,7 @@ class ProcessExecutor:
                 **task_env(task.env, start),
                 **p2pnode_env(start, inputs=str(seen / "inputs"), outputs=str(seen / "outputs")),
             }
-            argv = self._limits_wrapper(task, start) + list(engine.command)
+            argv = list(engine.command)
             if self.sandbox is not None:
                 argv = self.sandbox.argv(
                     workdir=work.root,
@@ -212,8 +230,9 @@ class ProcessExecutor:
                     command=argv,
                     tmp_bytes=task.resources.memory_bytes,
                 )
-            if cgroup is not None:
-                argv = cgroup.join_prefix() + argv
+            # One shell in front of it all: joins the cgroup, sets the rlimits,
+            # then execs bwrap (or, unsandboxed, the task itself).
+            argv = self._wrapper(task, start, cgroup) + argv
             out, err = TailBuffer(self.tail_bytes), TailBuffer(self.tail_bytes)
             sink = current_progress()
             parser = ProgressParser(sink) if sink is not None else None
@@ -285,8 +304,11 @@ class ProcessExecutor:
                 log.warning("no cgroup for %s (%s): rlimits only", start.execution_id, cgroup_error)
         return work, cgroup
 
-    def _limits_wrapper(self, task: TaskSpec, start: StartExecution) -> list[str]:
-        """``sh -c 'ulimit ...; exec "$@"' NAME argv...`` (see the module doc)."""
+    def _wrapper(
+        self, task: TaskSpec, start: StartExecution, cgroup: TaskCgroup | None
+    ) -> list[str]:
+        """``sh -c '[join ... || exit;] ulimit ...; exec "$@"' NAME argv...``
+        (see the module doc): a failed join runs nothing."""
         memory_kib = _clamp_kib(resource.RLIMIT_AS, task.resources.memory_bytes)
         limits = [f"ulimit -c 0; ulimit -v {memory_kib}"]
         if self.cpu_limit:
@@ -302,8 +324,8 @@ class ProcessExecutor:
         if self.sandbox is not None and self.sandbox.own_uid:
             # Counted per uid: a limit of this task only when the uid is its own.
             limits.append(f"ulimit -p {self.pids_limit}")  # dash: -p is RLIMIT_NPROC
-        script = "; ".join(limits) + '; exec "$@"'
-        return ["/bin/sh", "-c", script, _WRAPPER_NAME]
+        join = cgroup.join_commands() if cgroup is not None and cgroup.dirs else None
+        return ["/bin/sh", "-c", _wrapper_script(limits, join), _WRAPPER_NAME]
 
     async def _run_process(
         self,
@@ -449,6 +471,14 @@ def _clamp_kib(which: int, limit_bytes: int) -> int:
     if hard != resource.RLIM_INFINITY:
         limit_bytes = min(limit_bytes, hard)
     return max(1, limit_bytes // 1024)
+
+
+def _wrapper_script(limits: list[str], join: str | None) -> str:
+    """The wrapper's script: the cgroup join (if any; when it fails the shell
+    exits with its status and nothing runs), the ``ulimit`` commands, then
+    ``exec "$@"``."""
+    script = "; ".join(limits) + '; exec "$@"'
+    return script if join is None else f"{join} || exit; {script}"
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -53,11 +53,12 @@ everything it could still reach, so it matters more than the uid it sees.
 
 Limits
 ------
-Always rlimits, set by the ``/bin/sh`` wrapper inside the sandbox (see
-``process.py``): memory (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``), core
-files, and, when the task has a uid of its own (root node), the number of
-processes (``RLIMIT_NPROC`` = ``pids_limit``; it counts per uid, so it is
-only a per-task limit when the uid is the task's own).  Where the node may
+Always rlimits, set by the ``/bin/sh`` wrapper that execs bwrap and
+inherited through bwrap and setpriv (see ``process.py``): memory
+(``RLIMIT_AS``), CPU time (``RLIMIT_CPU``), core files, and, when the task
+has a uid of its own (root node), the number of processes (``RLIMIT_NPROC`` =
+``pids_limit``; it counts per uid, so it is only a per-task limit when the
+uid is the task's own).  Where the node may
 create cgroups (``cgroups.py``: v1, or v2 from the root cgroup or a
 delegated one), also a cgroup per execution: pids and memory (tmpfs pages
 included).
