@@ -56,6 +56,7 @@ from p2pnode import tracing
 from p2pnode.identity import peer_id_of
 from p2pnode.net.addrs import expand_unspecified, host_ips
 from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
+from p2pnode.net.credit import credit_per_half_window
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame, reset_quietly
 from p2pnode.net.guard import GuardLimits, PeerGuard
 from p2pnode.net.stack import (
@@ -716,6 +717,7 @@ class Libp2pTransport:
             elif open_streams > self.max_inbound_streams:
                 self.penalize(sender, "too_many_streams")
             else:
+                credit_per_half_window(stream)  # not a WINDOW_UPDATE per frame read
                 await self._read_frames(sender, stream)
         except FrameError as exc:
             self.penalize(sender, exc.reason)

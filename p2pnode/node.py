@@ -531,7 +531,7 @@ class Node:
                 while True:
                     # A watcher that falls far behind is disconnected by the
                     # runtime: then look again and watch anew.
-                    with self._runtime.watch() as events:
+                    with self._runtime.watch(job_id=job_id) as events:
                         if self.describe(job_id).terminal:
                             return self.describe(job_id)
                         if not self._runtime.running:

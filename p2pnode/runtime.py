@@ -120,6 +120,11 @@ NodeStopped = NodeStoppedError
 # --- queue items ---------------------------------------------------------------
 
 
+# The job-watcher table is swept of closed watchers when it reaches this size
+# (then twice the live size): see NodeRuntime._sweep_job_watchers.
+_JOB_WATCHERS_SWEEP_MIN = 64
+
+
 @attrs.define(eq=False)
 class _Reply:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -263,6 +268,9 @@ class NodeRuntime:
         self._queue: trio.MemorySendChannel[_Item] | None = None
         self._pending: set[_Reply] = set()
         self._watchers: list[trio.MemorySendChannel[Notify]] = []
+        # job id -> watchers of that job's notifies only (``watch(job_id=...)``)
+        self._job_watchers: dict[str, list[trio.MemorySendChannel[Notify]]] = {}
+        self._job_watchers_sweep_at = _JOB_WATCHERS_SWEEP_MIN
         self._listeners: list[Callable[[Notify], None]] = []
         self._executions: dict[str, _Running] = {}
         # Finished executions by executor and outcome, with durations (metrics).
@@ -377,8 +385,13 @@ class NodeRuntime:
         """Send the answer to a peer's ``job_query``.  Same errors as ``submit``."""
         return await self._request(answer)
 
-    def watch(self, buffer: int | None = None) -> trio.MemoryReceiveChannel[Notify]:
-        """Subscribe to every ``Notify`` from now on.
+    def watch(
+        self, buffer: int | None = None, *, job_id: str | None = None
+    ) -> trio.MemoryReceiveChannel[Notify]:
+        """Subscribe to every ``Notify`` from now on, or with ``job_id`` to those
+        whose ``data["job_id"]`` is that job (a waiter on one job then costs
+        nothing for the notifies of the others: with 40 jobs waited on, each
+        notify used to wake 40 waiters).
 
         Iterate the returned channel; close it to unsubscribe.  It ends when the
         node stops.  A watcher that falls ``buffer`` notifies behind is
@@ -388,9 +401,25 @@ class NodeRuntime:
         send, receive = trio.open_memory_channel[Notify](buffer or self._watch_buffer)
         if self._stopped:
             send.close()
-        else:
+        elif job_id is None:
             self._watchers.append(send)
+        else:
+            self._job_watchers.setdefault(job_id, []).append(send)
+            if len(self._job_watchers) >= self._job_watchers_sweep_at:
+                self._sweep_job_watchers()
         return receive
+
+    def _sweep_job_watchers(self) -> None:
+        """Forget job watchers whose receiving end is closed.  A closed watcher
+        is otherwise dropped only at its job's next notify, and a finished job
+        has none.  Run when the table doubles: amortized O(1) per watch."""
+        live = {}
+        for job_id, watchers in self._job_watchers.items():
+            kept = [w for w in watchers if w.statistics().open_receive_channels]
+            if kept:
+                live[job_id] = kept
+        self._job_watchers = live
+        self._job_watchers_sweep_at = max(_JOB_WATCHERS_SWEEP_MIN, 2 * len(live))
 
     # --- the consumer ----------------------------------------------------------
 
@@ -590,7 +619,20 @@ class NodeRuntime:
         events_log.log(level, "%s %s %s", self._local_id(), action.kind, action.data)
         for listener in self._listeners:
             listener(action)
-        for watcher in list(self._watchers):
+        if self._watchers:
+            self._offer(self._watchers, action)
+        if self._job_watchers:
+            job_id = action.data.get("job_id")
+            if isinstance(job_id, str) and job_id in self._job_watchers:
+                watchers = self._job_watchers[job_id]
+                self._offer(watchers, action)
+                if not watchers:
+                    del self._job_watchers[job_id]
+
+    def _offer(self, watchers: list[trio.MemorySendChannel[Notify]], action: Notify) -> None:
+        """Hand ``action`` to each of ``watchers``; drop from the list those
+        that closed their end or fell behind (closed here)."""
+        for watcher in list(watchers):
             try:
                 watcher.send_nowait(action)
             except trio.WouldBlock:
@@ -598,9 +640,9 @@ class NodeRuntime:
                     "a watcher fell %d notifies behind; disconnecting it", self._watch_buffer
                 )
                 watcher.close()
-                self._watchers.remove(watcher)
+                watchers.remove(watcher)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._watchers.remove(watcher)  # the watcher closed its end
+                watchers.remove(watcher)  # the watcher closed its end
 
     def _local_id(self) -> str:
         try:
@@ -873,9 +915,10 @@ class NodeRuntime:
         queue.close()
         for reply in list(self._pending):
             reply.resolve(error=NodeStopped("node stopped"))
-        for watcher in self._watchers:
+        for watcher in [*self._watchers, *(w for ws in self._job_watchers.values() for w in ws)]:
             watcher.close()
         self._watchers.clear()
+        self._job_watchers.clear()
         self._executions.clear()
         self._heap.clear()
         self._armed.clear()

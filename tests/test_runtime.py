@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+import p2pnode.runtime as runtime_module
 from p2pnode.blobs import BlobStore
 from p2pnode.executor import SleepExecutor, defer_cleanup, install_afterwards
 from p2pnode.logcapture import current_output
@@ -606,6 +607,87 @@ async def test_slow_watcher_is_disconnected_not_blocking(
             node.transport.deliver(b"m")
         await wait_until(lambda: len(node.core.calls) == 6)
     assert [n.kind async for n in watcher] == ["tick", "tick"]
+
+
+async def test_a_job_watcher_sees_its_jobs_notifies_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``watch(job_id=...)`` gets exactly what a full watcher filtered by that
+    job id gets, in order, and ends with the node."""
+
+    def script(event: Event, now: float) -> Sequence[Action]:
+        if isinstance(event, MessageReceived):
+            job = event.data.decode()
+            return [Notify("a", {"job_id": job}), Notify("other", {}), Notify("b", {"job_id": job})]
+        return []
+
+    node = Node(script)
+    everything = node.runtime.watch()
+    one = node.runtime.watch(job_id="j1")
+    two = node.runtime.watch(job_id="j2")
+    async with running(node):
+        for job in ["j1", "j2", "j1", "j3"]:
+            node.transport.deliver(job.encode())
+        await wait_until(lambda: len(node.core.seen(MessageReceived)) == 4)
+    notes = [n async for n in everything]
+    assert len(notes) == 12
+    for job, watcher in [("j1", one), ("j2", two)]:
+        assert [n async for n in watcher] == [n for n in notes if n.data.get("job_id") == job]
+
+
+async def test_closed_job_watchers_are_forgotten(autojump_clock: trio.abc.Clock) -> None:
+    """A job watcher closed after its job's last notify does not stay in the
+    runtime's table: the table stays bounded by the live watchers."""
+    node = Node(on(MessageReceived, lambda e, t: []))
+    runtime = node.runtime
+    async with running(node):
+        for i in range(1000):
+            with runtime.watch(job_id=f"j{i}"):
+                pass
+        live = runtime.watch(job_id="live")
+        assert len(runtime._job_watchers) <= 2 * runtime_module._JOB_WATCHERS_SWEEP_MIN
+        assert runtime._job_watchers["live"]
+    assert [n async for n in live] == []
+
+
+async def test_a_slow_job_watcher_is_disconnected_not_blocking(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    node = Node(on(MessageReceived, lambda e, t: [Notify("tick", {"job_id": "j"})]), watch_buffer=2)
+    watcher = node.runtime.watch(job_id="j")
+    async with running(node):
+        for _ in range(5):
+            node.transport.deliver(b"m")
+        await wait_until(lambda: len(node.core.calls) == 6)
+    assert [n.kind async for n in watcher] == ["tick", "tick"]
+
+
+async def test_planted_bug_job_watchers_fed_every_notify_is_caught(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime that hands job watchers every notify (or none) fails the
+    job-watcher check."""
+    original = runtime_module.NodeRuntime._notify
+
+    def every_notify(self: runtime_module.NodeRuntime, action: Notify) -> None:
+        original(self, action)
+        for watchers in self._job_watchers.values():
+            self._offer(watchers, action)
+
+    monkeypatch.setattr(runtime_module.NodeRuntime, "_notify", every_notify)
+    with pytest.raises(AssertionError):
+        await test_a_job_watcher_sees_its_jobs_notifies_only(autojump_clock)
+
+    def no_job_watchers(self: runtime_module.NodeRuntime, action: Notify) -> None:
+        saved, self._job_watchers = self._job_watchers, {}
+        try:
+            original(self, action)
+        finally:
+            self._job_watchers = saved
+
+    monkeypatch.setattr(runtime_module.NodeRuntime, "_notify", no_job_watchers)
+    with pytest.raises(AssertionError):
+        await test_a_job_watcher_sees_its_jobs_notifies_only(autojump_clock)
 
 
 # --- shutdown --------------------------------------------------------------------------
