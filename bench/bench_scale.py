@@ -257,7 +257,9 @@ async def view_sizes(nodes: list[ServeNode]) -> list[int | None]:
 
 async def gossip_counts(nodes: list[ServeNode]) -> list[dict[str, int]]:
     """Each node's gossipsub control counters (``transport.gossip_*`` of
-    ``stats``; empty where the node does not count them or did not answer)."""
+    ``stats``; absent where the node does not count them) and frames in and
+    out by type (``frames_in_<type>``, ``frames_out_<type>``); empty where
+    the node did not answer."""
     counts: list[dict[str, int]] = [{} for _ in nodes]
     limiter = trio.CapacityLimiter(8)
 
@@ -267,6 +269,11 @@ async def gossip_counts(nodes: list[ServeNode]) -> list[dict[str, int]]:
                 stats = await nodes[i].client.call("stats")
                 transport = stats.get("transport", {})
                 counts[i] = {k: v for k, v in transport.items() if k.startswith("gossip_")}
+                # Frames by type, to tell what keeps idle connections busy.
+                for kind, v in stats.get("received_by_type", {}).items():
+                    counts[i][f"frames_in_{kind}"] = v
+                for kind, v in stats.get("sent_by_type", {}).items():
+                    counts[i][f"frames_out_{kind}"] = v
 
     async with trio.open_nursery() as nursery:
         for i in range(len(nodes)):
@@ -282,7 +289,9 @@ def control_per_minute(
     out: dict[str, float] = {}
     for k in keys:
         rates = [
-            (a[k] - b[k]) / minutes for a, b in zip(after, before, strict=True) if k in a and k in b
+            (a[k] - b.get(k, 0)) / minutes
+            for a, b in zip(after, before, strict=True)
+            if k in a and b
         ]
         if rates:
             out[k.removeprefix("gossip_")] = round(sorted(rates)[len(rates) // 2], 2)
@@ -390,7 +399,8 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         counts0, c0 = trio.run(gossip_counts, cluster.nodes), time.monotonic()
         cpu = idle_cpu(pids, args.idle_window)
         counts1, c1 = trio.run(gossip_counts, cluster.nodes), time.monotonic()
-        # Gossipsub control entries per node and minute while idle (issue 16).
+        # Gossipsub control entries, and frames by type, per node and minute
+        # while idle (issue 16).
         out["gossip_control_per_min"] = control_per_minute(counts0, counts1, (c1 - c0) / 60)
         # Connections held per process: idle CPU grows with them (issue 16).
         out["connections"] = summary([float(tcp_connections(p)) for p in pids])
