@@ -255,6 +255,49 @@ async def view_sizes(nodes: list[ServeNode]) -> list[int | None]:
     return sizes
 
 
+async def gossip_counts(nodes: list[ServeNode]) -> list[dict[str, int]]:
+    """Each node's gossipsub control counters (``transport.gossip_*`` of
+    ``stats``; absent where the node does not count them) and frames in and
+    out by type (``frames_in_<type>``, ``frames_out_<type>``); empty where
+    the node did not answer."""
+    counts: list[dict[str, int]] = [{} for _ in nodes]
+    limiter = trio.CapacityLimiter(8)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            with trio.move_on_after(CALL_TIMEOUT_S), contextlib.suppress(Exception):
+                stats = await nodes[i].client.call("stats")
+                transport = stats.get("transport", {})
+                counts[i] = {k: v for k, v in transport.items() if k.startswith("gossip_")}
+                # Frames by type, to tell what keeps idle connections busy.
+                for kind, v in stats.get("received_by_type", {}).items():
+                    counts[i][f"frames_in_{kind}"] = v
+                for kind, v in stats.get("sent_by_type", {}).items():
+                    counts[i][f"frames_out_{kind}"] = v
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(nodes)):
+            nursery.start_soon(one, i)
+    return counts
+
+
+def control_per_minute(
+    before: list[dict[str, int]], after: list[dict[str, int]], minutes: float
+) -> dict[str, float]:
+    """Median over nodes of each gossipsub control count per minute."""
+    keys = sorted({k for a in after for k in a})
+    out: dict[str, float] = {}
+    for k in keys:
+        rates = [
+            (a[k] - b.get(k, 0)) / minutes
+            for a, b in zip(after, before, strict=True)
+            if k in a and b
+        ]
+        if rates:
+            out[k.removeprefix("gossip_")] = round(sorted(rates)[len(rates) // 2], 2)
+    return out
+
+
 def view_stats(sizes: list[int | None]) -> dict[str, Any]:
     answered = [s for s in sizes if s is not None]
     return {
@@ -353,7 +396,12 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  views of {want}: {fmt(converged, 's')} ({views_line(sizes)})", flush=True)
         time.sleep(args.settle)
         pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+        counts0, c0 = trio.run(gossip_counts, cluster.nodes), time.monotonic()
         cpu = idle_cpu(pids, args.idle_window)
+        counts1, c1 = trio.run(gossip_counts, cluster.nodes), time.monotonic()
+        # Gossipsub control entries, and frames by type, per node and minute
+        # while idle (issue 16).
+        out["gossip_control_per_min"] = control_per_minute(counts0, counts1, (c1 - c0) / 60)
         # Connections held per process: idle CPU grows with them (issue 16).
         out["connections"] = summary([float(tcp_connections(p)) for p in pids])
         out["load_idle"] = os.getloadavg()[0]  # the host's 1-min load while measuring
@@ -365,6 +413,15 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
             f" {out['connections']['mean']:.1f} connections per process",
             flush=True,
         )
+        if out["gossip_control_per_min"]:
+            control = out["gossip_control_per_min"]
+            print(
+                "  gossipsub control per node and minute (median):"
+                f" {control.get('grafts_sent', 0)} GRAFT, {control.get('prunes_sent', 0)} PRUNE,"
+                f" {control.get('ihaves_sent', 0)} IHAVE sent;"
+                f" {control.get('grafts_refused', 0)} GRAFTs refused",
+                flush=True,
+            )
 
         bootstrap = random.Random(n).choice(cluster.nodes)
         t0 = time.monotonic()

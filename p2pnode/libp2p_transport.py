@@ -58,6 +58,7 @@ from p2pnode.net.addrs import expand_unspecified, host_ips
 from p2pnode.net.bans import SCORE_PARAMS, BanEnforcer
 from p2pnode.net.credit import credit_per_half_window
 from p2pnode.net.framing import FrameDecoder, FrameError, encode_frame, reset_quietly
+from p2pnode.net.gossip import control_counts
 from p2pnode.net.guard import GuardLimits, PeerGuard
 from p2pnode.net.stack import (
     GOSSIP_PROTOCOLS,
@@ -355,6 +356,11 @@ class Libp2pTransport:
             raise ConnectionError(
                 f"cannot open {protocol} to {peer}: {flat_message(exc)}"
             ) from None
+
+    def gossip_stats(self) -> dict[str, int]:
+        """Gossipsub control entries sent, received and refused (monotonic,
+        ``p2pnode/net/gossip.py``), keyed ``gossip_<count>``."""
+        return {f"gossip_{k}": v for k, v in control_counts(self._router).items()}
 
     async def wait_for_mesh(self, peer: str, topic: str, timeout: float = 5.0) -> None:
         """Wait until ``peer`` is in our gossipsub mesh for ``topic`` (readiness

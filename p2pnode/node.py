@@ -578,7 +578,10 @@ class Node:
                 "frames_sent": sum(self._core.out.sent_by_type.values()),
                 "dropped_by_sender": dict(self._core.dropped),
                 "duplicates": self._core.duplicates,
-                "transport": attrs.asdict(self.transport.stats),
+                "transport": {
+                    **attrs.asdict(self.transport.stats),
+                    **self.transport.gossip_stats(),
+                },
                 "peers": self.transport.guard.stats(now),
                 "asks": self._core.holder.ask_scores.stats(now),
                 # Since issue 15 (the counters behind /metrics):

@@ -20,7 +20,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -28,6 +28,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+
+from p2pnode.net.gossip import P2pGossipSub
 
 log = logging.getLogger("p2pnode.libp2p")
 
@@ -106,8 +108,10 @@ def build_pubsub(
     host: Any, heartbeat_interval: int = 1, score_params: ScoreParams | None = None
 ) -> tuple[Any, Any]:
     """(pubsub, router): gossipsub with strict signing (and peer-score
-    thresholds from ``score_params``; 0.8.1's defaults accept every score)."""
-    router = GossipSub(
+    thresholds from ``score_params``; 0.8.1's defaults accept every score).
+    The router is 0.8.1's GossipSub without its idle GRAFT/PRUNE churn
+    (``p2pnode/net/gossip.py``)."""
+    router = P2pGossipSub(
         protocols=GOSSIP_PROTOCOLS,
         degree=6,
         degree_low=4,
