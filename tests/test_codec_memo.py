@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import codec
-from protocols.errors import RemoteProtocolError
+from protocols.config import Timings
+from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.messages import Hello, NodeInfo, Peers, RenewAck
+from protocols.outbox import Outbox
 from tests.test_codec import IDS, message_strategy
 
 
@@ -194,6 +196,90 @@ def test_planted_memo_bugs_are_caught(monkeypatch: pytest.MonkeyPatch, planted: 
     caught = 0
     for run in tests:
         codec.forget_bodies()
+        try:
+            run()
+        except AssertionError:
+            caught += 1
+    assert caught, f"{planted.__name__} went unnoticed"
+
+
+# --- one encode for many frames (a heartbeat's hellos) ------------------------------
+
+
+def _each(message: Any, ids: list[str], sender: str) -> list[Any]:
+    out: list[Any] = []
+    for msg_id in ids:
+        try:
+            out.append(codec.encode(message, msg_id=msg_id, sender=sender))
+        except LocalProtocolError as exc:
+            return [*out, f"refused: {exc}"]
+    return out
+
+
+def _many(message: Any, ids: list[str], sender: str) -> list[Any]:
+    try:
+        return codec.encode_many(message, msg_ids=ids, sender=sender)
+    except LocalProtocolError as exc:
+        return [*_each(message, ids, sender)[:-1], f"refused: {exc}"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), ids=st.lists(st.one_of(IDS, st.sampled_from(
+    ["", "x" * 129, "\ud800", "n:0:" + "9" * 40])), max_size=5), sender=IDS)
+def test_encode_many_gives_the_frames_encode_gives(
+    data: st.DataObject, ids: list[str], sender: str
+) -> None:
+    message = data.draw(st.one_of(message_strategy(Hello), message_strategy(Peers)))
+    assert _many(message, ids, sender) == _each(message, ids, sender)
+
+
+def test_send_many_sends_what_send_sends_in_a_loop() -> None:
+    rng = random.Random(4)
+    a, b = Outbox("n1", 3, Timings()), Outbox("n1", 3, Timings())
+    for round_ in range(20):
+        hello = _hello(rng)
+        peers = [f"p{i}" for i in range(rng.randrange(5))]
+        a.begin(float(round_))
+        b.begin(float(round_))
+        a.send("first", hello)  # ids keep counting across both kinds of send
+        b.send("first", hello)
+        for peer in peers:
+            a.send(peer, hello)
+        b.send_many(peers, hello)
+        assert a.drain() == b.drain()
+        assert a.sent_by_type == b.sent_by_type
+
+
+def _planted_one_id(message: Any, *, msg_ids: list[str], sender: str) -> list[bytes]:
+    """Planted bug: every frame of the batch carries the first id."""
+    frame = codec.encode(message, msg_id=msg_ids[0], sender=sender) if msg_ids else b""
+    return [frame for _ in msg_ids]
+
+
+def _planted_no_checks(message: Any, *, msg_ids: list[str], sender: str) -> list[bytes]:
+    """Planted bug: later ids are packed without encode's bounds."""
+    if not msg_ids:
+        return []
+    first = codec.encode(message, msg_id=msg_ids[0], sender=sender)
+    span = codec._id_span(first)
+    assert span is not None
+    out = [first]
+    for msg_id in msg_ids[1:]:
+        try:
+            out.append(first[: span[0]] + msgpack.packb(msg_id) + first[span[1]:])
+        except Exception:
+            out.append(first)
+    return out
+
+
+@pytest.mark.parametrize("planted", [_planted_one_id, _planted_no_checks])
+def test_planted_encode_many_bugs_are_caught(
+    monkeypatch: pytest.MonkeyPatch, planted: Any
+) -> None:
+    monkeypatch.setattr(codec, "encode_many", planted)
+    caught = 0
+    for run in (test_encode_many_gives_the_frames_encode_gives,
+                test_send_many_sends_what_send_sends_in_a_loop):
         try:
             run()
         except AssertionError:
