@@ -359,7 +359,9 @@ class NodeCore:
         if msg.info.node_id != sender:
             raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
         known = self.directory.peers.get(sender)
-        changed = known is None or known.info != msg.info  # a joiner, or new labels
+        # A joiner, or new labels (``is``: a remembered hello body gives the
+        # very same NodeInfo again, and equality costs a compare of every field).
+        changed = known is None or (known.info is not msg.info and known.info != msg.info)
         self._learn(msg.info, direct=True)
         entry = self.directory.peers.get(sender)
         if entry is not None:
@@ -432,7 +434,8 @@ class NodeCore:
         if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
             self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
         # (After a direct upsert the entry holds ``info`` or its equal: no compare.)
-        if new or (not direct and known is not None and known.info != info):
+        if new or (not direct and known is not None and known.info is not info
+                   and known.info != info):
             self._view_version += 1
         return new
 
