@@ -750,7 +750,7 @@ def decode(data: bytes) -> Envelope:
 
 _MEMO_TYPES: Final = frozenset({"hello"})
 MAX_REMEMBERED_BODIES: Final = 4096
-MAX_REMEMBERED_BODY: Final = 2048  # bytes of one remembered body
+MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered body (a hello is ~200-600)
 _FRAME_HEAD: Final = b"\x85\xa1v\x01\xa1t"  # fixmap(5), "v", 1, "t"
 _MEMO_PREFIXES: Final = frozenset(
     _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) for tag in _MEMO_TYPES
