@@ -190,7 +190,8 @@ def print_cpu_ratios(rows: dict[int, dict[str, Any]], raw_cpu_us: float) -> None
     for n, r in rows.items():
         cpu_us = r["bench_cpu_seconds"] / max(1, int(r["messages_delivered"])) * 1e6
         print(f"N={n}: {r['bench_cpu_seconds']:.1f} s CPU, {cpu_us:.1f} us CPU per message, "
-              f"{cpu_us / raw_cpu_us:.1f}x the null core's CPU ({_load()})")
+              f"{cpu_us / raw_cpu_us:.1f}x the null core's CPU ({_load()}; "
+              f"trace {str(r.get('trace_hash', ''))[:16]})")
 
 
 if __name__ == "__main__":

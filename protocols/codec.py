@@ -56,6 +56,7 @@ __all__ = [
     "MessageIds",
     "decode",
     "encode",
+    "encode_many",
     "field_specs",
     "format_number",
     "unique_map",
@@ -706,6 +707,9 @@ def decode(data: bytes) -> Envelope:
         size = len(data)
         if size > MAX_FRAME:
             raise RemoteProtocolError(f"frame too large: {size} > {MAX_FRAME} bytes")
+        remembered = _remembered_body(data)
+        if remembered is not None:
+            return remembered
         try:
             obj = msgpack.unpackb(
                 data,
@@ -718,13 +722,112 @@ def decode(data: bytes) -> Envelope:
             )
         except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeError...
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
-        return _decode_envelope(obj)
+        envelope = _decode_envelope(obj)
+        if type(data) is bytes and data[:_MEMO_PREFIX_LEN] in _MEMO_PREFIXES:
+            _remember_body(data, envelope.message)
+        return envelope
     except RemoteProtocolError:
         raise
     except _Reject as rej:
         raise RemoteProtocolError(rej.describe()) from None
     except Exception as exc:  # not bytes at all, or a validator bug: never crash a node
         raise RemoteProtocolError(f"invalid frame: {type(exc).__name__}: {exc}") from exc
+
+
+# --- remembered bodies ------------------------------------------------------------
+#
+# A node sends the same hello body (its NodeInfo, no peers wanted) to every
+# member of its view each heartbeat round, each in its own frame with its own
+# message id.  Decoding a body is a pure function of its bytes, so a body
+# found valid once is not unpacked and validated again: the envelope around it
+# is still read from the frame's bytes and checked (version, type, id, sender),
+# and any frame not laid out exactly as ``encode`` lays it out takes the full
+# path.  Only successes are remembered, only for the types in
+# ``_MEMO_TYPES``, only small bodies, at most ``MAX_REMEMBERED_BODIES`` (then
+# the memo starts over): memory stays bounded whatever peers send.  The
+# remembered message is shared by every frame carrying those bytes; messages
+# are frozen and their handlers never mutate them.
+
+_MEMO_TYPES: Final = frozenset({"hello"})
+MAX_REMEMBERED_BODIES: Final = 4096
+MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered body (a hello is ~200-600)
+_FRAME_HEAD: Final = b"\x85\xa1v\x01\xa1t"  # fixmap(5), "v", 1, "t"
+_MEMO_PREFIXES: Final = frozenset(
+    _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) for tag in _MEMO_TYPES
+)
+_MEMO_PREFIX_LEN: Final = len(next(iter(_MEMO_PREFIXES)))
+assert all(len(p) == _MEMO_PREFIX_LEN for p in _MEMO_PREFIXES)
+_bodies: dict[tuple[str, bytes], Message] = {}
+
+
+def _read_str(data: bytes, pos: int) -> tuple[str, int]:
+    """The msgpack str (fixstr or str8) at ``pos`` and the offset after it;
+    ValueError (UnicodeDecodeError included) or IndexError if there is none."""
+    head = data[pos]
+    if 0xA0 <= head <= 0xBF:
+        start = pos + 1
+        end = start + (head & 0x1F)
+    elif head == 0xD9:
+        start = pos + 2
+        end = start + data[pos + 1]
+    else:
+        raise ValueError("not a short str")
+    if end > len(data):
+        raise IndexError("str past the end")
+    return data[start:end].decode(), end
+
+
+def _split_frame(data: bytes) -> tuple[str, str, str, int] | None:
+    """(type tag, msg id, sender, offset of the body) of a frame laid out as
+    ``encode`` lays it out: fixmap(5) "v" 1 "t" <tag> "id" <id> "from" <sender>
+    "body" <body>, the body running to the end.  None for any other layout."""
+    if data[:6] != _FRAME_HEAD:
+        return None
+    try:
+        tag, pos = _read_str(data, 6)
+        if data[pos : pos + 3] != b"\xa2id":
+            return None
+        msg_id, pos = _read_str(data, pos + 3)
+        if data[pos : pos + 5] != b"\xa4from":
+            return None
+        sender, pos = _read_str(data, pos + 5)
+        if data[pos : pos + 5] != b"\xa4body":
+            return None
+    except (ValueError, IndexError):
+        return None
+    return tag, msg_id, sender, pos + 5
+
+
+def _remembered_body(data: bytes) -> Envelope | None:
+    """The envelope of ``data`` if its body was decoded before (else None:
+    take the full path).  Equal to what the full path returns."""
+    if type(data) is not bytes or data[:_MEMO_PREFIX_LEN] not in _MEMO_PREFIXES:
+        return None
+    split = _split_frame(data)
+    if split is None:
+        return None
+    tag, msg_id, sender, body_at = split
+    message = _bodies.get((tag, data[body_at:]))
+    if message is None:
+        return None
+    if not (0 < len(msg_id) <= MAX_ID_LEN and 0 < len(sender) <= MAX_ID_LEN):
+        return None  # the full path names the fault
+    return Envelope(PROTOCOL_VERSION, msg_id, sender, message)
+
+
+def _remember_body(data: bytes, message: Message) -> None:
+    """``data`` decoded in full to ``message``: remember its body's bytes."""
+    split = _split_frame(data)
+    if split is None or len(data) - split[3] > MAX_REMEMBERED_BODY:
+        return
+    if len(_bodies) >= MAX_REMEMBERED_BODIES:
+        _bodies.clear()
+    _bodies[(split[0], data[split[3] :])] = message
+
+
+def forget_bodies() -> None:
+    """Drop every remembered body (tests)."""
+    _bodies.clear()
 
 
 def _decode_envelope(obj: Any) -> Envelope:
@@ -781,6 +884,46 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             f"cannot encode {codec.tag}: frame of {len(data)} bytes > {MAX_FRAME}"
         )
     return data
+
+
+def encode_many(message: Message, *, msg_ids: list[str], sender: str) -> list[bytes]:
+    """``[encode(message, msg_id=i, sender=sender) for i in msg_ids]``, byte for
+    byte, with the body validated and packed once (a heartbeat says the same
+    hello to every peer of the view).  Raises like ``encode``."""
+    if not msg_ids:
+        return []
+    first = encode(message, msg_id=msg_ids[0], sender=sender)  # every check, once
+    span = _id_span(first)
+    if span is None:  # not the short-str layout: one full encode each
+        return [first, *(encode(message, msg_id=i, sender=sender) for i in msg_ids[1:])]
+    head, tail = first[: span[0]], first[span[1] :]
+    frames = [first]
+    for msg_id in msg_ids[1:]:
+        frame = None
+        if type(msg_id) is str and 0 < len(msg_id) <= MAX_ID_LEN:
+            try:
+                frame = head + msgpack.packb(msg_id) + tail
+            except Exception:  # (a lone surrogate) encode names the fault
+                frame = None
+        if frame is None or len(frame) > MAX_FRAME:
+            frame = encode(message, msg_id=msg_id, sender=sender)
+        frames.append(frame)
+    return frames
+
+
+def _id_span(frame: bytes) -> tuple[int, int] | None:
+    """Where the msg id (its str header included) sits in a frame laid out as
+    ``encode`` lays it out (None: another layout)."""
+    if frame[:6] != _FRAME_HEAD:
+        return None
+    try:
+        _, pos = _read_str(frame, 6)
+        if frame[pos : pos + 3] != b"\xa2id":
+            return None
+        _, end = _read_str(frame, pos + 3)
+    except (ValueError, IndexError):
+        return None
+    return pos + 3, end
 
 
 # --- message ids and dedupe -----------------------------------------------------

@@ -135,7 +135,7 @@ class Directory:
         entry = self.peers.get(info.node_id)
         if entry is not None:
             if direct:
-                if entry.info != info:
+                if entry.info is not info and entry.info != info:
                     entry.info = info
                     self._rematch(info.node_id, info)
                 if now > entry.last_seen:
@@ -178,8 +178,13 @@ class Directory:
         forgotten after ``max_age`` too.  Returns the dropped peer ids."""
         for node_id in [n for n, d in self.departed.items() if now - d.left_at > max_age]:
             del self.departed[node_id]
+        dropped: list[str] = []
+        # The first in recency order is the oldest: if it is not silent for
+        # too long, no entry is (the usual round), so skip the scan.
+        if (self._recent_sorted and self._recent
+                and now - self.peers[next(iter(self._recent))].last_seen <= max_age):
+            return dropped
         keep_set = set(keep)
-        dropped = []
         for node_id in [n for n, e in self.peers.items() if now - e.last_seen > max_age]:
             if node_id not in keep_set:
                 self.remove(node_id, now, f"silent for {max_age:g}s")

@@ -359,7 +359,9 @@ class NodeCore:
         if msg.info.node_id != sender:
             raise RemoteProtocolError(f"hello from {sender} describes {msg.info.node_id}")
         known = self.directory.peers.get(sender)
-        changed = known is None or known.info != msg.info  # a joiner, or new labels
+        # A joiner, or new labels (``is``: a remembered hello body gives the
+        # very same NodeInfo again, and equality costs a compare of every field).
+        changed = known is None or (known.info is not msg.info and known.info != msg.info)
         self._learn(msg.info, direct=True)
         entry = self.directory.peers.get(sender)
         if entry is not None:
@@ -405,6 +407,15 @@ class NodeCore:
         self.out.send(peer, hello)
         self._hello_at[peer] = self.out.now
 
+    def _say_hellos(self, peers: list[str]) -> None:
+        """``_say_hello(peer, want_peers=False)`` to each peer in order (one
+        encode for all: the hello is the same)."""
+        running = min(len(self.holder.held), MAX_EXECUTIONS)
+        self.out.send_many(peers, Hello(info=self.me, want_peers=False, running=running))
+        now = self.out.now
+        for peer in peers:
+            self._hello_at[peer] = now
+
     def _hello_due(self, peer: str, spacing: float) -> bool:
         """Whether our last hello to ``peer`` is ``spacing`` seconds old (or none)."""
         return self._hello_at.get(peer, -float("inf")) <= self.out.now - spacing
@@ -423,7 +434,8 @@ class NodeCore:
         if info.node_id != self.node_id and info.addrs and info.addrs != old_addrs:
             self.out.notify("peer_discovered", node_id=info.node_id, addrs=list(info.addrs))
         # (After a direct upsert the entry holds ``info`` or its equal: no compare.)
-        if new or (not direct and known is not None and known.info != info):
+        if new or (not direct and known is not None and known.info is not info
+                   and known.info != info):
             self._view_version += 1
         return new
 
@@ -473,15 +485,16 @@ class NodeCore:
         due = self.out.now - (t.peer_heartbeat - 1.2 * t.gossip_interval)
         for peer in [p for p in self._hello_at if p not in self.directory.peers]:
             del self._hello_at[peer]
-        for peer in sorted(self.directory.peers):
-            if self._hello_at.get(peer, -float("inf")) <= due:
-                self._say_hello(peer, want_peers=False)
+        never = -float("inf")
+        self._say_hellos(
+            [p for p in sorted(self.directory.peers) if self._hello_at.get(p, never) <= due]
+        )
         # Hearsay entries that never answered: our hello (or its answer) may
         # have been lost; say it again each round (at most view_size frames)
         # rather than one heartbeat period later.
-        for peer in self.directory.unconfirmed():
-            if self._hello_due(peer, JOIN_RETRY):
-                self._say_hello(peer, want_peers=False)
+        self._say_hellos(
+            [p for p in self.directory.unconfirmed() if self._hello_due(p, JOIN_RETRY)]
+        )
 
     # --- timers -----------------------------------------------------------------------------
 

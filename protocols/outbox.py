@@ -84,6 +84,21 @@ class Outbox:
     def send(self, to: str, message: Message) -> None:
         self.actions.append(Send(to=to, data=self._frame(message)))
 
+    def send_many(self, peers: list[str], message: Message) -> None:
+        """``send(peer, message)`` for each peer in order (the same frames and
+        ids), the message encoded once."""
+        if len(peers) < 2:
+            for to in peers:
+                self.send(to, message)
+            return
+        prefix = f"{self.node_id}:{self.incarnation}:"
+        start = self._counter + 1
+        self._counter += len(peers)
+        ids = [f"{prefix}{n}" for n in range(start, start + len(peers))]
+        self.sent_by_type[message.TYPE] = self.sent_by_type.get(message.TYPE, 0) + len(peers)
+        frames = codec.encode_many(message, msg_ids=ids, sender=self.node_id)
+        self.actions.extend(Send(to=to, data=data) for to, data in zip(peers, frames, strict=True))
+
     def publish(self, topic: str, message: Message) -> None:
         self.actions.append(Publish(topic=topic, data=self._frame(message)))
 

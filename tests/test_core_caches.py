@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from protocols import codec
 from protocols.directory import Directory, can_run
-from protocols.messages import NodeInfo
+from protocols.errors import LocalProtocolError
+from protocols.messages import Hello, NodeInfo
 from protocols.spec import SpecValidationError
 from protocols.spec import memo as spec_memo
 from simnet.workload import sim_task
@@ -176,3 +178,76 @@ def test_a_full_view_evicts_what_a_from_scratch_scan_evicts(seed: int, backwards
             d.upsert(NodeInfo(node_id=peer), now, direct=False)
         else:
             d.remove(peer, now, "said goodbye")
+
+
+def _expire_by_scan(d: Directory, now: float, max_age: float, keep: set[str]) -> list[str]:
+    """The peers ``expire`` must drop, in its order: a scan of the view."""
+    return [n for n, e in d.peers.items() if now - e.last_seen > max_age and n not in keep]
+
+
+@pytest.mark.parametrize(("seed", "backwards"), [(s, b) for s in range(4) for b in (False, True)])
+def test_expiry_drops_what_a_scan_of_the_view_drops(seed: int, backwards: bool) -> None:
+    """``expire`` skips its scan when the oldest entry is fresh: it still
+    drops exactly the silent entries (in view order), also when the clock
+    went back once and when the oldest is kept."""
+    rng = random.Random(seed)
+    d = Directory(_info(rng, "me"), view_size=6, rng=random.Random(seed))
+    ids = [f"p{i:02d}" for i in range(12)]
+    now = 0.0
+    expired_some = skipped = 0
+    for step in range(600):
+        step_back = backwards and rng.random() < 0.03
+        now = max(0.0, now - 2.0) if step_back else now + rng.choice([0.0, 0.5, 1.0, 3.0])
+        peer = rng.choice(ids)
+        op = rng.random()
+        if op < 0.3:
+            d.upsert(NodeInfo(node_id=peer), now, direct=True)
+        elif op < 0.55:
+            d.touch(peer, now)
+        elif op < 0.65:
+            d.upsert(NodeInfo(node_id=peer), now, direct=rng.random() < 0.5)
+        elif op < 0.7:
+            d.remove(peer, now, "said goodbye")
+        else:
+            keep = set(rng.sample(ids, rng.choice([0, 0, 1, 3])))
+            max_age = rng.choice([2.0, 5.0, 10.0])
+            want = _expire_by_scan(d, now, max_age, keep)
+            before = set(d.peers)
+            got = d.expire(now, max_age, keep=keep)
+            assert got == want, f"step {step}"
+            assert set(d.peers) == before - set(want)
+            expired_some += bool(want)
+            skipped += not want
+    assert expired_some > 10 and skipped > 10  # both branches were exercised
+
+
+def test_a_planted_expiry_shortcut_that_looks_at_the_newest_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = Directory.expire
+
+    def planted(self: Directory, now: float, max_age: float, keep: Any = ()) -> list[str]:
+        # Planted bug: trusts the *newest* entry to say that nothing is stale.
+        if self._recent and now - self.peers[next(reversed(self._recent))].last_seen <= max_age:
+            return []
+        return real(self, now, max_age, keep)
+
+    monkeypatch.setattr(Directory, "expire", planted)
+    with pytest.raises(AssertionError):
+        test_expiry_drops_what_a_scan_of_the_view_drops(0, False)
+
+
+def test_the_is_shortcut_before_comparing_node_infos_changes_no_answer() -> None:
+    """``a is b or a == b`` equals ``a == b`` for every NodeInfo the codec
+    lets in: only a NaN field makes an info unequal to itself, and the codec
+    refuses NaN (a view's infos all come from decoded frames or records of them)."""
+    rng = random.Random(5)
+    for i in range(50):
+        info = _info(rng, f"p{i}")
+        frame = codec.encode(Hello(info=info), msg_id="m:0:1", sender=info.node_id)
+        decoded = codec.decode(frame).message.info
+        assert decoded == decoded
+    nan = NodeInfo(node_id="x", cpu=float("nan"))
+    assert nan != nan  # why the shortcut needs the codec's guarantee
+    with pytest.raises(LocalProtocolError):
+        codec.encode(Hello(info=nan), msg_id="m:0:1", sender="x")
