@@ -914,16 +914,12 @@ def encode_many(message: Message, *, msg_ids: list[str], sender: str) -> list[by
 def _id_span(frame: bytes) -> tuple[int, int] | None:
     """Where the msg id (its str header included) sits in a frame laid out as
     ``encode`` lays it out (None: another layout)."""
-    if frame[:6] != _FRAME_HEAD:
+    split = _split_frame(frame)
+    if split is None:
         return None
-    try:
-        _, pos = _read_str(frame, 6)
-        if frame[pos : pos + 3] != b"\xa2id":
-            return None
-        _, end = _read_str(frame, pos + 3)
-    except (ValueError, IndexError):
-        return None
-    return pos + 3, end
+    # _split_frame reads only fixstr/str8, which is how msgpack packs them.
+    start = len(_FRAME_HEAD) + len(msgpack.packb(split[0])) + len(b"\xa2id")
+    return start, start + len(msgpack.packb(split[1]))
 
 
 # --- message ids and dedupe -----------------------------------------------------
