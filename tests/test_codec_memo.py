@@ -149,33 +149,28 @@ def test_memory_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- planted bugs: the checks above catch a memo that cuts corners ------------------
 
 
+def _split(data: bytes) -> tuple[str, str, str, int] | None:
+    """The frame's layout as the memo reads it (None: not its layout)."""
+    return codec._split_frame(data) if type(data) is bytes else None
+
+
 def _planted_ignore_envelope(data: bytes) -> codec.Envelope | None:
     """Planted bug: trusts the remembered body's frame for the envelope too."""
-    if type(data) is not bytes:
-        return None
-    split = codec._split_frame(data)
-    if split is None:
-        return None
-    message = codec._bodies.get((split[0], data[split[3]:]))
+    split = _split(data)
+    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
     return None if message is None else codec.Envelope(1, "n1:0:1", split[2], message)
 
 
 def _planted_unbounded_ids(data: bytes) -> codec.Envelope | None:
     """Planted bug: forgets the id bounds the full path enforces."""
-    if type(data) is not bytes:
-        return None
-    split = codec._split_frame(data)
-    if split is None:
-        return None
-    message = codec._bodies.get((split[0], data[split[3]:]))
+    split = _split(data)
+    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
     return None if message is None else codec.Envelope(1, split[1], split[2], message)
 
 
 def _planted_prefix_only(data: bytes) -> codec.Envelope | None:
     """Planted bug: keys the memo on the body's first bytes only."""
-    if type(data) is not bytes:
-        return None
-    split = codec._split_frame(data)
+    split = _split(data)
     if split is None:
         return None
     for (tag, body), message in codec._bodies.items():
