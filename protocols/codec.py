@@ -80,6 +80,14 @@ _INT_MAX: Final = 2**64 - 1
 
 _ENVELOPE_KEYS: Final = frozenset({"v", "t", "id", "from", "body"})
 
+# One packer for every encode: ``msgpack.packb`` builds (and frees) a Packer
+# and its buffer per call, which cost more than packing a small frame.  Its
+# bytes are packb's (autoreset: each call returns one object's bytes, and a
+# failed call leaves the buffer empty).  Only validated values of exact
+# msgpack types are packed here, so no Python code runs inside a call: a call
+# never interleaves with another one.
+_pack: Final = msgpack.Packer(use_bin_type=True).pack
+
 # Per-object limits handed to msgpack, checked against each declared length
 # before anything is allocated: no array or map may exceed what any field could
 # accept, no str/bin the frame size.  The exact bounds are enforced per field.
@@ -724,7 +732,7 @@ def decode(data: bytes) -> Envelope:
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         envelope = _decode_envelope(obj)
         if type(data) is bytes and data[:_MEMO_PREFIX_LEN] in _MEMO_PREFIXES:
-            _remember_body(data, envelope.message)
+            _remember_body(data, envelope)
         return envelope
     except RemoteProtocolError:
         raise
@@ -738,26 +746,32 @@ def decode(data: bytes) -> Envelope:
 #
 # A node sends the same hello body (its NodeInfo, no peers wanted) to every
 # member of its view each heartbeat round, each in its own frame with its own
-# message id.  Decoding a body is a pure function of its bytes, so a body
-# found valid once is not unpacked and validated again: the envelope around it
-# is still read from the frame's bytes and checked (version, type, id, sender),
-# and any frame not laid out exactly as ``encode`` lays it out takes the full
-# path.  Only successes are remembered, only for the types in
-# ``_MEMO_TYPES``, only small bodies, at most ``MAX_REMEMBERED_BODIES`` (then
-# the memo starts over): memory stays bounded whatever peers send.  The
-# remembered message is shared by every frame carrying those bytes; messages
-# are frozen and their handlers never mutate them.
+# message id.  Decoding is a pure function of the bytes, and msgpack reads a
+# frame front to back, so what follows the message id (the sender and the
+# body) decodes to the same values whatever id precedes it.  A frame that
+# decoded and validated in full is remembered by its *rest*: the bytes after
+# its id, keyed with its type.  A later frame of the same type whose rest is
+# those very bytes is not unpacked and validated again: its head (version,
+# type, the "id" key) must be byte for byte the one ``encode`` writes, and its
+# id is read from its own bytes and checked (str, strict UTF-8, bounds);
+# anything else takes the full path.  Only successes are remembered, only for
+# the types in ``_MEMO_TYPES``, only small rests, at most
+# ``MAX_REMEMBERED_BODIES`` (then the memo starts over): memory stays bounded
+# whatever peers send.  The remembered sender and message are shared by every
+# frame carrying those bytes; messages are frozen and their handlers never
+# mutate them.
 
 _MEMO_TYPES: Final = frozenset({"hello"})
 MAX_REMEMBERED_BODIES: Final = 4096
-MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered body (a hello is ~200-600)
+MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered rest (a hello's is ~200-600)
 _FRAME_HEAD: Final = b"\x85\xa1v\x01\xa1t"  # fixmap(5), "v", 1, "t"
-_MEMO_PREFIXES: Final = frozenset(
-    _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) for tag in _MEMO_TYPES
-)
+_MEMO_PREFIXES: Final = {
+    _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) + b"\xa2id": tag for tag in _MEMO_TYPES
+}
 _MEMO_PREFIX_LEN: Final = len(next(iter(_MEMO_PREFIXES)))
 assert all(len(p) == _MEMO_PREFIX_LEN for p in _MEMO_PREFIXES)
-_bodies: dict[tuple[str, bytes], Message] = {}
+# (type tag, the bytes after the id) -> (sender, message)
+_bodies: dict[tuple[str, bytes], tuple[str, Message]] = {}
 
 
 def _read_str(data: bytes, pos: int) -> tuple[str, int]:
@@ -798,31 +812,43 @@ def _split_frame(data: bytes) -> tuple[str, str, str, int] | None:
     return tag, msg_id, sender, pos + 5
 
 
-def _remembered_body(data: bytes) -> Envelope | None:
-    """The envelope of ``data`` if its body was decoded before (else None:
-    take the full path).  Equal to what the full path returns."""
-    if type(data) is not bytes or data[:_MEMO_PREFIX_LEN] not in _MEMO_PREFIXES:
+def _memo_split(data: bytes) -> tuple[str, str, int] | None:
+    """(type tag, msg id, offset after the id) of a frame whose head is the
+    one ``encode`` writes for a remembered type, its id a fixstr or str8;
+    None for anything else (the id's bounds are not checked here)."""
+    tag = _MEMO_PREFIXES.get(data[:_MEMO_PREFIX_LEN])
+    if tag is None:
         return None
-    split = _split_frame(data)
+    try:
+        msg_id, end = _read_str(data, _MEMO_PREFIX_LEN)
+    except (ValueError, IndexError):
+        return None
+    return tag, msg_id, end
+
+
+def _remembered_body(data: bytes) -> Envelope | None:
+    """The envelope of ``data`` if what follows its id was decoded before
+    (else None: take the full path).  Equal to what the full path returns."""
+    if type(data) is not bytes:
+        return None
+    split = _memo_split(data)
     if split is None:
         return None
-    tag, msg_id, sender, body_at = split
-    message = _bodies.get((tag, data[body_at:]))
-    if message is None:
-        return None
-    if not (0 < len(msg_id) <= MAX_ID_LEN and 0 < len(sender) <= MAX_ID_LEN):
-        return None  # the full path names the fault
-    return Envelope(PROTOCOL_VERSION, msg_id, sender, message)
+    tag, msg_id, end = split
+    hit = _bodies.get((tag, data[end:]))
+    if hit is None or not 0 < len(msg_id) <= MAX_ID_LEN:
+        return None  # (a bad id: the full path names the fault)
+    return Envelope(PROTOCOL_VERSION, msg_id, hit[0], hit[1])
 
 
-def _remember_body(data: bytes, message: Message) -> None:
-    """``data`` decoded in full to ``message``: remember its body's bytes."""
-    split = _split_frame(data)
-    if split is None or len(data) - split[3] > MAX_REMEMBERED_BODY:
+def _remember_body(data: bytes, envelope: Envelope) -> None:
+    """``data`` decoded in full to ``envelope``: remember what follows its id."""
+    split = _memo_split(data)
+    if split is None or len(data) - split[2] > MAX_REMEMBERED_BODY:
         return
     if len(_bodies) >= MAX_REMEMBERED_BODIES:
         _bodies.clear()
-    _bodies[(split[0], data[split[3] :])] = message
+    _bodies[(split[0], data[split[2] :])] = (envelope.sender, envelope.message)
 
 
 def forget_bodies() -> None:
@@ -876,7 +902,7 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             rej.path.append(codec.tag)
         raise LocalProtocolError(f"cannot encode: {rej.describe()}") from None
     try:
-        data: bytes = msgpack.packb(frame, use_bin_type=True)
+        data: bytes = _pack(frame)
     except Exception as exc:  # e.g. a lone surrogate in a str (not UTF-8 encodable)
         raise LocalProtocolError(f"cannot encode {codec.tag}: {exc}") from exc
     if len(data) > MAX_FRAME:
@@ -902,7 +928,7 @@ def encode_many(message: Message, *, msg_ids: list[str], sender: str) -> list[by
         frame = None
         if type(msg_id) is str and 0 < len(msg_id) <= MAX_ID_LEN:
             try:
-                frame = head + msgpack.packb(msg_id) + tail
+                frame = head + _pack(msg_id) + tail
             except Exception:  # (a lone surrogate) encode names the fault
                 frame = None
         if frame is None or len(frame) > MAX_FRAME:

@@ -1,10 +1,11 @@
 """Remembered frame bodies decode exactly like the full path (issue 16, simnet core).
 
-``protocols.codec.decode`` skips unpacking and validating a hello body whose
-bytes it decoded before (a node sends the same body to its whole view each
-heartbeat).  These tests show that, whatever the frame, the answer (an
-envelope, or the exact ``RemoteProtocolError``) is the one the full path
-gives, and that the memo is really used; planted bugs show the checks bite.
+``protocols.codec.decode`` skips unpacking and validating a hello whose
+bytes after the message id (sender and body) it decoded before (a node sends
+the same body to its whole view each heartbeat).  These tests show that,
+whatever the frame, the answer (an envelope, or the exact
+``RemoteProtocolError``) is the one the full path gives, and that the memo is
+really used; planted bugs show the checks bite.
 """
 
 from __future__ import annotations
@@ -149,38 +150,53 @@ def test_memory_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- planted bugs: the checks above catch a memo that cuts corners ------------------
 
 
-def _split(data: bytes) -> tuple[str, str, str, int] | None:
-    """The frame's layout as the memo reads it (None: not its layout)."""
-    return codec._split_frame(data) if type(data) is bytes else None
+def _split(data: bytes) -> tuple[str, str, bytes] | None:
+    """(type tag, msg id, the bytes after the id) as the memo reads a frame
+    (None: not a layout it reads)."""
+    split = codec._memo_split(data) if type(data) is bytes else None
+    return None if split is None else (split[0], split[1], data[split[2]:])
 
 
 def _planted_ignore_envelope(data: bytes) -> codec.Envelope | None:
-    """Planted bug: trusts the remembered body's frame for the envelope too."""
+    """Planted bug: trusts the remembered frame for the id too."""
     split = _split(data)
-    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
-    return None if message is None else codec.Envelope(1, "n1:0:1", split[2], message)
+    hit = None if split is None else codec._bodies.get((split[0], split[2]))
+    return None if hit is None else codec.Envelope(1, "n1:0:1", hit[0], hit[1])
 
 
 def _planted_unbounded_ids(data: bytes) -> codec.Envelope | None:
     """Planted bug: forgets the id bounds the full path enforces."""
     split = _split(data)
-    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
-    return None if message is None else codec.Envelope(1, split[1], split[2], message)
+    hit = None if split is None else codec._bodies.get((split[0], split[2]))
+    return None if hit is None else codec.Envelope(1, split[1], hit[0], hit[1])
 
 
 def _planted_prefix_only(data: bytes) -> codec.Envelope | None:
-    """Planted bug: keys the memo on the body's first bytes only."""
+    """Planted bug: keys the memo on the first bytes after the id only."""
     split = _split(data)
     if split is None:
         return None
-    for (tag, body), message in codec._bodies.items():
-        if tag == split[0] and data[split[3]:].startswith(body[:20]):
-            return codec.Envelope(1, split[1], split[2], message)
+    for (tag, rest), (sender, message) in codec._bodies.items():
+        if tag == split[0] and split[2].startswith(rest[:20]):
+            return codec.Envelope(1, split[1], sender, message)
+    return None
+
+
+def _planted_body_only(data: bytes) -> codec.Envelope | None:
+    """Planted bug: matches the body's bytes only, and takes the remembered
+    sender for the frame's own."""
+    split = _split(data)
+    if split is None:
+        return None
+    body = split[2].split(b"\xa4body", 1)[-1]
+    for (tag, rest), (sender, message) in codec._bodies.items():
+        if tag == split[0] and rest.endswith(b"\xa4body" + body):
+            return codec.Envelope(1, split[1], sender, message)
     return None
 
 
 @pytest.mark.parametrize("planted", [_planted_ignore_envelope, _planted_unbounded_ids,
-                                     _planted_prefix_only])
+                                     _planted_prefix_only, _planted_body_only])
 def test_planted_memo_bugs_are_caught(monkeypatch: pytest.MonkeyPatch, planted: Any) -> None:
     monkeypatch.setattr(codec, "_remembered_body", planted)
     tests = [
