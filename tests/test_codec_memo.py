@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -167,7 +168,9 @@ def _planted_ignore_envelope(data: bytes) -> codec.Envelope | None:
 def _planted_unbounded_ids(data: bytes) -> codec.Envelope | None:
     """Planted bug: forgets the id bounds the full path enforces."""
     split = _split(data)
-    hit = None if split is None else codec._bodies.get((split[0], split[2]))
+    if split is None:
+        return None
+    hit = codec._bodies.get((split[0], split[2]))
     return None if hit is None else codec.Envelope(1, split[1], hit[0], hit[1])
 
 
@@ -296,3 +299,36 @@ def test_planted_encode_many_bugs_are_caught(
         except AssertionError:
             caught += 1
     assert caught, f"{planted.__name__} went unnoticed"
+
+
+# --- envelopes built without the frozen __init__ -------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), msg_id=IDS, sender=IDS)
+def test_a_fast_built_envelope_is_the_envelope(
+    data: st.DataObject, msg_id: str, sender: str
+) -> None:
+    message = data.draw(message_strategy(Hello))
+    fast = codec._envelope(1, msg_id, sender, message)
+    slow = codec.Envelope(1, msg_id, sender, message)
+    assert type(fast) is codec.Envelope
+    assert fast == slow and repr(fast) == repr(slow)
+    assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.sender = "someone else"  # type: ignore[misc]
+    # Both decode paths build theirs this way: a frame decodes to the slow one.
+    frame = codec.encode(message, msg_id=msg_id, sender=sender)
+    assert codec.decode(frame) == slow and codec.decode(frame) == slow  # full, then memo
+
+
+def _planted_swapped_envelope(version: int, msg_id: str, sender: str,
+                              message: Any) -> codec.Envelope:
+    """Planted bug: a fast constructor that fills two slots the wrong way round."""
+    return codec.Envelope(version, sender, msg_id, message)
+
+
+def test_planted_envelope_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_envelope", _planted_swapped_envelope)
+    with pytest.raises(AssertionError):
+        test_a_fast_built_envelope_is_the_envelope()
