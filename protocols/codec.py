@@ -26,6 +26,7 @@ Also here: :class:`MessageIds` (clock-free unique message ids) and
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import typing
 from collections.abc import Callable, Hashable
@@ -725,6 +726,19 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return out
 
 
+# msgpack.unpackb with the codec's options bound once (a partial merges them
+# in C; spelling them out built a keyword dict per frame).
+_unpackb: Final = functools.partial(
+    msgpack.unpackb,
+    raw=False,
+    strict_map_key=True,
+    use_list=True,
+    object_pairs_hook=unique_map,
+    ext_hook=_reject_ext,
+    **_UNPACK_LIMITS,
+)
+
+
 def decode(data: bytes) -> Envelope:
     """Parse and validate one frame.
 
@@ -739,15 +753,7 @@ def decode(data: bytes) -> Envelope:
         if remembered is not None:
             return remembered
         try:
-            obj = msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                use_list=True,
-                object_pairs_hook=unique_map,
-                ext_hook=_reject_ext,
-                **_UNPACK_LIMITS,
-            )
+            obj = _unpackb(data)
         except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeError...
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         envelope = _decode_envelope(obj)
