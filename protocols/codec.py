@@ -26,6 +26,7 @@ Also here: :class:`MessageIds` (clock-free unique message ids) and
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import typing
 from collections.abc import Callable, Hashable
@@ -79,6 +80,14 @@ _INT_MIN: Final = -(2**63)  # msgpack's integer range (int64 / uint64)
 _INT_MAX: Final = 2**64 - 1
 
 _ENVELOPE_KEYS: Final = frozenset({"v", "t", "id", "from", "body"})
+
+# One packer for every encode: ``msgpack.packb`` builds (and frees) a Packer
+# and its buffer per call, which cost more than packing a small frame.  Its
+# bytes are packb's (autoreset: each call returns one object's bytes, and a
+# failed call leaves the buffer empty).  Only validated values of exact
+# msgpack types are packed here, so no Python code runs inside a call: a call
+# never interleaves with another one.
+_pack: Final = msgpack.Packer(use_bin_type=True).pack
 
 # Per-object limits handed to msgpack, checked against each declared length
 # before anything is allocated: no array or map may exceed what any field could
@@ -666,6 +675,26 @@ class Envelope:
     message: Message
 
 
+# Envelopes are built on every decode: the slots' own setters skip the frozen
+# class's __init__ (a bound setattr per field).  Same object as Envelope(...):
+# tests/test_codec_memo.py compares the two.
+_new_object: Final = object.__new__
+_set_version: Final = Envelope.__dict__["version"].__set__
+_set_msg_id: Final = Envelope.__dict__["msg_id"].__set__
+_set_sender: Final = Envelope.__dict__["sender"].__set__
+_set_message: Final = Envelope.__dict__["message"].__set__
+
+
+def _envelope(version: int, msg_id: str, sender: str, message: Message) -> Envelope:
+    """``Envelope(version, msg_id, sender, message)``, cheaper."""
+    env: Envelope = _new_object(Envelope)
+    _set_version(env, version)
+    _set_msg_id(env, msg_id)
+    _set_sender(env, sender)
+    _set_message(env, message)
+    return env
+
+
 def _check_id(value: Any, what: str) -> str:
     if type(value) is not str:
         raise _Reject(f"{what}: expected str, got {_tname(value)}")
@@ -697,6 +726,19 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return out
 
 
+# msgpack.unpackb with the codec's options bound once (a partial merges them
+# in C; spelling them out built a keyword dict per frame).
+_unpackb: Final = functools.partial(
+    msgpack.unpackb,
+    raw=False,
+    strict_map_key=True,
+    use_list=True,
+    object_pairs_hook=unique_map,
+    ext_hook=_reject_ext,
+    **_UNPACK_LIMITS,
+)
+
+
 def decode(data: bytes) -> Envelope:
     """Parse and validate one frame.
 
@@ -711,20 +753,12 @@ def decode(data: bytes) -> Envelope:
         if remembered is not None:
             return remembered
         try:
-            obj = msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                use_list=True,
-                object_pairs_hook=unique_map,
-                ext_hook=_reject_ext,
-                **_UNPACK_LIMITS,
-            )
+            obj = _unpackb(data)
         except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeError...
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         envelope = _decode_envelope(obj)
         if type(data) is bytes and data[:_MEMO_PREFIX_LEN] in _MEMO_PREFIXES:
-            _remember_body(data, envelope.message)
+            _remember_body(data, envelope)
         return envelope
     except RemoteProtocolError:
         raise
@@ -738,26 +772,32 @@ def decode(data: bytes) -> Envelope:
 #
 # A node sends the same hello body (its NodeInfo, no peers wanted) to every
 # member of its view each heartbeat round, each in its own frame with its own
-# message id.  Decoding a body is a pure function of its bytes, so a body
-# found valid once is not unpacked and validated again: the envelope around it
-# is still read from the frame's bytes and checked (version, type, id, sender),
-# and any frame not laid out exactly as ``encode`` lays it out takes the full
-# path.  Only successes are remembered, only for the types in
-# ``_MEMO_TYPES``, only small bodies, at most ``MAX_REMEMBERED_BODIES`` (then
-# the memo starts over): memory stays bounded whatever peers send.  The
-# remembered message is shared by every frame carrying those bytes; messages
-# are frozen and their handlers never mutate them.
+# message id.  Decoding is a pure function of the bytes, and msgpack reads a
+# frame front to back, so what follows the message id (the sender and the
+# body) decodes to the same values whatever id precedes it.  A frame that
+# decoded and validated in full is remembered by its *rest*: the bytes after
+# its id, keyed with its type.  A later frame of the same type whose rest is
+# those very bytes is not unpacked and validated again: its head (version,
+# type, the "id" key) must be byte for byte the one ``encode`` writes, and its
+# id is read from its own bytes and checked (str, strict UTF-8, bounds);
+# anything else takes the full path.  Only successes are remembered, only for
+# the types in ``_MEMO_TYPES``, only small rests, at most
+# ``MAX_REMEMBERED_BODIES`` (then the memo starts over): memory stays bounded
+# whatever peers send.  The remembered sender and message are shared by every
+# frame carrying those bytes; messages are frozen and their handlers never
+# mutate them.
 
 _MEMO_TYPES: Final = frozenset({"hello"})
 MAX_REMEMBERED_BODIES: Final = 4096
-MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered body (a hello is ~200-600)
+MAX_REMEMBERED_BODY: Final = 1024  # bytes of one remembered rest (a hello's is ~200-600)
 _FRAME_HEAD: Final = b"\x85\xa1v\x01\xa1t"  # fixmap(5), "v", 1, "t"
-_MEMO_PREFIXES: Final = frozenset(
-    _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) for tag in _MEMO_TYPES
-)
+_MEMO_PREFIXES: Final = {
+    _FRAME_HEAD + msgpack.packb(tag, use_bin_type=True) + b"\xa2id": tag for tag in _MEMO_TYPES
+}
 _MEMO_PREFIX_LEN: Final = len(next(iter(_MEMO_PREFIXES)))
 assert all(len(p) == _MEMO_PREFIX_LEN for p in _MEMO_PREFIXES)
-_bodies: dict[tuple[str, bytes], Message] = {}
+# (type tag, the bytes after the id) -> (sender, message)
+_bodies: dict[tuple[str, bytes], tuple[str, Message]] = {}
 
 
 def _read_str(data: bytes, pos: int) -> tuple[str, int]:
@@ -798,31 +838,43 @@ def _split_frame(data: bytes) -> tuple[str, str, str, int] | None:
     return tag, msg_id, sender, pos + 5
 
 
-def _remembered_body(data: bytes) -> Envelope | None:
-    """The envelope of ``data`` if its body was decoded before (else None:
-    take the full path).  Equal to what the full path returns."""
-    if type(data) is not bytes or data[:_MEMO_PREFIX_LEN] not in _MEMO_PREFIXES:
+def _memo_split(data: bytes) -> tuple[str, str, int] | None:
+    """(type tag, msg id, offset after the id) of a frame whose head is the
+    one ``encode`` writes for a remembered type, its id a fixstr or str8;
+    None for anything else (the id's bounds are not checked here)."""
+    tag = _MEMO_PREFIXES.get(data[:_MEMO_PREFIX_LEN])
+    if tag is None:
         return None
-    split = _split_frame(data)
+    try:
+        msg_id, end = _read_str(data, _MEMO_PREFIX_LEN)
+    except (ValueError, IndexError):
+        return None
+    return tag, msg_id, end
+
+
+def _remembered_body(data: bytes) -> Envelope | None:
+    """The envelope of ``data`` if what follows its id was decoded before
+    (else None: take the full path).  Equal to what the full path returns."""
+    if type(data) is not bytes:
+        return None
+    split = _memo_split(data)
     if split is None:
         return None
-    tag, msg_id, sender, body_at = split
-    message = _bodies.get((tag, data[body_at:]))
-    if message is None:
-        return None
-    if not (0 < len(msg_id) <= MAX_ID_LEN and 0 < len(sender) <= MAX_ID_LEN):
-        return None  # the full path names the fault
-    return Envelope(PROTOCOL_VERSION, msg_id, sender, message)
+    tag, msg_id, end = split
+    hit = _bodies.get((tag, data[end:]))
+    if hit is None or not 0 < len(msg_id) <= MAX_ID_LEN:
+        return None  # (a bad id: the full path names the fault)
+    return _envelope(PROTOCOL_VERSION, msg_id, hit[0], hit[1])
 
 
-def _remember_body(data: bytes, message: Message) -> None:
-    """``data`` decoded in full to ``message``: remember its body's bytes."""
-    split = _split_frame(data)
-    if split is None or len(data) - split[3] > MAX_REMEMBERED_BODY:
+def _remember_body(data: bytes, envelope: Envelope) -> None:
+    """``data`` decoded in full to ``envelope``: remember what follows its id."""
+    split = _memo_split(data)
+    if split is None or len(data) - split[2] > MAX_REMEMBERED_BODY:
         return
     if len(_bodies) >= MAX_REMEMBERED_BODIES:
         _bodies.clear()
-    _bodies[(split[0], data[split[3] :])] = message
+    _bodies[(split[0], data[split[2] :])] = (envelope.sender, envelope.message)
 
 
 def forget_bodies() -> None:
@@ -849,7 +901,7 @@ def _decode_envelope(obj: Any) -> Envelope:
     except _Reject as rej:
         rej.path.append(codec.tag)
         raise
-    return Envelope(version, msg_id, sender, message)
+    return _envelope(version, msg_id, sender, message)
 
 
 def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
@@ -876,7 +928,7 @@ def encode(message: Message, *, msg_id: str, sender: str) -> bytes:
             rej.path.append(codec.tag)
         raise LocalProtocolError(f"cannot encode: {rej.describe()}") from None
     try:
-        data: bytes = msgpack.packb(frame, use_bin_type=True)
+        data: bytes = _pack(frame)
     except Exception as exc:  # e.g. a lone surrogate in a str (not UTF-8 encodable)
         raise LocalProtocolError(f"cannot encode {codec.tag}: {exc}") from exc
     if len(data) > MAX_FRAME:
@@ -902,7 +954,7 @@ def encode_many(message: Message, *, msg_ids: list[str], sender: str) -> list[by
         frame = None
         if type(msg_id) is str and 0 < len(msg_id) <= MAX_ID_LEN:
             try:
-                frame = head + msgpack.packb(msg_id) + tail
+                frame = head + _pack(msg_id) + tail
             except Exception:  # (a lone surrogate) encode names the fault
                 frame = None
         if frame is None or len(frame) > MAX_FRAME:
@@ -971,11 +1023,16 @@ class Deduper:
         # deque + set: O(1) insert and evict-oldest (a dict popping its first
         # key degrades to O(n) scans over deleted slots).
         self._order: collections.deque[Hashable] = collections.deque()
+        self._keyed: bool | None = None  # keyed by sender? (fixed by the first call)
 
     def __len__(self) -> int:
         return len(self._set)
 
     def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is recorded: an id, or a (sender, id) pair."""
+        if type(key) is tuple and len(key) == 2 and type(key[0]) is str \
+                and type(key[1]) is str:
+            key = _sender_key(key[1], key[0])
         return key in self._set
 
     def seen(self, msg_id: str, sender: str | None = None) -> bool:
@@ -983,8 +1040,15 @@ class Deduper:
 
         Pass the *authenticated* ``sender`` to key on (sender, id): then a peer
         cannot pre-poison the set with ids it expects another peer to use.
+        One deduper is keyed by sender on every call or on none (a keyed id
+        may be stored as the bare id: see ``_sender_key``).
         """
-        key: Hashable = msg_id if sender is None else (sender, msg_id)
+        keyed = sender is not None
+        if keyed is not self._keyed:
+            if self._keyed is not None:
+                raise ValueError("a Deduper is keyed by sender on every call or on none")
+            self._keyed = keyed
+        key: Hashable = msg_id if sender is None else _sender_key(msg_id, sender)
         if key in self._set:
             return True
         self._set.add(key)
@@ -992,6 +1056,17 @@ class Deduper:
         if len(self._order) > self.capacity:
             self._set.discard(self._order.popleft())
         return False
+
+
+def _sender_key(msg_id: str, sender: str) -> Hashable:
+    """The seen-set key of (sender, msg_id): the id alone when it names its
+    sender, as the ids ``MessageIds`` makes do for a node id without ":"
+    ("<sender>:...", no ":" in the sender: the sender is then the id up to its
+    first ":"), else the pair.  One-to-one, since a str never equals a tuple, and one object fewer
+    per remembered id (a tuple is 56 bytes, the bulk of a big run's memory)."""
+    if msg_id.find(":") == len(sender) and msg_id.startswith(sender):
+        return msg_id
+    return (sender, msg_id)
 
 
 def message_type(data: bytes) -> str:

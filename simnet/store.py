@@ -14,6 +14,10 @@ import msgpack
 
 Records = dict[str, dict[str, dict[str, Any]]]
 
+# One packer for every store (packb builds one per call); the simulator is
+# single-threaded.  Same bytes as ``msgpack.packb(value, use_bin_type=True)``.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
 
 class SimStore:
     def __init__(self) -> None:
@@ -27,7 +31,7 @@ class SimStore:
             if rows is not None:
                 rows.pop(key, None)
             return
-        self._tables.setdefault(table, {})[key] = msgpack.packb(value, use_bin_type=True)
+        self._tables.setdefault(table, {})[key] = _pack(value)
 
     def load(self) -> Records:
         """A fresh copy of every record (what a restarted node reads)."""

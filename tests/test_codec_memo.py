@@ -1,10 +1,11 @@
 """Remembered frame bodies decode exactly like the full path (issue 16, simnet core).
 
-``protocols.codec.decode`` skips unpacking and validating a hello body whose
-bytes it decoded before (a node sends the same body to its whole view each
-heartbeat).  These tests show that, whatever the frame, the answer (an
-envelope, or the exact ``RemoteProtocolError``) is the one the full path
-gives, and that the memo is really used; planted bugs show the checks bite.
+``protocols.codec.decode`` skips unpacking and validating a hello whose
+bytes after the message id (sender and body) it decoded before (a node sends
+the same body to its whole view each heartbeat).  These tests show that,
+whatever the frame, the answer (an envelope, or the exact
+``RemoteProtocolError``) is the one the full path gives, and that the memo is
+really used; planted bugs show the checks bite.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -149,38 +151,55 @@ def test_memory_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- planted bugs: the checks above catch a memo that cuts corners ------------------
 
 
-def _split(data: bytes) -> tuple[str, str, str, int] | None:
-    """The frame's layout as the memo reads it (None: not its layout)."""
-    return codec._split_frame(data) if type(data) is bytes else None
+def _split(data: bytes) -> tuple[str, str, bytes] | None:
+    """(type tag, msg id, the bytes after the id) as the memo reads a frame
+    (None: not a layout it reads)."""
+    split = codec._memo_split(data) if type(data) is bytes else None
+    return None if split is None else (split[0], split[1], data[split[2]:])
 
 
 def _planted_ignore_envelope(data: bytes) -> codec.Envelope | None:
-    """Planted bug: trusts the remembered body's frame for the envelope too."""
+    """Planted bug: trusts the remembered frame for the id too."""
     split = _split(data)
-    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
-    return None if message is None else codec.Envelope(1, "n1:0:1", split[2], message)
+    hit = None if split is None else codec._bodies.get((split[0], split[2]))
+    return None if hit is None else codec.Envelope(1, "n1:0:1", hit[0], hit[1])
 
 
 def _planted_unbounded_ids(data: bytes) -> codec.Envelope | None:
     """Planted bug: forgets the id bounds the full path enforces."""
     split = _split(data)
-    message = None if split is None else codec._bodies.get((split[0], data[split[3]:]))
-    return None if message is None else codec.Envelope(1, split[1], split[2], message)
+    if split is None:
+        return None
+    hit = codec._bodies.get((split[0], split[2]))
+    return None if hit is None else codec.Envelope(1, split[1], hit[0], hit[1])
 
 
 def _planted_prefix_only(data: bytes) -> codec.Envelope | None:
-    """Planted bug: keys the memo on the body's first bytes only."""
+    """Planted bug: keys the memo on the first bytes after the id only."""
     split = _split(data)
     if split is None:
         return None
-    for (tag, body), message in codec._bodies.items():
-        if tag == split[0] and data[split[3]:].startswith(body[:20]):
-            return codec.Envelope(1, split[1], split[2], message)
+    for (tag, rest), (sender, message) in codec._bodies.items():
+        if tag == split[0] and split[2].startswith(rest[:20]):
+            return codec.Envelope(1, split[1], sender, message)
+    return None
+
+
+def _planted_body_only(data: bytes) -> codec.Envelope | None:
+    """Planted bug: matches the body's bytes only, and takes the remembered
+    sender for the frame's own."""
+    split = _split(data)
+    if split is None:
+        return None
+    body = split[2].split(b"\xa4body", 1)[-1]
+    for (tag, rest), (sender, message) in codec._bodies.items():
+        if tag == split[0] and rest.endswith(b"\xa4body" + body):
+            return codec.Envelope(1, split[1], sender, message)
     return None
 
 
 @pytest.mark.parametrize("planted", [_planted_ignore_envelope, _planted_unbounded_ids,
-                                     _planted_prefix_only])
+                                     _planted_prefix_only, _planted_body_only])
 def test_planted_memo_bugs_are_caught(monkeypatch: pytest.MonkeyPatch, planted: Any) -> None:
     monkeypatch.setattr(codec, "_remembered_body", planted)
     tests = [
@@ -280,3 +299,36 @@ def test_planted_encode_many_bugs_are_caught(
         except AssertionError:
             caught += 1
     assert caught, f"{planted.__name__} went unnoticed"
+
+
+# --- envelopes built without the frozen __init__ -------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), msg_id=IDS, sender=IDS)
+def test_a_fast_built_envelope_is_the_envelope(
+    data: st.DataObject, msg_id: str, sender: str
+) -> None:
+    message = data.draw(message_strategy(Hello))
+    fast = codec._envelope(1, msg_id, sender, message)
+    slow = codec.Envelope(1, msg_id, sender, message)
+    assert type(fast) is codec.Envelope
+    assert fast == slow and repr(fast) == repr(slow)
+    assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.sender = "someone else"  # type: ignore[misc]
+    # Both decode paths build theirs this way: a frame decodes to the slow one.
+    frame = codec.encode(message, msg_id=msg_id, sender=sender)
+    assert codec.decode(frame) == slow and codec.decode(frame) == slow  # full, then memo
+
+
+def _planted_swapped_envelope(version: int, msg_id: str, sender: str,
+                              message: Any) -> codec.Envelope:
+    """Planted bug: a fast constructor that fills two slots the wrong way round."""
+    return codec.Envelope(version, sender, msg_id, message)
+
+
+def test_planted_envelope_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_envelope", _planted_swapped_envelope)
+    with pytest.raises(AssertionError):
+        test_a_fast_built_envelope_is_the_envelope()
