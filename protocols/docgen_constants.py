@@ -382,6 +382,12 @@ def groups() -> list[tuple[str, str, list[Row]]]:
             "a connection with no frame either way this long (not a mesh peer) may be closed",
         ),
         (
+            "max_dials",
+            init["max_dials"],
+            "",
+            "outbound dials at once; more wait their turn (local policy, not on the wire)",
+        ),
+        (
             "max_inbound_streams",
             init["max_inbound_streams"],
             "per peer",

@@ -180,6 +180,9 @@ class NodeCore:
         self._view_saved = 0
         self._view_saved_at = 0.0
         self._hello_at: dict[str, float] = {}  # peer -> when we last said hello to it
+        # Hearsay entries (never heard first-hand) -> the spacing of our next
+        # hello to them: it doubles with each unanswered one (see _heartbeat).
+        self._greet_spacing: dict[str, float] = {}
         self._learnt = 0  # peers learnt since the last gossip round (fast fill while > 0)
         self._fill_delay = JOIN_RETRY  # next round's delay while the view has room
         self._gossip_at = 0.0  # when the gossip timer fires next
@@ -477,24 +480,42 @@ class NodeCore:
         self._schedule_gossip()
 
     def _heartbeat(self) -> None:
-        """Say hello to every view member that has not heard one from us for
-        ``peer_heartbeat`` less a gossip interval (the next round would be late),
-        so each keeps us alive in its view.  Cost: view_size / peer_heartbeat
-        small frames per second, whatever the network's size."""
+        """Say hello to every confirmed view member that has not heard one from
+        us for ``peer_heartbeat`` less a gossip interval (the next round would
+        be late), so each keeps us alive in its view.  Cost: view_size /
+        peer_heartbeat small frames per second, whatever the network's size."""
         t = self.config.timings
         due = self.out.now - (t.peer_heartbeat - 1.2 * t.gossip_interval)
-        for peer in [p for p in self._hello_at if p not in self.directory.peers]:
+        peers = self.directory.peers
+        for peer in [p for p in self._hello_at if p not in peers]:
             del self._hello_at[peer]
         never = -float("inf")
         self._say_hellos(
-            [p for p in sorted(self.directory.peers) if self._hello_at.get(p, never) <= due]
+            [p for p in sorted(peers) if peers[p].confirmed and self._hello_at.get(p, never) <= due]
         )
-        # Hearsay entries that never answered: our hello (or its answer) may
-        # have been lost; say it again each round (at most view_size frames)
-        # rather than one heartbeat period later.
-        self._say_hellos(
-            [p for p in self.directory.unconfirmed() if self._hello_due(p, JOIN_RETRY)]
-        )
+        self._say_hellos(self._greetings_due())
+
+    def _greetings_due(self) -> list[str]:
+        """Hearsay entries that never answered, whose next greeting is due.
+
+        Our hello (or its answer) may have been lost, so we say it again; but
+        each unanswered one doubles the wait for the next (``JOIN_RETRY``, then
+        2x, 4x, ... until the entry expires, ``peer_expiry`` after we learnt
+        it).  Re-greeting every round fed on its own failures: on a saturated
+        host (100 nodes on 2 cores) dials time out, entries stay unanswered,
+        and their hellos every round kept the host saturated (a node sent ~140
+        hellos a minute, and ~2 arrived)."""
+        spacing_of = self._greet_spacing
+        for peer in [p for p in spacing_of if p not in self.directory.peers
+                     or self.directory.peers[p].confirmed]:
+            del spacing_of[peer]
+        due = []
+        for peer in self.directory.unconfirmed():
+            spacing = spacing_of.get(peer, JOIN_RETRY)
+            if self._hello_due(peer, spacing):
+                due.append(peer)
+                spacing_of[peer] = 2 * spacing
+        return due
 
     # --- timers -----------------------------------------------------------------------------
 

@@ -262,3 +262,37 @@ async def test_the_mesh_forms_and_heals_after_peers_leave(
 
 def _id(t: Libp2pTransport) -> ID:
     return ID.from_base58(t.local_id)
+
+
+async def _replacement_checks(nodes: list[Libp2pTransport], window: float) -> list[int]:
+    """How often each router considered swapping a mesh peer over ``window``
+    idle seconds (0.8.1 scores every peer of the topic each time)."""
+    counts = [0] * len(nodes)
+    for i, t in enumerate(nodes):
+        real = t._router._consider_peer_replacement
+
+        async def counting(topic: str, i: int = i, real: Any = real) -> None:
+            counts[i] += 1
+            await real(topic)
+
+        t._router._consider_peer_replacement = counting
+    await trio.sleep(window)
+    return counts
+
+
+@pytest.mark.parametrize("planted", [False, True], ids=["p2pnode", "planted-stock"])
+async def test_mesh_quality_maintenance_runs_on_the_opportunistic_ticks_only(
+    monkeypatch: pytest.MonkeyPatch, planted: bool
+) -> None:
+    """Once every ``opportunistic_graft_ticks`` (60) heartbeats, not at each
+    one.  Planted bug: 0.8.1's ``_maintain_mesh_quality`` (every heartbeat)."""
+    if planted:
+        plant_stock(monkeypatch, "_maintain_mesh_quality")
+    # (0.8.1 maintains meshes of 3 peers or more only.)
+    async with meshed(6, degree=3, low=3, high=5) as (nodes, _):
+        await wait_until(lambda: all(len(mesh(t)) >= 3 for t in nodes), "meshes of 3")
+        counts = await _replacement_checks(nodes, window=5.0)  # ~5 heartbeats
+        if planted:
+            assert min(counts) >= 3, counts
+        else:
+            assert max(counts) <= 1, counts

@@ -27,6 +27,17 @@ deviations from the gossipsub v1.1 spec cause it, each fixed here:
    with one more PRUNE.  :meth:`P2pGossipSub._emit_control_msgs` builds one
    control message per peer from that peer's own entries.
 
+4. **Mesh "quality maintenance" at every heartbeat.**  Not in the spec:
+   0.8.1 scores every mesh peer *and every other peer of the topic* each
+   heartbeat, to swap the worst mesh peer for one scoring 0.1 more.  With
+   honest peers all at 0 it never swaps, but at 100 peers it is ~85 score
+   computations a second on every idle node, a large part of what py-libp2p
+   costs a peer holding its connections (issue 16's idle CPU goal).  The
+   spec's remedy for a mesh of poor peers is opportunistic grafting, every
+   ``opportunistic_graft_ticks`` heartbeats;
+   :meth:`P2pGossipSub._maintain_mesh_quality` runs 0.8.1's maintenance on
+   those same heartbeats only.
+
 Besides, when a back-off we hold expires we wait ``BACKOFF_SLACK`` more
 seconds before grafting that peer (go-libp2p's ``GossipSubBackoffSlack``):
 both ends store the back-off in whole seconds from their own clock reading,
@@ -126,6 +137,14 @@ class P2pGossipSub(GossipSub):
             peers_to_graft[peer].append(topic)
             self.control_counts.opportunistic_grafts += 1
         return min(len(candidates), OPPORTUNISTIC_GRAFT_PEERS)
+
+    # --- 4. mesh quality maintenance on the opportunistic ticks only -------
+
+    async def _maintain_mesh_quality(self, topic: str) -> None:
+        # (mesh_heartbeat, which counts the ticks, runs earlier in the same
+        # heartbeat, so this runs on the ticks opportunistic grafting does.)
+        if self._ticks % self.opportunistic_graft_ticks == 0:
+            await super()._maintain_mesh_quality(topic)
 
     # --- 2. back off from the peers we prune ---------------------------------
 

@@ -1,0 +1,112 @@
+"""At most ``max_dials`` outbound dials at once (issue 16, "Scale on one host").
+
+Real py-libp2p hosts on loopback.  A node that learns many peers at once (a
+joiner's first peer exchange) sends each a hello: with every dial started at
+once, 100 nodes on 2 cores ran thousands of Noise handshakes side by side,
+none finished within its timeout, and all that work was redone.  Dials beyond
+``max_dials`` wait their turn; their frames stay queued and all arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from p2pnode.libp2p_transport import Libp2pTransport
+
+PEERS = 5
+
+
+@asynccontextmanager
+async def _dialler_and_peers(max_dials: int) -> AsyncIterator[tuple[Libp2pTransport, list[Any]]]:
+    async with AsyncExitStack() as stack:
+        dialler = await stack.enter_async_context(
+            Libp2pTransport(create_new_key_pair(), max_dials=max_dials)
+        )
+        peers = [
+            await stack.enter_async_context(Libp2pTransport(create_new_key_pair()))
+            for _ in range(PEERS)
+        ]
+        yield dialler, peers
+
+
+async def _most_dials_at_once(max_dials: int) -> tuple[int, Libp2pTransport]:
+    """Send one frame to each of ``PEERS`` unconnected peers at once; every
+    frame must arrive.  Returns the most dials seen in flight together."""
+    async with _dialler_and_peers(max_dials) as (dialler, peers):
+        host = dialler._host
+        connect = host.connect
+        in_flight = most = 0
+
+        async def slow_connect(info: Any) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                await trio.sleep(0.2)  # a slow handshake on a busy host
+                await connect(info)
+            finally:
+                in_flight -= 1
+
+        host.connect = slow_connect
+        for peer in peers:
+            dialler.add_addresses(peer.local_id, peer.listen_addrs())
+        for i, peer in enumerate(peers):
+            await dialler.send(peer.local_id, b"hello %d" % i)
+        for i, peer in enumerate(peers):
+            with trio.fail_after(20):
+                got = await peer.receive()
+            assert (got.sender, got.data) == (dialler.local_id, b"hello %d" % i)
+        assert dialler.stats.dial_failures == 0
+        return most, dialler
+
+
+async def test_dials_beyond_the_limit_wait_and_their_frames_arrive() -> None:
+    most, dialler = await _most_dials_at_once(2)
+    assert most == 2
+    assert dialler.stats.dials_queued == PEERS - 2
+
+
+async def test_one_slot_dials_one_at_a_time() -> None:
+    most, dialler = await _most_dials_at_once(1)
+    assert most == 1
+    assert dialler.stats.dials_queued == PEERS - 1
+
+
+async def test_without_the_limit_every_dial_starts_at_once() -> None:
+    """Planted: a limit as large as the peers (the old behaviour)."""
+    most, dialler = await _most_dials_at_once(PEERS)
+    assert most == PEERS
+    assert dialler.stats.dials_queued == 0
+
+
+async def test_a_peer_connected_while_waiting_is_not_dialled_again() -> None:
+    """A dial waiting for a slot finds the connection made meanwhile (the
+    peer dialled us: a hello and its answer cross) and skips its own."""
+    async with _dialler_and_peers(1) as (dialler, peers):
+        first, second = peers[0], peers[1]
+        for peer in (first, second):
+            dialler.add_addresses(peer.local_id, peer.listen_addrs())
+        host = dialler._host
+        connect = host.connect
+        dialled: list[str] = []
+
+        async def slow_connect(info: Any) -> None:
+            dialled.append(info.peer_id.to_base58())
+            await trio.sleep(1.5)
+            await connect(info)
+
+        host.connect = slow_connect
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dialler.send, first.local_id, b"one")
+            await trio.sleep(0.1)  # first holds the only slot
+            nursery.start_soon(dialler.send, second.local_id, b"two")
+            await second.connect(dialler.listen_addrs()[0])  # second dials us meanwhile
+        for peer, data in ((first, b"one"), (second, b"two")):
+            with trio.fail_after(20):
+                assert (await peer.receive()).data == data
+        assert dialled == [first.local_id]
