@@ -590,15 +590,20 @@ class Libp2pTransport:
         return False
 
     async def _open_frame_stream(self, peer: str) -> Any:
-        if not await self._ensure_connected(peer):
-            return None
-        try:
-            with trio.fail_after(self._dial_timeout):
-                return await self._host.new_stream(ID.from_base58(peer), [FRAME_PROTOCOL])
-        except Exception as exc:
-            log.info("cannot open frame stream to %s: %s", peer, flat_message(exc))
-            await self._drop_connection(peer)
-            return None
+        # Twice: the connection we found may be closing at the peer's end
+        # (it closed it as idle just now, and the close has not reached us),
+        # so the stream cannot be opened on it; the second try dials afresh
+        # instead of dropping the frame.
+        for _attempt in range(2):
+            if not await self._ensure_connected(peer):
+                return None
+            try:
+                with trio.fail_after(self._dial_timeout):
+                    return await self._host.new_stream(ID.from_base58(peer), [FRAME_PROTOCOL])
+            except Exception as exc:
+                log.info("cannot open frame stream to %s: %s", peer, flat_message(exc))
+                await self._drop_connection(peer)
+        return None
 
     async def _drop_connection(self, peer: str) -> None:
         """Close our connection to ``peer`` after a stream could not be opened

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from p2pnode.control_request import ERROR_CODES, INTERNAL, REQUEST_FIELDS
@@ -236,11 +236,18 @@ def _op_of(payload: bytes) -> Any:
 
 
 def run_fuzz(
-    path: Path, targets: Targets, *, examples: int, tally: Tally, shrink: bool = True
+    path: Path,
+    targets: Targets,
+    *,
+    examples: int,
+    tally: Tally,
+    shrink: bool = True,
+    fixed_seed: int | None = None,
 ) -> None:
     """``examples`` requests on the control socket ``path``, two thirds
     well-formed and a third raw mutations; raises on the first answer that
-    breaks the rules (shrunk to a small example unless ``shrink`` is false)."""
+    breaks the rules (shrunk to a small example unless ``shrink`` is false).
+    ``fixed_seed`` makes the requests drawn the same on every run."""
 
     @settings(
         max_examples=examples,
@@ -262,4 +269,6 @@ def run_fuzz(
         lines, timed_out = exchange(path, payload, patience=patience)
         check_answer(payload, lines, timed_out, tally)
 
+    if fixed_seed is not None:
+        one = seed(fixed_seed)(one)
     one()

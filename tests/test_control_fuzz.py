@@ -68,10 +68,16 @@ def planted_bug(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+# The planted-bug run draws the same requests every time: a random draw of
+# 2,000 missed the bug once in CI.  Any seed that finds it will do.
+FUZZ_SEED = 1
+
+
 def test_the_fuzz_finds_a_planted_bug(tmp_path: Path, planted_bug: None) -> None:
     with node_in_thread(tmp_path / "n") as node:
         job = node.call("submit", spec=SIM_SHORT)["job_id"]
         targets = Targets([job], tmp_path / "out")
         with pytest.raises(AssertionError, match="unclassified failure"):
-            run_fuzz(node.socket, targets, examples=2000, tally=Tally(), shrink=False)
+            run_fuzz(node.socket, targets, examples=2000, tally=Tally(), shrink=False,
+                     fixed_seed=FUZZ_SEED)
         assert node.call("ping")["node_id"]  # the bug is reported, the node goes on
