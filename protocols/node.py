@@ -181,7 +181,7 @@ class NodeCore:
         self._view_saved_at = 0.0
         self._hello_at: dict[str, float] = {}  # peer -> when we last said hello to it
         # Hearsay entries (never heard first-hand) -> the spacing of our next
-        # hello to them: it doubles with each unanswered one (see _heartbeat).
+        # hello to them: it doubles with each unanswered one (_greetings_due).
         self._greet_spacing: dict[str, float] = {}
         self._learnt = 0  # peers learnt since the last gossip round (fast fill while > 0)
         self._fill_delay = JOIN_RETRY  # next round's delay while the view has room

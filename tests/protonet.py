@@ -8,6 +8,7 @@ ends.  Frames are delivered in send order with a fixed latency.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -35,7 +36,13 @@ from protocols.messages import Message
 from protocols.node import NodeCore
 
 LATENCY = 0.01
+_FRAME_IDS = itertools.count(1)
 WALL_EPOCH = 1_800_000_000.0  # wall-clock time at t=0 (cron schedules are in wall time)
+
+
+def wire_frame(sender: str, message: Message) -> bytes:
+    """A frame as ``sender`` would send it (a fresh id: the dedupe filter passes it)."""
+    return codec.encode(message, msg_id=f"{sender}:9:{next(_FRAME_IDS)}", sender=sender)
 
 
 def sim_task(duration_ms: int = 1000, **over: Any) -> dict[str, Any]:

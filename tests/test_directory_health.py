@@ -8,21 +8,18 @@ peers stay (heartbeats); a joiner fills its view from one exchange.
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
 
-from protocols import codec
 from protocols.config import NodeConfig, Timings
 from protocols.directory import Directory
 from protocols.events import MessageReceived, Stopping, SubmitJob
-from protocols.messages import Goodbye, Hello, Message, NodeInfo, Peers
+from protocols.messages import Goodbye, Hello, NodeInfo, Peers
 from protocols.node import NodeCore
-from tests.protonet import ProtoNet, batch_spec
+from tests.protonet import ProtoNet, batch_spec, wire_frame
 
 IDS = ["a", "b", "c"]
-_IDS = itertools.count(1)
 
 
 def _health(net: ProtoNet, node: str) -> dict[str, dict[str, object]]:
@@ -70,19 +67,15 @@ def test_without_goodbye_a_constrained_job_waits_with_a_reason_naming_the_constr
 def test_hearsay_does_not_bring_back_a_peer_that_said_goodbye() -> None:
     net = _joined(IDS)
     info_b = net.core("b").me
-    net.feed("a", MessageReceived("b", _frame("b", Goodbye())))
+    net.feed("a", MessageReceived("b", wire_frame("b", Goodbye())))
     assert "b" not in net.core("a").directory.peers
-    net.feed("a", MessageReceived("c", _frame("c", Peers(peers=[net.core("c").me, info_b]))))
+    net.feed("a", MessageReceived("c", wire_frame("c", Peers(peers=[net.core("c").me, info_b]))))
     assert "b" not in net.core("a").directory.peers
     # b itself saying hello again (it restarted) brings it back.
-    net.feed("a", MessageReceived("b", _frame("b", Hello(info=info_b, want_peers=False))))
+    net.feed("a", MessageReceived("b", wire_frame("b", Hello(info=info_b, want_peers=False))))
     assert "b" in net.core("a").directory.peers
     assert _health(net, "a")["b"]["status"] == "alive"
 
-
-def _frame(sender: str, message: Message) -> bytes:
-    """A frame as ``sender`` would send it (a fresh id: the dedupe filter passes it)."""
-    return codec.encode(message, msg_id=f"{sender}:9:{next(_IDS)}", sender=sender)
 
 
 def test_a_silent_peer_turns_suspect_then_leaves_while_idle_live_peers_stay() -> None:
@@ -163,10 +156,10 @@ def test_a_hello_asking_for_a_sample_gets_that_many_entries() -> None:
     ids = [f"n{i:02d}" for i in range(20)]
     net = _joined(ids)
     me = NodeInfo(node_id="z", executors=["sim"])
-    net.feed("n00", MessageReceived("z", _frame("z", Hello(info=me, sample=64))))
+    net.feed("n00", MessageReceived("z", wire_frame("z", Hello(info=me, sample=64))))
     (answer,) = [f.message for f in net.frames(Peers) if f.dest == "z"]
     assert isinstance(answer, Peers) and len(answer.peers) == 20  # n00 and its 19 peers
-    net.feed("n01", MessageReceived("z", _frame("z", Hello(info=me))))
+    net.feed("n01", MessageReceived("z", wire_frame("z", Hello(info=me))))
     (answer,) = [f.message for f in net.frames(Peers) if f.dest == "z" and f.sender == "n01"]
     assert len(answer.peers) == NodeConfig(node_id="x").peer_sample
 

@@ -21,19 +21,16 @@ from protocols import codec
 from protocols.config import NodeConfig, Timings
 from protocols.directory import Directory
 from protocols.events import MessageReceived
-from protocols.messages import Hello, Message, NodeInfo, Peers
+from protocols.messages import Hello, NodeInfo, Peers
 from protocols.node import JOIN_RETRY, NodeCore
-from tests.protonet import ProtoNet
+from tests.protonet import ProtoNet, wire_frame
 
 # A long expiry (an hour) tells a back-off from a greeting per round: with
 # the default 300 s the entry expires after ~8 greetings either way.
 T = Timings(peer_expiry=3600.0)
-_IDS = itertools.count(1)
 GHOST = NodeInfo(node_id="ghost", executors=["sim"], cpu=1.0, memory=2**30)
 
 
-def _frame(sender: str, message: Message) -> bytes:
-    return codec.encode(message, msg_id=f"{sender}:9:{next(_IDS)}", sender=sender)
 
 
 class _Clocked(ProtoNet):
@@ -66,7 +63,7 @@ def _ghost_heard_of(seconds: float) -> _Clocked:
     net = _Clocked()
     net.run_for(5.0)
     peers = Peers(peers=[net.core("b").me, GHOST])
-    net.feed("a", MessageReceived("b", _frame("b", peers)))
+    net.feed("a", MessageReceived("b", wire_frame("b", peers)))
     assert not net.core("a").directory.peers[GHOST.node_id].confirmed
     net.run_for(seconds)
     return net
@@ -128,13 +125,13 @@ def test_an_answer_ends_the_backoff_and_the_peer_gets_heartbeats() -> None:
     and from then on the usual heartbeat keeps it."""
     net = _ghost_heard_of(20.0)
     assert len(net.greeted_at) >= 3
-    net.feed("a", MessageReceived(GHOST.node_id, _frame(GHOST.node_id, Hello(info=GHOST))))
+    net.feed("a", MessageReceived(GHOST.node_id, wire_frame(GHOST.node_id, Hello(info=GHOST))))
     assert net.core("a").directory.peers[GHOST.node_id].confirmed
     before = len(net.greeted_at)
     net.run_for(T.peer_heartbeat - 1.2 * T.gossip_interval - 5)
     assert net.core("a")._greet_spacing == {}
     assert len(net.greeted_at) == before  # no greeting before its heartbeat is due
-    net.feed("a", MessageReceived(GHOST.node_id, _frame(GHOST.node_id, Hello(info=GHOST))))
+    net.feed("a", MessageReceived(GHOST.node_id, wire_frame(GHOST.node_id, Hello(info=GHOST))))
     start = net.now
     net.run_for(4 * T.peer_heartbeat)
     heard = [start, *(t for t in net.hello_at if t > start), net.now]
@@ -147,7 +144,7 @@ def test_without_the_confirmation_an_answered_peer_is_still_greeted(
     """Planted: every view entry counts as hearsay (greeted on the back-off)."""
     monkeypatch.setattr(Directory, "unconfirmed", lambda self: sorted(self.peers))
     net = _ghost_heard_of(20.0)
-    net.feed("a", MessageReceived(GHOST.node_id, _frame(GHOST.node_id, Hello(info=GHOST))))
+    net.feed("a", MessageReceived(GHOST.node_id, wire_frame(GHOST.node_id, Hello(info=GHOST))))
     before = len(net.greeted_at)
     net.run_for(T.peer_heartbeat - 1.2 * T.gossip_interval - 5)
     assert len(net.greeted_at) > before
