@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import trio
+from libp2p.network.stream.exceptions import StreamError
 
 from p2pnode.blobs import BlobError, BlobStore
 from p2pnode.errors import FetchError as FetchError  # re-exported
@@ -97,12 +98,28 @@ def blob_server(blobs: BlobStore) -> Any:
 
 
 async def fetch_blob(transport: Any, blobs: BlobStore, peer: str, digest: str) -> None:
-    """Copy blob ``digest`` from ``peer`` into our store, verifying its hash."""
+    """Copy blob ``digest`` from ``peer`` into our store, verifying its hash.
+
+    A stream reset midway (its connection closed as a duplicate or as idle
+    at the peer's end meanwhile) is tried once more on a new stream; a
+    second one is a ``ConnectionError``, never an internal error."""
     if blobs.has(digest):
         return
     algo, _, want = digest.partition(":")
     if algo != "sha256" or len(want) != 64:
         raise FetchError(f"bad digest {digest!r}")
+    for attempt in range(2):
+        try:
+            await _fetch_once(transport, blobs, peer, digest, want)
+            return
+        except StreamError as exc:
+            if attempt:
+                raise ConnectionError(f"blob stream to {peer} broke: {exc!r}") from None
+
+
+async def _fetch_once(
+    transport: Any, blobs: BlobStore, peer: str, digest: str, want: str
+) -> None:
     with trio.fail_after(FETCH_TIMEOUT):
         stream = await transport.open_stream(peer, BLOB_PROTOCOL)
         try:
