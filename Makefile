@@ -73,12 +73,12 @@ typecheck: venv
 pytest: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# All tests, slow ones included: CI runs exactly this.
+# All tests, slow ones included: CI runs exactly this (and logs the 30 slowest).
 test: venv
 	$(PY) -m ruff check .
 	$(LINT_IMPORTS)
 	$(PY) -m mypy
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 # Three real peers on loopback run sample jobs (scripts/demo.py); a Docker job
 # too when an engine answers.  DEMO_ARGS='--keep --data-dir demo-data' keeps state.
