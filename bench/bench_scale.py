@@ -123,6 +123,13 @@ def idle_cpu(pids: list[int], window: float) -> list[float]:
     return [100 * (cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
 
 
+def host_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole host, all cores (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     if not ordered:
@@ -359,16 +366,23 @@ def start_cluster(cluster: LoopbackCluster) -> None:
 # --- 5. jobs ----------------------------------------------------------------------------
 
 
-async def run_jobs(owners: list[ServeNode], jobs: int, in_flight: int) -> dict[str, Any]:
-    """``jobs`` trivial jobs round-robin over ``owners``, at most ``in_flight`` at once."""
+async def run_jobs(
+    owners: list[ServeNode], jobs: int, in_flight: int, everyone: list[ServeNode]
+) -> dict[str, Any]:
+    """``jobs`` trivial jobs round-robin over ``owners``, at most ``in_flight``
+    at once.  Also where the CPU went meanwhile: the host's busy share and
+    the CPU per job of every serve process (``everyone``) and of the owners.
+    Several owners can only beat one while the host has CPU to spare."""
     clients = [n.client for n in owners]
     states: dict[str, int] = {}
+    latencies: list[float] = []
     limiter = trio.CapacityLimiter(in_flight)
 
     async def one(i: int) -> None:
         async with limiter:
             client = clients[i % len(clients)]
             state = "lost"
+            started = time.perf_counter()
             try:
                 job_id = (await client.call("submit", spec=TRIVIAL_JOB))["job_id"]
                 with trio.move_on_after(600):
@@ -377,14 +391,23 @@ async def run_jobs(owners: list[ServeNode], jobs: int, in_flight: int) -> dict[s
                             state = str(item["result"]["state"])
             except Exception as exc:  # a refused submit or a dropped socket: lost
                 state = f"error: {type(exc).__name__}"
+            if state == "completed":
+                latencies.append(time.perf_counter() - started)
             states[state] = states.get(state, 0) + 1
 
+    pids = [n.proc.pid for n in everyone if n.proc is not None]
+    owner_pids = [n.proc.pid for n in owners if n.proc is not None]
+    cpu0 = {p: cpu_seconds(p) for p in pids}
+    busy0, total0 = host_jiffies()
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for i in range(jobs):
             nursery.start_soon(one, i)
     elapsed = time.perf_counter() - t0
+    busy1, total1 = host_jiffies()
+    spent = {p: cpu_seconds(p) - cpu0[p] for p in pids}
     completed = states.get("completed", 0)
+    latencies.sort()
     return {
         "owners": len(owners),
         "jobs": jobs,
@@ -392,7 +415,23 @@ async def run_jobs(owners: list[ServeNode], jobs: int, in_flight: int) -> dict[s
         "jobs_per_s": jobs / elapsed,
         "states": states,
         "lost": jobs - completed,
+        "p50_s": latencies[len(latencies) // 2] if latencies else math.nan,
+        "p99_s": latencies[int(len(latencies) * 0.99)] if latencies else math.nan,
+        # Share of all the host's cores busy (any process) during the run.
+        "host_busy_pct": 100 * (busy1 - busy0) / max(1, total1 - total0),
+        # CPU of every serve process together per job, and of the owner processes
+        # (their share of the executions included: owners bid for work too).
+        "cpu_ms_per_job": 1000 * sum(spent.values()) / jobs,
+        "owner_cpu_ms_per_job": 1000 * sum(spent[p] for p in owner_pids) / jobs,
     }
+
+
+def jobs_line(run: dict[str, Any]) -> str:
+    return (
+        f"{run['jobs_per_s']:.1f} jobs/s, lost {run['lost']}, p50 {run['p50_s']:.2f} s;"
+        f" host {run['host_busy_pct']:.0f} % busy, {run['cpu_ms_per_job']:.0f} ms CPU per job"
+        f" ({run['owner_cpu_ms_per_job']:.0f} ms in owners)"
+    )
 
 
 def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
@@ -465,14 +504,11 @@ def bench_cluster(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         nodes = cluster.nodes[:n]
-        one = trio.run(run_jobs, nodes[:1], args.jobs, args.in_flight)
-        print(f"  1 owner: {one['jobs_per_s']:.1f} jobs/s, lost {one['lost']}", flush=True)
+        one = trio.run(run_jobs, nodes[:1], args.jobs, args.in_flight, nodes)
+        print(f"  1 owner: {jobs_line(one)}", flush=True)
         owners = nodes[1 : 1 + args.owners]
-        several = trio.run(run_jobs, owners, args.jobs, args.in_flight)
-        print(
-            f"  {len(owners)} owners: {several['jobs_per_s']:.1f} jobs/s, lost {several['lost']}",
-            flush=True,
-        )
+        several = trio.run(run_jobs, owners, args.jobs, args.in_flight, nodes)
+        print(f"  {len(owners)} owners: {jobs_line(several)}", flush=True)
         out["one_owner"], out["several_owners"] = one, several
     finally:
         cluster.stop()
@@ -572,6 +608,16 @@ def report(r: dict[str, Any]) -> None:
             fmt(speedup, "x", 2),
             ">= 1.0x",
             "ok" if speedup >= 1.0 else "UNDER",
+        ],
+        *[
+            [
+                f"  {run['owners']} owner(s): host busy / CPU per job (owners')",
+                f"{run['host_busy_pct']:.0f} % / {run['cpu_ms_per_job']:.0f} ms"
+                f" ({run['owner_cpu_ms_per_job']:.0f})",
+                "(informative)",
+                "",
+            ]
+            for run in (c["one_owner"], c["several_owners"])
         ],
     ]
     print_table(
