@@ -149,6 +149,13 @@ class Libp2pTransport:
         # with thousands of others, none finished within its timeout, and all
         # that work was lost and redone (the host never recovered).
         self._dial_slots = trio.Semaphore(max_dials)
+        # A peer whose last dial failed is likely down or paused (SIGSTOP, a
+        # suspended laptop): its next dial waits for a handshake that may never
+        # come, for up to ``dial_timeout``, and costs no CPU meanwhile.  Such
+        # redials take slots of their own, so that a few dead peers never hold
+        # up dials to live ones for ``dial_timeout`` at a time.
+        self._redial_slots = trio.Semaphore(max_dials)
+        self._dial_failed: dict[str, None] = {}  # insertion-ordered; bounded below
         self._heartbeat = heartbeat_interval
         self._idle_sender_timeout = idle_sender_timeout
         self._max_known_peers = max_known_peers
@@ -308,19 +315,24 @@ class Libp2pTransport:
         if not addrs:
             log.info("no address known for %s", peer)
             return False
-        if self._dial_slots.value == 0:
+        slots = self._redial_slots if peer in self._dial_failed else self._dial_slots
+        if slots.value == 0:
             self.stats.dials_queued += 1
-        async with self._dial_slots:
+        async with slots:
             if host.get_network().connections.get(peer_id):
                 return True  # it dialled us (or we it) while we waited
             try:
                 with trio.fail_after(self._dial_timeout):
                     await host.connect(PeerInfo(peer_id, addrs))
-                return True
             except Exception as exc:  # SwarmException, OSError, TooSlowError, ...
                 self.stats.dial_failures += 1
                 log.info("dial %s failed: %s", peer, flat_message(exc))
+                self._dial_failed[peer] = None
+                if len(self._dial_failed) > self._max_known_peers:
+                    del self._dial_failed[next(iter(self._dial_failed))]
                 return False
+            self._dial_failed.pop(peer, None)
+            return True
 
     async def _await_close(self, peer: str) -> None:
         """If our connection to ``peer`` is being closed as idle, wait until it

@@ -385,7 +385,8 @@ def groups() -> list[tuple[str, str, list[Row]]]:
             "max_dials",
             init["max_dials"],
             "",
-            "outbound dials at once; more wait their turn (local policy, not on the wire)",
+            "outbound dials at once; more wait their turn; redials of a peer whose last"
+            " dial failed have `max_dials` slots of their own (local policy, not on the wire)",
         ),
         (
             "max_inbound_streams",

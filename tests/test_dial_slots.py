@@ -9,10 +9,12 @@ none finished within its timeout, and all that work was redone.  Dials beyond
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
@@ -110,3 +112,64 @@ async def test_a_peer_connected_while_waiting_is_not_dialled_again() -> None:
             with trio.fail_after(20):
                 assert (await peer.receive()).data == data
         assert dialled == [first.local_id]
+
+
+@asynccontextmanager
+async def _black_hole() -> AsyncIterator[str]:
+    """The address of a peer that is paused (SIGSTOP) or suspended: TCP
+    connects (the kernel accepts), but no handshake message ever comes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)  # never accepted, never answered
+        port = sock.getsockname()[1]
+        yield f"/ip4/127.0.0.1/tcp/{port}/p2p/{Libp2pTransport(create_new_key_pair()).local_id}"
+    finally:
+        sock.close()
+
+
+async def _live_dial_while_a_dead_peer_is_redialled(dialler: Libp2pTransport, live: Any) -> bool:
+    """Dial a black hole (it fails after ``dial_timeout``), start redialling
+    it, then dial ``live``: True if that dial finished while the redial was
+    still waiting for its handshake."""
+    async with _black_hole() as dead:
+        with pytest.raises(ConnectionError):
+            await dialler.connect(dead)  # the first dial: it held the only slot
+        assert dialler.stats.dial_failures == 1
+        redialling = True
+
+        async def redial() -> None:
+            nonlocal redialling
+            with pytest.raises(ConnectionError):
+                await dialler.connect(dead)
+            redialling = False
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(redial)
+            await trio.sleep(0.2)  # the redial is waiting for its handshake
+            await dialler.connect(live.listen_addrs()[0])
+            return redialling
+
+
+async def test_a_dead_peers_redial_does_not_hold_up_dials_to_live_peers() -> None:
+    """A peer whose dial failed (down or paused) is redialled in slots of its
+    own: with one slot, a live peer is still dialled at once, not after the
+    dead peer's ``dial_timeout``."""
+    async with (
+        Libp2pTransport(create_new_key_pair(), max_dials=1, dial_timeout=3.0) as dialler,
+        Libp2pTransport(create_new_key_pair()) as live,
+    ):
+        assert await _live_dial_while_a_dead_peer_is_redialled(dialler, live)
+        assert live.local_id in dialler.connected_peers()
+        assert dialler.stats.dial_failures == 2  # both dials to the dead peer, no other
+
+
+async def test_planted_one_pool_for_all_dials_holds_up_the_live_peer() -> None:
+    """Planted: redials share the slots (the old behaviour): the live peer is
+    dialled only after the dead peer's redial timed out."""
+    async with (
+        Libp2pTransport(create_new_key_pair(), max_dials=1, dial_timeout=3.0) as dialler,
+        Libp2pTransport(create_new_key_pair()) as live,
+    ):
+        dialler._redial_slots = dialler._dial_slots
+        assert not await _live_dial_while_a_dead_peer_is_redialled(dialler, live)
