@@ -298,8 +298,12 @@ class LeaseMixin(OwnerBase):
             )
             event = SlotEvent.SUCCEEDED if msg.status == "succeeded" else SlotEvent.FAILED
             self._execution_failed(job, slot, event, f"{msg.status} on {sender}: {detail}")
-        self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch))
         self._update_job_state(job)
+        # The ack after what the result set off (it leaves with the same
+        # commit either way): a chain's handover offer goes to this same
+        # holder, which would otherwise commit the ack before it reads the
+        # offer, about a commit longer on every handover's path.
+        self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch))
 
     # --- timers -----------------------------------------------------------------------
 
