@@ -14,8 +14,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from protocols import codec
 from protocols.errors import LocalProtocolError
@@ -64,8 +65,11 @@ _VALUES = st.recursive(
 )
 
 
+_RECORDS = st.lists(st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), max_size=6)
+
+
 @settings(max_examples=150, deadline=None)
-@given(values=st.lists(st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), max_size=6))
+@given(values=_RECORDS)
 def test_the_sim_store_keeps_packbs_bytes(values: list[dict[str, Any]]) -> None:
     s = store.SimStore()
     for i, value in enumerate(values):
@@ -113,9 +117,29 @@ def test_planted_packer_bugs_are_caught(monkeypatch: pytest.MonkeyPatch, planted
     monkeypatch.setattr(codec, "_pack", planted().pack)
     monkeypatch.setattr(store, "_pack", planted().pack)
     caught = 0
-    for run in (test_encode_gives_packbs_bytes, test_the_sim_store_keeps_packbs_bytes):
+    # The same checks without shrinking: finding the bug is the point, and
+    # shrinking a failure of a stateful packer (each call depends on the calls
+    # before) took 5 minutes of CI.
+    quick = settings(
+        max_examples=150,
+        deadline=None,
+        phases=(Phase.explicit, Phase.generate),
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    runs = (
+        given(message=_MESSAGES, msg_id=IDS, sender=IDS, fail_first=st.booleans())(
+            test_encode_gives_packbs_bytes.hypothesis.inner_test  # type: ignore[attr-defined]
+        ),
+        given(values=_RECORDS)(
+            test_the_sim_store_keeps_packbs_bytes.hypothesis.inner_test  # type: ignore[attr-defined]
+        ),
+    )
+    for run in runs:
         try:
-            run()
+            quick(run)()
+        except InvalidArgument:
+            raise  # a broken test, not a caught bug
         except Exception:  # a wrong frame, or a refused one: either is caught
             caught += 1
     assert caught == 2, f"{planted.__name__} went unnoticed"
