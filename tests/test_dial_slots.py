@@ -18,6 +18,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from p2pnode.identity import peer_id_of
 from p2pnode.libp2p_transport import Libp2pTransport
 
 PEERS = 5
@@ -123,7 +124,7 @@ async def _black_hole() -> AsyncIterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)  # never accepted, never answered
         port = sock.getsockname()[1]
-        yield f"/ip4/127.0.0.1/tcp/{port}/p2p/{Libp2pTransport(create_new_key_pair()).local_id}"
+        yield f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(create_new_key_pair())}"
     finally:
         sock.close()
 
