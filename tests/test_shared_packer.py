@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -22,6 +22,7 @@ from protocols import codec
 from protocols.errors import LocalProtocolError
 from protocols.messages import ALL_MESSAGES, Goodbye
 from simnet import store
+from tests.planting import without_shrinking
 from tests.test_codec import IDS, message_strategy
 
 _MESSAGES = st.one_of(*(message_strategy(cls) for cls in ALL_MESSAGES))
@@ -117,27 +118,16 @@ def test_planted_packer_bugs_are_caught(monkeypatch: pytest.MonkeyPatch, planted
     monkeypatch.setattr(codec, "_pack", planted().pack)
     monkeypatch.setattr(store, "_pack", planted().pack)
     caught = 0
-    # The same checks without shrinking: finding the bug is the point, and
-    # shrinking a failure of a stateful packer (each call depends on the calls
-    # before) took 5 minutes of CI.
-    quick = settings(
-        max_examples=150,
-        deadline=None,
-        phases=(Phase.explicit, Phase.generate),
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
+    # The same checks, generation only: shrinking a failure of a stateful
+    # packer (each call depends on the calls before) took 5 minutes of CI.
     runs = (
-        given(message=_MESSAGES, msg_id=IDS, sender=IDS, fail_first=st.booleans())(
-            test_encode_gives_packbs_bytes.hypothesis.inner_test  # type: ignore[attr-defined]
-        ),
-        given(values=_RECORDS)(
-            test_the_sim_store_keeps_packbs_bytes.hypothesis.inner_test  # type: ignore[attr-defined]
-        ),
+        without_shrinking(test_encode_gives_packbs_bytes, 150, message=_MESSAGES, msg_id=IDS,
+                          sender=IDS, fail_first=st.booleans()),
+        without_shrinking(test_the_sim_store_keeps_packbs_bytes, 150, values=_RECORDS),
     )
     for run in runs:
         try:
-            quick(run)()
+            run()
         except InvalidArgument:
             raise  # a broken test, not a caught bug
         except Exception:  # a wrong frame, or a refused one: either is caught
