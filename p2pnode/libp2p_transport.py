@@ -100,6 +100,7 @@ class TransportStats:
     dropped_own: int = 0  # our own publish echoed back by pubsub
     dial_failures: int = 0
     dials_queued: int = 0  # dials that waited for one of the max_dials slots
+    dials_moved: int = 0  # slow first dials moved to a redial slot (slow_dial)
     publish_congested: int = 0  # published although a peer's libp2p queue was full
     dropped_banned: int = 0  # frames to a banned peer, not sent
     bans: int = 0  # bans started (PeerGuard)
@@ -156,6 +157,12 @@ class Libp2pTransport:
         # up dials to live ones for ``dial_timeout`` at a time.
         self._redial_slots = trio.Semaphore(max_dials)
         self._dial_failed: dict[str, None] = {}  # insertion-ordered; bounded below
+        # A first dial still waiting after this long is likely to a peer paused
+        # since we last heard of it: it moves to a redial slot (waiting for one
+        # if need be) and frees its shared slot for live peers.  A handshake
+        # takes tens of ms, seconds only on a saturated host; either way at most
+        # 2 x max_dials handshakes run at once.
+        self.slow_dial = dial_timeout / 4
         self._heartbeat = heartbeat_interval
         self._idle_sender_timeout = idle_sender_timeout
         self._max_known_peers = max_known_peers
@@ -315,15 +322,22 @@ class Libp2pTransport:
         if not addrs:
             log.info("no address known for %s", peer)
             return False
-        slots = self._redial_slots if peer in self._dial_failed else self._dial_slots
+        failed_before = peer in self._dial_failed
+        slots = self._redial_slots if failed_before else self._dial_slots
         if slots.value == 0:
             self.stats.dials_queued += 1
-        async with slots:
+        await slots.acquire()
+        held = [slots]  # the slot(s) this dial holds now: released at its end
+        try:
             if host.get_network().connections.get(peer_id):
                 return True  # it dialled us (or we it) while we waited
             try:
-                with trio.fail_after(self._dial_timeout):
-                    await host.connect(PeerInfo(peer_id, addrs))
+                async with trio.open_nursery() as nursery:
+                    if not failed_before:
+                        nursery.start_soon(self._move_if_slow, held)
+                    with trio.fail_after(self._dial_timeout):
+                        await host.connect(PeerInfo(peer_id, addrs))
+                    nursery.cancel_scope.cancel()
             except Exception as exc:  # SwarmException, OSError, TooSlowError, ...
                 self.stats.dial_failures += 1
                 log.info("dial %s failed: %s", peer, flat_message(exc))
@@ -333,6 +347,21 @@ class Libp2pTransport:
                 return False
             self._dial_failed.pop(peer, None)
             return True
+        finally:
+            for slot in held:
+                slot.release()
+
+    async def _move_if_slow(self, held: list[trio.Semaphore]) -> None:
+        """After ``slow_dial``, move the dial from its shared slot (``held[0]``)
+        to a redial slot, so a peer paused since we last heard of it does not
+        hold up dials to live peers for a whole ``dial_timeout``."""
+        await trio.sleep(self.slow_dial)
+        await self._redial_slots.acquire()
+        # No checkpoint from here on: the swap is atomic for the dial's finally.
+        held.append(self._redial_slots)
+        held.remove(self._dial_slots)
+        self._dial_slots.release()
+        self.stats.dials_moved += 1
 
     async def _await_close(self, peer: str) -> None:
         """If our connection to ``peer`` is being closed as idle, wait until it

@@ -386,7 +386,8 @@ def groups() -> list[tuple[str, str, list[Row]]]:
             init["max_dials"],
             "",
             "outbound dials at once; more wait their turn; redials of a peer whose last"
-            " dial failed have `max_dials` slots of their own (local policy, not on the wire)",
+            " dial failed have `max_dials` slots of their own, and so does a first dial still"
+            " waiting after `dial_timeout` / 4 (local policy, not on the wire)",
         ),
         (
             "max_inbound_streams",

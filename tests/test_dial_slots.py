@@ -174,3 +174,62 @@ async def test_planted_one_pool_for_all_dials_holds_up_the_live_peer() -> None:
     ):
         dialler._redial_slots = dialler._dial_slots
         assert not await _live_dial_while_a_dead_peer_is_redialled(dialler, live)
+
+
+async def _live_dial_while_a_fresh_dead_peer_is_dialled(dialler: Libp2pTransport,
+                                                        live: Any) -> bool:
+    """Dial a black hole never dialled before (a peer paused since we last
+    heard of it), then dial ``live``: True if that dial finished while the
+    first was still waiting for its handshake."""
+    async with _black_hole() as dead:
+        waiting = True
+
+        async def first_dial() -> None:
+            nonlocal waiting
+            with pytest.raises(ConnectionError):
+                await dialler.connect(dead)
+            waiting = False
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_dial)
+            await trio.sleep(0.2)  # the dial to the dead peer holds the only shared slot
+            await dialler.connect(live.listen_addrs()[0])
+            return waiting
+
+
+async def test_a_slow_first_dial_frees_its_shared_slot() -> None:
+    """A first dial still waiting after ``slow_dial`` moves to a redial slot:
+    with one slot, a live peer is dialled then, not after the dead peer's whole
+    ``dial_timeout``."""
+    async with (
+        Libp2pTransport(create_new_key_pair(), max_dials=1, dial_timeout=4.0) as dialler,
+        Libp2pTransport(create_new_key_pair()) as live,
+    ):
+        assert dialler.slow_dial == 1.0
+        assert await _live_dial_while_a_fresh_dead_peer_is_dialled(dialler, live)
+        assert live.local_id in dialler.connected_peers()
+        assert dialler.stats.dials_moved == 1
+        assert dialler.stats.dial_failures == 1
+        # Both slots are free again: a dial to another live peer goes at once.
+        assert dialler._dial_slots.value == 1 and dialler._redial_slots.value == 1
+
+
+async def test_a_fast_dial_keeps_its_slot_and_frees_it() -> None:
+    """A dial that connects before ``slow_dial`` is never moved, and its
+    slot is free afterwards."""
+    async with _dialler_and_peers(1) as (dialler, peers):
+        for peer in peers:
+            await dialler.connect(peer.listen_addrs()[0])
+        assert dialler.stats.dials_moved == 0
+        assert dialler._dial_slots.value == 1 and dialler._redial_slots.value == 1
+
+
+async def test_planted_slow_first_dial_keeps_the_shared_slot() -> None:
+    """Planted: a slow first dial is never moved (the old behaviour): the live
+    peer waits for the dead peer's whole ``dial_timeout``."""
+    async with (
+        Libp2pTransport(create_new_key_pair(), max_dials=1, dial_timeout=4.0) as dialler,
+        Libp2pTransport(create_new_key_pair()) as live,
+    ):
+        dialler.slow_dial = float("inf")
+        assert not await _live_dial_while_a_fresh_dead_peer_is_dialled(dialler, live)
