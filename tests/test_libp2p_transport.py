@@ -446,6 +446,12 @@ async def crossed_dials(a: Libp2pTransport, b: Libp2pTransport) -> None:
 async def close_duplicates_at_once(a: Libp2pTransport, b: Libp2pTransport) -> None:
     """Both ends pick their extra connection before either closes one (their
     closers run at the same time), then close it."""
+    # A connection is skipped while another protocol's stream runs on it (the
+    # identify exchange right after the dial): wait until both ends list theirs.
+    await wait_until(
+        lambda: len(a._duplicate_connections()) == len(b._duplicate_connections()) == 1,
+        "both ends list one extra connection",
+    )
     extra = [(a, conn) for conn in a._duplicate_connections()]
     extra += [(b, conn) for conn in b._duplicate_connections()]
     assert len(extra) == 2
