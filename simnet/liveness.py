@@ -8,7 +8,10 @@ L1. a healthy job ends ``failed`` only for a fault-attributable reason: its
     answered, never "failed on <node>" with its user's attempts used up; and
     on a network that only loses, duplicates and reorders frames (no crash,
     partition, pause or latency tail; lies are no excuse) no execution of a
-    healthy job is even reported failed;
+    healthy job is even reported failed, and no holder gives back the lease
+    of one it started.  (A grant that comes after its bid's hold ran out,
+    its copies lost three times in a row, finds the holder full and is given
+    back unused: a lost placement, re-auctioned, not a stopped execution.)
 L2. a lost execution never consumes an attempt: an execution whose holder
     crashed while it ran (executor ground truth) must never be reported to
     its owner as ``execution_failed`` (it is lost: a restart, a lease lapse
@@ -67,6 +70,7 @@ class Liveness(Checker):
         self.inv = inv  # its job states (L3)
         self.healthy: set[str] = set()
         self.running: dict[str, set[str]] = {}  # node -> execution ids it runs
+        self.started: set[str] = set()  # every execution id an executor started
         self.lost: set[str] = set()  # executions whose holder crashed under them
         self.fault_failures = 0  # healthy jobs failed for a fault-attributable reason
         self.check_lost_attempts = CHECK_LOST_ATTEMPTS
@@ -83,6 +87,7 @@ class Liveness(Checker):
 
     def on_exec_start(self, node: str, action: StartExecution, now: float) -> None:
         self.running.setdefault(node, set()).add(action.execution_id)
+        self.started.add(action.execution_id.partition("#")[0])  # (a daemon's run: eid#n)
 
     def on_exec_end(self, node: str, execution_id: str, status: str, now: float) -> None:
         self.running.get(node, set()).discard(execution_id)
@@ -93,10 +98,11 @@ class Liveness(Checker):
     @handles("lease_ended")
     def _lease_ended(self, node: str, data: dict[str, Any], now: float) -> None:
         if (data.get("cause") == "released" and not self.node_faults
-                and str(data.get("job_id")) in self.healthy):
+                and str(data.get("job_id")) in self.healthy
+                and str(data.get("execution_id")) in self.started):
             self.violate(now, f"{data.get('execution_id')}: its holder released the lease "
-                              f"of a healthy job although no node fault happened (L1: "
-                              f"only the owner stops a healthy execution)")
+                              f"of a healthy job it had started although no node fault "
+                              f"happened (L1: only the owner stops a healthy execution)")
         elif data.get("cause") == "expired":
             key = (str(data.get("job_id")), int(data.get("slot", 0)))
             count = self.expired[key] = self.expired.get(key, 0) + 1

@@ -201,6 +201,52 @@ def test_a_healthy_job_failing_without_a_fault_is_a_violation() -> None:
     assert any("(L1)" in v for v in inv.violations)
 
 
+def _start(live: Liveness, execution_id: str) -> None:
+    from protocols.events import StartExecution
+    live.on_exec_start("h", StartExecution(execution_id=execution_id, job_id="j1", slot=0,
+                                           task={}, env={}, timeout=60), 1.0)
+
+
+def test_a_started_healthy_execution_given_back_is_a_violation() -> None:
+    """L1 on a loss-only network: a holder may give back a grant it never
+    started (late, no room), never the lease of an execution it started."""
+    inv, live = _liveness()
+    live.node_faults = False
+    released = {"job_id": "j1", "slot": 0, "epoch": 1, "cause": "released"}
+    live.on_notify("o", "lease_ended", {**released, "execution_id": "j1/0/1"}, 2.0)
+    assert inv.violations == []  # never started: a lost placement
+    _start(live, "j1/0/2")
+    live.on_notify("o", "lease_ended", {**released, "execution_id": "j1/0/2", "epoch": 2}, 3.0)
+    assert any("j1/0/2" in v and "(L1" in v for v in inv.violations)
+
+
+def test_planted_holder_giving_back_started_executions_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted: the holder starts an execution, then gives its lease back."""
+    from protocols.holder import Holder
+    from protocols.messages import LeaseRelease
+    start_run = Holder._start_run
+
+    def start_then_give_back(self: Any, held: Any) -> None:
+        start_run(self, held)
+        self.out.send(held.owner, LeaseRelease(execution_id=held.execution_id,
+                                               epoch=held.epoch, reason="planted"))
+    monkeypatch.setattr(Holder, "_start_run", start_then_give_back)
+    report = run_scenario(RunOptions(seed=1, nodes=6, jobs=10, loss=0.05, workload="plain"))
+    assert any("(L1: only the owner stops" in v for v in report["invariant_violations"])
+
+
+def test_late_grants_given_back_under_load_pass_l1() -> None:
+    """50 nodes, 30 jobs each, 10 % loss: grants whose copies were lost until
+    their bid's hold ran out find their holder full and are given back unused
+    (seed 1 has one).  L1 flagged them as stopped executions, halting the run
+    with 808 jobs unfinished."""
+    report = run_scenario(RunOptions(seed=1, nodes=50, jobs=1500, loss=0.1, workload="plain"))
+    assert report["invariant_violations"] == []
+    assert report["lost"] == 0 and report["completed"] == 1500
+
+
 def test_a_lost_execution_reported_failed_is_a_violation() -> None:
     from protocols.events import StartExecution
     inv, live = _liveness()
