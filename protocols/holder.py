@@ -81,6 +81,9 @@ REPORT_AFTER_LAPSE = 10  # a finished execution's result is offered this many tt
 # A grant's ttl below this is refused: renewing every ttl/3 would flood the
 # owner (``serve --lease-ttl`` has the same floor).
 MIN_LEASE_TTL = 0.5
+# Floor of an unacknowledged renewal's retry delay as its lease nears its end
+# (the retries speed up to a third of the time left, but not below this).
+MIN_RENEW_RETRY = 0.05
 # The longest bid window of an ask we honour when holding capacity for it.
 MAX_BID_WINDOW = 60.0
 MAX_TOMBSTONES = 10_000
@@ -467,7 +470,13 @@ class Holder:
         held.renew_delay = min(
             max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
         )
-        held.next_renew = self.out.now + held.renew_delay
+        # Near the lease's end, retry sooner: two more tries still fit before it
+        # lapses.  With a short ttl (1 s) and round trips of a few hundred ms,
+        # the usual cadence left room for one lost renewal, and healthy leases
+        # expired on a network that only lost and delayed frames.
+        left = held.valid_until - self.out.now
+        delay = min(held.renew_delay, max(left / 3, MIN_RENEW_RETRY))
+        held.next_renew = self.out.now + delay
         self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 
     def _renew_interval(self, held: HeldExecution) -> float:
@@ -503,6 +512,7 @@ class Holder:
         if sent is None:
             return
         check_exec_transition(held.state, ExecEvent.RENEW_OK, held.state)
+        newest = ack.seq >= held.acked_seq
         if ack.seq > held.acked_seq:
             held.acked_seq = ack.seq
             for old in [s for s in held.sent_at if s < ack.seq]:
@@ -513,8 +523,14 @@ class Holder:
             self._start_run(held)
         if held.rolling and ack.rollover and held.state is ExecState.RUNNING:
             self._roll_on(held, ack.checkpoint)
+        if not newest:
+            return  # a late copy of an older ack: the cadence follows the newest
         held.renew_delay = 0.0  # the next renewal, if unacknowledged, retries from the base delay
-        held.next_renew = self.out.now + self._renew_interval(held)
+        # The next renewal one interval after the acknowledged one was SENT (the
+        # lease runs from there), not after its ack came: a slow round trip
+        # must not eat into the room left for retries.
+        acked_sent = held.valid_until - held.ttl
+        held.next_renew = max(self.out.now, acked_sent + self._renew_interval(held))
         self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 
     def on_cancel(self, sender: str, msg: Cancel) -> None:
