@@ -59,7 +59,7 @@ from protocols.messages import (
     RenewAck,
     ResultAck,
 )
-from protocols.outbox import Outbox
+from protocols.outbox import Outbox, retry_delay
 from protocols.spec import SpecValidationError
 from protocols.spec.memo import check_task
 from protocols.states import ExecEvent, ExecState, check_exec_transition, exec_accepts
@@ -81,9 +81,6 @@ REPORT_AFTER_LAPSE = 10  # a finished execution's result is offered this many tt
 # A grant's ttl below this is refused: renewing every ttl/3 would flood the
 # owner (``serve --lease-ttl`` has the same floor).
 MIN_LEASE_TTL = 0.5
-# Floor of an unacknowledged renewal's retry delay as its lease nears its end
-# (the retries speed up to a third of the time left, but not below this).
-MIN_RENEW_RETRY = 0.05
 # The longest bid window of an ask we honour when holding capacity for it.
 MAX_BID_WINDOW = 60.0
 MAX_TOMBSTONES = 10_000
@@ -470,12 +467,11 @@ class Holder:
         held.renew_delay = min(
             max(held.renew_delay * 2, self.t.retransmit_base), self._renew_interval(held)
         )
-        # Near the lease's end, retry sooner: two more tries still fit before it
-        # lapses.  With a short ttl (1 s) and round trips of a few hundred ms,
-        # the usual cadence left room for one lost renewal, and healthy leases
-        # expired on a network that only lost and delayed frames.
-        left = held.valid_until - self.out.now
-        delay = min(held.renew_delay, max(left / 3, MIN_RENEW_RETRY))
+        # Near the lease's end, retry sooner, so that several more tries fit
+        # before it lapses.  With a short ttl (1 s) and round trips of a few
+        # hundred ms, the back-off alone left room for one lost renewal, and
+        # healthy leases expired on a network that only lost and delayed frames.
+        delay = retry_delay(held.renew_delay, held.valid_until - self.out.now)
         held.next_renew = self.out.now + delay
         self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 

@@ -37,6 +37,20 @@ from protocols.events import (
 from protocols.messages import Message
 
 RETX_TIMER = "retx"
+# A message retransmitted until a deadline (a grant until its lease would
+# expire, a renewal until the holder's lease lapses) gets at least this many
+# more tries as the deadline nears: the retry delay shrinks to a share of the
+# time left, never below MIN_RETRY_DELAY.  With 1-2 s leases the plain
+# back-off sent two copies of a grant before its lease expired (and renewals
+# left room for one loss), so 30 % loss lapsed healthy leases.
+TRIES_BEFORE_DEADLINE = 5
+MIN_RETRY_DELAY = 0.05
+
+
+def retry_delay(backoff: float, left: float) -> float:
+    """The next retry's delay: the back-off, or sooner when less than
+    ``TRIES_BEFORE_DEADLINE`` back-offs fit in the ``left`` seconds."""
+    return min(backoff, max(left / TRIES_BEFORE_DEADLINE, MIN_RETRY_DELAY))
 
 
 @attrs.define
@@ -107,7 +121,7 @@ class Outbox:
         self.send(to, message)
         delay = self.timings.retransmit_base
         self._pending[key] = _Pending(to, message, delay, self.now + give_up_after)
-        self.timer((RETX_TIMER, key), self.now + delay)
+        self.timer((RETX_TIMER, key), self.now + retry_delay(delay, give_up_after))
 
     def settle(self, key: Hashable) -> None:
         if self._pending.pop(key, None) is not None:
@@ -125,7 +139,8 @@ class Outbox:
             return
         self.send(pending.to, pending.message)
         pending.delay = min(pending.delay * 2, self.timings.retransmit_max)
-        self.timer((RETX_TIMER, key), self.now + pending.delay)
+        left = pending.give_up_at - self.now
+        self.timer((RETX_TIMER, key), self.now + retry_delay(pending.delay, left))
 
     # --- everything else --------------------------------------------------------
 

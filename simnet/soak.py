@@ -7,7 +7,9 @@ the failing seeds' reproduce lines.  CI runs 200 seeds per profile
 (tests/test_simnet_harsh_sweeps.py); ``make soak`` runs 0..9999 of each.
 
 Sizes are small on purpose: what finds bugs is the number of seeds and the
-harshness of each, not the size of one run.
+harshness of each, not the size of one run.  The exception is ``loaded``: a
+node whose capacity is full behaves differently (late grants given back,
+renewals racing short leases), and only many jobs per node get there.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ PROFILES: dict[str, list[str]] = {
             "--byzantine", "0.25", *HARSH],
     "chain": ["--workload", "chain", "--nodes", "4", "--jobs", "1", "--duration", "2m",
               "--byzantine", "0.25", *HARSH, *CHAIN_FAULTS],
+    # Load: 30 jobs per node keep capacity full, so grants come late and find no
+    # room, and 1 s leases (mixed timings) renew through 30 % loss.  No node
+    # fault, so L1 and L4 hold strictly.  The small profiles above never fill a
+    # node; this one found two defects (tests/test_simnet_renewals.py).
+    "loaded": ["--workload", "plain", "--nodes", "10", "--jobs", "300", "--timings", "mixed",
+               "--loss", "0.3", "--duplicate", "0.05", "--reorder", "0.2"],
 }
 
 

@@ -7,8 +7,9 @@ with a 1 s ttl the holder sent its next renewal a third of the ttl after the
 previous one's ACK came (a slow round trip ate the room for retries) and
 retried no faster as its lease ran out, so one lost renewal and one delayed
 ack lapsed a healthy lease.  Now the cadence runs from the acknowledged
-renewal's send and retries speed up near the lease's end
-(``Holder._renew``, ``Holder.on_renew_ack``).
+renewal's send, and retries of renewals and grants speed up near their
+deadline so that at least ``TRIES_BEFORE_DEADLINE`` (5) fit
+(``protocols.outbox.retry_delay``); three were not enough at 30 % loss.
 """
 
 from __future__ import annotations
@@ -17,23 +18,36 @@ from typing import Any
 
 import pytest
 
+from protocols import outbox as outbox_module
 from protocols.holder import Holder
 from protocols.timers import RENEW, ExecTimer
 from simnet.runner import RunOptions, run_scenario
 
-SEEDS = (11, 12, 19)
+SEEDS = (11, 12, 19)  # lapsed at 10 % loss with the old cadence
+SEEDS_30 = (2, 23, 30)  # lapsed at 30 % loss with retries at a third of the time left
 
 
-def _loaded(seed: int) -> dict[str, Any]:
-    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=300, loss=0.1, duplicate=0.05,
+def _loaded(seed: int, loss: float = 0.1) -> dict[str, Any]:
+    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=300, loss=loss, duplicate=0.05,
                                    reorder=0.2, workload="plain", timings="mixed"))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_short_leases_among_mixed_timings_survive_a_lossy_network(seed: int) -> None:
-    report = _loaded(seed)
+@pytest.mark.parametrize(("seed", "loss"), [(s, 0.1) for s in SEEDS] + [(s, 0.3) for s in SEEDS_30])
+def test_short_leases_among_mixed_timings_survive_a_lossy_network(seed: int, loss: float) -> None:
+    report = _loaded(seed, loss)
     assert report["invariant_violations"] == []
     assert report["lost"] == 0 and report["completed"] == 300
+
+
+def test_planted_too_few_retries_before_a_lapse_are_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted: three tries before a deadline (the first fix) lapse leases at
+    30 % loss."""
+    monkeypatch.setattr(outbox_module, "TRIES_BEFORE_DEADLINE", 3)
+    caught = [seed for seed in SEEDS_30
+              if any("(L4" in v for v in _loaded(seed, 0.3)["invariant_violations"])]
+    assert caught, "three retries before a lapse went unnoticed"
 
 
 def _old_cadence(monkeypatch: pytest.MonkeyPatch) -> None:
