@@ -280,6 +280,11 @@ class Owner(CensusMixin, AuctionMixin, LeaseMixin, OutcomeMixin, LogMixin):
             policy = self.policy(job)
             if policy.slots is SlotSource.CENSUS and (policy.recount or not job.slots):
                 self._open_census(job)  # ops: only if the census had not finished
+            elif policy.slots is SlotSource.CENSUS:
+                # An ops census with slots is not resumed (its state is
+                # volatile): it counts as over, so the job ends with its slots.
+                job.census_quiet = OPS_QUIET_ROUNDS
+                self._update_job_state(job)  # its slots may all have ended already
             self.kinds[job.kind].resume_job(job)
             if policy.long_running:
                 self._roll(job)

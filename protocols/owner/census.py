@@ -108,6 +108,7 @@ class CensusMixin(OwnerBase):
                 # Answers can be lost: count again until rounds find nobody new.
                 job.census_quiet = 0 if new else job.census_quiet + 1
                 if job.census_quiet >= OPS_QUIET_ROUNDS:
+                    self._update_job_state(job)  # it may be complete only now
                     return
             self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.requeue_delay)
             return

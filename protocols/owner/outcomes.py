@@ -23,6 +23,7 @@ from protocols.owner.base import (
     HISTORY_TABLE,
     JOBS_TABLE,
     MAX_LOST_LEASES,
+    OPS_QUIET_ROUNDS,
     RESTART_BACKOFF_MAX,
     SLOTS_TABLE,
     STABLE_RUN,
@@ -232,7 +233,11 @@ class OutcomeMixin(OwnerBase):
         if policy.slots is SlotSource.CONTROLLER and not job.slots:
             return  # no slots of its own (a micro-batch stream): its controller decides
         states = [s.state for s in job.slots]
-        if policy.end is EndRule.EVERY_NODE and job.slots and all(s.terminal for s in job.slots):
+        # Every node: only once the census is over too (rounds found nobody
+        # new), or a node whose answer came in a later round is left out.
+        census_over = not job.census_open and job.census_quiet >= OPS_QUIET_ROUNDS
+        if (policy.end is EndRule.EVERY_NODE and job.slots and census_over
+                and all(s.terminal for s in job.slots)):
             failed = [s for s in job.slots if s.state is not SlotState.COMPLETED]
             if not failed:
                 self._set_terminal(job, "completed", "")
