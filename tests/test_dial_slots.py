@@ -129,27 +129,32 @@ async def _black_hole() -> AsyncIterator[str]:
         sock.close()
 
 
+async def _live_dial_while_dialling(dialler: Libp2pTransport, live: Any, dead: str) -> bool:
+    """Dial ``dead`` (a black hole), then ``live``: True if the live dial
+    finished while the dead one was still waiting for its handshake."""
+    waiting = True
+
+    async def dial_dead() -> None:
+        nonlocal waiting
+        with pytest.raises(ConnectionError):
+            await dialler.connect(dead)
+        waiting = False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dial_dead)
+        await trio.sleep(0.2)  # the dial to the dead peer is waiting for its handshake
+        await dialler.connect(live.listen_addrs()[0])
+        return waiting
+
+
 async def _live_dial_while_a_dead_peer_is_redialled(dialler: Libp2pTransport, live: Any) -> bool:
-    """Dial a black hole (it fails after ``dial_timeout``), start redialling
-    it, then dial ``live``: True if that dial finished while the redial was
-    still waiting for its handshake."""
+    """Dial a black hole (it fails after ``dial_timeout``), then redial it
+    while dialling ``live`` (``_live_dial_while_dialling``)."""
     async with _black_hole() as dead:
         with pytest.raises(ConnectionError):
             await dialler.connect(dead)  # the first dial: it held the only slot
         assert dialler.stats.dial_failures == 1
-        redialling = True
-
-        async def redial() -> None:
-            nonlocal redialling
-            with pytest.raises(ConnectionError):
-                await dialler.connect(dead)
-            redialling = False
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(redial)
-            await trio.sleep(0.2)  # the redial is waiting for its handshake
-            await dialler.connect(live.listen_addrs()[0])
-            return redialling
+        return await _live_dial_while_dialling(dialler, live, dead)
 
 
 async def test_a_dead_peers_redial_does_not_hold_up_dials_to_live_peers() -> None:
@@ -178,23 +183,10 @@ async def test_planted_one_pool_for_all_dials_holds_up_the_live_peer() -> None:
 
 async def _live_dial_while_a_fresh_dead_peer_is_dialled(dialler: Libp2pTransport,
                                                         live: Any) -> bool:
-    """Dial a black hole never dialled before (a peer paused since we last
-    heard of it), then dial ``live``: True if that dial finished while the
-    first was still waiting for its handshake."""
+    """A black hole never dialled before (a peer paused since we last heard
+    of it) holds the only shared slot while ``live`` is dialled."""
     async with _black_hole() as dead:
-        waiting = True
-
-        async def first_dial() -> None:
-            nonlocal waiting
-            with pytest.raises(ConnectionError):
-                await dialler.connect(dead)
-            waiting = False
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(first_dial)
-            await trio.sleep(0.2)  # the dial to the dead peer holds the only shared slot
-            await dialler.connect(live.listen_addrs()[0])
-            return waiting
+        return await _live_dial_while_dialling(dialler, live, dead)
 
 
 async def test_a_slow_first_dial_frees_its_shared_slot() -> None:
