@@ -28,6 +28,13 @@ def census_attempt(job: OwnedJob) -> int:
     return (job.census_round - 1) % 10_000 + 1
 
 
+def census_over(job: OwnedJob) -> bool:
+    """An ops census is over: no round open, and the last rounds found nobody
+    new.  Only then may the job end, or a node whose answer came in a later
+    round is left out."""
+    return not job.census_open and job.census_quiet >= OPS_QUIET_ROUNDS
+
+
 class CensusMixin(OwnerBase):
     def _open_census(self, job: OwnedJob) -> None:
         """Ask every node (broadcast, plus matching peers of our view directly)

@@ -23,12 +23,12 @@ from protocols.owner.base import (
     HISTORY_TABLE,
     JOBS_TABLE,
     MAX_LOST_LEASES,
-    OPS_QUIET_ROUNDS,
     RESTART_BACKOFF_MAX,
     SLOTS_TABLE,
     STABLE_RUN,
     OwnerBase,
 )
+from protocols.owner.census import census_over
 from protocols.states import ExecutionState, SlotEvent, SlotState
 from protocols.timers import CENSUS, DEADLINE, LEASE, RETRY, JobTimer, SlotTimer
 
@@ -233,10 +233,7 @@ class OutcomeMixin(OwnerBase):
         if policy.slots is SlotSource.CONTROLLER and not job.slots:
             return  # no slots of its own (a micro-batch stream): its controller decides
         states = [s.state for s in job.slots]
-        # Every node: only once the census is over too (rounds found nobody
-        # new), or a node whose answer came in a later round is left out.
-        census_over = not job.census_open and job.census_quiet >= OPS_QUIET_ROUNDS
-        if (policy.end is EndRule.EVERY_NODE and job.slots and census_over
+        if (policy.end is EndRule.EVERY_NODE and job.slots and census_over(job)
                 and all(s.terminal for s in job.slots)):
             failed = [s for s in job.slots if s.state is not SlotState.COMPLETED]
             if not failed:
