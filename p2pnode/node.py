@@ -600,6 +600,8 @@ class Node:
                 },
                 # Since issue 16: store batches committed (group commit).
                 "store": {"commits": self._runtime.commits},
+                # Only under `serve --fault-loss`: the frames it dropped, by type.
+                **({"lost_by_fault": dict(lost)} if (lost := self._runtime.frames_lost) else {}),
             }
         )
 
@@ -795,6 +797,8 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 router,
                 items_reader=items_reader,
                 drop_types=_faults.drop,
+                drop_share=_faults.loss,
+                drop_seed=_faults.loss_seed,
                 log_dir=data_dir / "logs",
                 store_log=lambda directory: store_outputs(blobs, directory, None),
             )

@@ -41,6 +41,7 @@ import heapq
 import itertools
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -221,6 +222,8 @@ class NodeRuntime:
         offload_store: bool | None = None,
         items_reader: Callable[[ReadItems], Awaitable[tuple[str, ...]]] | None = None,
         drop_types: frozenset[str] = frozenset(),
+        drop_share: float = 0.0,
+        drop_seed: int = 0,
         log_dir: Path | None = None,
         store_log: Callable[[Path], Awaitable[str]] | None = None,
         group_limit: int | None = None,
@@ -234,6 +237,12 @@ class NodeRuntime:
         # Fault injection for tests (`serve --fault-drop TYPE`): incoming frames
         # of these message types are dropped as if lost.
         self._drop_types = drop_types
+        # ... and this share of all incoming frames, at random (`--fault-loss`,
+        # seeded by `--fault-seed`): a lossy link.  ``frames_lost`` counts
+        # them by message type, so a test can tell the loss really happened.
+        self._drop_share = drop_share
+        self._drop_rng = random.Random(drop_seed)
+        self.frames_lost: dict[str, int] = {}
         # Executions' complete output: written under ``log_dir``, then stored
         # by ``store_log`` (a blob manifest id) when the execution ends.
         self._log_dir = log_dir
@@ -729,6 +738,11 @@ class NodeRuntime:
             frame = await self.transport.receive()
             if self._drop_types and codec.message_type(frame.data) in self._drop_types:
                 log.warning("fault injection: dropped a %s frame", codec.message_type(frame.data))
+                continue
+            if self._drop_share and self._drop_rng.random() < self._drop_share:
+                kind = codec.message_type(frame.data)
+                self.frames_lost[kind] = self.frames_lost.get(kind, 0) + 1
+                log.info("fault injection: lost a %s frame", kind)
                 continue
             await self._queue.send(MessageReceived(frame.sender, frame.data, frame.topic))
 

@@ -7,6 +7,9 @@ reached through hidden entry points only:
 
 - ``serve --fault-drop TYPE`` (a hidden CLI flag) becomes ``Faults(drop=...)``,
   handed to ``open_node(settings, _faults=...)``;
+- ``serve --fault-loss SHARE --fault-seed N`` (hidden too) becomes
+  ``Faults(loss=..., loss_seed=...)``: a lossy link, the simulator's ``--loss``
+  over real libp2p;
 - the ``P2PNODE_FAULT_SUBMIT`` environment variable makes a serving node kill
   itself at a named point of a control-socket submit (``fault_submit``).
 """
@@ -28,6 +31,16 @@ class Faults:
     # Incoming frames of these message types are dropped as if lost
     # (e.g. "handover_offer": a node that never accepts a handover).
     drop: frozenset[str] = frozenset()
+    # This share of all incoming protocol frames, drawn from a generator seeded
+    # with ``loss_seed``, is dropped as if lost: the lossy link of the
+    # simulator's ``--loss``, so retransmission, lease pacing and re-auction are
+    # proven over real libp2p too.  libp2p's own streams stay reliable; what is
+    # lost is the frame a lossy path or a broken connection would lose.
+    loss: float = attrs.field(
+        default=0.0,
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.lt(1.0)),
+    )
+    loss_seed: int = 0
 
 
 NO_FAULTS = Faults()

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
         (["--listen", "/ip9/nope"], "bad --listen address"),
         (["--listen", "/dns4/localhost/tcp/0"], "must start with /ip4/ or /ip6/"),
         (["--p2p-mode", "inbox"], "inbox mode was removed"),
+        (["--fault-loss", "1"], "'--fault-loss': 1.0 is not in the range 0.0<=x<1.0"),
+        (["--fault-loss=-0.5"], "'--fault-loss': -0.5 is not in the range"),
     ],
 )
 def test_bad_serve_flags_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -24,6 +24,7 @@ from p2pnode.engines import EngineRouter
 from p2pnode.executor import Executor
 from p2pnode.libp2p_transport import Libp2pTransport
 from p2pnode.node import Node, NodeSettings, open_node
+from p2pnode.testing import NO_FAULTS, Faults
 from protocols.codec import encode
 from protocols.config import ANNOUNCE_TOPIC, Timings
 from protocols.events import ExecutionFinished, Notify, StartExecution
@@ -87,21 +88,26 @@ def _settings(root: Path, index: int, **kwargs: Any) -> NodeSettings:
 
 @asynccontextmanager
 async def open_cluster(
-    root: Path, n: int, labels: dict[int, dict[str, str]] | None = None
+    root: Path,
+    n: int,
+    labels: dict[int, dict[str, str]] | None = None,
+    faults: Callable[[int], Faults] | None = None,
 ) -> AsyncIterator[InprocCluster]:
     """``n`` nodes, 1.. bootstrapping through node 0; yields once every node's
-    view lists every node (so auctions see the whole cluster)."""
+    view lists every node (so auctions see the whole cluster).  ``faults(i)``:
+    the faults node i injects into itself (``p2pnode.testing``)."""
     labels = labels or {}
+    faults_of = faults or (lambda _: NO_FAULTS)
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(
-            open_node(_settings(root, 0, labels=labels.get(0, {})))
+            open_node(_settings(root, 0, labels=labels.get(0, {})), _faults=faults_of(0))
         )
         nodes = [first]
         for i in range(1, n):
             settings = _settings(
                 root, i, labels=labels.get(i, {}), bootstrap=(first.listen_addrs()[0],)
             )
-            nodes.append(await stack.enter_async_context(open_node(settings)))
+            nodes.append(await stack.enter_async_context(open_node(settings, _faults=faults_of(i))))
         recorders = {}
         for node in nodes:
             router = node._runtime.executor

@@ -190,6 +190,20 @@ MAX_LEASE_TTL = 3600.0
     hidden=True,  # fault injection for the real-network tests, not for users
     help="Drop incoming frames of this message type (repeatable).",
 )
+@click.option(
+    "--fault-loss",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    hidden=True,  # fault injection: a lossy link, as the simulator's --loss
+    help="Drop this share of all incoming protocol frames, at random.",
+)
+@click.option(
+    "--fault-seed",
+    type=int,
+    default=0,
+    hidden=True,
+    help="Seed of --fault-loss's draws (a run's losses repeat with its seed).",
+)
 @pass_cli
 @click.pass_context
 def serve(
@@ -209,6 +223,8 @@ def serve(
     sandbox_ro: tuple[str, ...],
     http_listen: str | None,
     fault_drop: tuple[str, ...],
+    fault_loss: float,
+    fault_seed: int,
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
 
@@ -269,7 +285,8 @@ def serve(
         if ctx.get_parameter_source("listen") == ParameterSource.DEFAULT:
             listen_default, notice = _default_listen()
             settings = attrs.evolve(settings, listen=listen_default)
-        trio.run(_serve, settings, Faults(drop=frozenset(fault_drop)), notice, http_listen)
+        faults = Faults(drop=frozenset(fault_drop), loss=fault_loss, loss_seed=fault_seed)
+        trio.run(_serve, settings, faults, notice, http_listen)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
