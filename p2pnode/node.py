@@ -599,7 +599,8 @@ class Node:
                     **self._runtime.execution_stats.to_json(),
                 },
                 # Since issue 16: store batches committed (group commit).
-                "store": {"commits": self._runtime.commits},
+                # Inline or in the writer thread: p2pnode/store_writer.py.
+                "store": self._runtime.store_commits,
                 # Only under `serve --fault-loss`: the frames it dropped, by type.
                 **({"lost_by_fault": dict(lost)} if (lost := self._runtime.frames_lost) else {}),
             }

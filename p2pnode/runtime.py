@@ -64,7 +64,7 @@ from p2pnode.executor import (
 from p2pnode.executors.common import safe_name
 from p2pnode.logcapture import OutputCapture, install_output
 from p2pnode.store import Store, StoreError
-from p2pnode.store_writer import StoreWriter
+from p2pnode.store_writer import INLINE_BELOW, StoreWriter
 from p2pnode.transport import Transport
 from protocols import codec
 from protocols.config import ANNOUNCE_TOPIC
@@ -193,7 +193,9 @@ class NodeRuntime:
     not block the event loop; by default only for stores that say they block
     (``SqliteStore.blocking``), keeping in-memory stores deterministic under a
     mock clock.  The thread is one long-lived ``StoreWriter`` per run, not a
-    ``trio.to_thread`` call per write (``store_writer.py``).
+    ``trio.to_thread`` call per write (``store_writer.py``); it writes inline
+    instead while commits take less than ``inline_commit_below`` seconds (``0``:
+    always in the thread).
 
     The runtime does not own the store or the transport: whoever built them
     closes them after ``run`` returns.
@@ -227,6 +229,7 @@ class NodeRuntime:
         log_dir: Path | None = None,
         store_log: Callable[[Path], Awaitable[str]] | None = None,
         group_limit: int | None = None,
+        inline_commit_below: float = INLINE_BELOW,
     ) -> None:
         self.core = core
         self.transport = transport
@@ -258,6 +261,7 @@ class NodeRuntime:
             bool(getattr(store, "blocking", False)) if offload_store is None else offload_store
         )
         self._writer: StoreWriter | None = None
+        self._inline_commit_below = inline_commit_below
         # Group commit: items already queued are handled together, up to this
         # many, with one commit for all (``_process_group``).  By default only
         # where a commit is costly (a blocking store: an fsync and a thread
@@ -303,6 +307,17 @@ class NodeRuntime:
         return self._running
 
     @property
+    def store_commits(self) -> dict[str, int]:
+        """Batches committed, and how many of them inline or in the writer
+        thread (``store_writer.py``)."""
+        writer = self._writer
+        return {
+            "commits": self.commits,
+            "inline": writer.inline_commits if writer is not None else 0,
+            "in_thread": writer.thread_commits if writer is not None else 0,
+        }
+
+    @property
     def executions_running(self) -> int:
         """Executions started here and not yet ended."""
         return len(self._executions)
@@ -320,7 +335,7 @@ class NodeRuntime:
         send, receive = trio.open_memory_channel[_Item](self._queue_size)
         self._queue = send
         if self._offload_store:
-            self._writer = StoreWriter(self.store.apply)
+            self._writer = StoreWriter(self.store.apply, inline_below=self._inline_commit_below)
             self._writer.start()
         try:
             async with trio.open_nursery() as nursery:

@@ -88,6 +88,9 @@ async def _run_group(
     replies: dict[str, Any] = {}
     tmp_path.mkdir(exist_ok=True)
     store = GatedStore(tmp_path / "node.db", log)
+    # Commits in the writer thread (never inline): the gate holds the thread,
+    # not the event loop that queues the group.
+    kwargs.setdefault("inline_commit_below", 0)
     runtime = NodeRuntime(ScriptedCore(log, _script), transport, store, SleepExecutor(), **kwargs)
 
     async def submit(job: str) -> None:
@@ -203,7 +206,9 @@ async def test_a_failed_group_commit_lets_no_effect_of_the_group_out(tmp_path: P
 
     tmp_path.mkdir(exist_ok=True)
     store = GatedStore(tmp_path / "node.db", log, max_pages=16)
-    runtime = NodeRuntime(ScriptedCore(log, script), transport, store, SleepExecutor())
+    runtime = NodeRuntime(
+        ScriptedCore(log, script), transport, store, SleepExecutor(), inline_commit_below=0
+    )
     notified: list[str] = []
     runtime.add_listener(lambda n: notified.append(n.data["n"]) if n.kind == "seen" else None)
     replies: list[BaseException] = []
@@ -264,7 +269,7 @@ async def test_timer_staleness_is_judged_at_the_items_turn_in_a_group(tmp_path: 
 
     core = ScriptedCore(log, script)
     store = GatedStore(tmp_path / "node.db", log)
-    runtime = NodeRuntime(core, transport, store, SleepExecutor())
+    runtime = NodeRuntime(core, transport, store, SleepExecutor(), inline_commit_below=0)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)

@@ -797,9 +797,10 @@ def _writer_threads() -> list[threading.Thread]:
 async def test_sqlite_writes_share_one_writer_thread_that_ends_with_the_run(
     tmp_path: Path,
 ) -> None:
-    """Every batch goes through the same long-lived thread (not the event loop,
-    not a thread per write), each written before its step's send, and the
-    thread is gone once ``run`` returns."""
+    """With inline commits off, every batch goes through the same long-lived
+    thread (not the event loop, not a thread per write), each written before
+    its step's send, and the thread is gone once ``run`` returns.  (Inline
+    commits while the disk is fast: tests/test_store_writer.py.)"""
     log: list[Any] = []
 
     def script(event: Event, now: float) -> Sequence[Action]:
@@ -809,7 +810,9 @@ async def test_sqlite_writes_share_one_writer_thread_that_ends_with_the_run(
 
     transport = FakeTransport(log)
     with ThreadRecordingStore(tmp_path / "node.db") as store:
-        runtime = NodeRuntime(ScriptedCore(log, script), transport, store, SleepExecutor())
+        runtime = NodeRuntime(
+            ScriptedCore(log, script), transport, store, SleepExecutor(), inline_commit_below=0
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             assert len(_writer_threads()) == 1
@@ -825,17 +828,21 @@ async def test_sqlite_writes_share_one_writer_thread_that_ends_with_the_run(
     assert _writer_threads() == []
 
 
+@pytest.mark.parametrize("inline_below", [0, runtime_module.INLINE_BELOW], ids=["thread", "inline"])
 async def test_a_failed_write_in_the_writer_thread_stops_the_node_before_send(
-    tmp_path: Path,
+    tmp_path: Path, inline_below: float
 ) -> None:
-    """A real SQLite failure (database full) raised in the writer thread comes
-    back to the consumer: the node stops with StoreError, nothing sent."""
+    """A real SQLite failure (database full) raised in the writer thread, or
+    inline, comes back to the consumer: the node stops with StoreError,
+    nothing sent."""
     log: list[Any] = []
     big = {"blob": "x" * 200_000}
     core = ScriptedCore(log, on(Started, lambda e, t: [Persist("t", "k", big), Send("p", b"x")]))
     transport = FakeTransport(log)
     with SqliteStore(tmp_path / "node.db", max_pages=16) as store:
-        runtime = NodeRuntime(core, transport, store, SleepExecutor())
+        runtime = NodeRuntime(
+            core, transport, store, SleepExecutor(), inline_commit_below=inline_below
+        )
         with pytest.raises(StoreError, match="not written"):
             await runtime.run()
     assert transport.sent == []
