@@ -79,6 +79,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import itertools
 import random
 import resource
 import time
@@ -486,6 +487,11 @@ def _report(opts: RunOptions, cluster: Cluster, faults: FaultInjector,
         "stopped": states.get("stopped", 0),
         "lost": len(lost),
         "lost_jobs": lost[:20],
+        # Why each failed job failed (the first 20): a failure on a healthy
+        # network is worth a look even when no invariant names it.
+        "failed_reasons": dict(itertools.islice(
+            ((jid, cluster.reason_of(jid)) for jid in cluster.submitted
+             if cluster.state_of(jid) == "failed"), 20)),
         "invariant_violations": cluster.violations,
         "messages_sent": stats.sent,
         "messages_delivered": stats.delivered,

@@ -28,6 +28,11 @@ def census_attempt(job: OwnedJob) -> int:
     return (job.census_round - 1) % 10_000 + 1
 
 
+def census_ask_key(job_id: str, attempt: int, node: str) -> tuple[str, str, int, str]:
+    """The retransmission key of a census round's direct ask to one node."""
+    return ("census-ask", job_id, attempt, node)
+
+
 def census_over(job: OwnedJob) -> bool:
     """An ops census is over: no round open, and the last rounds found nobody
     new.  Only then may the job end, or a node whose answer came in a later
@@ -60,8 +65,13 @@ class CensusMixin(OwnerBase):
             memory=unit.memory,
             count=self.config.view_size + 1,
         )
-        for node in peers:  # direct asks survive a lossy broadcast
-            self.out.send(node, ask)
+        # Direct asks survive a lossy broadcast, and repeat within the round
+        # until the node answers: with one copy each, 30 % loss left a live
+        # matching node out of every round of an ops census in 2 of 140 simnet
+        # runs (kinds, 10 nodes), and the job completed without it (O2).
+        for node in peers:
+            key = census_ask_key(job.job_id, ask.attempt, node)
+            self.out.send_reliably(key, node, ask, self.t.bid_window)
         self.out.publish(ANNOUNCE_TOPIC, attrs.evolve(ask, broadcast=True))
         self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
 
@@ -75,6 +85,7 @@ class CensusMixin(OwnerBase):
         job = self.jobs.get(job_id)
         if job is None or self.policy(job).slots is not SlotSource.CENSUS:
             raise RemoteProtocolError(f"census answer for unknown job {job_id!r}")
+        self.out.settle(census_ask_key(job_id, attempt, sender))  # it heard the ask
         if not matches:
             return
         if job.census_open and attempt == census_attempt(job):
