@@ -34,6 +34,8 @@ pytestmark = pytest.mark.slow
 LOSS = 0.2
 BATCH_JOBS = 6
 CHAIN_STAGES = 3
+NODES = 4
+EXECUTIONS = BATCH_JOBS + CHAIN_STAGES + NODES  # the ops job runs on every node
 # Job-path frames a 20 % loss must have hit for the run to prove anything;
 # with several hundred of them per run, missing three of these types would
 # take a loss that is not there.
@@ -57,11 +59,15 @@ def _lossy(index: int) -> Faults:
 
 async def _run_workload(cluster: InprocCluster, wait: float = WAIT) -> dict[str, dict[str, Any]]:
     """Submit the batch jobs (each held for about 5 lease periods of
-    renewals) and a chain to node 0; wait up to ``wait`` for them all to end."""
+    renewals), a chain and an ops job to node 0; wait up to ``wait`` for them all to end."""
     owner = cluster.nodes[0]
     script = 'sleep 3; echo "$P2PNODE_SLOT" > "$P2PNODE_OUTPUTS/out.txt"'
     jobs = [await owner.submit(process_job(f"lossy-{i}", script)) for i in range(BATCH_JOBS)]
     jobs.append(await owner.submit(chain_spec(CHAIN_STAGES)))
+    # Once on every node: its census and pinned asks must reach each of them.
+    ops = process_job("lossy-ops", "echo ran", type="ops")
+    del ops["count"]  # one per matching node
+    jobs.append(await owner.submit(ops))
     views: dict[str, dict[str, Any]] = {}
 
     async def wait_one(job_id: str) -> None:
@@ -89,7 +95,7 @@ def _lost_by_type(nodes: list[Node]) -> dict[str, int]:
 
 
 async def test_jobs_and_a_chain_complete_over_a_lossy_link(tmp_path: Path) -> None:
-    async with open_cluster(tmp_path, 4, faults=_lossy) as cluster:
+    async with open_cluster(tmp_path, NODES, faults=_lossy) as cluster:
         views = await _run_workload(cluster)
         lapses = _lapses(cluster.nodes)
         lost = _lost_by_type(cluster.nodes)
@@ -98,6 +104,8 @@ async def test_jobs_and_a_chain_complete_over_a_lossy_link(tmp_path: Path) -> No
 
     for view in views.values():
         assert view["state"] == "completed", view
+    ops = next(v for v in views.values() if v["type"] == "ops")
+    assert len({s["node"] for s in ops["slots"]}) == NODES, ops
     chain = next(v for v in views.values() if v.get("chain"))["chain"]
     assert chain["log_verified"] == "ok", chain
     assert sum(r["kind"] == "handover" for r in chain["records"]) == CHAIN_STAGES - 1, chain
@@ -113,7 +121,7 @@ async def test_jobs_and_a_chain_complete_over_a_lossy_link(tmp_path: Path) -> No
     # renewal or its ack lost for a whole lease period) and no work re-ran
     # beyond the rare re-auction of a grant whose every copy was lost.
     assert lapses <= 1, (lapses, lost)
-    assert len(started) <= BATCH_JOBS + CHAIN_STAGES + 2, started
+    assert len(started) <= EXECUTIONS + 2, started
 
 
 def _no_retransmission(self: Outbox, key: Hashable) -> None:
@@ -125,14 +133,14 @@ async def test_planted_no_retransmission_is_caught(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Outbox, "on_retransmit_timer", _no_retransmission)
-    async with open_cluster(tmp_path, 4, faults=_lossy) as cluster:
+    async with open_cluster(tmp_path, NODES, faults=_lossy) as cluster:
         # The real run ends in about 10 s; a third of the real bound is plenty.
         views = await _run_workload(cluster, wait=WAIT / 3)
         lapses = _lapses(cluster.nodes)
         started = cluster.all_started()
     unfinished = [v["name"] for v in views.values() if v["state"] != "completed"]
     # At least one of the real test's assertions breaks.
-    assert lapses > 1 or len(started) > BATCH_JOBS + CHAIN_STAGES + 2 or unfinished, (
+    assert lapses > 1 or len(started) > EXECUTIONS + 2 or unfinished, (
         lapses,
         started,
     )
