@@ -216,6 +216,7 @@ class Cluster:
                                         self.dag, self.liveness]
         self.fanout = _Fanout(list(self.checkers), self.notes)
         self.fanout.ignored = self.byzantine
+        self.kinds.strangers = self.byzantine
         self.fanout.granted_by = self._granted_by
         self.adversary: Adversary | None = None  # set by the runner (simnet.byzantine)
         self.engine.observer = self.fanout

@@ -87,6 +87,10 @@ Ops (job ``P``):
   and stayed up for the census round (``bid_window + slack``), provided no
   fault happened in that round.  Reported by :meth:`KindInvariants.check_ops`
   (at the end, so that a run goes on checking everything else).
+* **O3** on a run with no node fault (no crash, restart, pause or partition;
+  loss, duplication and joiners allowed) and no byzantine peer, an ops job
+  never fails because a node "did not answer": every node is up, so only lost
+  frames could make it silent, and asks repeat until answered.
 
 Every execution of any job also runs on a node matching its labels.
 """
@@ -238,6 +242,8 @@ class KindInvariants(Checker):
         self.last_fault = 0.0
         self.faults = 0
         self.fault_times: list[float] = []
+        self.node_faults = 0  # crashes, restarts, pauses, partitions (not joins): O3
+        self.strangers: frozenset[str] = frozenset()  # byzantine nodes (set by the harness)
         # cron
         self.cron_started: dict[tuple[str, int], tuple[float, str]] = {}
         self.cron_entries: dict[tuple[str, int], CronEntry] = {}
@@ -310,6 +316,8 @@ class KindInvariants(Checker):
         self.last_fault = now
         self.faults += 1
         self.fault_times.append(now)
+        if what not in ("join", "calm"):
+            self.node_faults += 1
         if what != "join":  # a fault inside a join window voids its bound (still measured)
             for pending in self.join_pending.values():
                 pending[1] = False
@@ -443,6 +451,8 @@ class KindInvariants(Checker):
             self.buffered.pop(jid, None)
         elif info.kind == "ops" and state == "completed":
             self._ops_completed(jid, info, now)
+        elif info.kind == "ops" and state == "failed":
+            self._ops_failed(jid, str(d.get("reason") or ""), now)
         parent = run_parent(jid) if info.kind == "run" else None
         if parent is not None:
             self.cron_active.get(parent[0], set()).discard(jid)
@@ -587,6 +597,12 @@ class KindInvariants(Checker):
         skipped = sorted(n for n in stayed if (jid, n) not in self.ops_results)
         if skipped:
             self.ops_gaps.append((now, jid, skipped))
+
+    def _ops_failed(self, jid: str, reason: str, now: float) -> None:
+        """O3: no node fault and no liar, so no node can be gone or silent."""
+        if "did not answer" in reason and not self.node_faults and not self.strangers:
+            self.violate(now, f"ops {jid} failed ({reason}) although every node was up and "
+                              f"no node fault happened (O3)")
 
     def check_ops(self, now: float) -> None:
         """O2, reported at the end of a run (the run went on checking the rest)."""
