@@ -7,9 +7,10 @@ process executor, where timing comes from a loaded machine and not from a
 seeded clock: grants, renewals, results and a chain's handover messages are
 lost and retransmitted, and every job still completes with its leases held.
 
-The planted run turns retransmission off (one copy of every reliable
-message, one renewal per period): the same workload then lapses leases and
-re-runs work, which is what the assertions on lapses and executions catch.
+The planted run turns the outbox's retransmission off (one copy of every
+message sent until acknowledged: grants, results, census answers, handover
+frames; the holder's renewals keep their own pacing): the same workload then
+lapses leases and leaves jobs unfinished, which the assertions catch.
 """
 
 from __future__ import annotations
