@@ -119,6 +119,12 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
     ),
     (
         "protocols.holder",
+        "RENEW_TRIES_BEFORE_LAPSE",
+        "",
+        "an unacknowledged renewal retries within 1/this of the lease's time left",
+    ),
+    (
+        "protocols.holder",
         "MAX_LAPSED_BIDS",
         "",
         "bids whose reservation ran out remembered (a late grant is taken)",
@@ -131,6 +137,12 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
     ),
     ("protocols.owner", "DEFAULT_QUEUE_TIMEOUT", "s", "longest wait for busy matching nodes"),
     ("protocols.owner", "MAX_LOST_LEASES", "", "lost leases of a slot before it fails"),
+    (
+        "protocols.owner.census",
+        "CENSUS_ECHO_AT",
+        "",
+        "a census round's broadcast goes again at this share of its bid window",
+    ),
     (
         "protocols.owner",
         "OPS_QUIET_ROUNDS",

@@ -78,6 +78,7 @@ from protocols.stream import StreamController
 from protocols.timers import (
     BID,
     CENSUS,
+    CENSUS_ECHO,
     FORGET,
     GOSSIP,
     LAPSE,
@@ -90,7 +91,7 @@ from protocols.timers import (
     NodeTimer,
 )
 
-OWNER_TIMERS = (*SLOT_TIMERS, CENSUS)
+OWNER_TIMERS = (*SLOT_TIMERS, CENSUS, CENSUS_ECHO)
 META_TABLE = "meta"
 VIEW_TABLE = "view"
 MAX_TRACKED_OFFENDERS = 10_000

@@ -47,10 +47,10 @@ TRIES_BEFORE_DEADLINE = 5
 MIN_RETRY_DELAY = 0.05
 
 
-def retry_delay(backoff: float, left: float) -> float:
+def retry_delay(backoff: float, left: float, tries: int = TRIES_BEFORE_DEADLINE) -> float:
     """The next retry's delay: the back-off, or sooner when less than
-    ``TRIES_BEFORE_DEADLINE`` back-offs fit in the ``left`` seconds."""
-    return min(backoff, max(left / TRIES_BEFORE_DEADLINE, MIN_RETRY_DELAY))
+    ``tries`` back-offs fit in the ``left`` seconds."""
+    return min(backoff, max(left / tries, MIN_RETRY_DELAY))
 
 
 @attrs.define

@@ -18,6 +18,7 @@ DEADLINE = "deadline"  # no result within timeout + grace
 SLOT_TIMERS = (AUCTION, RETRY, LEASE, DEADLINE)
 # Owner, one job (the controllers' timers are job timers too: cron, chain*).
 CENSUS = "census"
+CENSUS_ECHO = "census-echo"  # the round's broadcast ask again, halfway through its window
 # Holder, one bid and one execution.
 BID = "bid"  # bid_hold over without a grant
 RENEW = "renew"

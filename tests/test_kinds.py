@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.config import Timings
+import pytest
+
+from protocols.config import ANNOUNCE_TOPIC, Timings
 from protocols.events import CancelJob, SubmitJob, SuspendJob, UpdateJob
-from tests.protonet import WALL_EPOCH, ProtoNet, sim_task
+from protocols.messages import CENSUS_SLOT, AskForBid
+from protocols.owner.base import OPS_QUIET_ROUNDS
+from protocols.owner.census import CENSUS_ECHO_AT
+from tests.protonet import LATENCY, WALL_EPOCH, Frame, ProtoNet, sim_task
 
 FAST = Timings(lease_ttl=3.0, lease_grace=1.0, bid_window=0.2, daemon_scan=2.0)
 
@@ -77,6 +82,42 @@ def test_ops_without_matching_node_fails_fast() -> None:
     net.feed("a", SubmitJob("ops3", spec("ops", {"gpu": "yes"})))
     net.run_until(lambda: net.job_state("a", "ops3") == "failed", limit=30)
     assert "no node matches" in net.core("a").owner.jobs["ops3"].reason
+
+
+
+def _census_broadcasts(net: ProtoNet, owner: str) -> dict[int, list[float]]:
+    """Record, by census round, when ``owner``'s broadcast census asks went out."""
+    sent: dict[int, list[float]] = {}
+
+    def record(frame: Frame) -> bool:
+        msg = frame.message
+        if (frame.sender == owner and frame.topic == ANNOUNCE_TOPIC
+                and isinstance(msg, AskForBid) and msg.slot == CENSUS_SLOT):
+            sent.setdefault(msg.attempt, [])
+            if frame.dest == "b":  # one copy per publish (each peer gets one)
+                sent[msg.attempt].append(round(frame.at - LATENCY, 6))
+        return False
+
+    net.drop = record
+    return sent
+
+
+def test_each_census_round_broadcasts_again_halfway_through_its_window() -> None:
+    """The broadcast is the only way to a node the owner has not heard of, and
+    nothing acknowledges it: it goes twice per round, the second copy at
+    ``CENSUS_ECHO_AT`` of the window, and never after its round closed."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    sent = _census_broadcasts(net, "a")
+    net.feed("a", SubmitJob("ops4", spec("ops")))
+    net.run_until(lambda: len(running_on(net, "ops4")) == 2, limit=10)
+    for node, execs in running_on(net, "ops4").items():
+        net.finish(node, execs[0])
+    net.run_until(lambda: net.job_state("a", "ops4") == "completed", limit=30)
+    assert len(sent) >= 1 + OPS_QUIET_ROUNDS  # the first round, then quiet ones
+    for attempt, times in sent.items():
+        assert len(times) == 2, (attempt, times)
+        assert times[1] - times[0] == pytest.approx(FAST.bid_window * CENSUS_ECHO_AT), times
 
 
 # --- daemon ------------------------------------------------------------------------

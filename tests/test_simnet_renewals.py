@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from protocols import holder as holder_module
 from protocols import outbox as outbox_module
 from protocols.holder import Holder
 from protocols.timers import RENEW, ExecTimer
@@ -45,6 +46,7 @@ def test_planted_too_few_retries_before_a_lapse_are_caught(
     """Planted: three tries before a deadline (the first fix) lapse leases at
     30 % loss."""
     monkeypatch.setattr(outbox_module, "TRIES_BEFORE_DEADLINE", 3)
+    monkeypatch.setattr(holder_module, "RENEW_TRIES_BEFORE_LAPSE", 3)
     caught = [seed for seed in SEEDS_30
               if any("(L4" in v for v in _loaded(seed, 0.3)["invariant_violations"])]
     assert caught, "three retries before a lapse went unnoticed"
@@ -76,3 +78,37 @@ def test_planted_old_cadence_lapses_healthy_leases(monkeypatch: pytest.MonkeyPat
     caught = [seed for seed in SEEDS
               if any("(L4" in v for v in _loaded(seed)["invariant_violations"])]
     assert caught, "the old renewal cadence went unnoticed"
+
+
+# --- slots that live for minutes (L4) ----------------------------------------------------
+#
+# A slot renews for as long as it lives, so a per-period lapse rate that a
+# 10 s batch job never meets adds up on a stream consumer: with five tries
+# before a lapse, 1 s leases at 30 % loss each way (20 % of frames delayed up
+# to 250 ms) lapsed in about 1 of 200 renewal periods, and three leases of one
+# slot lapsed in 3 of 40 seeds (stream, 10 nodes, mixed timings).  A renewal
+# now gets ``RENEW_TRIES_BEFORE_LAPSE`` (8) tries: 0 of 240 seeds.
+
+LONG_LIVED_SEEDS = (23, 30, 35)
+
+
+def _lossy_streams(seed: int) -> dict[str, Any]:
+    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=12, loss=0.3, duplicate=0.05,
+                                   reorder=0.2, workload="stream", timings="mixed",
+                                   duration=180.0))
+
+
+@pytest.mark.parametrize("seed", LONG_LIVED_SEEDS)
+def test_long_lived_slots_keep_short_leases_on_a_lossy_network(seed: int) -> None:
+    report = _lossy_streams(seed)
+    assert report["invariant_violations"] == []
+    assert report["lost"] == 0
+
+
+def test_planted_five_renewal_tries_lapse_long_lived_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(holder_module, "RENEW_TRIES_BEFORE_LAPSE", 5)
+    caught = [seed for seed in LONG_LIVED_SEEDS
+              if any("(L4" in v for v in _lossy_streams(seed)["invariant_violations"])]
+    assert caught, "five renewal tries before a lapse went unnoticed"

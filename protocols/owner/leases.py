@@ -28,7 +28,7 @@ from protocols.owned import Execution, OwnedJob, OwnedSlot, execution_id, parse_
 from protocols.owner.auction import round_attempt
 from protocols.owner.base import KEEP_EXECUTIONS, OwnerBase
 from protocols.states import ExecutionState, SlotEvent, SlotState, slot_accepts
-from protocols.timers import DEADLINE, LEASE, SlotTimer
+from protocols.timers import CENSUS, CENSUS_ECHO, DEADLINE, LEASE, SlotTimer
 from protocols.units import human_duration
 
 
@@ -311,8 +311,11 @@ class LeaseMixin(OwnerBase):
         job = self.jobs.get(job_id)
         if job is None or job.terminal:
             return
-        if kind == "census":
+        if kind == CENSUS:
             self._on_census_timer(job)
+            return
+        if kind == CENSUS_ECHO:
+            self._echo_census(job, index)
             return
         if not 0 <= index < len(job.slots):
             return
