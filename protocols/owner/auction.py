@@ -33,7 +33,6 @@ from protocols.errors import RemoteProtocolError
 from protocols.messages import (
     CENSUS_SLOT,
     DECLINED_RUNNING_SLOT,
-    AskForBid,
     Bid,
     BidDeclined,
     BidRejected,
@@ -76,17 +75,7 @@ class AuctionMixin(OwnerBase):
         self._move(slot, SlotEvent.START, SlotState.BIDDING, persist=False)
         slot.attempt += 1
         slot.bids, slot.answered, slot.busy_seen, slot.mismatch = {}, set(), False, ""
-        ask = AskForBid(
-            job_id=job.job_id,
-            slot=slot.index,
-            attempt=round_attempt(slot),
-            engine=unit.engine,
-            cpu=unit.cpu,
-            memory=unit.memory,
-            labels=unit.labels,
-            bid_window_ms=int(self.t.bid_window * 1000),
-            pinned_node=slot.pinned,
-        )
+        ask = self._ask(job, slot.index, round_attempt(slot), slot.pinned)
         if slot.pinned or slot.prefer:
             # Pinned: only this node.  Preferred (a consumer's graceful end):
             # this node first, anyone after a round without its bid.

@@ -17,6 +17,7 @@ from protocols.config import NodeConfig
 from protocols.directory import Directory
 from protocols.kinds import KIND_POLICY, KindPolicy, KindRegistry
 from protocols.logs import LogBook
+from protocols.messages import AskForBid
 from protocols.outbox import Outbox
 from protocols.owned import OwnedJob, OwnedSlot
 from protocols.states import SlotEvent, SlotState, check_slot_transition
@@ -90,6 +91,21 @@ class OwnerBase:
             slot.reason = reason
         if persist:
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
+
+    def _ask(self, job: OwnedJob, slot: int, attempt: int, pinned_node: str = "") -> AskForBid:
+        """An ask for ``job``'s work unit, for one round of ``slot``."""
+        unit = job.unit
+        return AskForBid(
+            job_id=job.job_id,
+            slot=slot,
+            attempt=attempt,
+            engine=unit.engine,
+            cpu=unit.cpu,
+            memory=unit.memory,
+            labels=unit.labels,
+            bid_window_ms=int(self.t.bid_window * 1000),
+            pinned_node=pinned_node,
+        )
 
     def persist_slot(self, slot: OwnedSlot) -> None:
         self.out.persist(SLOTS_TABLE, slot.key, slot.record())

@@ -76,17 +76,7 @@ class CensusMixin(OwnerBase):
         self.out.timer(JobTimer(CENSUS, job.job_id), self.out.now + self.t.bid_window)
 
     def _census_ask(self, job: OwnedJob) -> AskForBid:
-        unit = job.unit
-        return AskForBid(
-            job_id=job.job_id,
-            slot=CENSUS_SLOT,
-            attempt=census_attempt(job),
-            engine=unit.engine,
-            cpu=unit.cpu,
-            memory=unit.memory,
-            labels=unit.labels,
-            bid_window_ms=int(self.t.bid_window * 1000),
-        )
+        return self._ask(job, CENSUS_SLOT, census_attempt(job))
 
     def _echo_census(self, job: OwnedJob, census_round: int) -> None:
         """The round's broadcast ask once more, if that round is still open."""
