@@ -23,8 +23,9 @@ from simnet.runner import RunOptions, run_scenario
 SEEDS = (0, 10)
 
 
-def _kinds(seed: int) -> dict[str, Any]:
-    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=30, loss=0.1, duplicate=0.05,
+def _kinds(seed: int, loss: float = 0.1) -> dict[str, Any]:
+    """Kinds among peers whose timings differ, on a lossy network."""
+    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=30, loss=loss, duplicate=0.05,
                                    reorder=0.2, workload="kinds", timings="mixed",
                                    duration=180.0))
 
@@ -150,15 +151,9 @@ def test_planted_single_census_ask_is_caught(monkeypatch: pytest.MonkeyPatch) ->
 ECHO_SEEDS = (40, 91)
 
 
-def _lossy_mixed_kinds(seed: int) -> dict[str, Any]:
-    return run_scenario(RunOptions(seed=seed, nodes=10, jobs=30, loss=0.3, duplicate=0.05,
-                                   reorder=0.2, workload="kinds", timings="mixed",
-                                   duration=180.0))
-
-
 @pytest.mark.parametrize("seed", ECHO_SEEDS)
 def test_a_node_outside_the_owners_view_is_counted(seed: int) -> None:
-    report = _lossy_mixed_kinds(seed)
+    report = _kinds(seed, 0.3)
     assert report["invariant_violations"] == []
     assert report["lost"] == 0
 
@@ -169,5 +164,5 @@ def test_planted_census_broadcast_once_per_round_is_caught(
     _plant_single_broadcast(monkeypatch)
     caught = [seed for seed in ECHO_SEEDS
               if any("without running on" in v
-                     for v in _lossy_mixed_kinds(seed)["invariant_violations"])]
+                     for v in _kinds(seed, 0.3)["invariant_violations"])]
     assert caught, "a census broadcast sent once per round went unnoticed"
