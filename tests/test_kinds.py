@@ -120,6 +120,19 @@ def test_each_census_round_broadcasts_again_halfway_through_its_window() -> None
         assert times[1] - times[0] == pytest.approx(FAST.bid_window * CENSUS_ECHO_AT), times
 
 
+
+def test_a_daemon_census_is_not_echoed() -> None:
+    """A daemon re-counts every ``daemon_scan``, so a node one round missed is
+    found by the next: its rounds broadcast once (no steady-state cost)."""
+    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    sent = _census_broadcasts(net, "a")
+    net.feed("a", SubmitJob("d0", spec("daemon")))
+    net.run_for(3 * FAST.daemon_scan)
+    assert len(sent) >= 3
+    assert all(len(times) == 1 for times in sent.values()), sent
+
+
 # --- daemon ------------------------------------------------------------------------
 
 
