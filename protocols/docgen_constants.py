@@ -138,6 +138,12 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
     ("protocols.owner", "DEFAULT_QUEUE_TIMEOUT", "s", "longest wait for busy matching nodes"),
     ("protocols.owner", "MAX_LOST_LEASES", "", "lost leases of a slot before it fails"),
     (
+        "protocols.owner.base",
+        "MAX_FORGOTTEN_EXECUTIONS",
+        "",
+        "executions of forgotten jobs whose repeated results and renewals are still answered",
+    ),
+    (
         "protocols.owner.census",
         "CENSUS_ECHO_AT",
         "",

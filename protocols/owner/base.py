@@ -42,6 +42,11 @@ STABLE_RUN = 60.0  # an execution that ran this long resets the restart backoff
 KEEP_EXECUTIONS = 20  # a daemon/service slot keeps its last executions only
 
 
+# Forgotten executions answered for (see OwnerBase.forgotten): about the
+# micro-batches of a few minutes of a busy stream.
+MAX_FORGOTTEN_EXECUTIONS = 4096
+
+
 class OwnerBase:
     def __init__(
         self, config: NodeConfig, out: Outbox, directory: Directory, rng: random.Random
@@ -67,6 +72,11 @@ class OwnerBase:
         # owner acknowledged, and leases it saw expire without one.
         self.lease_renewals = 0
         self.lease_lapses = 0
+        # Executions of jobs we forgot (a committed micro-batch, trimmed cron
+        # history) -> (holder, whether its result was recorded): their holders
+        # may still be repeating a result whose ack was lost, or renewing.
+        # Volatile and bounded (oldest out first, MAX_FORGOTTEN_EXECUTIONS).
+        self.forgotten: dict[str, tuple[str, bool]] = {}
         # The kind controllers (``Owner.install``; the node core builds them).
         self.kinds: KindRegistry
 

@@ -142,7 +142,18 @@ class LeaseMixin(OwnerBase):
     def _is_current(self, slot: OwnedSlot, execution: Execution) -> bool:
         return execution.epoch == slot.epoch and slot.leased
 
+    def _forgotten_from(self, sender: str, exec_id: str) -> tuple[str, bool] | None:
+        """A forgotten execution of ours that ``sender`` held, or None."""
+        forgotten = self.forgotten.get(exec_id)
+        return forgotten if forgotten is not None and forgotten[0] == sender else None
+
     def on_renew(self, sender: str, msg: LeaseAccept | LeaseRenew) -> None:
+        if self._forgotten_from(sender, msg.execution_id) is not None:
+            # Its job is over and forgotten: no lease to extend.
+            ack = RenewAck(execution_id=msg.execution_id, epoch=msg.epoch, seq=msg.seq,
+                           valid=False, reason="job finished")
+            self.out.send(sender, ack)
+            return
         job, slot, execution = self._lookup(sender, msg.execution_id)
         kind = self.kinds[job.kind]
         if not self._is_current(slot, execution):
@@ -230,6 +241,15 @@ class LeaseMixin(OwnerBase):
         self._lease_lost(job, slot, SlotEvent.RELEASED, f"released by {sender}: {msg.reason}")
 
     def on_result(self, sender: str, msg: ExecutionResult) -> None:
+        forgotten = self._forgotten_from(sender, msg.execution_id)
+        if forgotten is not None:
+            # Our ack was lost and the job has since been forgotten (a
+            # committed micro-batch): answer as before, or the holder repeats
+            # the result for 10 ttls, and each copy counted against it as a
+            # bad frame.
+            self.out.send(sender, ResultAck(execution_id=msg.execution_id, epoch=msg.epoch,
+                                            accepted=forgotten[1]))
+            return
         job, slot, execution = self._lookup(sender, msg.execution_id)
         if execution.reported:
             # A retransmission of the result we already recorded (our ack was lost).

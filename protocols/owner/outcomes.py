@@ -22,6 +22,7 @@ from protocols.owned import Execution, OwnedJob, OwnedSlot
 from protocols.owner.base import (
     HISTORY_TABLE,
     JOBS_TABLE,
+    MAX_FORGOTTEN_EXECUTIONS,
     MAX_LOST_LEASES,
     RESTART_BACKOFF_MAX,
     SLOTS_TABLE,
@@ -262,3 +263,7 @@ class OutcomeMixin(OwnerBase):
             self.out.persist(HISTORY_TABLE, job_id, None)
         for slot in job.slots:
             self.out.persist(SLOTS_TABLE, slot.key, None)
+            for execution in slot.executions:
+                self.forgotten[execution.execution_id] = (execution.node, execution.reported)
+        while len(self.forgotten) > MAX_FORGOTTEN_EXECUTIONS:
+            del self.forgotten[next(iter(self.forgotten))]
