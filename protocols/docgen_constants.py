@@ -144,6 +144,12 @@ CORE_NAMES: list[tuple[str, str, str, str]] = [
         "executions of forgotten jobs whose repeated results and renewals are still answered",
     ),
     (
+        "protocols.owner.auction",
+        "SINGLE_ASK_MIN_WINDOW",
+        "s",
+        "the shortest round of an ask to one node (pinned or preferred)",
+    ),
+    (
         "protocols.owner.census",
         "CENSUS_ECHO_AT",
         "",

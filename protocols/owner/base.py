@@ -102,9 +102,14 @@ class OwnerBase:
         if persist:
             self.out.persist(SLOTS_TABLE, slot.key, slot.record())
 
-    def _ask(self, job: OwnedJob, slot: int, attempt: int, pinned_node: str = "") -> AskForBid:
-        """An ask for ``job``'s work unit, for one round of ``slot``."""
+    def _ask(
+        self, job: OwnedJob, slot: int, attempt: int, pinned_node: str = "",
+        window_s: float | None = None,
+    ) -> AskForBid:
+        """An ask for ``job``'s work unit, for one round of ``slot`` (a round of
+        ``window_s``, by default our bid window)."""
         unit = job.unit
+        window_s = self.t.bid_window if window_s is None else window_s
         return AskForBid(
             job_id=job.job_id,
             slot=slot,
@@ -113,7 +118,7 @@ class OwnerBase:
             cpu=unit.cpu,
             memory=unit.memory,
             labels=unit.labels,
-            bid_window_ms=int(self.t.bid_window * 1000),
+            bid_window_ms=int(window_s * 1000),
             pinned_node=pinned_node,
         )
 
