@@ -98,14 +98,21 @@ def test_an_owner_answers_for_an_execution_of_a_job_it_forgot() -> None:
     assert net.core("a").dropped.get("b", 0) == 0  # nothing of b's counted as a bad frame
 
 
-def test_only_its_holder_gets_an_answer_for_a_forgotten_execution() -> None:
-    net = ProtoNet(["a", "b", "c"], timings=FAST, owners_only=frozenset("a"))
+def _forgotten(ids: list[str]) -> tuple[ProtoNet, list[Frame], str]:
+    """b ran a job of a's, whose acks to b are lost from the finish on; a
+    completed the job and forgot it.  (net, every frame sent, execution id)."""
+    net = ProtoNet(ids, timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
     lost = AcksLost()
     sent = _record(net, lost)
     exec_id = _reported(net, "j3", lost)
     net.run_until(lambda: net.job_state("a", "j3") == "completed", limit=20)
     net.core("a").owner.forget("j3")
+    return net, sent, exec_id
+
+
+def test_only_its_holder_gets_an_answer_for_a_forgotten_execution() -> None:
+    net, sent, exec_id = _forgotten(["a", "b", "c"])
     result = _of(sent, ExecutionResult, exec_id)[0].message
     answered = len(_of(sent, ResultAck, exec_id))
     net.feed("a", MessageReceived("c", wire_frame("c", result), ""))
@@ -114,13 +121,7 @@ def test_only_its_holder_gets_an_answer_for_a_forgotten_execution() -> None:
 
 
 def test_a_renewal_of_a_forgotten_execution_is_refused() -> None:
-    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
-    net.run_for(1.0)
-    lost = AcksLost()
-    sent = _record(net, lost)
-    exec_id = _reported(net, "j4", lost)
-    net.run_until(lambda: net.job_state("a", "j4") == "completed", limit=20)
-    net.core("a").owner.forget("j4")
+    net, sent, exec_id = _forgotten(["a", "b"])
     accept = _of(sent, LeaseAccept, exec_id)[0].message
     renewal = LeaseRenew(execution_id=exec_id, epoch=accept.epoch, seq=accept.seq + 1)
     net.feed("a", MessageReceived("b", wire_frame("b", renewal), ""))
