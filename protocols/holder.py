@@ -485,14 +485,10 @@ class Holder:
         # hundred ms, the back-off alone left room for one lost renewal, and
         # healthy leases expired on a network that only lost and delayed frames
         # (RENEW_TRIES_BEFORE_LAPSE says how many more tries).
+        # A lease that lapsed while its result is still reported has no
+        # deadline left: retry_delay then keeps the plain back-off.
         left = held.valid_until - self.out.now
-        if left > 0:
-            delay = retry_delay(held.renew_delay, left, RENEW_TRIES_BEFORE_LAPSE)
-        else:
-            # Lapsed while reporting its result: no deadline left to hurry for,
-            # so the plain back-off (the deadline pacing's floor, 0.05 s, made
-            # this 20 renewals a second until the result was forgotten).
-            delay = held.renew_delay
+        delay = retry_delay(held.renew_delay, left, RENEW_TRIES_BEFORE_LAPSE)
         held.next_renew = self.out.now + delay
         self.out.timer(ExecTimer(RENEW, held.execution_id), held.next_renew)
 

@@ -49,7 +49,14 @@ MIN_RETRY_DELAY = 0.05
 
 def retry_delay(backoff: float, left: float, tries: int = TRIES_BEFORE_DEADLINE) -> float:
     """The next retry's delay: the back-off, or sooner when less than
-    ``tries`` back-offs fit in the ``left`` seconds."""
+    ``tries`` back-offs fit in the ``left`` seconds.
+
+    With no time left (a deadline already passed) there is nothing to hurry
+    for: the plain back-off.  The floor would otherwise make it a storm, as it
+    did for a holder still reporting after its lease lapsed (20 renewals a
+    second for up to REPORT_AFTER_LAPSE ttls)."""
+    if left <= 0:
+        return backoff
     return min(backoff, max(left / tries, MIN_RETRY_DELAY))
 
 

@@ -58,6 +58,8 @@ def test_a_long_deadline_keeps_the_plain_back_off() -> None:
     (1.0, 2.0, 0.4),  # near it: a fifth of the time left
     (1.0, 0.1, MIN_RETRY_DELAY),  # never faster than the floor
     (0.01, 2.0, 0.01),  # never slower than the back-off
+    (1.0, 0.0, 1.0),  # the deadline passed: nothing to hurry for, the back-off
+    (1.0, -3.0, 1.0),  # (a holder still reporting after its lease lapsed)
 ])
 def test_retry_delay(backoff: float, left: float, expected: float) -> None:
     assert retry_delay(backoff, left) == pytest.approx(expected)
