@@ -109,7 +109,8 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Longest fault-free drain after the fault phase."),
         click.option("--max-events", type=click.IntRange(1), default=None,
                      help="Livelock backstop: fail the run after this many events "
-                          "[default: 20,000 + 2,000 x (jobs + nodes)]."),
+                          "[default: 20,000 + 2,000 x (units of work + nodes), a chain "
+                          "stage or DAG task each a unit; more for long-running kinds]."),
         click.option("--workload", type=click.Choice(sorted(WORKLOADS)), default="mixed",
                      show_default=True,
                      help="mixed: healthy, flaky, failing, hanging and long jobs; "
@@ -227,7 +228,7 @@ def _print_table(report: dict[str, Any]) -> None:
     keys = ["seed", "nodes", "jobs", "completed", "failed", "stopped", "lost",
             "messages_sent", "messages_delivered", "messages_per_job", "job_messages_per_job",
             "directory_messages", "crashes", "partitions", "pauses", "byzantine_frames",
-            "executions", "events",
+            "executions", "events", "event_budget",
             "virtual_seconds", "wall_seconds", "peak_memory_mb", "trace_hash"]
     for key in keys:
         click.echo(f"{key:22} {report[key]}")
