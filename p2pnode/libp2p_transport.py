@@ -107,6 +107,7 @@ class TransportStats:
     stale_connections_closed: int = 0  # no stream could be opened on them: redial next time
     idle_connections_closed: int = 0  # no frame either way for idle_connection_timeout
     duplicate_connections_closed: int = 0  # a second connection to one peer (crossed dials)
+    connections_reset_by_fault: int = 0  # cut under the muxer (p2pnode.testing.Faults)
 
 
 # A broadcast validator: the reason to refuse a message (from ``sender``), or None.
@@ -660,6 +661,22 @@ class Libp2pTransport:
                 await self._host.disconnect(ID.from_base58(peer))
             except Exception as exc:
                 log.debug("closing the connection to %s: %s", peer, flat_message(exc))
+
+    async def cut_connection(self, peer: str) -> bool:
+        """Cut every connection to ``peer`` beneath its muxer, as a network
+        reset would: no yamux GO_AWAY, no stream reset, no goodbye; frames in
+        flight are lost, and both ends learn of it only from their next read
+        or write.  Fault injection only (``Faults.reset_every``); returns
+        whether there was a connection to cut."""
+        conns = self._host.get_network().connections.get(ID.from_base58(peer)) or []
+        for conn in list(conns):
+            self.stats.connections_reset_by_fault += 1
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await conn.muxed_conn.secured_conn.close()
+                except Exception as exc:
+                    log.debug("cutting the connection to %s: %s", peer, flat_message(exc))
+        return bool(conns)
 
     # --- idle connections ---------------------------------------------------------
 

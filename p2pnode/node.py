@@ -62,7 +62,7 @@ from p2pnode.outputs import BLOB_PROTOCOL, blob_server, fetch_outputs
 from p2pnode.runtime import NodeRuntime
 from p2pnode.store import SqliteStore
 from p2pnode.stream.feeder import StreamFeeder
-from p2pnode.testing import NO_FAULTS, Faults
+from p2pnode.testing import NO_FAULTS, Faults, cut_connections
 from p2pnode.timefmt import iso_utc
 from p2pnode.views import (
     TERMINAL_STATES,
@@ -815,6 +815,8 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 feeder = StreamFeeder(core.stream.sources, runtime.source_batch, blobs)
                 runtime.add_listener(lambda note: _wake_feeder(note, feeder))
                 nursery.start_soon(feeder.run, name="p2pnode stream feeder")
+                if _faults.reset_every:
+                    nursery.start_soon(cut_connections, transport, _faults, name="fault: resets")
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
                 try:
                     yield Node(settings, runtime, core, transport, blobs, feeder, forwarder)

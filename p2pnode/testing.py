@@ -9,7 +9,8 @@ reached through hidden entry points only:
   handed to ``open_node(settings, _faults=...)``;
 - ``serve --fault-loss SHARE --fault-seed N`` (hidden too) becomes
   ``Faults(loss=..., loss_seed=...)``: a lossy link, the simulator's ``--loss``
-  over real libp2p;
+  over real libp2p; ``Faults(reset_every=...)`` (``serve --fault-reset``)
+  cuts a connection now and then, as a broken path would;
 - the ``P2PNODE_FAULT_SUBMIT`` environment variable makes a serving node kill
   itself at a named point of a control-socket submit (``fault_submit``).
 """
@@ -17,11 +18,14 @@ reached through hidden entry points only:
 from __future__ import annotations
 
 import os
+import random
 import signal
+from typing import Protocol
 
 import attrs
+import trio
 
-__all__ = ["FAULT_SUBMIT_ENV", "NO_FAULTS", "Faults", "fault_submit"]
+__all__ = ["FAULT_SUBMIT_ENV", "NO_FAULTS", "Faults", "cut_connections", "fault_submit"]
 
 
 @attrs.frozen(kw_only=True)
@@ -41,9 +45,32 @@ class Faults:
         validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.lt(1.0)),
     )
     loss_seed: int = 0
+    # Connection resets: about every ``reset_every`` seconds (exponential
+    # gaps, drawn from a generator seeded with ``loss_seed``) the node cuts its
+    # connection to one connected peer beneath the muxer, as a NAT timeout or
+    # a broken path would (``Libp2pTransport.cut_connection``).  Frames in
+    # flight either way are lost, and the next send must redial.
+    reset_every: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
 
 
 NO_FAULTS = Faults()
+
+
+class _Cutter(Protocol):
+    def connected_peers(self) -> list[str]: ...
+
+    async def cut_connection(self, peer: str) -> bool: ...
+
+
+async def cut_connections(transport: _Cutter, faults: Faults) -> None:
+    """Cut one connected peer's connection about every ``faults.reset_every``
+    seconds, for as long as the node runs (a task of its nursery)."""
+    rng = random.Random(f"reset:{faults.loss_seed}")
+    while True:
+        await trio.sleep(rng.expovariate(1.0 / faults.reset_every))
+        peers = sorted(transport.connected_peers())
+        if peers:
+            await transport.cut_connection(rng.choice(peers))
 
 FAULT_SUBMIT_ENV = "P2PNODE_FAULT_SUBMIT"
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
         (["--p2p-mode", "inbox"], "inbox mode was removed"),
         (["--fault-loss", "1"], "'--fault-loss': 1.0 is not in the range 0.0<=x<1.0"),
         (["--fault-loss=-0.5"], "'--fault-loss': -0.5 is not in the range"),
+        (["--fault-reset=-1"], "'--fault-reset': -1.0 is not in the range x>=0.0"),
     ],
 )
 def test_bad_serve_flags_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -198,11 +198,19 @@ MAX_LEASE_TTL = 3600.0
     help="Drop this share of all incoming protocol frames, at random.",
 )
 @click.option(
+    "--fault-reset",
+    type=click.FloatRange(0.0, min_open=False),
+    default=0.0,
+    hidden=True,  # fault injection: connections cut, as a broken path would
+    help="Cut the connection to one connected peer about every this many seconds "
+    "(0: never).",
+)
+@click.option(
     "--fault-seed",
     type=int,
     default=0,
     hidden=True,
-    help="Seed of --fault-loss's draws (a run's losses repeat with its seed).",
+    help="Seed of --fault-loss's and --fault-reset's draws (a run's faults repeat with it).",
 )
 @pass_cli
 @click.pass_context
@@ -224,6 +232,7 @@ def serve(
     http_listen: str | None,
     fault_drop: tuple[str, ...],
     fault_loss: float,
+    fault_reset: float,
     fault_seed: int,
 ) -> None:
     """Run a node: owner of the jobs submitted to it, and a compute node.
@@ -285,7 +294,12 @@ def serve(
         if ctx.get_parameter_source("listen") == ParameterSource.DEFAULT:
             listen_default, notice = _default_listen()
             settings = attrs.evolve(settings, listen=listen_default)
-        faults = Faults(drop=frozenset(fault_drop), loss=fault_loss, loss_seed=fault_seed)
+        faults = Faults(
+            drop=frozenset(fault_drop),
+            loss=fault_loss,
+            loss_seed=fault_seed,
+            reset_every=fault_reset,
+        )
         trio.run(_serve, settings, faults, notice, http_listen)
     except KeyboardInterrupt:
         pass

@@ -28,7 +28,9 @@ CONFIG_ENV = "P2PNODE_CONFIG"
 MAX_CONFIG_BYTES = 64 * 1024
 # Flags a config file cannot set: itself, test-only fault injection, and how
 # this one invocation prints (-o is every command's, not the node's setting).
-NOT_CONFIGURABLE = frozenset({"config", "fault_drop", "fault_loss", "fault_seed", "help", "output"})
+NOT_CONFIGURABLE = frozenset(
+    {"config", "fault_drop", "fault_loss", "fault_reset", "fault_seed", "help", "output"}
+)
 
 MIN_MEMORY = 2**20  # the smallest memory a task may ask for
 MAX_MEMORY = 2**50
