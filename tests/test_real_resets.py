@@ -6,8 +6,8 @@ streams and connections healthy.  A real network also cuts connections: every
 frame in flight either way is lost, a stream the sender still holds is dead,
 and the next send must notice and redial.  Here each of four nodes cuts one of
 its connections about every second, beneath yamux (no GO_AWAY, no stream
-reset), while batch jobs are held over several renewals, a chain hands over
-and an ops job runs on every node.
+reset), while batch jobs are held over several renewals, a chain hands over,
+an ops job runs on every node and a service's three replicas are held.
 """
 
 from __future__ import annotations
@@ -36,9 +36,20 @@ def _resetting(index: int) -> Faults:
     return Faults(reset_every=RESET_EVERY, loss_seed=index)
 
 
+SERVICE_REPLICAS = 3
+SERVICE_HELD = 10.0  # seconds: 15 renewals of each replica's 2 s lease
+
+
 async def test_jobs_and_a_chain_complete_while_connections_are_cut(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, NODES, faults=_resetting) as cluster:
+        owner = cluster.nodes[0]
+        since = trio.current_time()
+        service = await owner.submit(
+            process_job("cut-svc", "sleep 3600", type="service", count=SERVICE_REPLICAS)
+        )
         views = await _run_workload(cluster)
+        await trio.sleep_until(since + SERVICE_HELD)
+        replicas = owner.describe(service).to_json()
         lapses = _lapses(cluster.nodes)
         started = cluster.all_started()
         cuts = sum(node.transport.stats.connections_reset_by_fault for node in cluster.nodes)
@@ -56,7 +67,11 @@ async def test_jobs_and_a_chain_complete_while_connections_are_cut(tmp_path: Pat
     # 13 executions in every run, also with a cut every 0.1 s per node.)
     assert cuts >= 10, cuts
     assert lapses <= 1, lapses
-    assert len(started) <= EXECUTIONS + 2, started
+    assert len(started) <= EXECUTIONS + SERVICE_REPLICAS + 2, started
+    # The service's replicas were held throughout: not one was replaced.
+    running = [slot for slot in replicas["slots"] if slot["state"] == "running"]
+    assert len(running) == SERVICE_REPLICAS, replicas
+    assert sum(eid.startswith(service) for eid in started) == SERVICE_REPLICAS, started
 
 
 async def _transmit_on_a_dead_stream(self: Libp2pTransport, peer: str, frames: list[bytes]) -> bool:
@@ -80,10 +95,20 @@ async def test_planted_sender_that_never_redials_is_caught(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Libp2pTransport, "_transmit", _transmit_on_a_dead_stream)
-    async with open_cluster(tmp_path, NODES, faults=_resetting) as cluster:
-        views = await _run_workload(cluster, wait=WAIT / 3)
-        lapses = _lapses(cluster.nodes)
-        started = cluster.all_started()
+    try:
+        async with open_cluster(tmp_path, NODES, faults=_resetting) as cluster:
+            views = await _run_workload(cluster, wait=WAIT / 3)
+            lapses = _lapses(cluster.nodes)
+            started = cluster.all_started()
+    except BaseExceptionGroup as group:
+        # Caught before any job: a node's hellos died on a broken stream and
+        # the cluster never formed (in about one run of three).
+        never_formed, _ = group.split(
+            lambda exc: isinstance(exc, AssertionError) and "to know every other" in str(exc)
+        )
+        if never_formed is None:
+            raise
+        return
     unfinished = [v["name"] for v in views.values() if v["state"] != "completed"]
     # Measured: 3 lapses and 16 executions (of 13) in each of two runs.
     assert lapses > 1 or len(started) > EXECUTIONS + 2 or unfinished, (lapses, started)
