@@ -1,0 +1,207 @@
+"""Long pauses of real ``serve`` processes (SIGSTOP, then SIGCONT): a laptop
+lid closed, a VM descheduled, a process stopped in a debugger.
+
+SIGKILL (``test_real_cluster``) ends a node and, through the sandbox's
+``--die-with-parent``, its tasks with it.  A pause does neither: the node's
+tasks keep running while it is frozen, its connections stay open with nobody
+reading, and when it wakes every timer it had is overdue.  The time bounds must
+hold anyway:
+
+* a paused **holder** loses its lease; the owner re-runs the work elsewhere and
+  the job completes; when the holder wakes it ends its stale task (which ran on
+  through the pause) within a few seconds, and its late result changes nothing;
+* a paused **owner** stops acknowledging renewals; its holder ends the task on
+  its own clock, while the owner is still frozen, because no execution may
+  assume its owner stays up; the owner, woken, re-runs the work.
+
+The first execution (epoch 1) sleeps a minute and later ones 3 s, so which
+execution finished is never in doubt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.realnet import (
+    Cluster,
+    ServeNode,
+    cluster,
+    execution_pidfiles,
+    executions,
+    group_alive,
+    is_terminal,
+    running_execution,
+)
+from tests.test_real_cluster import HOLDER_KILL_SPEC, _start_cluster, _write
+
+pytestmark = pytest.mark.slow
+
+TTL = 2.0
+
+
+def _first_execution(
+    c: Cluster, owner: ServeNode, compute: list[ServeNode], job_id: str
+) -> tuple[ServeNode, str, int]:
+    """The node running the job's first execution, its id and its task's
+    process group."""
+    view = c.wait_job(owner, job_id, running_execution, timeout=30, what="a running execution")
+    first = running_execution(view)
+    assert first is not None and first["epoch"] == 1, view
+    holder = next(n for n in compute if n.node_id == first["node"])
+    eid = first["execution_id"]
+    pgid = c.wait_until(
+        lambda: execution_pidfiles(holder.data_dir).get(eid),
+        timeout=10,
+        what=f"the pidfile of {eid} on {holder.name}",
+    )
+    assert group_alive(pgid)
+    return holder, eid, pgid
+
+
+def _lapses(owner: ServeNode) -> int:
+    """Leases the owner saw expire."""
+    stats = json.loads(owner.cli("-o", "json", "node", "stats").stdout)
+    return int(stats["leases"].get("lapses", 0))
+
+
+def test_a_paused_holder_loses_its_lease_and_ends_its_task_on_waking(tmp_path: Path) -> None:
+    _pause_the_holder(tmp_path)
+
+
+def test_a_paused_owner_makes_its_holder_end_the_task(tmp_path: Path) -> None:
+    _pause_the_owner(tmp_path)
+
+
+# Planted in the serve processes (a sitecustomize module on their PYTHONPATH):
+# a holder that never ends a task for its lease's sake, neither when the lease
+# lapses on its own clock nor when its owner refuses a renewal or cancels, as
+# if it assumed that neither its owner nor its own process ever stops.  (The
+# woken holder is stopped by whichever comes first; each alone suffices.)
+NO_FENCING = """\
+from protocols.holder import Holder
+
+_renew_ack = Holder.on_renew_ack
+
+
+def _refusal_ignored(self, sender, ack):
+    if ack.valid:
+        _renew_ack(self, sender, ack)
+
+
+Holder.on_lapse_timer = lambda self, exec_id: None
+Holder.on_renew_ack = _refusal_ignored
+Holder.on_cancel = lambda self, sender, msg: None
+"""
+
+
+@pytest.mark.parametrize("scenario", ["holder", "owner"])
+def test_planted_holder_that_never_fences_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
+) -> None:
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(NO_FENCING)
+    monkeypatch.setenv("PYTHONPATH", f"{plant}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    run = _pause_the_holder if scenario == "holder" else _pause_the_owner
+    with pytest.raises(AssertionError, match="task"):
+        run(tmp_path / "run")
+
+
+def _pause_the_holder(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    spec = _write(tmp_path / "spec.yaml", HOLDER_KILL_SPEC)
+    with cluster(tmp_path) as c:
+        owner, *compute = _start_cluster(c, owner_executors="", lease_ttl=TTL)
+        job_id = owner.control("submit", spec=_spec(spec))["job_id"]
+        holder, eid, pgid = _first_execution(c, owner, compute, job_id)
+        survivor = next(n for n in compute if n is not holder)
+
+        holder.signal(signal.SIGSTOP)
+        try:
+            # Frozen, it renews nothing: the owner re-grants elsewhere, and the
+            # job completes while the holder is still stopped.
+            view = c.wait_job(owner, job_id, is_terminal, timeout=60, what="a terminal state")
+            assert group_alive(pgid), "a pause does not end the task: only its node can"
+        finally:
+            holder.signal(signal.SIGCONT)
+
+        # Woken, its lapse timer is overdue: the stale task ends at once.
+        c.wait_until(lambda: not group_alive(pgid), timeout=15, what="the stale task to end")
+        c.wait_until(
+            lambda: eid not in execution_pidfiles(holder.data_dir),
+            timeout=15,
+            what="the stale execution's pidfile to go",
+        )
+        # Its late report changes nothing the owner decided.
+        c.wait_until(
+            lambda: _settled(owner, job_id), timeout=15, what="the first execution to settle"
+        )
+        after = owner.describe(job_id)
+        assert holder.running
+        lapses = _lapses(owner)
+
+    assert lapses >= 1
+
+    assert view["state"] == "completed", view
+    execs = executions(after)
+    assert after["state"] == "completed", after
+    assert execs[0]["execution_id"] == eid and execs[0]["node"] == holder.node_id
+    assert execs[0]["state"] != "succeeded", execs
+    succeeded = [e for e in execs if e["state"] == "succeeded"]
+    assert len(succeeded) == 1 and succeeded[0]["epoch"] > 1, execs
+    assert succeeded[0]["node"] == survivor.node_id, execs
+
+
+def _pause_the_owner(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    spec = _write(tmp_path / "spec.yaml", HOLDER_KILL_SPEC)
+    with cluster(tmp_path) as c:
+        owner, *compute = _start_cluster(c, owner_executors="", lease_ttl=TTL)
+        job_id = owner.control("submit", spec=_spec(spec))["job_id"]
+        holder, eid, pgid = _first_execution(c, owner, compute, job_id)
+
+        owner.signal(signal.SIGSTOP)
+        try:
+            # No renewal is acknowledged: the holder's lease lapses on its own
+            # clock and it ends the task, with the owner still frozen.
+            c.wait_until(
+                lambda: not group_alive(pgid),
+                timeout=30,
+                what="the holder to end its task while its owner is paused",
+            )
+            c.wait_until(
+                lambda: eid not in execution_pidfiles(holder.data_dir),
+                timeout=15,
+                what="the ended task's pidfile to go",
+            )
+        finally:
+            owner.signal(signal.SIGCONT)
+
+        # Woken, the owner finds the lease expired and re-runs the work.
+        view = c.wait_job(owner, job_id, is_terminal, timeout=60, what="a terminal state")
+        lapses = _lapses(owner)
+
+    assert lapses >= 1
+    assert view["state"] == "completed", view
+    execs = executions(view)
+    assert execs[0]["execution_id"] == eid and execs[0]["state"] != "succeeded", execs
+    succeeded = [e for e in execs if e["state"] == "succeeded"]
+    assert len(succeeded) == 1 and succeeded[0]["epoch"] > 1, execs
+
+
+def _settled(owner: ServeNode, job_id: str) -> bool:
+    first = executions(owner.describe(job_id))[0]
+    return first["state"] not in ("running", "granted", "starting")
+
+
+def _spec(path: Path) -> dict[str, object]:
+    import yaml
+
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
