@@ -4,6 +4,7 @@ the nodes' libp2p keys, SIGKILL mid-handover and after a commit."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,89 @@ def test_sigkill_of_the_current_owner_after_commit(tmp_path: Path) -> None:
         takeovers = [r for r in log["records"] if r["kind"] == "takeover"]
         assert takeovers and takeovers[0]["from"] == victim.node_id
         assert _final_bytes(owner, job_id, tmp_path / "out") == EXPECTED
+
+
+def test_a_paused_owner_wakes_superseded_after_a_takeover(tmp_path: Path) -> None:
+    """Stage 2 runs long; its owner is paused (SIGSTOP) after the commit, not
+    killed: its process, connections and timers survive, frozen.  The
+    submitter takes the chain over and it completes; the woken owner, every
+    timer overdue and frames queued, learns that it was superseded, and
+    nothing it does forks the log."""
+    view, victim, final = _pause_a_stage_owner(tmp_path, takeover_within=60)
+    assert view["state"] == "completed", view
+    log = _chain(view)
+    assert log["log_verified"] == "ok"
+    takeovers = [r for r in log["records"] if r["kind"] == "takeover"]
+    assert takeovers[0]["from"] == victim.node_id
+    assert final == EXPECTED
+
+
+# Planted in the serve processes (a sitecustomize module on their PYTHONPATH):
+# a submitter that never takes over from a silent owner.
+NO_TAKEOVER = """\
+from protocols.chain import ChainController
+
+ChainController.on_watch_timer = lambda self, job_id: None
+"""
+
+
+def test_planted_submitter_that_never_takes_over_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(NO_TAKEOVER)
+    monkeypatch.setenv("PYTHONPATH", f"{plant}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # A takeover comes ttl + grace (2.5 s) after the owner's last report.
+    with pytest.raises(AssertionError, match="takeover"):
+        _pause_a_stage_owner(tmp_path / "run", takeover_within=20)
+
+
+def _pause_a_stage_owner(
+    tmp_path: Path, takeover_within: float
+) -> tuple[dict[str, Any], ServeNode, str]:
+    with cluster(tmp_path) as c:
+        nodes = _nodes(c, ["a", "b", "c", "d", "e"], first_extra=["--no-compute"])
+        owner = nodes[0]
+        job_id = owner.control("submit", spec=chain_spec(5, slow_stage=2, sleep=8))["job_id"]
+        victim = c.wait_until(
+            lambda: _owner_of(nodes[1:], job_id, "st2"), timeout=60, what="a remote owner of st2"
+        )
+        victim.signal(signal.SIGSTOP)
+        try:
+            c.wait_job(
+                owner,
+                job_id,
+                lambda v: any(r["kind"] == "takeover" for r in _chain(v)["records"]),
+                timeout=takeover_within,
+                what="the submitter's takeover from the paused owner",
+            )
+        finally:
+            victim.signal(signal.SIGCONT)
+        view = c.wait_job(owner, job_id, is_terminal, timeout=150, what="the chain to end")
+        c.wait_until(
+            lambda: _role(victim, job_id) != "owner",
+            timeout=30,
+            what="the woken owner to know it was superseded",
+        )
+        assert victim.running
+        return view, victim, _final_bytes(owner, job_id, tmp_path / "out")
+
+
+def _owner_of(nodes: list[ServeNode], job_id: str, stage: str) -> ServeNode | None:
+    return next((n for n in nodes if _role(n, job_id, stage) == "owner"), None)
+
+
+def _role(node: ServeNode, job_id: str, stage: str | None = None) -> str | None:
+    """The chain role ``node`` says it has for ``job_id`` (at ``stage``, if given)."""
+    try:
+        chain = node.describe(job_id).get("chain") or {}
+    except Exception:  # not known there (yet), or the node is paused
+        return None
+    if stage is not None and chain.get("stage") != stage:
+        return None
+    role = chain.get("role")
+    return str(role) if role is not None else None
 
 
 DAG_SPEC = {
