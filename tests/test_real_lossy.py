@@ -83,6 +83,18 @@ async def _run_workload(cluster: InprocCluster, wait: float = WAIT) -> dict[str,
     return views
 
 
+def assert_workload_completed(views: dict[str, dict[str, Any]]) -> None:
+    """Every job of ``_run_workload`` completed: the ops job on every node,
+    the chain through all its handovers with a log that verifies."""
+    for view in views.values():
+        assert view["state"] == "completed", view
+    ops = next(v for v in views.values() if v["type"] == "ops")
+    assert len({s["node"] for s in ops["slots"]}) == NODES, ops
+    chain = next(v for v in views.values() if v.get("chain"))["chain"]
+    assert chain["log_verified"] == "ok", chain
+    assert sum(r["kind"] == "handover" for r in chain["records"]) == CHAIN_STAGES - 1, chain
+
+
 def _lapses(nodes: list[Node]) -> int:
     return sum(node.stats().leases.get("lapses", 0) for node in nodes)
 
@@ -103,13 +115,7 @@ async def test_jobs_and_a_chain_complete_over_a_lossy_link(tmp_path: Path) -> No
         started = cluster.all_started()
         stats = [node.stats() for node in cluster.nodes]
 
-    for view in views.values():
-        assert view["state"] == "completed", view
-    ops = next(v for v in views.values() if v["type"] == "ops")
-    assert len({s["node"] for s in ops["slots"]}) == NODES, ops
-    chain = next(v for v in views.values() if v.get("chain"))["chain"]
-    assert chain["log_verified"] == "ok", chain
-    assert sum(r["kind"] == "handover" for r in chain["records"]) == CHAIN_STAGES - 1, chain
+    assert_workload_completed(views)
 
     # The loss was real, and hit the job path, not just the directory.
     hit = JOB_PATH_TYPES & set(lost)
@@ -151,12 +157,26 @@ def test_serve_fault_loss_drops_frames_and_jobs_still_complete(tmp_path: Path) -
     """The hidden ``serve --fault-loss`` flag, end to end over real processes:
     three nodes each losing a fifth of their frames still run a chain and a
     few jobs, and ``node stats`` shows what the flag dropped."""
+    views, stats = run_faulty_serves(tmp_path, ["--fault-loss", str(LOSS)])
+    assert [v["state"] for v in views] == ["completed"] * len(views), views
+    assert views[0]["chain"]["log_verified"] == "ok", views[0]
+    lost = sum(sum(s.get("lost_by_fault", {}).values()) for s in stats)
+    received = sum(s["frames_received"] for s in stats)
+    assert lost >= 0.1 * received, (lost, received)
+    assert sum(s["leases"].get("lapses", 0) for s in stats) <= 1, stats
+
+
+def run_faulty_serves(
+    tmp_path: Path, fault_flags: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Three ``serve`` processes started with ``fault_flags`` (each its own
+    ``--fault-seed``) run a chain and three jobs submitted to the first; returns
+    the jobs' final views (the chain's first) and every node's ``node stats``."""
     with cluster(tmp_path) as c:
-        lossy = ["--fault-loss", str(LOSS)]
-        first = c.add("a", extra=[*lossy, "--fault-seed", "1"])
+        first = c.add("a", extra=[*fault_flags, "--fault-seed", "1"])
         first.wait_ready()
         rest = [
-            c.add(name, bootstrap=[first.addrs[0]], extra=[*lossy, "--fault-seed", str(seed)])
+            c.add(name, bootstrap=[first.addrs[0]], extra=[*fault_flags, "--fault-seed", str(seed)])
             for seed, name in enumerate(["b", "c"], start=2)
         ]
         for node in rest:
@@ -166,18 +186,11 @@ def test_serve_fault_loss_drops_frames_and_jobs_still_complete(tmp_path: Path) -
         script = 'sleep 2; echo "$P2PNODE_SLOT" > "$P2PNODE_OUTPUTS/out.txt"'
         jobs = [first.control("submit", spec=chain_spec(CHAIN_STAGES))["job_id"]]
         jobs += [
-            first.control("submit", spec=process_job(f"lossy-{i}", script))["job_id"]
+            first.control("submit", spec=process_job(f"faulty-{i}", script))["job_id"]
             for i in range(3)
         ]
         views = [
             c.wait_job(first, job, is_terminal, timeout=WAIT * 2, what=f"{job} to end")
             for job in jobs
         ]
-        stats = [json.loads(n.cli("-o", "json", "node", "stats").stdout) for n in nodes]
-
-    assert [v["state"] for v in views] == ["completed"] * len(jobs), views
-    assert views[0]["chain"]["log_verified"] == "ok", views[0]
-    lost = sum(sum(s.get("lost_by_fault", {}).values()) for s in stats)
-    received = sum(s["frames_received"] for s in stats)
-    assert lost >= 0.1 * received, (lost, received)
-    assert sum(s["leases"].get("lapses", 0) for s in stats) <= 1, stats
+        return views, [json.loads(n.cli("-o", "json", "node", "stats").stdout) for n in nodes]

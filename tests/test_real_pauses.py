@@ -20,12 +20,17 @@ execution finished is never in doubt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
+import yaml
 
 from tests.realnet import (
     Cluster,
@@ -37,30 +42,65 @@ from tests.realnet import (
     is_terminal,
     running_execution,
 )
-from tests.test_real_cluster import HOLDER_KILL_SPEC, _start_cluster, _write
+from tests.test_real_cluster import HOLDER_KILL_SPEC, _start_cluster
 
 pytestmark = pytest.mark.slow
 
 TTL = 2.0
 
 
-def _first_execution(
-    c: Cluster, owner: ServeNode, compute: list[ServeNode], job_id: str
-) -> tuple[ServeNode, str, int]:
-    """The node running the job's first execution, its id and its task's
-    process group."""
-    view = c.wait_job(owner, job_id, running_execution, timeout=30, what="a running execution")
-    first = running_execution(view)
-    assert first is not None and first["epoch"] == 1, view
-    holder = next(n for n in compute if n.node_id == first["node"])
-    eid = first["execution_id"]
-    pgid = c.wait_until(
-        lambda: execution_pidfiles(holder.data_dir).get(eid),
-        timeout=10,
-        what=f"the pidfile of {eid} on {holder.name}",
+@attrs.frozen
+class _Running:
+    """A cluster (owner ``a``, compute ``b`` and ``c``) whose job's first
+    execution runs: on ``holder``, as ``eid``, its task in group ``pgid``."""
+
+    c: Cluster
+    owner: ServeNode
+    compute: list[ServeNode]
+    job_id: str
+    holder: ServeNode
+    eid: str
+    pgid: int
+
+
+@contextlib.contextmanager
+def _first_execution_running(tmp_path: Path) -> Iterator[_Running]:
+    tmp_path.mkdir(exist_ok=True)
+    with cluster(tmp_path) as c:
+        owner, *compute = _start_cluster(c, owner_executors="", lease_ttl=TTL)
+        job_id = owner.control("submit", spec=yaml.safe_load(HOLDER_KILL_SPEC))["job_id"]
+        view = c.wait_job(owner, job_id, running_execution, timeout=30, what="a running execution")
+        first = running_execution(view)
+        assert first is not None and first["epoch"] == 1, view
+        holder = next(n for n in compute if n.node_id == first["node"])
+        eid = first["execution_id"]
+        pgid = c.wait_until(
+            lambda: execution_pidfiles(holder.data_dir).get(eid),
+            timeout=10,
+            what=f"the pidfile of {eid} on {holder.name}",
+        )
+        assert group_alive(pgid)
+        yield _Running(c, owner, compute, job_id, holder, eid, pgid)
+
+
+def _wait_task_gone(run: _Running, timeout: float, what: str) -> None:
+    """Until the first execution's task group and its pidfile are gone."""
+    run.c.wait_until(lambda: not group_alive(run.pgid), timeout=timeout, what=what)
+    run.c.wait_until(
+        lambda: run.eid not in execution_pidfiles(run.holder.data_dir),
+        timeout=15,
+        what=f"the pidfile of {run.eid} to go",
     )
-    assert group_alive(pgid)
-    return holder, eid, pgid
+
+
+def _assert_re_run_once(view: dict[str, Any], eid: str) -> dict[str, Any]:
+    """The job completed by one later execution, not by the first; returns it."""
+    assert view["state"] == "completed", view
+    execs = executions(view)
+    assert execs[0]["execution_id"] == eid and execs[0]["state"] != "succeeded", execs
+    succeeded = [e for e in execs if e["state"] == "succeeded"]
+    assert len(succeeded) == 1 and succeeded[0]["epoch"] > 1, execs
+    return succeeded[0]
 
 
 def _lapses(owner: ServeNode) -> int:
@@ -113,95 +153,54 @@ def test_planted_holder_that_never_fences_is_caught(
 
 
 def _pause_the_holder(tmp_path: Path) -> None:
-    tmp_path.mkdir(exist_ok=True)
-    spec = _write(tmp_path / "spec.yaml", HOLDER_KILL_SPEC)
-    with cluster(tmp_path) as c:
-        owner, *compute = _start_cluster(c, owner_executors="", lease_ttl=TTL)
-        job_id = owner.control("submit", spec=_spec(spec))["job_id"]
-        holder, eid, pgid = _first_execution(c, owner, compute, job_id)
-        survivor = next(n for n in compute if n is not holder)
-
+    with _first_execution_running(tmp_path) as run:
+        c, owner, holder = run.c, run.owner, run.holder
+        survivor = next(n for n in run.compute if n is not holder)
         holder.signal(signal.SIGSTOP)
         try:
             # Frozen, it renews nothing: the owner re-grants elsewhere, and the
             # job completes while the holder is still stopped.
-            view = c.wait_job(owner, job_id, is_terminal, timeout=60, what="a terminal state")
-            assert group_alive(pgid), "a pause does not end the task: only its node can"
+            view = c.wait_job(owner, run.job_id, is_terminal, timeout=60, what="a terminal state")
+            assert group_alive(run.pgid), "a pause does not end the task: only its node can"
         finally:
             holder.signal(signal.SIGCONT)
-
         # Woken, its lapse timer is overdue: the stale task ends at once.
-        c.wait_until(lambda: not group_alive(pgid), timeout=15, what="the stale task to end")
-        c.wait_until(
-            lambda: eid not in execution_pidfiles(holder.data_dir),
-            timeout=15,
-            what="the stale execution's pidfile to go",
-        )
+        _wait_task_gone(run, timeout=15, what="the stale task to end")
         # Its late report changes nothing the owner decided.
         c.wait_until(
-            lambda: _settled(owner, job_id), timeout=15, what="the first execution to settle"
+            lambda: _settled(owner, run.job_id), timeout=15, what="the first execution to settle"
         )
-        after = owner.describe(job_id)
+        after = owner.describe(run.job_id)
         assert holder.running
         lapses = _lapses(owner)
 
     assert lapses >= 1
-
     assert view["state"] == "completed", view
-    execs = executions(after)
-    assert after["state"] == "completed", after
-    assert execs[0]["execution_id"] == eid and execs[0]["node"] == holder.node_id
-    assert execs[0]["state"] != "succeeded", execs
-    succeeded = [e for e in execs if e["state"] == "succeeded"]
-    assert len(succeeded) == 1 and succeeded[0]["epoch"] > 1, execs
-    assert succeeded[0]["node"] == survivor.node_id, execs
+    assert executions(after)[0]["node"] == holder.node_id
+    assert _assert_re_run_once(after, run.eid)["node"] == survivor.node_id
 
 
 def _pause_the_owner(tmp_path: Path) -> None:
-    tmp_path.mkdir(exist_ok=True)
-    spec = _write(tmp_path / "spec.yaml", HOLDER_KILL_SPEC)
-    with cluster(tmp_path) as c:
-        owner, *compute = _start_cluster(c, owner_executors="", lease_ttl=TTL)
-        job_id = owner.control("submit", spec=_spec(spec))["job_id"]
-        holder, eid, pgid = _first_execution(c, owner, compute, job_id)
-
-        owner.signal(signal.SIGSTOP)
+    with _first_execution_running(tmp_path) as run:
+        run.owner.signal(signal.SIGSTOP)
         try:
             # No renewal is acknowledged: the holder's lease lapses on its own
             # clock and it ends the task, with the owner still frozen.
-            c.wait_until(
-                lambda: not group_alive(pgid),
-                timeout=30,
-                what="the holder to end its task while its owner is paused",
-            )
-            c.wait_until(
-                lambda: eid not in execution_pidfiles(holder.data_dir),
-                timeout=15,
-                what="the ended task's pidfile to go",
+            _wait_task_gone(
+                run, timeout=30, what="the holder to end its task while its owner is paused"
             )
         finally:
-            owner.signal(signal.SIGCONT)
-
+            run.owner.signal(signal.SIGCONT)
         # Woken, the owner finds the lease expired and re-runs the work.
-        view = c.wait_job(owner, job_id, is_terminal, timeout=60, what="a terminal state")
-        lapses = _lapses(owner)
+        view = run.c.wait_job(
+            run.owner, run.job_id, is_terminal, timeout=60, what="a terminal state"
+        )
+        lapses = _lapses(run.owner)
 
     assert lapses >= 1
-    assert view["state"] == "completed", view
-    execs = executions(view)
-    assert execs[0]["execution_id"] == eid and execs[0]["state"] != "succeeded", execs
-    succeeded = [e for e in execs if e["state"] == "succeeded"]
-    assert len(succeeded) == 1 and succeeded[0]["epoch"] > 1, execs
+    _assert_re_run_once(view, run.eid)
 
 
 def _settled(owner: ServeNode, job_id: str) -> bool:
     first = executions(owner.describe(job_id))[0]
     return first["state"] not in ("running", "granted", "starting")
-
-
-def _spec(path: Path) -> dict[str, object]:
-    import yaml
-
-    loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict)
-    return loaded
