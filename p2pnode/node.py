@@ -16,6 +16,7 @@ stops the node and leaves nothing running.  The CLI is built on this API.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -51,6 +52,7 @@ from p2pnode.errors import (
     WaitTimeoutError,
 )
 from p2pnode.executors.common import store_outputs
+from p2pnode.executors.process import ProcessExecutor
 from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.forwarding import Emit, Handler, JobForwarder
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
@@ -74,6 +76,7 @@ from p2pnode.views import (
     RunView,
 )
 from p2pnode.wasm_modules import module_problems, wasm_engines
+from p2pnode.watchdog import LeaseWatchdog
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -83,6 +86,7 @@ from protocols.node import NodeCore, broadcast_refusal
 from protocols.owner import job_history
 from protocols.queries import AMBIGUOUS, FOUND
 from protocols.spec import JobSpec, SpecValidationError, parse_spec, validate_spec
+from protocols.states import ExecState
 from protocols.times import time_fields
 
 log = logging.getLogger("p2pnode.node")
@@ -815,6 +819,15 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 feeder = StreamFeeder(core.stream.sources, runtime.source_batch, blobs)
                 runtime.add_listener(lambda note: _wake_feeder(note, feeder))
                 nursery.start_soon(feeder.run, name="p2pnode stream feeder")
+                process = executors.get("process")
+                if settings.compute and isinstance(process, ProcessExecutor):
+                    watchdog = LeaseWatchdog(
+                        functools.partial(_leases_left, core),
+                        process.data_dir / "work",
+                        process.kill_grace + WATCHDOG_SLACK,
+                    )
+                    process.before_spawn = watchdog.report_now
+                    nursery.start_soon(watchdog.run, name="p2pnode lease watchdog")
                 if _faults.reset_every:
                     nursery.start_soon(cut_connections, transport, _faults, name="fault: resets")
                 log.info("node %s listening on %s", core.node_id, transport.listen_addrs())
@@ -825,6 +838,21 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                     nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+# The lease watchdog acts this long after the node's own fence would have
+# begun (its SIGTERM), so that a running node's task gets its kill grace.
+WATCHDOG_SLACK = 1.0
+
+
+def _leases_left(core: NodeCore) -> dict[str, float]:
+    """Seconds each running execution's lease has left (the watchdog's feed)."""
+    now = trio.current_time()
+    return {
+        exec_id: held.valid_until - now
+        for exec_id, held in core.holder.held.items()
+        if held.state is ExecState.RUNNING and held.started
+    }
 
 
 async def _say_goodbye(runtime: NodeRuntime, core: NodeCore, transport: Libp2pTransport) -> None:

@@ -203,7 +203,7 @@ def test_planted_submitter_that_never_takes_over_is_caught(
     monkeypatch.setenv("PYTHONPATH", f"{plant}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     # A takeover comes ttl + grace (2.5 s) after the owner's last report.
     with pytest.raises(AssertionError, match="takeover"):
-        _pause_a_stage_owner(tmp_path / "run", takeover_within=20)
+        _pause_a_stage_owner(tmp_path / "run", takeover_within=10)
 
 
 def _pause_a_stage_owner(

@@ -92,10 +92,12 @@ async def open_cluster(
     n: int,
     labels: dict[int, dict[str, str]] | None = None,
     faults: Callable[[int], Faults] | None = None,
+    converge_within: float = WAIT,
 ) -> AsyncIterator[InprocCluster]:
     """``n`` nodes, 1.. bootstrapping through node 0; yields once every node's
     view lists every node (so auctions see the whole cluster).  ``faults(i)``:
-    the faults node i injects into itself (``p2pnode.testing``)."""
+    the faults node i injects into itself (``p2pnode.testing``).  The views
+    must converge within ``converge_within`` seconds."""
     labels = labels or {}
     faults_of = faults or (lambda _: NO_FAULTS)
     async with AsyncExitStack() as stack:
@@ -118,6 +120,7 @@ async def open_cluster(
         await wait_for(
             lambda: all(everyone <= {p["node_id"] for p in node.peers()} for node in nodes),
             "every node to know every other",
+            timeout=converge_within,
         )
         yield InprocCluster(nodes, recorders)
 

@@ -8,8 +8,10 @@ reading, and when it wakes every timer it had is overdue.  The time bounds must
 hold anyway:
 
 * a paused **holder** loses its lease; the owner re-runs the work elsewhere and
-  the job completes; when the holder wakes it ends its stale task (which ran on
-  through the pause) within a few seconds, and its late result changes nothing;
+  the job completes.  Its task, which a pause does not stop, is ended by the
+  node's lease watchdog (``p2pnode/watchdog_helper.py``) once the lease has run
+  out, while the node is still frozen; woken, the node cleans up after it, and
+  its late report changes nothing;
 * a paused **owner** stops acknowledging renewals; its holder ends the task on
   its own clock, while the owner is still frozen, because no execution may
   assume its owner stays up; the owner, woken, re-runs the work.
@@ -109,7 +111,7 @@ def _lapses(owner: ServeNode) -> int:
     return int(stats["leases"].get("lapses", 0))
 
 
-def test_a_paused_holder_loses_its_lease_and_ends_its_task_on_waking(tmp_path: Path) -> None:
+def test_a_paused_holder_loses_its_lease_and_its_watchdog_ends_the_task(tmp_path: Path) -> None:
     _pause_the_holder(tmp_path)
 
 
@@ -122,6 +124,7 @@ def test_a_paused_owner_makes_its_holder_end_the_task(tmp_path: Path) -> None:
 # lapses on its own clock nor when its owner refuses a renewal or cancels, as
 # if it assumed that neither its owner nor its own process ever stops.  (The
 # woken holder is stopped by whichever comes first; each alone suffices.)
+# The lease watchdog is a third layer, planted out with it.
 NO_FENCING = """\
 from protocols.holder import Holder
 
@@ -139,33 +142,70 @@ Holder.on_cancel = lambda self, sender, msg: None
 """
 
 
-@pytest.mark.parametrize("scenario", ["holder", "owner"])
-def test_planted_holder_that_never_fences_is_caught(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str
+# Planted: no lease watchdog (the node never starts its helper).
+NO_WATCHDOG = """\
+from p2pnode.watchdog import LeaseWatchdog
+
+
+async def _no_helper(self):
+    return None
+
+
+LeaseWatchdog.run = _no_helper
+"""
+
+
+def test_planted_node_without_a_watchdog_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _plant(tmp_path, monkeypatch, NO_WATCHDOG)
+    with pytest.raises(AssertionError, match="watchdog"):
+        _pause_the_holder(tmp_path / "run", patience=10)
+
+
+def _plant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Run ``code`` in every serve process started from now on (a
+    sitecustomize module on their PYTHONPATH)."""
     plant = tmp_path / "plant"
     plant.mkdir()
-    (plant / "sitecustomize.py").write_text(NO_FENCING)
+    (plant / "sitecustomize.py").write_text(code)
     monkeypatch.setenv("PYTHONPATH", f"{plant}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    run = _pause_the_holder if scenario == "holder" else _pause_the_owner
+
+
+def test_planted_holder_that_never_fences_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watchdog goes too: it ends a lapsed lease's task whatever the node does.
+    # (The holder scenario would catch it too, and the watchdog plant alone.)
+    _plant(tmp_path, monkeypatch, NO_FENCING + NO_WATCHDOG)
     with pytest.raises(AssertionError, match="task"):
-        run(tmp_path / "run")
+        _pause_the_owner(tmp_path / "run", patience=10)
 
 
-def _pause_the_holder(tmp_path: Path) -> None:
+# Each wait that a planted bug fails is bounded by ``patience`` seconds: ample
+# for the real code (the watchdog acts ttl + kill_grace + 1 s after the last
+# renewal, the holder's own fence ttl after it; about 6 and 2 s), shorter in the
+# planted runs so that they cost less.
+def _pause_the_holder(tmp_path: Path, patience: float = 20) -> None:
     with _first_execution_running(tmp_path) as run:
         c, owner, holder = run.c, run.owner, run.holder
         survivor = next(n for n in run.compute if n is not holder)
         holder.signal(signal.SIGSTOP)
         try:
             # Frozen, it renews nothing: the owner re-grants elsewhere, and the
-            # job completes while the holder is still stopped.
+            # job completes while the holder is still stopped.  Its task does
+            # not share its process, so the pause does not stop it: the lease
+            # watchdog ends it once the lease has run out (ttl + margin).
+            c.wait_until(
+                lambda: not group_alive(run.pgid),
+                timeout=patience,
+                what="the watchdog to end the frozen holder's task",
+            )
             view = c.wait_job(owner, run.job_id, is_terminal, timeout=60, what="a terminal state")
-            assert group_alive(run.pgid), "a pause does not end the task: only its node can"
         finally:
             holder.signal(signal.SIGCONT)
-        # Woken, its lapse timer is overdue: the stale task ends at once.
-        _wait_task_gone(run, timeout=15, what="the stale task to end")
+        # Woken, it finds its task gone and cleans up after it.
+        _wait_task_gone(run, timeout=15, what="the stale task to be reaped")
         # Its late report changes nothing the owner decided.
         c.wait_until(
             lambda: _settled(owner, run.job_id), timeout=15, what="the first execution to settle"
@@ -180,14 +220,14 @@ def _pause_the_holder(tmp_path: Path) -> None:
     assert _assert_re_run_once(after, run.eid)["node"] == survivor.node_id
 
 
-def _pause_the_owner(tmp_path: Path) -> None:
+def _pause_the_owner(tmp_path: Path, patience: float = 30) -> None:
     with _first_execution_running(tmp_path) as run:
         run.owner.signal(signal.SIGSTOP)
         try:
             # No renewal is acknowledged: the holder's lease lapses on its own
             # clock and it ends the task, with the owner still frozen.
             _wait_task_gone(
-                run, timeout=30, what="the holder to end its task while its owner is paused"
+                run, timeout=patience, what="the holder to end its task while its owner is paused"
             )
         finally:
             run.owner.signal(signal.SIGCONT)

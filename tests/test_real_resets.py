@@ -93,7 +93,10 @@ async def test_planted_sender_that_never_redials_is_caught(
 ) -> None:
     monkeypatch.setattr(Libp2pTransport, "_transmit", _transmit_on_a_dead_stream)
     try:
-        async with open_cluster(tmp_path, NODES, faults=_resetting) as cluster:
+        # (Four in-process nodes converge within a second or two.)
+        async with open_cluster(
+            tmp_path, NODES, faults=_resetting, converge_within=WAIT / 3
+        ) as cluster:
             views = await _run_workload(cluster, wait=WAIT / 3)
             lapses = _lapses(cluster.nodes)
             started = cluster.all_started()

@@ -112,6 +112,7 @@ import math
 import os
 import resource
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -136,6 +137,7 @@ from p2pnode.executors.common import (
 )
 from p2pnode.executors.sandbox import TASK_WORKDIR, BwrapSandbox, open_sandbox, task_uid
 from p2pnode.executors.spawn import Child, spawn
+from p2pnode.procfs import group_members, pid_state, proc_stat, read_pidfile, runs_execution
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import ProcessEngine, Resources, TaskSpec, validate_task
 
@@ -180,6 +182,11 @@ class ProcessExecutor:
         self.keep_failed_workdirs = keep_failed_workdirs
         self.path = path
         self.pids_limit = pids_limit
+        # Called (synchronously) just before a task's process is spawned: the
+        # node's lease watchdog (p2pnode/watchdog.py) hears of every task
+        # before its pidfile exists, so a node frozen right after a spawn
+        # leaves no task it does not know of.
+        self.before_spawn: Callable[[str], None] | None = None
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
         # Raises SandboxUnavailable (one line) when bwrap is asked for and missing.
         # A mode name ("bwrap", "none") or a sandbox the node already opened.
@@ -337,6 +344,8 @@ class ProcessExecutor:
         err: TailBuffer,
         parser: ProgressParser | None = None,
     ) -> int:
+        if self.before_spawn is not None:
+            self.before_spawn(execution_id)  # the lease watchdog learns of it first
         # From the trio thread (see spawn.py); own session and group: pgid == pid.
         if tracing.ON:
             tracing.event("x-spawn<")
@@ -423,14 +432,12 @@ class ProcessExecutor:
             partial.unlink(missing_ok=True)
         for pidfile in sorted((self.data_dir / "work").glob("*.pid")):
             try:
-                record = json.loads(pidfile.read_text())
-                pgid, execution_id = int(record["pgid"]), str(record["execution_id"])
+                pgid, execution_id = read_pidfile(pidfile)
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("ignoring unreadable pidfile %s", pidfile)
                 pidfile.unlink(missing_ok=True)
                 continue
-            marker = f"P2PNODE_EXECUTION_ID={execution_id}".encode()
-            if any(_has_env(pid, marker) for pid in _group_members(pgid)):
+            if runs_execution(pgid, execution_id):
                 log.warning("killing stale process group %d of execution %s", pgid, execution_id)
                 _killpg(pgid, signal.SIGKILL)
                 reaped.append(execution_id)
@@ -525,7 +532,7 @@ def _sandbox_init(bwrap_pid: int) -> int | None:
         return None
     for name in os.listdir("/proc"):
         if name.isdigit():
-            fields = _proc_stat(name)
+            fields = proc_stat(name)
             if fields and len(fields) > 1 and fields[1] == str(bwrap_pid):
                 try:
                     if os.readlink(f"/proc/{name}/ns/pid") != own_ns:
@@ -553,45 +560,10 @@ def _signal_namespace(init_pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    return any(_pid_state(pid) not in ("Z", "X", None) for pid in _group_members(pgid))
+    return any(pid_state(pid) not in ("Z", "X", None) for pid in group_members(pgid))
 
 
 def _write_pidfile(path: Path, pgid: int, execution_id: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"pgid": pgid, "execution_id": execution_id}))
     os.replace(tmp, path)
-
-
-def _proc_stat(pid: str | int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            data = file.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain anything: split at
-    # the last ')'.
-    return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
-
-
-def _pid_state(pid: int) -> str | None:
-    fields = _proc_stat(pid)
-    return fields[0] if fields else None
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _proc_stat(name)
-            if fields and len(fields) > 2 and fields[2] == str(pgid):
-                members.append(int(name))
-    return members
-
-
-def _has_env(pid: int, marker: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as file:
-            return marker in file.read().split(b"\0")
-    except OSError:
-        return False

@@ -1,0 +1,162 @@
+"""The lease watchdog (``p2pnode/watchdog_helper.py``, ``p2pnode/watchdog.py``):
+the deadlines it keeps, and the real helper process ending real process
+groups.  ``tests/test_real_pauses.py`` runs it inside paused ``serve`` nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pnode.procfs import group_members, pid_state
+from p2pnode.watchdog import helper_argv, report
+from p2pnode.watchdog_helper import Deadlines
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_is_the_lease_left_plus_the_margin() -> None:
+    clock = _Clock()
+    deadlines = Deadlines(margin=0.5, clock=clock)
+    deadlines.feed(b"job/0/1 1.000\n")
+    assert deadlines.wait() == pytest.approx(1.5)
+    clock.now += 1.4
+    assert deadlines.take_due() == []
+    clock.now += 0.2
+    assert deadlines.take_due() == ["job/0/1"]
+    assert deadlines.wait() is None  # taken once
+
+
+def test_a_newer_line_moves_the_deadline_and_a_dash_forgets() -> None:
+    clock = _Clock()
+    deadlines = Deadlines(margin=0.0, clock=clock)
+    deadlines.feed(b"a 1\nb 1\n")
+    clock.now += 0.9
+    deadlines.feed(b"a 1\nb -\n")  # a renewed, b ended
+    clock.now += 0.5
+    assert deadlines.take_due() == []
+    clock.now += 0.5
+    assert deadlines.take_due() == ["a"]
+
+
+def test_lines_split_across_reads_and_malformed_lines() -> None:
+    deadlines = Deadlines(margin=0.0, clock=_Clock())
+    deadlines.feed(b"a 2")
+    assert deadlines.due_at == {}
+    deadlines.feed(b".5\nnonsense\nb x\nc 1 2\n\n")
+    assert list(deadlines.due_at) == ["a"]
+
+
+def test_the_node_reports_running_leases_and_what_ended() -> None:
+    reported: set[str] = set()
+    assert report({"a": 2.0, "b": 0.25}, reported) == [b"a 2.000\n", b"b 0.250\n"]
+    assert report({"b": 1.0}, reported) == [b"b 1.000\n", b"a -\n"]
+    assert report({}, reported) == [b"b -\n"]
+    assert report({}, reported) == []
+
+
+# --- the real helper ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _groups(work_dir: Path, executions: dict[str, bool]) -> Iterator[dict[str, int]]:
+    """A ``sleep`` in a process group of its own per execution id, with a
+    pidfile as the process executor writes it; ``executions[id]`` False: the
+    group lacks the execution's variable (a recycled group id)."""
+    groups = {}
+    procs = []
+    try:
+        for execution_id, marked in executions.items():
+            env = dict(os.environ)
+            if marked:
+                env["P2PNODE_EXECUTION_ID"] = execution_id
+            proc = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+            procs.append(proc)
+            groups[execution_id] = proc.pid
+            pidfile = work_dir / f"{execution_id}.pid"
+            pidfile.write_text(json.dumps({"pgid": proc.pid, "execution_id": execution_id}))
+        yield groups
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ignores(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` ignores ``signum`` (its SigIgn mask in /proc)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def _alive(pgid: int) -> bool:
+    return any(pid_state(pid) not in ("Z", "X", None) for pid in group_members(pgid))
+
+
+def _wait(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_helper_ends_only_the_groups_whose_leases_ran_out(tmp_path: Path) -> None:
+    with _groups(tmp_path, {"lapsed": True, "renewed": True, "recycled": False}) as groups:
+        helper = subprocess.Popen(
+            helper_argv(tmp_path, margin=0.2), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert helper.stdin is not None and helper.stderr is not None
+        try:
+            helper.stdin.write(b"lapsed 0.1\nrenewed 0.5\nrecycled 0.1\n")
+            helper.stdin.flush()
+            assert _wait(lambda: not _alive(groups["lapsed"]), timeout=5)
+            for _ in range(10):  # 2 s of renewals
+                helper.stdin.write(b"renewed 0.5\n")
+                helper.stdin.flush()
+                time.sleep(0.2)
+            assert _alive(groups["renewed"]), "a renewed lease's task was ended"
+            assert _alive(groups["recycled"]), "a group without the execution was signalled"
+            helper.stdin.write(b"renewed -\n")  # it ended: forgotten
+            helper.stdin.flush()
+            helper.stdin.close()  # the node exits
+            assert helper.wait(timeout=5) == 0
+            assert _alive(groups["renewed"])
+        finally:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+        said = helper.stderr.read().decode()
+    assert "ended the task of lapsed" in said and "renewed" not in said, said
+
+
+def test_the_helper_ignores_interrupts_and_runs_without_site_packages(tmp_path: Path) -> None:
+    argv = helper_argv(tmp_path, margin=0.2)
+    assert argv[1:4] == ["-S", "-E", "-s"]
+    helper = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    try:
+        assert _wait(lambda: _ignores(helper.pid, signal.SIGINT), timeout=30)  # started
+        helper.send_signal(signal.SIGINT)  # a Ctrl-C meant for the node
+        time.sleep(0.2)
+        assert helper.poll() is None
+    finally:
+        assert helper.stdin is not None
+        helper.stdin.close()
+        assert helper.wait(timeout=5) == 0
