@@ -56,7 +56,7 @@ class LeaseWatchdog:
         self._fd: int | None = None  # the helper's stdin, non-blocking
         self._reported: set[str] = set()
 
-    def report_now(self, _execution_id: str = "") -> None:
+    def report_now(self) -> None:
         """Report every running lease now, synchronously (the executor calls
         it just before a spawn).  Each line is written alone: a pipe write of
         at most PIPE_BUF bytes is atomic, so a full pipe drops whole lines

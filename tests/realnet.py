@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from p2pnode import procfs
 from p2pnode.control import ControlClient, ControlError
 
 PYTHON = sys.executable  # the venv's interpreter: it has p2pnode installed
@@ -120,52 +121,28 @@ def run_cli_parallel(
 # --- processes -------------------------------------------------------------------
 
 
-def _proc_stat(pid: str) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state first)."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
-
-
 def group_alive(pgid: int) -> bool:
     """Whether process group ``pgid`` has a member that is not a zombie."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _proc_stat(name)
-            if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in "ZX":
-                return True
-    return False
+    return any(procfs.pid_state(pid) not in (None, "Z", "X") for pid in procfs.group_members(pgid))
 
 
 def pids_with_env(marker: str) -> list[int]:
     """Live processes (not zombies) whose environment holds ``marker``
     (``NAME=value``): how the suites find the processes of one execution."""
     wanted = marker.encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{name}/environ").read_bytes()
-        except OSError:
-            continue
-        fields = _proc_stat(name)
-        if wanted in environ.split(b"\0") and fields and fields[0] not in "ZX":
-            found.append(int(name))
-    return found
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit()
+        and procfs.pid_state(int(name)) not in (None, "Z", "X")
+        and procfs.has_env(int(name), wanted)
+    ]
 
 
 def execution_pidfiles(data_dir: Path) -> dict[str, int]:
     """Execution id -> process group id, from a node's pidfiles (the files the
     process executor keeps while an execution runs; see executors/process.py)."""
-    groups = {}
-    for pidfile in (data_dir / "work").glob("*.pid"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            record = json.loads(pidfile.read_text())
-            groups[str(record["execution_id"])] = int(record["pgid"])
-    return groups
+    return procfs.execution_groups(data_dir / "work")
 
 
 def wait_until(

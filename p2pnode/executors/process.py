@@ -186,7 +186,7 @@ class ProcessExecutor:
         # node's lease watchdog (p2pnode/watchdog.py) hears of every task
         # before its pidfile exists, so a node frozen right after a spawn
         # leaves no task it does not know of.
-        self.before_spawn: Callable[[str], None] | None = None
+        self.before_spawn: Callable[[], None] | None = None
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
         # Raises SandboxUnavailable (one line) when bwrap is asked for and missing.
         # A mode name ("bwrap", "none") or a sandbox the node already opened.
@@ -345,7 +345,7 @@ class ProcessExecutor:
         parser: ProgressParser | None = None,
     ) -> int:
         if self.before_spawn is not None:
-            self.before_spawn(execution_id)  # the lease watchdog learns of it first
+            self.before_spawn()  # the lease watchdog learns of it first
         # From the trio thread (see spawn.py); own session and group: pgid == pid.
         if tracing.ON:
             tracing.event("x-spawn<")
