@@ -27,7 +27,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import multiaddr
@@ -51,8 +51,8 @@ from p2pnode.errors import (
     SpecError,
     WaitTimeoutError,
 )
+from p2pnode.executor import Executor
 from p2pnode.executors.common import store_outputs
-from p2pnode.executors.process import ProcessExecutor
 from p2pnode.executors.sandbox import open_sandbox
 from p2pnode.forwarding import Emit, Handler, JobForwarder
 from p2pnode.identity import Libp2pKeyring, load_or_create_key
@@ -77,6 +77,7 @@ from p2pnode.views import (
 )
 from p2pnode.wasm_modules import module_problems, wasm_engines
 from p2pnode.watchdog import LeaseWatchdog
+from p2pnode.watchdog_docker import socket_path
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -819,14 +820,8 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
                 feeder = StreamFeeder(core.stream.sources, runtime.source_batch, blobs)
                 runtime.add_listener(lambda note: _wake_feeder(note, feeder))
                 nursery.start_soon(feeder.run, name="p2pnode stream feeder")
-                process = executors.get("process")
-                if settings.compute and isinstance(process, ProcessExecutor):
-                    watchdog = LeaseWatchdog(
-                        functools.partial(_leases_left, core),
-                        process.data_dir / "work",
-                        process.kill_grace + WATCHDOG_SLACK,
-                    )
-                    process.before_spawn = watchdog.report_now
+                watchdog = _lease_watchdog(settings, executors, core)
+                if watchdog is not None:
                     nursery.start_soon(watchdog.run, name="p2pnode lease watchdog")
                 if _faults.reset_every:
                     nursery.start_soon(cut_connections, transport, _faults, name="fault: resets")
@@ -843,6 +838,36 @@ async def open_node(settings: NodeSettings, *, _faults: Faults = NO_FAULTS) -> A
 # The lease watchdog acts this long after the node's own fence would have
 # begun (its SIGTERM), so that a running node's task gets its kill grace.
 WATCHDOG_SLACK = 1.0
+
+
+def _lease_watchdog(
+    settings: NodeSettings, executors: Mapping[str, Executor], core: NodeCore
+) -> LeaseWatchdog | None:
+    """The watchdog of a compute node whose tasks run outside its process
+    (process groups, containers), told of each task just before its spawn."""
+    # Both executors have data_dir, kill_grace and a before_spawn hook (the
+    # docker one is imported only when a node runs it: duck-typed here).
+    runners: list[Any] = [executors[n] for n in ("process", "docker") if n in executors]
+    if not settings.compute or not runners:
+        return None
+    docker_at: tuple[str, str] | None = None
+    if "docker" in executors:
+        engine = socket_path(os.environ.get("DOCKER_HOST"))
+        if engine is None:
+            log.warning("the lease watchdog reaches Docker only over a unix socket, not %s: "
+                        "a paused node's containers run on until it wakes",
+                        os.environ.get("DOCKER_HOST"))
+        else:
+            docker_at = (engine, cast(Any, executors["docker"]).node_id)
+    watchdog = LeaseWatchdog(
+        functools.partial(_leases_left, core),
+        runners[0].data_dir / "work",
+        max(float(r.kill_grace) for r in runners) + WATCHDOG_SLACK,
+        docker_at,
+    )
+    for runner in runners:
+        runner.before_spawn = watchdog.report_now
+    return watchdog
 
 
 def _leases_left(core: NodeCore) -> dict[str, float]:

@@ -31,9 +31,12 @@ _BOOT = (
 LeasesLeft = Callable[[], Mapping[str, float]]
 
 
-def helper_argv(work_dir: Path, margin: float) -> list[str]:
+def helper_argv(work_dir: Path, margin: float, docker: tuple[str, str] | None = None) -> list[str]:
+    """The helper's command line; ``docker`` is (engine socket, node id) when
+    the node runs Docker tasks."""
     root = str(Path(__file__).resolve().parent.parent)  # holds the p2pnode package
-    return [sys.executable, "-S", "-E", "-s", "-c", _BOOT, root, str(work_dir), str(margin)]
+    argv = [sys.executable, "-S", "-E", "-s", "-c", _BOOT, root, str(work_dir), str(margin)]
+    return argv + list(docker or ())
 
 
 def report(leases: Mapping[str, float], reported: set[str]) -> list[bytes]:
@@ -49,10 +52,17 @@ def report(leases: Mapping[str, float], reported: set[str]) -> list[bytes]:
 class LeaseWatchdog:
     """Runs the helper (``run``, a task of the node's nursery) and reports to it."""
 
-    def __init__(self, leases_left: LeasesLeft, work_dir: Path, margin: float) -> None:
+    def __init__(
+        self,
+        leases_left: LeasesLeft,
+        work_dir: Path,
+        margin: float,
+        docker: tuple[str, str] | None = None,
+    ) -> None:
         self.leases_left = leases_left
         self.work_dir = work_dir
         self.margin = margin
+        self.docker = docker  # (engine socket, node id): the node runs Docker tasks
         self._fd: int | None = None  # the helper's stdin, non-blocking
         self._reported: set[str] = set()
 
@@ -87,7 +97,9 @@ class LeaseWatchdog:
 
     async def _run_one_helper(self) -> None:
         process = await trio.lowlevel.open_process(
-            helper_argv(self.work_dir, self.margin), stdin=subprocess.PIPE, start_new_session=True
+            helper_argv(self.work_dir, self.margin, self.docker),
+            stdin=subprocess.PIPE,
+            start_new_session=True,
         )
         stdin = process.stdin
         assert isinstance(stdin, trio.lowlevel.FdStream)  # (FdStream: non-blocking)

@@ -19,10 +19,17 @@ so a signal to the node's process group does not stop it too, and every
 The helper keeps each deadline, on its own monotonic clock, plus a margin (the
 node's kill grace and a second: a node that is running fences first, and its
 SIGTERM gets its grace).  When a deadline passes with no newer line, the node
-has said nothing for longer than the lease: the helper SIGKILLs that
-execution's process group, found by the executor's pidfile, after checking
-that the group still holds a process of that execution (a recycled group id is
-never signalled).  End of input (the node exited) ends the helper.
+has said nothing for longer than the lease, and the helper ends the task:
+
+* a process task: it SIGKILLs that execution's process group, found by the
+  executor's pidfile, after checking that the group still holds a process of
+  that execution (a recycled group id is never signalled);
+* a Docker task, when the node runs the docker executor: it kills the running
+  containers labelled with that execution and node, through the Engine API
+  (``p2pnode/watchdog_docker.py``).
+
+A wasm task needs neither: it runs in a thread of the node's own process, and
+is paused with it.  End of input (the node exited) ends the helper.
 
 Standard library only, and started without site-packages (``-S``): it costs a
 few MB and no import time.
@@ -39,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pnode.procfs import execution_groups, runs_execution
+from p2pnode.watchdog_docker import kill_containers
 
 
 class Deadlines:
@@ -83,8 +91,34 @@ class Deadlines:
         return max(0.0, min(self.due_at.values()) - self.clock())
 
 
-def end_lapsed(work_dir: Path, execution_id: str) -> bool:
-    """SIGKILL the process group of ``execution_id`` if it still runs."""
+class Docker:
+    """Where the node's containers are: the engine's socket, and the node id
+    its containers are labelled with."""
+
+    def __init__(self, socket_path: str, node_id: str) -> None:
+        self.socket_path = socket_path
+        self.node_id = node_id
+
+
+def _say(text: str) -> None:
+    print(f"p2pnode lease watchdog: {text}", file=sys.stderr, flush=True)
+
+
+def end_lapsed(work_dir: Path, execution_id: str, docker: Docker | None = None) -> bool:
+    """End the task of ``execution_id`` if it still runs: its process group,
+    and its containers; returns whether something was ended."""
+    ended = _end_group(work_dir, execution_id)
+    if docker is not None:
+        try:
+            ended = bool(kill_containers(docker.socket_path, docker.node_id, execution_id)) or ended
+        except (OSError, ValueError) as exc:  # engine down or odd: report, go on
+            _say(f"cannot ask Docker about {execution_id}: {exc}")
+    if ended:
+        _say(f"ended the task of {execution_id}: its lease ran out while its node was silent")
+    return ended
+
+
+def _end_group(work_dir: Path, execution_id: str) -> bool:
     pgid = execution_groups(work_dir).get(execution_id)
     if pgid is None or not runs_execution(pgid, execution_id):
         return False
@@ -92,20 +126,14 @@ def end_lapsed(work_dir: Path, execution_id: str) -> bool:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         return False
-    print(
-        f"p2pnode lease watchdog: ended the task of {execution_id}: its lease ran out "
-        "while its node was silent",
-        file=sys.stderr,
-        flush=True,
-    )
     return True
 
 
-def serve(fd: int, work_dir: Path, margin: float) -> None:
+def serve(fd: int, work_dir: Path, margin: float, docker: Docker | None = None) -> None:
     deadlines = Deadlines(margin)
     while True:
         for execution_id in deadlines.take_due():
-            end_lapsed(work_dir, execution_id)
+            end_lapsed(work_dir, execution_id, docker)
         ready, _, _ = select.select([fd], [], [], deadlines.wait())
         if ready:
             data = os.read(fd, 65536)
@@ -115,9 +143,11 @@ def serve(fd: int, work_dir: Path, margin: float) -> None:
 
 
 def main() -> None:
+    """argv: work_dir margin [docker_socket node_id]"""
     work_dir, margin = Path(sys.argv[1]), float(sys.argv[2])
+    docker = Docker(sys.argv[3], sys.argv[4]) if len(sys.argv) >= 5 else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when we stop
-    serve(sys.stdin.fileno(), work_dir, margin)
+    serve(sys.stdin.fileno(), work_dir, margin, docker)
 
 
 if __name__ == "__main__":

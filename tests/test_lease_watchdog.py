@@ -12,12 +12,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2pnode.procfs import group_members, pid_state
 from p2pnode.watchdog import helper_argv, report
-from p2pnode.watchdog_helper import Deadlines
+from p2pnode.watchdog_docker import LABEL_EXECUTION, LABEL_NODE, socket_path
+from p2pnode.watchdog_helper import Deadlines, Docker, end_lapsed
 
 
 class _Clock:
@@ -160,3 +162,78 @@ def test_the_helper_ignores_interrupts_and_runs_without_site_packages(tmp_path: 
         assert helper.stdin is not None
         helper.stdin.close()
         assert helper.wait(timeout=5) == 0
+
+
+# --- Docker tasks -----------------------------------------------------------------
+
+
+def _container(client: Any, image: str, execution_id: str, node: str) -> Any:
+    return client.containers.run(
+        image,
+        ["sleep", "60"],
+        labels={LABEL_EXECUTION: execution_id, LABEL_NODE: node},
+        detach=True,
+        network_mode="none",
+    )
+
+
+@pytest.mark.docker
+def test_the_helper_kills_only_the_lapsed_executions_container(
+    tmp_path: Path, docker_client: Any, busybox_image: str
+) -> None:
+    engine = socket_path(os.environ.get("DOCKER_HOST"))
+    assert engine is not None
+    containers = {
+        "lapsed": _container(docker_client, busybox_image, "job/0/1", "node-a"),
+        "renewed": _container(docker_client, busybox_image, "job/1/1", "node-a"),
+        # The same execution id on another node's engine labels: not ours.
+        "other node": _container(docker_client, busybox_image, "job/0/1", "node-b"),
+    }
+    helper = subprocess.Popen(
+        helper_argv(tmp_path, margin=0.2, docker=(engine, "node-a")),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert helper.stdin is not None and helper.stderr is not None
+
+    def running(name: str) -> bool:
+        containers[name].reload()
+        return bool(containers[name].status == "running")
+
+    try:
+        helper.stdin.write(b"job/0/1 0.1\njob/1/1 0.5\n")
+        helper.stdin.flush()
+        assert _wait(lambda: not running("lapsed"), timeout=15)
+        for _ in range(10):  # 2 s of renewals
+            helper.stdin.write(b"job/1/1 0.5\n")
+            helper.stdin.flush()
+            time.sleep(0.2)
+        assert running("renewed"), "a renewed lease's container was killed"
+        assert running("other node"), "another node's container was killed"
+        helper.stdin.close()
+        assert helper.wait(timeout=5) == 0
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        for container in containers.values():
+            container.remove(force=True)
+    said = helper.stderr.read().decode()
+    assert said.count("ended the task of job/0/1") == 1 and "job/1/1" not in said, said
+
+
+def test_an_unreachable_docker_engine_is_reported_and_the_helper_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _groups(tmp_path, {"lapsed": True}) as groups:
+        ended = end_lapsed(tmp_path, "lapsed", Docker(str(tmp_path / "no.sock"), "node-a"))
+        assert ended and not _alive(groups["lapsed"])  # the process group still goes
+    said = capsys.readouterr().err
+    assert "cannot ask Docker about lapsed" in said and "ended the task of lapsed" in said
+
+
+def test_the_docker_engine_is_found_from_docker_host() -> None:
+    assert socket_path(None) == "/var/run/docker.sock"
+    assert socket_path("") == "/var/run/docker.sock"
+    assert socket_path("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
+    assert socket_path("tcp://10.0.0.1:2376") is None  # not reachable by the helper

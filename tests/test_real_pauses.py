@@ -12,6 +12,9 @@ hold anyway:
   node's lease watchdog (``p2pnode/watchdog_helper.py``) once the lease has run
   out, while the node is still frozen; woken, the node cleans up after it, and
   its late report changes nothing;
+* the same holder running a **Docker** task: its container runs in dockerd,
+  not in the node, so the pause leaves it running too; the watchdog kills it
+  through the Engine API;
 * a paused **owner** stops acknowledging renewals; its holder ends the task on
   its own clock, while the owner is still frozen, because no execution may
   assume its owner stays up; the owner, woken, re-runs the work.
@@ -34,6 +37,7 @@ import attrs
 import pytest
 import yaml
 
+from p2pnode.watchdog_docker import LABEL_EXECUTION
 from tests.realnet import (
     Cluster,
     ServeNode,
@@ -244,3 +248,85 @@ def _pause_the_owner(tmp_path: Path, patience: float = 30) -> None:
 def _settled(owner: ServeNode, job_id: str) -> bool:
     first = executions(owner.describe(job_id))[0]
     return first["state"] not in ("running", "granted", "starting")
+
+
+# --- a Docker task -----------------------------------------------------------------
+
+
+def _container_running(client: Any, execution_id: str) -> str | None:
+    """The id of the running container of ``execution_id``, if any."""
+    found = client.containers.list(
+        filters={"label": f"{LABEL_EXECUTION}={execution_id}", "status": "running"}
+    )
+    return str(found[0].id) if found else None
+
+
+@pytest.mark.docker
+def test_a_paused_holders_container_is_ended_by_its_watchdog(
+    tmp_path: Path, docker_client: Any, busybox_image: str
+) -> None:
+    _pause_a_docker_holder(tmp_path, docker_client, busybox_image)
+
+
+# Planted: a watchdog that does not know the node's Docker engine (as before
+# it covered containers): the process groups only.
+NO_DOCKER_WATCHDOG = """import p2pnode.watchdog_docker
+
+p2pnode.watchdog_docker.socket_path = lambda docker_host: None
+"""
+
+
+@pytest.mark.docker
+def test_planted_watchdog_without_docker_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any, busybox_image: str
+) -> None:
+    _plant(tmp_path, monkeypatch, NO_DOCKER_WATCHDOG)
+    with pytest.raises(AssertionError, match="watchdog"):
+        _pause_a_docker_holder(tmp_path / "run", docker_client, busybox_image, patience=10)
+
+
+def _pause_a_docker_holder(tmp_path: Path, client: Any, image: str, patience: float = 20) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    spec = yaml.safe_load(HOLDER_KILL_SPEC)
+    command = spec["task"]["engine"]["command"]
+    spec["task"]["engine"] = {"type": "docker", "image": image, "command": command}
+    with cluster(tmp_path) as c:
+        owner = c.add("a", executors="", lease_ttl=TTL)
+        owner.wait_ready()
+        compute = [
+            c.add(name, executors="docker", lease_ttl=TTL, bootstrap=[owner.addrs[0]])
+            for name in ("b", "c")
+        ]
+        for node in compute:
+            node.wait_ready()
+        c.wait_connected([owner, *compute])
+        job_id = owner.control("submit", spec=spec)["job_id"]
+        view = c.wait_job(owner, job_id, running_execution, timeout=60, what="a running execution")
+        first = running_execution(view)
+        assert first is not None and first["epoch"] == 1, view
+        holder = next(n for n in compute if n.node_id == first["node"])
+        eid = first["execution_id"]
+        c.wait_until(
+            lambda: _container_running(client, eid), timeout=30, what=f"the container of {eid}"
+        )
+        holder.signal(signal.SIGSTOP)
+        try:
+            # The container is dockerd's child, not the node's: the pause does
+            # not stop it.  The watchdog kills it once the lease has run out.
+            c.wait_until(
+                lambda: _container_running(client, eid) is None,
+                timeout=patience,
+                what="the watchdog to end the frozen holder's container",
+            )
+            view = c.wait_job(owner, job_id, is_terminal, timeout=90, what="a terminal state")
+        finally:
+            holder.signal(signal.SIGCONT)
+        c.wait_until(lambda: _settled(owner, job_id), timeout=15, what="the first to settle")
+        after = owner.describe(job_id)
+        assert holder.running
+        said = holder.stderr_path.read_text(errors="replace")
+
+    assert view["state"] == "completed", view
+    survivor = next(n for n in compute if n is not holder)
+    assert _assert_re_run_once(after, eid)["node"] == survivor.node_id
+    assert f"ended the task of {eid}" in said  # the watchdog's doing, not the node's

@@ -75,6 +75,8 @@ from p2pnode.executors.common import (
     task_env,
 )
 from p2pnode.logcapture import OutputSink, current_output
+from p2pnode.watchdog_docker import LABEL_EXECUTION as LABEL_EXECUTION  # re-exported
+from p2pnode.watchdog_docker import LABEL_NODE as LABEL_NODE
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import DockerEngine, TaskSpec, validate_task
 
@@ -82,9 +84,8 @@ __all__ = ["DockerExecutor", "DockerUnavailable", "ImageMissing"]
 
 log = logging.getLogger(__name__)
 
-LABEL_EXECUTION = "p2pnode.execution_id"
+# The lease watchdog finds a lapsed execution's container by these labels.
 LABEL_JOB = "p2pnode.job_id"
-LABEL_NODE = "p2pnode.node"
 
 # Docker refuses memory limits under 6 MiB; the spec allows 1 MiB.
 MIN_DOCKER_MEMORY = 6 * 1024 * 1024
@@ -141,6 +142,10 @@ class DockerExecutor:
         self.kill_grace = kill_grace
         self.drain_grace = drain_grace
         self._client: Any = None
+        # Called just before a container starts: the node's lease watchdog
+        # (p2pnode/watchdog.py) hears of every task before it runs, so a node
+        # frozen right after a start leaves no container it does not know of.
+        self.before_spawn: Callable[[], None] | None = None
         (self.data_dir / "work").mkdir(parents=True, exist_ok=True)
 
     # --- engine connection ---------------------------------------------------------
@@ -196,6 +201,8 @@ class DockerExecutor:
                 raise ImageMissing(_missing(engine.image)) from err
             except docker.errors.APIError as err:
                 raise ExecutorError(clip_error(f"cannot create container: {err}")) from err
+            if self.before_spawn is not None:
+                self.before_spawn()  # the lease watchdog learns of it first
             try:
                 await self._call(container.start)
             except docker.errors.APIError as err:
