@@ -866,7 +866,7 @@ def _lease_watchdog(
         docker_at,
     )
     for runner in runners:
-        runner.before_spawn = watchdog.report_now
+        runner.before_spawn = watchdog.before_spawn
     return watchdog
 
 

@@ -18,7 +18,13 @@ import trio
 
 log = logging.getLogger(__name__)
 
-FEED_EVERY = 1.0  # seconds between two reports to the helper
+FEED_EVERY = 1.0  # seconds between two reports to the helper while a task runs
+# While no task runs the node does not wake for the watchdog (an idle node's
+# CPU is a budget: issue 16), only on a spawn, or this often to see that the
+# helper is alive; and it keeps reporting for LINGER after a spawn even if
+# nothing is reported yet.
+IDLE_CHECK = 30.0
+LINGER = 5.0
 RESTART_AFTER = 5.0  # a helper that died is started again after this long
 # Run with -S -E -s: no site-packages, no PYTHON* variables, no user site.  The
 # package's root comes first on the command line (popped before main reads it).
@@ -65,6 +71,19 @@ class LeaseWatchdog:
         self.docker = docker  # (engine socket, node id): the node runs Docker tasks
         self._fd: int | None = None  # the helper's stdin, non-blocking
         self._reported: set[str] = set()
+        self._spawned_at = -float("inf")
+        self._spawned = trio.Event()  # set by a spawn, renewed once seen
+
+    @property
+    def helper_running(self) -> bool:
+        return self._fd is not None
+
+    def before_spawn(self) -> None:
+        """The executors' hook (synchronous, on the trio thread, just before a
+        task starts): report now, and wake the reporting loop."""
+        self._spawned_at = trio.current_time()
+        self._spawned.set()
+        self.report_now()
 
     def report_now(self) -> None:
         """Report every running lease now, synchronously (the executor calls
@@ -108,7 +127,12 @@ class LeaseWatchdog:
             self._reported = set()
             while process.returncode is None:
                 self.report_now()
-                await trio.sleep(FEED_EVERY)
+                if self._reported or trio.current_time() - self._spawned_at < LINGER:
+                    await trio.sleep(FEED_EVERY)
+                else:  # nothing runs: sleep until a spawn
+                    self._spawned = trio.Event()
+                    with trio.move_on_after(IDLE_CHECK):
+                        await self._spawned.wait()
         finally:
             self._fd = None
             with trio.CancelScope(shield=True):

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from p2pnode.procfs import group_members, pid_state
-from p2pnode.watchdog import helper_argv, report
+from p2pnode.watchdog import FEED_EVERY, IDLE_CHECK, LeaseWatchdog, helper_argv, report
 from p2pnode.watchdog_docker import LABEL_EXECUTION, LABEL_NODE, socket_path
 from p2pnode.watchdog_helper import Deadlines, Docker, end_lapsed
 
@@ -237,3 +239,39 @@ def test_the_docker_engine_is_found_from_docker_host() -> None:
     assert socket_path("") == "/var/run/docker.sock"
     assert socket_path("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
     assert socket_path("tcp://10.0.0.1:2376") is None  # not reachable by the helper
+
+
+def test_an_idle_node_does_not_wake_for_its_watchdog(tmp_path: Path) -> None:
+    """While no task runs, the node reports nothing and does not wake (an
+    idle node's CPU is a budget); a spawn starts the reports at once, and
+    they stop again once nothing runs."""
+    calls: list[float] = []
+    leases: dict[str, float] = {}
+
+    def leases_left() -> dict[str, float]:
+        calls.append(trio.current_time())
+        return dict(leases)
+
+    async def main() -> tuple[int, int, int]:
+        watchdog = LeaseWatchdog(leases_left, tmp_path, margin=600.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watchdog.run)
+            while not watchdog.helper_running:  # (spawned in a thread: real time)
+                await trio.sleep(0.01)
+            await trio.sleep(IDLE_CHECK - 5)
+            idle = len(calls)
+            leases["job/0/1"] = 300.0
+            watchdog.before_spawn()
+            await trio.sleep(10)
+            busy = len(calls) - idle
+            leases.clear()
+            await trio.sleep(2 * FEED_EVERY)  # (the spawn is older than LINGER)
+            mark = len(calls)
+            await trio.sleep(IDLE_CHECK - 5)
+            nursery.cancel_scope.cancel()
+        return idle, busy, len(calls) - mark
+
+    idle, busy, after = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert idle == 1  # the helper's first report, then nothing
+    assert busy >= 10  # the spawn's own report, then every FEED_EVERY
+    assert after == 0
