@@ -3,8 +3,9 @@
 ``python -m simnet.soak --seeds 0..199`` runs ``python -m simnet sweep`` once
 per profile below (each a workload with every harsh mode it passes) and
 prints one line per profile; exit 1 when any seed of any profile fails, with
-the failing seeds' reproduce lines.  CI runs 200 seeds per profile
-(tests/test_simnet_harsh_sweeps.py); ``make soak`` runs 0..9999 of each.
+the failing seeds' reproduce lines.  CI runs 200 seeds per profile, 100 of
+``loaded`` (tests/test_simnet_harsh_sweeps.py); ``make soak`` runs 0..9999 of
+each.
 
 Sizes are small on purpose: what finds bugs is the number of seeds and the
 harshness of each, not the size of one run.  The exception is ``loaded``: a
