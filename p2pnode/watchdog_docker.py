@@ -64,8 +64,9 @@ def kill_containers(
     path: str, node_id: str, execution_id: str, timeout: float = API_TIMEOUT
 ) -> list[str]:
     """SIGKILL the running containers of ``execution_id`` on ``node_id``;
-    returns their ids.  Raises OSError or ValueError when the engine cannot be
-    asked (the caller reports it: the helper must go on)."""
+    returns their ids.  Raises (OSError, http.client.HTTPException,
+    ValueError, ...) when the engine cannot be asked or its answer read: the
+    caller reports it and goes on."""
     filters = json.dumps(
         {"label": [f"{LABEL_EXECUTION}={execution_id}", f"{LABEL_NODE}={node_id}"]}
     )

@@ -111,8 +111,9 @@ def end_lapsed(work_dir: Path, execution_id: str, docker: Docker | None = None) 
     if docker is not None:
         try:
             ended = bool(kill_containers(docker.socket_path, docker.node_id, execution_id)) or ended
-        except (OSError, ValueError) as exc:  # engine down or odd: report, go on
-            _say(f"cannot ask Docker about {execution_id}: {exc}")
+        except Exception as exc:  # engine down, or an answer we cannot read:
+            # report it and go on (the helper keeps every other deadline).
+            _say(f"cannot ask Docker about {execution_id}: {exc!r}")
     if ended:
         _say(f"ended the task of {execution_id}: its lease ran out while its node was silent")
     return ended

@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,11 +226,61 @@ def test_the_helper_kills_only_the_lapsed_executions_container(
     assert said.count("ended the task of job/0/1") == 1 and "job/1/1" not in said, said
 
 
-def test_an_unreachable_docker_engine_is_reported_and_the_helper_goes_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+# What an engine may answer that the helper cannot use: nothing (no socket),
+# an error status, a body that is not JSON, JSON without container ids, a
+# response that is not HTTP.
+def _http(status: str, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+BAD_ENGINES = {
+    "no engine": None,
+    "error status": _http("500 Internal Server Error", b""),
+    "not json": _http("200 OK", b"nope!"),
+    "no ids": _http("200 OK", b'[{"NoId": 1}]'),
+    "not a list": _http("200 OK", b"7"),
+    "not http": b"garbage\r\n\r\n",
+}
+
+
+@contextlib.contextmanager
+def _engine_answering(path: Path, answer: bytes | None) -> Iterator[None]:
+    """A unix socket at ``path`` that answers every request with ``answer``."""
+    if answer is None:
+        yield
+        return
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("engine", sorted(BAD_ENGINES))
+def test_an_engine_that_cannot_be_asked_is_reported_and_the_helper_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str
 ) -> None:
-    with _groups(tmp_path, {"lapsed": True}) as groups:
-        ended = end_lapsed(tmp_path, "lapsed", Docker(str(tmp_path / "no.sock"), "node-a"))
+    sock = tmp_path / "engine.sock"
+    with (
+        _engine_answering(sock, BAD_ENGINES[engine]),
+        _groups(tmp_path, {"lapsed": True}) as groups,
+    ):
+        ended = end_lapsed(tmp_path, "lapsed", Docker(str(sock), "node-a"))
         assert ended and not _alive(groups["lapsed"])  # the process group still goes
     said = capsys.readouterr().err
     assert "cannot ask Docker about lapsed" in said and "ended the task of lapsed" in said

@@ -75,7 +75,7 @@ from p2pnode.executors.common import (
     task_env,
 )
 from p2pnode.logcapture import OutputSink, current_output
-from p2pnode.watchdog_docker import LABEL_EXECUTION as LABEL_EXECUTION  # re-exported
+from p2pnode.watchdog_docker import LABEL_EXECUTION as LABEL_EXECUTION
 from p2pnode.watchdog_docker import LABEL_NODE as LABEL_NODE
 from protocols.events import ExecutionFinished, StartExecution
 from protocols.spec import DockerEngine, TaskSpec, validate_task
@@ -84,7 +84,8 @@ __all__ = ["DockerExecutor", "DockerUnavailable", "ImageMissing"]
 
 log = logging.getLogger(__name__)
 
-# The lease watchdog finds a lapsed execution's container by these labels.
+# LABEL_EXECUTION and LABEL_NODE are defined beside the lease watchdog, which
+# finds a lapsed execution's container by them (p2pnode/watchdog_docker.py).
 LABEL_JOB = "p2pnode.job_id"
 
 # Docker refuses memory limits under 6 MiB; the spec allows 1 MiB.
