@@ -77,7 +77,8 @@ from p2pnode.views import (
 )
 from p2pnode.wasm_modules import module_problems, wasm_engines
 from p2pnode.watchdog import LeaseWatchdog
-from p2pnode.watchdog_docker import socket_path
+from p2pnode.watchdog_docker import engine_from_env
+from p2pnode.watchdog_helper import Docker
 from protocols.askguard import AskLimits
 from protocols.config import ANNOUNCE_TOPIC, NodeConfig, Timings
 from protocols.errors import LocalProtocolError
@@ -850,20 +851,20 @@ def _lease_watchdog(
     runners: list[Any] = [executors[n] for n in ("process", "docker") if n in executors]
     if not settings.compute or not runners:
         return None
-    docker_at: tuple[str, str] | None = None
+    docker: Docker | None = None
     if "docker" in executors:
-        engine = socket_path(os.environ.get("DOCKER_HOST"))
+        engine = engine_from_env(os.environ)  # the engine docker.from_env reaches
         if engine is None:
-            log.warning("the lease watchdog reaches Docker only over a unix socket, not %s: "
+            log.warning("the lease watchdog cannot reach Docker at %s: "
                         "a paused node's containers run on until it wakes",
                         os.environ.get("DOCKER_HOST"))
         else:
-            docker_at = (engine, cast(Any, executors["docker"]).node_id)
+            docker = Docker(engine, cast(Any, executors["docker"]).node_id)
     watchdog = LeaseWatchdog(
         functools.partial(_leases_left, core),
         runners[0].data_dir / "work",
         max(float(r.kill_grace) for r in runners) + WATCHDOG_SLACK,
-        docker_at,
+        docker,
     )
     for runner in runners:
         runner.before_spawn = watchdog.before_spawn

@@ -1,9 +1,10 @@
 """The node's side of the lease watchdog (``p2pnode/watchdog_helper.py`` says
 why it exists): start the helper, and tell it how long the lease of each
-running execution has left, every ``FEED_EVERY`` and just before each task is
-spawned.  While the node runs, it ends its own lapsed tasks first; the helper
-acts only when the node has been silent for longer than a lease (paused,
-stopped in a debugger, starved)."""
+running execution has left: every ``FEED_EVERY`` while a task runs, and just
+before each task is spawned (an idle node does not wake for it).  While the
+node runs, it ends its own lapsed tasks first; the helper acts only when the
+node has been silent for longer than a lease (paused, stopped in a debugger,
+starved)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
+
+from p2pnode.watchdog_helper import Docker
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,12 @@ _BOOT = (
 LeasesLeft = Callable[[], Mapping[str, float]]
 
 
-def helper_argv(work_dir: Path, margin: float, docker: tuple[str, str] | None = None) -> list[str]:
-    """The helper's command line; ``docker`` is (engine socket, node id) when
-    the node runs Docker tasks."""
+def helper_argv(work_dir: Path, margin: float, docker: Docker | None = None) -> list[str]:
+    """The helper's command line; ``docker`` says where the node's containers
+    are when it runs Docker tasks."""
     root = str(Path(__file__).resolve().parent.parent)  # holds the p2pnode package
     argv = [sys.executable, "-S", "-E", "-s", "-c", _BOOT, root, str(work_dir), str(margin)]
-    return argv + list(docker or ())
+    return argv + (docker.argv() if docker else [])
 
 
 def report(leases: Mapping[str, float], reported: set[str]) -> list[bytes]:
@@ -63,12 +66,12 @@ class LeaseWatchdog:
         leases_left: LeasesLeft,
         work_dir: Path,
         margin: float,
-        docker: tuple[str, str] | None = None,
+        docker: Docker | None = None,
     ) -> None:
         self.leases_left = leases_left
         self.work_dir = work_dir
         self.margin = margin
-        self.docker = docker  # (engine socket, node id): the node runs Docker tasks
+        self.docker = docker  # the node runs Docker tasks: where they are
         self._fd: int | None = None  # the helper's stdin, non-blocking
         self._reported: set[str] = set()
         self._spawned_at = -float("inf")

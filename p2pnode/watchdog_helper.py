@@ -26,7 +26,8 @@ has said nothing for longer than the lease, and the helper ends the task:
   that execution (a recycled group id is never signalled);
 * a Docker task, when the node runs the docker executor: it kills the running
   containers labelled with that execution and node, through the Engine API
-  (``p2pnode/watchdog_docker.py``).
+  (``p2pnode/watchdog_docker.py``: a unix socket, or tcp:// with or without
+  TLS).
 
 A wasm task needs neither: it runs in a thread of the node's own process, and
 is paused with it.  End of input (the node exited) ends the helper.
@@ -44,9 +45,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from p2pnode.procfs import execution_groups, runs_execution
-from p2pnode.watchdog_docker import kill_containers
+from p2pnode.watchdog_docker import Engine, kill_containers
 
 
 class Deadlines:
@@ -91,13 +93,16 @@ class Deadlines:
         return max(0.0, min(self.due_at.values()) - self.clock())
 
 
-class Docker:
-    """Where the node's containers are: the engine's socket, and the node id
-    its containers are labelled with."""
+class Docker(NamedTuple):
+    """Where the node's containers are: the engine, and the node id its
+    containers are labelled with."""
 
-    def __init__(self, socket_path: str, node_id: str) -> None:
-        self.socket_path = socket_path
-        self.node_id = node_id
+    engine: Engine
+    node_id: str
+
+    def argv(self) -> list[str]:
+        """The helper's command-line words for it (``main`` reads them)."""
+        return [self.node_id, *self.engine.argv()]
 
 
 def _say(text: str) -> None:
@@ -110,7 +115,7 @@ def end_lapsed(work_dir: Path, execution_id: str, docker: Docker | None = None) 
     ended = _end_group(work_dir, execution_id)
     if docker is not None:
         try:
-            ended = bool(kill_containers(docker.socket_path, docker.node_id, execution_id)) or ended
+            ended = bool(kill_containers(docker.engine, docker.node_id, execution_id)) or ended
         except Exception as exc:  # engine down, or an answer we cannot read:
             # report it and go on (the helper keeps every other deadline).
             _say(f"cannot ask Docker about {execution_id}: {exc!r}")
@@ -144,9 +149,11 @@ def serve(fd: int, work_dir: Path, margin: float, docker: Docker | None = None) 
 
 
 def main() -> None:
-    """argv: work_dir margin [docker_socket node_id]"""
+    """argv: work_dir margin [node_id engine_url cert_dir verify] (``Docker.argv``)"""
     work_dir, margin = Path(sys.argv[1]), float(sys.argv[2])
-    docker = Docker(sys.argv[3], sys.argv[4]) if len(sys.argv) >= 5 else None
+    docker = None
+    if len(sys.argv) >= 5:
+        docker = Docker(Engine.from_argv(sys.argv[4:]), sys.argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when we stop
     serve(sys.stdin.fileno(), work_dir, margin, docker)
 

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -19,10 +20,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from p2pnode.procfs import group_members, pid_state
 from p2pnode.watchdog import FEED_EVERY, IDLE_CHECK, LeaseWatchdog, helper_argv, report
-from p2pnode.watchdog_docker import LABEL_EXECUTION, LABEL_NODE, socket_path
+from p2pnode.watchdog_docker import LABEL_EXECUTION, LABEL_NODE, Engine, engine_from_env
 from p2pnode.watchdog_helper import Deadlines, Docker, end_lapsed
 
 
@@ -181,49 +183,170 @@ def _container(client: Any, image: str, execution_id: str, node: str) -> Any:
     )
 
 
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def _engine_over_tcp(engine_socket: str, tls: ssl.SSLContext | None) -> Iterator[int]:
+    """The real engine at ``engine_socket`` served on a loopback TCP port
+    (yielded), as dockerd's ``-H tcp://`` serves it: plain, or over TLS with
+    ``tls`` (a server context that requires a client certificate)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+
+    def relay(client: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            if tls is not None:
+                client = tls.wrap_socket(client, server_side=True)
+            conns.append(client)
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conns.append(upstream)
+            upstream.connect(engine_socket)
+            back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+            back.start()
+            _pump(client, upstream)
+            back.join(timeout=10)
+        client.close()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        for conn in conns:
+            conn.close()
+        thread.join(timeout=5)
+
+
+def _docker_cert_dir(ca: trustme.CA, client_ca: trustme.CA, where: Path) -> Path:
+    """Docker's client layout (``DOCKER_CERT_PATH``): ca.pem (what the engine's
+    certificate must chain to), cert.pem and key.pem (ours, from ``client_ca``)."""
+    where.mkdir()
+    ca.cert_pem.write_to_path(str(where / "ca.pem"))
+    client = client_ca.issue_cert("p2pnode-node")
+    client.cert_chain_pems[0].write_to_path(str(where / "cert.pem"))
+    client.private_key_pem.write_to_path(str(where / "key.pem"))
+    return where
+
+
+def _tls_engine_context(ca: trustme.CA, client_ca: trustme.CA) -> ssl.SSLContext:
+    """The engine's side, as ``dockerd --tlsverify``: its certificate from
+    ``ca``, and a client certificate from ``client_ca`` required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    client_ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+@contextlib.contextmanager
+def _engine_reached(how: str, tmp_path: Path) -> Iterator[Engine]:
+    """The real engine (``DOCKER_HOST`` or the default socket), reached by the
+    helper ``how``: over its unix socket, tcp://, or tcp:// with TLS both ways
+    (``DOCKER_TLS_VERIFY`` with ``DOCKER_CERT_PATH``)."""
+    local = engine_from_env(os.environ)
+    assert local is not None and local.url.startswith("unix://")
+    if how == "unix socket":
+        yield local
+        return
+    ca = trustme.CA()
+    tls = _tls_engine_context(ca, ca) if how == "tcp with tls" else None
+    with _engine_over_tcp(local.url[len("unix://") :], tls) as port:
+        environ = {"DOCKER_HOST": f"tcp://127.0.0.1:{port}"}
+        if tls is not None:
+            environ["DOCKER_TLS_VERIFY"] = "1"
+            environ["DOCKER_CERT_PATH"] = str(_docker_cert_dir(ca, ca, tmp_path / "certs"))
+        engine = engine_from_env(environ)
+        assert engine is not None
+        yield engine
+
+
 @pytest.mark.docker
+@pytest.mark.parametrize("how", ["unix socket", "tcp", "tcp with tls"])
 def test_the_helper_kills_only_the_lapsed_executions_container(
-    tmp_path: Path, docker_client: Any, busybox_image: str
+    tmp_path: Path, docker_client: Any, busybox_image: str, how: str
 ) -> None:
-    engine = socket_path(os.environ.get("DOCKER_HOST"))
-    assert engine is not None
     containers = {
         "lapsed": _container(docker_client, busybox_image, "job/0/1", "node-a"),
         "renewed": _container(docker_client, busybox_image, "job/1/1", "node-a"),
         # The same execution id on another node's engine labels: not ours.
         "other node": _container(docker_client, busybox_image, "job/0/1", "node-b"),
     }
-    helper = subprocess.Popen(
-        helper_argv(tmp_path, margin=0.2, docker=(engine, "node-a")),
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert helper.stdin is not None and helper.stderr is not None
 
     def running(name: str) -> bool:
         containers[name].reload()
         return bool(containers[name].status == "running")
 
     try:
-        helper.stdin.write(b"job/0/1 0.1\njob/1/1 0.5\n")
-        helper.stdin.flush()
-        assert _wait(lambda: not running("lapsed"), timeout=15)
-        for _ in range(10):  # 2 s of renewals
-            helper.stdin.write(b"job/1/1 0.5\n")
-            helper.stdin.flush()
-            time.sleep(0.2)
-        assert running("renewed"), "a renewed lease's container was killed"
-        assert running("other node"), "another node's container was killed"
-        helper.stdin.close()
-        assert helper.wait(timeout=5) == 0
+        with _engine_reached(how, tmp_path) as engine:
+            helper = subprocess.Popen(
+                helper_argv(tmp_path, margin=0.2, docker=Docker(engine, "node-a")),
+                stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert helper.stdin is not None and helper.stderr is not None
+            try:
+                helper.stdin.write(b"job/0/1 0.1\njob/1/1 0.5\n")
+                helper.stdin.flush()
+                assert _wait(lambda: not running("lapsed"), timeout=15)
+                for _ in range(10):  # 2 s of renewals
+                    helper.stdin.write(b"job/1/1 0.5\n")
+                    helper.stdin.flush()
+                    time.sleep(0.2)
+                assert running("renewed"), "a renewed lease's container was killed"
+                assert running("other node"), "another node's container was killed"
+                helper.stdin.close()
+                assert helper.wait(timeout=5) == 0
+            finally:
+                if helper.poll() is None:
+                    helper.kill()
+                    helper.wait()
     finally:
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait()
         for container in containers.values():
             container.remove(force=True)
     said = helper.stderr.read().decode()
     assert said.count("ended the task of job/0/1") == 1 and "job/1/1" not in said, said
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("wrong", ["engine not trusted", "we are not trusted"])
+def test_a_tls_engine_that_fails_the_handshake_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], wrong: str
+) -> None:
+    """An engine whose certificate does not chain to our ca.pem, or that does
+    not take our client certificate: no request is made, the failure is
+    reported and the process group still goes."""
+    local = engine_from_env(os.environ)
+    assert local is not None
+    engine_ca, our_ca, stranger = trustme.CA(), trustme.CA(), trustme.CA()
+    served = _tls_engine_context(engine_ca, our_ca)
+    certs = (
+        _docker_cert_dir(stranger, our_ca, tmp_path / "certs")
+        if wrong == "engine not trusted"
+        else _docker_cert_dir(engine_ca, stranger, tmp_path / "certs")
+    )
+    with (
+        _engine_over_tcp(local.url[len("unix://") :], served) as port,
+        _groups(tmp_path, {"lapsed": True}) as groups,
+    ):
+        engine = Engine(f"https://127.0.0.1:{port}", str(certs), verify=True)
+        ended = end_lapsed(tmp_path, "lapsed", Docker(engine, "node-a"))
+        assert ended and not _alive(groups["lapsed"])
+    said = capsys.readouterr().err
+    assert "cannot ask Docker about lapsed" in said and "SSL" in said, said
 
 
 # What an engine may answer that the helper cannot use: nothing (no socket),
@@ -280,17 +403,47 @@ def test_an_engine_that_cannot_be_asked_is_reported_and_the_helper_goes_on(
         _engine_answering(sock, BAD_ENGINES[engine]),
         _groups(tmp_path, {"lapsed": True}) as groups,
     ):
-        ended = end_lapsed(tmp_path, "lapsed", Docker(str(sock), "node-a"))
+        ended = end_lapsed(tmp_path, "lapsed", Docker(Engine(f"unix://{sock}"), "node-a"))
         assert ended and not _alive(groups["lapsed"])  # the process group still goes
     said = capsys.readouterr().err
     assert "cannot ask Docker about lapsed" in said and "ended the task of lapsed" in said
 
 
-def test_the_docker_engine_is_found_from_docker_host() -> None:
-    assert socket_path(None) == "/var/run/docker.sock"
-    assert socket_path("") == "/var/run/docker.sock"
-    assert socket_path("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
-    assert socket_path("tcp://10.0.0.1:2376") is None  # not reachable by the helper
+ENVIRONS = {  # what docker.from_env reaches -> where the helper asks
+    "unset": ({}, Engine("unix:///var/run/docker.sock")),
+    "empty": ({"DOCKER_HOST": ""}, Engine("unix:///var/run/docker.sock")),
+    "unix": ({"DOCKER_HOST": "unix:///run/d.sock"}, Engine("unix:///run/d.sock")),
+    "tcp": ({"DOCKER_HOST": "tcp://10.0.0.1:2375"}, Engine("http://10.0.0.1:2375")),
+    "tcp, TLS_VERIFY empty": (
+        {"DOCKER_HOST": "tcp://10.0.0.1:2375", "DOCKER_TLS_VERIFY": ""},
+        Engine("http://10.0.0.1:2375"),
+    ),
+    "tcp, TLS_VERIFY": (
+        {"DOCKER_HOST": "tcp://h:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/c"},
+        Engine("https://h:2376", "/c", verify=True),
+    ),
+    "tcp, CERT_PATH only": (
+        {"DOCKER_HOST": "tcp://h:2376", "DOCKER_CERT_PATH": "/c"},
+        Engine("https://h:2376", "/c", verify=False),
+    ),
+    "tcp, TLS_VERIFY, default certs": (
+        {"DOCKER_HOST": "tcp://h:2376", "DOCKER_TLS_VERIFY": "1"},
+        Engine("https://h:2376", os.path.expanduser("~/.docker"), verify=True),
+    ),
+    "ssh": ({"DOCKER_HOST": "ssh://me@h"}, None),
+    "no address": ({"DOCKER_HOST": "tcp://"}, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENVIRONS))
+def test_the_docker_engine_is_found_as_the_docker_sdk_finds_it(name: str) -> None:
+    environ, engine = ENVIRONS[name]
+    assert engine_from_env(environ) == engine
+    if engine is not None:  # what the helper's command line carries, read back
+        assert Engine.from_argv(engine.argv()) == engine
+        docker = Docker(engine, "node-a")
+        argv = helper_argv(Path("/w"), 1.5, docker)
+        assert Docker(Engine.from_argv(argv[-3:]), argv[-4]) == docker
 
 
 def test_an_idle_node_does_not_wake_for_its_watchdog(tmp_path: Path) -> None:

@@ -272,7 +272,7 @@ def test_a_paused_holders_container_is_ended_by_its_watchdog(
 # it covered containers): the process groups only.
 NO_DOCKER_WATCHDOG = """import p2pnode.watchdog_docker
 
-p2pnode.watchdog_docker.socket_path = lambda docker_host: None
+p2pnode.watchdog_docker.engine_from_env = lambda environ: None
 """
 
 
