@@ -420,6 +420,8 @@ class ChainController(KindController):
         chain = self.chains.get(run.parent)
         if chain is None or chain.role != "owner" or chain.run_id != run.job_id:
             return
+        if chain.outcome:  # the chain ended first (a stop, which cancelled this run)
+            return
         stage = chain.head["stage"]
         stages = self.specs[chain.job_id]["stages"]
         if run.state != "completed":

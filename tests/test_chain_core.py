@@ -358,3 +358,30 @@ def test_a_chain_log_is_not_reverified_on_every_describe() -> None:
         assert core.describe("c9")["chain"]["log_verified"] == "ok"
     records = len(core.describe("c9")["chain"]["records"])
     assert 0 < counting.verified <= 2 * records  # once per signature, not once per call
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_stopping_a_chain_ends_its_running_stage_at_once(stage: int) -> None:
+    """Stage 0's run is owned by the submitter, stage 1's by the node the
+    chain was handed to.  Either way a stop ends the running task within a
+    few round trips: well inside a lease, so it is the stop that ends it,
+    not the lease running out."""
+    from protocols.events import CancelJob
+
+    net = ProtoNet(NODES, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c7", chain_spec(3)))
+
+    def hold(node: str, start: Any) -> bool:
+        return start.env.get("P2PNODE_STAGE_INDEX") == str(stage)
+
+    def running_stage() -> bool:
+        indexes = {s.env.get("P2PNODE_STAGE_INDEX") for _, s in stage_runs(net, "c7").values()}
+        return indexes == {str(stage)} and bool(owners(net, "c7"))
+
+    drive(net, "c7", running_stage, limit=60, kill=hold)
+    assert (owners(net, "c7") == ["a"]) == (stage == 0)
+    net.feed("a", CancelJob("c7"))
+    net.run_for(FAST.lease_ttl / 3)
+    assert stage_runs(net, "c7") == {}
+    assert net.job_state("a", "c7") == "stopped"

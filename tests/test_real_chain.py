@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.realnet import Cluster, ServeNode, cluster, is_terminal
+from tests.realnet import Cluster, ServeNode, cluster, is_terminal, pids_with_env
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,28 @@ def test_five_stage_chain_across_five_processes(tmp_path: Path) -> None:
         stage_owner = next(n for n in nodes[1:] if n.node_id == handovers[-1]["to"])
         remote = stage_owner.cli("job", "describe", job_id)
         assert remote.returncode == 0 and "log:    ok" in remote.stdout, remote.explain()
+
+
+def test_job_stop_of_a_chain_in_its_first_stage(tmp_path: Path) -> None:
+    """``job stop`` while stage 0 runs, whose run the submitter owns: the
+    chain ends "stopped", the stage's task is gone, and the node goes on.
+    (The core once ended the chain "failed" from inside the stop, then
+    refused the stop itself: failed --> stopped is no transition.)"""
+    with cluster(tmp_path) as c:
+        owner, _ = _nodes(c, ["a", "b"], first_extra=["--no-compute"])
+        spec = chain_spec(2, slow_stage=0, sleep=60)
+        spec["stages"][0]["task"]["env"] = {"STOP_TEST": "stage0"}
+        job_id = owner.control("submit", spec=spec)["job_id"]
+        c.wait_until(lambda: pids_with_env("STOP_TEST=stage0"), timeout=60, what="stage 0's task")
+        stopped = owner.cli("job", "stop", job_id)
+        assert stopped.returncode == 0, stopped.explain()
+        view = c.wait_job(owner, job_id, is_terminal, timeout=30, what="the chain to end")
+        assert view["state"] == "stopped", view
+        c.wait_until(lambda: not pids_with_env("STOP_TEST=stage0"), timeout=20,
+                     what="stage 0's task gone")
+        again = owner.control("submit", spec=chain_spec(2))["job_id"]
+        view = c.wait_job(owner, again, is_terminal, timeout=60, what="a second chain to end")
+        assert view["state"] == "completed", view
 
 
 def test_sigkill_of_the_next_owner_mid_handover(tmp_path: Path) -> None:
