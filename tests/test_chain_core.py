@@ -373,7 +373,7 @@ def test_stopping_a_chain_ends_its_running_stage_at_once(stage: int) -> None:
     net.feed("a", SubmitJob("c7", chain_spec(3)))
 
     def hold(node: str, start: Any) -> bool:
-        return start.env.get("P2PNODE_STAGE_INDEX") == str(stage)
+        return bool(start.env.get("P2PNODE_STAGE_INDEX") == str(stage))
 
     def running_stage() -> bool:
         indexes = {s.env.get("P2PNODE_STAGE_INDEX") for _, s in stage_runs(net, "c7").values()}

@@ -461,3 +461,43 @@ def test_micro_batches_survive_an_owner_restart_and_cover_every_entry_once(
         f"produced; duplicates across batches {duplicates}; batches run more than once "
         f"{rerun} ({rerun_entries} entries processed twice by re-runs of the same batch)"
     )
+
+
+def test_job_stop_of_a_micro_batch_stream_with_a_batch_in_flight(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``job stop`` while a batch runs: the job ends "stopped", the batch's
+    task is gone, the checkpoint stays before the batch, and the node goes on.
+    (The cancelled batch once failed the job from inside the stop, and the
+    stop itself was refused: failed --> stopped is no transition.)"""
+    spec = {
+        "name": "slow-batches",
+        "type": "stream",
+        "mode": "micro_batch",
+        "partitions": 1,
+        "source": {"type": "redis", "url": redis_server.url, "streams": ["slow"]},
+        "batch": {"max_entries": 10, "max_wait": "100ms"},
+        "task": {
+            "engine": {"type": "process", "command": ["sleep", "60"]},
+            "env": {"STOP_TEST": "batch"},
+            "timeout": "2m",
+        },
+    }
+    redis = redis_server.client()
+    for i in range(5):
+        redis.xadd("slow", {"n": str(i)})
+    with cluster(tmp_path) as c:
+        owner, _, _ = _start(c, owner_executors="", lease_ttl=2)
+        job_id = owner.control("submit", spec=spec)["job_id"]
+        c.wait_until(lambda: pids_with_env("STOP_TEST=batch"), timeout=30, what="a batch running")
+        stopped = owner.cli("job", "stop", job_id)
+        assert stopped.returncode == 0, stopped.explain()
+        c.wait_until(
+            lambda: owner.describe(job_id)["state"] == "stopped", timeout=20, what="the job stopped"
+        )
+        c.wait_until(lambda: not pids_with_env("STOP_TEST=batch"), timeout=20,
+                     what="the batch's task gone")
+        (partition,) = _partitions(owner, job_id).values()
+        # Nothing committed: the stopped batch's entries stay unread-past.
+        assert partition["checkpoint"] == "" and partition["entries"] == 0, partition
+        assert owner.control("ping")

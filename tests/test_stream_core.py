@@ -132,6 +132,7 @@ def test_a_lapse_during_a_roll_over_reports_the_ended_run() -> None:
     net.run_until(lambda: exec_id not in net.running[node], limit=net.now + 1)
     held = net.core(node).holder.held[exec_id]
     net.run_until(lambda: held.result is not None, limit=net.now + FAST.lease_ttl + 1)
+    assert held.result is not None
     assert held.result.status == "succeeded" and held.result.progress == "11"
     assert not net.running[node]  # no run started without the owner's answer
 

@@ -77,6 +77,11 @@ class OwnerBase:
         # may still be repeating a result whose ack was lost, or renewing.
         # Volatile and bounded (oldest out first, MAX_FORGOTTEN_EXECUTIONS).
         self.forgotten: dict[str, tuple[str, bool]] = {}
+        # Jobs being finished right now (``_finish_job``): stopping their
+        # slots and children ends runs whose ends reach the controllers, which
+        # must not decide another outcome for the job meanwhile (a stop would
+        # turn into "failed", then into an illegal failed --> stopped).
+        self.finishing: set[str] = set()
         # The kind controllers (``Owner.install``; the node core builds them).
         self.kinds: KindRegistry
 

@@ -186,22 +186,28 @@ class OutcomeMixin(OwnerBase):
 
     def _finish_job(self, job: OwnedJob, state: str, reason: str) -> None:
         """Terminal job: stop every slot still in flight, then record the outcome."""
-        self.out.cancel_timer(JobTimer(CENSUS, job.job_id))
-        self.kinds[job.kind].on_stop(job, reason)
-        for slot in job.slots:
-            if not slot.terminal:
-                self._cancel_slot(job, slot, reason)
+        self.finishing.add(job.job_id)
+        try:
+            self.out.cancel_timer(JobTimer(CENSUS, job.job_id))
+            self.kinds[job.kind].on_stop(job, reason)
+            for slot in job.slots:
+                if not slot.terminal:
+                    self._cancel_slot(job, slot, reason)
+        finally:
+            self.finishing.discard(job.job_id)
         self._set_terminal(job, state, reason)
 
     def fail(self, job: OwnedJob, reason: str) -> None:
         """Stop a job as failed (a controller's verdict, e.g. a stream batch
-        that failed for good)."""
-        if not job.terminal:
+        that failed for good); not one already ending (its outcome is decided)."""
+        if not job.terminal and job.job_id not in self.finishing:
             self._finish_job(job, "failed", reason)
 
     def set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
-        """Record a job's outcome (jobs whose state their controller decides)."""
-        self._set_terminal(job, state, reason)
+        """Record a job's outcome (jobs whose state their controller decides),
+        unless it is being finished already: that outcome stands."""
+        if job.job_id not in self.finishing:
+            self._set_terminal(job, state, reason)
 
     def _set_terminal(self, job: OwnedJob, state: str, reason: str) -> None:
         job.move(state)
