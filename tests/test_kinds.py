@@ -151,6 +151,22 @@ def test_daemon_reaches_every_matching_node_including_a_joiner() -> None:
     assert net.core("a").describe("d1")["live"] == 3
 
 
+def test_a_joiner_gets_its_daemon_on_its_hello_not_at_the_next_scan() -> None:
+    """A new peer's hello makes a daemon job re-count within a bid window, so
+    the joiner runs the daemon in seconds even when scans are a minute apart."""
+    slow_scan = Timings(lease_ttl=3.0, lease_grace=1.0, bid_window=0.2, daemon_scan=60.0)
+    net = ProtoNet(
+        ["a", "b", "j"], timings=slow_scan, owners_only=frozenset("a"), absent=frozenset("j")
+    )
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("d2", spec("daemon")))
+    net.run_until(lambda: "b" in running_on(net, "d2"), limit=10)
+    net.run_for(5.0)  # the census is over; the next scan is about a minute away
+    net.start("j")
+    joined = net.now
+    net.run_until(lambda: "j" in running_on(net, "d2"), limit=joined + 5)
+
+
 def test_failed_daemon_restarts_in_place_then_is_regranted() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
@@ -332,6 +348,22 @@ def test_cron_update_applies_to_later_runs() -> None:
     assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions)
 
 
+def test_cron_update_to_a_sooner_schedule_is_armed_at_once() -> None:
+    """From every 20 s to every 1 s: the next run follows the new schedule,
+    not the time the old one had armed."""
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c5", cron_spec("allow", every=20_000)))
+    finish_runs_after(net, "c5", 0.5, until=net.now + 21)
+    old_next = net.core("a").cron.describe(net.core("a").owner.jobs["c5"])["next_ms"]
+    updated_ms = WALL_EPOCH * 1000 + net.now * 1000
+    assert old_next - updated_ms > 5_000  # the old schedule's next run is far off
+    net.feed("a", UpdateJob("c5", cron_spec("allow", every=1_000)))
+    finish_runs_after(net, "c5", 0.5, until=net.now + 3)
+    later = [r for r in net.core("a").runs("c5") if r["version"] == 2 and r["run_id"]]
+    assert later and later[0]["scheduled_ms"] < old_next, later
+
+
 def test_stopping_a_daemon_between_two_local_restarts_ends_cleanly() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
@@ -376,6 +408,27 @@ def test_daemon_slot_retires_when_its_node_stops_matching() -> None:
     job = net.core("a").owner.jobs["d7"]
     assert running_on(net, "d7") == {}
     assert job.slots[0].state.value == "cancelled" and "no longer matches" in job.slots[0].reason
+
+
+def test_ops_slot_fails_when_its_node_stops_matching() -> None:
+    """An ops job's node restarts with other labels while the job runs: its
+    slot cannot run anywhere else, so it fails, naming the node and the
+    mismatch, and the job fails with it (rather than waiting for good)."""
+    labels = {"b": {"role": "edge"}, "c": {"role": "edge"}}
+    net = ProtoNet(["a", "b", "c"], labels=labels, timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("o7", spec("ops", {"role": "edge"})))
+    net.run_until(lambda: sorted(running_on(net, "o7")) == ["b", "c"], limit=10)
+    net.crash("b")
+    net.labels["b"] = {"role": "core"}  # restarted with other labels
+    net.start("b")
+    for exec_id in running_on(net, "o7")["c"]:
+        net.finish("c", exec_id)
+    net.run_until(lambda: net.job_state("a", "o7") == "failed", limit=net.now + 60)
+    job = net.core("a").owner.jobs["o7"]
+    (slot,) = [s for s in job.slots if s.pinned == "b"]
+    assert slot.state.value == "failed" and "no longer matches" in slot.reason
+    assert "b: " in job.reason and "no longer matches" in job.reason
 
 
 def test_update_refused_for_batch_and_type_change() -> None:
