@@ -128,3 +128,23 @@ def test_a_renewal_of_a_forgotten_execution_is_refused() -> None:
     refused = [f.message for f in _of(sent, RenewAck, exec_id) if not f.message.valid]
     assert refused and refused[-1].reason == "job finished", refused
     assert net.core("a").dropped.get("b", 0) == 0
+
+
+def test_a_late_copy_about_a_finished_execution_is_no_fault_of_its_owner() -> None:
+    """The holder forgot an execution once its result was acknowledged; a late
+    copy of an ack (or a cancel) for it, from its owner, is ignored, not
+    counted against the owner as a frame about an unknown execution (which the
+    peer guard weighs).  A frame about an execution the holder never had is."""
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    sent = _record(net, lambda frame: False)
+    exec_id = _reported(net, "j1")
+    net.run_until(lambda: exec_id in net.core("b").holder.tombstones, limit=net.now + 5)
+    acks = _of(sent, RenewAck, exec_id) + _of(sent, ResultAck, exec_id)
+    assert acks
+    for frame in acks:  # every ack once more, late
+        net.feed("b", MessageReceived("a", wire_frame("a", frame.message), ""))
+    assert net.core("b").dropped.get("a", 0) == 0
+    never = RenewAck(execution_id="other/0/1", epoch=1, seq=1)
+    net.feed("b", MessageReceived("a", wire_frame("a", never), ""))
+    assert net.core("b").dropped.get("a", 0) == 1

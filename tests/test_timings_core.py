@@ -200,3 +200,18 @@ def test_the_run_starts_only_once_the_owner_acknowledged_the_accept() -> None:
     net.finish(node, exec_id)
     net.run_until(lambda: net.job_state("a", "j1") == "completed")
     assert _slot(net)["failures"] == 0
+
+
+def test_the_holder_ends_a_task_its_executor_let_run_past_its_timeout() -> None:
+    """The executor enforces ``task.timeout``; the holder's own timer is the
+    backstop when it does not (here: nothing ever finishes the task): one
+    second past the timeout the holder stops it and reports "timeout", and
+    the attempt counts as failed."""
+    net = _net(Timings(), Timings())
+    _submit(net, batch_spec(timeout=5_000, retry={"attempts": 1, "backoff": 1000}))
+    started = net.now
+    net.run_until(lambda: not net.running_anywhere(), limit=started + 5.0 + 1.5)
+    net.run_until(lambda: net.job_state("a", "j1") == "failed", limit=net.now + 2)
+    (execution,) = _slot(net)["executions"]
+    assert execution["state"] == "timeout", execution
+    assert _slot(net)["failures"] == 1
