@@ -14,7 +14,7 @@ import pytest
 from protocols.config import ANNOUNCE_TOPIC, Timings
 from protocols.events import CancelJob, SubmitJob, SuspendJob, UpdateJob
 from protocols.messages import CENSUS_SLOT, AskForBid
-from protocols.owner.base import OPS_QUIET_ROUNDS
+from protocols.owner.base import NO_MATCH_ROUNDS, OPS_QUIET_ROUNDS
 from protocols.owner.census import CENSUS_ECHO_AT
 from tests.protonet import LATENCY, WALL_EPOCH, Frame, ProtoNet, sim_task
 
@@ -79,9 +79,11 @@ def test_ops_fails_naming_the_node_that_failed() -> None:
 def test_ops_without_matching_node_fails_fast() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
+    sent = _census_broadcasts(net, "a")
     net.feed("a", SubmitJob("ops3", spec("ops", {"gpu": "yes"})))
     net.run_until(lambda: net.job_state("a", "ops3") == "failed", limit=30)
     assert "no node matches" in net.core("a").owner.jobs["ops3"].reason
+    assert sorted(sent) == list(range(1, NO_MATCH_ROUNDS + 1))  # no more rounds than that
 
 
 
@@ -212,6 +214,7 @@ def test_daemon_update_rolls_out_one_node_at_a_time() -> None:
     net.run_for(1.0)
     new = spec("daemon", task=sim_task(env={"V": "2"}))
     net.feed("a", UpdateJob("d4", new))
+    updated = net.now
     job = net.core("a").owner.jobs["d4"]
     worst = 0
     for _ in range(20_000):
@@ -225,6 +228,9 @@ def test_daemon_update_rolls_out_one_node_at_a_time() -> None:
             break
     assert all(s.current.version == 2 for s in job.slots if s.current)
     assert worst == 1
+    # Each node's turn begins once the previous one's new version holds its
+    # lease, not at that lease's next renewal: all three within one renewal.
+    assert net.now - updated < FAST.renew_interval
 
 
 # --- service -----------------------------------------------------------------------
@@ -448,6 +454,25 @@ def test_update_refused_for_batch_and_type_change() -> None:
         net.feed("a", SuspendJob("s9", True))
     with pytest.raises(LocalProtocolError, match="not owned"):
         net.feed("a", UpdateJob("nope", spec("service")))
+
+
+def test_a_service_that_keeps_exiting_is_replaced_after_a_growing_backoff() -> None:
+    """A service task that exits (even with 0) is restarted, but after the
+    task's backoff, doubled for each exit in a row: an instant exit must not
+    become a restart storm.  (Only a stream consumer's graceful end, its
+    run_for, is re-granted at once.)"""
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("s3", spec("service", count=1)))  # backoff 1 s
+    gaps = []
+    for _ in range(3):
+        net.run_until(lambda: bool(running_on(net, "s3")), limit=net.now + 30)
+        (exec_id,) = running_on(net, "s3")["b"]
+        net.finish("b", exec_id)  # exits at once, status 0
+        ended = net.now
+        net.run_until(lambda: bool(running_on(net, "s3")), limit=net.now + 30)
+        gaps.append(net.now - ended)
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0 and gaps[2] >= 4.0, gaps
 
 
 def test_service_scale_up_and_down_by_update() -> None:
