@@ -14,7 +14,7 @@ import pytest
 
 from protocols.config import Timings
 from protocols.events import StartExecution, SubmitJob
-from protocols.holder import Holder
+from protocols.holder import MIN_LEASE_TTL, Holder
 from protocols.messages import LeaseAccept, LeaseRelease, LeaseRenew
 from tests.protonet import ProtoNet, batch_spec
 
@@ -138,6 +138,13 @@ def test_grant_with_a_tiny_ttl_is_refused() -> None:
     assert not net.notes_of("execution_started")
     assert not net.running_anywhere()
     assert released and "below the minimum" in released[0]
+
+
+def test_grant_with_exactly_the_minimum_ttl_is_taken() -> None:
+    net = _net(Timings(lease_ttl=MIN_LEASE_TTL, lease_grace=0.5), Timings())
+    node, exec_id = _submit(net)
+    net.finish(node, exec_id)
+    net.run_until(lambda: net.job_state("a", "j1") == "completed")
 
 
 # --- defect 4: lost executions never use up retries ------------------------------------
