@@ -18,7 +18,7 @@ PIP_QUIET := 2>&1 | { grep -v 'WARNING: Location' || true; }
 
 BENCHES := $(filter-out bench/common.py,$(wildcard bench/*.py))
 
-.PHONY: help sysdeps venv test lint typecheck pytest demo soak mutants bench clean distclean
+.PHONY: help sysdeps venv test lint typecheck pytest demo soak mutants mutant-sample bench clean distclean
 
 help:
 	@echo "make venv   - create $(VENV) (if missing) and install -e '.[dev]' when pyproject.toml changed"
@@ -27,6 +27,7 @@ help:
 	@echo "make demo   - start 3 real peers on loopback, run sample jobs, stop them"
 	@echo "make soak   - every simnet workload in the harsh modes, 10,000 seeds each (hours)"
 	@echo "make mutants - plant each catalogued bug in a scratch copy; the sweeps must kill it"
+	@echo "make mutant-sample - a seeded sample of mechanical mutants of protocols/ against the core tests"
 	@echo "make bench  - run every bench/*.py"
 	@echo "make clean  - remove caches and build output (distclean also removes $(VENV))"
 
@@ -97,6 +98,12 @@ soak: venv
 MUTANTS_ARGS ?=
 mutants: venv
 	$(PY) -m simnet.mutants $(MUTANTS_ARGS)
+
+# scripts/mutant_sample.py: a seeded random sample of mechanical mutants of protocols/,
+# each run against the core suites (slow: minutes per surviving mutant; not in CI).
+MUTANT_SAMPLE_ARGS ?= --seed 1 --count 40
+mutant-sample: venv
+	$(PY) scripts/mutant_sample.py $(MUTANT_SAMPLE_ARGS)
 
 bench: venv
 	@if [ -z "$(BENCHES)" ]; then echo "no bench/*.py yet"; fi
