@@ -370,6 +370,23 @@ def test_cron_update_to_a_sooner_schedule_is_armed_at_once() -> None:
     assert later and later[0]["scheduled_ms"] < old_next, later
 
 
+def test_a_cron_run_knows_its_cron_job_and_its_scheduled_time() -> None:
+    """docs/protocol.md: cron runs get P2PNODE_CRON_JOB and
+    P2PNODE_SCHEDULED_MS (ms since the epoch) in their environment; other
+    jobs' tasks do not."""
+    net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
+    net.run_for(1.0)
+    net.feed("a", SubmitJob("c6", cron_spec("allow", every=2000)))
+    net.feed("a", SubmitJob("b6", spec("batch")))
+    net.run_until(lambda: len(net.running["b"]) == 2, limit=net.now + 5)
+    starts = {s.job_id.split("@")[0]: s for s in net.running["b"].values()}
+    (run,) = net.core("a").runs("c6")
+    assert starts["c6"].env["P2PNODE_CRON_JOB"] == "c6"
+    assert starts["c6"].env["P2PNODE_SCHEDULED_MS"] == str(run["scheduled_ms"])
+    assert "P2PNODE_CRON_JOB" not in starts["b6"].env
+    assert "P2PNODE_SCHEDULED_MS" not in starts["b6"].env
+
+
 def test_stopping_a_daemon_between_two_local_restarts_ends_cleanly() -> None:
     net = ProtoNet(["a", "b"], timings=FAST, owners_only=frozenset("a"))
     net.run_for(1.0)
