@@ -128,6 +128,13 @@ def verify_log(
         kind, frm, to = body.get("kind"), body.get("from"), body.get("to")
         if not isinstance(to, str) or not to:
             raise RemoteProtocolError(f"record {i}: no new owner")
+        stage = body.get("stage")
+        # (A signed record is still a peer's: compared below, a stage that is
+        # not a number would raise TypeError out of the core.)
+        if type(stage) is not int or stage < 0:
+            raise RemoteProtocolError(f"record {i}: stage {stage!r} is not a stage number")
+        if not _input_list(body.get("inputs")):  # the next stage runs with these
+            raise RemoteProtocolError(f"record {i}: inputs are not [name, manifest, node] lists")
         if i == 0:
             if kind != "genesis" or frm != "" or body.get("prev") != "" or body.get("stage") != 0:
                 raise RemoteProtocolError("record 0: not a genesis record")
@@ -151,10 +158,17 @@ def verify_log(
         elif kind == "takeover":
             if to != submitter or not signed_by(submitter):
                 raise RemoteProtocolError(f"record {i}: a takeover only the submitter signs")
-            if not 0 <= body.get("stage", -1) <= before["stage"]:
+            if not stage <= before["stage"]:
                 raise RemoteProtocolError(f"record {i}: takeover of a stage not reached")
         else:
             raise RemoteProtocolError(f"record {i}: unknown kind {kind!r}")
+
+
+def _input_list(inputs: Any) -> bool:
+    """Whether ``inputs`` is a record's inputs: [name, manifest id, node] string triples."""
+    return isinstance(inputs, list) and all(
+        isinstance(i, list) and len(i) == 3 and all(isinstance(x, str) for x in i) for i in inputs
+    )
 
 
 def record_verdicts(
