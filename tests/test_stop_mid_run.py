@@ -63,6 +63,9 @@ def test_stopping_a_job_while_its_work_runs_ends_it_stopped(kind: str) -> None:
     for job in owner.jobs.values():  # the job's runs (children) end too, none "failed"
         assert job.terminal, (job.job_id, job.state)
         assert job.state != "failed", (job.job_id, job.reason)
+    # `job history` ends with the stop, and its reason.
+    last = owner.history["j"][-1]
+    assert (last["event"], last["detail"]) == ("stopped", "stopped by its user"), last
     chain = net.core("a").chain.chains.get("j")
     if chain is not None:  # the chain's own record (what a restart restores) agrees
         assert chain.outcome == "stopped", chain.reason
